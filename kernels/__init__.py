@@ -1,0 +1,66 @@
+"""Public ops of prunerl. Each dispatches between a Triton kernel and the plain-PyTorch reference.
+
+- `topk_magnitude_masks(weights, keep_counts)`: per-tensor magnitude top-k masks (pruning masks).
+- `masked_adam_(params, grads, exp_avgs, exp_avg_sqs, masks, *, step, lr, beta1, beta2, eps, moments)`:
+  fused Adam step followed by re-masking.
+
+Dispatch: tensors on CUDA use Triton, everything else the reference in `kernels.reference`. The environment
+variable `PRUNERL_KERNELS=triton|torch` forces one path (on a CPU, `triton` runs the kernels under
+`TRITON_INTERPRET=1`, which must be set before `kernels` is first imported).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import torch
+
+from kernels.reference import MOMENTS_MODES, masked_adam_ref_, topk_magnitude_masks_ref
+
+__all__ = ["topk_magnitude_masks", "masked_adam_", "backend_for", "MOMENTS_MODES"]
+
+_BACKENDS = ("auto", "triton", "torch")
+
+
+def backend_for(device: torch.device) -> str:
+    """'triton' or 'torch': what the public ops use for tensors on `device`."""
+    choice = os.environ.get("PRUNERL_KERNELS", "auto").strip().lower() or "auto"
+    if choice not in _BACKENDS:
+        raise ValueError(f"PRUNERL_KERNELS={choice!r}; expected one of {_BACKENDS}")
+    if choice == "auto":
+        return "triton" if torch.device(device).type == "cuda" else "torch"
+    return choice
+
+
+def topk_magnitude_masks(weights: Sequence[torch.Tensor], keep_counts) -> list[torch.Tensor]:
+    """For each tensor, a bool mask with exactly `keep_counts[i]` True entries at the largest |w|.
+
+    Ties are broken by lower flat index; a keep count of 0 gives an all-False mask. See
+    `kernels.reference` for the NaN rule.
+    """
+    if len(weights) == 0:
+        return []
+    if backend_for(weights[0].device) == "triton":
+        from kernels.topk_mask import topk_magnitude_masks_triton
+
+        return topk_magnitude_masks_triton(weights, keep_counts)
+    return topk_magnitude_masks_ref(weights, keep_counts)
+
+
+def masked_adam_(params, grads, exp_avgs, exp_avg_sqs, masks, *, step, lr: float, beta1: float = 0.9,
+                 beta2: float = 0.999, eps: float = 1e-8, moments: str = "faithful") -> None:
+    """In-place Adam (torch.optim.Adam semantics, bias-corrected) on every tensor, then `param *= mask`.
+
+    `masks[i]` may be None for tensors that are never pruned. `step` is the 1-based step count after this
+    update: an int, or a 0-d tensor on the parameters' device (CUDA-graph capturable on the Triton path).
+    """
+    if len(params) == 0:
+        return
+    if backend_for(params[0].device) == "triton":
+        from kernels.masked_adam import masked_adam_triton_
+
+        return masked_adam_triton_(params, grads, exp_avgs, exp_avg_sqs, masks, step=step, lr=lr, beta1=beta1,
+                                   beta2=beta2, eps=eps, moments=moments)
+    return masked_adam_ref_(params, grads, exp_avgs, exp_avg_sqs, masks, step=step, lr=lr, beta1=beta1,
+                            beta2=beta2, eps=eps, moments=moments)

@@ -1,0 +1,113 @@
+"""Plain-PyTorch reference of every public op in `kernels`.
+
+It has three jobs: the test oracle for the Triton kernels, the baseline of the bench suite, and the CPU
+fallback the agents use when there is no GPU. It is written for clarity, not speed.
+
+Ops
+- `topk_magnitude_masks_ref(weights, keep_counts)`: per tensor, exactly `keep_counts[i]` True entries at
+  the largest |w|. Ties are broken by flat index (lower index kept), so the count is always exact.
+  NaN rule: |NaN| ranks above +Inf (the order of the IEEE bit patterns of |w|, which the Triton radix
+  select also uses), so a NaN weight is kept first and the mask still has exactly k True entries.
+- `masked_adam_ref_(params, grads, exp_avgs, exp_avg_sqs, masks, step=..., ...)`: one step of
+  `torch.optim.Adam` (bias-corrected, same operation order), then `param *= mask`. `moments` chooses
+  what happens to the Adam moments of pruned weights (mask == 0):
+    "faithful": updated like every other weight (JaxPruner: the optimizer never sees the mask);
+    "reset":    set to zero after the update;
+    "frozen":   left exactly as they were before the step (and the weight stays zero).
+  A mask of None means "no mask" (biases and other unprunable tensors).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+MOMENTS_MODES = ("faithful", "reset", "frozen")
+
+
+def _check_keep_counts(weights: Sequence[torch.Tensor], keep_counts) -> list[int]:
+    counts = keep_counts.tolist() if isinstance(keep_counts, torch.Tensor) else list(keep_counts)
+    if len(counts) != len(weights):
+        raise ValueError(f"got {len(weights)} weight tensors but {len(counts)} keep counts")
+    for i, (w, k) in enumerate(zip(weights, counts)):
+        if not (0 <= int(k) <= w.numel()):
+            raise ValueError(f"keep_counts[{i}] = {k} is outside [0, {w.numel()}] for a tensor of shape "
+                             f"{tuple(w.shape)}")
+        if w.is_complex() or not w.is_floating_point():
+            raise TypeError(f"weights[{i}] has dtype {w.dtype}; magnitude pruning needs a real floating tensor")
+    return [int(k) for k in counts]
+
+
+def topk_magnitude_masks_ref(weights: Sequence[torch.Tensor], keep_counts) -> list[torch.Tensor]:
+    """Boolean masks (same shapes as `weights`) keeping the `keep_counts[i]` largest |w| of each tensor."""
+    counts = _check_keep_counts(weights, keep_counts)
+    masks = []
+    for w, k in zip(weights, counts):
+        score = w.detach().abs().flatten().float()
+        # A stable descending sort keeps equal scores in index order, so the first k are exactly the
+        # largest k with lower flat index winning ties. torch.sort puts NaN above +Inf when descending.
+        order = torch.sort(score, descending=True, stable=True).indices
+        flat = torch.zeros(score.numel(), dtype=torch.bool, device=w.device)
+        flat[order[:k]] = True
+        masks.append(flat.view(w.shape))
+    return masks
+
+
+def check_adam_inputs(params, grads, exp_avgs, exp_avg_sqs, masks, moments: str) -> None:
+    """Shape, dtype and device checks shared by the reference and the Triton launcher."""
+    n = len(params)
+    for name, seq in (("grads", grads), ("exp_avgs", exp_avgs), ("exp_avg_sqs", exp_avg_sqs), ("masks", masks)):
+        if len(seq) != n:
+            raise ValueError(f"masked_adam_: got {n} params but {len(seq)} {name}")
+    if moments not in MOMENTS_MODES:
+        raise ValueError(f"masked_adam_: moments={moments!r}; expected one of {MOMENTS_MODES}")
+    for i, (p, g, m, v, mask) in enumerate(zip(params, grads, exp_avgs, exp_avg_sqs, masks)):
+        if p.dtype != torch.float32 or m.dtype != torch.float32 or v.dtype != torch.float32:
+            raise TypeError(f"masked_adam_: params and moments must be float32 (tensor {i}: param {p.dtype}, "
+                            f"exp_avg {m.dtype}, exp_avg_sq {v.dtype})")
+        if g.dtype not in (torch.float32, torch.bfloat16):
+            raise TypeError(f"masked_adam_: grads[{i}] has dtype {g.dtype}; expected float32 or bfloat16")
+        for name, t in (("grad", g), ("exp_avg", m), ("exp_avg_sq", v), ("mask", mask)):
+            if t is None:
+                continue
+            if t.shape != p.shape:
+                raise ValueError(f"masked_adam_: {name} of tensor {i} has shape {tuple(t.shape)}, "
+                                 f"param has {tuple(p.shape)}")
+            if t.device != p.device:
+                raise ValueError(f"masked_adam_: {name} of tensor {i} is on {t.device}, param on {p.device}")
+
+
+@torch.no_grad()
+def masked_adam_ref_(params, grads, exp_avgs, exp_avg_sqs, masks, *, step, lr: float, beta1: float = 0.9,
+                     beta2: float = 0.999, eps: float = 1e-8, moments: str = "faithful") -> None:
+    """In-place Adam step with `torch.optim.Adam` semantics, followed by `param *= mask`.
+
+    `step` is the 1-based step count *after* this update (as in torch.optim.Adam), an int or a 0-d tensor.
+    """
+    check_adam_inputs(params, grads, exp_avgs, exp_avg_sqs, masks, moments)
+    step = float(step.item() if isinstance(step, torch.Tensor) else step)
+    if step < 1:
+        raise ValueError(f"masked_adam_: step must be >= 1 (1-based, after increment); got {step}")
+    bias_correction1 = 1 - beta1**step
+    bias_correction2_sqrt = (1 - beta2**step) ** 0.5
+    step_size = lr / bias_correction1
+    for p, g, m, v, mask in zip(params, grads, exp_avgs, exp_avg_sqs, masks):
+        g = g.float()
+        if mask is not None and moments == "frozen":
+            keep = mask.bool()
+            old_m, old_v = m.clone(), v.clone()
+        # Same operation order as torch.optim.Adam's single-tensor path.
+        m.lerp_(g, 1 - beta1)
+        v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+        denom = (v.sqrt() / bias_correction2_sqrt).add_(eps)
+        p.addcdiv_(m, denom, value=-step_size)
+        if mask is None:
+            continue
+        p.mul_(mask)
+        if moments == "reset":
+            m.mul_(mask)
+            v.mul_(mask)
+        elif moments == "frozen":
+            m.copy_(torch.where(keep, m, old_m))
+            v.copy_(torch.where(keep, v, old_v))
