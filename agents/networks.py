@@ -1,0 +1,186 @@
+"""Q-networks of the paper: the Dopamine Nature CNN and the Impala ResNet with a width multiplier.
+
+Both take uint8 frames [B, 4, 84, 84] (divided by 255 inside) and follow Dopamine JAX, which the paper used:
+TF-style "SAME" padding (asymmetric where TF pads asymmetrically), Xavier-uniform kernels, zero biases, and
+LeCun-normal (truncated) kernels for the Impala residual convs (Flax's default init). Layout:
+
+    encoder (convs -> ReLU -> flatten, `feature_dim` wide) -> hidden Dense 512 -> ReLU -> out Dense
+
+`encoder`, `hidden` and `out` are separate attributes so distributional and quantile agents can reuse them
+(IQN mixes its tau embedding in at the flatten level, as Dopamine does). Every activation is an `nn.ReLU`
+module, so analysis hooks (dormant neurons, srank) can find them.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+IMPALA_STACKS = (16, 32, 32)  # Dopamine ImpalaEncoder; Table 4's (32, 64, 64) is a copy of the CNN column.
+HIDDEN = 512
+
+
+@dataclass
+class NetworkConfig:
+    arch: Literal["impala", "nature"] = "impala"
+    """Q-network: the Impala ResNet (paper default) or the Dopamine Nature CNN."""
+    width: int = 1
+    """Width multiplier of every conv layer's channels (the paper sweeps 1 to 5)."""
+    scale_dense: bool = False
+    """Also multiply the 512-unit hidden layer by the width (off in the paper's online agents)."""
+    padding: Literal["same", "valid"] = "same"
+    """Nature CNN padding: 'same' as in Dopamine JAX, 'valid' as in the original Nature DQN."""
+
+
+def _same_pads(size: int, kernel: int, stride: int) -> tuple[int, int]:
+    """TF/Flax 'SAME' padding (before, after) for one spatial dim; the extra pixel goes after."""
+    out = math.ceil(size / stride)
+    total = max((out - 1) * stride + kernel - size, 0)
+    return total // 2, total - total // 2
+
+
+class SameConv2d(nn.Conv2d):
+    """Conv2d with TF 'SAME' padding, computed from the input size (asymmetric when TF's is)."""
+
+    def __init__(self, in_ch: int, out_ch: int, kernel: int, stride: int = 1):
+        super().__init__(in_ch, out_ch, kernel, stride, padding=0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        (top, bottom), (left, right) = (_same_pads(s, self.kernel_size[0], self.stride[0]) for s in x.shape[-2:])
+        if top == bottom and left == right:  # symmetric: let the conv pad (no extra copy)
+            return F.conv2d(x, self.weight, self.bias, self.stride, (top, left))
+        return super().forward(F.pad(x, (left, right, top, bottom)))
+
+
+def same_max_pool(x: torch.Tensor, kernel: int = 3, stride: int = 2) -> torch.Tensor:
+    (top, bottom), (left, right) = (_same_pads(s, kernel, stride) for s in x.shape[-2:])
+    return F.max_pool2d(F.pad(x, (left, right, top, bottom), value=-math.inf), kernel, stride)
+
+
+def xavier_(layer: nn.Module) -> nn.Module:
+    nn.init.xavier_uniform_(layer.weight)
+    nn.init.zeros_(layer.bias)
+    return layer
+
+
+def lecun_normal_(layer: nn.Module) -> nn.Module:
+    """Flax's default kernel init: truncated normal at +-2 std, std rescaled so the variance is 1/fan_in."""
+    fan_in = layer.weight[0].numel()
+    std = math.sqrt(1.0 / fan_in) / 0.87962566103423978
+    nn.init.trunc_normal_(layer.weight, std=std, a=-2 * std, b=2 * std)
+    nn.init.zeros_(layer.bias)
+    return layer
+
+
+class ResidualBlock(nn.Module):
+    def __init__(self, ch: int):
+        super().__init__()
+        self.relu1, self.relu2 = nn.ReLU(), nn.ReLU()
+        self.conv1 = lecun_normal_(SameConv2d(ch, ch, 3))
+        self.conv2 = lecun_normal_(SameConv2d(ch, ch, 3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv2(self.relu2(self.conv1(self.relu1(x))))
+
+
+class ImpalaStack(nn.Module):
+    def __init__(self, in_ch: int, ch: int, num_blocks: int = 2):
+        super().__init__()
+        self.conv = xavier_(SameConv2d(in_ch, ch, 3))
+        self.blocks = nn.Sequential(*(ResidualBlock(ch) for _ in range(num_blocks)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.blocks(same_max_pool(self.conv(x)))
+
+
+class Scale(nn.Module):
+    """uint8 frames -> float32 in [0, 1]."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
+
+
+class QNetwork(nn.Module):
+    """encoder -> Dense(hidden) -> ReLU -> Dense(num_outputs). Subclasses build the encoder."""
+
+    encoder: nn.Module
+    feature_dim: int
+
+    def _build_head(self, num_outputs: int, hidden: int) -> None:
+        self.hidden = xavier_(nn.Linear(self.feature_dim, hidden))
+        self.hidden_relu = nn.ReLU()
+        self.out = xavier_(nn.Linear(hidden, num_outputs))
+        self.num_outputs = num_outputs
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Penultimate representation (after the hidden ReLU): what srank is computed on."""
+        return self.hidden_relu(self.hidden(self.encoder(x)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.features(x))
+
+
+class ImpalaResNet(QNetwork):
+    """The "15-layer" Impala ResNet of Espeholt et al. (2018) as in Dopamine's ImpalaEncoder."""
+
+    def __init__(self, num_actions: int, width: int = 1, scale_dense: bool = False, in_frames: int = 4,
+                 input_size: int = 84):
+        super().__init__()
+        _check_width(width)
+        layers: list[nn.Module] = [Scale()]
+        in_ch = in_frames
+        for ch in IMPALA_STACKS:
+            layers.append(ImpalaStack(in_ch, ch * width))
+            in_ch = ch * width
+        side = input_size
+        for _ in IMPALA_STACKS:
+            side = math.ceil(side / 2)
+        layers += [nn.ReLU(), nn.Flatten()]
+        self.encoder = nn.Sequential(*layers)
+        self.feature_dim = in_ch * side * side
+        self._build_head(num_actions, HIDDEN * (width if scale_dense else 1))
+
+
+class NatureCNN(QNetwork):
+    """Mnih et al. (2015) conv net as in Dopamine JAX (SAME padding by default: flatten 11*11*64 = 7,744)."""
+
+    def __init__(self, num_actions: int, width: int = 1, padding: str = "same", in_frames: int = 4,
+                 input_size: int = 84, scale_dense: bool = False):
+        super().__init__()
+        _check_width(width)
+        if padding not in ("same", "valid"):
+            raise ValueError(f"padding must be 'same' or 'valid', got {padding!r}")
+        specs = [(32 * width, 8, 4), (64 * width, 4, 2), (64 * width, 3, 1)]
+        layers: list[nn.Module] = [Scale()]
+        in_ch, side = in_frames, input_size
+        for ch, k, s in specs:
+            conv = SameConv2d(in_ch, ch, k, s) if padding == "same" else nn.Conv2d(in_ch, ch, k, s)
+            layers += [xavier_(conv), nn.ReLU()]
+            side = math.ceil(side / s) if padding == "same" else (side - k) // s + 1
+            in_ch = ch
+        layers.append(nn.Flatten())
+        self.encoder = nn.Sequential(*layers)
+        self.feature_dim = in_ch * side * side
+        self._build_head(num_actions, HIDDEN * (width if scale_dense else 1))
+
+
+def _check_width(width: int) -> None:
+    if not isinstance(width, int) or width < 1:
+        raise ValueError(f"network width must be an integer >= 1, got {width!r}")
+
+
+def make_network(cfg: NetworkConfig, num_outputs: int) -> QNetwork:
+    if cfg.arch == "impala":
+        return ImpalaResNet(num_outputs, width=cfg.width, scale_dense=cfg.scale_dense)
+    if cfg.arch == "nature":
+        return NatureCNN(num_outputs, width=cfg.width, padding=cfg.padding, scale_dense=cfg.scale_dense)
+    raise ValueError(f"unknown network arch {cfg.arch!r}; expected 'impala' or 'nature'")
+
+
+def count_parameters(net: nn.Module) -> int:
+    return sum(p.numel() for p in net.parameters())

@@ -1,0 +1,246 @@
+"""Gradual magnitude pruning (Zhu & Gupta 2017) as in the paper's official JaxPruner Dopamine baseline.
+
+Faithful to the project's decision 1 (`shared/spec/paper.md`):
+- prunable tensors: every parameter with ndim > 1 (all conv and linear weights); biases never;
+- per-layer targets from ERK (default) or uniform; per-layer magnitude top-k (or one global top-k);
+- cubic schedule on gradient steps, masks updated every `update_freq` steps inside [start, end], inclusive:
+      progress = clip(step + 1 - start, 0, end - start) / (end - start);  s = s_F * (1 - (1 - progress)^3)
+- keep count per layer max(1, round(n * (1 - s))) with round-half-to-even; ties kept by lower flat index;
+- gradients are not masked and Adam moments are untouched ("faithful"); weights are re-masked after every
+  optimizer step (fused into `MaskedAdam`, which calls `kernels.masked_adam_`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+import kernels
+
+
+@dataclass
+class PruningConfig:
+    final_sparsity: float = 0.0
+    """Final sparsity s_F of the prunable weights; 0 trains the dense network (the paper prunes to 0.95)."""
+    distribution: Literal["erk", "uniform"] = "erk"
+    """How s_F is spread over layers: Erdos-Renyi-Kernel (official code) or the same sparsity everywhere."""
+    scope: Literal["layer", "global"] = "layer"
+    """Top-k per layer (official code) or one global magnitude threshold over all prunable weights."""
+    start_fraction: float = 0.2
+    """Pruning starts at this fraction of the run's nominal gradient steps (total agent steps x replay ratio)."""
+    end_fraction: float = 0.8
+    """Pruning ends (final sparsity reached) at this fraction of the nominal gradient steps."""
+    start_step: int | None = None
+    """Explicit start gradient step; overrides start_fraction."""
+    end_step: int | None = None
+    """Explicit end gradient step; overrides end_fraction."""
+    update_freq: int = 1000
+    """Masks are recomputed every this many gradient steps inside [start, end] (JaxPruner gin: 1,000)."""
+    mask_gradients: bool = False
+    """Multiply gradients by the mask before Adam (not in the official code)."""
+    moments: Literal["faithful", "reset", "frozen"] = "faithful"
+    """Adam moments of pruned weights: updated (official), zeroed, or left unchanged."""
+
+    def __post_init__(self):
+        if not (0.0 <= self.final_sparsity < 1.0):
+            raise ValueError(f"final_sparsity must be in [0, 1), got {self.final_sparsity}")
+        if self.update_freq < 1:
+            raise ValueError(f"update_freq must be >= 1, got {self.update_freq}")
+        if not (0.0 <= self.start_fraction <= self.end_fraction <= 1.0):
+            raise ValueError(f"need 0 <= start_fraction <= end_fraction <= 1, got {self.start_fraction}, "
+                             f"{self.end_fraction}")
+        if self.moments not in kernels.MOMENTS_MODES:
+            raise ValueError(f"moments must be one of {kernels.MOMENTS_MODES}, got {self.moments!r}")
+
+    def window(self, nominal_grad_steps: int) -> tuple[int, int]:
+        """(start, end) in gradient steps. 40M frames at replay ratio 0.25 give JaxPruner's 500k / 2M."""
+        start = self.start_step if self.start_step is not None else round(self.start_fraction * nominal_grad_steps)
+        end = self.end_step if self.end_step is not None else round(self.end_fraction * nominal_grad_steps)
+        if start < 0 or start > end:
+            raise ValueError(f"pruning window needs 0 <= start <= end, got start={start}, end={end}")
+        return start, end
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Schedule and layer-wise targets
+# ---------------------------------------------------------------------------------------------------------
+def gmp_sparsity(step: int, final_sparsity: float, start: int, end: int) -> float:
+    """Sparsity at gradient step `step` (JaxPruner PolynomialSchedule, power 3, note the +1)."""
+    if start > end:
+        raise ValueError(f"gmp_sparsity needs start <= end, got start={start}, end={end}")
+    if end == start:
+        progress = 1.0 if step + 1 - start > 0 else 0.0
+    else:
+        progress = min(max(step + 1 - start, 0), end - start) / (end - start)
+    return final_sparsity * (1.0 - (1.0 - progress) ** 3)
+
+
+def _check_sparsity(sparsity: float) -> None:
+    if not (0.0 <= sparsity < 1.0):
+        raise ValueError(f"sparsity must be in [0, 1), got {sparsity}")
+
+
+def uniform_sparsities(shapes: Sequence[Sequence[int]], sparsity: float) -> list[float]:
+    _check_sparsity(sparsity)
+    return [float(sparsity)] * len(shapes)
+
+
+def erk_sparsities(shapes: Sequence[Sequence[int]], sparsity: float) -> list[float]:
+    """Erdos-Renyi-Kernel per-layer sparsities, the algorithm of JaxPruner's `get_sparsities_erdos_renyi`.
+
+    Density of layer l is eps * sum(shape_l) / prod(shape_l), with eps chosen so the kept weights match
+    sum_l (n_l - floor(s * n_l)). Layers whose density would exceed 1 are made dense (largest ratio first)
+    and eps is recomputed.
+    """
+    _check_sparsity(sparsity)
+    if sparsity == 0.0:
+        return [0.0] * len(shapes)
+    sizes = [int(np.prod(s)) for s in shapes]
+    raw = [float(np.sum(s)) / n for s, n in zip(shapes, sizes)]
+    dense: set[int] = set()
+    while True:
+        rhs, divisor = 0.0, 0.0
+        for i, n in enumerate(sizes):
+            n_zeros = int(np.floor(n * sparsity))
+            if i in dense:
+                rhs -= n_zeros  # as in JaxPruner
+            else:
+                rhs += n - n_zeros
+                divisor += raw[i] * n
+        if divisor == 0:
+            raise ValueError(f"ERK cannot reach sparsity {sparsity} for shapes {list(shapes)}")
+        eps = rhs / divisor
+        max_raw = max(raw[i] for i in range(len(sizes)) if i not in dense)
+        if max_raw * eps <= 1:
+            break
+        dense.update(i for i in range(len(sizes)) if i not in dense and raw[i] == max_raw)
+    return [0.0 if i in dense else 1.0 - eps * raw[i] for i in range(len(sizes))]
+
+
+def keep_count(numel: int, sparsity: float) -> int:
+    """Weights a layer keeps at `sparsity`: all at 0, else max(1, round-half-even(n * (1 - s)))."""
+    if sparsity == 0.0:
+        return numel
+    return max(1, round(numel * (1.0 - sparsity)))
+
+
+def prunable_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
+    return [(name, p) for name, p in model.named_parameters() if p.dim() > 1]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The pruner: masks are buffers, allocated once and updated in place (CUDA-graph friendly)
+# ---------------------------------------------------------------------------------------------------------
+class Pruner(nn.Module):
+    """Holds one bool mask per prunable weight of `model` and updates them on the GMP schedule."""
+
+    def __init__(self, model: nn.Module, cfg: PruningConfig, start: int, end: int):
+        super().__init__()
+        if start < 0 or start > end:
+            raise ValueError(f"pruning window needs 0 <= start <= end, got start={start}, end={end}")
+        self.cfg, self.start, self.end = cfg, start, end
+        named = prunable_parameters(model)
+        if not named:
+            raise ValueError("model has no prunable (ndim > 1) parameters")
+        self.layer_names = [name for name, _ in named]
+        self.weights = [p for _, p in named]
+        shapes = [tuple(p.shape) for p in self.weights]
+        targets_fn = erk_sparsities if cfg.distribution == "erk" else uniform_sparsities
+        self.targets = targets_fn(shapes, cfg.final_sparsity)
+        for i, p in enumerate(self.weights):
+            self.register_buffer(f"mask{i}", torch.ones_like(p, dtype=torch.bool))
+        self._all_params = list(model.parameters())
+
+    @property
+    def masks(self) -> list[torch.Tensor]:
+        return [getattr(self, f"mask{i}") for i in range(len(self.weights))]
+
+    def mask_for(self) -> dict[nn.Parameter, torch.Tensor]:
+        return dict(zip(self.weights, self.masks))
+
+    def is_update_step(self, step: int) -> bool:
+        return step % self.cfg.update_freq == 0 and self.start <= step <= self.end
+
+    def layer_sparsities(self, step: int) -> list[float]:
+        return [gmp_sparsity(step, t, self.start, self.end) for t in self.targets]
+
+    @torch.no_grad()
+    def update_masks(self, step: int) -> None:
+        """New masks from the magnitudes of the current (already masked) weights at the schedule's sparsity."""
+        if self.cfg.scope == "global":
+            s = gmp_sparsity(step, self.cfg.final_sparsity, self.start, self.end)
+            flat = torch.cat([w.detach().flatten() for w in self.weights])
+            (mask,) = kernels.topk_magnitude_masks([flat], [keep_count(flat.numel(), s)])
+            for m, part in zip(self.masks, torch.split(mask, [w.numel() for w in self.weights])):
+                m.copy_(part.view_as(m))
+            return
+        counts = [keep_count(w.numel(), s) for w, s in zip(self.weights, self.layer_sparsities(step))]
+        for m, new in zip(self.masks, kernels.topk_magnitude_masks([w.detach() for w in self.weights], counts)):
+            m.copy_(new)
+
+    @torch.no_grad()
+    def apply_masks(self) -> None:
+        for w, m in zip(self.weights, self.masks):
+            w.mul_(m)
+
+    @torch.no_grad()
+    def sparsity_report(self) -> dict[str, float]:
+        """Measured sparsity (fraction of exact zeros): per layer, over prunable weights, and over all params.
+
+        `sparsity/total` counts biases in the denominator, like JaxPruner's TotalSparsity.
+        """
+        zeros = [int((w == 0).sum()) for w in self.weights]
+        report = {f"sparsity/{name}": z / w.numel() for name, z, w in zip(self.layer_names, zeros, self.weights)}
+        prunable = sum(w.numel() for w in self.weights)
+        report["sparsity/prunable"] = sum(zeros) / prunable
+        total = sum(p.numel() for p in self._all_params)
+        other_zeros = sum(int((p == 0).sum()) for p in self._all_params if p.dim() <= 1)
+        report["sparsity/total"] = (sum(zeros) + other_zeros) / total
+        return report
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The optimizer: Adam fused with re-masking
+# ---------------------------------------------------------------------------------------------------------
+class MaskedAdam(torch.optim.Optimizer):
+    """`torch.optim.Adam` semantics, then `param *= mask`, in one call of `kernels.masked_adam_`.
+
+    `masks` maps a parameter to its mask (a live buffer, read at every step); unmapped parameters are plain
+    Adam. The step counter is a tensor on the parameters' device, so the update is graph-capturable.
+    """
+
+    def __init__(self, params, lr: float, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                 masks: dict[nn.Parameter, torch.Tensor] | None = None, moments: str = "faithful",
+                 mask_gradients: bool = False):
+        if lr <= 0 or eps <= 0:
+            raise ValueError(f"MaskedAdam needs lr > 0 and eps > 0, got lr={lr}, eps={eps}")
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps))
+        self.masks = masks or {}
+        self.moments, self.mask_gradients = moments, mask_gradients
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            for p in params:
+                state = self.state[p]
+                if not state:
+                    state["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
+                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            steps = [self.state[p]["step"] for p in params]
+            torch._foreach_add_(steps, 1.0)
+            masks = [self.masks.get(p) for p in params]
+            grads = [p.grad if m is None or not self.mask_gradients else p.grad * m for p, m in zip(params, masks)]
+            beta1, beta2 = group["betas"]
+            kernels.masked_adam_(params, grads, [self.state[p]["exp_avg"] for p in params],
+                                 [self.state[p]["exp_avg_sq"] for p in params], masks, step=steps[0],
+                                 lr=group["lr"], beta1=beta1, beta2=beta2, eps=group["eps"], moments=self.moments)
+        return None
