@@ -33,19 +33,22 @@ def backend_for(device: torch.device) -> str:
     return choice
 
 
-def topk_magnitude_masks(weights: Sequence[torch.Tensor], keep_counts) -> list[torch.Tensor]:
+def topk_magnitude_masks(weights: Sequence[torch.Tensor], keep_counts, *, out=None, zero_pruned: bool = False,
+                         exp_avgs=None, exp_avg_sqs=None) -> list[torch.Tensor]:
     """For each tensor, a bool mask with exactly `keep_counts[i]` True entries at the largest |w|.
 
     Ties are broken by lower flat index; a keep count of 0 gives an all-False mask. See
-    `kernels.reference` for the NaN rule.
+    `kernels.reference` for the NaN rule. Optional, in place: `out` masks to write into (returned),
+    `zero_pruned` zeroes the pruned weights, `exp_avgs` / `exp_avg_sqs` get zeroed at pruned entries.
     """
     if len(weights) == 0:
         return []
+    kwargs = dict(out=out, zero_pruned=zero_pruned, exp_avgs=exp_avgs, exp_avg_sqs=exp_avg_sqs)
     if backend_for(weights[0].device) == "triton":
         from kernels.topk_mask import topk_magnitude_masks_triton
 
-        return topk_magnitude_masks_triton(weights, keep_counts)
-    return topk_magnitude_masks_ref(weights, keep_counts)
+        return topk_magnitude_masks_triton(weights, keep_counts, **kwargs)
+    return topk_magnitude_masks_ref(weights, keep_counts, **kwargs)
 
 
 def masked_adam_(params, grads, exp_avgs, exp_avg_sqs, masks, *, step, lr: float, beta1: float = 0.9,

@@ -39,8 +39,14 @@ def _check_keep_counts(weights: Sequence[torch.Tensor], keep_counts) -> list[int
     return [int(k) for k in counts]
 
 
-def topk_magnitude_masks_ref(weights: Sequence[torch.Tensor], keep_counts) -> list[torch.Tensor]:
-    """Boolean masks (same shapes as `weights`) keeping the `keep_counts[i]` largest |w| of each tensor."""
+@torch.no_grad()
+def topk_magnitude_masks_ref(weights: Sequence[torch.Tensor], keep_counts, *, out=None, zero_pruned: bool = False,
+                             exp_avgs=None, exp_avg_sqs=None) -> list[torch.Tensor]:
+    """Boolean masks (same shapes as `weights`) keeping the `keep_counts[i]` largest |w| of each tensor.
+
+    Optional, all in place: `out` masks to write into (returned); `zero_pruned` sets pruned weights to 0;
+    `exp_avgs` / `exp_avg_sqs` (Adam moments) are set to 0 at pruned entries (the "reset" option).
+    """
     counts = _check_keep_counts(weights, keep_counts)
     masks = []
     for w, k in zip(weights, counts):
@@ -51,6 +57,13 @@ def topk_magnitude_masks_ref(weights: Sequence[torch.Tensor], keep_counts) -> li
         flat = torch.zeros(score.numel(), dtype=torch.bool, device=w.device)
         flat[order[:k]] = True
         masks.append(flat.view(w.shape))
+    if out is not None:
+        for o, mask in zip(out, masks, strict=True):
+            o.copy_(mask)
+        masks = list(out)
+    for i, mask in enumerate(masks):
+        for t in ([weights[i]] if zero_pruned else []) + [seq[i] for seq in (exp_avgs, exp_avg_sqs) if seq]:
+            t.masked_fill_(~mask, 0)
     return masks
 
 

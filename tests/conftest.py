@@ -1,0 +1,36 @@
+"""Shared test setup. Runs before any test module is imported, hence before anything imports `kernels`."""
+
+import os
+import pathlib
+import random
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+# Triton decides at `@triton.jit` decoration time whether to interpret, so this has to happen before the
+# kernel modules are imported: on a CPU-only machine the Triton kernels then run on numpy (slow, tiny shapes).
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+# `pytest` (unlike `python -m pytest`) does not put the repository root on sys.path.
+_ROOT = str(pathlib.Path(__file__).resolve().parents[1])
+if _ROOT not in sys.path:
+    sys.path.insert(0, _ROOT)
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    random.seed(0)
+    np.random.seed(0)
+    torch.manual_seed(0)
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

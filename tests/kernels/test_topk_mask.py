@@ -1,0 +1,271 @@
+"""Triton segmented radix select vs the sort-based reference: masks must be bit-identical.
+
+On a CPU-only machine the launcher runs under TRITON_INTERPRET=1 (tests/conftest.py), so shapes stay small;
+`block` is shrunk so that tensors span many blocks and the cross-block tie scan is exercised.
+"""
+
+import math
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import kernels
+from kernels.reference import topk_magnitude_masks_ref
+from kernels.topk_mask import topk_magnitude_masks_triton
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def assert_same_masks(weights, keep_counts, block=64, **kwargs):
+    got = topk_magnitude_masks_triton(weights, keep_counts, block=block, **kwargs)
+    want = topk_magnitude_masks_ref(weights, keep_counts)
+    assert len(got) == len(want)
+    for i, (g, w, k) in enumerate(zip(got, want, keep_counts)):
+        assert g.dtype == torch.bool and g.shape == weights[i].shape and g.device == weights[i].device
+        assert int(g.sum()) == int(k), f"tensor {i}: {int(g.sum())} kept, asked for {int(k)}"
+        if not torch.equal(g, w):
+            diff = (g != w).flatten().nonzero().flatten()[:10].tolist()
+            raise AssertionError(f"tensor {i} (shape {tuple(g.shape)}, k={k}): masks differ at flat {diff}")
+    return got
+
+
+def random_counts(weights, gen=None):
+    return [int(torch.randint(0, w.numel() + 1, (), generator=gen)) for w in weights]
+
+
+# --- sizes and keep counts ---------------------------------------------------------------------------------
+
+SHAPE_SETS = {
+    "tiny": [(1,), (2,), (3, 1)],
+    "odd": [(7, 3), (5, 5, 5), (1, 97)],
+    "block_edges": [(63,), (64,), (65,), (128,), (129,)],
+    "conv_like": [(8, 4, 3, 3), (16, 8, 3, 3), (10, 48)],
+    "with_empty": [(0,), (5,), (0, 3)],
+}
+
+
+@pytest.mark.parametrize("shapes", SHAPE_SETS.values(), ids=SHAPE_SETS.keys())
+@pytest.mark.parametrize("block", [16, 64, 4096])
+def test_topk_matches_reference_random_counts(shapes, block):
+    weights = [torch.randn(s, device=DEVICE) for s in shapes]
+    assert_same_masks(weights, random_counts(weights), block=block)
+
+
+@pytest.mark.parametrize("which", ["zero", "one", "all", "all_but_one", "half"])
+def test_topk_edge_keep_counts(which):
+    weights = [torch.randn(s, device=DEVICE) for s in [(1,), (2,), (33,), (7, 9), (300,)]]
+    pick = {"zero": lambda n: 0, "one": lambda n: min(1, n), "all": lambda n: n,
+            "all_but_one": lambda n: max(n - 1, 0), "half": lambda n: n // 2}[which]
+    assert_same_masks(weights, [pick(w.numel()) for w in weights], block=16)
+
+
+def test_topk_many_segments_of_very_different_sizes():
+    sizes = [1, 2, 3, 1000, 5, 17, 1, 600, 64, 65, 7, 2, 300, 1, 129, 11, 3, 250, 31, 1]
+    weights = [torch.randn(n, device=DEVICE) * (10.0 ** (i % 5 - 2)) for i, n in enumerate(sizes)]
+    counts = random_counts(weights)
+    counts[0], counts[3], counts[7] = 0, 1000, 1
+    assert_same_masks(weights, counts, block=32)
+
+
+# --- ties ----------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("levels", [1, 2, 5, 33])
+def test_topk_heavy_ties_quantised(levels):
+    # Few distinct magnitudes (and both signs of each): the threshold value is shared by many elements
+    # spread over many blocks, so the tie break by flat index decides most of the mask.
+    weights = [(torch.randint(-levels, levels + 1, s, device=DEVICE) / 4.0) for s in [(700,), (13, 17), (40,)]]
+    for _ in range(3):
+        assert_same_masks(weights, random_counts(weights), block=16)
+
+
+def test_topk_exact_zeros_and_negative_zeros():
+    # A pruned network: most weights exactly 0 (some -0.0); keep counts above and below the non-zeros.
+    w = torch.randn(900, device=DEVICE)
+    w[torch.rand(900, device=DEVICE) < 0.9] = 0.0
+    w[::7] = -0.0
+    nnz = int((w != 0).sum())
+    for k in [0, 1, nnz - 1, nnz, nnz + 1, nnz + 100, 900]:
+        assert_same_masks([w, torch.zeros(50, device=DEVICE)], [k, min(k, 50)], block=32)
+
+
+def test_topk_all_equal_every_count():
+    w = torch.full((37,), -0.5, device=DEVICE)
+    for k in range(0, 38, 3):
+        assert_same_masks([w], [k], block=16)
+
+
+# --- NaN / Inf / subnormals -------------------------------------------------------------------------------------
+
+
+def test_topk_nan_inf_rule():
+    w = torch.randn(500, device=DEVICE)
+    w[[3, 90, 91, 400]] = float("nan")
+    w[17] = -float("nan")
+    w[[5, 6, 250]] = float("inf")
+    w[[7, 499]] = -float("inf")
+    # A NaN with a different payload (and the sign bit set) must still tie with the others.
+    w.view(torch.int32)[300] = 0x7F800001
+    w.view(torch.int32)[301] = -1  # 0xFFFFFFFF: a negative NaN with a full payload
+    w[[8, 9]] = torch.tensor([1e-40, -1e-42])  # subnormals
+    n_nan, n_inf = int(w.isnan().sum()), int(w.isinf().sum())
+    for k in [0, 1, 3, n_nan - 1, n_nan, n_nan + 1, n_nan + n_inf, n_nan + n_inf + 1, 250, 499, 500]:
+        mask = assert_same_masks([w], [k], block=32)[0]
+        if k >= n_nan:  # every NaN is kept first, then every Inf: never a wrong-sized mask
+            assert bool(mask[w.isnan()].all())
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_topk_low_precision_weights(dtype):
+    weights = [torch.randn(s, device=DEVICE).to(dtype) for s in [(300,), (9, 11)]]
+    weights[0][::5] = 0
+    weights[1][0, 0] = float("inf")
+    assert_same_masks(weights, random_counts(weights), block=32)
+
+
+# --- device keep counts, out=, fused zeroing -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [torch.int32, torch.int64])
+def test_topk_keep_counts_as_tensor(dtype):
+    weights = [torch.randn(s, device=DEVICE) for s in [(40,), (3, 3)]]
+    assert_same_masks(weights, torch.tensor(random_counts(weights), dtype=dtype, device=DEVICE), block=16)
+
+
+def test_topk_device_counts_are_clamped_not_synced():
+    # Counts on the weights' device are never read on the host: out of range, they are clamped to [0, numel].
+    weights = [torch.randn(s, device=DEVICE) for s in [(40,), (9,), (5,)]]
+    got = topk_magnitude_masks_triton(weights, torch.tensor([-3, 10**9, 2], device=DEVICE), block=16)
+    want = topk_magnitude_masks_ref(weights, [0, 9, 2])
+    assert all(torch.equal(g, w) for g, w in zip(got, want))
+
+
+def test_topk_out_and_fused_zeroing_match_reference():
+    shapes = [(50,), (6, 7)]
+    weights = [torch.randn(s, device=DEVICE) for s in shapes]
+    weights[0][::3] = -2.0  # ties, and negative pruned weights (must become +0.0, not -0.0)
+    m = [torch.randn(s, device=DEVICE) for s in shapes]
+    v = [torch.rand(s, device=DEVICE) for s in shapes]
+    counts = [20, 11]
+    got_w, got_m, got_v = ([t.clone() for t in ts] for ts in (weights, m, v))
+    want_w, want_m, want_v = ([t.clone() for t in ts] for ts in (weights, m, v))
+    out = [torch.ones(s, dtype=torch.bool, device=DEVICE) for s in shapes]
+    got = topk_magnitude_masks_triton(got_w, counts, out=out, zero_pruned=True, exp_avgs=got_m, exp_avg_sqs=got_v,
+                                      block=16)
+    want = topk_magnitude_masks_ref(want_w, counts, zero_pruned=True, exp_avgs=want_m, exp_avg_sqs=want_v)
+    assert all(g is o for g, o in zip(got, out))
+    for g, w in zip(got + got_w + got_m + got_v, want + want_w + want_m + want_v):
+        assert torch.equal(g, w)
+        if g.is_floating_point():  # bitwise too: pruned entries are +0.0
+            assert torch.equal(g.view(torch.int32), w.view(torch.int32))
+    for mask, w, w0 in zip(got, got_w, weights):
+        assert bool((w[~mask] == 0).all()) and torch.equal(w[mask], w0[mask])
+
+
+def test_topk_without_zeroing_leaves_weights_untouched():
+    w = torch.randn(100, device=DEVICE)
+    before = w.clone()
+    topk_magnitude_masks_triton([w], [10], block=16)
+    assert torch.equal(w, before)
+
+
+# --- errors ----------------------------------------------------------------------------------------------------
+
+
+def test_topk_clear_errors():
+    w = torch.randn(8, 6, device=DEVICE)
+    with pytest.raises(ValueError, match="not contiguous"):
+        topk_magnitude_masks_triton([w.t()], [3])
+    with pytest.raises(TypeError, match="dtype"):
+        topk_magnitude_masks_triton([w, w.half()], [3, 3])
+    with pytest.raises(TypeError, match="dtype"):
+        topk_magnitude_masks_triton([torch.ones(4, dtype=torch.int32, device=DEVICE)], [1])
+    with pytest.raises(ValueError, match="outside"):
+        topk_magnitude_masks_triton([w], [49])
+    with pytest.raises(ValueError, match="keep counts"):
+        topk_magnitude_masks_triton([w], [1, 2])
+    with pytest.raises(ValueError, match="shape"):
+        topk_magnitude_masks_triton([w], [3], out=[torch.empty(6, 8, dtype=torch.bool, device=DEVICE)])
+    with pytest.raises(ValueError, match="both"):
+        topk_magnitude_masks_triton([w], [3], exp_avgs=[torch.zeros_like(w)])
+    assert topk_magnitude_masks_triton([], []) == []
+
+
+# --- properties --------------------------------------------------------------------------------------------------
+
+
+@st.composite
+def segment_sets(draw):
+    n_seg = draw(st.integers(1, 6))
+    sizes = [draw(st.integers(0, 400)) for _ in range(n_seg)]
+    levels = draw(st.sampled_from([0, 1, 3, 50]))  # 0 = continuous values, otherwise quantised (ties)
+    zero_frac = draw(st.sampled_from([0.0, 0.5, 0.95]))
+    seed = draw(st.integers(0, 2**31 - 1))
+    gen = torch.Generator().manual_seed(seed)
+    weights = []
+    for n in sizes:
+        w = torch.randn(n, generator=gen)
+        if levels:
+            w = torch.round(w * levels) / levels
+        w[torch.rand(n, generator=gen) < zero_frac] = 0.0
+        if n and draw(st.booleans()):
+            w[int(torch.randint(0, n, (), generator=gen))] = draw(st.sampled_from([math.inf, -math.inf, math.nan]))
+        weights.append(w.to(DEVICE))
+    counts = [draw(st.integers(0, n)) for n in sizes]
+    block = draw(st.sampled_from([16, 32, 256]))
+    return weights, counts, block
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(segment_sets())
+def test_topk_property_matches_reference(case):
+    weights, counts, block = case
+    assert_same_masks(weights, counts, block=block)
+
+
+# --- integration: public op, torch.library, torch.compile --------------------------------------------------------
+
+
+def test_public_op_dispatches_to_triton(monkeypatch):
+    monkeypatch.setenv("PRUNERL_KERNELS", "triton")
+    weights = [torch.randn(s, device=DEVICE) for s in [(30,), (4, 4)]]
+    weights[0][:10] = 1.0
+    counts = [12, 3]
+    out = [torch.empty(s, dtype=torch.bool, device=DEVICE) for s in [(30,), (4, 4)]]
+    got = kernels.topk_magnitude_masks(weights, counts, out=out)
+    want = topk_magnitude_masks_ref(weights, counts)
+    assert got[0] is out[0] and all(torch.equal(g, w) for g, w in zip(got, want))
+
+
+def test_topk_op_under_torch_compile():
+    weights = [torch.randn(s, device=DEVICE) for s in [(30,), (4, 4)]]
+    keep = torch.tensor([5, 16], device=DEVICE)
+
+    @torch.compile(backend="aot_eager", fullgraph=True)
+    def masks_of(ws, k):
+        return topk_magnitude_masks_triton([w * 2 for w in ws], k)
+
+    got = masks_of(weights, keep)
+    want = topk_magnitude_masks_ref(weights, [5, 16])
+    assert all(torch.equal(g, w) for g, w in zip(got, want))
+
+
+def test_topk_op_registration_opcheck():
+    weights = [torch.randn(s, device=DEVICE) for s in [(20,), (3, 3)]]
+    out = [torch.empty(w.shape, dtype=torch.bool, device=DEVICE) for w in weights]
+    torch.library.opcheck(torch.ops.prunerl.topk_magnitude_masks_.default,
+                          (weights, torch.tensor([4, 9], device=DEVICE), out, True, [], [], 16),
+                          test_utils=("test_schema", "test_faketensor"))
+
+
+@pytest.mark.gpu
+def test_topk_realistic_sizes_gpu():
+    # Impala-like layer sizes; ties from a previous pruning round (exact zeros).
+    shapes = [(16, 4, 3, 3), (32, 32, 3, 3), (512, 3872), (18, 512)]
+    weights = [torch.randn(s, device="cuda") for s in shapes]
+    weights[2][torch.rand(shapes[2], device="cuda") < 0.8] = 0.0
+    counts = [max(1, round(w.numel() * 0.1)) for w in weights]
+    counts[2] = int((weights[2] != 0).sum()) + 1000
+    assert_same_masks(weights, counts, block=4096)
