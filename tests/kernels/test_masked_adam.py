@@ -1,0 +1,285 @@
+"""Fused masked Adam (Triton) vs the reference and vs torch.optim.Adam followed by masking.
+
+On a CPU-only machine the launcher runs under TRITON_INTERPRET=1 (tests/conftest.py); `block` is shrunk so
+that tensors span several programs.
+"""
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import kernels
+from kernels.masked_adam import masked_adam_triton_
+from kernels.reference import MOMENTS_MODES, masked_adam_ref_
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+# fp32 tolerance: the kernel and PyTorch differ by FMA contraction and rounding of the scalar factors.
+TOL = dict(rtol=1e-5, atol=1e-7)
+
+
+def make_state(shapes, sparsity=0.7, grad_dtype=torch.float32, unmasked=(), gen=None):
+    """params (pruned entries already 0), grads, moments, masks (None for indices in `unmasked`)."""
+    params, grads, m, v, masks = [], [], [], [], []
+    for i, s in enumerate(shapes):
+        mask = None if i in unmasked else torch.rand(s, generator=gen) >= sparsity
+        p = torch.randn(s, generator=gen)
+        params.append((p if mask is None else p * mask).to(DEVICE))
+        grads.append(torch.randn(s, generator=gen).to(DEVICE, grad_dtype))
+        m.append((0.1 * torch.randn(s, generator=gen)).to(DEVICE))
+        v.append((0.01 * torch.rand(s, generator=gen)).to(DEVICE))
+        masks.append(None if mask is None else mask.to(DEVICE))
+    return params, grads, m, v, masks
+
+
+def clone_all(*lists):
+    return [[t.clone() for t in ts] for ts in lists]
+
+
+def assert_lists_close(got, want, **tol):
+    for i, (g, w) in enumerate(zip(got, want)):
+        torch.testing.assert_close(g, w, **(tol or TOL), msg=lambda s, i=i: f"tensor {i}: {s}")
+
+
+SHAPES = [(3, 5), (100,), (7, 7, 3), (1,), (0,), (33, 2)]
+
+
+@pytest.mark.parametrize("moments", MOMENTS_MODES)
+@pytest.mark.parametrize("grad_dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("step_on_device", [False, True])
+def test_masked_adam_matches_reference(moments, grad_dtype, step_on_device):
+    params, grads, m, v, masks = make_state(SHAPES, grad_dtype=grad_dtype, unmasked=(1,))
+    got, want = clone_all(params, m, v), clone_all(params, m, v)
+    step_t = torch.zeros((), dtype=torch.int64, device=DEVICE)
+    for step in range(1, 6):
+        step_t += 1
+        for g in grads:
+            g.copy_(torch.randn(g.shape, device=DEVICE))
+        kw = dict(step=step_t if step_on_device else step, lr=3e-3, beta1=0.9, beta2=0.999, eps=1e-6,
+                  moments=moments)
+        masked_adam_triton_(got[0], grads, got[1], got[2], masks, block=32, **kw)
+        masked_adam_ref_(want[0], grads, want[1], want[2], masks, **kw)
+    for g, w in zip(got, want):
+        assert_lists_close(g, w)
+
+
+@pytest.mark.parametrize("moments", MOMENTS_MODES)
+def test_masked_adam_tracks_torch_adam_many_steps(moments):
+    # 100 steps of torch.optim.Adam + p.mul_(mask) (the project's faithful recipe), with the moments
+    # option applied by hand; fresh random gradients each step; the mask changes halfway (a pruning update).
+    shapes = [(20, 9), (17,), (4, 3, 3)]
+    params, grads, m, v, masks = make_state(shapes, sparsity=0.5, unmasked=(1,))
+    ours = [p.clone() for p in params]
+    ours_m = [torch.zeros_like(p) for p in params]
+    ours_v = [torch.zeros_like(p) for p in params]
+    theirs = [p.clone().requires_grad_() for p in params]
+    opt = torch.optim.Adam(theirs, lr=1e-2, betas=(0.9, 0.99), eps=1.5e-4, foreach=False)
+    for step in range(1, 101):
+        if step == 50:
+            masks[0] &= torch.rand(shapes[0], device=DEVICE) < 0.5
+        for g, t in zip(grads, theirs):
+            g.copy_(torch.randn(g.shape, device=DEVICE))
+            t.grad = g.clone()
+        if moments == "frozen":
+            old = [(opt.state[t]["exp_avg"].clone(), opt.state[t]["exp_avg_sq"].clone()) if opt.state else None
+                   for t in theirs]
+        opt.step()
+        with torch.no_grad():
+            for i, (t, mask) in enumerate(zip(theirs, masks)):
+                if mask is None:
+                    continue
+                t.mul_(mask)
+                state = opt.state[t]
+                if moments == "reset":
+                    state["exp_avg"].mul_(mask)
+                    state["exp_avg_sq"].mul_(mask)
+                elif moments == "frozen" and old[i] is not None:
+                    state["exp_avg"].copy_(torch.where(mask, state["exp_avg"], old[i][0]))
+                    state["exp_avg_sq"].copy_(torch.where(mask, state["exp_avg_sq"], old[i][1]))
+                elif moments == "frozen":  # first step: moments start at zero and stay zero where pruned
+                    state["exp_avg"].mul_(mask)
+                    state["exp_avg_sq"].mul_(mask)
+        masked_adam_triton_(ours, grads, ours_m, ours_v, masks, step=step, lr=1e-2, beta1=0.9, beta2=0.99,
+                            eps=1.5e-4, moments=moments, block=128)
+        for p, mask in zip(ours, masks):
+            if mask is not None:
+                assert bool((p[~mask] == 0).all()), f"step {step}: a pruned weight is not exactly zero"
+    assert_lists_close(ours, [t.detach() for t in theirs], rtol=1e-5, atol=1e-6)
+    assert_lists_close(ours_m, [opt.state[t]["exp_avg"] for t in theirs], rtol=1e-5, atol=1e-7)
+    assert_lists_close(ours_v, [opt.state[t]["exp_avg_sq"] for t in theirs], rtol=1e-5, atol=1e-8)
+
+
+def test_frozen_moments_of_pruned_weights_are_bit_identical():
+    params, grads, m, v, masks = make_state([(300,), (5, 40)], sparsity=0.9)
+    m0, v0 = clone_all(m, v)
+    masked_adam_triton_(params, grads, m, v, masks, step=3, lr=1e-3, moments="frozen", block=16)
+    for mm, vv, mm0, vv0, mask in zip(m, v, m0, v0, masks):
+        assert torch.equal(mm[~mask], mm0[~mask]) and torch.equal(vv[~mask], vv0[~mask])
+        assert not torch.equal(mm[mask], mm0[mask])
+
+
+@pytest.mark.parametrize("moments", MOMENTS_MODES)
+def test_pruned_are_zero_never_touches_pruned_weights(moments):
+    # With the promise, pruned weights are neither read nor written: poison them and check both facts.
+    params, grads, m, v, masks = make_state([(200,), (9, 9)], sparsity=0.8)
+    masks[1][:] = False  # a fully pruned tensor: in frozen mode its blocks are skipped outright
+    want = clone_all(params, m, v)
+    masked_adam_ref_(want[0], grads, want[1], want[2], masks, step=2, lr=1e-3, moments=moments)
+    poisoned = [p.masked_fill(~mask, float("nan")) for p, mask in zip(params, masks)]
+    got_m, got_v = clone_all(m, v)
+    masked_adam_triton_(poisoned, grads, got_m, got_v, masks, step=2, lr=1e-3, moments=moments,
+                        pruned_are_zero=True, block=16)
+    for p, w, mask in zip(poisoned, want[0], masks):
+        assert bool(p[~mask].isnan().all())  # untouched
+        torch.testing.assert_close(p[mask], w[mask], **TOL)  # and kept weights never saw the NaN
+    assert_lists_close(got_m, want[1])
+    assert_lists_close(got_v, want[2])
+
+
+def test_frozen_mode_zeroes_unzeroed_pruned_weights():
+    # Without the promise a pruned weight that is not yet zero (the mask just changed) becomes zero.
+    params, grads, m, v, masks = make_state([(150,)], sparsity=0.5)
+    params[0].copy_(torch.randn(150, device=DEVICE))
+    masked_adam_triton_(params, grads, m, v, masks, step=1, lr=1e-3, moments="frozen", block=16)
+    assert bool((params[0][~masks[0]] == 0).all())
+
+
+def test_uint8_masks_and_all_none_masks():
+    params, grads, m, v, masks = make_state([(40,), (6, 6)], sparsity=0.5)
+    masks_u8 = [mask.to(torch.uint8) for mask in masks]
+    for ms in (masks_u8, [None, None]):
+        got, want = clone_all(params, m, v), clone_all(params, m, v)
+        masked_adam_triton_(got[0], grads, got[1], got[2], ms, step=4, lr=1e-3, moments="reset", block=16)
+        masked_adam_ref_(want[0], grads, want[1], want[2], ms, step=4, lr=1e-3, moments="reset")
+        for g, w in zip(got, want):
+            assert_lists_close(g, w)
+
+
+def test_large_step_and_float_step_tensor():
+    # torch.optim.Adam keeps its step as a float32 tensor; bias corrections at large t must still be right.
+    params, grads, m, v, masks = make_state([(64,)])
+    for step in (1, 2, 1000, 123_456):
+        got, want = clone_all(params, m, v), clone_all(params, m, v)
+        masked_adam_triton_(got[0], grads, got[1], got[2], masks, step=torch.tensor(float(step), device=DEVICE),
+                            lr=1e-3, beta2=0.9999, block=16)
+        masked_adam_ref_(want[0], grads, want[1], want[2], masks, step=step, lr=1e-3, beta2=0.9999)
+        for g, w in zip(got, want):
+            assert_lists_close(g, w)
+
+
+def test_masked_adam_clear_errors():
+    params, grads, m, v, masks = make_state([(8, 6)])
+    call = dict(step=1, lr=1e-3)
+    with pytest.raises(ValueError, match="not contiguous"):
+        masked_adam_triton_([params[0].t()], [grads[0].t()], [m[0].t()], [v[0].t()], [masks[0].t()], **call)
+    with pytest.raises(TypeError, match="float32"):
+        masked_adam_triton_([params[0].half()], grads, m, v, masks, **call)
+    with pytest.raises(TypeError, match="dtype"):
+        masked_adam_triton_(params, grads, m, v, [masks[0].float()], **call)
+    with pytest.raises(ValueError, match="shape"):
+        masked_adam_triton_(params, [grads[0].flatten()], m, v, masks, **call)
+    with pytest.raises(ValueError, match="moments"):
+        masked_adam_triton_(params, grads, m, v, masks, step=1, lr=1e-3, moments="sticky")
+    with pytest.raises(ValueError, match="step"):
+        masked_adam_triton_(params, grads, m, v, masks, step=0, lr=1e-3)
+    with pytest.raises(ValueError, match="step"):
+        masked_adam_triton_(params, grads, m, v, masks, step=torch.ones(2, device=DEVICE), lr=1e-3)
+    params2, grads2, m2, v2, masks2 = make_state([(3,), (4,)])
+    with pytest.raises(TypeError, match="dtype"):  # one grad dtype per call
+        masked_adam_triton_(params2, [grads2[0], grads2[1].bfloat16()], m2, v2, masks2, **call)
+
+
+@st.composite
+def adam_cases(draw):
+    n_seg = draw(st.integers(1, 4))
+    shapes = [(draw(st.integers(0, 300)),) for _ in range(n_seg)]
+    unmasked = {i for i in range(n_seg) if draw(st.booleans()) and draw(st.booleans())}
+    sparsity = draw(st.sampled_from([0.0, 0.5, 0.95, 1.0]))
+    seed = draw(st.integers(0, 2**31 - 1))
+    kw = dict(step=draw(st.integers(1, 10_000)), lr=draw(st.sampled_from([1e-4, 6.25e-5, 1e-2])),
+              beta1=draw(st.sampled_from([0.9, 0.0, 0.5])), beta2=draw(st.sampled_from([0.999, 0.99])),
+              eps=draw(st.sampled_from([1e-8, 1.5e-4, 3.125e-4])), moments=draw(st.sampled_from(MOMENTS_MODES)))
+    return shapes, unmasked, sparsity, seed, kw, draw(st.sampled_from([16, 64, 1024]))
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(adam_cases())
+def test_masked_adam_property_matches_reference(case):
+    shapes, unmasked, sparsity, seed, kw, block = case
+    params, grads, m, v, masks = make_state(shapes, sparsity=sparsity, unmasked=unmasked,
+                                            gen=torch.Generator().manual_seed(seed))
+    got, want = clone_all(params, m, v), clone_all(params, m, v)
+    masked_adam_triton_(got[0], grads, got[1], got[2], masks, block=block, **kw)
+    masked_adam_ref_(want[0], grads, want[1], want[2], masks, **kw)
+    for g, w in zip(got, want):
+        assert_lists_close(g, w)
+    for p, mask in zip(got[0], masks):
+        if mask is not None:
+            assert bool((p[~mask] == 0).all())
+
+
+def test_public_op_dispatches_to_triton(monkeypatch):
+    monkeypatch.setenv("PRUNERL_KERNELS", "triton")
+    params, grads, m, v, masks = make_state([(30,), (4, 4)])
+    want = clone_all(params, m, v)
+    kernels.masked_adam_(params, grads, m, v, masks, step=2, lr=1e-3, moments="faithful")
+    masked_adam_ref_(want[0], grads, want[1], want[2], masks, step=2, lr=1e-3, moments="faithful")
+    for g, w in zip((params, m, v), want):
+        assert_lists_close(g, w)
+
+
+def test_masked_adam_op_under_torch_compile():
+    params, grads, m, v, masks = make_state([(30,), (4, 4)], unmasked=(1,))
+    want = clone_all(params, m, v)
+    step = torch.tensor(3, device=DEVICE)
+
+    @torch.compile(backend="aot_eager", fullgraph=True)
+    def update(ps, gs, ms, vs, masks, step):
+        masked_adam_triton_(ps, [g * 1.0 for g in gs], ms, vs, masks, step=step, lr=1e-3, moments="reset")
+
+    update(params, grads, m, v, masks, step)
+    masked_adam_ref_(want[0], grads, want[1], want[2], masks, step=3, lr=1e-3, moments="reset")
+    for g, w in zip((params, m, v), want):
+        assert_lists_close(g, w)
+
+
+def test_masked_adam_op_registration_opcheck():
+    params, grads, m, v, masks = make_state([(20,), (3, 3)], unmasked=(1,))
+    torch.library.opcheck(torch.ops.prunerl.masked_adam_.default,
+                          (params, grads, m, v, masks, None, 2, 1e-3, 0.9, 0.999, 1e-8, "frozen", False, 16),
+                          test_utils=("test_schema", "test_faketensor"))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("moments", MOMENTS_MODES)
+def test_masked_adam_realistic_sizes_gpu(moments):
+    params, grads, m, v, masks = make_state([(512, 3872), (512,), (32, 32, 3, 3)], sparsity=0.95, unmasked=(1,),
+                                            grad_dtype=torch.bfloat16)
+    got, want = clone_all(params, m, v), clone_all(params, m, v)
+    masked_adam_triton_(got[0], grads, got[1], got[2], masks, step=7, lr=6.25e-5, eps=1.5e-4, moments=moments)
+    masked_adam_ref_(want[0], grads, want[1], want[2], masks, step=7, lr=6.25e-5, eps=1.5e-4, moments=moments)
+    for g, w in zip(got, want):
+        assert_lists_close(g, w)
+
+
+@pytest.mark.gpu
+def test_masked_adam_cuda_graph_capture():
+    params, grads, m, v, masks = make_state([(1000,), (37,)], unmasked=(1,))
+    want = clone_all(params, m, v)
+    step = torch.zeros((), dtype=torch.int64, device="cuda")
+
+    def update():
+        step.add_(1)
+        masked_adam_triton_(params, grads, m, v, masks, step=step, lr=1e-3, moments="frozen")
+
+    update()  # warm-up: compiles the kernel and caches the device tables
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        update()
+    for _ in range(4):  # capture records without running: warm-up + 4 replays = 5 steps
+        graph.replay()
+    for s in range(1, 6):
+        masked_adam_ref_(want[0], grads, want[1], want[2], masks, step=s, lr=1e-3, moments="frozen")
+    assert int(step) == 5
+    for g, w in zip((params, m, v), want):
+        assert_lists_close(g, w)
