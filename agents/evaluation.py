@@ -42,9 +42,22 @@ _NO_REFERENCE = {"AirRaid", "Carnival", "ElevatorAction", "JourneyEscape", "Pooy
 
 # The paper's 15-game subset (Graesser et al. 2022), for --games and for tests.
 PAPER_15_GAMES = (
-    "MsPacman", "Pong", "Qbert", "Assault", "Asterix", "BeamRider", "Boxing", "Breakout",
-    "CrazyClimber", "DemonAttack", "Enduro", "FishingDerby", "SpaceInvaders", "Tutankham", "VideoPinball",
-)  # fmt: skip
+    "MsPacman",
+    "Pong",
+    "Qbert",
+    "Assault",
+    "Asterix",
+    "BeamRider",
+    "Boxing",
+    "Breakout",
+    "CrazyClimber",
+    "DemonAttack",
+    "Enduro",
+    "FishingDerby",
+    "SpaceInvaders",
+    "Tutankham",
+    "VideoPinball",
+)
 
 
 # --- normalisation data ------------------------------------------------------------------------
@@ -110,8 +123,9 @@ def human_normalized(score, game: str, table: str = "dqn_zoo"):
 def _check_scores(scores, name: str = "scores") -> np.ndarray:
     x = np.asarray(scores, dtype=np.float64)
     if x.ndim < 2 or x.shape[-1] == 0 or x.shape[-2] == 0:
-        raise ValueError(f"{name} must be a non-empty [runs, games] matrix (optionally with leading batch axes), "
-                         f"got shape {x.shape}")  # fmt: skip
+        raise ValueError(
+            f"{name} must be a non-empty [runs, games] matrix (optionally with leading batch axes), got shape {x.shape}"
+        )
     if np.isnan(x).any():
         raise ValueError(f"{name} contains NaN; drop or report missing runs before aggregating")
     return x
@@ -192,8 +206,10 @@ def bootstrap_ci(
     samples = [stratified_resample(a, reps, rng) for a in arrays]
     stats = np.asarray(statistic(*samples), dtype=np.float64)
     if stats.shape != (reps,):
-        raise ValueError(f"statistic must reduce [reps, runs, games] to [reps], got shape {stats.shape}; "
-                         "write it with axis=(-2, -1) like agents.evaluation.iqm")  # fmt: skip
+        raise ValueError(
+            f"statistic must reduce [reps, runs, games] to [reps], got shape {stats.shape}; "
+            "write it with axis=(-2, -1) like agents.evaluation.iqm"
+        )
     alpha = 1.0 - confidence
     low, high = np.quantile(stats, [alpha / 2, 1 - alpha / 2])
     return float(low), float(high)

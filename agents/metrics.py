@@ -150,8 +150,10 @@ def analysis_metrics(
         shape = tuple(q.shape) if isinstance(q, torch.Tensor) else type(q).__name__
         raise ValueError(f"the network's forward must return Q-values [batch, actions], got {shape}; pass q_fn")
     if not mean_abs:
-        raise ValueError(f"{type(net).__name__} has no nn.ReLU modules (functional relu is not hooked); "
-                         "dormant neurons and srank need module ReLUs")  # fmt: skip
+        raise ValueError(
+            f"{type(net).__name__} has no nn.ReLU modules (functional relu is not hooked); "
+            "dormant neurons and srank need module ReLUs"
+        )
     fractions = dormant_fractions(mean_abs, tau)
     out = {"analysis/dormant_frac": fractions.pop("total")}
     out.update({f"analysis/dormant/{name}": frac for name, frac in fractions.items()})

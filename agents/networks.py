@@ -174,11 +174,15 @@ def _check_width(width: int) -> None:
         raise ValueError(f"network width must be an integer >= 1, got {width!r}")
 
 
-def make_network(cfg: NetworkConfig, num_outputs: int) -> QNetwork:
+def make_network(cfg: NetworkConfig, num_outputs: int, obs_shape: tuple[int, int, int] = (4, 84, 84)) -> QNetwork:
+    """The configured Q-network for observations of `obs_shape` = (frames, side, side)."""
+    frames, side = obs_shape[0], obs_shape[-1]
     if cfg.arch == "impala":
-        return ImpalaResNet(num_outputs, width=cfg.width, scale_dense=cfg.scale_dense)
+        return ImpalaResNet(num_outputs, width=cfg.width, scale_dense=cfg.scale_dense, in_frames=frames,
+                            input_size=side)
     if cfg.arch == "nature":
-        return NatureCNN(num_outputs, width=cfg.width, padding=cfg.padding, scale_dense=cfg.scale_dense)
+        return NatureCNN(num_outputs, width=cfg.width, padding=cfg.padding, scale_dense=cfg.scale_dense,
+                         in_frames=frames, input_size=side)
     raise ValueError(f"unknown network arch {cfg.arch!r}; expected 'impala' or 'nature'")
 
 

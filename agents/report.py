@@ -10,14 +10,16 @@ Protocol (paper section 4.1, Agarwal et al. 2021):
 
 Runs are grouped by their whole config.json except game, seed and bookkeeping fields (run name,
 device, logging, checkpoints), so runs that differ in anything that can change results (lr, batch size,
-budget, ...) are never averaged together. Labels name agent, network, width, sparsity and replay ratio,
-plus any other field that differs between configurations.
+budget, ...) are never averaged together. Labels name agent, network, width and sparsity, plus any
+other field that differs between configurations (replay ratio, budget, lr, ...).
 
-Nothing is silently averaged: a configuration with a missing (game, seed) cell or an unfinished run is
-flagged in report.md and on stderr and left out of the aggregates, unless --allow-incomplete (then
-each game keeps its first n seeds, n = the smallest count over games, and unfinished runs count with the
-score of their last iteration; both are marked). Games without a human reference score are reported
-with raw scores only.
+Nothing is silently averaged. A configuration is complete when it has a finished run for every game
+(every game found in any run, or --games) and every seed that appears anywhere in that configuration.
+Otherwise it is flagged in report.md and on stderr and left out of the IQM table, the IQM curves and the
+width figure, unless --allow-incomplete: then each game keeps its first n seeds (n = the smallest count
+over games), unfinished runs count with the score of their last iteration, and the configuration is
+marked "partial" / "incomplete" everywhere. The sparsity and analysis figures plot whatever runs logged.
+Games without a human reference score are reported with raw scores only.
 
 Outputs in --out: report.md, summary.json, final_scores.csv, curves.csv and PNG figures
 (iqm_curves.png, iqm_vs_width.png, sparsity_schedule.png, analysis.png), all drawn with matplotlib's
@@ -40,11 +42,10 @@ import numpy as np
 from agents import evaluation as ev
 
 # config.json fields that do not change what is learned; everything else separates configurations.
-BOOKKEEPING = {
-    "seed", "env.game", "env.num_threads", "preset", "run_name", "runs_dir", "device", "replay_device",
-    "progress", "tensorboard", "checkpoint_every", "keep_checkpoints", "save_replay", "log_every",
-    "analysis_every",
-}  # fmt: skip
+BOOKKEEPING = set(
+    "seed env.game env.num_threads preset run_name runs_dir device replay_device progress tensorboard "
+    "checkpoint_every keep_checkpoints save_replay log_every analysis_every".split()
+)
 AGENT_NAMES = {"dqn": "DQN", "rainbow": "Rainbow", "iqn": "IQN", "miqn": "M-IQN"}
 ARCH_NAMES = {"impala": "Impala", "nature": "Nature CNN"}
 ANALYSIS_KEYS = {  # Fig. 11 panels: metrics.jsonl key -> axis label
@@ -88,8 +89,11 @@ class Run:
         if len(finite) == 0:
             return math.nan
         if finite[-1] != len(scores) - 1 and problems is not None:
-            warn(problems, f"{self.path}: no episode finished in the last iteration; "
-                           f"using iteration {int(self.iterations['iteration'][finite[-1]])}'s score")  # fmt: skip
+            warn(
+                problems,
+                f"{self.path}: no episode finished in the last iteration; "
+                f"using iteration {int(self.iterations['iteration'][finite[-1]])}'s score",
+            )
         return float(scores[finite[-1]])
 
     def metrics(self) -> list[dict]:
@@ -232,9 +236,11 @@ def _label(configs: list[Config]) -> None:
     keys = set().union(*flats) if flats else set()
     varying = sorted(k for k in keys if len({json.dumps(f.get(k)) for f in flats}) > 1)
     main = {"agent.name", "network.arch", "network.width", "pruning.final_sparsity"}
-    for c, f in zip(configs, flats):
-        parts = [f"{AGENT_NAMES.get(c.agent, c.agent)} {ARCH_NAMES.get(c.arch, c.arch)} ×{c.width}",
-                 _fmt_sparsity(c.sparsity)]  # fmt: skip
+    for c, f in zip(configs, flats, strict=True):
+        parts = [
+            f"{AGENT_NAMES.get(c.agent, c.agent)} {ARCH_NAMES.get(c.arch, c.arch)} ×{c.width}",
+            _fmt_sparsity(c.sparsity),
+        ]
         for k in varying:
             if k in main:
                 continue
@@ -250,8 +256,9 @@ def _label(configs: list[Config]) -> None:
 # --- completeness and score matrices -----------------------------------------------------------------
 
 
-def build_matrices(configs: list[Config], games: list[str], allow_incomplete: bool, problems: list[str],
-                   table: str = "dqn_zoo") -> None:  # fmt: skip
+def build_matrices(
+    configs: list[Config], games: list[str], allow_incomplete: bool, problems: list[str], table: str = "dqn_zoo"
+) -> None:
     """Fill each Config's matrix of final human-normalised scores, or flag why it has none."""
     for c in configs:
         c.seeds = sorted({r.seed for r in c.runs})
@@ -261,7 +268,10 @@ def build_matrices(configs: list[Config], games: list[str], allow_incomplete: bo
             prev = c.cells.get((r.game, r.seed))
             if prev is not None:
                 best = max((prev, r), key=lambda x: (x.finished, len(x.iterations["score"])))
-                warn(problems, f"{c.label}: {r.game} seed {r.seed} has two runs ({prev.path}, {r.path}); using {best.path}")
+                warn(
+                    problems,
+                    f"{c.label}: {r.game} seed {r.seed} has two runs ({prev.path}, {r.path}); using {best.path}",
+                )
                 r = best
             c.cells[(r.game, r.seed)] = r
         missing = [(g, s) for g in games for s in c.seeds if (g, s) not in c.cells]
@@ -275,8 +285,10 @@ def build_matrices(configs: list[Config], games: list[str], allow_incomplete: bo
             if partial:
                 c.flags.append(f"missing seeds: {', '.join(partial)}")
         if unfinished:
-            c.flags.append("unfinished: " + ", ".join(
-                f"{r.game} seed {r.seed} ({r.frames_reached / 1e6:g}M frames)" for r in unfinished))  # fmt: skip
+            c.flags.append(
+                "unfinished: "
+                + ", ".join(f"{r.game} seed {r.seed} ({r.frames_reached / 1e6:g}M frames)" for r in unfinished)
+            )
         if no_score:
             c.flags.append("no score logged: " + ", ".join(f"{r.game} seed {r.seed}" for r in no_score))
         c.complete = not c.flags
@@ -293,16 +305,15 @@ def build_matrices(configs: list[Config], games: list[str], allow_incomplete: bo
         if not per_game:
             continue
         n = min(len(rs) for rs in per_game.values())
-        dropped = [r for rs in per_game.values() for r in rs[n:]]
-        if dropped:
-            msg = f"{c.label}: kept {n} seed(s) per game for a rectangular matrix; not used: " + ", ".join(
-                f"{r.game} seed {r.seed}" for r in dropped)  # fmt: skip
-            c.flags.append(msg.split(": ", 1)[1])
-            warn(problems, msg)
+        dropped = [f"{r.game} seed {r.seed}" for rs in per_game.values() for r in rs[n:]]
+        if dropped:  # rliable-style matrices are rectangular: every game keeps its first n seeds
+            c.flags.append(f"kept {n} seed(s) per game; not used: {', '.join(dropped)}")
+            warn(problems, f"{c.label}: {c.flags[-1]}")
         c.games = list(per_game)
         c.used = [rs[:n] for rs in per_game.values()]
-        c.matrix = np.array([[ev.human_normalized(r.final_score(problems), r.game, table) for r in rs]
-                             for rs in c.used]).T  # fmt: skip
+        c.matrix = np.array(
+            [[ev.human_normalized(r.final_score(problems), r.game, table) for r in rs] for rs in c.used]
+        ).T
         if n == 1:
             warn(problems, f"{c.label}: a single seed per game; its confidence interval only reflects game-wise spread")
 
@@ -315,8 +326,9 @@ def final_aggregates(c: Config, reps: int, confidence: float, seed: int) -> dict
     return out
 
 
-def iqm_curve(c: Config, reps: int, confidence: float, seed: int, problems: list[str],
-              table: str = "dqn_zoo") -> list[dict]:  # fmt: skip
+def iqm_curve(
+    c: Config, reps: int, confidence: float, seed: int, problems: list[str], table: str = "dqn_zoo"
+) -> list[dict]:
     """IQM with CI at every iteration for which every run in the matrix has a score."""
     runs = [r for rs in c.used for r in rs]
     iters = sorted({int(i) for r in runs for i in r.iterations["iteration"] if np.isfinite(i)})
@@ -331,15 +343,23 @@ def iqm_curve(c: Config, reps: int, confidence: float, seed: int, problems: list
                     col.append(ev.human_normalized(r.iterations["score"][idx[0]], r.game, table))
                     frames.append(r.iterations["frames"][idx[0]])
             cols.append(col)
-        if any(len(col) < len(rs) for col, rs in zip(cols, c.used)):
+        if any(len(col) < len(rs) for col, rs in zip(cols, c.used, strict=True)):
             gaps += 1  # a run has not reached this iteration, or no episode finished in it
             continue
         if len(set(frames)) > 1:
             warn(problems, f"{c.label}: runs disagree on the frame count of iteration {it}: {sorted(set(frames))}")
         m = np.array(cols).T
         point, low, high = ev.aggregate_with_ci(m, ev.iqm, reps=reps, confidence=confidence, seed=seed)
-        points.append({"iteration": it, "frames": float(np.median(frames)), "iqm": point, "low": low,
-                       "high": high, "runs": m.size})  # fmt: skip
+        points.append(
+            {
+                "iteration": it,
+                "frames": float(np.median(frames)),
+                "iqm": point,
+                "low": low,
+                "high": high,
+                "runs": m.size,
+            }
+        )
     if gaps:
         warn(problems, f"{c.label}: {gaps} iteration(s) left off the learning curve (a run lacks a score there)")
     return points
@@ -363,8 +383,9 @@ def probability_of_improvement_pairs(configs: list[Config], reps: int, confidenc
             x = c.matrix[:, [c.games.index(g) for g in common]]
             y = d.matrix[:, [d.games.index(g) for g in common]]
             p = float(ev.probability_of_improvement(x, y))
-            low, high = ev.bootstrap_ci((x, y), ev.probability_of_improvement, reps=reps, confidence=confidence,
-                                        seed=seed)  # fmt: skip
+            low, high = ev.bootstrap_ci(
+                (x, y), ev.probability_of_improvement, reps=reps, confidence=confidence, seed=seed
+            )
             out.append({"x": c.label, "y": d.label, "games": len(common), "value": p, "low": low, "high": high})
     return out
 
@@ -378,15 +399,30 @@ def _plt():
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    plt.rcParams.update({"font.size": 10, "axes.spines.top": False, "axes.spines.right": False,
-                         "axes.grid": True, "grid.alpha": 0.3, "legend.frameon": False})  # fmt: skip
+    plt.rcParams.update(
+        {
+            "font.size": 10,
+            "axes.spines.top": False,
+            "axes.spines.right": False,
+            "axes.grid": True,
+            "grid.alpha": 0.3,
+            "legend.frameon": False,
+        }
+    )
     return plt
 
 
 def _color(sparsity: float, i: int = 0):
     """Dense is always blue and 95% always orange, as in the paper; other levels get their own colours."""
-    fixed = {0.0: "tab:blue", 0.95: "tab:orange", 0.9: "tab:green", 0.99: "tab:red", 0.5: "tab:purple",
-             0.8: "tab:brown", 0.98: "tab:pink"}  # fmt: skip
+    fixed = {
+        0.0: "tab:blue",
+        0.95: "tab:orange",
+        0.9: "tab:green",
+        0.99: "tab:red",
+        0.5: "tab:purple",
+        0.8: "tab:brown",
+        0.98: "tab:pink",
+    }
     return fixed.get(round(sparsity, 4), f"C{(i + 5) % 10}")
 
 
@@ -403,8 +439,18 @@ def _styles(cs: list[Config]) -> dict[str, tuple[str, str]]:
 
 
 def _short(c: Config) -> str:
-    """Legend label inside a panel that already names agent and network."""
-    return c.label.removeprefix(f"{AGENT_NAMES.get(c.agent, c.agent)} {ARCH_NAMES.get(c.arch, c.arch)} ")
+    """Legend label inside a panel that already names agent and network; partial data is said so."""
+    label = c.label.removeprefix(f"{AGENT_NAMES.get(c.agent, c.agent)} {ARCH_NAMES.get(c.arch, c.arch)} ")
+    return label if c.complete else f"{label} (incomplete)"
+
+
+def _frames_axis(ax, fontsize=None) -> None:
+    """Data are plotted in frames; label ticks in millions (or thousands, for short smoke runs)."""
+    from matplotlib.ticker import FuncFormatter
+
+    scale, unit = (1e6, "millions") if ax.get_xlim()[1] >= 2e6 else (1e3, "thousands")
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v / scale:g}"))
+    ax.set_xlabel(f"Frames ({unit})", fontsize=fontsize)
 
 
 def _title(fig, title: str, note: str) -> None:
@@ -422,16 +468,16 @@ def plot_curves(configs: list[Config], curves: dict[str, list[dict]], path: Path
         return False
     plt = _plt()
     fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.2), squeeze=False)
-    for ax, ((agent, arch), cs) in zip(axes[0], panels.items()):
+    for ax, ((agent, arch), cs) in zip(axes[0], panels.items(), strict=True):
         styles = _styles(cs)
         for c in cs:
             pts = curves[c.label]
-            x = np.array([p["frames"] for p in pts]) / 1e6
+            x = np.array([p["frames"] for p in pts])
             color, ls = styles[c.label]
             ax.plot(x, [p["iqm"] for p in pts], color=color, ls=ls, lw=1.8, label=_short(c))
             ax.fill_between(x, [p["low"] for p in pts], [p["high"] for p in pts], color=color, alpha=0.2, lw=0)
         ax.set_title(f"{AGENT_NAMES.get(agent, agent)}, {ARCH_NAMES.get(arch, arch)}")
-        ax.set_xlabel("Frames (millions)")
+        _frames_axis(ax)
         ax.set_ylabel("IQM human-normalized score")
         ax.legend(fontsize=8, loc="upper left")
     _title(fig, f"IQM learning curves ({ci}% stratified-bootstrap CIs)", note)
@@ -451,7 +497,7 @@ def plot_width(configs: list[Config], finals: dict[str, dict], path: Path, note:
         return False
     plt = _plt()
     fig, axes = plt.subplots(1, len(panels), figsize=(4.8 * len(panels), 4.0), squeeze=False)
-    for ax, cs in zip(axes[0], panels.values()):
+    for ax, cs in zip(axes[0], panels.values(), strict=True):
         by_sparsity: dict[float, list[Config]] = {}
         for c in cs:
             by_sparsity.setdefault(c.sparsity, []).append(c)
@@ -461,12 +507,26 @@ def plot_width(configs: list[Config], finals: dict[str, dict], path: Path, note:
             iq = np.array([finals[c.label]["iqm"]["value"] for c in group])
             lo = np.array([finals[c.label]["iqm"]["low"] for c in group])
             hi = np.array([finals[c.label]["iqm"]["high"] for c in group])
-            ax.errorbar(w, iq, yerr=[iq - lo, hi - iq], color=_color(s, i), marker="o", capsize=4, lw=1.8,
-                        label="Dense" if s == 0 else f"Pruned ({s * 100:g}% sparsity)")  # fmt: skip
+            ax.errorbar(
+                w,
+                iq,
+                yerr=[iq - lo, hi - iq],
+                color=_color(s, i),
+                marker="o",
+                capsize=4,
+                lw=1.8,
+                label="Dense" if s == 0 else f"Pruned ({s * 100:g}% sparsity)",
+            )
+            for c, x, y in zip(group, w, iq, strict=True):
+                if not c.complete:  # only reachable with --allow-incomplete: make it impossible to miss
+                    ax.plot(x, y, marker="o", ms=9, mfc="white", mec=_color(s, i), zorder=3)
+                    ax.annotate("incomplete", (x, y), xytext=(6, -12), textcoords="offset points", fontsize=7)
         c0 = cs[0]
         extra = c0.label.split(", ", 2)[2:]  # anything beyond "agent arch xW, sparsity"
-        ax.set_title(", ".join([f"{AGENT_NAMES.get(c0.agent, c0.agent)}, {ARCH_NAMES.get(c0.arch, c0.arch)}"] + extra),
-                     fontsize=10)  # fmt: skip
+        ax.set_title(
+            ", ".join([f"{AGENT_NAMES.get(c0.agent, c0.agent)}, {ARCH_NAMES.get(c0.arch, c0.arch)}"] + extra),
+            fontsize=10,
+        )
         ax.set_xticks(sorted({c.width for c in cs}))
         ax.set_xlabel("Width multiplier")
         ax.set_ylabel("Final IQM human-normalized score")
@@ -483,35 +543,46 @@ def _series(run: Run, key: str) -> tuple[np.ndarray, np.ndarray]:
     return np.array([m["frames"] for m in rows], dtype=float), np.array([m[key] for m in rows], dtype=float)
 
 
+def _overall_sparsity_key(run: Run) -> str:
+    """The trainer logs sparsity/prunable (over prunable weights, what the schedule targets) and sparsity/total
+    (biases in the denominator too, like JaxPruner); plot the former when it is there."""
+    return "sparsity/prunable" if any("sparsity/prunable" in m for m in run.metrics()) else "sparsity/total"
+
+
 def plot_sparsity(configs: list[Config], path: Path, note: str) -> bool:
     """Fig. 2 style: the schedule each pruned configuration actually followed, plus one per-layer profile."""
-    pruned = [(c, c.runs[0]) for c in configs if c.sparsity > 0 and len(_series(c.runs[0], "sparsity/total")[0])]
+    pruned = []  # (config, its first run that logged sparsity): the schedule is the same for every seed
+    for c in configs:
+        run = next((r for r in c.runs if c.sparsity > 0 and len(_series(r, _overall_sparsity_key(r))[0])), None)
+        if run is not None:
+            pruned.append((c, run))
     if not pruned:
         return False
     plt = _plt()
     fig, (ax, ax_l) = plt.subplots(1, 2, figsize=(11, 4.2))
     for i, (c, run) in enumerate(pruned):
-        x, y = _series(run, "sparsity/total")
-        ax.plot(x / 1e6, y, color=f"C{i % 10}", lw=2.5 - 1.5 * i / len(pruned), label=c.label)
+        x, y = _series(run, _overall_sparsity_key(run))
+        ax.plot(x, y, color=f"C{i % 10}", lw=2.5 - 1.5 * i / len(pruned), label=c.label)  # thinner on top
         xt, yt = _series(run, "sparsity/target")
         if len(xt):
-            ax.plot(xt / 1e6, yt, color="black", lw=0.8, ls=":")
-    ax.set_xlabel("Frames (millions)")
-    ax.set_ylabel("Sparsity (all prunable weights)")
+            ax.plot(xt, yt, color="black", lw=0.8, ls=":")
+    _frames_axis(ax)
+    ax.set_ylabel("Sparsity of the prunable weights")
     ax.set_ylim(-0.02, 1.02)
     ax.set_title("Sparsity schedule followed (dotted: scheduled target)", fontsize=10)
     ax.legend(fontsize=7, loc="upper left")
 
     c, run = max(pruned, key=lambda p: p[0].sparsity)
-    skip = {"sparsity/total", "sparsity/target"}
-    layers = [k for k in dict.fromkeys(k for m in run.metrics() for k in m) if k.startswith("sparsity/") and k not in skip]
+    overall = {"sparsity/total", "sparsity/target", "sparsity/prunable"}
+    logged = dict.fromkeys(k for m in run.metrics() for k in m)  # logging order = layer order
+    layers = [k for k in logged if k.startswith("sparsity/") and k not in overall]
     cmap = plt.get_cmap("viridis")
     for j, k in enumerate(layers):
         x, y = _series(run, k)
-        ax_l.plot(x / 1e6, y, color=cmap(j / max(1, len(layers) - 1)), lw=1, label=k.removeprefix("sparsity/"))
-    x, y = _series(run, "sparsity/total")
-    ax_l.plot(x / 1e6, y, color="black", lw=2.2, label="total")
-    ax_l.set_xlabel("Frames (millions)")
+        ax_l.plot(x, y, color=cmap(j / max(1, len(layers) - 1)), lw=1, label=k.removeprefix("sparsity/"))
+    x, y = _series(run, _overall_sparsity_key(run))
+    ax_l.plot(x, y, color="black", lw=2.2, label="all prunable")
+    _frames_axis(ax_l)
     ax_l.set_ylabel("Sparsity")
     ax_l.set_ylim(-0.02, 1.02)
     ax_l.set_title(f"Per layer: {c.label} ({run.game}, seed {run.seed})", fontsize=9)
@@ -532,10 +603,13 @@ def _mean_band(values: np.ndarray, reps: int, confidence: float, seed: int):
     return values.mean(axis=0), np.quantile(means, a / 2, axis=0), np.quantile(means, 1 - a / 2, axis=0)
 
 
-def plot_analysis(configs: list[Config], games: list[str] | None, path: Path, note: str, reps: int,
-                  confidence: float, seed: int) -> bool:  # fmt: skip
+def plot_analysis(
+    configs: list[Config], games: list[str] | None, path: Path, note: str, reps: int, confidence: float, seed: int
+) -> bool:
     """Fig. 11 style: one row per game, one column per analysis metric, one line per configuration."""
-    have = {(c.label, r.game) for c in configs for r in c.runs if any("analysis/dormant_frac" in m for m in r.metrics())}
+    have = {
+        (c.label, r.game) for c in configs for r in c.runs if any("analysis/dormant_frac" in m for m in r.metrics())
+    }
     if not have:
         return False
     available = sorted({g for _, g in have})
@@ -558,19 +632,25 @@ def plot_analysis(configs: list[Config], games: list[str] | None, path: Path, no
                 if not series:
                     continue
                 common = sorted(set.intersection(*(set(x.tolist()) for x, _ in series)))
-                vals = np.array([[dict(zip(x.tolist(), y.tolist()))[f] for f in common] for x, y in series])
+                vals = np.array(
+                    [[dict(zip(x.tolist(), y.tolist(), strict=True))[f] for f in common] for x, y in series]
+                )
                 m, lo, hi = _mean_band(vals, reps, confidence, seed)
-                x = np.array(common) / 1e6
+                x = np.array(common)
                 ax = axes[row, col]
                 color, ls = styles[c.label]
-                ax.plot(x, m, color=color, ls=ls, lw=1.5, label=f"{c.label} ({len(series)} runs)")
+                ax.plot(x, m, color=color, ls=ls, lw=1.5, label=c.label)
                 ax.fill_between(x, lo, hi, color=color, alpha=0.2, lw=0)
         for col, k in enumerate(keys):
             ax = axes[row, col]
             ax.set_title(f"{g}: {ANALYSIS_KEYS[k]}", fontsize=9)
-            ax.set_xlabel("Frames (millions)", fontsize=8)
+            _frames_axis(ax, fontsize=8)
             ax.tick_params(labelsize=7)
-    handles, labels = axes[0, 0].get_legend_handles_labels()
+    legend = {}  # one entry per configuration, whichever panel drew it
+    for ax in axes.flat:
+        for h, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            legend.setdefault(label, h)
+    handles, labels = list(legend.values()), list(legend)
     fig.legend(handles, labels, loc="lower center", ncol=min(4, max(1, len(labels))), fontsize=8)
     _title(fig, f"Analysis metrics (mean over seeds, {round(confidence * 100)}% bootstrap CIs)", note)
     fig.tight_layout(rect=(0, 0.06, 1, 1))
@@ -603,24 +683,41 @@ def write_markdown(path: Path, configs, finals, pairs, games, unreferenced, prob
         status = "complete" if c.complete else "**incomplete**: " + "; ".join(c.flags)
         if c.aggregated:
             f = finals[c.label]
-            cells = [_ci(f["iqm"]), f"{f['median']['value']:.3f}", f"{f['mean']['value']:.3f}",
-                     f"{f['optimality_gap']['value']:.3f}"]  # fmt: skip
+            cells = [
+                _ci(f["iqm"]),
+                f"{f['median']['value']:.3f}",
+                f"{f['mean']['value']:.3f}",
+                f"{f['optimality_gap']['value']:.3f}",
+            ]
             if not c.complete:
                 status = "partial (--allow-incomplete): " + "; ".join(c.flags)
             n_seeds = str(c.matrix.shape[0])
         else:
             cells, n_seeds = ["excluded", "", "", ""], str(len(c.seeds))
-        lines.append(f"| {c.label} | {len(c.games) or '-'} | {n_seeds} | " + " | ".join(cells) + f" | {status} |")
+        n_games = len(c.games) if c.aggregated else len({g for g, _ in c.cells})
+        lines.append(f"| {c.label} | {n_games} | {n_seeds} | " + " | ".join(cells) + f" | {status} |")
     if pairs:
-        lines += ["", f"Probability of improvement P(pruned > dense) [{ci}% CI]:", "",
-                  "| Pruned | Dense | Games | P(X > Y) |", "|---|---|---|---|"]  # fmt: skip
+        lines += [
+            "",
+            f"Probability of improvement P(pruned > dense) [{ci}% CI]:",
+            "",
+            "| Pruned | Dense | Games | P(X > Y) |",
+            "|---|---|---|---|",
+        ]
         lines += [f"| {p['x']} | {p['y']} | {p['games']} | {_ci(p)} |" for p in pairs]
 
     all_games = list(games) + sorted(unreferenced)
-    for title, norm in (("Per-game mean raw score ± std over seeds (final iteration)", False),
-                        ("Per-game mean human-normalised score (final iteration)", True)):  # fmt: skip
-        lines += ["", f"{title}:", "", "| Game | " + " | ".join(c.label for c in configs) + " |",
-                  "|---|" + "---|" * len(configs)]  # fmt: skip
+    for title, norm in (
+        ("Per-game mean raw score ± std over seeds (final iteration)", False),
+        ("Per-game mean human-normalised score (final iteration)", True),
+    ):
+        lines += [
+            "",
+            f"{title}:",
+            "",
+            "| Game | " + " | ".join(c.label for c in configs) + " |",
+            "|---|" + "---|" * len(configs),
+        ]
         for g in all_games if not norm else games:
             row = []
             for c in configs:
@@ -635,7 +732,10 @@ def write_markdown(path: Path, configs, finals, pairs, games, unreferenced, prob
             lines.append(f"| {g} | " + " | ".join(row) + " |")
     lines += ["", "Per-game tables count finished runs only."]
     if unreferenced:
-        lines += ["", f"No human reference score (raw scores only, not in aggregates): {', '.join(sorted(unreferenced))}."]
+        lines += [
+            "",
+            f"No human reference score (raw scores only, not in aggregates): {', '.join(sorted(unreferenced))}.",
+        ]
     if figures:
         lines += ["", "## Figures", ""] + [f"![{f}]({f})" for f in figures]
     lines += ["", "## Problems", ""] + ([f"- {p}" for p in problems] or ["None."])
@@ -647,15 +747,17 @@ def write_markdown(path: Path, configs, finals, pairs, games, unreferenced, prob
 def write_tables(out: Path, configs, finals, curves, pairs, problems, args) -> None:
     with open(out / "final_scores.csv", "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["config", "agent", "arch", "width", "sparsity", "replay_ratio", "game", "seed", "finished",
-                    "frames", "final_score", "human_normalized", "in_aggregate", "run_dir"])  # fmt: skip
+        w.writerow(
+            "config,agent,arch,width,sparsity,replay_ratio,game,seed,finished,frames,final_score,"
+            "human_normalized,in_aggregate,run_dir".split(",")
+        )
         for c in configs:
             used = {id(r) for rs in c.used for r in rs}
+            key = [c.label, c.agent, c.arch, c.width, c.sparsity, c.replay_ratio]
             for r in sorted(c.runs, key=lambda r: (r.game, r.seed)):
                 s = r.final_score()
                 hns = float(ev.human_normalized(s, r.game, args.normalization)) if ev.has_reference(r.game) else ""
-                w.writerow([c.label, c.agent, c.arch, c.width, c.sparsity, c.replay_ratio, r.game, r.seed,
-                            r.finished, r.frames_reached, s, hns, id(r) in used, str(r.path)])  # fmt: skip
+                w.writerow(key + [r.game, r.seed, r.finished, r.frames_reached, s, hns, id(r) in used, str(r.path)])
     with open(out / "curves.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["config", "iteration", "frames", "iqm", "low", "high", "runs"])
@@ -668,10 +770,20 @@ def write_tables(out: Path, configs, finals, curves, pairs, problems, args) -> N
         "reps": args.reps,
         "seed": args.seed,
         "configs": [
-            {"label": c.label, "agent": c.agent, "arch": c.arch, "width": c.width, "sparsity": c.sparsity,
-             "replay_ratio": c.replay_ratio, "complete": c.complete, "flags": c.flags, "games": c.games,
-             "seeds": c.seeds, "final": finals.get(c.label),
-             "scores": c.matrix.tolist() if c.aggregated else None}  # fmt: skip
+            {
+                "label": c.label,
+                "agent": c.agent,
+                "arch": c.arch,
+                "width": c.width,
+                "sparsity": c.sparsity,
+                "replay_ratio": c.replay_ratio,
+                "complete": c.complete,
+                "flags": c.flags,
+                "games": c.games,
+                "seeds": c.seeds,
+                "final": finals.get(c.label),
+                "scores": c.matrix.tolist() if c.aggregated else None,
+            }
             for c in configs
         ],
         "probability_of_improvement": pairs,
@@ -684,64 +796,63 @@ def write_tables(out: Path, configs, finals, curves, pairs, problems, args) -> N
 # --- synthetic example (documentation and the README figure) ------------------------------------------
 
 
-def write_synthetic_runs(root: Path, games=("BeamRider", "Breakout", "Enduro", "Pong", "VideoPinball"),
-                         seeds=(0, 1, 2), widths=(1, 3), sparsities=(0.0, 0.95), iterations: int = 40,
-                         iteration_steps: int = 250_000) -> list[Path]:  # fmt: skip
-    """Fake run directories in the trainer's format, with made-up learning curves. NOT real results."""
+def _synthetic_run(d: Path, game: str, seed: int, width: int, sparsity: float, level: float, rng, iters: int = 40):
+    """One fake run in the trainer's format: a saturating learning curve towards `level` (human-normalised),
+    a cubic GMP schedule over 20-80% of training, and drifting analysis metrics. NOT real results."""
+    steps_per_iter, total = 250_000, 250_000 * iters
+    (d / "checkpoints").mkdir(parents=True, exist_ok=True)
+    net = {"arch": "impala", "width": width, "scale_dense": False}
+    cfg = {"preset": None, "env": {"game": game, "backend": "envpool", "num_envs": 8}, "network": net}
+    cfg |= {"agent": {"name": "dqn"}, "pruning": {"final_sparsity": sparsity, "distribution": "erk"}}
+    cfg |= {"replay_ratio": 0.25, "seed": seed, "total_steps": total, "iteration_steps": steps_per_iter}
+    (d / "config.json").write_text(json.dumps(cfg, indent=2))
+
+    rand, human = ev.reference_scores(game)
+    t = np.arange(1, iters + 1) / iters
+    hns = level * (1 - np.exp(-3 * t)) * rng.lognormal(0, 0.15) + rng.normal(0, 0.08, iters)
+    rows = ["iteration,agent_steps,frames,grad_steps,score,episodes,fps,total_sparsity,wall_time"]
+    for i, score in enumerate(rand + hns * (human - rand)):
+        steps = (i + 1) * steps_per_iter
+        rows.append(f"{i},{steps},{4 * steps},{steps // 4},{score:.1f},10,2000.0,0.0,{i * 100.0}")
+    (d / "iterations.csv").write_text("\n".join(rows) + "\n")
+
+    layers = {"conv0": 0.80, "conv1": 0.95, "conv2": 0.96, "hidden": 0.97, "out": 0.85}  # made-up ERK-like targets
+    dense = sparsity == 0
+    with open(d / "metrics.jsonl", "w") as f:
+        for k in range(201):
+            steps = k * total // 200
+            u = k / 200  # fraction of training
+            s = sparsity * (1 - (1 - min(max((u - 0.2) / 0.6, 0), 1)) ** 3)
+            row = {"agent_steps": steps, "frames": 4 * steps, "grad_steps": steps // 4}
+            row |= {"sparsity/prunable": s, "sparsity/total": 0.99 * s, "sparsity/target": s}
+            row |= {f"sparsity/{n}": e * s / 0.95 for n, e in layers.items()}
+            if k % 10 == 0:
+                noise = 1 + 0.05 * rng.normal(size=5)
+                row["analysis/dormant_frac"] = (0.1 + (0.25 if dense else 0.05) * u) * noise[0]
+                row["analysis/srank"] = (300 - (150 if dense else 40) * u) * noise[1]
+                row["analysis/param_norm"] = (40 + (60 if dense else 15) * u) * noise[2]
+                row["analysis/q_norm"] = (1 + (8 if dense else 4) * u) * noise[3]
+                row["analysis/q_var"] = (0.1 + (2 if dense else 0.6) * u) * noise[4]
+            f.write(json.dumps(row) + "\n")
+    (d / "summary.json").write_text(json.dumps({"finished": True, "agent_steps": total}))
+
+
+def write_synthetic_runs(
+    root: Path,
+    games=("BeamRider", "Breakout", "Enduro", "SpaceInvaders", "VideoPinball"),
+    seeds=(0, 1, 2),
+    widths=(1, 3),
+) -> None:
+    """Dense and 95%-pruned DQN Impala runs with a made-up trend echoing Fig. 1 (dense worse with width,
+    pruned better). For documentation only."""
     rng = np.random.default_rng(0)
-    total = iterations * iteration_steps
-    layers = ["conv0", "conv1", "conv2", "hidden", "out"]
-    erk = [0.80, 0.95, 0.96, 0.97, 0.85]  # made-up per-layer targets that average to about 95%
-    dirs = []
     for w in widths:
-        for s in sparsities:
-            # made-up trend echoing Fig. 1: dense gets worse with width, pruned better
+        for s in (0.0, 0.95):
             level = 1.6 - 0.15 * (w - 1) if s == 0 else 1.8 + 0.25 * (w - 1)
             for g in games:
                 game_level = level * rng.lognormal(0, 0.4)
                 for seed in seeds:
-                    d = root / f"{g}__w{w}_s{int(s * 100)}__s{seed}"
-                    (d / "checkpoints").mkdir(parents=True, exist_ok=True)
-                    cfg = {"preset": f"dqn_impala_w{w}_{'dense' if s == 0 else 'gmp95'}",
-                           "env": {"game": g, "backend": "envpool", "num_envs": 8},
-                           "network": {"arch": "impala", "width": w, "scale_dense": False},
-                           "agent": {"name": "dqn"}, "pruning": {"final_sparsity": s, "distribution": "erk"},
-                           "replay_ratio": 0.25, "seed": seed, "total_steps": total, "iteration_steps": iteration_steps,
-                           "frame_skip": 4}  # fmt: skip
-                    (d / "config.json").write_text(json.dumps(cfg, indent=2))
-                    rand, human = ev.reference_scores(g)
-                    t = np.arange(1, iterations + 1) / iterations
-                    hns = game_level * (1 - np.exp(-3 * t)) * rng.lognormal(0, 0.15) + rng.normal(0, 0.08, iterations)
-                    score = rand + hns * (human - rand)
-                    with open(d / "iterations.csv", "w") as f:
-                        f.write("iteration,agent_steps,frames,grad_steps,score,episodes,fps,total_sparsity,wall_time\n")
-                        for i in range(iterations):
-                            steps = (i + 1) * iteration_steps
-                            f.write(f"{i},{steps},{4 * steps},{steps // 4},{score[i]:.1f},10,2000.0,0.0,{i * 100.0}\n")
-                    with open(d / "metrics.jsonl", "w") as f:
-                        for k in range(0, 201):
-                            steps = k * total // 200
-                            grad = steps // 4
-                            prog = min(max((grad + 1 - 0.2 * total / 4) / (0.6 * total / 4), 0), 1)
-                            row = {"agent_steps": steps, "frames": 4 * steps, "grad_steps": grad,
-                                   "sparsity/target": s * (1 - (1 - prog) ** 3)}  # fmt: skip
-                            row.update({f"sparsity/{n}": e * s / 0.95 * (1 - (1 - prog) ** 3) for n, e in zip(layers, erk)})
-                            row["sparsity/total"] = row["sparsity/target"]
-                            if k % 10 == 0:
-                                u = k / 200
-                                dense = s == 0
-                                row.update({
-                                    "analysis/dormant_frac": (0.1 + (0.25 if dense else 0.05) * u) * (1 + 0.1 * rng.normal()),
-                                    "analysis/srank": (300 - (150 if dense else 40) * u) * (1 + 0.05 * rng.normal()),
-                                    "analysis/param_norm": (40 + (60 if dense else 15) * u) * (1 + 0.05 * rng.normal()),
-                                    "analysis/q_norm": (1 + (8 if dense else 4) * u) * (1 + 0.1 * rng.normal()),
-                                    "analysis/q_var": (0.1 + (2 if dense else 0.6) * u) * (1 + 0.1 * rng.normal()),
-                                })  # fmt: skip
-                            f.write(json.dumps(row) + "\n")
-                    (d / "summary.json").write_text(json.dumps({"finished": True, "agent_steps": total,
-                                                                "final_score": float(score[-1])}))  # fmt: skip
-                    dirs.append(d)
-    return dirs
+                    _synthetic_run(root / f"{g}__w{w}_s{int(s * 100)}__s{seed}", g, seed, w, s, game_level, rng)
 
 
 # --- main --------------------------------------------------------------------------------------------------
@@ -756,21 +867,36 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     p.add_argument("run_dirs", nargs="*", metavar="RUN_DIR", help="run directories or parents of them")
     p.add_argument("--out", required=True, help="output directory (created if needed)")
-    p.add_argument("--games", default=None,
-                   help="comma-separated games every configuration must have, or 'paper15'; "
-                        "default: every game found in the runs")  # fmt: skip
-    p.add_argument("--allow-incomplete", action="store_true",
-                   help="aggregate configurations with missing games/seeds or unfinished runs anyway (marked)")
+    p.add_argument(
+        "--games",
+        default=None,
+        help="comma-separated games every configuration must have, or 'paper15'; default: every game found in the runs",
+    )
+    p.add_argument(
+        "--allow-incomplete",
+        action="store_true",
+        help="aggregate configurations with missing games/seeds or unfinished runs anyway (marked)",
+    )
     p.add_argument("--reps", type=int, default=2000, help="bootstrap replications (default 2000)")
     p.add_argument("--confidence", type=float, default=0.95, help="CI coverage (default 0.95)")
     p.add_argument("--seed", type=int, default=0, help="bootstrap RNG seed (default 0)")
-    p.add_argument("--normalization", choices=("dqn_zoo", "dopamine"), default="dqn_zoo",
-                   help="human/random table: dqn_zoo (default) or dopamine (differs only on VideoPinball)")
-    p.add_argument("--analysis-games", default=None,
-                   help="comma-separated games for the analysis figure (default: Fig. 11's four when present)")
+    p.add_argument(
+        "--normalization",
+        choices=("dqn_zoo", "dopamine"),
+        default="dqn_zoo",
+        help="human/random table: dqn_zoo (default) or dopamine (differs only on VideoPinball)",
+    )
+    p.add_argument(
+        "--analysis-games",
+        default=None,
+        help="comma-separated games for the analysis figure (default: Fig. 11's four when present)",
+    )
     p.add_argument("--note", default="", help="text added to every figure title and to report.md")
-    p.add_argument("--demo", action="store_true",
-                   help="write synthetic run dirs to OUT/synthetic_runs and report those (marked as synthetic)")
+    p.add_argument(
+        "--demo",
+        action="store_true",
+        help="write synthetic run dirs to OUT/synthetic_runs and report those (marked as synthetic)",
+    )
     args = p.parse_args(argv)
     if not args.run_dirs and not args.demo:
         p.error("give at least one RUN_DIR (or --demo)")
@@ -802,20 +928,30 @@ def main(argv=None) -> int:
     configs = group_runs(runs)
     build_matrices(configs, games, args.allow_incomplete, problems, args.normalization)
     finals = {c.label: final_aggregates(c, args.reps, args.confidence, args.seed) for c in configs if c.aggregated}
-    curves = {c.label: iqm_curve(c, args.reps, args.confidence, args.seed, problems, args.normalization)
-              for c in configs if c.aggregated}  # fmt: skip
+    curves = {
+        c.label: iqm_curve(c, args.reps, args.confidence, args.seed, problems, args.normalization)
+        for c in configs
+        if c.aggregated
+    }
     pairs = probability_of_improvement_pairs(configs, args.reps, args.confidence, args.seed)
 
     ci = round(args.confidence * 100)
-    analysis_games = [ev.canonical_game(g) if ev.has_reference(g) else g for g in args.analysis_games.split(",")] \
-        if args.analysis_games else None  # fmt: skip
+    analysis_games = (
+        [ev.canonical_game(g) if ev.has_reference(g) else g for g in args.analysis_games.split(",")]
+        if args.analysis_games
+        else None
+    )
     figures = []
     for name, draw in (
         ("iqm_curves.png", lambda p: plot_curves(configs, curves, p, args.note, ci)),
         ("iqm_vs_width.png", lambda p: plot_width(configs, finals, p, args.note, ci)),
         ("sparsity_schedule.png", lambda p: plot_sparsity(configs, p, args.note)),
-        ("analysis.png", lambda p: plot_analysis(configs, analysis_games, p, args.note, min(args.reps, 1000),
-                                                  args.confidence, args.seed)),  # fmt: skip
+        (
+            "analysis.png",
+            lambda p: plot_analysis(
+                configs, analysis_games, p, args.note, min(args.reps, 1000), args.confidence, args.seed
+            ),
+        ),
     ):
         if draw(out / name):
             figures.append(name)

@@ -1,0 +1,199 @@
+"""Run configuration: tyro dataclasses (one docstring per field becomes --help) and the paper's presets.
+
+Step accounting (project decision 6): every step count below is in *agent steps*, i.e. transitions summed
+over all parallel envs (frames = 4 x agent steps). The replay ratio is gradient updates per agent step. The
+pruning schedule counts gradient steps; by default it runs from 20% to 80% of the nominal gradient steps
+`total_steps x replay_ratio` (500k / 2M for the paper's 40M frames at ratio 0.25, as in JaxPruner's gin).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Literal
+
+from agents.envs import EnvConfig
+from agents.networks import NetworkConfig
+from agents.pruning import PruningConfig
+
+AgentName = Literal["dqn", "rainbow", "iqn", "miqn"]
+
+
+@dataclass
+class AgentConfig:
+    name: AgentName = "dqn"
+    """Which agent: dqn, rainbow (compact: C51 + n-step + prioritized replay), iqn or miqn (Munchausen-IQN)."""
+    lr: float = 6.25e-5
+    """Adam learning rate."""
+    adam_eps: float = 1.5e-4
+    """Adam epsilon (1.5e-4 for DQN and Rainbow, 3.125e-4 for IQN and M-IQN: project decision 4)."""
+    batch_size: int = 32
+    """Transitions per gradient step."""
+    gamma: float = 0.99
+    """Discount factor."""
+    n_step: int = 1
+    """Update horizon of the n-step return (1 for DQN, 3 for Rainbow, IQN and M-IQN)."""
+    target_update_period: int = 8000
+    """Agent steps between hard copies of the online network into the target network."""
+    min_replay: int = 20_000
+    """Agent steps of pure exploration (epsilon 1) before learning starts."""
+    epsilon_train: float = 0.01
+    """Final epsilon of epsilon-greedy exploration during training."""
+    epsilon_decay_steps: int = 250_000
+    """Agent steps over which epsilon decays linearly from 1 to epsilon_train after min_replay."""
+    loss: Literal["mse", "huber"] = "mse"
+    """DQN TD loss: MSE as in Dopamine JAX (project decision 3) or Huber."""
+    replay: Literal["uniform", "prioritized"] = "uniform"
+    """Replay sampling: uniform, or proportional prioritized (Rainbow's default)."""
+    num_atoms: int = 51
+    """C51 atoms (Rainbow)."""
+    v_max: float = 10.0
+    """C51 support is [-v_max, v_max] (Rainbow)."""
+    num_tau_samples: int = 64
+    """IQN: quantile samples N for the online network."""
+    num_tau_prime_samples: int = 64
+    """IQN: quantile samples N' for the target network."""
+    num_quantile_samples: int = 32
+    """IQN: quantile samples K for acting."""
+    quantile_embedding_dim: int = 64
+    """IQN: size of the cosine embedding of tau."""
+    kappa: float = 1.0
+    """IQN: Huber threshold of the quantile loss."""
+    munchausen_tau: float = 0.03
+    """M-IQN: softmax temperature (paper Table 2)."""
+    munchausen_alpha: float = 0.9
+    """M-IQN: scale of the Munchausen term (Vieillard et al. 2020; not given in the paper)."""
+    munchausen_clip: float = -1.0
+    """M-IQN: lower clip l0 of the scaled log-policy (Vieillard et al. 2020; not given in the paper)."""
+
+    def __post_init__(self):
+        for name in ("lr", "adam_eps", "gamma"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"agent.{name} must be > 0, got {getattr(self, name)}")
+        for name in ("batch_size", "n_step", "target_update_period"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"agent.{name} must be >= 1, got {getattr(self, name)}")
+        if self.min_replay < 0 or self.epsilon_decay_steps < 0:
+            raise ValueError("agent.min_replay and agent.epsilon_decay_steps must be >= 0")
+
+
+def paper_agent(name: AgentName) -> AgentConfig:
+    """The paper's hyperparameters for each agent (Table 2, project decisions 3 and 4)."""
+    if name == "dqn":
+        return AgentConfig(name="dqn")
+    if name == "rainbow":
+        return AgentConfig(name="rainbow", n_step=3, replay="prioritized")
+    if name in ("iqn", "miqn"):
+        return AgentConfig(name=name, lr=5e-5, adam_eps=3.125e-4, n_step=3)
+    raise ValueError(f"unknown agent {name!r}")
+
+
+@dataclass
+class TrainConfig:
+    env: EnvConfig = field(default_factory=EnvConfig)
+    network: NetworkConfig = field(default_factory=NetworkConfig)
+    agent: AgentConfig = field(default_factory=AgentConfig)
+    pruning: PruningConfig = field(default_factory=PruningConfig)
+    total_steps: int = 10_000_000
+    """Training budget in agent steps, summed over envs (10M agent steps = 40M frames)."""
+    iteration_steps: int = 250_000
+    """Agent steps per iteration; one score (mean return of the episodes finished in it) per iteration."""
+    replay_ratio: float = 0.25
+    """Gradient updates per agent step (0.25 = one update every 4 transitions)."""
+    replay_capacity: int = 1_000_000
+    """Replay capacity in transitions (1M frames take about 7.1 GB as uint8)."""
+    replay_device: Literal["cpu", "auto"] = "cpu"
+    """Where the replay lives: 'cpu', or 'auto' = the training device (keeps sampling on the GPU)."""
+    device: str = "auto"
+    """Torch device for the networks: 'auto' picks cuda when available."""
+    seed: int = 0
+    """Seed of python, numpy, torch, the replay sampler and the envs (env i gets seed + i)."""
+    runs_dir: str = "runs"
+    """Parent directory of run directories."""
+    run_name: str | None = None
+    """Run directory name; default {game}__{preset or agent}__s{seed}__{timestamp}."""
+    checkpoint_every: int = 1
+    """Write a checkpoint every this many iterations (and at the end of the run)."""
+    keep_checkpoints: int = 2
+    """How many recent checkpoints to keep."""
+    save_replay: bool = False
+    """Include the replay buffer in checkpoints (7 GB at 1M), so a resumed run continues learning at once."""
+    log_every: int = 10_000
+    """Agent steps between rows of metrics.jsonl / TensorBoard scalars."""
+    analysis_every: int = 0
+    """Gradient steps between analysis metrics (dormant neurons, srank, norms); 0 turns them off."""
+    tensorboard: bool = True
+    """Also write TensorBoard event files under run_dir/tb."""
+    progress: bool = True
+    """Show a progress bar."""
+    preset: str | None = None
+    """Name of the preset this config started from (informational, recorded in config.json)."""
+
+    def __post_init__(self):
+        if self.total_steps < 1 or self.iteration_steps < 1:
+            raise ValueError("total_steps and iteration_steps must be >= 1")
+        if self.replay_ratio <= 0:
+            raise ValueError(f"replay_ratio must be > 0, got {self.replay_ratio}")
+        if self.checkpoint_every < 1 or self.keep_checkpoints < 1:
+            raise ValueError("checkpoint_every and keep_checkpoints must be >= 1")
+
+    @property
+    def nominal_grad_steps(self) -> int:
+        return round(self.total_steps * self.replay_ratio)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainConfig:
+        sub = {"env": EnvConfig, "network": NetworkConfig, "agent": AgentConfig, "pruning": PruningConfig}
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"config has unknown fields {sorted(unknown)}")
+        kwargs = {k: (sub[k](**v) if k in sub else v) for k, v in d.items()}
+        return cls(**kwargs)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Presets: {agent}_{impala|nature}_w{width}_{dense|gmpNN}, the paper's configurations, plus a CPU demo.
+# ---------------------------------------------------------------------------------------------------------
+PAPER_SPARSITIES = {"dense": 0.0, "gmp90": 0.9, "gmp95": 0.95, "gmp99": 0.99}
+
+
+def _paper_presets() -> dict[str, TrainConfig]:
+    presets = {}
+    for agent in ("dqn", "rainbow", "iqn", "miqn"):
+        for arch, widths in (("impala", (1, 2, 3, 4, 5)), ("nature", (1, 3, 5))):
+            for width in widths:
+                for tag, sparsity in PAPER_SPARSITIES.items():
+                    name = f"{agent}_{arch}_w{width}_{tag}"
+                    presets[name] = TrainConfig(
+                        network=NetworkConfig(arch=arch, width=width), agent=paper_agent(agent),
+                        pruning=PruningConfig(final_sparsity=sparsity), preset=name)
+    return presets
+
+
+def _demo_preset() -> TrainConfig:
+    """A few minutes on a laptop CPU: GMP-DQN on Pong, Impala x1, pruned to 95% on a compressed schedule."""
+    return TrainConfig(
+        env=EnvConfig(game="Pong", num_envs=8),
+        network=NetworkConfig(arch="impala", width=1),
+        agent=dataclasses.replace(paper_agent("dqn"), min_replay=2_000, epsilon_decay_steps=10_000,
+                                  target_update_period=2_000),
+        pruning=PruningConfig(final_sparsity=0.95, update_freq=100),
+        total_steps=24_000, iteration_steps=4_000, replay_capacity=50_000, log_every=2_000, preset="demo")
+
+
+PRESETS: dict[str, TrainConfig] = {**_paper_presets(), "demo": _demo_preset()}
+
+
+def get_preset(name: str) -> TrainConfig:
+    if name not in PRESETS:
+        import difflib
+
+        close = difflib.get_close_matches(name, PRESETS, n=5, cutoff=0.5)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise ValueError(f"unknown preset {name!r}{hint} (see --list-presets)")
+    return copy.deepcopy(PRESETS[name])

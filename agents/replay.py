@@ -1,0 +1,167 @@
+"""Frame-deduplicated circular replay for N synchronous environments, with n-step returns.
+
+Each slot (t, e) holds what env e saw at vector step t: the newest 84x84 frame of its observation, the action
+taken there, the raw reward and whether the episode terminated after it. Stacks of 4 frames are rebuilt at
+sampling time, with frames from before the episode's first observation zeroed (as Dopamine pads), so a stack
+never crosses an episode boundary. 1M transitions take 1M x 7,056 B = 7.1 GB of frames plus ~10 B of
+metadata each. Everything is a torch tensor on `device`, so storage on the GPU is one argument.
+
+Auto-reset contract (envpool / ale-py NEXT_STEP): after a step that ends an episode, the env returns the
+episode's final observation; the next step ignores its action and returns the first observation of a new
+episode. The trainer stores that step too, with `executed=False`: the slot's frame is the final observation
+(the bootstrap state of a truncated episode) but it is never sampled as a transition start. The slot after it
+has `first=True`.
+
+Sampling is uniform over valid (t, e) pairs. Subclasses (prioritized replay) override `_sample_slots` and
+`_on_add`; the n-step and stacking logic is shared.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class Batch:
+    obs: torch.Tensor  # uint8 [B, 4, 84, 84]
+    actions: torch.Tensor  # int64 [B]
+    returns: torch.Tensor  # float32 [B]: sum_k gamma^k clip(r_{t+k}) up to n steps or the episode's end
+    discounts: torch.Tensor  # float32 [B]: gamma^m, or 0 if the episode terminated within the n steps
+    next_obs: torch.Tensor  # uint8 [B, 4, 84, 84]: the bootstrap state s_{t+m}
+    weights: torch.Tensor  # float32 [B]: importance weights (ones for uniform replay)
+    indices: torch.Tensor  # int64 [B]: flat slot ids (t % T) * N + e, for priority updates
+
+
+class ReplayBuffer:
+    def __init__(self, capacity: int, num_envs: int, *, n_step: int = 1, gamma: float = 0.99, stack: int = 4,
+                 frame_shape: tuple[int, int] = (84, 84), reward_clip: float | None = 1.0,
+                 device: str | torch.device = "cpu", seed: int = 0):
+        if num_envs < 1 or capacity < num_envs * (stack + n_step + 1):
+            raise ValueError(f"replay capacity {capacity} is too small for {num_envs} envs "
+                             f"(need at least {num_envs * (stack + n_step + 1)})")
+        if n_step < 1:
+            raise ValueError(f"n_step must be >= 1, got {n_step}")
+        self.num_envs, self.n_step, self.gamma, self.stack = num_envs, n_step, gamma, stack
+        self.reward_clip = reward_clip
+        self.T = capacity // num_envs  # time slots per env
+        self.device = torch.device(device)
+        T, N = self.T, num_envs
+        self.frames = torch.zeros((T, N, *frame_shape), dtype=torch.uint8, device=self.device)
+        self.actions = torch.zeros((T, N), dtype=torch.int32, device=self.device)
+        self.rewards = torch.zeros((T, N), dtype=torch.float32, device=self.device)
+        self.terminal = torch.zeros((T, N), dtype=torch.bool, device=self.device)
+        self.first = torch.zeros((T, N), dtype=torch.bool, device=self.device)
+        self.executed = torch.zeros((T, N), dtype=torch.bool, device=self.device)
+        self.t = 0  # vector steps added so far
+        self.generator = torch.Generator(device=self.device)
+        self.generator.manual_seed(seed)
+        self._env_ids = torch.arange(N, device=self.device)
+
+    @property
+    def capacity(self) -> int:
+        return self.T * self.num_envs
+
+    def __len__(self) -> int:
+        return min(self.t, self.T) * self.num_envs
+
+    def add(self, frame, action, reward, terminated, first, executed) -> None:
+        """Store one vector step: frame [N, H, W] uint8 (newest frame of the observation acted on), action
+        [N], raw reward [N], terminated [N] (episode ended after this action), first [N] (this observation
+        starts an episode), executed [N] (False where the env ignored the action to auto-reset)."""
+        slot = self.t % self.T
+        dev = self.device
+        self.frames[slot].copy_(torch.as_tensor(frame, device=dev), non_blocking=True)
+        self.actions[slot].copy_(torch.as_tensor(action, device=dev), non_blocking=True)
+        self.rewards[slot].copy_(torch.as_tensor(reward, device=dev), non_blocking=True)
+        self.terminal[slot].copy_(torch.as_tensor(terminated, device=dev), non_blocking=True)
+        self.first[slot].copy_(torch.as_tensor(first, device=dev), non_blocking=True)
+        self.executed[slot].copy_(torch.as_tensor(executed, device=dev), non_blocking=True)
+        self._on_add(slot)
+        self.t += 1
+
+    def _on_add(self, slot: int) -> None:
+        """Hook for subclasses (prioritized replay sets new priorities here)."""
+
+    def sample_range(self) -> tuple[int, int]:
+        """Inclusive range of absolute vector steps a transition may start at: its stack must still be in
+        memory and its n-step lookahead must already be written."""
+        lo = max(0, self.t - self.T + self.stack - 1)
+        hi = self.t - 1 - self.n_step
+        return lo, hi
+
+    def can_sample(self) -> bool:
+        lo, hi = self.sample_range()
+        return hi >= lo
+
+    def _sample_slots(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Uniform (absolute step, env, importance weight) with the start slot an executed action."""
+        lo, hi = self.sample_range()
+        t_abs = torch.empty(0, dtype=torch.long, device=self.device)
+        env = torch.empty(0, dtype=torch.long, device=self.device)
+        while t_abs.numel() < batch_size:  # rejection of the rare auto-reset slots
+            n = 2 * batch_size
+            cand_t = torch.randint(lo, hi + 1, (n,), generator=self.generator, device=self.device)
+            cand_e = torch.randint(0, self.num_envs, (n,), generator=self.generator, device=self.device)
+            ok = self.executed[cand_t % self.T, cand_e]
+            t_abs, env = torch.cat([t_abs, cand_t[ok]]), torch.cat([env, cand_e[ok]])
+        t_abs, env = t_abs[:batch_size], env[:batch_size]
+        return t_abs, env, torch.ones(batch_size, device=self.device)
+
+    def sample(self, batch_size: int) -> Batch:
+        if not self.can_sample():
+            raise RuntimeError(f"replay holds too few steps to sample ({self.t} vector steps added)")
+        t_abs, env, weights = self._sample_slots(batch_size)
+        returns, discounts, next_t = self._n_step(t_abs, env)
+        return Batch(obs=self._stacks(t_abs, env), actions=self.actions[t_abs % self.T, env].long(),
+                     returns=returns, discounts=discounts, next_obs=self._stacks(next_t, env), weights=weights,
+                     indices=(t_abs % self.T) * self.num_envs + env)
+
+    def _n_step(self, t_abs: torch.Tensor, env: torch.Tensor):
+        """n-step return, bootstrap discount and bootstrap step of each sampled start."""
+        returns = torch.zeros(t_abs.shape, dtype=torch.float32, device=self.device)
+        alive = torch.ones(t_abs.shape, dtype=torch.bool, device=self.device)
+        done = torch.zeros_like(alive)
+        steps = torch.full(t_abs.shape, self.n_step, dtype=torch.long, device=self.device)
+        for k in range(self.n_step):
+            slot = (t_abs + k) % self.T
+            if k > 0:
+                # A not-executed slot holds the final observation of a truncated episode: bootstrap there.
+                truncated_here = alive & ~self.executed[slot, env]
+                steps = torch.where(truncated_here, k, steps)
+                alive &= ~truncated_here
+            reward = self.rewards[slot, env]
+            if self.reward_clip is not None:
+                reward = reward.clamp(-self.reward_clip, self.reward_clip)
+            returns += alive * (self.gamma**k) * reward
+            ended = alive & self.terminal[slot, env]
+            done |= ended
+            alive &= ~ended
+        discounts = torch.where(done, 0.0, torch.pow(self.gamma, steps.float()))
+        return returns, discounts, t_abs + steps
+
+    def _stacks(self, t_abs: torch.Tensor, env: torch.Tensor) -> torch.Tensor:
+        """Rebuild [B, stack, H, W] ending at t_abs; frames before the episode's first frame are zeros."""
+        offsets = torch.arange(-self.stack + 1, 1, device=self.device)
+        slots = (t_abs[:, None] + offsets) % self.T  # [B, stack], oldest first
+        frames = self.frames[slots, env[:, None]]
+        first = self.first[slots, env[:, None]]
+        # Frame j belongs to an earlier episode if some later frame j' > j in the stack starts an episode.
+        later_first = torch.flip(torch.cumsum(torch.flip(first.int(), [1]), 1), [1]) - first.int()
+        return frames * (later_first == 0)[:, :, None, None]
+
+    # --- checkpointing ---------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {"t": self.t, "T": self.T, "num_envs": self.num_envs, "frames": self.frames, "actions": self.actions,
+                "rewards": self.rewards, "terminal": self.terminal, "first": self.first,
+                "executed": self.executed, "generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state["T"] != self.T or state["num_envs"] != self.num_envs:
+            raise ValueError(f"replay checkpoint has {state['T']} slots x {state['num_envs']} envs, this buffer "
+                             f"{self.T} x {self.num_envs}")
+        for name in ("frames", "actions", "rewards", "terminal", "first", "executed"):
+            getattr(self, name).copy_(state[name])
+        self.t = int(state["t"])
+        self.generator.set_state(state["generator"])

@@ -1,0 +1,488 @@
+"""The training loop shared by every agent: act, step the envs, store, learn, prune, log, checkpoint.
+
+    python -m agents.train --preset dqn_impala_w3_gmp95 --env.game Breakout
+    python -m agents.train --preset demo                      # a few CPU minutes, writes runs/<name>/
+    python -m agents.train --resume runs/<name>               # continue a killed run
+    python -m agents.train --list-presets
+
+Run directory (read by `agents.report`):
+    config.json      resolved config + versions, device, git SHA
+    iterations.csv   one row per iteration: score = mean raw return of the episodes finished in it
+    episodes.csv     every finished episode (raw return, length)
+    metrics.jsonl    losses, epsilon, frames/s, per-layer sparsity, analysis metrics
+    tb/              the same scalars for TensorBoard
+    checkpoints/     ckpt_<agent_steps>.pt, written atomically at iteration ends
+    summary.json     written when the run finishes
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import csv
+import json
+import math
+import random
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from agents.checkpoint import CheckpointError, atomic_write_bytes, latest_checkpoint, load_checkpoint, save_checkpoint
+from agents.config import PRESETS, TrainConfig, get_preset
+from agents.envs import make_env
+from agents.pruning import MaskedAdam, Pruner
+from agents.replay import ReplayBuffer
+
+ITERATION_FIELDS = ["iteration", "agent_steps", "frames", "grad_steps", "score", "episodes", "fps", "total_sparsity",
+                    "wall_time"]
+EPISODE_FIELDS = ["agent_steps", "frames", "env_id", "return", "length"]
+
+
+def make_agent(cfg, num_actions: int):
+    """The agent module for cfg.name: its network, action values and loss."""
+    if cfg.name == "dqn":
+        from agents.dqn import DQN
+
+        return DQN(cfg, num_actions)
+    if cfg.name == "rainbow":
+        from agents.rainbow import Rainbow
+
+        return Rainbow(cfg, num_actions)
+    if cfg.name in ("iqn", "miqn"):
+        from agents.iqn import IQN
+
+        return IQN(cfg, num_actions)
+    raise ValueError(f"unknown agent {cfg.name!r}")
+
+
+def make_replay(cfg: TrainConfig, device: torch.device, num_envs: int, obs_shape) -> ReplayBuffer:
+    kwargs = dict(capacity=cfg.replay_capacity, num_envs=num_envs, n_step=cfg.agent.n_step, gamma=cfg.agent.gamma,
+                  stack=obs_shape[0], frame_shape=tuple(obs_shape[1:]), device=device, seed=cfg.seed)
+    if cfg.agent.replay == "prioritized":
+        from agents.replay import PrioritizedReplayBuffer
+
+        return PrioritizedReplayBuffer(**kwargs)
+    return ReplayBuffer(**kwargs)
+
+
+def linearly_decaying_epsilon(step: int, warmup: int, decay: int, final: float) -> float:
+    """Dopamine's schedule: 1 during warm-up, then linear decay to `final` over `decay` steps."""
+    if decay <= 0:
+        return 1.0 if step < warmup else final
+    bonus = (1.0 - final) * (decay + warmup - step) / decay
+    return final + min(max(bonus, 0.0), 1.0 - final)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _git_sha() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent)
+        return out.stdout.strip() or None
+    except Exception:
+        return None
+
+
+def _write_json(path: Path, obj: dict) -> None:
+    atomic_write_bytes(path, lambda f: f.write(json.dumps(obj, indent=2, default=str).encode()))
+
+
+class Trainer:
+    """One run. `Trainer(cfg, run_dir)` starts fresh; `Trainer.resume(run_dir)` continues from a checkpoint."""
+
+    def __init__(self, cfg: TrainConfig, run_dir: Path, checkpoint: dict | None = None, env=None):
+        """`env` replaces the Atari envs with any object of the `AtariVecEnv` interface (tests use a tiny MDP)."""
+        self.cfg, self.run_dir = cfg, Path(run_dir)
+        self.device = resolve_device(cfg.device)
+        _seed_everything(cfg.seed)
+        self.env = env if env is not None else make_env(cfg.env, seed=cfg.seed)
+        self.num_actions = self.env.num_actions
+        obs_shape = tuple(self.env.observation_shape)
+        self.agent = make_agent(cfg.agent, self.num_actions)
+        self.online = self.agent.build_network(cfg.network, obs_shape).to(self.device)
+        self.target = copy.deepcopy(self.online).requires_grad_(False)
+        start, end = cfg.pruning.window(cfg.nominal_grad_steps)
+        self.pruner = Pruner(self.online, cfg.pruning, start, end).to(self.device) \
+            if cfg.pruning.final_sparsity > 0 else None
+        self.optimizer = MaskedAdam(self.online.parameters(), lr=cfg.agent.lr, eps=cfg.agent.adam_eps,
+                                    masks=self.pruner.mask_for() if self.pruner else None,
+                                    moments=cfg.pruning.moments, mask_gradients=cfg.pruning.mask_gradients)
+        replay_device = self.device if cfg.replay_device == "auto" else torch.device("cpu")
+        self.replay = make_replay(cfg, replay_device, self.env.num_envs, obs_shape)
+        self.action_rng = np.random.default_rng(cfg.seed)
+        self.agent_steps = self.grad_steps = self.iteration = 0
+        self.grad_budget = 0.0
+        self.analysis_obs: torch.Tensor | None = None
+        if checkpoint is not None:
+            self.load_state_dict(checkpoint)
+        self._open_logs(resumed=checkpoint is not None)
+
+    # --- construction helpers ----------------------------------------------------------------------------
+    @classmethod
+    def resume(cls, run_dir: Path) -> Trainer:
+        run_dir = Path(run_dir)
+        config_path = run_dir / "config.json"
+        if not config_path.is_file():
+            raise CheckpointError(f"cannot resume {run_dir}: it has no config.json (is it a run directory?)")
+        saved = json.loads(config_path.read_text())
+        cfg = TrainConfig.from_dict(saved["config"])
+        path = latest_checkpoint(run_dir / "checkpoints")
+        if path is None:
+            raise CheckpointError(f"cannot resume {run_dir}: no checkpoint in {run_dir / 'checkpoints'}")
+        state = load_checkpoint(path, config=cfg.to_dict())
+        return cls(cfg, run_dir, checkpoint=state)
+
+    def _open_logs(self, resumed: bool) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if not resumed:
+            meta = {"config": self.cfg.to_dict(), "torch": torch.__version__, "device": str(self.device),
+                    "device_name": torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu",
+                    "git_sha": _git_sha(), "started": datetime.now(timezone.utc).isoformat(),
+                    "num_actions": self.num_actions, "action_meanings": self.env.action_meanings,
+                    "env_backend": self.env.backend, "env_backend_kwargs": self.env.backend_kwargs}
+            _write_json(self.run_dir / "config.json", meta)
+        # A resumed run drops the log rows written after its checkpoint, so nothing is counted twice.
+        for name, fields in (("iterations.csv", ITERATION_FIELDS), ("episodes.csv", EPISODE_FIELDS)):
+            _truncate_csv(self.run_dir / name, fields, self.agent_steps)
+        _truncate_jsonl(self.run_dir / "metrics.jsonl", self.agent_steps)
+        self.iterations_csv = open(self.run_dir / "iterations.csv", "a", newline="")
+        self.episodes_csv = open(self.run_dir / "episodes.csv", "a", newline="")
+        self.metrics_file = open(self.run_dir / "metrics.jsonl", "a")
+        self.tb = None
+        if self.cfg.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(self.run_dir / "tb"), purge_step=self.agent_steps or None)
+
+    # --- acting and learning -----------------------------------------------------------------------------
+    def epsilon(self) -> float:
+        a = self.cfg.agent
+        return linearly_decaying_epsilon(self.agent_steps, a.min_replay, a.epsilon_decay_steps, a.epsilon_train)
+
+    def act(self, obs: np.ndarray, epsilon: float) -> np.ndarray:
+        n = obs.shape[0]
+        explore = self.action_rng.random(n) < epsilon
+        actions = self.action_rng.integers(0, self.num_actions, n)
+        if not explore.all():
+            obs_t = torch.from_numpy(obs).to(self.device, non_blocking=True)
+            greedy = self.agent.greedy_actions(self.online, obs_t).cpu().numpy()
+            actions = np.where(explore, actions, greedy)
+        return actions
+
+    def learn(self) -> dict:
+        batch = self.replay.sample(self.cfg.agent.batch_size)
+        if batch.obs.device != self.device:
+            batch = type(batch)(**{k: v.to(self.device, non_blocking=True) for k, v in vars(batch).items()})
+        per_sample, info = self.agent.loss(self.online, self.target, batch)
+        loss = (batch.weights * per_sample).mean()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.pruner is not None and self.pruner.is_update_step(self.grad_steps):
+            self.pruner.update_masks(self.grad_steps)  # from |w| before this step, as JaxPruner's wrapped Adam
+        self.optimizer.step()
+        if hasattr(self.replay, "update_priorities"):
+            self.replay.update_priorities(batch.indices, per_sample.detach())
+        self.grad_steps += 1
+        return info
+
+    def sync_target(self) -> None:
+        with torch.no_grad():
+            for t, o in zip(self.target.parameters(), self.online.parameters()):
+                t.copy_(o)
+
+    # --- the loop ------------------------------------------------------------------------------------------
+    def run(self) -> dict:
+        cfg, env = self.cfg, self.env
+        n = env.num_envs
+        obs = env.reset()
+        log_next = (self.agent_steps // cfg.log_every + 1) * cfg.log_every
+        iter_end = (self.iteration + 1) * cfg.iteration_steps
+        iter_returns: list[float] = []
+        iter_start_time, iter_start_steps = time.perf_counter(), self.agent_steps
+        run_start, run_start_steps = time.perf_counter(), self.agent_steps
+        sums: dict[str, float] = {}
+        count = 0
+        bar = _progress_bar(cfg, self.agent_steps)
+        try:
+            while self.agent_steps < cfg.total_steps:
+                epsilon = self.epsilon()
+                first = env.reset_mask.copy()
+                actions = self.act(obs, epsilon)
+                next_obs, reward, terminated, truncated, episodes = env.step(actions)
+                executed = ~env.reset_mask
+                self.replay.add(obs[:, -1], actions, reward, terminated, first, executed)
+                obs = next_obs
+                steps_before, new_steps = self.agent_steps, int(executed.sum())
+                self.agent_steps += new_steps
+                for ep in episodes:
+                    iter_returns.append(ep.episode_return)
+                    self.episodes_csv.write(f"{self.agent_steps},{self.agent_steps * cfg.env.frame_skip},"
+                                            f"{ep.env_id},{ep.episode_return},{ep.length}\n")
+
+                # ALGO LOGIC: learn once the warm-up is over, at `replay_ratio` updates per agent step.
+                if self.agent_steps > cfg.agent.min_replay and self.replay.can_sample():
+                    self.grad_budget += cfg.replay_ratio * new_steps
+                    while self.grad_budget >= 1.0:
+                        info = self.learn()
+                        self.grad_budget -= 1.0
+                        for k, v in info.items():
+                            sums[k] = sums.get(k, 0.0) + v  # device tensors: no sync until logged
+                        count += 1
+                        if cfg.analysis_every and self.grad_steps % cfg.analysis_every == 0:
+                            self._log_analysis()
+                    period = cfg.agent.target_update_period
+                    if self.agent_steps // period > steps_before // period:
+                        self.sync_target()
+
+                # TRY NOT TO MODIFY: logging, iteration scores and checkpoints.
+                if self.agent_steps >= log_next:
+                    log_next = (self.agent_steps // cfg.log_every + 1) * cfg.log_every
+                    sps = (self.agent_steps - run_start_steps) / max(time.perf_counter() - run_start, 1e-9)
+                    row = {k: float(v) / count for k, v in sums.items()} if count else {}
+                    row.update({"charts/epsilon": epsilon, "charts/SPS": sps, "charts/FPS": sps * cfg.env.frame_skip})
+                    if self.pruner is not None:
+                        row.update(self.pruner.sparsity_report())
+                        row["sparsity/target"] = self._target_sparsity()
+                    self._log(row)
+                    sums, count = {}, 0
+                if self.agent_steps >= iter_end or self.agent_steps >= cfg.total_steps:
+                    elapsed = time.perf_counter() - iter_start_time
+                    fps = (self.agent_steps - iter_start_steps) * cfg.env.frame_skip / max(elapsed, 1e-9)
+                    score = float(np.mean(iter_returns)) if iter_returns else float("nan")
+                    self._end_iteration(score, len(iter_returns), fps)
+                    bar.set_postfix(iter=self.iteration, score=f"{score:.1f}", fps=f"{fps:.0f}",
+                                    sparsity=f"{self._measured_sparsity():.3f}")
+                    iter_returns = []
+                    iter_start_time, iter_start_steps = time.perf_counter(), self.agent_steps
+                    iter_end = (self.iteration + 1) * cfg.iteration_steps
+                bar.update(self.agent_steps - steps_before)
+        finally:
+            bar.close()
+            self._flush()
+        summary = self._finish()
+        return summary
+
+    def _end_iteration(self, score: float, episodes: int, fps: float) -> None:
+        self.iteration += 1
+        row = {"iteration": self.iteration, "agent_steps": self.agent_steps,
+               "frames": self.agent_steps * self.cfg.env.frame_skip, "grad_steps": self.grad_steps, "score": score,
+               "episodes": episodes, "fps": round(fps, 1), "total_sparsity": self._measured_sparsity(),
+               "wall_time": round(time.time(), 3)}
+        csv.DictWriter(self.iterations_csv, ITERATION_FIELDS).writerow(row)
+        self._flush()
+        if self.tb is not None:
+            self.tb.add_scalar("charts/iteration_score", score, self.agent_steps)
+        if self.iteration % self.cfg.checkpoint_every == 0 or self.agent_steps >= self.cfg.total_steps:
+            self.save()
+
+    def _finish(self) -> dict:
+        scores = _read_scores(self.run_dir / "iterations.csv")
+        summary = {"finished": True, "agent_steps": self.agent_steps,
+                   "frames": self.agent_steps * self.cfg.env.frame_skip, "grad_steps": self.grad_steps,
+                   "iterations": self.iteration, "final_score": scores[-1] if scores else None,
+                   "total_sparsity": self._measured_sparsity()}
+        if self.pruner is not None:
+            summary.update(self.pruner.sparsity_report())
+        _write_json(self.run_dir / "summary.json", summary)
+        self.close()
+        return summary
+
+    def close(self) -> None:
+        for f in (self.iterations_csv, self.episodes_csv, self.metrics_file):
+            f.close()
+        if self.tb is not None:
+            self.tb.close()
+        self.env.close()
+
+    # --- logging helpers -------------------------------------------------------------------------------------
+    def _target_sparsity(self) -> float:
+        """Scheduled sparsity over the prunable weights at the last mask update."""
+        p = self.pruner
+        last = min(self.grad_steps - 1, p.end) // p.cfg.update_freq * p.cfg.update_freq
+        if self.grad_steps == 0 or last < p.start:
+            return 0.0
+        sizes = [w.numel() for w in p.weights]
+        return sum(s * n for s, n in zip(p.layer_sparsities(last), sizes)) / sum(sizes)
+
+    def _measured_sparsity(self) -> float:
+        return self.pruner.sparsity_report()["sparsity/total"] if self.pruner is not None else 0.0
+
+    def _log(self, row: dict) -> None:
+        row = {"agent_steps": self.agent_steps, "frames": self.agent_steps * self.cfg.env.frame_skip,
+               "grad_steps": self.grad_steps, **row}
+        self.metrics_file.write(json.dumps(row) + "\n")
+        if self.tb is not None:
+            for k, v in row.items():
+                if "/" in k:
+                    self.tb.add_scalar(k, v, self.agent_steps)
+        self._flush()
+
+    def _log_analysis(self) -> None:
+        from agents.metrics import analysis_metrics
+
+        if self.analysis_obs is None:  # one fixed batch of replay states for the whole run
+            self.analysis_obs = self.replay.sample(256).obs.to(self.device)
+        self.online.eval()
+        with torch.no_grad():
+            row = analysis_metrics(self.online, self.analysis_obs, q_fn=self.agent.q_values)
+        self.online.train()
+        self._log(row)
+
+    def _flush(self) -> None:
+        for f in (self.iterations_csv, self.episodes_csv, self.metrics_file):
+            f.flush()
+
+    # --- checkpoints -------------------------------------------------------------------------------------------
+    def state_dict(self, with_replay: bool) -> dict:
+        state = {"config": self.cfg.to_dict(), "agent_steps": self.agent_steps, "grad_steps": self.grad_steps,
+                 "iteration": self.iteration, "grad_budget": self.grad_budget, "online": self.online.state_dict(),
+                 "target": self.target.state_dict(), "optimizer": self.optimizer.state_dict(),
+                 "pruner": self.pruner.state_dict() if self.pruner is not None else None,
+                 "rng": {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+                         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+                         "action": self.action_rng.bit_generator.state,
+                         "replay": self.replay.generator.get_state()},
+                 "analysis_obs": self.analysis_obs}
+        if with_replay:
+            state["replay"] = self.replay.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        try:
+            self.online.load_state_dict(state["online"])
+            self.target.load_state_dict(state["target"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            if self.pruner is not None:
+                self.pruner.load_state_dict(state["pruner"])
+            self.agent_steps, self.grad_steps = int(state["agent_steps"]), int(state["grad_steps"])
+            self.iteration, self.grad_budget = int(state["iteration"]), float(state["grad_budget"])
+            rng = state["rng"]
+            random.setstate(rng["python"])
+            np.random.set_state(rng["numpy"])
+            torch.set_rng_state(rng["torch"])
+            if rng["cuda"] is not None and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(rng["cuda"])
+            self.action_rng.bit_generator.state = rng["action"]
+            if state.get("replay") is not None:
+                self.replay.load_state_dict(state["replay"])
+            else:
+                self.replay.generator.set_state(rng["replay"])
+            if state.get("analysis_obs") is not None:
+                self.analysis_obs = state["analysis_obs"].to(self.device)
+        except (KeyError, RuntimeError, ValueError, TypeError) as e:
+            raise CheckpointError(f"checkpoint does not match this run's model or state: {e}") from e
+        if state.get("replay") is None:
+            # Without a saved buffer the replay is empty: refill min_replay steps before learning again.
+            # Envs cannot be restored either; they restart with a seed offset so trajectories are new.
+            self.env.close()
+            self.env = make_env(self.cfg.env, seed=self.cfg.seed + 7919 * (self.iteration + 1))
+
+    def save(self) -> Path:
+        return save_checkpoint(self.run_dir / "checkpoints", self.agent_steps,
+                               self.state_dict(with_replay=self.cfg.save_replay), keep=self.cfg.keep_checkpoints)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _progress_bar(cfg: TrainConfig, initial: int):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=cfg.total_steps, initial=initial, unit="step", unit_scale=True, dynamic_ncols=True,
+                disable=not cfg.progress, desc=cfg.preset or cfg.agent.name, smoothing=0.05)
+
+
+def _truncate_csv(path: Path, fields: list[str], max_steps: int) -> None:
+    """Keep the header and the rows with agent_steps <= max_steps (all rows when starting fresh: none)."""
+    rows = []
+    if path.exists():
+        with open(path, newline="") as f:
+            rows = [r for r in csv.DictReader(f) if int(float(r["agent_steps"])) <= max_steps]
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fields)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _truncate_jsonl(path: Path, max_steps: int) -> None:
+    lines = []
+    if path.exists():
+        lines = [ln for ln in path.read_text().splitlines() if ln and json.loads(ln)["agent_steps"] <= max_steps]
+    path.write_text("".join(ln + "\n" for ln in lines))
+
+
+def _read_scores(path: Path) -> list[float]:
+    with open(path, newline="") as f:
+        return [float(r["score"]) for r in csv.DictReader(f)]
+
+
+def default_run_name(cfg: TrainConfig) -> str:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    return f"{cfg.env.game}__{cfg.preset or cfg.agent.name}__s{cfg.seed}__{stamp}"
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig | None, Path | None]:
+    """(config, None) for a new run, or (None, run_dir) for --resume."""
+    import tyro
+
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--preset", default=None)
+    pre.add_argument("--resume", type=Path, default=None)
+    pre.add_argument("--list-presets", action="store_true")
+    known, rest = pre.parse_known_args(argv)
+    if known.list_presets:
+        for name, p in PRESETS.items():
+            print(f"{name:28s} {p.agent.name:8s} {p.network.arch}x{p.network.width}  "
+                  f"sparsity {p.pruning.final_sparsity}")
+        sys.exit(0)
+    if known.resume is not None:
+        if rest:
+            raise SystemExit(f"--resume takes the run's saved config; unexpected arguments: {' '.join(rest)}")
+        return None, known.resume
+    default = get_preset(known.preset) if known.preset else TrainConfig()
+    description = ("Train a (pruned) value-based agent on Atari. Start from a paper preset with --preset NAME "
+                   "(e.g. dqn_impala_w3_gmp95, dqn_impala_w3_dense, demo; --list-presets shows all) and override "
+                   "any field below. --resume RUN_DIR continues a killed run from its last checkpoint.")
+    cfg = tyro.cli(TrainConfig, default=default, args=rest, description=description)
+    return cfg, None
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        cfg, resume_dir = parse_args(argv)
+        if resume_dir is not None:
+            trainer = Trainer.resume(resume_dir)
+            print(f"resuming {resume_dir} at agent step {trainer.agent_steps:,} (grad step {trainer.grad_steps:,})")
+        else:
+            run_dir = Path(cfg.runs_dir) / (cfg.run_name or default_run_name(cfg))
+            if (run_dir / "config.json").exists():
+                raise SystemExit(f"{run_dir} already holds a run; use --resume {run_dir} or another --run-name")
+            trainer = Trainer(cfg, run_dir)
+            print(f"run directory: {run_dir}")
+    except (ValueError, CheckpointError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    summary = trainer.run()
+    score = summary["final_score"]
+    print(f"done: {summary['frames']:,} frames, final score {score if score is None or math.isnan(score) else round(score, 2)}"
+          f", total sparsity {summary['total_sparsity']:.3f} -> {trainer.run_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
