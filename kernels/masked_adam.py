@@ -47,7 +47,8 @@ from kernels.reference import MOMENTS_MODES, check_adam_inputs
 ADAM_BLOCK = 1024
 NUM_WARPS = 4
 _MODE_ID = {mode: i for i, mode in enumerate(MOMENTS_MODES)}  # faithful 0, reset 1, frozen 2
-FAITHFUL, RESET, FROZEN = _MODE_ID["faithful"], _MODE_ID["reset"], _MODE_ID["frozen"]
+# (Globals read inside kernels must be tl.constexpr.)
+RESET, FROZEN = tl.constexpr(_MODE_ID["reset"]), tl.constexpr(_MODE_ID["frozen"])
 
 # --- kernels ----------------------------------------------------------------------------------------------
 

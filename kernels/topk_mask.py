@@ -59,10 +59,12 @@ NUM_WARPS = 8
 # Blocks per iteration of the per-segment tie scan (a 50M-element segment has ~12k blocks).
 SCAN_CHUNK = 1024
 # |NaN| canonical pattern (quiet NaN); above +Inf (0x7F800000) and below the k = 0 sentinel 0x7FFFFFFF.
-CANONICAL_NAN = 0x7FC00000
+# (Globals read inside kernels must be tl.constexpr.)
+CANONICAL_NAN = tl.constexpr(0x7FC00000)
 
-# Rows of the int32 per-segment state written by the select kernels.
-_PREFIX, _K_LEFT, _TIE = 0, 1, 2
+# Rows of the int32 per-segment state written by the select kernels: the threshold prefix, the count still
+# to keep (need_eq after the last pass), and whether the threshold has more equal elements than are kept.
+_PREFIX, _K_LEFT, _TIE = tl.constexpr(0), tl.constexpr(1), tl.constexpr(2)
 
 # --- kernels ----------------------------------------------------------------------------------------------
 

@@ -269,3 +269,24 @@ def test_topk_realistic_sizes_gpu():
     counts = [max(1, round(w.numel() * 0.1)) for w in weights]
     counts[2] = int((weights[2] != 0).sum()) + 1000
     assert_same_masks(weights, counts, block=4096)
+
+
+@pytest.mark.gpu
+def test_topk_cuda_graph_capture():
+    # Device keep counts and out= masks: the whole mask update replays from a graph with new weights.
+    weights = [torch.randn(s, device="cuda") for s in [(64, 9), (1000,), (3,)]]
+    keep = torch.tensor([100, 10, 3], device="cuda")
+    out = [torch.empty(w.shape, dtype=torch.bool, device="cuda") for w in weights]
+    topk_magnitude_masks_triton(weights, keep, out=out)  # warm-up: compiles and caches device tables
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        topk_magnitude_masks_triton(weights, keep, out=out, zero_pruned=True)
+    for _ in range(3):
+        fresh = [torch.randn(w.shape, device="cuda") for w in weights]
+        for w, f in zip(weights, fresh):
+            w.copy_(f)
+        keep.copy_(torch.tensor([int(torch.randint(0, w.numel() + 1, ())) for w in weights]))
+        graph.replay()
+        want = topk_magnitude_masks_ref(fresh, keep.tolist())
+        assert all(torch.equal(o, w) for o, w in zip(out, want))
+        assert all(bool((w[~o] == 0).all()) for w, o in zip(weights, out))
