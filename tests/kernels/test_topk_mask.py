@@ -277,7 +277,7 @@ def test_topk_cuda_graph_capture():
     weights = [torch.randn(s, device="cuda") for s in [(64, 9), (1000,), (3,)]]
     keep = torch.tensor([100, 10, 3], device="cuda")
     out = [torch.empty(w.shape, dtype=torch.bool, device="cuda") for w in weights]
-    topk_magnitude_masks_triton(weights, keep, out=out)  # warm-up: compiles and caches device tables
+    topk_magnitude_masks_triton(weights, keep, out=out, zero_pruned=True)  # warm-up: compile, cache tables
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         topk_magnitude_masks_triton(weights, keep, out=out, zero_pruned=True)

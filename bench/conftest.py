@@ -1,0 +1,78 @@
+"""pytest setup for the GPU benchmarks in bench/ (see bench/README.md).
+
+- collects `bench_*.py` files (pytest's default pattern is `test_*.py`);
+- skips everything without a CUDA device, so `pytest bench/` is a clean no-op on CPU machines;
+- re-enables pytest-benchmark when results were asked for: pyproject's addopts carry `--benchmark-disable`
+  for the CPU test suite, which would otherwise make `pytest bench/ --benchmark-json=...` record nothing;
+- provides the session facts every result carries: device, versions, git SHA, date, copy bandwidth.
+"""
+
+import datetime
+import pathlib
+import subprocess
+import sys
+
+import pytest
+import torch
+
+_ROOT = pathlib.Path(__file__).resolve().parents[1]
+if str(_ROOT) not in sys.path:  # `pytest bench/` does not put the repository root on sys.path
+    sys.path.insert(0, str(_ROOT))
+
+
+def pytest_collect_file(file_path, parent):
+    if file_path.suffix == ".py" and file_path.name.startswith("bench_"):
+        return pytest.Module.from_parent(parent, path=file_path)
+    return None
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config):
+    wants_results = any(config.getoption(opt, None) for opt in ("benchmark_json", "benchmark_save",
+                                                                 "benchmark_autosave"))
+    if wants_results and hasattr(config.option, "benchmark_enable"):
+        config.option.benchmark_enable = True
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="benchmarks need a CUDA device")
+    for item in items:
+        if pathlib.Path(str(item.fspath)).resolve().is_relative_to(_ROOT / "bench"):
+            item.add_marker(skip)
+
+
+def _git_sha() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=_ROOT, capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+@pytest.fixture(scope="session")
+def copy_gbps() -> float:
+    """Device copy bandwidth in GB/s (bytes read + written), L2 flushed between reps, measured in this run."""
+    import triton.testing
+
+    src = torch.randn(256 * 2**20, device="cuda")  # 1 GiB: far beyond any L2
+    dst = torch.empty_like(src)
+    ms = triton.testing.do_bench(lambda: dst.copy_(src), rep=500, return_mode="median")
+    return 2 * src.numel() * src.element_size() / (ms * 1e-3) / 1e9
+
+
+@pytest.fixture(scope="session")
+def run_info(copy_gbps) -> dict:
+    """Facts attached to every benchmark's extra_info."""
+    import triton
+
+    return {
+        "device": torch.cuda.get_device_name(),
+        "torch": torch.__version__,
+        "triton": triton.__version__,
+        "cuda": torch.version.cuda,
+        "git_sha": _git_sha(),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "copy_gbps": round(copy_gbps, 1),
+    }
