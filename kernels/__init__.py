@@ -52,11 +52,14 @@ def topk_magnitude_masks(weights: Sequence[torch.Tensor], keep_counts, *, out=No
 
 
 def masked_adam_(params, grads, exp_avgs, exp_avg_sqs, masks, *, step, lr: float, beta1: float = 0.9,
-                 beta2: float = 0.999, eps: float = 1e-8, moments: str = "faithful") -> None:
+                 beta2: float = 0.999, eps: float = 1e-8, moments: str = "faithful",
+                 pruned_are_zero: bool = False) -> None:
     """In-place Adam (torch.optim.Adam semantics, bias-corrected) on every tensor, then `param *= mask`.
 
     `masks[i]` may be None for tensors that are never pruned. `step` is the 1-based step count after this
     update: an int, or a 0-d tensor on the parameters' device (CUDA-graph capturable on the Triton path).
+    `pruned_are_zero=True` promises that pruned weights are already exactly 0, which lets the Triton kernel
+    skip them (the result is the same when the promise holds; the reference ignores it).
     """
     if len(params) == 0:
         return
@@ -64,6 +67,6 @@ def masked_adam_(params, grads, exp_avgs, exp_avg_sqs, masks, *, step, lr: float
         from kernels.masked_adam import masked_adam_triton_
 
         return masked_adam_triton_(params, grads, exp_avgs, exp_avg_sqs, masks, step=step, lr=lr, beta1=beta1,
-                                   beta2=beta2, eps=eps, moments=moments)
+                                   beta2=beta2, eps=eps, moments=moments, pruned_are_zero=pruned_are_zero)
     return masked_adam_ref_(params, grads, exp_avgs, exp_avg_sqs, masks, step=step, lr=lr, beta1=beta1,
                             beta2=beta2, eps=eps, moments=moments)

@@ -222,7 +222,7 @@ def test_public_op_dispatches_to_triton(monkeypatch):
     monkeypatch.setenv("PRUNERL_KERNELS", "triton")
     params, grads, m, v, masks = make_state([(30,), (4, 4)])
     want = clone_all(params, m, v)
-    kernels.masked_adam_(params, grads, m, v, masks, step=2, lr=1e-3, moments="faithful")
+    kernels.masked_adam_(params, grads, m, v, masks, step=2, lr=1e-3, moments="faithful", pruned_are_zero=True)
     masked_adam_ref_(want[0], grads, want[1], want[2], masks, step=2, lr=1e-3, moments="faithful")
     for g, w in zip((params, m, v), want):
         assert_lists_close(g, w)
