@@ -141,6 +141,8 @@ def _read_iterations(path: Path) -> dict[str, np.ndarray]:
 def load_run(path: Path, problems: list[str]) -> Run:
     with open(path / "config.json") as f:
         cfg = json.load(f)
+    if isinstance(cfg.get("config"), dict):  # agents.train nests the config next to metadata (git SHA, device...)
+        cfg = cfg["config"]
     for section, key in (("env", "game"), ("agent", "name"), ("network", "arch")):
         if not isinstance(cfg.get(section), dict) or key not in cfg[section]:
             raise ValueError(f"{path}/config.json has no {section}.{key}; is this a prunerl run directory?")

@@ -23,16 +23,36 @@ def final_hns(sparsity: float, game_idx: int, seed: int) -> float:
     return (1.0 if sparsity == 0 else 2.0) + 0.1 * game_idx + 0.03 * seed
 
 
-def write_run(root: Path, game: str, seed: int, sparsity: float, width: int = 3, iters: int = ITERS,
-              finished: bool = True, nan_last: bool = False) -> Path:  # fmt: skip
+def write_run(
+    root: Path,
+    game: str,
+    seed: int,
+    sparsity: float,
+    width: int = 3,
+    iters: int = ITERS,
+    finished: bool = True,
+    nan_last: bool = False,
+    nested: bool = True,
+) -> Path:
     d = root / f"{game}_s{seed}_{sparsity}_w{width}"
     (d / "checkpoints").mkdir(parents=True)
     (d / "tb").mkdir()
-    cfg = {"preset": None, "env": {"game": game, "backend": "envpool", "num_envs": 8},
-           "network": {"arch": "impala", "width": width, "scale_dense": False},
-           "agent": {"name": "dqn", "lr": 6.25e-5}, "pruning": {"final_sparsity": sparsity, "distribution": "erk"},
-           "replay_ratio": 0.25, "seed": seed, "total_steps": ITERS * STEPS, "iteration_steps": STEPS,
-           "frame_skip": 4, "run_name": d.name, "device": "cpu"}  # fmt: skip
+    cfg = {
+        "preset": None,
+        "env": {"game": game, "backend": "envpool", "num_envs": 8},
+        "network": {"arch": "impala", "width": width, "scale_dense": False},
+        "agent": {"name": "dqn", "lr": 6.25e-5},
+        "pruning": {"final_sparsity": sparsity, "distribution": "erk"},
+        "replay_ratio": 0.25,
+        "seed": seed,
+        "total_steps": ITERS * STEPS,
+        "iteration_steps": STEPS,
+        "frame_skip": 4,
+        "run_name": d.name,
+        "device": "cpu",
+    }
+    if nested:  # what agents.train writes: the config next to run metadata
+        cfg = {"config": cfg, "torch": "2.13.0", "git_sha": str(hash(d)), "started": str(d), "num_actions": 6}
     (d / "config.json").write_text(json.dumps(cfg))
     rand, human = ev.reference_scores(game)
     gi = GAMES.index(game)
@@ -47,15 +67,30 @@ def write_run(root: Path, game: str, seed: int, sparsity: float, width: int = 3,
     with open(d / "metrics.jsonl", "w") as f:
         for k in range(iters * 2 + 1):
             steps = k * STEPS // 2
-            row = {"agent_steps": steps, "frames": 4 * steps, "grad_steps": steps // 4, "losses/td_loss": 0.1,
-                   "charts/SPS": 500.0}  # fmt: skip
+            row = {
+                "agent_steps": steps,
+                "frames": 4 * steps,
+                "grad_steps": steps // 4,
+                "losses/td_loss": 0.1,
+                "charts/SPS": 500.0,
+            }
             if sparsity:
                 s = sparsity * min(1.0, k / (iters * 2))
-                row.update({"sparsity/total": s, "sparsity/target": s, "sparsity/encoder.0": s * 0.8, "sparsity/out": s})
+                # the trainer logs per-layer, prunable-weights and all-params (with biases) sparsity
+                row.update({"sparsity/encoder.0": s * 0.8, "sparsity/out": s, "sparsity/prunable": s})
+                row.update({"sparsity/total": 0.99 * s, "sparsity/target": s})
             if k % 2 == 0:
-                row.update({"analysis/dormant_frac": 0.1 + 0.01 * k, "analysis/srank": 100.0 - k - seed,
-                            "analysis/param_norm": 30.0 + k, "analysis/q_mean": 0.5, "analysis/q_norm": 1.0 + k,
-                            "analysis/q_var": 0.2 * k, "analysis/dormant/hidden_relu": 0.2})  # fmt: skip
+                row.update(
+                    {
+                        "analysis/dormant_frac": 0.1 + 0.01 * k,
+                        "analysis/srank": 100.0 - k - seed,
+                        "analysis/param_norm": 30.0 + k,
+                        "analysis/q_mean": 0.5,
+                        "analysis/q_norm": 1.0 + k,
+                        "analysis/q_var": 0.2 * k,
+                        "analysis/dormant/hidden_relu": 0.2,
+                    }
+                )
             f.write(json.dumps(row) + "\n")
     if finished:
         (d / "summary.json").write_text(json.dumps({"finished": True, "agent_steps": ITERS * STEPS, "final_score": 0}))
@@ -68,7 +103,8 @@ def runs(tmp_path):
     for sparsity in (0.0, 0.95):
         for game in GAMES:
             for seed in SEEDS:
-                write_run(root / ("dense" if sparsity == 0 else "pruned"), game, seed, sparsity)
+                # dense runs use the flat config.json layout, pruned runs the trainer's nested one
+                write_run(root / ("dense" if sparsity == 0 else "pruned"), game, seed, sparsity, nested=sparsity > 0)
     return root
 
 
@@ -182,7 +218,7 @@ def test_configs_differing_in_other_fields_are_not_pooled(tmp_path):
         d = write_run(root / "a", game, 0, 0.95)
         d2 = write_run(root / "b", game, 0, 0.95)
         cfg = json.loads((d2 / "config.json").read_text())
-        cfg["agent"]["lr"] = 2.08e-5
+        cfg["config"]["agent"]["lr"] = 2.08e-5
         (d2 / "config.json").write_text(json.dumps(cfg))
         assert d != d2
     out = tmp_path / "r"
@@ -206,7 +242,11 @@ def test_cli_help_and_subprocess(runs, tmp_path):
     res = subprocess.run([sys.executable, "-m", "agents.report", "--help"], cwd=root, capture_output=True, text=True)
     assert res.returncode == 0 and "--allow-incomplete" in res.stdout and "RUN_DIR" in res.stdout
     out = tmp_path / "cli"
-    res = subprocess.run([sys.executable, "-m", "agents.report", str(runs / "dense"), "--out", str(out), "--reps", "100"],
-                         cwd=root, capture_output=True, text=True)  # fmt: skip
+    res = subprocess.run(
+        [sys.executable, "-m", "agents.report", str(runs / "dense"), "--out", str(out), "--reps", "100"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+    )
     assert res.returncode == 0, res.stderr
     assert "DQN Impala ×3, dense" in res.stdout and (out / "report.md").exists()
