@@ -37,8 +37,19 @@ def test_table_has_57_games_and_dqn_zoo_values():
     assert set(ev.PAPER_15_GAMES) <= set(games)
 
 
-@pytest.mark.parametrize("name", ["MsPacman", "ms_pacman", "mspacman", "MSPACMAN", "MsPacman-v5",
-                                  "ALE/MsPacman-v5", "MsPacmanNoFrameskip-v4", "ms-pacman"])  # fmt: skip
+@pytest.mark.parametrize(
+    "name",
+    [
+        "MsPacman",
+        "ms_pacman",
+        "mspacman",
+        "MSPACMAN",
+        "MsPacman-v5",
+        "ALE/MsPacman-v5",
+        "MsPacmanNoFrameskip-v4",
+        "ms-pacman",
+    ],
+)
 def test_game_lookup_accepts_variants(name):
     assert ev.canonical_game(name) == "MsPacman"
     assert ev.has_reference(name)

@@ -131,9 +131,16 @@ def test_analysis_metrics_on_a_module():
     assert out["analysis/param_norm"] == pytest.approx(metrics.param_norm(net))
     q = net(obs)
     assert out["analysis/q_mean"] == pytest.approx(q.mean().item(), rel=1e-5)
-    assert set(out) == {"analysis/dormant_frac", "analysis/dormant/conv_relu", "analysis/dormant/fc_relu",
-                        "analysis/srank", "analysis/param_norm", "analysis/q_mean", "analysis/q_norm",
-                        "analysis/q_var"}  # fmt: skip
+    assert set(out) == {
+        "analysis/dormant_frac",
+        "analysis/dormant/conv_relu",
+        "analysis/dormant/fc_relu",
+        "analysis/srank",
+        "analysis/param_norm",
+        "analysis/q_mean",
+        "analysis/q_norm",
+        "analysis/q_var",
+    }
     assert all(isinstance(v, float) for v in out.values())
     # hooks are removed afterwards
     assert all(not m._forward_hooks for m in net.modules())
@@ -150,7 +157,9 @@ def test_analysis_metrics_clear_errors():
     with pytest.raises(ValueError, match="nn.ReLU"):
         metrics.analysis_metrics(nn.Linear(3, 2), torch.randn(4, 3))
     with pytest.raises(ValueError, match=r"Q-values \[batch, actions\]"):
-        metrics.analysis_metrics(nn.Sequential(nn.Linear(3, 4), nn.ReLU()), torch.randn(4, 3), q_fn=lambda n, x: n(x)[0])
+        metrics.analysis_metrics(
+            nn.Sequential(nn.Linear(3, 4), nn.ReLU()), torch.randn(4, 3), q_fn=lambda n, x: n(x)[0]
+        )
 
 
 def test_analysis_metrics_on_project_networks():
