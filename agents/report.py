@@ -228,6 +228,10 @@ def group_runs(runs: list[Run]) -> list[Config]:
     return configs
 
 
+def _fmt_frames(frames: float) -> str:
+    return f"{frames / 1e6:.3g}M" if frames >= 1e6 else f"{frames / 1e3:.3g}k"
+
+
 def _fmt_sparsity(s: float) -> str:
     return "dense" if s == 0 else f"{s * 100:g}% pruned"
 
@@ -249,7 +253,8 @@ def _label(configs: list[Config]) -> None:
             if k == "replay_ratio":
                 parts.append(f"RR {f.get(k)}")
             elif k == "total_steps":
-                parts.append(f"{f.get(k) * 4 / 1e6:g}M frames" if f.get(k) else "budget ?")
+                skip = f.get("env.frame_skip", f.get("frame_skip", 4))
+                parts.append(f"{_fmt_frames(f[k] * skip)} frames" if f.get(k) else "budget ?")
             else:
                 parts.append(f"{k.split('.')[-1]}={f.get(k)}")
         c.label = ", ".join(parts)
@@ -289,7 +294,7 @@ def build_matrices(
         if unfinished:
             c.flags.append(
                 "unfinished: "
-                + ", ".join(f"{r.game} seed {r.seed} ({r.frames_reached / 1e6:g}M frames)" for r in unfinished)
+                + ", ".join(f"{r.game} seed {r.seed} ({_fmt_frames(r.frames_reached)} frames)" for r in unfinished)
             )
         if no_score:
             c.flags.append("no score logged: " + ", ".join(f"{r.game} seed {r.seed}" for r in no_score))
