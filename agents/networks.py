@@ -36,6 +36,11 @@ class NetworkConfig:
     padding: Literal["same", "valid"] = "same"
     """Nature CNN padding: 'same' as in Dopamine JAX, 'valid' as in the original Nature DQN."""
 
+    def __post_init__(self):
+        _check_width(self.width)
+        if self.arch not in ("impala", "nature"):
+            raise ValueError(f"unknown network arch {self.arch!r}; expected 'impala' or 'nature'")
+
 
 def _same_pads(size: int, kernel: int, stride: int) -> tuple[int, int]:
     """TF/Flax 'SAME' padding (before, after) for one spatial dim; the extra pixel goes after."""

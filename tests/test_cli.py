@@ -1,0 +1,159 @@
+"""The real CLI on Atari (CPU): a smoke run through a compressed pruning schedule, kill-and-resume, bad input."""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from agents.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint
+from agents.train import Trainer, main
+
+ROOT = Path(__file__).resolve().parents[1]
+# A few thousand agent steps of Impala x1 GMP-DQN on Pong, pruned to 95% between gradient steps 0 and 150.
+SMOKE = ["--preset", "demo", "--env.num-envs", "4", "--agent.min-replay", "400", "--replay-ratio", "0.125",
+         "--pruning.start-step", "0", "--pruning.end-step", "150", "--pruning.update-freq", "25",
+         "--replay-capacity", "20000", "--log-every", "500", "--no-progress", "--device", "cpu"]
+
+
+def run_cli(args, **kw):
+    env = {**os.environ, "OMP_NUM_THREADS": "2", "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "agents.train", *args], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
+
+
+def read_csv(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.mark.slow
+def test_smoke_atari_run_directory(tmp_path):
+    proc = run_cli([*SMOKE, "--total-steps", "2400", "--iteration-steps", "800", "--runs-dir", str(tmp_path),
+                    "--run-name", "smoke"])
+    out, _ = proc.communicate(timeout=900)
+    assert proc.returncode == 0, out
+    run = tmp_path / "smoke"
+    config = json.loads((run / "config.json").read_text())
+    assert config["config"]["env"]["game"] == "Pong" and config["config"]["pruning"]["final_sparsity"] == 0.95
+    assert config["torch"] and "env_backend_kwargs" in config
+    iterations = read_csv(run / "iterations.csv")
+    assert [int(r["iteration"]) for r in iterations] == [1, 2, 3]
+    assert all(float(r["fps"]) > 0 for r in iterations)
+    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    last = metrics[-1]
+    assert last["sparsity/prunable"] == pytest.approx(0.95, abs=1e-3), "sparsity did not reach its target"
+    assert any(k.startswith("sparsity/encoder") for k in last) and "losses/td_loss" in last
+    assert "charts/SPS" in last and last["charts/SPS"] > 0
+    assert (run / "episodes.csv").read_text().startswith("agent_steps,frames,env_id,return,length")
+    assert list((run / "tb").iterdir()), "no TensorBoard events"
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["finished"] and summary["agent_steps"] >= 2400
+    ckpt = load_checkpoint(latest_checkpoint(run / "checkpoints"))
+    masks = [v for k, v in ckpt["pruner"].items() if k.startswith("mask")]
+    kept = sum(int(m.sum()) for m in masks) / sum(m.numel() for m in masks)
+    assert kept == pytest.approx(0.05, abs=1e-3)
+    for name, w in ckpt["online"].items():  # the saved network is actually pruned
+        if w.dim() > 1:
+            mask = ckpt["pruner"][f"mask{[n for n in ckpt['online'] if ckpt['online'][n].dim() > 1].index(name)}"]
+            assert torch.all(w[~mask] == 0), name
+
+
+@pytest.mark.slow
+def test_kill_and_resume_continues_from_checkpoint(tmp_path):
+    args = [*SMOKE, "--total-steps", "2000", "--iteration-steps", "500", "--runs-dir", str(tmp_path),
+            "--run-name", "r", "--save-replay"]
+    proc = run_cli(args)
+    ckpts = tmp_path / "r" / "checkpoints"
+    deadline = time.time() + 600
+    while time.time() < deadline and proc.poll() is None:
+        path = latest_checkpoint(ckpts)
+        if path is not None and int(path.stem.split("_")[1]) >= 1000:
+            break
+        time.sleep(0.1)
+    assert proc.poll() is None, "the run ended before it could be killed: " + proc.communicate()[0]
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    path = latest_checkpoint(ckpts)
+    saved = load_checkpoint(path)
+    assert saved["agent_steps"] < 2000
+
+    trainer = Trainer.resume(tmp_path / "r")  # what `--resume` does
+    assert trainer.agent_steps == saved["agent_steps"] and trainer.grad_steps == saved["grad_steps"]
+    for k, v in saved["pruner"].items():
+        assert torch.equal(trainer.pruner.state_dict()[k], v)
+    opt = trainer.optimizer.state_dict()
+    for pid, st in saved["optimizer"]["state"].items():
+        for k, v in st.items():
+            assert torch.equal(opt["state"][pid][k], v), (pid, k)
+    assert trainer.replay.t == saved["replay"]["t"]
+    trainer.close()
+
+    resumed = run_cli(["--resume", str(tmp_path / "r")])
+    out, _ = resumed.communicate(timeout=900)
+    assert resumed.returncode == 0, out
+    assert f"resuming {tmp_path / 'r'} at agent step {saved['agent_steps']:,}" in out
+    iterations = [int(r["iteration"]) for r in read_csv(tmp_path / "r" / "iterations.csv")]
+    assert iterations == [1, 2, 3, 4], "iterations lost or written twice across the resume"
+    steps = [int(r["agent_steps"]) for r in read_csv(tmp_path / "r" / "iterations.csv")]
+    assert steps == sorted(steps)
+    assert json.loads((tmp_path / "r" / "summary.json").read_text())["finished"]
+
+
+def _error_of(capsys, argv):
+    code = main(argv)
+    return code, capsys.readouterr().err
+
+
+def test_unknown_game_suggests_names(tmp_path, capsys):
+    code, err = _error_of(capsys, ["--env.game", "Pongg", "--runs-dir", str(tmp_path)])
+    assert code == 2 and "Pong" in err and "Pongg" in err
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--pruning.final-sparsity", "1.0"], "final_sparsity must be in [0, 1)"),
+    (["--pruning.final-sparsity", "-0.5"], "final_sparsity must be in [0, 1)"),
+    (["--network.width", "0"], "width must be an integer >= 1"),
+    (["--pruning.start-step", "10", "--pruning.end-step", "5"], "start"),
+    (["--preset", "dqn_impala_w7_gmp95"], "unknown preset"),
+])
+def test_bad_config_is_a_clear_error(tmp_path, capsys, argv, message):
+    with pytest.raises(SystemExit) as exc:
+        code = main([*argv, "--runs-dir", str(tmp_path)])
+        raise SystemExit(code)
+    captured = capsys.readouterr()
+    assert exc.value.code == 2
+    assert message in captured.err + captured.out
+
+
+def test_resume_without_checkpoint_or_with_a_corrupt_one(tmp_path, capsys):
+    code, err = _error_of(capsys, ["--resume", str(tmp_path / "missing")])
+    assert code == 2 and "no config.json" in err
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    from agents.config import get_preset
+
+    (run / "config.json").write_text(json.dumps({"config": get_preset("demo").to_dict()}))
+    code, err = _error_of(capsys, ["--resume", str(run)])
+    assert code == 2 and "no checkpoint" in err
+    (run / "checkpoints" / "ckpt_000000001000.pt").write_bytes(b"not a checkpoint at all")
+    code, err = _error_of(capsys, ["--resume", str(run)])
+    assert code == 2 and "corrupt" in err
+    torch.save({"format": "something-else"}, run / "checkpoints" / "ckpt_000000002000.pt")
+    with pytest.raises(CheckpointError, match="format"):
+        load_checkpoint(run / "checkpoints" / "ckpt_000000002000.pt")
+
+
+def test_incompatible_checkpoint_is_rejected(tmp_path):
+    from agents.checkpoint import check_compatible
+    from agents.config import get_preset
+
+    a, b = get_preset("dqn_impala_w3_gmp95").to_dict(), get_preset("dqn_impala_w1_gmp95").to_dict()
+    with pytest.raises(CheckpointError, match="network.width"):
+        check_compatible(a, b)
