@@ -23,9 +23,10 @@ zero (true after any earlier masked step with the same masks, or after
 `topk_magnitude_masks(..., zero_pruned=True)`); then a pruned element costs only its mask byte, and in the
 faithful and reset modes its weight is neither read nor written either.
 
-Step: a Python int, or a 0-d integer/float tensor on the device (read in the kernel: the update is
-CUDA-graph capturable, the graph replaying with whatever the tensor holds). The bias corrections are
-computed per program in fp64 by repeated squaring: exact to a few fp64 ulp, no libm needed.
+Step: a Python int (a kernel argument: a captured CUDA graph would replay that same value), or a 0-d
+integer/float tensor on the device (read in the kernel: the graph replays with whatever it holds). The bias
+corrections are computed per program in fp64 by repeated squaring: exact to a few fp64 ulp, no libm.
+Registered as the custom op `torch.ops.prunerl.masked_adam_` (opaque to torch.compile, declared mutations).
 Dtypes: params and moments fp32, grads fp32 or bf16 (one grad dtype per call), masks bool or uint8 or
 None (an unprunable tensor, e.g. a bias: plain Adam), all contiguous. beta1/beta2 are compile-time
 constants (one compile per pair; they are fixed in a run) so they keep full fp64 precision.

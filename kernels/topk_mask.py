@@ -25,10 +25,11 @@ Algorithm, per segment, all segments in the same launches (a fixed 10 launches w
      zeroes the pruned weights and the Adam moments of pruned weights in place ("reset" moments at a mask
      update), so the whole mask update is one op.
 
-Nothing inside waits on the device: keep counts may be a device int tensor (clamped to [0, numel] in the
-kernel, since validating them would need a sync; host lists and CPU tensors are validated and raise like
-the reference). The op is CUDA-graph capturable after one warm-up call (device tables are cached, see
-`kernels._utils`).
+Nothing inside waits on the device: keep counts may be an int tensor on the weights' device (clamped to
+[0, numel] in the kernel, since validating them would need a sync; lists and tensors elsewhere are
+validated and raise like the reference). The op is CUDA-graph capturable after one warm-up call with the
+same arguments (device tables are cached, see `kernels._utils`). Registered as the custom op
+`torch.ops.prunerl.topk_magnitude_masks_` (opaque to torch.compile, declared mutations).
 
 Shapes/dtypes: weights fp32, fp16 or bf16 (one dtype per call), contiguous, any shape, <= 2**31-1
 elements each; masks bool of the same shapes (written into `out=` when given).
