@@ -17,7 +17,7 @@ from agents.train import Trainer
 from tests.agents.chain_env import ChainEnv
 
 
-def chain_config(agent: AgentConfig, sparsity: float, total_steps: int = 6000) -> TrainConfig:
+def chain_config(agent: AgentConfig, sparsity: float, total_steps: int = 5000) -> TrainConfig:
     return TrainConfig(
         network=NetworkConfig(arch="impala", width=1), agent=agent,
         pruning=PruningConfig(final_sparsity=sparsity, start_step=100, end_step=700, update_freq=50),
@@ -25,7 +25,7 @@ def chain_config(agent: AgentConfig, sparsity: float, total_steps: int = 6000) -
         tensorboard=False, progress=False, device="cpu", seed=0)
 
 
-def learn_chain(tmp_path, agent: AgentConfig, sparsity: float, total_steps: int = 6000):
+def learn_chain(tmp_path, agent: AgentConfig, sparsity: float, total_steps: int = 5000):
     torch.set_num_threads(2)
     trainer = Trainer(chain_config(agent, sparsity, total_steps), tmp_path / "run", env=ChainEnv(num_envs=4))
     summary = trainer.run()

@@ -1,0 +1,45 @@
+# The two set-up commands of the README: `make demo` (train a short GMP-DQN on Pong) and `make test`.
+# Each creates .venv and installs what it needs. Without an NVIDIA GPU it installs the CPU build of
+# PyTorch (no CUDA wheels): from PyTorch's CPU index when it can be reached, else the pinned CPU release.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+TORCH_VERSION ?= 2.13.0
+TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
+
+.PHONY: install demo test test-gpu bench lint clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	@if command -v nvidia-smi >/dev/null 2>&1; then \
+		echo "NVIDIA GPU found: installing PyTorch with CUDA"; \
+		$(BIN)/python -m pip install "torch==$(TORCH_VERSION)"; \
+	elif $(BIN)/python -c "import urllib.request as u; u.urlopen('$(TORCH_CPU_INDEX)/torch/', timeout=5)" 2>/dev/null; then \
+		echo "no GPU: installing the CPU build of PyTorch"; \
+		$(BIN)/python -m pip install "torch==$(TORCH_VERSION)" --index-url $(TORCH_CPU_INDEX) --extra-index-url https://pypi.org/simple; \
+	else \
+		echo "no GPU and no PyTorch CPU index: installing torch==$(TORCH_VERSION) from the configured indexes"; \
+		$(BIN)/python -m pip install "torch==$(TORCH_VERSION)"; \
+	fi
+	$(BIN)/python -m pip install -e ".[dev]"
+	@touch $@
+
+install: $(VENV)/.installed
+
+demo: install  ## a few CPU minutes of GMP-DQN (Impala x1, 95% sparsity) on Pong; writes runs/<name>/
+	$(BIN)/python -m agents.train --preset demo
+
+test: install  ## the CPU test suite (Triton kernels run under TRITON_INTERPRET=1)
+	$(BIN)/python -m pytest
+
+test-gpu: install  ## GPU-only tests (needs CUDA)
+	$(BIN)/python -m pytest -m gpu
+
+bench: install  ## the kernel bench suite (needs CUDA); JSON lands in bench/results/
+	$(BIN)/python -m pytest bench/ --benchmark-enable --benchmark-json=bench/results/$$(date +%Y%m%d-%H%M%S).json
+
+lint: install
+	$(BIN)/ruff check agents kernels bench tests
+
+clean:
+	rm -rf $(VENV) .pytest_cache
