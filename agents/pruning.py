@@ -180,8 +180,7 @@ class Pruner(nn.Module):
                 m.copy_(part.view_as(m))
             return
         counts = [keep_count(w.numel(), s) for w, s in zip(self.weights, self.layer_sparsities(step))]
-        for m, new in zip(self.masks, kernels.topk_magnitude_masks([w.detach() for w in self.weights], counts)):
-            m.copy_(new)
+        kernels.topk_magnitude_masks([w.detach() for w in self.weights], counts, out=self.masks)
 
     @torch.no_grad()
     def apply_masks(self) -> None:
