@@ -17,6 +17,15 @@ from agents.replay import PrioritizedReplayBuffer, SumTree
 from tests.agents.test_replay import H, W, expected, fill
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: one thread is as fast, and does not thrash when test processes share the cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def sampleable(buf) -> np.ndarray:
     """Brute force: flat slots whose absolute step is in sample_range() and whose action was executed."""
     lo, hi = buf.sample_range()
@@ -174,7 +183,6 @@ def test_state_dict_roundtrip_keeps_priorities():
 
 def test_one_million_slots_sample_and_update_fast():
     """Sampling a batch of 32 from 1M slots and updating its priorities: well under a learner step."""
-    torch.set_num_threads(1)
     n = 4
     buf = PrioritizedReplayBuffer(1_000_000, n, n_step=3, frame_shape=(1, 1))
     zeros = np.zeros((n, 1, 1), np.uint8)
