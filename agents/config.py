@@ -127,6 +127,9 @@ class TrainConfig:
     """Also write TensorBoard event files under run_dir/tb."""
     progress: bool = True
     """Show a progress bar."""
+    profile: bool = False
+    """Time every component of the loop (env, acting, replay, learner, optimizer, mask updates, logging) and
+    write run_dir/profile.json; synchronises the GPU around each component, so it costs some speed."""
     preset: str | None = None
     """Name of the preset this config started from (informational, recorded in config.json)."""
 

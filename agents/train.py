@@ -36,6 +36,7 @@ from torch import nn
 from agents.checkpoint import CheckpointError, atomic_write_bytes, latest_checkpoint, load_checkpoint, save_checkpoint
 from agents.config import PRESETS, TrainConfig, get_preset
 from agents.envs import make_env
+from agents.profiler import Profiler, format_table, profile_learner_ops
 from agents.pruning import MaskedAdam, Pruner
 from agents.replay import ReplayBuffer
 
@@ -124,6 +125,7 @@ class Trainer:
         self.agent_steps = self.grad_steps = self.iteration = 0
         self.grad_budget = 0.0
         self.analysis_obs: torch.Tensor | None = None
+        self.profiler = Profiler(cfg.profile, self.device)
         if checkpoint is not None:
             self.load_state_dict(checkpoint)
         self._open_logs(resumed=checkpoint is not None)
@@ -181,18 +183,24 @@ class Trainer:
         return actions
 
     def learn(self) -> dict:
-        batch = self.replay.sample(self.cfg.agent.batch_size)
-        if batch.obs.device != self.device:
-            batch = type(batch)(**{k: v.to(self.device, non_blocking=True) for k, v in vars(batch).items()})
-        per_sample, info = self.agent.loss(self.online, self.target, batch)
-        loss = (batch.weights * per_sample).mean()
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        prof = self.profiler
+        with prof.section("replay_sample"):
+            batch = self.replay.sample(self.cfg.agent.batch_size)
+            if batch.obs.device != self.device:
+                batch = type(batch)(**{k: v.to(self.device, non_blocking=True) for k, v in vars(batch).items()})
+        with prof.section("learner"):
+            per_sample, info = self.agent.loss(self.online, self.target, batch)
+            loss = (batch.weights * per_sample).mean()
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
         if self.pruner is not None and self.pruner.is_update_step(self.grad_steps):
-            self.pruner.update_masks(self.grad_steps)  # from |w| before this step, as JaxPruner's wrapped Adam
-        self.optimizer.step()
+            with prof.section("mask_update"):
+                self.pruner.update_masks(self.grad_steps)  # from |w| before this step, as JaxPruner's Adam
+        with prof.section("optimizer"):
+            self.optimizer.step()
         if hasattr(self.replay, "update_priorities"):
-            self.replay.update_priorities(batch.indices, per_sample.detach())
+            with prof.section("replay_priorities"):
+                self.replay.update_priorities(batch.indices, per_sample.detach())
         self.grad_steps += 1
         return info
 
@@ -203,8 +211,7 @@ class Trainer:
 
     # --- the loop ------------------------------------------------------------------------------------------
     def run(self) -> dict:
-        cfg, env = self.cfg, self.env
-        n = env.num_envs
+        cfg, env, prof = self.cfg, self.env, self.profiler
         obs = env.reset()
         log_next = (self.agent_steps // cfg.log_every + 1) * cfg.log_every
         iter_end = (self.iteration + 1) * cfg.iteration_steps
@@ -218,10 +225,13 @@ class Trainer:
             while self.agent_steps < cfg.total_steps:
                 epsilon = self.epsilon()
                 first = env.reset_mask.copy()
-                actions = self.act(obs, epsilon)
-                next_obs, reward, terminated, truncated, episodes = env.step(actions)
+                with prof.section("act"):
+                    actions = self.act(obs, epsilon)
+                with prof.section("env"):
+                    next_obs, reward, terminated, truncated, episodes = env.step(actions)
                 executed = ~env.reset_mask
-                self.replay.add(obs[:, -1], actions, reward, terminated, first, executed)
+                with prof.section("replay_add"):
+                    self.replay.add(obs[:, -1], actions, reward, terminated, first, executed)
                 obs = next_obs
                 steps_before, new_steps = self.agent_steps, int(executed.sum())
                 self.agent_steps += new_steps
@@ -243,24 +253,22 @@ class Trainer:
                             self._log_analysis()
                     period = cfg.agent.target_update_period
                     if self.agent_steps // period > steps_before // period:
-                        self.sync_target()
+                        with prof.section("target_sync"):
+                            self.sync_target()
 
                 # TRY NOT TO MODIFY: logging, iteration scores and checkpoints.
                 if self.agent_steps >= log_next:
                     log_next = (self.agent_steps // cfg.log_every + 1) * cfg.log_every
                     sps = (self.agent_steps - run_start_steps) / max(time.perf_counter() - run_start, 1e-9)
-                    row = {k: float(v) / count for k, v in sums.items()} if count else {}
-                    row.update({"charts/epsilon": epsilon, "charts/SPS": sps, "charts/FPS": sps * cfg.env.frame_skip})
-                    if self.pruner is not None:
-                        row.update(self.pruner.sparsity_report())
-                        row["sparsity/target"] = self._target_sparsity()
-                    self._log(row)
+                    with prof.section("logging"):
+                        self._log_training(sums, count, epsilon, sps)
                     sums, count = {}, 0
                 if self.agent_steps >= iter_end or self.agent_steps >= cfg.total_steps:
                     elapsed = time.perf_counter() - iter_start_time
                     fps = (self.agent_steps - iter_start_steps) * cfg.env.frame_skip / max(elapsed, 1e-9)
                     score = float(np.mean(iter_returns)) if iter_returns else float("nan")
-                    self._end_iteration(score, len(iter_returns), fps)
+                    with prof.section("checkpoint"):
+                        self._end_iteration(score, len(iter_returns), fps)
                     bar.set_postfix(iter=self.iteration, score=f"{score:.1f}", fps=f"{fps:.0f}",
                                     sparsity=f"{self._measured_sparsity():.3f}")
                     iter_returns = []
@@ -270,8 +278,18 @@ class Trainer:
         finally:
             bar.close()
             self._flush()
-        summary = self._finish()
-        return summary
+        if cfg.profile:
+            self._write_profile()
+        return self._finish()
+
+    def _write_profile(self) -> None:
+        report = self.profiler.report(frames=(self.agent_steps) * self.cfg.env.frame_skip)
+        report["sparsity"] = self._measured_sparsity()
+        report["device"] = str(self.device)
+        if self.replay.can_sample():
+            report["learner_ops"] = profile_learner_ops(self.learn)
+        _write_json(self.run_dir / "profile.json", report)
+        print(format_table(report))
 
     def _end_iteration(self, score: float, episodes: int, fps: float) -> None:
         self.iteration += 1
@@ -317,6 +335,15 @@ class Trainer:
 
     def _measured_sparsity(self) -> float:
         return self.pruner.sparsity_report()["sparsity/total"] if self.pruner is not None else 0.0
+
+    def _log_training(self, sums: dict, count: int, epsilon: float, sps: float) -> None:
+        """Means of the learner's scalars since the last row, exploration, speed and sparsity."""
+        row = {k: float(v) / count for k, v in sums.items()} if count else {}
+        row.update({"charts/epsilon": epsilon, "charts/SPS": sps, "charts/FPS": sps * self.cfg.env.frame_skip})
+        if self.pruner is not None:
+            row.update(self.pruner.sparsity_report())
+            row["sparsity/target"] = self._target_sparsity()
+        self._log(row)
 
     def _log(self, row: dict) -> None:
         row = {"agent_steps": self.agent_steps, "frames": self.agent_steps * self.cfg.env.frame_skip,

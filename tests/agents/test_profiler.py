@@ -1,0 +1,32 @@
+import json
+
+import pytest
+
+from agents.profiler import Profiler, format_table
+from agents.train import Trainer
+from tests.agents.chain_env import ChainEnv
+from tests.agents.test_learning import chain_config, fast_dqn
+
+
+def test_profile_json_accounts_for_the_loop(tmp_path):
+    cfg = chain_config(fast_dqn(min_replay=200), sparsity=0.9, total_steps=600)
+    cfg.profile = True
+    cfg.pruning.start_step, cfg.pruning.end_step, cfg.pruning.update_freq = 0, 100, 20
+    trainer = Trainer(cfg, tmp_path / "run", env=ChainEnv(num_envs=4))
+    trainer.run()
+    report = json.loads((tmp_path / "run" / "profile.json").read_text())
+    comps = report["components"]
+    for name in ("env", "act", "replay_add", "replay_sample", "learner", "optimizer", "mask_update", "checkpoint"):
+        assert comps[name]["calls"] > 0, name
+    assert comps["learner"]["calls"] == comps["optimizer"]["calls"] == trainer.grad_steps - 10  # + 10 profiled
+    assert comps["mask_update"]["calls"] == 6  # grad steps 0, 20, ..., 100
+    assert sum(c["share"] for c in comps.values()) == pytest.approx(1.0, abs=0.01)
+    assert report["frames"] == trainer.agent_steps * 4 and report["learner_ops"]
+    assert "learner" in format_table(report)
+
+
+def test_disabled_profiler_records_nothing():
+    prof = Profiler(False, "cpu")
+    with prof.section("env"):
+        pass
+    assert not prof.seconds and prof.section("a") is prof.section("b")
