@@ -127,6 +127,9 @@ class TrainConfig:
     """Also write TensorBoard event files under run_dir/tb."""
     progress: bool = True
     """Show a progress bar."""
+    overlap_env: bool = True
+    """Step the envs in a background thread while the learner runs (same results: the learner never reads
+    the newest step's outcome)."""
     profile: bool = False
     """Time every component of the loop (env, acting, replay, learner, optimizer, mask updates, logging) and
     write run_dir/profile.json; synchronises the GPU around each component, so it costs some speed."""

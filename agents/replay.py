@@ -70,16 +70,29 @@ class ReplayBuffer:
         """Store one vector step: frame [N, H, W] uint8 (newest frame of the observation acted on), action
         [N], raw reward [N], terminated [N] (episode ended after this action), first [N] (this observation
         starts an episode), executed [N] (False where the env ignored the action to auto-reset)."""
+        self.add_observation(frame, action, first, executed)
+        self.add_outcome(reward, terminated)
+
+    def add_observation(self, frame, action, first, executed) -> None:
+        """The half of a step known before the envs step. Sampling never reads the reward or terminal flag of
+        the newest step (its lookahead is incomplete), so learning may run before `add_outcome`: the trainer
+        uses this to step the envs while it learns, with results identical to storing the step whole."""
         slot = self.t % self.T
         dev = self.device
         self.frames[slot].copy_(torch.as_tensor(frame, device=dev), non_blocking=True)
         self.actions[slot].copy_(torch.as_tensor(action, device=dev), non_blocking=True)
-        self.rewards[slot].copy_(torch.as_tensor(reward, device=dev), non_blocking=True)
-        self.terminal[slot].copy_(torch.as_tensor(terminated, device=dev), non_blocking=True)
         self.first[slot].copy_(torch.as_tensor(first, device=dev), non_blocking=True)
         self.executed[slot].copy_(torch.as_tensor(executed, device=dev), non_blocking=True)
+        self.rewards[slot].zero_()
+        self.terminal[slot].zero_()
         self._on_add(slot)
         self.t += 1
+
+    def add_outcome(self, reward, terminated) -> None:
+        """The other half: reward and termination of the step last given to `add_observation`."""
+        slot = (self.t - 1) % self.T
+        self.rewards[slot].copy_(torch.as_tensor(reward, device=self.device), non_blocking=True)
+        self.terminal[slot].copy_(torch.as_tensor(terminated, device=self.device), non_blocking=True)
 
     def _on_add(self, slot: int) -> None:
         """Hook for subclasses (prioritized replay sets new priorities here)."""

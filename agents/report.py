@@ -44,7 +44,7 @@ from agents import evaluation as ev
 # config.json fields that do not change what is learned; everything else separates configurations.
 BOOKKEEPING = set(
     "seed env.game env.num_threads preset run_name runs_dir device replay_device progress tensorboard "
-    "checkpoint_every keep_checkpoints save_replay log_every analysis_every profile".split()
+    "checkpoint_every keep_checkpoints save_replay log_every analysis_every profile overlap_env".split()
 )
 AGENT_NAMES = {"dqn": "DQN", "rainbow": "Rainbow", "iqn": "IQN", "miqn": "M-IQN"}
 ARCH_NAMES = {"impala": "Impala", "nature": "Nature CNN"}

@@ -26,6 +26,7 @@ import random
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -214,6 +215,8 @@ class Trainer:
     def run(self) -> dict:
         cfg, env, prof = self.cfg, self.env, self.profiler
         obs = env.reset()
+        pending_reset = np.zeros(env.num_envs, dtype=bool)
+        self._env_pool = ThreadPoolExecutor(max_workers=1) if cfg.overlap_env else None
         log_next = (self.agent_steps // cfg.log_every + 1) * cfg.log_every
         iter_end = (self.iteration + 1) * cfg.iteration_steps
         iter_returns: list[float] = []
@@ -226,20 +229,17 @@ class Trainer:
             while self.agent_steps < cfg.total_steps:
                 epsilon = self.epsilon()
                 first = env.reset_mask.copy()
+                executed = ~pending_reset  # an env whose episode just ended ignores this action and resets
                 with prof.section("act"):
                     actions = self.act(obs, epsilon)
-                with prof.section("env"):
-                    next_obs, reward, terminated, truncated, episodes = env.step(actions)
-                executed = ~env.reset_mask
                 with prof.section("replay_add"):
-                    self.replay.add(obs[:, -1], actions, reward, terminated, first, executed)
-                obs = next_obs
+                    self.replay.add_observation(obs[:, -1], actions, first, executed)
+                # The envs step while the learner runs: learning never reads the newest step's outcome.
+                with prof.section("env"):
+                    pool = self._env_pool
+                    stepping = pool.submit(env.step, actions) if pool is not None else _Done(env.step(actions))
                 steps_before, new_steps = self.agent_steps, int(executed.sum())
                 self.agent_steps += new_steps
-                for ep in episodes:
-                    iter_returns.append(ep.episode_return)
-                    self.episodes_csv.write(f"{self.agent_steps},{self.agent_steps * cfg.env.frame_skip},"
-                                            f"{ep.env_id},{ep.episode_return},{ep.length}\n")
 
                 # ALGO LOGIC: learn once the warm-up is over, at `replay_ratio` updates per agent step.
                 if self.agent_steps > cfg.agent.min_replay and self.replay.can_sample():
@@ -256,6 +256,18 @@ class Trainer:
                     if self.agent_steps // period > steps_before // period:
                         with prof.section("target_sync"):
                             self.sync_target()
+
+                with prof.section("env"):
+                    obs, reward, terminated, truncated, episodes = stepping.result()
+                if not np.array_equal(executed, ~env.reset_mask):
+                    raise RuntimeError("env auto-reset out of step with the trainer's bookkeeping")
+                with prof.section("replay_add"):
+                    self.replay.add_outcome(reward, terminated)
+                pending_reset = terminated | truncated
+                for ep in episodes:
+                    iter_returns.append(ep.episode_return)
+                    self.episodes_csv.write(f"{self.agent_steps},{self.agent_steps * cfg.env.frame_skip},"
+                                            f"{ep.env_id},{ep.episode_return},{ep.length}\n")
 
                 # TRY NOT TO MODIFY: logging, iteration scores and checkpoints.
                 if self.agent_steps >= log_next:
@@ -279,6 +291,8 @@ class Trainer:
         finally:
             bar.close()
             self._flush()
+            if self._env_pool is not None:
+                self._env_pool.shutdown(wait=True)
         if cfg.profile:
             self._write_profile()
         return self._finish()
@@ -422,6 +436,16 @@ class Trainer:
 
 
 # ---------------------------------------------------------------------------------------------------------------
+class _Done:
+    """An already computed result with the interface of a Future (the env step when nothing overlaps)."""
+
+    def __init__(self, value):
+        self.value = value
+
+    def result(self):
+        return self.value
+
+
 def _fast_cpu_math() -> None:
     """Flush denormals to zero on the CPU, as GPUs' fast paths do. Near convergence Adam's second moments
     (squared tiny gradients) fall into the denormal range, and x86 then runs 10x or more slower."""

@@ -1,0 +1,40 @@
+"""Trainer mechanics on the chain MDP: overlapping env stepping with learning changes nothing."""
+
+import csv
+
+import torch
+
+from agents.train import Trainer, linearly_decaying_epsilon
+from tests.agents.chain_env import ChainEnv
+from tests.agents.test_learning import chain_config, fast_dqn
+
+
+def _train(tmp_path, name, overlap: bool, agent=None):
+    cfg = chain_config(agent or fast_dqn(min_replay=200), sparsity=0.9, total_steps=900)
+    cfg.overlap_env = overlap
+    cfg.pruning.start_step, cfg.pruning.end_step, cfg.pruning.update_freq = 0, 120, 20
+    torch.manual_seed(0)
+    trainer = Trainer(cfg, tmp_path / name, env=ChainEnv(num_envs=3, max_steps=12))
+    trainer.run()
+    with open(tmp_path / name / "episodes.csv") as f:
+        episodes = [(r["agent_steps"], r["env_id"], r["return"], r["length"]) for r in csv.DictReader(f)]
+    return trainer, episodes
+
+
+def test_overlapped_env_stepping_gives_identical_results(tmp_path):
+    a, ep_a = _train(tmp_path, "sequential", overlap=False)
+    b, ep_b = _train(tmp_path, "overlapped", overlap=True)
+    assert a.grad_steps == b.grad_steps > 100 and a.agent_steps == b.agent_steps
+    assert ep_a == ep_b and any(int(length) == 12 for *_, length in ep_a), "no truncation was exercised"
+    for (name, p), q in zip(a.online.named_parameters(), b.online.parameters()):
+        assert torch.equal(p, q), name
+    for m, n in zip(a.pruner.masks, b.pruner.masks):
+        assert torch.equal(m, n)
+
+
+def test_epsilon_schedule_is_dopamines():
+    assert linearly_decaying_epsilon(0, warmup=100, decay=1000, final=0.01) == 1.0
+    assert linearly_decaying_epsilon(100, warmup=100, decay=1000, final=0.01) == 1.0
+    assert linearly_decaying_epsilon(600, warmup=100, decay=1000, final=0.01) == 0.01 + 0.99 * 0.5
+    assert linearly_decaying_epsilon(1100, warmup=100, decay=1000, final=0.01) == 0.01
+    assert linearly_decaying_epsilon(10**7, warmup=100, decay=1000, final=0.01) == 0.01
