@@ -127,9 +127,16 @@ class TrainConfig:
     """Also write TensorBoard event files under run_dir/tb."""
     progress: bool = True
     """Show a progress bar."""
-    overlap_env: bool = True
+    tf32: bool = False
+    """CUDA: TF32 matmuls and convolutions. Faster on Ampere and later; products round to a 10-bit mantissa
+    (relative error ~1e-3), so runs are no longer bit-comparable with fp32 ones."""
+    bf16: bool = False
+    """bf16 autocast for the forward and backward passes (weights, Adam state and masks stay fp32). Faster on
+    GPUs; Q-values carry ~3 significant digits, which can change learning slightly."""
+    overlap_env: Literal["auto", "on", "off"] = "auto"
     """Step the envs in a background thread while the learner runs (same results: the learner never reads
-    the newest step's outcome)."""
+    the newest step's outcome). 'auto' = on when training on a GPU; on a small CPU the env threads and the
+    learner's threads compete for the same cores."""
     profile: bool = False
     """Time every component of the loop (env, acting, replay, learner, optimizer, mask updates, logging) and
     write run_dir/profile.json; synchronises the GPU around each component, so it costs some speed."""

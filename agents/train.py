@@ -128,6 +128,9 @@ class Trainer:
         self.grad_budget = 0.0
         self.analysis_obs: torch.Tensor | None = None
         self.profiler = Profiler(cfg.profile, self.device)
+        if self.device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = cfg.tf32
+        self.autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.bf16)
         if checkpoint is not None:
             self.load_state_dict(checkpoint)
         self._open_logs(resumed=checkpoint is not None)
@@ -180,7 +183,8 @@ class Trainer:
         actions = self.action_rng.integers(0, self.num_actions, n)
         if not explore.all():
             obs_t = torch.from_numpy(obs).to(self.device, non_blocking=True)
-            greedy = self.agent.greedy_actions(self.online, obs_t).cpu().numpy()
+            with self.autocast:
+                greedy = self.agent.greedy_actions(self.online, obs_t).cpu().numpy()
             actions = np.where(explore, actions, greedy)
         return actions
 
@@ -191,7 +195,9 @@ class Trainer:
             if batch.obs.device != self.device:
                 batch = type(batch)(**{k: v.to(self.device, non_blocking=True) for k, v in vars(batch).items()})
         with prof.section("learner"):
-            per_sample, info = self.agent.loss(self.online, self.target, batch)
+            with self.autocast:
+                per_sample, info = self.agent.loss(self.online, self.target, batch)
+            per_sample = per_sample.float()
             loss = (batch.weights * per_sample).mean()
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -216,7 +222,8 @@ class Trainer:
         cfg, env, prof = self.cfg, self.env, self.profiler
         obs = env.reset()
         pending_reset = np.zeros(env.num_envs, dtype=bool)
-        self._env_pool = ThreadPoolExecutor(max_workers=1) if cfg.overlap_env else None
+        overlap = cfg.overlap_env == "on" or (cfg.overlap_env == "auto" and self.device.type == "cuda")
+        self._env_pool = ThreadPoolExecutor(max_workers=1) if overlap else None
         log_next = (self.agent_steps // cfg.log_every + 1) * cfg.log_every
         iter_end = (self.iteration + 1) * cfg.iteration_steps
         iter_returns: list[float] = []

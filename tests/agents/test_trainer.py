@@ -9,7 +9,7 @@ from tests.agents.chain_env import ChainEnv
 from tests.agents.test_learning import chain_config, fast_dqn
 
 
-def _train(tmp_path, name, overlap: bool, agent=None):
+def _train(tmp_path, name, overlap: str, agent=None):
     cfg = chain_config(agent or fast_dqn(min_replay=200), sparsity=0.9, total_steps=900)
     cfg.overlap_env = overlap
     cfg.pruning.start_step, cfg.pruning.end_step, cfg.pruning.update_freq = 0, 120, 20
@@ -22,8 +22,8 @@ def _train(tmp_path, name, overlap: bool, agent=None):
 
 
 def test_overlapped_env_stepping_gives_identical_results(tmp_path):
-    a, ep_a = _train(tmp_path, "sequential", overlap=False)
-    b, ep_b = _train(tmp_path, "overlapped", overlap=True)
+    a, ep_a = _train(tmp_path, "sequential", overlap="off")
+    b, ep_b = _train(tmp_path, "overlapped", overlap="on")
     assert a.grad_steps == b.grad_steps > 100 and a.agent_steps == b.agent_steps
     assert ep_a == ep_b and any(int(length) == 12 for *_, length in ep_a), "no truncation was exercised"
     for (name, p), q in zip(a.online.named_parameters(), b.online.parameters()):
@@ -38,3 +38,17 @@ def test_epsilon_schedule_is_dopamines():
     assert linearly_decaying_epsilon(600, warmup=100, decay=1000, final=0.01) == 0.01 + 0.99 * 0.5
     assert linearly_decaying_epsilon(1100, warmup=100, decay=1000, final=0.01) == 0.01
     assert linearly_decaying_epsilon(10**7, warmup=100, decay=1000, final=0.01) == 0.01
+
+
+def test_bf16_autocast_runs_and_keeps_fp32_state(tmp_path):
+    cfg = chain_config(fast_dqn(min_replay=200, batch_size=8), sparsity=0.9, total_steps=320)
+    cfg.bf16 = True
+    cfg.pruning.start_step, cfg.pruning.end_step, cfg.pruning.update_freq = 0, 40, 20
+    trainer = Trainer(cfg, tmp_path / "bf16", env=ChainEnv(num_envs=2))
+    trainer.run()
+    assert trainer.grad_steps > 40
+    assert all(p.dtype == torch.float32 for p in trainer.online.parameters())
+    state = trainer.optimizer.state[trainer.pruner.weights[0]]
+    assert state["exp_avg"].dtype == torch.float32
+    for w, m in zip(trainer.pruner.weights, trainer.pruner.masks):
+        assert torch.all(w[~m] == 0)
