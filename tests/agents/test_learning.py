@@ -25,8 +25,8 @@ def chain_config(agent: AgentConfig, sparsity: float, total_steps: int = 5000) -
         tensorboard=False, progress=False, device="cpu", seed=0)
 
 
-def learn_chain(tmp_path, agent: AgentConfig, sparsity: float, total_steps: int = 5000):
-    torch.set_num_threads(2)
+def learn_chain(tmp_path, agent: AgentConfig, sparsity: float, total_steps: int = 5000, threads: int = 2):
+    torch.set_num_threads(threads)
     trainer = Trainer(chain_config(agent, sparsity, total_steps), tmp_path / "run", env=ChainEnv(num_envs=4))
     summary = trainer.run()
     with open(tmp_path / "run" / "iterations.csv") as f:
@@ -55,3 +55,29 @@ def test_dqn_learns_chain(tmp_path, sparsity):
         for (name, t), m in zip([(n, p) for n, p in trainer.target.named_parameters() if p.dim() > 1],
                                 trainer.pruner.masks):
             assert torch.all(t[~m] == 0), name
+
+
+def fast_agent(name: str) -> AgentConfig:
+    """fast_dqn settings for the other agents, with their paper n-step (3), replay and C51 support. IQN and
+    M-IQN use N = 16, N' = 24, K = 8 quantile samples (paper: 64, 64, 32): cheaper, and N != N' on purpose."""
+    if name == "rainbow":
+        return fast_dqn(name="rainbow", n_step=3, replay="prioritized")
+    return fast_dqn(name=name, n_step=3, num_tau_samples=16, num_tau_prime_samples=24, num_quantile_samples=8)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sparsity", [0.0, 0.9])
+@pytest.mark.parametrize("name", ["rainbow", "iqn", "miqn"])
+def test_agents_learn_chain(tmp_path, name, sparsity):
+    # One thread: 4,000 steps (900 gradient steps, the last 200 at the final sparsity) take ~15-30 s each.
+    trainer, summary, scores = learn_chain(tmp_path, fast_agent(name), sparsity, total_steps=4000, threads=1)
+    assert type(trainer.replay).__name__ == ("PrioritizedReplayBuffer" if name == "rainbow" else "ReplayBuffer")
+    assert scores[0] < 0.7, scores
+    assert scores[-1] > 0.9, f"{name} (sparsity {sparsity}) did not learn the chain: scores per iteration {scores}"
+    if sparsity:
+        assert math.isclose(summary["sparsity/prunable"], sparsity, abs_tol=0.01), summary["sparsity/prunable"]
+        prunable = [(n, p) for n, p in trainer.online.named_parameters() if p.dim() > 1]
+        assert [n for n, _ in prunable] == trainer.pruner.layer_names  # every weight, tau embedding included
+        for (layer, w), t, m in zip(prunable, [p for p in trainer.target.parameters() if p.dim() > 1],
+                                     trainer.pruner.masks, strict=True):
+            assert torch.all(w[~m] == 0) and torch.all(t[~m] == 0), layer

@@ -69,25 +69,19 @@ def test_only_sampleable_slots_have_priority(n_step, num_envs, capacity, steps):
     buf = PrioritizedReplayBuffer(capacity, num_envs, n_step=n_step, gamma=0.9, frame_shape=(H, W), seed=1)
     first = np.ones(num_envs, bool)
     ended = np.zeros(num_envs, bool)
-    for t in range(steps):  # same protocol as tests/agents/test_replay.py::fill, checked after every add
+    for t in range(steps):  # the trainer's protocol: a step's outcome is stored after learning from the buffer
         executed = ~ended
         ends = executed & (rng.random(num_envs) < 0.2)
-        buf.add(
-            np.full((num_envs, H, W), t % 250 + 1, np.uint8),
-            rng.integers(0, 4, num_envs),
-            rng.random(num_envs).astype(np.float32),
-            ends & (rng.random(num_envs) < 0.5),
-            first,
-            executed,
-        )
-        first, ended = ~executed, ends
+        frame = np.full((num_envs, H, W), t % 250 + 1, np.uint8)
+        buf.add_observation(frame, rng.integers(0, 4, num_envs), first, executed)
         ok = sampleable(buf)
-        priorities = buf.priorities().numpy()
-        assert np.array_equal(priorities > 0, ok), f"step {t}: priority > 0 exactly on the sampleable slots"
+        assert np.array_equal(buf.priorities().numpy() > 0, ok), f"step {t}: priority > 0 exactly where sampleable"
         if ok.any() and t % 5 == 0:
             batch = buf.sample(16)
             assert ok[batch.indices.numpy()].all()
             buf.update_priorities(batch.indices, torch.rand(16) * 4)
+        buf.add_outcome(rng.random(num_envs).astype(np.float32), ends & (rng.random(num_envs) < 0.5))
+        first, ended = ~executed, ends
     assert (buf.priorities() > 1).any(), "priority updates did not take effect"
 
 
