@@ -62,7 +62,8 @@ class IQNNetwork(nn.Module):
     def quantiles(self, features: torch.Tensor, taus: torch.Tensor) -> torch.Tensor:
         """Z for state features [B, F] at taus [B, M] -> [B, M, A]."""
         phi = self.tau_relu(self.tau_embedding(torch.cos(taus[..., None] * self.frequencies)))  # [B, M, F]
-        return self.out(self.hidden_relu(self.hidden(features[:, None, :] * phi)))
+        # float32 out of bf16 autocast: the loss and the tau = 0.03 softmax of M-IQN need the precision
+        return self.out(self.hidden_relu(self.hidden(features[:, None, :] * phi))).float()
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         """Q-values [B, A]: the mean of Z over `num_quantile_samples` random taus."""

@@ -62,7 +62,7 @@ class Rainbow(DQN):
         return make_network(net_cfg, self.num_actions * self.num_atoms, obs_shape)
 
     def logits(self, net: nn.Module, obs: torch.Tensor) -> torch.Tensor:
-        return net(obs).view(obs.shape[0], self.num_actions, self.num_atoms)
+        return net(obs).float().view(obs.shape[0], self.num_actions, self.num_atoms)  # fp32 out of bf16 autocast
 
     def q_values(self, net: nn.Module, obs: torch.Tensor) -> torch.Tensor:
         probs = self.logits(net, obs).softmax(-1)

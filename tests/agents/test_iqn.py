@@ -232,3 +232,17 @@ def test_analysis_metrics_work_on_the_iqn_network():
     row = analysis_metrics(net, obs, q_fn=agent.q_values)
     assert "analysis/dormant/tau_relu" in row and "analysis/dormant/hidden_relu" in row
     assert row["analysis/srank"] >= 1 and math.isfinite(row["analysis/q_var"])
+
+
+@pytest.mark.parametrize("name", ["iqn", "miqn"])
+def test_loss_under_bf16_autocast_is_float32_and_close(name):
+    agent, online = make_net(name, seed=0)
+    _, target = make_net(name, seed=1)
+    batch = batch_of()
+    torch.manual_seed(5)
+    reference, _ = agent.loss(online, target, batch)
+    torch.manual_seed(5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low, _ = agent.loss(online, target, batch)
+    assert low.dtype == torch.float32
+    torch.testing.assert_close(low, reference, rtol=0.05, atol=0.05)

@@ -172,3 +172,14 @@ def test_erk_prunes_the_rainbow_output_layer_at_width_3():
     pruner.update_masks(10)  # end of the schedule: the output layer is actually pruned to its target
     out_mask = pruner.masks[pruner.layer_names.index("out.weight")]
     assert 1 - out_mask.float().mean().item() == pytest.approx(targets["out.weight"], abs=1e-4)
+
+
+def test_loss_under_bf16_autocast_is_float32_and_close():
+    agent = Rainbow(paper_agent("rainbow"), 4)
+    online, target = StubNet(4 * 51, seed=1), StubNet(4 * 51, seed=2)
+    batch = random_batch(32, 4)
+    reference, _ = agent.loss(online, target, batch)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low, _ = agent.loss(online, target, batch)
+    assert low.dtype == torch.float32
+    torch.testing.assert_close(low, reference, rtol=0.05, atol=0.05)
