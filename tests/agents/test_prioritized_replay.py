@@ -192,3 +192,23 @@ def test_one_million_slots_sample_and_update_fast():
         times.append(time.perf_counter() - start)
     median_ms = 1e3 * float(np.median(times))
     assert median_ms < 20, f"sample + update of 32 at 1M slots took {median_ms:.2f} ms"
+
+
+def test_trainer_checkpoint_restores_priorities(tmp_path):
+    """Rainbow through the real Trainer: a checkpoint with the replay brings back the sum tree."""
+    from agents.train import Trainer
+    from tests.agents.chain_env import ChainEnv
+    from tests.agents.test_learning import chain_config, fast_dqn
+
+    cfg = chain_config(fast_dqn(name="rainbow", n_step=3, replay="prioritized"), 0.0, total_steps=600)
+    trainer = Trainer(cfg, tmp_path / "a", env=ChainEnv(num_envs=4))
+    trainer.run()
+    assert isinstance(trainer.replay, PrioritizedReplayBuffer) and trainer.grad_steps > 0
+    assert (trainer.replay.priorities() > 0).any() and trainer.replay.max_priority.item() != 1.0
+    state = trainer.state_dict(with_replay=True)
+    other = Trainer(cfg, tmp_path / "b", env=ChainEnv(num_envs=4))
+    other.load_state_dict(state)
+    torch.testing.assert_close(other.replay.priorities(), trainer.replay.priorities())
+    assert other.replay.max_priority.item() == trainer.replay.max_priority.item()
+    assert torch.equal(other.replay.sample(32).indices, trainer.replay.sample(32).indices)
+    other.close()
