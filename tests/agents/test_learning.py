@@ -25,7 +25,7 @@ def chain_config(agent: AgentConfig, sparsity: float, total_steps: int = 5000) -
         tensorboard=False, progress=False, device="cpu", seed=0)
 
 
-def learn_chain(tmp_path, agent: AgentConfig, sparsity: float, total_steps: int = 5000, threads: int = 2):
+def learn_chain(tmp_path, agent: AgentConfig, sparsity: float, total_steps: int = 5000, threads: int = 1):
     torch.set_num_threads(threads)
     trainer = Trainer(chain_config(agent, sparsity, total_steps), tmp_path / "run", env=ChainEnv(num_envs=4))
     summary = trainer.run()

@@ -18,8 +18,10 @@ def test_profile_json_accounts_for_the_loop(tmp_path):
     comps = report["components"]
     for name in ("env", "act", "replay_add", "replay_sample", "learner", "optimizer", "mask_update", "checkpoint"):
         assert comps[name]["calls"] > 0, name
-    assert comps["learner"]["calls"] == comps["optimizer"]["calls"] == trainer.grad_steps - 10  # + 10 profiled
-    assert comps["mask_update"]["calls"] == 6  # grad steps 0, 20, ..., 100
+    # Every learner step is timed, the 10 under torch.profiler at the end included.
+    assert comps["learner"]["calls"] == comps["optimizer"]["calls"] == trainer.grad_steps
+    updates = [t for t in range(trainer.grad_steps) if trainer.pruner.is_update_step(t)]
+    assert comps["mask_update"]["calls"] == len(updates) >= 5  # grad steps 0, 20, 40, ...
     assert sum(c["share"] for c in comps.values()) == pytest.approx(1.0, abs=0.01)
     assert report["frames"] == trainer.agent_steps * 4 and report["learner_ops"]
     assert "learner" in format_table(report)
