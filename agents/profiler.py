@@ -5,9 +5,9 @@ Components: env (stepping the games), act (the acting forward pass), replay_add,
 profiling on, each section synchronises the GPU at both ends so device time lands in the right component
 (this costs some speed; leave it off for real runs). Off, a section is a shared no-op context.
 
-At the end of a profiled run, `torch.profiler` also records a few learner steps and keeps the most expensive
-operators (conv / matmul forward and backward, Adam, top-k), written with the component table to
-run_dir/profile.json and printed as a short table.
+At the end of a profiled run, `torch.profiler` also records a few learner forward/backward passes (which change
+no training state) and keeps the most expensive operators (conv / matmul forward and backward), written with
+the component table to run_dir/profile.json and printed as a short table.
 """
 
 from __future__ import annotations

@@ -212,6 +212,18 @@ class Trainer:
         self.grad_steps += 1
         return info
 
+    def _forward_backward(self) -> None:
+        """One learner forward and backward that changes no training state (for operator profiling)."""
+        generator_state = self.replay.generator.get_state()
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            batch = self.replay.sample(self.cfg.agent.batch_size)
+            batch = type(batch)(**{k: v.to(self.device) for k, v in vars(batch).items()})
+            with self.autocast:
+                per_sample, _ = self.agent.loss(self.online, self.target, batch)
+            (batch.weights * per_sample.float()).mean().backward()
+        self.replay.generator.set_state(generator_state)
+        self.online.zero_grad(set_to_none=True)
+
     def sync_target(self) -> None:
         with torch.no_grad():
             for t, o in zip(self.target.parameters(), self.online.parameters()):
@@ -309,7 +321,7 @@ class Trainer:
         report["sparsity"] = self._measured_sparsity()
         report["device"] = str(self.device)
         if self.replay.can_sample():
-            report["learner_ops"] = profile_learner_ops(self.learn)
+            report["learner_ops"] = profile_learner_ops(self._forward_backward)
         _write_json(self.run_dir / "profile.json", report)
         print(format_table(report))
 

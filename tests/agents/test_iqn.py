@@ -18,13 +18,7 @@ from agents.train import make_agent
 OBS = (4, 12, 12)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one thread is as fast, and does not thrash when test processes share the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def quantile_huber_reference(quantiles, taus, targets, kappa):

@@ -17,13 +17,7 @@ from agents.replay import PrioritizedReplayBuffer, SumTree
 from tests.agents.test_replay import H, W, expected, fill
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one thread is as fast, and does not thrash when test processes share the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def sampleable(buf) -> np.ndarray:

@@ -14,13 +14,7 @@ from agents.replay import Batch, PrioritizedReplayBuffer
 from agents.train import make_agent, make_replay
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one thread is as fast, and does not thrash when test processes share the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def project_brute_force(returns, discounts, probs, support):

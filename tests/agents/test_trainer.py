@@ -43,10 +43,10 @@ def test_epsilon_schedule_is_dopamines():
 def test_bf16_autocast_runs_and_keeps_fp32_state(tmp_path):
     cfg = chain_config(fast_dqn(min_replay=200, batch_size=8), sparsity=0.9, total_steps=320)
     cfg.bf16 = True
-    cfg.pruning.start_step, cfg.pruning.end_step, cfg.pruning.update_freq = 0, 40, 20
+    cfg.pruning.start_step, cfg.pruning.end_step, cfg.pruning.update_freq = 0, 20, 10
     trainer = Trainer(cfg, tmp_path / "bf16", env=ChainEnv(num_envs=2))
     trainer.run()
-    assert trainer.grad_steps > 40
+    assert trainer.grad_steps > 20
     assert all(p.dtype == torch.float32 for p in trainer.online.parameters())
     state = trainer.optimizer.state[trainer.pruner.weights[0]]
     assert state["exp_avg"].dtype == torch.float32
