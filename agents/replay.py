@@ -55,6 +55,7 @@ class ReplayBuffer:
         self.first = torch.zeros((T, N), dtype=torch.bool, device=self.device)
         self.executed = torch.zeros((T, N), dtype=torch.bool, device=self.device)
         self.t = 0  # vector steps added so far
+        self.transitions_added = 0  # executed transitions added (Dopamine's add_count: gates learning)
         self.generator = torch.Generator(device=self.device)
         self.generator.manual_seed(seed)
         self._env_ids = torch.arange(N, device=self.device)
@@ -83,6 +84,7 @@ class ReplayBuffer:
         self.actions[slot].copy_(torch.as_tensor(action, device=dev), non_blocking=True)
         self.first[slot].copy_(torch.as_tensor(first, device=dev), non_blocking=True)
         self.executed[slot].copy_(torch.as_tensor(executed, device=dev), non_blocking=True)
+        self.transitions_added += int(torch.as_tensor(executed).sum())  # host input: no device sync
         self.rewards[slot].zero_()
         self.terminal[slot].zero_()
         self._on_add(slot)
@@ -166,7 +168,8 @@ class ReplayBuffer:
 
     # --- checkpointing ---------------------------------------------------------------------------------
     def state_dict(self) -> dict:
-        return {"t": self.t, "T": self.T, "num_envs": self.num_envs, "frames": self.frames, "actions": self.actions,
+        return {"t": self.t, "T": self.T, "num_envs": self.num_envs, "transitions_added": self.transitions_added,
+                "frames": self.frames, "actions": self.actions,
                 "rewards": self.rewards, "terminal": self.terminal, "first": self.first,
                 "executed": self.executed, "generator": self.generator.get_state()}
 
@@ -177,6 +180,7 @@ class ReplayBuffer:
         for name in ("frames", "actions", "rewards", "terminal", "first", "executed"):
             getattr(self, name).copy_(state[name])
         self.t = int(state["t"])
+        self.transitions_added = int(state["transitions_added"])
         self.generator.set_state(state["generator"])
 
 

@@ -39,7 +39,7 @@ from agents.config import PRESETS, TrainConfig, get_preset
 from agents.envs import make_env
 from agents.profiler import Profiler, format_table, profile_learner_ops
 from agents.pruning import MaskedAdam, Pruner
-from agents.replay import ReplayBuffer
+from agents.replay import Batch, ReplayBuffer
 
 ITERATION_FIELDS = ["iteration", "agent_steps", "frames", "grad_steps", "score", "episodes", "fps", "total_sparsity",
                     "wall_time"]
@@ -148,7 +148,9 @@ class Trainer:
         if path is None:
             raise CheckpointError(f"cannot resume {run_dir}: no checkpoint in {run_dir / 'checkpoints'}")
         state = load_checkpoint(path, config=cfg.to_dict())
-        return cls(cfg, run_dir, checkpoint=state)
+        # Envs cannot be snapshotted: they restart, with a seed offset so the trajectories are new ones.
+        env = make_env(cfg.env, seed=cfg.seed + 7919 * (int(state["iteration"]) + 1))
+        return cls(cfg, run_dir, checkpoint=state, env=env)
 
     def _open_logs(self, resumed: bool) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -188,17 +190,25 @@ class Trainer:
             actions = np.where(explore, actions, greedy)
         return actions
 
+    def _sample_batch(self) -> Batch:
+        batch = self.replay.sample(self.cfg.agent.batch_size)
+        if batch.obs.device != self.device:
+            batch = Batch(**{k: v.to(self.device, non_blocking=True) for k, v in vars(batch).items()})
+        return batch
+
+    def _loss(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        """(importance-weighted mean loss, per-sample loss in fp32, scalars to log)."""
+        with self.autocast:
+            per_sample, info = self.agent.loss(self.online, self.target, batch)
+        per_sample = per_sample.float()
+        return (batch.weights * per_sample).mean(), per_sample, info
+
     def learn(self) -> dict:
         prof = self.profiler
         with prof.section("replay_sample"):
-            batch = self.replay.sample(self.cfg.agent.batch_size)
-            if batch.obs.device != self.device:
-                batch = type(batch)(**{k: v.to(self.device, non_blocking=True) for k, v in vars(batch).items()})
+            batch = self._sample_batch()
         with prof.section("learner"):
-            with self.autocast:
-                per_sample, info = self.agent.loss(self.online, self.target, batch)
-            per_sample = per_sample.float()
-            loss = (batch.weights * per_sample).mean()
+            loss, per_sample, info = self._loss(batch)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
         if self.pruner is not None and self.pruner.is_update_step(self.grad_steps):
@@ -216,11 +226,7 @@ class Trainer:
         """One learner forward and backward that changes no training state (for operator profiling)."""
         generator_state = self.replay.generator.get_state()
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
-            batch = self.replay.sample(self.cfg.agent.batch_size)
-            batch = type(batch)(**{k: v.to(self.device) for k, v in vars(batch).items()})
-            with self.autocast:
-                per_sample, _ = self.agent.loss(self.online, self.target, batch)
-            (batch.weights * per_sample.float()).mean().backward()
+            self._loss(self._sample_batch())[0].backward()
         self.replay.generator.set_state(generator_state)
         self.online.zero_grad(set_to_none=True)
 
@@ -261,7 +267,7 @@ class Trainer:
                 self.agent_steps += new_steps
 
                 # ALGO LOGIC: learn once the warm-up is over, at `replay_ratio` updates per agent step.
-                if self.agent_steps > cfg.agent.min_replay and self.replay.can_sample():
+                if self.replay.transitions_added > cfg.agent.min_replay and self.replay.can_sample():
                     self.grad_budget += cfg.replay_ratio * new_steps
                     while self.grad_budget >= 1.0:
                         info = self.learn()
@@ -437,17 +443,12 @@ class Trainer:
             self.action_rng.bit_generator.state = rng["action"]
             if state.get("replay") is not None:
                 self.replay.load_state_dict(state["replay"])
-            else:
+            else:  # an empty replay: min_replay steps are collected again before learning resumes
                 self.replay.generator.set_state(rng["replay"])
             if state.get("analysis_obs") is not None:
                 self.analysis_obs = state["analysis_obs"].to(self.device)
         except (KeyError, RuntimeError, ValueError, TypeError) as e:
             raise CheckpointError(f"checkpoint does not match this run's model or state: {e}") from e
-        if state.get("replay") is None:
-            # Without a saved buffer the replay is empty: refill min_replay steps before learning again.
-            # Envs cannot be restored either; they restart with a seed offset so trajectories are new.
-            self.env.close()
-            self.env = make_env(self.cfg.env, seed=self.cfg.seed + 7919 * (self.iteration + 1))
 
     def save(self) -> Path:
         return save_checkpoint(self.run_dir / "checkpoints", self.agent_steps,

@@ -52,3 +52,20 @@ def test_bf16_autocast_runs_and_keeps_fp32_state(tmp_path):
     assert state["exp_avg"].dtype == torch.float32
     for w, m in zip(trainer.pruner.weights, trainer.pruner.masks):
         assert torch.all(w[~m] == 0)
+
+
+def test_resume_without_saved_replay_refills_min_replay_before_learning(tmp_path):
+    from agents.checkpoint import latest_checkpoint, load_checkpoint
+
+    cfg = chain_config(fast_dqn(min_replay=200), sparsity=0.0, total_steps=500)
+    cfg.iteration_steps = 250
+    Trainer(cfg, tmp_path / "run", env=ChainEnv(num_envs=2)).run()
+    state = load_checkpoint(latest_checkpoint(tmp_path / "run" / "checkpoints"))
+    assert "replay" not in state
+    cfg.total_steps = 700
+    resumed = Trainer(cfg, tmp_path / "run", checkpoint=state, env=ChainEnv(num_envs=2))
+    assert resumed.replay.transitions_added == 0 and resumed.grad_steps == state["grad_steps"] > 0
+    resumed.run()
+    # The ~200 agent steps after the resume only refill the replay (min_replay = 200): no learning yet.
+    assert resumed.agent_steps >= 700 and resumed.replay.transitions_added >= 195
+    assert resumed.grad_steps - state["grad_steps"] <= 2
