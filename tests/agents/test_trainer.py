@@ -69,3 +69,20 @@ def test_resume_without_saved_replay_refills_min_replay_before_learning(tmp_path
     # The ~200 agent steps after the resume only refill the replay (min_replay = 200): no learning yet.
     assert resumed.agent_steps >= 700 and resumed.replay.transitions_added >= 195
     assert resumed.grad_steps - state["grad_steps"] <= 2
+
+
+def test_analysis_metrics_are_logged_on_a_fixed_batch(tmp_path):
+    import json
+
+    cfg = chain_config(fast_dqn(min_replay=200), sparsity=0.9, total_steps=500)
+    cfg.analysis_every = 20
+    trainer = Trainer(cfg, tmp_path / "run", env=ChainEnv(num_envs=2))
+    trainer.run()
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    analysis = [r for r in rows if "analysis/srank" in r]
+    assert len(analysis) == trainer.grad_steps // 20
+    for r in analysis:
+        assert 0.0 <= r["analysis/dormant_frac"] <= 1.0 and r["analysis/srank"] >= 1
+        assert r["analysis/param_norm"] > 0 and "analysis/q_var" in r and r["grad_steps"] % 20 == 0
+        assert any(k.startswith("analysis/dormant/") for k in r)
+    assert trainer.analysis_obs.shape == (256, 4, 12, 12)  # one fixed batch, kept in checkpoints
