@@ -1,4 +1,4 @@
-# The two set-up commands of the README: `make demo` (train a short GMP-DQN on Pong) and `make test`.
+# The two set-up commands of the README: `make demo` (train a short GMP-DQN on Breakout) and `make test`.
 # Each creates .venv and installs what it needs. Without an NVIDIA GPU it installs the CPU build of
 # PyTorch (no CUDA wheels): from PyTorch's CPU index when it can be reached, else the pinned CPU release.
 PYTHON ?= python3
@@ -26,7 +26,7 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
-demo: install  ## a few CPU minutes of GMP-DQN (Impala x1, 95% sparsity) on Pong; writes runs/<name>/
+demo: install  ## a few CPU minutes of GMP-DQN (Impala x1, 95% sparsity) on Breakout; writes runs/<name>/
 	$(BIN)/python -m agents.train --preset demo
 
 test: install  ## the CPU test suite (Triton kernels run under TRITON_INTERPRET=1)

@@ -307,7 +307,7 @@ class Trainer:
                     score = float(np.mean(iter_returns)) if iter_returns else float("nan")
                     with prof.section("checkpoint"):
                         self._end_iteration(score, len(iter_returns), fps)
-                    bar.set_postfix(iter=self.iteration, score=f"{score:.1f}", fps=f"{fps:.0f}",
+                    bar.set_postfix(iter=self.iteration, score=_fmt_score(score), fps=f"{fps:.0f}",
                                     sparsity=f"{self._measured_sparsity():.3f}")
                     iter_returns = []
                     iter_start_time, iter_start_steps = time.perf_counter(), self.agent_steps
@@ -509,6 +509,10 @@ def _read_scores(path: Path) -> list[float]:
         return [float(r["score"]) for r in csv.DictReader(f)]
 
 
+def _fmt_score(score: float | None) -> str:
+    return "none (no episode ended)" if score is None or math.isnan(score) else f"{score:.2f}"
+
+
 def default_run_name(cfg: TrainConfig) -> str:
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     return f"{cfg.env.game}__{cfg.preset or cfg.agent.name}__s{cfg.seed}__{stamp}"
@@ -556,9 +560,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     summary = trainer.run()
-    score = summary["final_score"]
-    print(f"done: {summary['frames']:,} frames, final score {score if score is None or math.isnan(score) else round(score, 2)}"
-          f", total sparsity {summary['total_sparsity']:.3f} -> {trainer.run_dir}")
+    print(f"done: {summary['frames']:,} frames, last iteration's score {_fmt_score(summary['final_score'])}, "
+          f"total sparsity {summary['total_sparsity']:.3f} -> {trainer.run_dir}")
     return 0
 
 
