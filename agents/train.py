@@ -27,12 +27,11 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
 from agents.checkpoint import CheckpointError, atomic_write_bytes, latest_checkpoint, load_checkpoint, save_checkpoint
 from agents.config import PRESETS, TrainConfig, get_preset
@@ -157,7 +156,7 @@ class Trainer:
         if not resumed:
             meta = {"config": self.cfg.to_dict(), "torch": torch.__version__, "device": str(self.device),
                     "device_name": torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu",
-                    "git_sha": _git_sha(), "started": datetime.now(timezone.utc).isoformat(),
+                    "git_sha": _git_sha(), "started": datetime.now(UTC).isoformat(),
                     "num_actions": self.num_actions, "action_meanings": self.env.action_meanings,
                     "env_backend": self.env.backend, "env_backend_kwargs": self.env.backend_kwargs}
             _write_json(self.run_dir / "config.json", meta)

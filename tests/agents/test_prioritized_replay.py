@@ -16,7 +16,6 @@ from scipy.stats import chisquare
 from agents.replay import PrioritizedReplayBuffer, SumTree
 from tests.agents.test_replay import H, W, expected, fill
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 

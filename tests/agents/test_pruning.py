@@ -6,8 +6,16 @@ from torch import nn
 
 import kernels
 from agents.networks import NetworkConfig, make_network
-from agents.pruning import (MaskedAdam, Pruner, PruningConfig, erk_sparsities, gmp_sparsity, keep_count,
-                            prunable_parameters, uniform_sparsities)
+from agents.pruning import (
+    MaskedAdam,
+    Pruner,
+    PruningConfig,
+    erk_sparsities,
+    gmp_sparsity,
+    keep_count,
+    prunable_parameters,
+    uniform_sparsities,
+)
 
 
 # --- the schedule ---------------------------------------------------------------------------------------------
@@ -146,7 +154,7 @@ def test_masked_adam_matches_torch_adam_then_mask(moments):
     ref_masks = [masks[p] for p in net.parameters() if p.dim() > 1]
     opt = MaskedAdam(net.parameters(), lr=1e-2, eps=1.5e-4, masks=masks, moments=moments)
     ref_opt = torch.optim.Adam(ref_net.parameters(), lr=1e-2, eps=1.5e-4)
-    for step in range(25):
+    for _ in range(25):
         x = torch.randn(16, 7)
         for model, o in ((net, opt), (ref_net, ref_opt)):
             o.zero_grad()

@@ -13,7 +13,6 @@ from agents.rainbow import Rainbow, project_distribution
 from agents.replay import Batch, PrioritizedReplayBuffer
 from agents.train import make_agent, make_replay
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
