@@ -21,6 +21,9 @@ import pytest
 import torch
 import triton.testing
 
+from agents.networks import ImpalaResNet
+from agents.pruning import keep_count
+
 # --- problem definitions (plain Python: also used by the CPU tests of this file's helpers) -------------------
 
 WIDTHS = (1, 3, 5)
@@ -30,14 +33,8 @@ MOMENTS_MODES = ("faithful", "reset", "frozen")
 
 
 def impala_param_shapes(width: int, n_actions: int = 18) -> list[tuple[int, ...]]:
-    """All parameter shapes of Dopamine's DQN Impala network (conv-only width scaling, dense 512)."""
-    shapes, c_in = [], 4
-    for c in (16 * width, 32 * width, 32 * width):
-        shapes += [(c, c_in, 3, 3), (c,)]  # stack entry conv (then max-pool)
-        shapes += [(c, c, 3, 3), (c,)] * 4  # 2 residual blocks x 2 convs
-        c_in = c
-    # 84x84 -> 42 -> 21 -> 11 after the three stride-2 SAME max-pools: 11*11*32*width features.
-    return shapes + [(512, 11 * 11 * 32 * width), (512,), (n_actions, 512), (n_actions,)]
+    """All parameter shapes of the project's DQN Impala network (conv-only width scaling, dense 512)."""
+    return [tuple(p.shape) for p in ImpalaResNet(n_actions, width).parameters()]
 
 
 # ~50M parameters in 8 matrices of very different sizes (25M down to 0.2M).
@@ -46,11 +43,6 @@ SYNTHETIC_50M = [(5000, 5000), (5000, 2500), (2500, 2500), (2500, 1250), (1250, 
 MASK_CASES = {**{f"impala_w{w}": [s for s in impala_param_shapes(w) if len(s) > 1] for w in WIDTHS},
               "synthetic_50M": SYNTHETIC_50M}
 ADAM_CASES = {**{f"impala_w{w}": impala_param_shapes(w) for w in WIDTHS}, "flat_50M": [(50_000_000,)]}
-
-
-def keep_count(numel: int, sparsity: float) -> int:
-    """The project's rule: max(1, round(n (1 - s))), rounding half to even."""
-    return max(1, round(numel * (1 - sparsity)))
 
 
 def numel(shape) -> int:
