@@ -346,7 +346,7 @@ class Trainer:
         return row["total_sparsity"]
 
     def _finish(self) -> dict:
-        scores = _read_scores(self.run_dir / "iterations.csv")
+        scores = [float(r["score"]) for r in _read_iterations(self.run_dir / "iterations.csv")]
         summary = {"finished": True, "agent_steps": self.agent_steps,
                    "frames": self.agent_steps * self.cfg.env.frame_skip, "grad_steps": self.grad_steps,
                    "iterations": self.iteration, "final_score": scores[-1] if scores else None,
@@ -506,9 +506,9 @@ def _truncate_jsonl(path: Path, max_steps: int) -> None:
     path.write_text("".join(ln + "\n" for ln in lines))
 
 
-def _read_scores(path: Path) -> list[float]:
+def _read_iterations(path: Path) -> list[dict]:
     with open(path, newline="") as f:
-        return [float(r["score"]) for r in csv.DictReader(f)]
+        return list(csv.DictReader(f))
 
 
 def _fmt_score(score: float | None) -> str:

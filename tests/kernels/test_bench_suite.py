@@ -65,3 +65,17 @@ def test_summarize_writes_markdown_and_plot(tmp_path, capsys):
     assert "| impala_w5 | 0.99 |" in text and "MISSED" in text  # fake data misses e.g. the 20x target
     assert (tmp_path / "out" / "fake.png").stat().st_size > 10_000
     assert "Kernel benchmarks" in capsys.readouterr().out
+
+
+def test_end_to_end_bench_measures_a_tiny_cpu_run():
+    """The e2e bench's config and measurement, on the CPU with a few hundred steps (the bench itself is GPU-only)."""
+    bench_e2e = _load("bench_e2e")
+    for setup in bench_e2e.SETUPS:
+        cfg = bench_e2e.e2e_config("nature", 1, setup, warmup=300, measure=200, gpu=False)
+        assert cfg.total_steps == 500 and cfg.iteration_steps == 300 and cfg.device == "cpu"
+        assert (cfg.pruning.final_sparsity == 0) == (setup == "dense")
+    cfg = bench_e2e.e2e_config("nature", 1, "gmp95_after", warmup=300, measure=200, gpu=False,
+                               **{"env.num_envs": 4, "agent.batch_size": 4, "agent.min_replay": 100})
+    result = bench_e2e.measure_frames_per_second(cfg)
+    assert result["frames_per_second"] > 0 and result["measured_agent_steps"] >= 200
+    assert result["total_sparsity"] > 0.9  # pruned to 95% at gradient step 0 (biases stay dense)

@@ -1,0 +1,72 @@
+"""End-to-end training speed (GPU only): steady-state env frames/s of DQN, dense vs pruned vs naive pruning.
+
+For DQN-Impala at widths 1, 3, 5 and the Nature CNN at width 1, four setups, all measured in one run:
+- `dense`: the dense twin (no masks);
+- `gmp95_window`: GMP to 95% with the measured steps inside the pruning window (a mask update every 1,000
+  gradient steps, as in the paper);
+- `gmp95_after`: GMP to 95% after the window (masks fixed, pruned weights re-masked every step);
+- `naive`: the window setup through the plain-PyTorch reference ops (`PRUNERL_KERNELS=torch`: per-layer
+  sorted top-k masks, per-tensor Adam then `p *= mask`), the JaxPruner-equivalent baseline.
+
+Each run warms up for `WARMUP` agent steps (the replay fills and learning starts: iteration 1), then measures
+`MEASURE` agent steps (iteration 2); the frames/s of iteration 2 is the result. The full loop is timed: env
+stepping, acting, replay, learning, pruning. Results: `pytest bench/bench_e2e.py
+--benchmark-json=bench/results/<name>.json`; each benchmark's extra_info holds the setup and frames/s.
+"""
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from agents.config import get_preset
+from agents.train import Trainer, _read_iterations
+
+CASES = [("impala", 1), ("impala", 3), ("impala", 5), ("nature", 1)]
+SETUPS = ("dense", "gmp95_window", "gmp95_after", "naive")
+WARMUP, MEASURE = 15_000, 25_000  # agent steps: one run is 160k frames
+
+
+def e2e_config(arch: str, width: int, setup: str, warmup: int = WARMUP, measure: int = MEASURE, **overrides):
+    """The preset of (arch, width, setup), shortened to warm-up + measurement, with logging kept out of the way."""
+    cfg = get_preset(f"dqn_{arch}_w{width}_{'dense' if setup == 'dense' else 'gmp95'}")
+    cfg.total_steps, cfg.iteration_steps = warmup + measure, warmup
+    cfg.agent.min_replay = min(cfg.agent.min_replay, warmup // 2)
+    cfg.replay_capacity = min(cfg.replay_capacity, 4 * (warmup + measure))
+    cfg.log_every, cfg.tensorboard, cfg.progress = 10**12, False, False
+    cfg.device, cfg.replay_device = ("cuda", "auto") if overrides.pop("gpu", True) else ("cpu", "cpu")
+    if setup != "dense":
+        # In the window: masks update every update_freq gradient steps throughout. After: pruned at step 0.
+        cfg.pruning.start_step, cfg.pruning.end_step = 0, (10**12 if setup in ("gmp95_window", "naive") else 0)
+    for key, value in overrides.items():
+        target, _, name = key.rpartition(".")
+        setattr(getattr(cfg, target) if target else cfg, name, value)
+    return cfg
+
+
+def measure_frames_per_second(cfg, naive: bool = False) -> dict:
+    """Train `cfg` in a temporary run directory; frames/s of the last iteration (after the warm-up)."""
+    previous = os.environ.get("PRUNERL_KERNELS")
+    os.environ["PRUNERL_KERNELS"] = "torch" if naive else "auto"
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            summary = Trainer(cfg, Path(tmp) / "run").run()
+            rows = _read_iterations(Path(tmp) / "run" / "iterations.csv")
+    finally:
+        os.environ.pop("PRUNERL_KERNELS")
+        if previous is not None:
+            os.environ["PRUNERL_KERNELS"] = previous
+    start = int(rows[-2]["agent_steps"]) if len(rows) > 1 else 0
+    return {"frames_per_second": float(rows[-1]["fps"]), "measured_agent_steps": int(rows[-1]["agent_steps"]) - start,
+            "grad_steps": summary["grad_steps"], "total_sparsity": summary["total_sparsity"]}
+
+
+@pytest.mark.parametrize("setup", SETUPS)
+@pytest.mark.parametrize("arch,width", CASES, ids=[f"{a}_w{w}" for a, w in CASES])
+def test_end_to_end(benchmark, run_info, arch, width, setup):
+    cfg = e2e_config(arch, width, setup)
+    result = benchmark.pedantic(measure_frames_per_second, args=(cfg, setup == "naive"), rounds=1, iterations=1)
+    benchmark.extra_info.update(run_info)
+    benchmark.extra_info.update(provider=setup, case=f"dqn_{arch}_w{width}", sparsity=cfg.pruning.final_sparsity,
+                                num_envs=cfg.env.num_envs, replay_ratio=cfg.replay_ratio, **result)
