@@ -542,7 +542,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig | None, Path 
     description = ("Train a (pruned) value-based agent on Atari. Start from a paper preset with --preset NAME "
                    "(e.g. dqn_impala_w3_gmp95, dqn_impala_w3_dense, demo; --list-presets shows all) and override "
                    "any field below. --resume RUN_DIR continues a killed run from its last checkpoint.")
-    cfg = tyro.cli(TrainConfig, default=default, args=rest, description=description)
+    cfg = tyro.cli(TrainConfig, default=default, args=rest, description=description, prog="python -m agents.train")
     return cfg, None
 
 
