@@ -86,7 +86,8 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def _git_sha() -> str | None:
+def git_sha() -> str | None:
+    """The repository's HEAD commit, or None outside a git checkout."""
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
                              cwd=Path(__file__).resolve().parent)
@@ -156,7 +157,7 @@ class Trainer:
         if not resumed:
             meta = {"config": self.cfg.to_dict(), "torch": torch.__version__, "device": str(self.device),
                     "device_name": torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu",
-                    "git_sha": _git_sha(), "started": datetime.now(UTC).isoformat(),
+                    "git_sha": git_sha(), "started": datetime.now(UTC).isoformat(),
                     "num_actions": self.num_actions, "action_meanings": self.env.action_meanings,
                     "env_backend": self.env.backend, "env_backend_kwargs": self.env.backend_kwargs}
             _write_json(self.run_dir / "config.json", meta)
@@ -346,7 +347,7 @@ class Trainer:
         return row["total_sparsity"]
 
     def _finish(self) -> dict:
-        scores = [float(r["score"]) for r in _read_iterations(self.run_dir / "iterations.csv")]
+        scores = [float(r["score"]) for r in read_iterations(self.run_dir / "iterations.csv")]
         summary = {"finished": True, "agent_steps": self.agent_steps,
                    "frames": self.agent_steps * self.cfg.env.frame_skip, "grad_steps": self.grad_steps,
                    "iterations": self.iteration, "final_score": scores[-1] if scores else None,
@@ -506,7 +507,7 @@ def _truncate_jsonl(path: Path, max_steps: int) -> None:
     path.write_text("".join(ln + "\n" for ln in lines))
 
 
-def _read_iterations(path: Path) -> list[dict]:
+def read_iterations(path: Path) -> list[dict]:
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from agents.config import get_preset
-from agents.train import Trainer, _read_iterations
+from agents.train import Trainer, read_iterations
 
 CASES = [("impala", 1), ("impala", 3), ("impala", 5), ("nature", 1)]
 SETUPS = ("dense", "gmp95_window", "gmp95_after", "naive")
@@ -52,7 +52,7 @@ def measure_frames_per_second(cfg, naive: bool = False) -> dict:
     try:
         with tempfile.TemporaryDirectory() as tmp:
             summary = Trainer(cfg, Path(tmp) / "run").run()
-            rows = _read_iterations(Path(tmp) / "run" / "iterations.csv")
+            rows = read_iterations(Path(tmp) / "run" / "iterations.csv")
     finally:
         os.environ.pop("PRUNERL_KERNELS")
         if previous is not None:

@@ -9,7 +9,6 @@
 
 import datetime
 import pathlib
-import subprocess
 import sys
 
 import pytest
@@ -18,6 +17,8 @@ import torch
 _ROOT = pathlib.Path(__file__).resolve().parents[1]
 if str(_ROOT) not in sys.path:  # `pytest bench/` does not put the repository root on sys.path
     sys.path.insert(0, str(_ROOT))
+
+from agents.train import git_sha  # noqa: E402  (needs the repository root on sys.path)
 
 
 def pytest_collect_file(file_path, parent):
@@ -43,14 +44,6 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
-def _git_sha() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=_ROOT, capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 @pytest.fixture(scope="session")
 def copy_gbps() -> float:
     """Device copy bandwidth in GB/s (bytes read + written), L2 flushed between reps, measured in this run."""
@@ -72,7 +65,7 @@ def run_info(copy_gbps) -> dict:
         "torch": torch.__version__,
         "triton": triton.__version__,
         "cuda": torch.version.cuda,
-        "git_sha": _git_sha(),
+        "git_sha": git_sha() or "unknown",
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "copy_gbps": round(copy_gbps, 1),
     }
