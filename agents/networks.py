@@ -104,10 +104,27 @@ class ImpalaStack(nn.Module):
 
 
 class Scale(nn.Module):
-    """uint8 frames -> float32 in [0, 1]."""
+    """uint8 frames -> float32 in [0, 1], optionally in channels_last memory order (see `use_channels_last`)."""
+
+    channels_last = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
+        x = x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+
+def use_channels_last(net: nn.Module, enabled: bool = True) -> nn.Module:
+    """Run the network's convolutions on NHWC activations (cuDNN's fastest layout on tensor cores).
+
+    Only the activations change layout: a conv with a channels_last input runs in channels_last, while the
+    weights stay contiguous, so the pruning kernels (which address flat row-major memory) and the masks'
+    flat-index tie-breaking are unchanged. Results differ from NCHW at fp32 rounding level (other conv
+    algorithms sum in another order).
+    """
+    for module in net.modules():
+        if isinstance(module, Scale):
+            module.channels_last = enabled
+    return net
 
 
 class QNetwork(nn.Module):

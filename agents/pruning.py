@@ -154,6 +154,9 @@ class Pruner(nn.Module):
         self.targets = targets_fn(shapes, cfg.final_sparsity)
         for i, p in enumerate(self.weights):
             self.register_buffer(f"mask{i}", torch.ones_like(p, dtype=torch.bool))
+        sizes = [w.numel() for w in self.weights]
+        counts = [sum(sizes)] if cfg.scope == "global" else sizes  # one global top-k, or one per layer
+        self.register_buffer("keep_counts", torch.tensor(counts, dtype=torch.long), persistent=False)
         self._all_params = list(model.parameters())
 
     @property
@@ -172,15 +175,29 @@ class Pruner(nn.Module):
     @torch.no_grad()
     def update_masks(self, step: int) -> None:
         """New masks from the magnitudes of the current (already masked) weights at the schedule's sparsity."""
+        self.set_keep_counts(step)
+        self.select_masks()
+
+    def set_keep_counts(self, step: int) -> None:
+        """Write the schedule's keep counts at `step` into the device buffer `select_masks` reads (in place, so
+        a captured CUDA graph of `select_masks` follows the schedule)."""
         if self.cfg.scope == "global":
             s = gmp_sparsity(step, self.cfg.final_sparsity, self.start, self.end)
+            counts = [keep_count(sum(w.numel() for w in self.weights), s)]
+        else:
+            counts = [keep_count(w.numel(), s) for w, s in zip(self.weights, self.layer_sparsities(step))]
+        self.keep_counts.copy_(torch.tensor(counts, dtype=torch.long), non_blocking=True)
+
+    @torch.no_grad()
+    def select_masks(self) -> None:
+        """Masks from the current weights and `keep_counts`: device work only, no host synchronisation."""
+        if self.cfg.scope == "global":
             flat = torch.cat([w.detach().flatten() for w in self.weights])
-            (mask,) = kernels.topk_magnitude_masks([flat], [keep_count(flat.numel(), s)])
+            (mask,) = kernels.topk_magnitude_masks([flat], self.keep_counts)
             for m, part in zip(self.masks, torch.split(mask, [w.numel() for w in self.weights])):
                 m.copy_(part.view_as(m))
             return
-        counts = [keep_count(w.numel(), s) for w, s in zip(self.weights, self.layer_sparsities(step))]
-        kernels.topk_magnitude_masks([w.detach() for w in self.weights], counts, out=self.masks)
+        kernels.topk_magnitude_masks([w.detach() for w in self.weights], self.keep_counts, out=self.masks)
 
     @torch.no_grad()
     def apply_masks(self) -> None:
@@ -218,7 +235,9 @@ class MaskedAdam(torch.optim.Optimizer):
                  mask_gradients: bool = False):
         if lr <= 0 or eps <= 0:
             raise ValueError(f"MaskedAdam needs lr > 0 and eps > 0, got lr={lr}, eps={eps}")
-        super().__init__(params, dict(lr=lr, betas=betas, eps=eps))
+        # capturable=True tells Optimizer.load_state_dict to put a loaded step count on the parameters' device
+        # (it keeps it on the CPU otherwise), so a resumed run's update stays on the device and capturable.
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, capturable=True))
         self.masks = masks or {}
         self.moments, self.mask_gradients = moments, mask_gradients
 

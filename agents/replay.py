@@ -14,6 +14,11 @@ has `first=True`.
 
 Sampling is uniform over valid (t, e) pairs. Subclasses (prioritized replay) override `_sample_slots` and
 `_on_add`; the n-step and stacking logic is shared.
+
+Sampling never synchronises with the host and has static shapes: the sampleable range is computed on the
+device from a device copy of the step counter, and auto-reset slots are rejected per sample among a fixed
+number of candidates (`REJECTION_ROUNDS`) instead of in a loop. So `sample` can be captured in a CUDA graph
+and replayed while adds move the range.
 """
 
 from __future__ import annotations
@@ -21,6 +26,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+
+# Candidates drawn per sample for rejecting auto-reset slots; the first valid one is used. A sample falls back
+# to a neighbouring (always valid) slot only if all candidates are auto-reset slots: probability f^8 for a
+# fraction f of such slots (f = 1/mean episode length, so below 1e-10 on Atari).
+REJECTION_ROUNDS = 8
 
 
 @dataclass
@@ -55,6 +65,7 @@ class ReplayBuffer:
         self.first = torch.zeros((T, N), dtype=torch.bool, device=self.device)
         self.executed = torch.zeros((T, N), dtype=torch.bool, device=self.device)
         self.t = 0  # vector steps added so far
+        self.t_device = torch.zeros((), dtype=torch.long, device=self.device)  # the same, read by `sample`
         self.transitions_added = 0  # executed transitions added (Dopamine's add_count: gates learning)
         self.generator = torch.Generator(device=self.device)
         self.generator.manual_seed(seed)
@@ -89,6 +100,7 @@ class ReplayBuffer:
         self.terminal[slot].zero_()
         self._on_add(slot)
         self.t += 1
+        self.t_device.add_(1)
 
     def add_outcome(self, reward, terminated) -> None:
         """The other half: reward and termination of the step last given to `add_observation`."""
@@ -110,18 +122,26 @@ class ReplayBuffer:
         lo, hi = self.sample_range()
         return hi >= lo
 
+    def _device_range(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """`sample_range()` as 0-d device tensors, computed from `t_device` (no host value baked in)."""
+        t = self.t_device
+        return (t - self.T + self.stack - 1).clamp_min(0), t - 1 - self.n_step
+
     def _sample_slots(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Uniform (absolute step, env, importance weight) with the start slot an executed action."""
-        lo, hi = self.sample_range()
-        t_abs = torch.empty(0, dtype=torch.long, device=self.device)
-        env = torch.empty(0, dtype=torch.long, device=self.device)
-        while t_abs.numel() < batch_size:  # rejection of the rare auto-reset slots
-            n = 2 * batch_size
-            cand_t = torch.randint(lo, hi + 1, (n,), generator=self.generator, device=self.device)
-            cand_e = torch.randint(0, self.num_envs, (n,), generator=self.generator, device=self.device)
-            ok = self.executed[cand_t % self.T, cand_e]
-            t_abs, env = torch.cat([t_abs, cand_t[ok]]), torch.cat([env, cand_e[ok]])
-        t_abs, env = t_abs[:batch_size], env[:batch_size]
+        lo, hi = self._device_range()
+        shape = (batch_size, REJECTION_ROUNDS)
+        u = torch.rand(shape, dtype=torch.float64, generator=self.generator, device=self.device)
+        cand_t = lo + torch.minimum((u * (hi - lo + 1)).long(), hi - lo)
+        cand_e = torch.randint(0, self.num_envs, shape, generator=self.generator, device=self.device)
+        valid = self.executed[cand_t % self.T, cand_e]
+        pick = valid.to(torch.uint8).argmax(1, keepdim=True)  # the first valid candidate (0 if none)
+        t_abs, env = cand_t.gather(1, pick).squeeze(1), cand_e.gather(1, pick).squeeze(1)
+        # No valid candidate (probability f^REJECTION_ROUNDS): an auto-reset slot's neighbours are executed,
+        # the next one starts the new episode and the previous one ended the old one.
+        none_valid = ~valid.any(1)
+        neighbour = torch.where(t_abs + 1 <= hi, t_abs + 1, (t_abs - 1).clamp_min(lo))
+        t_abs = torch.where(none_valid, neighbour, t_abs)
         return t_abs, env, torch.ones(batch_size, device=self.device)
 
     def sample(self, batch_size: int) -> Batch:
@@ -180,6 +200,7 @@ class ReplayBuffer:
         for name in ("frames", "actions", "rewards", "terminal", "first", "executed"):
             getattr(self, name).copy_(state[name])
         self.t = int(state["t"])
+        self.t_device.fill_(self.t)
         self.transitions_added = int(state["transitions_added"])
         self.generator.set_state(state["generator"])
 
@@ -298,7 +319,7 @@ class PrioritizedReplayBuffer(ReplayBuffer):
         weights = (probs + 1e-10).rsqrt()
         weights = (weights / weights.max()).float()
         row, env = torch.div(index, self.num_envs, rounding_mode="floor"), index % self.num_envs
-        _, hi = self.sample_range()
+        _, hi = self._device_range()
         t_abs = hi - (hi - row) % self.T  # the one absolute step in [lo, hi] stored in this row
         return t_abs, env, weights
 
@@ -309,17 +330,18 @@ class PrioritizedReplayBuffer(ReplayBuffer):
         # A slot that stopped being sampleable since it was sampled (only if adds came in between) stays 0.
         priorities = torch.where(self.tree.leaves[indices] > 0, priorities, 0.0)
         self.tree.set(indices, priorities)
-        self.max_priority = torch.maximum(self.max_priority, priorities.max())
+        torch.maximum(self.max_priority, priorities.max(), out=self.max_priority)  # in place: graph-safe
 
     def priorities(self) -> torch.Tensor:
         """Current priority of every slot, flat index (t % T) * num_envs + env; 0 = never sampled."""
         return self.tree.leaves[: self.capacity]
 
     def state_dict(self) -> dict:
-        return {**super().state_dict(), "priorities": self.priorities().clone(), "max_priority": self.max_priority}
+        return {**super().state_dict(), "priorities": self.priorities().clone(),
+                "max_priority": self.max_priority.clone()}
 
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
         self.tree.leaves[: self.capacity].copy_(state["priorities"])
         self.tree.rebuild()
-        self.max_priority = state["max_priority"].to(self.device, torch.float64)
+        self.max_priority.copy_(state["max_priority"])

@@ -35,7 +35,9 @@ import torch
 
 from agents.checkpoint import CheckpointError, atomic_write_bytes, latest_checkpoint, load_checkpoint, save_checkpoint
 from agents.config import PRESETS, TrainConfig, get_preset
+from agents.cuda_graphs import PhaseGraphs
 from agents.envs import make_env
+from agents.networks import use_channels_last
 from agents.profiler import Profiler, format_table, profile_learner_ops
 from agents.pruning import MaskedAdam, Pruner
 from agents.replay import Batch, ReplayBuffer
@@ -131,6 +133,14 @@ class Trainer:
         if self.device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = cfg.tf32
         self.autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.bf16)
+        if cfg.channels_last:
+            for net in (self.online, self.target):
+                use_channels_last(net)
+        if cfg.compile:
+            for net in (self.online, self.target):
+                net.compile()  # in place: parameter names and checkpoints are unchanged
+        self.graphs = PhaseGraphs(self._wants_cuda_graphs(), generators=[self.replay.generator],
+                                  strict=cfg.cuda_graphs == "on")
         if checkpoint is not None:
             self.load_state_dict(checkpoint)
         self._open_logs(resumed=checkpoint is not None)
@@ -174,6 +184,23 @@ class Trainer:
 
             self.tb = SummaryWriter(str(self.run_dir / "tb"), purge_step=self.agent_steps or None)
 
+    def _wants_cuda_graphs(self) -> bool:
+        if self.cfg.cuda_graphs == "off":
+            return False
+        import kernels
+
+        blockers = []
+        if self.device.type != "cuda":
+            blockers.append(f"the training device is {self.device}")
+        elif kernels.backend_for(self.device) != "triton":
+            blockers.append("PRUNERL_KERNELS=torch selects the reference ops, which synchronise with the host")
+        if self.replay.device != self.device:
+            blockers.append("the replay is not on the training device (use --replay-device auto)")
+        if blockers and self.cfg.cuda_graphs == "on":
+            raise ValueError(f"--cuda-graphs on needs a CUDA device, the Triton kernels and the replay on the GPU: "
+                             f"{'; '.join(blockers)}")
+        return not blockers
+
     # --- acting and learning -----------------------------------------------------------------------------
     def epsilon(self) -> float:
         a = self.cfg.agent
@@ -204,23 +231,33 @@ class Trainer:
         return (batch.weights * per_sample).mean(), per_sample, info
 
     def learn(self) -> dict:
-        prof = self.profiler
+        """One gradient update, as phases that `self.graphs` runs eagerly or replays as CUDA graphs."""
+        prof, run = self.profiler, self.graphs
         with prof.section("replay_sample"):
-            batch = self._sample_batch()
+            self._batch = run("sample", self._sample_batch)
         with prof.section("learner"):
-            loss, per_sample, info = self._loss(batch)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            self._per_sample, info = run("learner", self._forward_backward_phase)
         if self.pruner is not None and self.pruner.is_update_step(self.grad_steps):
-            with prof.section("mask_update"):
-                self.pruner.update_masks(self.grad_steps)  # from |w| before this step, as JaxPruner's Adam
+            with prof.section("mask_update"):  # from |w| before this step, as JaxPruner's Adam
+                self.pruner.set_keep_counts(self.grad_steps)
+                run("mask", self.pruner.select_masks)
         with prof.section("optimizer"):
-            self.optimizer.step()
+            run("optimizer", self.optimizer.step)
         if hasattr(self.replay, "update_priorities"):
             with prof.section("replay_priorities"):
-                self.replay.update_priorities(batch.indices, per_sample.detach())
+                run("priorities", self._priorities_phase)
         self.grad_steps += 1
         return info
+
+    def _forward_backward_phase(self) -> tuple[torch.Tensor, dict]:
+        loss, per_sample, info = self._loss(self._batch)
+        # Under CUDA graphs the gradients keep their addresses (zeroed in place, never freed).
+        self.optimizer.zero_grad(set_to_none=not self.graphs.enabled)
+        loss.backward()
+        return per_sample.detach(), info
+
+    def _priorities_phase(self) -> None:
+        self.replay.update_priorities(self._batch.indices, self._per_sample)
 
     def _forward_backward(self) -> None:
         """One learner forward and backward that changes no training state (for operator profiling)."""
@@ -228,7 +265,7 @@ class Trainer:
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             self._loss(self._sample_batch())[0].backward()
         self.replay.generator.set_state(generator_state)
-        self.online.zero_grad(set_to_none=True)
+        self.online.zero_grad(set_to_none=not self.graphs.enabled)
 
     def sync_target(self) -> None:
         with torch.no_grad():

@@ -6,7 +6,11 @@ For DQN-Impala at widths 1, 3, 5 and the Nature CNN at width 1, four setups, all
   gradient steps, as in the paper);
 - `gmp95_after`: GMP to 95% after the window (masks fixed, pruned weights re-masked every step);
 - `naive`: the window setup through the plain-PyTorch reference ops (`PRUNERL_KERNELS=torch`: per-layer
-  sorted top-k masks, per-tensor Adam then `p *= mask`), the JaxPruner-equivalent baseline.
+  sorted top-k masks, per-tensor Adam then `p *= mask`) and without CUDA graphs, the JaxPruner-equivalent
+  baseline.
+
+The other three setups use the defaults: Triton kernels, replay on the GPU, and the learner step in CUDA
+graphs.
 
 Each run warms up for `WARMUP` agent steps (the replay fills and learning starts: iteration 1), then measures
 `MEASURE` agent steps (iteration 2); the frames/s of iteration 2 is the result. The full loop is timed: env
@@ -39,6 +43,8 @@ def e2e_config(arch: str, width: int, setup: str, warmup: int = WARMUP, measure:
     if setup != "dense":
         # In the window: masks update every update_freq gradient steps throughout. After: pruned at step 0.
         cfg.pruning.start_step, cfg.pruning.end_step = 0, (10**12 if setup in ("gmp95_window", "naive") else 0)
+    if setup == "naive":
+        cfg.cuda_graphs = "off"
     for key, value in overrides.items():
         target, _, name = key.rpartition(".")
         setattr(getattr(cfg, target) if target else cfg, name, value)

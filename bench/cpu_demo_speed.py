@@ -1,0 +1,80 @@
+"""Speed of a CPU training run (the `demo` preset by default), written as JSON under bench/results/.
+
+    python bench/cpu_demo_speed.py                      # the demo preset, about 3-4 minutes on 2 cores
+    python bench/cpu_demo_speed.py --preset demo --out bench/results/cpu_demo_<sha>.json
+
+Issue 6 asks that CPU runs keep working and that the CPU demo's speed be reported next to the same
+configuration before the speed work. Run this alone on the machine: other torch processes sharing the cores
+slow it down many times over. To measure an older commit, put its checkout first on the path:
+`PYTHONPATH=/path/to/old/checkout python bench/cpu_demo_speed.py` (the recorded git SHA is the one of the
+code that ran).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+_ROOT = Path(__file__).resolve().parents[1]
+if not os.environ.get("PYTHONPATH"):  # an explicit PYTHONPATH chooses which checkout's code runs
+    sys.path.insert(0, str(_ROOT))
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], prog="python bench/cpu_demo_speed.py")
+    parser.add_argument("--preset", default="demo", help="training preset to time (default: demo)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="JSON path (default: bench/results/cpu_<preset>_<sha>.json)")
+    args = parser.parse_args()
+
+    import torch
+
+    import agents.train as train
+    from agents.config import get_preset
+
+    cfg = get_preset(args.preset)
+    cfg.device, cfg.progress, cfg.tensorboard = "cpu", False, False
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = train.Trainer(cfg, Path(tmp) / "run")
+        start = time.perf_counter()
+        summary = trainer.run()
+        wall = time.perf_counter() - start
+        rows = train.read_iterations(Path(tmp) / "run" / "iterations.csv")
+    sha = train.git_sha() or "unknown"
+    result = {
+        "preset": args.preset, "config": cfg.to_dict(), "frames": summary["frames"],
+        "grad_steps": summary["grad_steps"],
+        "wall_s": round(wall, 2), "fps_overall": round(summary["frames"] / wall, 1),
+        # The last iteration is all learning (the first ones are mostly warm-up, which has no learner).
+        "fps_per_iteration": [float(r["fps"]) for r in rows],
+        "final_score": summary["final_score"], "total_sparsity": summary["total_sparsity"],
+        "device": "cpu", "cpu": cpu_name(), "threads": torch.get_num_threads(), "torch": torch.__version__,
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+    }
+    out = args.out or _ROOT / "bench" / "results" / f"cpu_{args.preset}_{sha[:8]}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"{args.preset}: {summary['frames']:,} frames in {wall:.1f} s = {result['fps_overall']:.0f} frames/s "
+          f"(per iteration: {result['fps_per_iteration']}) -> {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
