@@ -202,14 +202,16 @@ def _paper_presets() -> dict[str, TrainConfig]:
 
 def _demo_preset() -> TrainConfig:
     """Minutes on a CPU: GMP-DQN on Breakout (short episodes, so every iteration has a score), Impala x1,
-    pruned to 95% from 20% to 80% of a 24k-frame run."""
+    pruned to 95% from 20% to 80% of a 24k-frame run. channels_last makes the CPU convolutions and pooling
+    about 1.7x faster (oneDNN's preferred layout)."""
     return TrainConfig(
         env=EnvConfig(game="Breakout", num_envs=8),
         network=NetworkConfig(arch="impala", width=1),
         agent=dataclasses.replace(paper_agent("dqn"), min_replay=1_000, epsilon_decay_steps=3_000,
                                   target_update_period=1_000),
         pruning=PruningConfig(final_sparsity=0.95, update_freq=50),
-        total_steps=6_000, iteration_steps=1_500, replay_capacity=50_000, log_every=500, preset="demo")
+        total_steps=6_000, iteration_steps=1_500, replay_capacity=50_000, log_every=500, channels_last=True,
+        preset="demo")
 
 
 PRESETS: dict[str, TrainConfig] = {**_paper_presets(), "demo": _demo_preset()}

@@ -18,6 +18,10 @@ def _one_step(tmp_path, name: str, **options):
 def test_speed_option_matches_the_default_learner_step(tmp_path, one_thread, option):
     base, base_info = _one_step(tmp_path, "default")
     fast, fast_info = _one_step(tmp_path, option, **{option: True})
+    if option == "channels_last":
+        frames = fast.replay.sample(2).obs
+        assert fast.online.encoder[0](frames).is_contiguous(memory_format=torch.channels_last)
+        assert all(p.is_contiguous() for p in fast.online.parameters())  # the kernels' layout is unchanged
     assert list(fast.online.state_dict()) == list(base.online.state_dict())  # checkpoints stay compatible
     assert fast_info == pytest.approx(base_info, rel=1e-4)
     for (name, p), q in zip(base.online.named_parameters(), fast.online.parameters(), strict=True):
