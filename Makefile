@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 TORCH_VERSION ?= 2.13.0
 TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 
-.PHONY: install demo test test-gpu bench lint clean
+.PHONY: install demo test test-gpu bench pong-check lint clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,9 @@ test-gpu: install  ## GPU-only tests (needs CUDA)
 
 bench: install  ## the kernel bench suite (needs CUDA); JSON lands in bench/results/
 	$(BIN)/python -m pytest bench/ --benchmark-enable --benchmark-json=bench/results/$$(date +%Y%m%d-%H%M%S).json
+
+pong-check: install  ## the learning check: DQN-Impala x1 on Pong for 8 minutes (meant for a GPU)
+	$(BIN)/python bench/pong_check.py --minutes 8
 
 lint: install
 	$(BIN)/ruff check agents kernels bench tests

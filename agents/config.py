@@ -138,6 +138,9 @@ class TrainConfig:
     """Step the envs in a background thread while the learner runs (same results: the learner never reads
     the newest step's outcome). 'auto' = on when training on a GPU; on a small CPU the env threads and the
     learner's threads compete for the same cores."""
+    max_minutes: float | None = None
+    """Stop after this many minutes of wall time with a checkpoint (to fit a job's time limit, or to see how
+    far a fixed budget gets); `--resume` continues the run. The unfinished iteration's row is not written."""
     cuda_graphs: Literal["auto", "on", "off"] = "auto"
     """Capture the gradient update (replay sampling, forward and backward, mask selection, masked Adam,
     priority updates) in CUDA graphs after a few eager steps. Same results as eager execution. 'auto' = on
@@ -160,6 +163,8 @@ class TrainConfig:
             raise ValueError("total_steps and iteration_steps must be >= 1")
         if self.replay_ratio <= 0:
             raise ValueError(f"replay_ratio must be > 0, got {self.replay_ratio}")
+        if self.max_minutes is not None and not self.max_minutes > 0:
+            raise ValueError(f"max_minutes must be > 0, got {self.max_minutes}")
         if self.checkpoint_every < 1 or self.keep_checkpoints < 1:
             raise ValueError("checkpoint_every and keep_checkpoints must be >= 1")
 
@@ -202,8 +207,8 @@ def _paper_presets() -> dict[str, TrainConfig]:
 
 def _demo_preset() -> TrainConfig:
     """Minutes on a CPU: GMP-DQN on Breakout (short episodes, so every iteration has a score), Impala x1,
-    pruned to 95% from 20% to 80% of a 24k-frame run. channels_last makes the CPU convolutions and pooling
-    about 1.7x faster (oneDNN's preferred layout)."""
+    pruned to 95% from 20% to 80% of a 24k-frame run. channels_last is oneDNN's preferred layout: faster
+    CPU convolutions and pooling (bench/results/cpu_demo_*.json: the demo before and after it was turned on)."""
     return TrainConfig(
         env=EnvConfig(game="Breakout", num_envs=8),
         network=NetworkConfig(arch="impala", width=1),

@@ -61,7 +61,7 @@ class PhaseGraphs:
             graph = torch.cuda.CUDAGraph()
             for generator in self.generators:
                 graph.register_generator_state(generator)
-            with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+            with torch.cuda.graph(graph):  # "global" error mode: nothing else touches CUDA meanwhile
                 out = fn()
         except Exception as e:
             if self.strict:

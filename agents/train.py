@@ -128,6 +128,7 @@ class Trainer:
         self.action_rng = np.random.default_rng(cfg.seed)
         self.agent_steps = self.grad_steps = self.iteration = 0
         self.grad_budget = 0.0
+        self.stopped_early = False  # by --max-minutes
         self.analysis_obs: torch.Tensor | None = None
         self.profiler = Profiler(cfg.profile, self.device)
         if self.device.type == "cuda":
@@ -287,6 +288,7 @@ class Trainer:
         sums: dict[str, float] = {}
         count = 0
         bar = _progress_bar(cfg, self.agent_steps)
+        deadline = run_start + 60 * cfg.max_minutes if cfg.max_minutes else math.inf
         try:
             while self.agent_steps < cfg.total_steps:
                 epsilon = self.epsilon()
@@ -350,6 +352,13 @@ class Trainer:
                     iter_start_time, iter_start_steps = time.perf_counter(), self.agent_steps
                     iter_end = (self.iteration + 1) * cfg.iteration_steps
                 bar.update(self.agent_steps - steps_before)
+                if time.perf_counter() >= deadline and self.agent_steps < cfg.total_steps:
+                    self.stopped_early = True
+                    with prof.section("checkpoint"):
+                        self.save()
+                    print(f"stopping after --max-minutes {cfg.max_minutes:g} at agent step {self.agent_steps:,}; "
+                          f"continue with --resume {self.run_dir}")
+                    break
         finally:
             bar.close()
             self._flush()
@@ -385,7 +394,7 @@ class Trainer:
 
     def _finish(self) -> dict:
         scores = [float(r["score"]) for r in read_iterations(self.run_dir / "iterations.csv")]
-        summary = {"finished": True, "agent_steps": self.agent_steps,
+        summary = {"finished": not self.stopped_early, "agent_steps": self.agent_steps,
                    "frames": self.agent_steps * self.cfg.env.frame_skip, "grad_steps": self.grad_steps,
                    "iterations": self.iteration, "final_score": scores[-1] if scores else None,
                    "total_sparsity": 0.0}
@@ -600,7 +609,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     summary = trainer.run()
-    print(f"done: {summary['frames']:,} frames, last iteration's score {_fmt_score(summary['final_score'])}, "
+    status = "done" if summary["finished"] else "stopped"
+    print(f"{status}: {summary['frames']:,} frames, last iteration's score {_fmt_score(summary['final_score'])}, "
           f"total sparsity {summary['total_sparsity']:.3f} -> {trainer.run_dir}")
     return 0
 

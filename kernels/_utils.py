@@ -12,7 +12,10 @@ tables:
 
 Both tables depend only on host-known facts (addresses, shapes), so they are built on the host and cached
 on the device, keyed by those facts. A warm call therefore does no host-to-device copy, and a CUDA graph
-captured after one warm-up call replays with the cached tables. The caches are bounded (LRU); a table a
+captured after one warm-up call replays with the cached tables. A table first needed during a capture (the
+tensors were allocated inside it, so their addresses are new) is written by per-entry fill kernels that the
+graph records, since a host-to-device copy of pageable memory can't be captured; addresses inside a graph's
+pool are the same at every replay, so the recorded values stay right. The caches are bounded (LRU); a table a
 captured graph still uses is only freed if more than `_CACHE_SIZE` other tensor lists were seen since.
 """
 
@@ -46,10 +49,35 @@ def _cached(key: tuple, build) -> torch.Tensor:
     return table
 
 
+# Entries a table may have to be built inside a CUDA-graph capture (one fill kernel each): pointer tables
+# (one entry per tensor) fit; block plans (shape-keyed, so warmed up before any capture) never need to.
+MAX_CAPTURED_ENTRIES = 256
+
+
+def _host_to_device(host: torch.Tensor, device: torch.device) -> torch.Tensor:
+    device = torch.device(device)
+    if device.type != "cuda" or not torch.cuda.is_current_stream_capturing():
+        return host.to(device)
+    if host.numel() > MAX_CAPTURED_ENTRIES:
+        raise RuntimeError(f"a {host.numel()}-entry kernel table was first needed inside a CUDA-graph capture; "
+                           "run the op once before capturing (tables are cached by tensor shapes and addresses)")
+    return filled_on_device(host, device)
+
+
+def filled_on_device(host: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A device copy of 1-D `host` written by one fill kernel per entry, with no host-to-device copy: a graph
+    capture records the kernels with the values as arguments, so every replay writes them again."""
+    table = torch.empty(host.shape, dtype=host.dtype, device=device)
+    for i, value in enumerate(host.tolist()):
+        table[i].fill_(value)
+    return table
+
+
 def device_ints(values: Sequence[int], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """A cached 1-D device tensor holding `values`."""
     values = tuple(int(v) for v in values)
-    return _cached(("ints", str(device), dtype, values), lambda: torch.tensor(values, dtype=dtype, device=device))
+    return _cached(("ints", str(device), dtype, values),
+                   lambda: _host_to_device(torch.tensor(values, dtype=dtype), device))
 
 
 def pointer_table(tensors: Sequence[torch.Tensor | None], device: torch.device) -> torch.Tensor:
@@ -67,7 +95,7 @@ def block_plan(numels: Sequence[int], block: int, device: torch.device) -> tuple
         first = torch.tensor([0] + blocks_per_seg[:-1], dtype=torch.long).cumsum(0)
         start = (torch.arange(seg.numel()) - first[seg]) * block
         rows = [seg, start, first, torch.tensor(blocks_per_seg), torch.tensor(numels)]
-        return torch.cat([r.to(torch.int32) for r in rows]).to(device)
+        return _host_to_device(torch.cat([r.to(torch.int32) for r in rows]), device)
 
     plan = _cached(("plan", str(device), block, numels), build)
     return plan, (plan.numel() - 3 * len(numels)) // 2

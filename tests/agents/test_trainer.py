@@ -86,3 +86,21 @@ def test_analysis_metrics_are_logged_on_a_fixed_batch(tmp_path):
         assert r["analysis/param_norm"] > 0 and "analysis/q_var" in r and r["grad_steps"] % 20 == 0
         assert any(k.startswith("analysis/dormant/") for k in r)
     assert trainer.analysis_obs.shape == (256, 4, 12, 12)  # one fixed batch, kept in checkpoints
+
+
+def test_max_minutes_stops_with_a_checkpoint_and_resume_continues(tmp_path):
+    import json
+
+    from agents.checkpoint import latest_checkpoint, load_checkpoint
+
+    cfg = chain_config(fast_dqn(min_replay=200), sparsity=0.0, total_steps=10**7)
+    cfg.max_minutes = 0.04  # 2.4 s
+    trainer = Trainer(cfg, tmp_path / "run", env=ChainEnv(num_envs=2))
+    summary = trainer.run()
+    assert summary["finished"] is False and 0 < summary["agent_steps"] < cfg.total_steps
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["finished"] is False
+    assert latest_checkpoint(tmp_path / "run" / "checkpoints").name == f"ckpt_{summary['agent_steps']}.pt"
+    state = load_checkpoint(latest_checkpoint(tmp_path / "run" / "checkpoints"))
+    resumed = Trainer(cfg, tmp_path / "run", checkpoint=state, env=ChainEnv(num_envs=2))
+    assert resumed.agent_steps == summary["agent_steps"]
+    assert resumed.run()["agent_steps"] > summary["agent_steps"]

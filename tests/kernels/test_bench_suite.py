@@ -79,3 +79,22 @@ def test_end_to_end_bench_measures_a_tiny_cpu_run():
     result = bench_e2e.measure_frames_per_second(cfg)
     assert result["frames_per_second"] > 0 and result["measured_agent_steps"] >= 200
     assert result["total_sparsity"] > 0.9  # pruned to 95% at gradient step 0 (biases stay dense)
+
+
+def test_pong_check_writes_curve_json_and_plot(tmp_path, monkeypatch):
+    """The GPU learning check's pipeline on the CPU: a few seconds of Pong against the time budget."""
+    pong_check = _load("pong_check")
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    out = tmp_path / "results"
+    pong_check.main(["--minutes", "0.1", "--total-steps", "100000", "--min-replay", "200", "--out-dir", str(out),
+                     "--runs-dir", str(tmp_path / "runs"), "--preset", "dqn_nature_w1_gmp95"])
+    (result_path,) = out.glob("pong_check_cpu_*.json")
+    result = json.loads(result_path.read_text())
+    assert 0 < result["frames"] < 400_000 and result["wall_s"] < 60 and result["grad_steps"] > 0
+    assert result["game"] == "Pong" and result["device"] == "cpu" and isinstance(result["episodes"], list)
+    assert result_path.with_suffix(".png").stat().st_size > 5_000
+    episodes = [{"frames": 4 * i, "return": float(i % 5 - 21)} for i in range(30)]
+    assert pong_check.final_return(episodes) == sum(e["return"] for e in episodes[-10:]) / 10
+    assert pong_check.final_return([]) is None
+    pong_check.plot(episodes, "synthetic", tmp_path / "curve.png")
+    assert (tmp_path / "curve.png").stat().st_size > 5_000

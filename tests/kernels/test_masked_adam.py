@@ -283,3 +283,14 @@ def test_masked_adam_cuda_graph_capture():
     assert int(step) == 5
     for g, w in zip((params, m, v), want):
         assert_lists_close(g, w)
+
+
+def test_kernel_tables_built_inside_a_graph_capture_hold_the_same_values():
+    """Tables first needed inside a CUDA-graph capture are written by fill kernels (no host-to-device copy);
+    they must hold exactly what the host-built table holds, pointers (beyond 2^53) included."""
+    from kernels import _utils
+
+    pointers = torch.tensor([0, 2**62 + 12345, 140737488355328, 7], dtype=torch.int64)
+    assert torch.equal(_utils.filled_on_device(pointers, torch.device("cpu")), pointers)
+    plan, _ = _utils.block_plan([5, 300, 17], 64, torch.device("cpu"))
+    assert torch.equal(_utils.filled_on_device(plan, torch.device("cpu")), plan)
