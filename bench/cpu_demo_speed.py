@@ -66,7 +66,7 @@ def main() -> int:
         "fps_per_iteration": [float(r["fps"]) for r in rows],
         "final_score": summary["final_score"], "total_sparsity": summary["total_sparsity"],
         "device": "cpu", "cpu": cpu_name(), "threads": torch.get_num_threads(), "torch": torch.__version__,
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "git_sha": sha, "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
     out = args.out or _ROOT / "bench" / "results" / f"cpu_{args.preset}_{sha[:8]}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
