@@ -133,7 +133,6 @@ class Trainer:
         self.profiler = Profiler(cfg.profile, self.device)
         if self.device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = cfg.tf32
-        self.autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.bf16)
         if cfg.channels_last:
             for net in (self.online, self.target):
                 use_channels_last(net)
@@ -142,6 +141,9 @@ class Trainer:
                 net.compile()  # in place: parameter names and checkpoints are unchanged
         self.graphs = PhaseGraphs(self._wants_cuda_graphs(), generators=[self.replay.generator],
                                   strict=cfg.cuda_graphs == "on")
+        # Autocast's cast cache must be off under CUDA graph capture (PyTorch's AMP + graphs rule).
+        self.autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.bf16,
+                                       cache_enabled=not self.graphs.enabled)
         if checkpoint is not None:
             self.load_state_dict(checkpoint)
         self._open_logs(resumed=checkpoint is not None)
