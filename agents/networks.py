@@ -63,8 +63,25 @@ class SameConv2d(nn.Conv2d):
 
 
 def same_max_pool(x: torch.Tensor, kernel: int = 3, stride: int = 2) -> torch.Tensor:
+    """Max pool with TF 'SAME' padding (padded entries never win, as with -inf padding)."""
     (top, bottom), (left, right) = (_same_pads(s, kernel, stride) for s in x.shape[-2:])
+    if _pool_pads_natively(x.shape[-2:], kernel, stride, top, left):
+        # The pool's own padding covers the leading pad, and ceil_mode's clipped last window the extra
+        # trailing pixel: the same windows and result without materialising a padded copy.
+        return F.max_pool2d(x, kernel, stride, padding=(top, left), ceil_mode=True)
     return F.max_pool2d(F.pad(x, (left, right, top, bottom), value=-math.inf), kernel, stride)
+
+
+def _pool_pads_natively(sizes, kernel: int, stride: int, top: int, left: int) -> bool:
+    if 2 * max(top, left) > kernel:  # max_pool2d allows padding up to half the kernel
+        return False
+    for size, before in zip(sizes, (top, left)):
+        out = -(-(size + 2 * before - kernel) // stride) + 1  # ceil_mode's size, then its clipping rule
+        if (out - 1) * stride >= size + before:
+            out -= 1
+        if out != math.ceil(size / stride):
+            return False
+    return True
 
 
 def xavier_(layer: nn.Module) -> nn.Module:

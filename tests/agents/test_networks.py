@@ -52,3 +52,36 @@ def test_width_below_one_is_rejected(width):
         NetworkConfig(width=width)
     with pytest.raises(ValueError, match="width"):
         ImpalaResNet(18, width=width)
+
+
+@pytest.mark.parametrize("kernel, stride", [(3, 2), (2, 2), (3, 1), (4, 3), (5, 2)])
+def test_same_max_pool_equals_explicit_minus_inf_padding(kernel, stride):
+    """The pad-free path (pool padding + ceil_mode) gives the windows of TF 'SAME' with -inf padding, forward
+    and backward, on every input size (ties and all-negative values included)."""
+    import math
+
+    import torch.nn.functional as F
+
+    from agents.networks import _same_pads, same_max_pool
+
+    for h in range(1, 30):
+        w = h + 3
+        x = torch.randint(-3, 1, (2, 3, h, w)).float().requires_grad_(True)  # small ints: ties, negatives
+        y = same_max_pool(x, kernel, stride)
+        (t, b), (lf, r) = _same_pads(h, kernel, stride), _same_pads(w, kernel, stride)
+        xr = x.detach().clone().requires_grad_(True)
+        ref = F.max_pool2d(F.pad(xr, (lf, r, t, b), value=-math.inf), kernel, stride)
+        assert y.shape[-2:] == (math.ceil(h / stride), math.ceil(w / stride)), (h, w)
+        assert torch.equal(y, ref), (h, w)
+        g = torch.randn_like(y)
+        y.backward(g)
+        ref.backward(g)
+        assert torch.equal(x.grad, xr.grad), (h, w)
+
+
+def test_impala_pools_take_the_pad_free_path():
+    from agents.networks import _pool_pads_natively, _same_pads
+
+    for size in (84, 42, 21, 11):  # the Impala stacks' inputs
+        top, _ = _same_pads(size, 3, 2)
+        assert _pool_pads_natively((size, size), 3, 2, top, top), size
