@@ -6,8 +6,11 @@ profiling on, each section synchronises the GPU at both ends so device time land
 (this costs some speed; leave it off for real runs). Off, a section is a shared no-op context.
 
 At the end of a profiled run, `torch.profiler` also records a few learner forward/backward passes (which change
-no training state) and keeps the most expensive operators (conv / matmul forward and backward), written with
-the component table to run_dir/profile.json and printed as a short table.
+no training state) and keeps the most expensive operators (conv / matmul forward and backward), and every
+conv / linear layer of the online network is timed on its own (forward, backward) on the input it gets from
+a replay batch, next to its measured weight sparsity. Masks are simulated on dense tensors, so a pruned
+layer costs what its dense twin costs; the table shows where the learner's time goes. All of it is written
+with the component table to run_dir/profile.json and printed as short tables.
 """
 
 from __future__ import annotations
@@ -69,6 +72,11 @@ def format_table(report: dict) -> str:
         lines.append(f"\n{'learner operator (torch.profiler)':<44}{'total ms':>10}{'calls':>8}")
         for op in report["learner_ops"]:
             lines.append(f"{op['name'][:43]:<44}{op['total_ms']:>10.2f}{op['calls']:>8}")
+    if report.get("learner_layers"):
+        lines.append(f"\n{'learner layer (alone)':<36}{'sparsity':>9}{'fwd ms':>9}{'bwd ms':>9}")
+        for row in report["learner_layers"]:
+            lines.append(f"{row['layer'][:35]:<36}{row['weight_sparsity']:>9.3f}{row['forward_ms']:>9.3f}"
+                         f"{row['backward_ms']:>9.3f}")
     return "\n".join(lines)
 
 
@@ -86,3 +94,60 @@ def profile_learner_ops(learn_step, steps: int = 10, top: int = 15) -> list[dict
     events = sorted(prof.key_averages(), key=lambda e: -getattr(e, device_attr))
     return [{"name": e.key, "total_ms": round(getattr(e, device_attr) / 1000, 3), "calls": e.count}
             for e in events if not e.key.startswith("ProfilerStep")][:top]
+
+
+def profile_learner_layers(net: torch.nn.Module, forward, obs: torch.Tensor, reps: int = 5) -> list[dict]:
+    """Forward and backward time of each conv / linear layer of `net`, each timed alone on the input it gets
+    in `forward(obs)` (device-synchronised, mean of `reps` after one warm-up), with its weight sparsity."""
+    layers = {name: m for name, m in net.named_modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))}
+    inputs: dict[str, torch.Tensor] = {}
+
+    def keep_input(name: str):
+        def hook(module, args, output) -> None:  # returns None: the output is left as it is
+            inputs.setdefault(name, args[0].detach())
+        return hook
+
+    hooks = [m.register_forward_hook(keep_input(name)) for name, m in layers.items()]
+    try:
+        with torch.no_grad(), _eager():
+            forward(obs)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    rows = []
+    for name, m in layers.items():
+        if name not in inputs:
+            continue
+        forward_ms, backward_ms = _time_layer(m, inputs[name], reps)
+        rows.append({"layer": name, "type": type(m).__name__, "input_shape": list(inputs[name].shape),
+                     "params": sum(p.numel() for p in m.parameters()),
+                     "weight_sparsity": round(float((m.weight == 0).float().mean()), 4),
+                     "forward_ms": round(forward_ms, 4), "backward_ms": round(backward_ms, 4)})
+    return rows
+
+
+def _time_layer(layer: torch.nn.Module, x: torch.Tensor, reps: int) -> tuple[float, float]:
+    x = x.clone().requires_grad_(True)
+    wrt = [x, *layer.parameters()]
+    out = layer(x)
+    grad = torch.ones_like(out)
+    forward_ms = _mean_ms(lambda: layer(x), reps)
+    backward_ms = _mean_ms(lambda: torch.autograd.grad(out, wrt, grad, retain_graph=True), reps)
+    return forward_ms, backward_ms
+
+
+def _eager():
+    """Hooks need the modules' own calls: run a torch.compile'd network eagerly for this one pass."""
+    set_stance = getattr(torch.compiler, "set_stance", None)
+    return set_stance("force_eager") if set_stance is not None else contextlib.nullcontext()
+
+
+def _mean_ms(fn, reps: int) -> float:
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+    fn()
+    sync()
+    start = time.perf_counter()
+    for _ in range(reps):
+        fn()
+    sync()
+    return 1000 * (time.perf_counter() - start) / reps

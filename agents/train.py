@@ -38,7 +38,7 @@ from agents.config import PRESETS, TrainConfig, get_preset
 from agents.cuda_graphs import PhaseGraphs
 from agents.envs import make_env
 from agents.networks import use_channels_last
-from agents.profiler import Profiler, format_table, profile_learner_ops
+from agents.profiler import Profiler, format_table, profile_learner_layers, profile_learner_ops
 from agents.pruning import MaskedAdam, Pruner
 from agents.replay import Batch, ReplayBuffer
 
@@ -270,6 +270,16 @@ class Trainer:
         self.replay.generator.set_state(generator_state)
         self.online.zero_grad(set_to_none=not self.graphs.enabled)
 
+    def _profile_layers(self) -> list[dict]:
+        """Per-layer forward / backward times on a replay batch (changes no training state)."""
+        generator_state = self.replay.generator.get_state()
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            obs = self._sample_batch().obs
+            rows = profile_learner_layers(self.online, lambda x: self.agent.q_values(self.online, x), obs)
+        self.replay.generator.set_state(generator_state)
+        self.online.zero_grad(set_to_none=not self.graphs.enabled)
+        return rows
+
     def sync_target(self) -> None:
         with torch.no_grad():
             for t, o in zip(self.target.parameters(), self.online.parameters()):
@@ -376,6 +386,7 @@ class Trainer:
         report["device"] = str(self.device)
         if self.replay.can_sample():
             report["learner_ops"] = profile_learner_ops(self._forward_backward)
+            report["learner_layers"] = self._profile_layers()
         _write_json(self.run_dir / "profile.json", report)
         print(format_table(report))
 

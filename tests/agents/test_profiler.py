@@ -27,7 +27,13 @@ def test_profile_json_accounts_for_the_loop(tmp_path):
     assert comps["mask_update"]["calls"] == len(updates) >= 5  # grad steps 0, 20, 40, ...
     assert sum(c["share"] for c in comps.values()) == pytest.approx(1.0, abs=0.01)
     assert report["frames"] == trainer.agent_steps * 4 and report["learner_ops"]
-    assert "learner" in format_table(report)
+    layers = {row["layer"]: row for row in report["learner_layers"]}
+    assert list(layers) == [n.removesuffix(".weight") for n in trainer.pruner.layer_names]  # every conv / linear
+    measured = trainer.pruner.sparsity_report()
+    for name, row in layers.items():
+        assert row["forward_ms"] > 0 and row["backward_ms"] > 0 and row["params"] > 0
+        assert row["weight_sparsity"] == pytest.approx(measured[f"sparsity/{name}.weight"], abs=1e-4)
+    assert "learner" in format_table(report) and "learner layer (alone)" in format_table(report)
 
 
 def test_disabled_profiler_records_nothing():
