@@ -5,6 +5,10 @@ Components: env (stepping the games), act (the acting forward pass), replay_add,
 profiling on, each section synchronises the GPU at both ends so device time lands in the right component
 (this costs some speed; leave it off for real runs). Off, a section is a shared no-op context.
 
+Dense against pruned: `python -m agents.profiler RUN_A RUN_B ...` reads each run's profile.json and prints the
+components in seconds per million frames side by side, each run's ratio to the first, and the per-layer
+times with each layer's sparsity (markdown tables).
+
 At the end of a profiled run, `torch.profiler` also records a few learner forward/backward passes (which change
 no training state) and keeps the most expensive operators (conv / matmul forward and backward), and every
 conv / linear layer of the online network is timed on its own (forward, backward) on the input it gets from
@@ -15,9 +19,13 @@ with the component table to run_dir/profile.json and printed as short tables.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
+import json
+import sys
 import time
 from collections import defaultdict
+from pathlib import Path
 
 import torch
 
@@ -151,3 +159,81 @@ def _mean_ms(fn, reps: int) -> float:
         fn()
     sync()
     return 1000 * (time.perf_counter() - start) / reps
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Comparing runs: python -m agents.profiler RUN_A RUN_B ...
+# ---------------------------------------------------------------------------------------------------------
+def load_report(path: Path) -> dict:
+    path = Path(path)
+    file = path / "profile.json" if path.is_dir() else path
+    if not file.is_file():
+        raise FileNotFoundError(f"no profile at {file} (train with --profile to write one)")
+    try:
+        report = json.loads(file.read_text())
+        report["components"], report["frames"]
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise ValueError(f"{file} is not a profile.json written by --profile ({e})") from e
+    return report
+
+
+def compare_reports(reports: dict[str, dict]) -> str:
+    """Markdown tables: seconds per million frames of every component per run (ratio to the first run in
+    brackets), then forward + backward ms of every learner layer with its sparsity."""
+    names = list(reports)
+    per_mframe = {n: {c: v["seconds"] * 1e6 / max(r["frames"], 1) for c, v in r["components"].items()}
+                  for n, r in reports.items()}
+    base = per_mframe[names[0]]
+    order = sorted(set().union(*per_mframe.values()), key=lambda c: -base.get(c, 0.0))
+
+    def cells(values: list[float | None]) -> str:
+        """The first run's value, then the others with their ratio to it."""
+        ref = values[0]
+        out = ["-" if v is None else f"{v:.1f}" + (f" ({v / ref:.2f}x)" if i and ref else "")
+               for i, v in enumerate(values)]
+        return " | ".join(out)
+
+    lines = ["| component (s per 1M frames) | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    for comp in order:
+        lines.append(f"| {comp} | " + cells([per_mframe[n].get(comp) for n in names]) + " |")
+    totals = [1e6 / max(reports[n]["frames_per_second"], 1e-9) for n in names]
+    lines.append("| **total** | " + cells(totals) + " |")
+    lines.append("| frames/s | " + " | ".join(f"{reports[n]['frames_per_second']:,.0f}" for n in names) + " |")
+    lines.append("| total sparsity | " + " | ".join(f"{reports[n].get('sparsity', 0.0):.3f}" for n in names) + " |")
+
+    layers = {n: {row["layer"]: row for row in r.get("learner_layers", [])} for n, r in reports.items()}
+    layer_names = list(dict.fromkeys(name for n in names for name in layers[n]))
+    if layer_names:
+        lines += ["", "| layer (fwd + bwd ms, sparsity) | " + " | ".join(names) + " |",
+                  "|---" * (len(names) + 1) + "|"]
+        for layer in layer_names:
+            cells = []
+            for n in names:
+                row = layers[n].get(layer)
+                cells.append("-" if row is None else
+                             f"{row['forward_ms'] + row['backward_ms']:.3f} ({row['weight_sparsity']:.2f})")
+            lines.append(f"| {layer} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m agents.profiler",
+                                     description="Compare the --profile results of runs (e.g. dense against "
+                                                 "pruned): components per million frames and per-layer times.")
+    parser.add_argument("runs", nargs="+", type=Path, help="run directories (or profile.json files); the first "
+                                                           "is the baseline of the ratios")
+    args = parser.parse_args(argv)
+    try:
+        reports = {}
+        for path in args.runs:
+            name = path.name if path.is_dir() else path.parent.name
+            reports[name if name not in reports else str(path)] = load_report(path)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(compare_reports(reports))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -41,3 +41,23 @@ def test_disabled_profiler_records_nothing():
     with prof.section("env"):
         pass
     assert not prof.seconds and prof.section("a") is prof.section("b")
+
+
+def test_compare_dense_and_pruned_profiles(tmp_path, capsys):
+    from agents.profiler import main
+
+    for name, sparsity in (("dense", 0.0), ("pruned", 0.9)):
+        cfg = chain_config(fast_dqn(min_replay=200), sparsity=sparsity, total_steps=400)
+        cfg.profile = True
+        cfg.pruning.start_step, cfg.pruning.end_step, cfg.pruning.update_freq = 0, 20, 10
+        Trainer(cfg, tmp_path / name, env=ChainEnv(num_envs=2)).run()
+    capsys.readouterr()
+    assert main([str(tmp_path / "dense"), str(tmp_path / "pruned" / "profile.json")]) == 0
+    table = capsys.readouterr().out
+    assert "| component (s per 1M frames) | dense | pruned |" in table
+    mask_row = next(line for line in table.splitlines() if line.startswith("| mask_update |"))
+    assert mask_row.split("|")[2].strip() == "-"  # the dense run has no mask updates
+    assert "x) |" in next(line for line in table.splitlines() if line.startswith("| learner |"))
+    assert "| encoder.1.conv |" in table and "(0.00) |" in table  # per-layer rows with sparsity
+    assert main([str(tmp_path / "missing")]) == 2
+    assert "no profile at" in capsys.readouterr().err
