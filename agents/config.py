@@ -143,7 +143,8 @@ class TrainConfig:
     far a fixed budget gets); `--resume` continues the run. The unfinished iteration's row is not written."""
     cuda_graphs: Literal["auto", "on", "off"] = "auto"
     """Capture the gradient update (replay sampling, forward and backward, mask selection, masked Adam,
-    priority updates) in CUDA graphs after a few eager steps. Same results as eager execution. 'auto' = on
+    priority updates) in CUDA graphs after a few eager steps. Same kernels and random numbers as eager
+    execution (tests/agents/test_cuda_graphs.py compares the two on a GPU). 'auto' = on
     when training on CUDA with the Triton kernels and the replay on the GPU, falling back to eager with a
     warning if a capture fails; 'on' makes a failed capture an error."""
     compile: bool = False
