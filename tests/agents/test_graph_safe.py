@@ -42,11 +42,15 @@ class HostSyncRecorder(TorchDispatchMode):
 
 def trainer_ready_to_learn(tmp_path, name: str, device: str = "cpu", **overrides) -> Trainer:
     """A trainer of agent `name` whose replay holds enough steps (many of them auto-reset slots) to learn;
-    `overrides` set TrainConfig fields."""
+    `overrides` set TrainConfig fields, dotted for nested ones ("pruning.scope")."""
     cfg = chain_config(fast_agent(name), sparsity=0.9, total_steps=10**6)
     cfg.device, cfg.cuda_graphs = device, "off"
     for key, value in overrides.items():
-        setattr(cfg, key, value)
+        *parents, field = key.split(".")
+        target = cfg
+        for parent in parents:
+            target = getattr(target, parent)
+        setattr(target, field, value)
     cfg.agent.min_replay, cfg.agent.batch_size = 100, 8
     cfg.pruning.start_step, cfg.pruning.end_step, cfg.pruning.update_freq = 0, 100, 2
     trainer = Trainer(cfg, tmp_path / name, env=ChainEnv(num_envs=2, max_steps=5))
@@ -75,6 +79,22 @@ def test_learner_steps_never_read_device_values_on_the_host(tmp_path, monkeypatc
         trainer.learn()
     assert recorder.found == [], f"{name}: host reads of device values in the learner step: {recorder.found}"
     assert any(not torch.equal(b, p) for b, p in zip(before, trainer.online.parameters())), "nothing was learned"
+
+
+@pytest.mark.parametrize("variant", ["global_scope", "mask_gradients_reset", "frozen_bf16"])
+def test_learner_step_options_never_read_device_values_on_the_host(tmp_path, monkeypatch, one_thread, variant):
+    monkeypatch.setenv("PRUNERL_KERNELS", "triton")
+    options = {"global_scope": {"pruning.scope": "global"},
+               "mask_gradients_reset": {"pruning.mask_gradients": True, "pruning.moments": "reset"},
+               "frozen_bf16": {"pruning.moments": "frozen", "bf16": True}}[variant]
+    trainer = trainer_ready_to_learn(tmp_path, "dqn", **options)
+    for _ in range(2):
+        trainer.learn()
+    assert trainer.pruner.is_update_step(trainer.grad_steps)
+    with HostSyncRecorder() as recorder:
+        trainer.learn()
+    assert recorder.found == [], f"{variant}: host reads of device values in the learner step: {recorder.found}"
+    assert 0.0 < trainer.pruner.sparsity_report()["sparsity/prunable"] < 1.0
 
 
 def test_sampling_follows_the_device_step_counter_not_python_values():
