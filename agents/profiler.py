@@ -207,12 +207,10 @@ def compare_reports(reports: dict[str, dict]) -> str:
         lines += ["", "| layer (fwd + bwd ms, sparsity) | " + " | ".join(names) + " |",
                   "|---" * (len(names) + 1) + "|"]
         for layer in layer_names:
-            cells = []
-            for n in names:
-                row = layers[n].get(layer)
-                cells.append("-" if row is None else
-                             f"{row['forward_ms'] + row['backward_ms']:.3f} ({row['weight_sparsity']:.2f})")
-            lines.append(f"| {layer} | " + " | ".join(cells) + " |")
+            rows = [layers[n].get(layer) for n in names]
+            texts = ["-" if r is None else f"{r['forward_ms'] + r['backward_ms']:.3f} ({r['weight_sparsity']:.2f})"
+                     for r in rows]
+            lines.append(f"| {layer} | " + " | ".join(texts) + " |")
     return "\n".join(lines)
 
 

@@ -114,9 +114,8 @@ class ReplayBuffer:
     def sample_range(self) -> tuple[int, int]:
         """Inclusive range of absolute vector steps a transition may start at: its stack must still be in
         memory and its n-step lookahead must already be written."""
-        lo = max(0, self.t - self.T + self.stack - 1)
-        hi = self.t - 1 - self.n_step
-        return lo, hi
+        lo, hi = self._range_at(self.t)
+        return max(0, lo), hi
 
     def can_sample(self) -> bool:
         lo, hi = self.sample_range()
@@ -124,8 +123,12 @@ class ReplayBuffer:
 
     def _device_range(self) -> tuple[torch.Tensor, torch.Tensor]:
         """`sample_range()` as 0-d device tensors, computed from `t_device` (no host value baked in)."""
-        t = self.t_device
-        return (t - self.T + self.stack - 1).clamp_min(0), t - 1 - self.n_step
+        lo, hi = self._range_at(self.t_device)
+        return lo.clamp_min(0), hi
+
+    def _range_at(self, t):
+        """(lo, hi) of `sample_range` after t adds, lo not yet clamped at 0; t an int or a device tensor."""
+        return t - self.T + self.stack - 1, t - 1 - self.n_step
 
     def _sample_slots(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Uniform (absolute step, env, importance weight) with the start slot an executed action."""

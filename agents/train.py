@@ -18,6 +18,7 @@ Run directory (read by `agents.report`):
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import csv
 import json
@@ -33,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import kernels
 from agents.checkpoint import CheckpointError, atomic_write_bytes, latest_checkpoint, load_checkpoint, save_checkpoint
 from agents.config import PRESETS, TrainConfig, get_preset
 from agents.cuda_graphs import PhaseGraphs
@@ -190,8 +192,6 @@ class Trainer:
     def _wants_cuda_graphs(self) -> bool:
         if self.cfg.cuda_graphs == "off":
             return False
-        import kernels
-
         blockers = []
         if self.device.type != "cuda":
             blockers.append(f"the training device is {self.device}")
@@ -264,21 +264,23 @@ class Trainer:
 
     def _forward_backward(self) -> None:
         """One learner forward and backward that changes no training state (for operator profiling)."""
-        generator_state = self.replay.generator.get_state()
-        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+        with self._no_training_side_effects():
             self._loss(self._sample_batch())[0].backward()
-        self.replay.generator.set_state(generator_state)
-        self.online.zero_grad(set_to_none=not self.graphs.enabled)
 
     def _profile_layers(self) -> list[dict]:
         """Per-layer forward / backward times on a replay batch (changes no training state)."""
+        with self._no_training_side_effects():
+            obs = self._sample_batch().obs
+            return profile_learner_layers(self.online, lambda x: self.agent.q_values(self.online, x), obs)
+
+    @contextlib.contextmanager
+    def _no_training_side_effects(self):
+        """Undo what profiling inside does to training state: replay and torch random draws, gradients."""
         generator_state = self.replay.generator.get_state()
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
-            obs = self._sample_batch().obs
-            rows = profile_learner_layers(self.online, lambda x: self.agent.q_values(self.online, x), obs)
+            yield
         self.replay.generator.set_state(generator_state)
         self.online.zero_grad(set_to_none=not self.graphs.enabled)
-        return rows
 
     def sync_target(self) -> None:
         with torch.no_grad():
