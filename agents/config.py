@@ -188,6 +188,34 @@ class TrainConfig:
 
 
 # ---------------------------------------------------------------------------------------------------------
+# Runtime options: how a run executes, where it writes and what it prints, never what it learns. A requeued
+# job may change them on --resume, and the report groups runs without them. Every other field (dotted names
+# for the sub-configs) defines the experiment.
+# ---------------------------------------------------------------------------------------------------------
+RUNTIME_FIELDS = frozenset({
+    "device", "replay_device", "overlap_env", "cuda_graphs", "compile", "channels_last", "max_minutes", "profile",
+    "progress", "tensorboard", "log_every", "runs_dir", "run_name", "checkpoint_every", "keep_checkpoints",
+    "save_replay", "preset", "env.num_threads",
+})
+
+
+def flatten_config(d: dict, prefix: str = "") -> dict:
+    """{'agent': {'lr': 1}} -> {'agent.lr': 1}."""
+    flat = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            flat.update(flatten_config(v, f"{prefix}{k}."))
+        else:
+            flat[f"{prefix}{k}"] = v
+    return flat
+
+
+def experiment_fields(config: dict) -> dict:
+    """The flattened fields of a config dict that define the experiment (RUNTIME_FIELDS left out)."""
+    return {k: v for k, v in flatten_config(config).items() if k not in RUNTIME_FIELDS}
+
+
+# ---------------------------------------------------------------------------------------------------------
 # Presets: {agent}_{impala|nature}_w{width}_{dense|gmpNN}, the paper's configurations, plus a CPU demo.
 # ---------------------------------------------------------------------------------------------------------
 PAPER_SPARSITIES = {"dense": 0.0, "gmp90": 0.9, "gmp95": 0.95, "gmp99": 0.99}
