@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 TORCH_VERSION ?= 2.13.0
 TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 
-.PHONY: install demo test test-gpu bench pong-check lint clean
+.PHONY: install demo test test-gpu bench pong-check gpu-wheels gpu-proof lint clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,9 @@ bench: install  ## the kernel bench suite (needs CUDA); JSON lands in bench/resu
 
 pong-check: install  ## the learning check: DQN-Impala x1 on Pong for 8 minutes (meant for a GPU)
 	$(BIN)/python bench/pong_check.py --minutes 8
+
+gpu-wheels:  ## download into .whl/ the wheels the GPU machine lacks (cp312, x86-64; fails above 60 MiB)
+	$(PYTHON) bench/gpu_wheels.py
 
 lint: install
 	$(BIN)/ruff check agents kernels bench tests
