@@ -59,6 +59,9 @@ def e2e_config(arch: str, width: int, setup: str, warmup: int = WARMUP, measure:
     cfg.bf16, cfg.tf32 = precision == "bf16", precision == "tf32"
     cfg.total_steps, cfg.iteration_steps = warmup + measure, warmup
     cfg.agent.min_replay = min(cfg.agent.min_replay, warmup // 2)
+    # Epsilon at its final 0.01 by the measurement, as for 97% of a 40M-frame run: greedy actions (a forward
+    # pass and a device-to-host copy) on nearly every step, not on the few a near-random policy takes.
+    cfg.agent.epsilon_decay_steps = min(cfg.agent.epsilon_decay_steps, warmup - cfg.agent.min_replay)
     cfg.replay_capacity = min(cfg.replay_capacity, 4 * (warmup + measure))
     cfg.log_every, cfg.tensorboard, cfg.progress = 10**12, False, False
     cfg.device, cfg.replay_device = ("cuda", "auto") if overrides.pop("gpu", True) else ("cpu", "cpu")

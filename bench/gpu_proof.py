@@ -249,7 +249,7 @@ class Proof:
         cmd = [sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-rA", "-p", "no:cacheprovider",
                f"--junitxml={self.dir / 'correctness.xml'}", *paths]
         if importlib.util.find_spec("pytest_timeout") is not None:  # one hung test must not eat the step
-            cmd.insert(-len(paths), f"--timeout={max(10, int(window_s / 2))}")
+            cmd.insert(-len(paths), f"--timeout={max(10, int(window_s))}")
         self.run_command(step, cmd, limit_s)
 
     def step_kernels(self, step: StepResult, window_s: float, limit_s: float) -> None:
@@ -518,12 +518,14 @@ def probe_environment(path: Path, dry: bool) -> int:
         info["triton"] = triton.__version__
     except ImportError as e:
         info["warnings"].append(f"triton: {e}")
+    fields = ("gpu", "driver", "memory", "max_sm_clock")
     smi = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total,clocks.max.sm",
                           "--format=csv,noheader"], capture_output=True, text=True) if shutil.which("nvidia-smi") \
         else None
-    if smi is not None and smi.returncode == 0:
-        name, info["driver"], info["memory"], info["max_sm_clock"] = [x.strip() for x in
-                                                                      smi.stdout.splitlines()[0].split(",")]
+    if smi is not None and smi.returncode == 0 and smi.stdout.strip():
+        info.update(zip(fields, (x.strip() for x in smi.stdout.splitlines()[0].split(","))))
+    elif smi is not None:
+        info["warnings"].append(f"nvidia-smi: {smi.stdout.strip()} {smi.stderr.strip()}")
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)
         info.update(device=props.name, capability=f"{props.major}.{props.minor}", sm_count=props.multi_processor_count,
