@@ -1,0 +1,121 @@
+"""`python -m agents.report`: command line and the pipeline from run directories to report files."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from agents import evaluation as ev
+from agents.report.configs import build_matrices, group_runs
+from agents.report.demo import write_synthetic_runs
+from agents.report.figures import plot_analysis, plot_curves, plot_sparsity, plot_width
+from agents.report.runs import find_run_dirs, load_run, warn
+from agents.report.stats import final_aggregates, iqm_curve, probability_of_improvement_pairs
+from agents.report.tables import write_markdown, write_tables
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m agents.report",
+        description="Aggregate prunerl run directories into a markdown table, CSV/JSON and paper-style figures "
+        "(IQM of human-normalised final scores with stratified-bootstrap CIs, Agarwal et al. 2021).",
+        epilog="Example: python -m agents.report runs/ --out results/  (searches runs/ for config.json files)",
+    )
+    p.add_argument("run_dirs", nargs="*", metavar="RUN_DIR", help="run directories or parents of them")
+    p.add_argument("--out", required=True, help="output directory (created if needed)")
+    p.add_argument(
+        "--games",
+        default=None,
+        help="comma-separated games every configuration must have, or 'paper15'; default: every game found in the runs",
+    )
+    p.add_argument(
+        "--allow-incomplete",
+        action="store_true",
+        help="aggregate configurations with missing games/seeds or unfinished runs anyway (marked)",
+    )
+    p.add_argument("--reps", type=int, default=2000, help="bootstrap replications (default 2000)")
+    p.add_argument("--confidence", type=float, default=0.95, help="CI coverage (default 0.95)")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap RNG seed (default 0)")
+    p.add_argument(
+        "--normalization",
+        choices=("dqn_zoo", "dopamine"),
+        default="dqn_zoo",
+        help="human/random table: dqn_zoo (default) or dopamine (differs only on VideoPinball)",
+    )
+    p.add_argument(
+        "--analysis-games",
+        default=None,
+        help="comma-separated games for the analysis figure (default: Fig. 11's four when present)",
+    )
+    p.add_argument("--note", default="", help="text added to every figure title and to report.md")
+    p.add_argument(
+        "--demo",
+        action="store_true",
+        help="write synthetic run dirs to OUT/synthetic_runs and report those (marked as synthetic)",
+    )
+    args = p.parse_args(argv)
+    if not args.run_dirs and not args.demo:
+        p.error("give at least one RUN_DIR (or --demo)")
+    if args.reps < 1 or not 0 < args.confidence < 1:
+        p.error("--reps must be >= 1 and --confidence in (0, 1)")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.demo:
+        write_synthetic_runs(out / "synthetic_runs")
+        args.run_dirs = [str(out / "synthetic_runs")]
+        args.note = args.note or "SYNTHETIC DATA: made-up runs from agents.report --demo, not results"
+    problems: list[str] = []
+    runs = [load_run(d, problems) for d in find_run_dirs(args.run_dirs)]
+
+    if args.games:
+        names = ev.PAPER_15_GAMES if args.games == "paper15" else [g for g in args.games.split(",") if g.strip()]
+        games = [ev.canonical_game(g) for g in names]
+    else:
+        games = sorted({r.game for r in runs if ev.has_reference(r.game)})
+    unreferenced = {r.game for r in runs if not ev.has_reference(r.game)}
+    if unreferenced:
+        warn(problems, f"no human reference score for {', '.join(sorted(unreferenced))}: raw scores only")
+
+    configs = group_runs(runs)
+    build_matrices(configs, games, args.allow_incomplete, problems, args.normalization)
+    finals = {c.label: final_aggregates(c, args.reps, args.confidence, args.seed) for c in configs if c.aggregated}
+    curves = {
+        c.label: iqm_curve(c, args.reps, args.confidence, args.seed, problems, args.normalization)
+        for c in configs
+        if c.aggregated
+    }
+    pairs = probability_of_improvement_pairs(configs, args.reps, args.confidence, args.seed)
+
+    ci = round(args.confidence * 100)
+    analysis_games = (
+        [ev.canonical_game(g) if ev.has_reference(g) else g for g in args.analysis_games.split(",")]
+        if args.analysis_games
+        else None
+    )
+    figures = []
+    for name, draw in (
+        ("iqm_curves.png", lambda p: plot_curves(configs, curves, p, args.note, ci)),
+        ("iqm_vs_width.png", lambda p: plot_width(configs, finals, p, args.note, ci)),
+        ("sparsity_schedule.png", lambda p: plot_sparsity(configs, p, args.note)),
+        (
+            "analysis.png",
+            lambda p: plot_analysis(
+                configs, analysis_games, p, args.note, min(args.reps, 1000), args.confidence, args.seed
+            ),
+        ),
+    ):
+        if draw(out / name):
+            figures.append(name)
+        else:
+            print(f"note: {name} not drawn (no data for it)", file=sys.stderr)
+    write_tables(out, configs, finals, curves, pairs, problems, args)
+    text = write_markdown(out / "report.md", configs, finals, pairs, games, unreferenced, problems, figures, args)
+    print(text.split("\n\nProbability")[0].split("\n\nPer-game")[0])
+    print(f"\nwrote {out}/report.md, summary.json, final_scores.csv, curves.csv and {len(figures)} figure(s)")
+    return 0
