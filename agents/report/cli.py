@@ -118,4 +118,7 @@ def main(argv=None) -> int:
     text = write_markdown(out / "report.md", configs, finals, pairs, games, unreferenced, problems, figures, args)
     print(text.split("\n\nProbability")[0].split("\n\nPer-game")[0])
     print(f"\nwrote {out}/report.md, summary.json, final_scores.csv, curves.csv and {len(figures)} figure(s)")
+    if any(c.errors for c in configs):
+        print("error: some configurations could not be aggregated (see report.md, Problems)", file=sys.stderr)
+        return 1
     return 0

@@ -8,43 +8,36 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from agents import evaluation as ev
-from agents.report.runs import Run, warn
+from agents.config import experiment_fields
+from agents.report.runs import Run, error, warn
 
-# config.json fields that do not change what is learned; everything else separates configurations.
-BOOKKEEPING = set(
-    "seed env.game env.num_threads preset run_name runs_dir device replay_device progress tensorboard "
-    "checkpoint_every keep_checkpoints save_replay log_every analysis_every profile overlap_env".split()
-)
 AGENT_NAMES = {"dqn": "DQN", "rainbow": "Rainbow", "iqn": "IQN", "miqn": "M-IQN"}
 ARCH_NAMES = {"impala": "Impala", "nature": "Nature CNN"}
-
-
-def _flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
+NOT_GROUPED = ("env.game", "seed")  # what varies inside a configuration (besides RUNTIME_FIELDS)
+# Label order: the paper's axes first; a later field is named only where the earlier ones leave runs together.
+LABEL_ORDER = ("agent.name", "network.arch", "network.width", "pruning.final_sparsity", "replay_ratio", "total_steps")
+_HEAD = ("agent.name", "network.arch", "network.width")  # written "DQN Impala ×3", the rest comma-separated
+_ABSENT = object()  # a field an older run's config.json does not have
 
 
 @dataclass
 class Config:
-    key: tuple
+    key: tuple  # sorted (field, JSON value) pairs of every experiment field except game and seed
     runs: list[Run]
     label: str = ""
+    parts: list[tuple[str, str]] = field(default_factory=list)  # (field, text) pairs the label is made of
     complete: bool = False
     flags: list[str] = field(default_factory=list)  # why it is incomplete, shown in report.md
+    errors: list[str] = field(default_factory=list)  # data that cannot be aggregated at all (repeated runs)
     games: list[str] = field(default_factory=list)  # games of the score matrix
     seeds: list[int] = field(default_factory=list)
     matrix: np.ndarray | None = None  # [seeds, games] human-normalised final scores
     cells: dict[tuple[str, int], Run] = field(default_factory=dict)
     used: list[list[Run]] = field(default_factory=list)  # per game, the runs in the matrix
+    flat: dict = field(init=False)  # the key as {field: value}
 
-    @property
-    def flat(self) -> dict:
-        return dict((k, json.loads(v)) for k, v in self.key)
+    def __post_init__(self):
+        self.flat = {k: json.loads(v) for k, v in self.key}
 
     @property
     def agent(self) -> str:
@@ -71,15 +64,21 @@ class Config:
         return self.matrix is not None
 
 
+def experiment_key(config: dict) -> tuple:
+    """What makes two runs the same experiment: every field of agents.config.experiment_fields (the one
+    definition of what never changes results) except game and seed."""
+    fields = experiment_fields(config)
+    return tuple(sorted((k, json.dumps(v, sort_keys=True)) for k, v in fields.items() if k not in NOT_GROUPED))
+
+
 def group_runs(runs: list[Run]) -> list[Config]:
     groups: dict[tuple, list[Run]] = {}
     for r in runs:
-        flat = _flatten(r.config)
-        key = tuple(sorted((k, json.dumps(v, sort_keys=True)) for k, v in flat.items() if k not in BOOKKEEPING))
-        groups.setdefault(key, []).append(r)
+        groups.setdefault(experiment_key(r.config), []).append(r)
     configs = [Config(k, v) for k, v in groups.items()]
     configs.sort(key=lambda c: (c.agent, c.arch, c.width, c.sparsity, str(c.replay_ratio), c.key))
-    _label(configs)
+    for c, parts in zip(configs, label_parts([c.flat for c in configs]), strict=True):
+        c.parts, c.label = parts, join_parts(parts)
     return configs
 
 
@@ -88,31 +87,90 @@ def _fmt_frames(frames: float) -> str:
 
 
 def _fmt_sparsity(s: float) -> str:
-    return "dense" if s == 0 else f"{s * 100:g}% pruned"
+    return "dense" if not s else f"{s * 100:g}% pruned"
 
 
-def _label(configs: list[Config]) -> None:
-    """'DQN Impala x3, 95% pruned' plus whatever else tells configurations apart."""
+def describe(k: str, flat: dict, name: str, exact: bool) -> str:
+    """One label part: a readable form for the paper's axes, `name=value` for anything else."""
+    v = flat.get(k, _ABSENT)
+    if v is _ABSENT:
+        return f"{name}=(absent)"
+    if exact:
+        return f"{name}={json.dumps(v)}"
+    if k == "agent.name":
+        return AGENT_NAMES.get(v, str(v))
+    if k == "network.arch":
+        return ARCH_NAMES.get(v, str(v))
+    if k == "network.width":
+        return f"×{v}"
+    if k == "pruning.final_sparsity":
+        return _fmt_sparsity(v)
+    if k == "replay_ratio":
+        return f"RR {v}"
+    if k == "total_steps" and isinstance(v, int | float):
+        skip = flat.get("env.frame_skip", flat.get("frame_skip", 4))
+        return f"{_fmt_frames(v * skip)} frames"
+    return f"{name}={v}"
+
+
+def _short_names(keys: list[str]) -> dict[str, str]:
+    """'agent.lr' -> 'lr' unless another field ends the same way; then the longer dotted suffix."""
+    out = {}
+    for k in keys:
+        parts = k.split(".")
+        for n in range(1, len(parts) + 1):
+            name = ".".join(parts[-n:])
+            if sum(o == name or o.endswith("." + name) for o in keys) == 1:
+                break
+        out[k] = name
+    return out
+
+
+def label_parts(
+    flats: list[dict], panels: list | None = None, always: tuple[str, ...] = LABEL_ORDER[:4]
+) -> list[list[tuple[str, str]]]:
+    """Short labels made from what differs. The paper's axes (LABEL_ORDER) are named whenever they differ; any
+    other field only for the configurations it tells apart once the fields before it are named (so Rainbow's
+    n_step does not repeat what "Rainbow" says, and one lr override does not lengthen every label). `panels`
+    (one value per config) starts from configurations already told apart by a figure's panels: labels then only
+    separate the lines within a panel, in words that mean the same in every panel. If nothing differs, the
+    label names the `always` fields."""
+    if not flats:
+        return []
+    order = lambda k: (LABEL_ORDER.index(k) if k in LABEL_ORDER else len(LABEL_ORDER), k)
+    value = lambda i, k: json.dumps(flats[i].get(k, "(absent)"), sort_keys=True)
+    panels = [0] * len(flats) if panels is None else panels
+    # blocks: configurations that the fields named so far cannot tell apart
+    blocks = [[i for i in range(len(flats)) if panels[i] == p] for p in dict.fromkeys(panels)]
+    axes = [k for k in LABEL_ORDER if any(len({value(i, k) for i in b}) > 1 for b in blocks)]
+    named = {k: set(range(len(flats))) for k in axes}  # field -> the configurations whose label names it
+    for k in sorted(set().union(*flats), key=order):
+        split = [[i for i in b if value(i, k) == v] for b in blocks for v in dict.fromkeys(value(i, k) for i in b)]
+        if k not in named and len(split) > len(blocks):
+            named[k] = {i for b in blocks if len({value(i, k) for i in b}) > 1 for i in b}
+        blocks = split
+    if not named:
+        named = {k: set(range(len(flats))) for k in always if any(k in f for f in flats)}
+    names = _short_names(list(named))
+    for exact in (False, True):  # readable forms first; exact JSON values if two readable labels coincide
+        parts = [[(k, describe(k, f, names[k], exact and k not in _HEAD)) for k in named if i in named[k]]
+                 for i, f in enumerate(flats)]
+        if len({(panels[i], join_parts(p)) for i, p in enumerate(parts)}) == len(flats):
+            break
+    return parts
+
+
+def varying_fields(configs: list[Config]) -> list[str]:
+    """Every experiment field whose value differs between configurations (labels name only some of them)."""
     flats = [c.flat for c in configs]
-    keys = set().union(*flats) if flats else set()
-    varying = sorted(k for k in keys if len({json.dumps(f.get(k)) for f in flats}) > 1)
-    main = {"agent.name", "network.arch", "network.width", "pruning.final_sparsity"}
-    for c, f in zip(configs, flats, strict=True):
-        parts = [
-            f"{AGENT_NAMES.get(c.agent, c.agent)} {ARCH_NAMES.get(c.arch, c.arch)} ×{c.width}",
-            _fmt_sparsity(c.sparsity),
-        ]
-        for k in varying:
-            if k in main:
-                continue
-            if k == "replay_ratio":
-                parts.append(f"RR {f.get(k)}")
-            elif k == "total_steps":
-                skip = f.get("env.frame_skip", f.get("frame_skip", 4))
-                parts.append(f"{_fmt_frames(f[k] * skip)} frames" if f.get(k) else "budget ?")
-            else:
-                parts.append(f"{k.split('.')[-1]}={f.get(k)}")
-        c.label = ", ".join(parts)
+    keys = sorted(set().union(*flats)) if flats else []
+    return [k for k in keys if len({json.dumps(f.get(k, "(absent)"), sort_keys=True) for f in flats}) > 1]
+
+
+def join_parts(parts: list[tuple[str, str]]) -> str:
+    """[('agent.name', 'DQN'), ('network.width', '×3'), ('pruning.final_sparsity', 'dense')] -> 'DQN ×3, dense'."""
+    head = " ".join(t for k, t in parts if k in _HEAD)
+    return ", ".join([head] * bool(head) + [t for k, t in parts if k not in _HEAD])
 
 
 # --- completeness and score matrices -----------------------------------------------------------------
@@ -124,23 +182,21 @@ def build_matrices(
     """Fill each Config's matrix of final human-normalised scores, or flag why it has none."""
     for c in configs:
         c.seeds = sorted({r.seed for r in c.runs})
+        by_cell: dict[tuple[str, int], list[Run]] = {}
         for r in c.runs:
-            if r.game not in games:
-                continue
-            prev = c.cells.get((r.game, r.seed))
-            if prev is not None:
-                best = max((prev, r), key=lambda x: (x.finished, len(x.iterations["score"])))
-                warn(
-                    problems,
-                    f"{c.label}: {r.game} seed {r.seed} has two runs ({prev.path}, {r.path}); using {best.path}",
-                )
-                r = best
-            c.cells[(r.game, r.seed)] = r
-        missing = [(g, s) for g in games for s in c.seeds if (g, s) not in c.cells]
-        unfinished = [r for r in c.cells.values() if not r.finished]
-        no_score = [r for r in c.cells.values() if not np.isfinite(r.iterations["score"]).any()]
+            by_cell.setdefault((r.game, r.seed), []).append(r)
+        for (g, s), rs in sorted(by_cell.items()):
+            if len(rs) > 1:  # which one is right is the user's call; counting both would double the pair's weight
+                c.errors.append(f"{g} seed {s} has {len(rs)} runs: {', '.join(str(r.path) for r in rs)}")
+                error(problems, f"{c.label}: {c.errors[-1]} -> configuration left out of the aggregates")
+        c.cells = {cell: rs[0] for cell, rs in by_cell.items() if len(rs) == 1}
+        present = {cell for cell in by_cell if cell[0] in games}
+        cells = [r for cell, r in sorted(c.cells.items()) if cell[0] in games]
+        missing = [(g, s) for g in games for s in c.seeds if (g, s) not in present]
+        unfinished = [r for r in cells if not r.finished]
+        no_score = [r for r in cells if not np.isfinite(r.iterations["score"]).any()]
         if missing:
-            absent = [g for g in games if not any((g, s) in c.cells for s in c.seeds)]
+            absent = [g for g in games if not any((g, s) in present for s in c.seeds)]
             partial = [f"{g} seed {s}" for g, s in missing if g not in absent]
             if absent:
                 c.flags.append(f"missing games: {', '.join(absent)}")
@@ -153,12 +209,14 @@ def build_matrices(
             )
         if no_score:
             c.flags.append("no score logged: " + ", ".join(f"{r.game} seed {r.seed}" for r in no_score))
-        c.complete = not c.flags
+        c.complete = not c.flags and not c.errors
         for flag in c.flags:
             warn(problems, f"{c.label}: {flag}" + ("" if allow_incomplete else " -> left out of the aggregates"))
 
         # the runs that enter the matrix, per game
         per_game = {g: [c.cells[(g, s)] for s in c.seeds if (g, s) in c.cells] for g in games}
+        if c.errors:
+            continue
         if allow_incomplete:
             per_game = {g: [r for r in rs if np.isfinite(r.iterations["score"]).any()] for g, rs in per_game.items()}
         elif not c.complete:

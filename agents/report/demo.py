@@ -10,14 +10,16 @@ import numpy as np
 from agents import evaluation as ev
 
 
-def _synthetic_run(d: Path, game: str, seed: int, width: int, sparsity: float, level: float, rng, iters: int = 40):
+def _synthetic_run(
+    d: Path, game: str, seed: int, width: int, sparsity: float, level: float, rng, iters: int = 40, agent: str = "dqn"
+):
     """One fake run in the trainer's format: a saturating learning curve towards `level` (human-normalised),
     a cubic GMP schedule over 20-80% of training, and drifting analysis metrics. NOT real results."""
     steps_per_iter, total = 250_000, 250_000 * iters
     (d / "checkpoints").mkdir(parents=True, exist_ok=True)
     net = {"arch": "impala", "width": width, "scale_dense": False}
     cfg = {"preset": None, "env": {"game": game, "backend": "envpool", "num_envs": 8}, "network": net}
-    cfg |= {"agent": {"name": "dqn"}, "pruning": {"final_sparsity": sparsity, "distribution": "erk"}}
+    cfg |= {"agent": {"name": agent}, "pruning": {"final_sparsity": sparsity, "distribution": "erk"}}
     cfg |= {"replay_ratio": 0.25, "seed": seed, "total_steps": total, "iteration_steps": steps_per_iter}
     (d / "config.json").write_text(json.dumps(cfg, indent=2))
 
@@ -56,14 +58,19 @@ def write_synthetic_runs(
     games=("BeamRider", "Breakout", "Enduro", "SpaceInvaders", "VideoPinball"),
     seeds=(0, 1, 2),
     widths=(1, 3),
+    sparsities=(0.0, 0.95),
+    agents=("dqn",),
+    iters: int = 40,
 ) -> None:
-    """Dense and 95%-pruned DQN Impala runs with a made-up trend echoing Fig. 1 (dense worse with width,
-    pruned better). For documentation only."""
+    """Dense and pruned Impala runs with a made-up trend echoing Fig. 1 (dense worse with width, pruned better).
+    For documentation only."""
     rng = np.random.default_rng(0)
-    for w in widths:
-        for s in (0.0, 0.95):
-            level = 1.6 - 0.15 * (w - 1) if s == 0 else 1.8 + 0.25 * (w - 1)
-            for g in games:
-                game_level = level * rng.lognormal(0, 0.4)
-                for seed in seeds:
-                    _synthetic_run(root / f"{g}__w{w}_s{int(s * 100)}__s{seed}", g, seed, w, s, game_level, rng)
+    for agent in agents:
+        for w in widths:
+            for s in sparsities:
+                level = 1.6 - 0.15 * (w - 1) if s == 0 else (1.8 + 0.25 * (w - 1)) * (0.95 + 0.1 * s)
+                for g in games:
+                    game_level = level * rng.lognormal(0, 0.4)
+                    for seed in seeds:
+                        d = root / f"{g}__{agent}_w{w}_s{round(s * 100)}__s{seed}"
+                        _synthetic_run(d, g, seed, w, s, game_level, rng, iters, agent)

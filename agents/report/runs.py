@@ -20,6 +20,11 @@ def warn(problems: list[str], msg: str) -> None:
     print(f"warning: {msg}", file=sys.stderr)
 
 
+def error(problems: list[str], msg: str) -> None:
+    """Data the report refuses to aggregate; it still writes everything else, then exits with 1."""
+    problems.append(f"**error**: {msg}")
+    print(f"error: {msg}", file=sys.stderr)
+
 
 @dataclass
 class Run:

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from agents import evaluation as ev
+from agents.report.configs import LABEL_ORDER, varying_fields
 
 
 def _ci(d: dict, digits: int = 3) -> str:
@@ -30,6 +31,8 @@ def write_markdown(path: Path, configs, finals, pairs, games, unreferenced, prob
     ]
     for c in configs:
         status = "complete" if c.complete else "**incomplete**: " + "; ".join(c.flags)
+        if c.errors:
+            status = "**error**: " + "; ".join(c.errors + c.flags)
         if c.aggregated:
             f = finals[c.label]
             cells = [
@@ -45,6 +48,17 @@ def write_markdown(path: Path, configs, finals, pairs, games, unreferenced, prob
             cells, n_seeds = ["excluded", "", "", ""], str(len(c.seeds))
         n_games = len(c.games) if c.aggregated else len({g for g, _ in c.cells})
         lines.append(f"| {c.label} | {n_games} | {n_seeds} | " + " | ".join(cells) + f" | {status} |")
+    shared = [(k, configs[0].flat[k]) for k in LABEL_ORDER if all(k in c.flat for c in configs)]
+    shared = [(k, v) for k, v in shared if all(c.flat[k] == v for c in configs)]
+    varying = varying_fields(configs)
+    lines += ["", "Configurations: runs are grouped by every option that can change results (not by runtime options "
+              "such as --max-minutes or --device)."]
+    if shared:
+        lines += ["", "Shared by all: " + ", ".join(f"{k}={json.dumps(v)}" for k, v in shared) + "."]
+    if varying:
+        lines += [""] + [
+            f"- {c.label}: " + ", ".join(f"{k}={json.dumps(c.flat.get(k))}" for k in varying) for c in configs
+        ]
     if pairs:
         lines += [
             "",
@@ -70,7 +84,7 @@ def write_markdown(path: Path, configs, finals, pairs, games, unreferenced, prob
         for g in all_games if not norm else games:
             row = []
             for c in configs:
-                scores = np.array([r.final_score() for r in c.runs if r.game == g and r.finished])
+                scores = np.array([r.final_score() for (game, _), r in c.cells.items() if game == g and r.finished])
                 scores = scores[np.isfinite(scores)]
                 if not len(scores):
                     row.append("—")
@@ -79,7 +93,7 @@ def write_markdown(path: Path, configs, finals, pairs, games, unreferenced, prob
                 else:
                     row.append(f"{scores.mean():.1f} ± {scores.std():.1f} (n={len(scores)})")
             lines.append(f"| {g} | " + " | ".join(row) + " |")
-    lines += ["", "Per-game tables count finished runs only."]
+    lines += ["", "Per-game tables count finished runs only, and no (game, seed) pair that has several runs."]
     if unreferenced:
         lines += [
             "",
@@ -128,10 +142,12 @@ def write_tables(out: Path, configs, finals, curves, pairs, problems, args) -> N
                 "replay_ratio": c.replay_ratio,
                 "complete": c.complete,
                 "flags": c.flags,
+                "errors": c.errors,
                 "games": c.games,
                 "seeds": c.seeds,
                 "final": finals.get(c.label),
                 "scores": c.matrix.tolist() if c.aggregated else None,
+                "experiment": c.flat,
             }
             for c in configs
         ],
