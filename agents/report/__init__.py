@@ -32,7 +32,7 @@ agents.evaluation), tables (report.md, CSV, JSON), figures, demo (synthetic runs
 from agents.report.cli import main, parse_args
 from agents.report.configs import Config, build_matrices, group_runs
 from agents.report.demo import write_synthetic_runs
-from agents.report.runs import Run, find_run_dirs, load_run
+from agents.report.runs import ReportError, Run, RunError, find_run_dirs, load_run
 
-__all__ = ["Config", "Run", "build_matrices", "find_run_dirs", "group_runs", "load_run", "main", "parse_args",
-           "write_synthetic_runs"]
+__all__ = ["Config", "ReportError", "Run", "RunError", "build_matrices", "find_run_dirs", "group_runs", "load_run",
+           "main", "parse_args", "write_synthetic_runs"]

@@ -10,7 +10,7 @@ from agents import evaluation as ev
 from agents.report.configs import build_matrices, group_runs
 from agents.report.demo import write_synthetic_runs
 from agents.report.figures import plot_analysis, plot_curves, plot_sparsity, plot_width
-from agents.report.runs import find_run_dirs, load_run, warn
+from agents.report.runs import ReportError, find_run_dirs, load_run, warn
 from agents.report.stats import final_aggregates, iqm_curve, probability_of_improvement_pairs
 from agents.report.tables import write_markdown, write_tables
 
@@ -49,6 +49,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="comma-separated games for the analysis figure (default: Fig. 11's four when present)",
     )
     p.add_argument("--note", default="", help="text added to every figure title and to report.md")
+    p.add_argument("--no-figures", action="store_true", help="write the tables only (drawing takes most of the time)")
     p.add_argument(
         "--demo",
         action="store_true",
@@ -63,21 +64,43 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(argv=None) -> int:
+    """Exit codes: 0 = report written; 1 = report written, but some configuration has an error (repeated runs);
+    2 = nothing written: bad arguments, no readable run, an unknown game."""
     args = parse_args(argv)
+    try:
+        return report(args)
+    except ReportError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def _games(names: str) -> list[str]:
+    """--games: comma-separated Atari-57 names (any spelling agents.evaluation accepts) or paper15."""
+    if names == "paper15":
+        return list(ev.PAPER_15_GAMES)
+    try:
+        return [ev.canonical_game(g) for g in names.split(",") if g.strip()]
+    except KeyError as e:
+        raise ReportError(f"--games: {e.args[0]}") from None
+
+
+def report(args: argparse.Namespace) -> int:
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ReportError(f"--out {out}: {e.strerror}") from None
+    required = _games(args.games) if args.games else None
     if args.demo:
         write_synthetic_runs(out / "synthetic_runs")
         args.run_dirs = [str(out / "synthetic_runs")]
         args.note = args.note or "SYNTHETIC DATA: made-up runs from agents.report --demo, not results"
     problems: list[str] = []
-    runs = [load_run(d, problems) for d in find_run_dirs(args.run_dirs)]
-
-    if args.games:
-        names = ev.PAPER_15_GAMES if args.games == "paper15" else [g for g in args.games.split(",") if g.strip()]
-        games = [ev.canonical_game(g) for g in names]
-    else:
-        games = sorted({r.game for r in runs if ev.has_reference(r.game)})
+    dirs = find_run_dirs(args.run_dirs)
+    runs = [r for r in (load_run(d, problems) for d in dirs) if r is not None]
+    if not runs:
+        raise ReportError(f"none of the {len(dirs)} run directories could be read (see the warnings above)")
+    games = required or sorted({r.game for r in runs if ev.has_reference(r.game)})
     unreferenced = {r.game for r in runs if not ev.has_reference(r.game)}
     if unreferenced:
         warn(problems, f"no human reference score for {', '.join(sorted(unreferenced))}: raw scores only")
@@ -99,7 +122,7 @@ def main(argv=None) -> int:
         else None
     )
     figures = []
-    for name, draw in (
+    for name, draw in () if args.no_figures else (
         ("iqm_curves.png", lambda p: plot_curves(configs, curves, p, args.note, ci)),
         ("iqm_vs_width.png", lambda p: plot_width(configs, finals, p, args.note, ci)),
         ("sparsity_schedule.png", lambda p: plot_sparsity(configs, p, args.note)),

@@ -117,13 +117,13 @@ def test_incomplete_configs_are_flagged_and_excluded(runs, tmp_path, capsys):
     assert "partial (--allow-incomplete)" in (out2 / "report.md").read_text()
 
 
-def test_required_games_and_unknown_games(runs, tmp_path):
+def test_required_games_and_unknown_games(runs, tmp_path, capsys):
     # requiring a game nobody ran flags every configuration
     out = tmp_path / "r"
     report.main([str(runs), "--out", str(out), "--games", "Pong,Breakout,Enduro,Qbert", "--reps", "50"])
     assert all(not c["complete"] and "Qbert" in " ".join(c["flags"]) for c in summary(out).values())
-    with pytest.raises(KeyError, match="did you mean"):
-        report.main([str(runs), "--out", str(out), "--games", "Pongg"])
+    assert report.main([str(runs), "--out", str(out), "--games", "Pongg"]) == 2
+    assert "error: --games: unknown Atari game 'Pongg'; did you mean Pong" in capsys.readouterr().err
 
 
 def test_configs_differing_in_other_fields_are_not_pooled(tmp_path):
@@ -145,9 +145,9 @@ def test_find_run_dirs(runs, tmp_path):
     dirs = report.find_run_dirs([runs])
     assert len(dirs) == 18
     assert report.find_run_dirs([dirs[0]]) == [dirs[0]]
-    with pytest.raises(FileNotFoundError, match="no run directories"):
+    with pytest.raises(report.ReportError, match="no run directories"):
         report.find_run_dirs([tmp_path / "runs" / "dense" / dirs[0].name / "tb"])
-    with pytest.raises(FileNotFoundError, match="does not exist"):
+    with pytest.raises(report.ReportError, match="does not exist"):
         report.find_run_dirs([tmp_path / "nope"])
 
 
