@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from agents import evaluation as ev
 from agents.report.configs import build_matrices, group_runs
 from agents.report.demo import write_synthetic_runs
@@ -32,7 +34,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument(
         "--allow-incomplete",
         action="store_true",
-        help="aggregate configurations with missing games/seeds or unfinished runs anyway (marked)",
+        help="aggregate configurations with missing games/seeds, unfinished runs or runs the trainer flagged "
+        "(resumed without its replay, below target sparsity) anyway, marked partial",
+    )
+    p.add_argument(
+        "--score",
+        choices=("train", "eval"),
+        default="train",
+        help="which score a run's iterations have: train (default; mean return of the training episodes that "
+        "finished in the iteration) or eval (the evaluation phase after each iteration, when the runs had one)",
     )
     p.add_argument("--reps", type=int, default=2000, help="bootstrap replications (default 2000)")
     p.add_argument("--confidence", type=float, default=0.95, help="CI coverage (default 0.95)")
@@ -97,9 +107,16 @@ def report(args: argparse.Namespace) -> int:
         args.note = args.note or "SYNTHETIC DATA: made-up runs from agents.report --demo, not results"
     problems: list[str] = []
     dirs = find_run_dirs(args.run_dirs)
-    runs = [r for r in (load_run(d, problems) for d in dirs) if r is not None]
+    runs = [r for r in (load_run(d, problems, args.score) for d in dirs) if r is not None]
     if not runs:
         raise ReportError(f"none of the {len(dirs)} run directories could be read (see the warnings above)")
+    if args.score == "eval":
+        without = [r for r in runs if not np.isfinite(r.scores).any()]
+        if len(without) == len(runs):
+            raise ReportError("--score eval: no run has an evaluation score (iterations.csv has no eval_score column, "
+                              "or it is empty: the runs were trained without the evaluation phase)")
+        for r in without:
+            warn(problems, f"{r.path}: no evaluation score (trained without the evaluation phase?)")
     games = required or sorted({r.game for r in runs if ev.has_reference(r.game)})
     unreferenced = {r.game for r in runs if not ev.has_reference(r.game)}
     if unreferenced:

@@ -194,7 +194,8 @@ def build_matrices(
         cells = [r for cell, r in sorted(c.cells.items()) if cell[0] in games]
         missing = [(g, s) for g in games for s in c.seeds if (g, s) not in present]
         unfinished = [r for r in cells if not r.finished]
-        no_score = [r for r in cells if not np.isfinite(r.iterations["score"]).any()]
+        no_score = [r for r in cells if not np.isfinite(r.scores).any()]
+        flagged = {flag: [r for r in cells if flag in r.flags] for r0 in cells for flag in r0.flags}
         if missing:
             absent = [g for g in games if not any((g, s) in present for s in c.seeds)]
             partial = [f"{g} seed {s}" for g, s in missing if g not in absent]
@@ -209,6 +210,9 @@ def build_matrices(
             )
         if no_score:
             c.flags.append("no score logged: " + ", ".join(f"{r.game} seed {r.seed}" for r in no_score))
+        for flag, rs in flagged.items():  # the trainer's own verdicts (summary.json)
+            named = [f"{r.game} seed {r.seed}" + (f" ({r.flags[flag]})" if r.flags[flag] else "") for r in rs]
+            c.flags.append(f"{flag}: " + ", ".join(named))
         c.complete = not c.flags and not c.errors
         for flag in c.flags:
             warn(problems, f"{c.label}: {flag}" + ("" if allow_incomplete else " -> left out of the aggregates"))
@@ -218,7 +222,7 @@ def build_matrices(
         if c.errors:
             continue
         if allow_incomplete:
-            per_game = {g: [r for r in rs if np.isfinite(r.iterations["score"]).any()] for g, rs in per_game.items()}
+            per_game = {g: [r for r in rs if np.isfinite(r.scores).any()] for g, rs in per_game.items()}
         elif not c.complete:
             continue
         per_game = {g: rs for g, rs in per_game.items() if rs}

@@ -45,7 +45,19 @@ class Run:
     iterations: dict[str, np.ndarray]  # iterations.csv columns as float arrays
     finished: bool
     problems: list[str] = field(default_factory=list, repr=False)  # where metrics.jsonl reports bad lines
+    flags: dict[str, str] = field(default_factory=dict)  # the trainer's verdicts: what is wrong -> details
+    score_column: str = "score"  # "score" (training episodes) or "eval_score" (the evaluation phase)
     _metrics: list[dict] | None = field(default=None, repr=False)
+
+    @property
+    def scores(self) -> np.ndarray:
+        """The score of each iteration (NaN where no episode finished)."""
+        return self.iterations.get(self.score_column, np.full(len(self.iterations["iteration"]), math.nan))
+
+    @property
+    def trusted(self) -> bool:
+        """Finished and not flagged: what the aggregates and per-game tables count by default."""
+        return self.finished and not self.flags
 
     @property
     def frames_reached(self) -> float:
@@ -54,7 +66,7 @@ class Run:
     def final_score(self, problems: list[str] | None = None) -> float:
         """Last iteration's score; if no episode finished in it, the last iteration that has one (warned
         when a problems list is given)."""
-        scores = self.iterations["score"]
+        scores = self.scores
         finite = np.flatnonzero(np.isfinite(scores))
         if len(finite) == 0:
             return math.nan
@@ -132,7 +144,8 @@ def _check_types(cfg: dict, path: Path) -> None:
 
 
 ITERATION_COLUMNS = ("iteration", "agent_steps", "frames", "score")
-_OPTIONAL_NUMBERS = ("score",)  # may be empty or nan: no episode finished in the iteration
+EVAL_COLUMNS = ("eval_score", "eval_episodes")  # written by trainers with an evaluation phase (empty when off)
+_OPTIONAL_NUMBERS = ("score", *EVAL_COLUMNS)  # may be empty or nan: no episode finished in the iteration
 
 
 def read_iterations(path: Path) -> tuple[dict[str, np.ndarray], int | None]:
@@ -154,11 +167,12 @@ def read_iterations(path: Path) -> tuple[dict[str, np.ndarray], int | None]:
     missing = [c for c in ITERATION_COLUMNS if c not in header]
     if missing:
         raise RunError(f"{path}, line 1: the header has no column {', '.join(missing)}")
-    at = {c: header.index(c) for c in ITERATION_COLUMNS}
+    cols |= {c: [] for c in EVAL_COLUMNS if c in header}
+    at = {c: header.index(c) for c in cols}
     for lineno, row in enumerate(rows, start=2):
         if len(row) != len(header):
             raise RunError(f"{path}, line {lineno}: {len(row)} fields where the header has {len(header)}")
-        for c in ITERATION_COLUMNS:
+        for c in cols:
             v = row[at[c]].strip()
             try:
                 x = float(v) if v or c not in _OPTIONAL_NUMBERS else math.nan
@@ -170,13 +184,30 @@ def read_iterations(path: Path) -> tuple[dict[str, np.ndarray], int | None]:
     return {c: np.asarray(v, dtype=np.float64) for c, v in cols.items()}, truncated
 
 
-def load_run(path: Path, problems: list[str]) -> Run | None:
-    """The run in `path`, or None (warned, naming the file and line) when its files cannot be read."""
+def load_run(path: Path, problems: list[str], score: str = "train") -> Run | None:
+    """The run in `path`, or None (warned, naming the file and line) when its files cannot be read.
+    score: which iteration score counts, "train" (the training episodes) or "eval" (the evaluation phase)."""
     try:
-        return _load_run(path, problems)
+        run = _load_run(path, problems)
     except RunError as e:
         warn(problems, f"skipped run {path}: {e}")
         return None
+    run.score_column = "eval_score" if score == "eval" else "score"
+    return run
+
+
+def trainer_flags(summary: dict) -> dict[str, str]:
+    """What summary.json says makes a run differ from its configured experiment, as {what: details} (runs of
+    older trainers have no such keys, and no flags)."""
+    flags = {}
+    if summary.get("resumed_without_replay") is True:
+        flags["resumed without its replay"] = ""
+    if summary.get("below_target_sparsity") is True:
+        measured = summary.get("sparsity/prunable", summary.get("total_sparsity"))
+        target = summary.get("scheduled_sparsity", summary.get("target_sparsity"))
+        numbers = [f"{x:.3g}" for x in (measured, target) if isinstance(x, int | float) and not isinstance(x, bool)]
+        flags["below target sparsity"] = f"sparsity {' < target '.join(numbers)}" if len(numbers) == 2 else ""
+    return flags
 
 
 def _load_run(path: Path, problems: list[str]) -> Run:
@@ -200,4 +231,7 @@ def _load_run(path: Path, problems: list[str]) -> Run:
         finished = False
     if not len(steps):
         warn(problems, f"{path}: no finished iteration yet")
-    return Run(path, cfg, game, int(cfg.get("seed", 0)), iterations, finished, problems)
+    flags = trainer_flags(summary)
+    for flag, details in flags.items():
+        warn(problems, f"{path}: {flag}" + (f", {details}" if details else "") + " (summary.json)")
+    return Run(path, cfg, game, int(cfg.get("seed", 0)), iterations, finished, problems, flags)

@@ -30,8 +30,8 @@ def iqm_curve(
             col = []
             for r in rs:
                 idx = np.flatnonzero(r.iterations["iteration"] == it)
-                if len(idx) and np.isfinite(r.iterations["score"][idx[0]]):
-                    col.append(ev.human_normalized(r.iterations["score"][idx[0]], r.game, table))
+                if len(idx) and np.isfinite(r.scores[idx[0]]):
+                    col.append(ev.human_normalized(r.scores[idx[0]], r.game, table))
                     frames.append(r.iterations["frames"][idx[0]])
             cols.append(col)
         if any(len(col) < len(rs) for col, rs in zip(cols, c.used, strict=True)):

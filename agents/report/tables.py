@@ -16,6 +16,9 @@ def _ci(d: dict, digits: int = 3) -> str:
     return f"{d['value']:.{digits}f} [{d['low']:.{digits}f}, {d['high']:.{digits}f}]"
 
 
+SCORE_NAMES = {"train": "training", "eval": "evaluation-phase"}
+
+
 def write_markdown(path: Path, configs, finals, pairs, games, unreferenced, problems, figures, args) -> str:
     ci = round(args.confidence * 100)
     lines = ["# Results", ""]
@@ -23,8 +26,9 @@ def write_markdown(path: Path, configs, finals, pairs, games, unreferenced, prob
         lines += [f"**{args.note}**", ""]
     lines += [
         f"Human-normalised scores ({args.normalization} human_at30 table), final score = last iteration's mean "
-        f"training return; IQM, median, mean and optimality gap over runs x games with {ci}% stratified-bootstrap "
-        f"percentile CIs ({args.reps} reps, seed {args.seed}). Games: {', '.join(games) or 'none'}.",
+        f"{SCORE_NAMES[args.score]} return; IQM, median, mean and optimality gap over runs x games with {ci}% "
+        f"stratified-bootstrap percentile CIs ({args.reps} reps, seed {args.seed}). "
+        f"Games: {', '.join(games) or 'none'}.",
         "",
         f"| Configuration | Games | Seeds | IQM [{ci}% CI] | Median | Mean | Optimality gap | Status |",
         "|---|---|---|---|---|---|---|---|",
@@ -84,7 +88,7 @@ def write_markdown(path: Path, configs, finals, pairs, games, unreferenced, prob
         for g in all_games if not norm else games:
             row = []
             for c in configs:
-                scores = np.array([r.final_score() for (game, _), r in c.cells.items() if game == g and r.finished])
+                scores = np.array([r.final_score() for (game, _), r in c.cells.items() if game == g and r.trusted])
                 scores = scores[np.isfinite(scores)]
                 if not len(scores):
                     row.append("—")
@@ -93,7 +97,8 @@ def write_markdown(path: Path, configs, finals, pairs, games, unreferenced, prob
                 else:
                     row.append(f"{scores.mean():.1f} ± {scores.std():.1f} (n={len(scores)})")
             lines.append(f"| {g} | " + " | ".join(row) + " |")
-    lines += ["", "Per-game tables count finished runs only, and no (game, seed) pair that has several runs."]
+    lines += ["", "Per-game tables count finished runs that the trainer did not flag, and no (game, seed) pair "
+              "that has several runs."]
     if unreferenced:
         lines += [
             "",
@@ -111,7 +116,7 @@ def write_tables(out: Path, configs, finals, curves, pairs, problems, args) -> N
     with open(out / "final_scores.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(
-            "config,agent,arch,width,sparsity,replay_ratio,game,seed,finished,frames,final_score,"
+            "config,agent,arch,width,sparsity,replay_ratio,game,seed,finished,flags,frames,final_score,"
             "human_normalized,in_aggregate,run_dir".split(",")
         )
         for c in configs:
@@ -120,7 +125,8 @@ def write_tables(out: Path, configs, finals, curves, pairs, problems, args) -> N
             for r in sorted(c.runs, key=lambda r: (r.game, r.seed)):
                 s = r.final_score()
                 hns = float(ev.human_normalized(s, r.game, args.normalization)) if ev.has_reference(r.game) else ""
-                w.writerow(key + [r.game, r.seed, r.finished, r.frames_reached, s, hns, id(r) in used, str(r.path)])
+                flags = "; ".join(r.flags)
+                w.writerow(key + [r.game, r.seed, r.finished, flags, r.frames_reached, s, hns, id(r) in used, r.path])
     with open(out / "curves.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["config", "iteration", "frames", "iqm", "low", "high", "runs"])
@@ -128,6 +134,7 @@ def write_tables(out: Path, configs, finals, curves, pairs, problems, args) -> N
             for p in pts:
                 w.writerow([label, p["iteration"], p["frames"], p["iqm"], p["low"], p["high"], p["runs"]])
     summary = {
+        "score": args.score,
         "normalization": args.normalization,
         "confidence": args.confidence,
         "reps": args.reps,

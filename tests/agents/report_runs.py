@@ -26,7 +26,13 @@ def write_run(
     finished: bool = True,
     nan_last: bool = False,
     nested: bool = True,
+    summary_keys: dict | None = None,
+    eval_columns: bool = False,
+    eval_bonus: float | None = None,
 ) -> Path:
+    """A run whose final human-normalised score is final_hns(...). summary_keys: extra keys of summary.json.
+    eval_columns: add the evaluation phase's columns, empty unless eval_bonus is given: then the evaluation
+    score is the training one plus eval_bonus (human-normalised)."""
     d = root / f"{game}_s{seed}_{sparsity}_w{width}"
     (d / "checkpoints").mkdir(parents=True)
     (d / "tb").mkdir()
@@ -51,12 +57,17 @@ def write_run(
     gi = GAMES.index(game)
     target = final_hns(sparsity, gi, seed)
     with open(d / "iterations.csv", "w") as f:
-        f.write("iteration,agent_steps,frames,grad_steps,score,episodes,fps,total_sparsity,wall_time\n")
+        f.write("iteration,agent_steps,frames,grad_steps,score,episodes,fps,total_sparsity,wall_time")
+        f.write(",eval_score,eval_episodes\n" if eval_columns else "\n")
         for i in range(iters):
             hns = target * (i + 1) / ITERS  # linear ramp to the known final value
             score = "" if (nan_last and i == iters - 1) else f"{rand + hns * (human - rand)!r}"
             steps = (i + 1) * STEPS
-            f.write(f"{i},{steps},{4 * steps},{steps // 4},{score},3,1000.0,{sparsity},{i}.0\n")
+            f.write(f"{i},{steps},{4 * steps},{steps // 4},{score},3,1000.0,{sparsity},{i}.0")
+            if eval_columns:
+                ev_score = "" if eval_bonus is None else f"{rand + (hns + eval_bonus) * (human - rand)!r}"
+                f.write(f",{ev_score},{'' if eval_bonus is None else 2}")
+            f.write("\n")
     with open(d / "metrics.jsonl", "w") as f:
         for k in range(iters * 2 + 1):
             steps = k * STEPS // 2
@@ -86,7 +97,8 @@ def write_run(
                 )
             f.write(json.dumps(row) + "\n")
     if finished:
-        (d / "summary.json").write_text(json.dumps({"finished": True, "agent_steps": ITERS * STEPS, "final_score": 0}))
+        done = {"finished": True, "agent_steps": ITERS * STEPS, "final_score": 0}
+        (d / "summary.json").write_text(json.dumps(done | (summary_keys or {})))
     return d
 
 
