@@ -14,6 +14,7 @@ from agents.report.demo import write_synthetic_runs
 from agents.report.figures import plot_analysis, plot_curves, plot_sparsity, plot_width
 from agents.report.runs import ReportError, find_run_dirs, load_run, warn
 from agents.report.stats import final_aggregates, iqm_curve, probability_of_improvement_pairs
+from agents.report.sweep import expect, is_sweep, read_sweep, sweep_status
 from agents.report.tables import write_markdown, write_tables
 
 
@@ -22,10 +23,19 @@ def parse_args(argv=None) -> argparse.Namespace:
         prog="python -m agents.report",
         description="Aggregate prunerl run directories into a markdown table, CSV/JSON and paper-style figures "
         "(IQM of human-normalised final scores with stratified-bootstrap CIs, Agarwal et al. 2021).",
-        epilog="Example: python -m agents.report runs/ --out results/  (searches runs/ for config.json files)",
+        epilog="Examples: python -m agents.report runs/ --out results/  (searches runs/ for config.json files); "
+        "python -m agents.report sweeps/fig1  (a sweep directory: writes sweeps/fig1/report/). Exit codes: 0 "
+        "report written, 1 written but a configuration has an error, 2 nothing written.",
     )
-    p.add_argument("run_dirs", nargs="*", metavar="RUN_DIR", help="run directories or parents of them")
-    p.add_argument("--out", required=True, help="output directory (created if needed)")
+    p.add_argument(
+        "run_dirs",
+        nargs="*",
+        metavar="RUN_DIR",
+        help="run directories, parents of them, or sweep directories (with a sweep.json, from agents.sweep: the "
+        "report then knows which runs each configuration expects)",
+    )
+    p.add_argument("--out", default=None, help="output directory (created if needed); default SWEEP_DIR/report "
+                   "when the one RUN_DIR is a sweep directory")
     p.add_argument(
         "--games",
         default=None,
@@ -68,6 +78,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if not args.run_dirs and not args.demo:
         p.error("give at least one RUN_DIR (or --demo)")
+    if args.out is None:
+        if len(args.run_dirs) != 1 or not is_sweep(args.run_dirs[0]):
+            p.error("--out is required (it defaults to SWEEP_DIR/report only for a single sweep directory)")
+        args.out = str(Path(args.run_dirs[0]) / "report")
     if args.reps < 1 or not 0 < args.confidence < 1:
         p.error("--reps must be >= 1 and --confidence in (0, 1)")
     return args
@@ -106,7 +120,15 @@ def report(args: argparse.Namespace) -> int:
         args.run_dirs = [str(out / "synthetic_runs")]
         args.note = args.note or "SYNTHETIC DATA: made-up runs from agents.report --demo, not results"
     problems: list[str] = []
-    dirs = find_run_dirs(args.run_dirs)
+    sweeps = [read_sweep(d) for d in args.run_dirs if is_sweep(d)]
+    try:
+        dirs = find_run_dirs(args.run_dirs)
+    except ReportError:
+        if sweeps:
+            expected = sum(len(s.runs) for s in sweeps)
+            names = ", ".join(s.name for s in sweeps)
+            raise ReportError(f"no run of sweep {names} has started ({expected} expected)") from None
+        raise
     runs = [r for r in (load_run(d, problems, args.score) for d in dirs) if r is not None]
     if not runs:
         raise ReportError(f"none of the {len(dirs)} run directories could be read (see the warnings above)")
@@ -123,7 +145,9 @@ def report(args: argparse.Namespace) -> int:
         warn(problems, f"no human reference score for {', '.join(sorted(unreferenced))}: raw scores only")
 
     configs = group_runs(runs)
-    build_matrices(configs, games, args.allow_incomplete, problems, args.normalization)
+    not_started = expect(sweeps, runs, configs, problems)
+    build_matrices(configs, games, args.allow_incomplete, problems, args.normalization, required=bool(args.games))
+    sweep_lines = [sweep_status(s, runs) for s in sweeps] + not_started
     finals = {c.label: final_aggregates(c, args.reps, args.confidence, args.seed) for c in configs if c.aggregated}
     curves = {
         c.label: iqm_curve(c, args.reps, args.confidence, args.seed, problems, args.normalization)
@@ -154,8 +178,10 @@ def report(args: argparse.Namespace) -> int:
             figures.append(name)
         else:
             print(f"note: {name} not drawn (no data for it)", file=sys.stderr)
-    write_tables(out, configs, finals, curves, pairs, problems, args)
-    text = write_markdown(out / "report.md", configs, finals, pairs, games, unreferenced, problems, figures, args)
+    write_tables(out, configs, finals, curves, pairs, problems, args, sweep_lines)
+    text = write_markdown(
+        out / "report.md", configs, finals, pairs, games, unreferenced, problems, figures, args, sweep_lines
+    )
     print(text.split("\n\nProbability")[0].split("\n\nPer-game")[0])
     print(f"\nwrote {out}/report.md, summary.json, final_scores.csv, curves.csv and {len(figures)} figure(s)")
     if any(c.errors for c in configs):

@@ -34,6 +34,7 @@ class Config:
     matrix: np.ndarray | None = None  # [seeds, games] human-normalised final scores
     cells: dict[tuple[str, int], Run] = field(default_factory=dict)
     used: list[list[Run]] = field(default_factory=list)  # per game, the runs in the matrix
+    expected: set[tuple[str, int]] | None = None  # the (game, seed) pairs a sweep expects; None: not from a sweep
     flat: dict = field(init=False)  # the key as {field: value}
 
     def __post_init__(self):
@@ -177,11 +178,27 @@ def join_parts(parts: list[tuple[str, str]]) -> str:
 
 
 def build_matrices(
-    configs: list[Config], games: list[str], allow_incomplete: bool, problems: list[str], table: str = "dqn_zoo"
+    configs: list[Config],
+    games: list[str],
+    allow_incomplete: bool,
+    problems: list[str],
+    table: str = "dqn_zoo",
+    required: bool = True,
 ) -> None:
-    """Fill each Config's matrix of final human-normalised scores, or flag why it has none."""
+    """Fill each Config's matrix of final human-normalised scores, or flag why it has none.
+
+    Which (game, seed) pairs a configuration must have: every one of `games` with every seed the configuration
+    has; but for a configuration of a sweep (Config.expected), the sweep's own pairs, restricted to the
+    referenced games, unless `required` says `games` were asked for explicitly (--games)."""
     for c in configs:
-        c.seeds = sorted({r.seed for r in c.runs})
+        if c.expected is not None and not required:
+            c.seeds = sorted({s for _, s in c.expected})
+            expected = {(g, s) for g, s in c.expected if ev.has_reference(g)}
+            c_games = sorted({g for g, _ in expected})
+        else:
+            c.seeds = sorted({s for _, s in c.expected} if c.expected is not None else {r.seed for r in c.runs})
+            expected = {(g, s) for g in games for s in c.seeds}
+            c_games = list(games)
         by_cell: dict[tuple[str, int], list[Run]] = {}
         for r in c.runs:
             by_cell.setdefault((r.game, r.seed), []).append(r)
@@ -190,14 +207,14 @@ def build_matrices(
                 c.errors.append(f"{g} seed {s} has {len(rs)} runs: {', '.join(str(r.path) for r in rs)}")
                 error(problems, f"{c.label}: {c.errors[-1]} -> configuration left out of the aggregates")
         c.cells = {cell: rs[0] for cell, rs in by_cell.items() if len(rs) == 1}
-        present = {cell for cell in by_cell if cell[0] in games}
-        cells = [r for cell, r in sorted(c.cells.items()) if cell[0] in games]
-        missing = [(g, s) for g in games for s in c.seeds if (g, s) not in present]
+        present = {cell for cell in by_cell if cell in expected}
+        cells = [r for cell, r in sorted(c.cells.items()) if cell in expected]
+        missing = [(g, s) for g in c_games for s in c.seeds if (g, s) in expected and (g, s) not in present]
         unfinished = [r for r in cells if not r.finished]
         no_score = [r for r in cells if not np.isfinite(r.scores).any()]
         flagged = {flag: [r for r in cells if flag in r.flags] for r0 in cells for flag in r0.flags}
         if missing:
-            absent = [g for g in games if not any((g, s) in present for s in c.seeds)]
+            absent = [g for g in c_games if not any((g, s) in present for s in c.seeds)]
             partial = [f"{g} seed {s}" for g, s in missing if g not in absent]
             if absent:
                 c.flags.append(f"missing games: {', '.join(absent)}")
@@ -218,7 +235,7 @@ def build_matrices(
             warn(problems, f"{c.label}: {flag}" + ("" if allow_incomplete else " -> left out of the aggregates"))
 
         # the runs that enter the matrix, per game
-        per_game = {g: [c.cells[(g, s)] for s in c.seeds if (g, s) in c.cells] for g in games}
+        per_game = {g: [c.cells[(g, s)] for s in c.seeds if (g, s) in c.cells and (g, s) in expected] for g in c_games}
         if c.errors:
             continue
         if allow_incomplete:

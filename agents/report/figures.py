@@ -75,7 +75,8 @@ class Line:
 def line_styles(configs: list[Config], panels: list | None = None) -> list[Line]:
     """One Line per configuration. The label says what tells it apart from the other lines of its panel (the same
     words mean the same style in every panel, so one legend serves the figure). With dense and pruned lines, the
-    colour encodes the pruning and the dash/marker everything else, so a dense/pruned pair shares a dash."""
+    colour encodes the pruning and the dash/marker everything else, so a dense/pruned pair shares a dash; every
+    line differs from every other in colour or in dash and marker, most in both."""
     parts = label_parts([c.flat for c in configs], panels)
     prune = [join_parts([p for p in ps if p[0].startswith("pruning.")]) for ps in parts]
     rest = [join_parts([p for p in ps if not p[0].startswith("pruning.")]) for ps in parts]
@@ -88,7 +89,9 @@ def line_styles(configs: list[Config], panels: list | None = None) -> list[Line]
         color = lambda i: colors[prune[i]]
     else:
         color = lambda i: PALETTE[rests.index(rest[i]) % len(PALETTE)]
-    return [Line(join_parts(ps), color(i), rests.index(rest[i])) for i, ps in enumerate(parts)]
+    # dash/marker: by everything but the pruning, unless only the pruning differs (then by the pruning too)
+    variant = (lambda i: rests.index(rest[i])) if len(rests) > 1 else (lambda i: prunes.index(prune[i]))
+    return [Line(join_parts(ps), color(i), variant(i)) for i, ps in enumerate(parts)]
 
 
 def _figure(plt, n_panels: int, panel_size: tuple[float, float]):

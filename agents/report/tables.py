@@ -19,7 +19,9 @@ def _ci(d: dict, digits: int = 3) -> str:
 SCORE_NAMES = {"train": "training", "eval": "evaluation-phase"}
 
 
-def write_markdown(path: Path, configs, finals, pairs, games, unreferenced, problems, figures, args) -> str:
+def write_markdown(
+    path: Path, configs, finals, pairs, games, unreferenced, problems, figures, args, sweep_lines=()
+) -> str:
     ci = round(args.confidence * 100)
     lines = ["# Results", ""]
     if args.note:
@@ -104,6 +106,8 @@ def write_markdown(path: Path, configs, finals, pairs, games, unreferenced, prob
             "",
             f"No human reference score (raw scores only, not in aggregates): {', '.join(sorted(unreferenced))}.",
         ]
+    if sweep_lines:
+        lines += ["", "## Sweep", ""] + [f"- {line}" for line in sweep_lines]
     if figures:
         lines += ["", "## Figures", ""] + [f"![{f}]({f})" for f in figures]
     lines += ["", "## Problems", ""] + ([f"- {p}" for p in problems] or ["None."])
@@ -112,7 +116,7 @@ def write_markdown(path: Path, configs, finals, pairs, games, unreferenced, prob
     return text
 
 
-def write_tables(out: Path, configs, finals, curves, pairs, problems, args) -> None:
+def write_tables(out: Path, configs, finals, curves, pairs, problems, args, sweep_lines=()) -> None:
     with open(out / "final_scores.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(
@@ -159,6 +163,7 @@ def write_tables(out: Path, configs, finals, curves, pairs, problems, args) -> N
             for c in configs
         ],
         "probability_of_improvement": pairs,
+        "sweep": list(sweep_lines),
         "problems": problems,
     }
     with open(out / "summary.json", "w") as f:

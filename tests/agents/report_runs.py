@@ -29,11 +29,12 @@ def write_run(
     summary_keys: dict | None = None,
     eval_columns: bool = False,
     eval_bonus: float | None = None,
+    name: str | None = None,
 ) -> Path:
     """A run whose final human-normalised score is final_hns(...). summary_keys: extra keys of summary.json.
     eval_columns: add the evaluation phase's columns, empty unless eval_bonus is given: then the evaluation
-    score is the training one plus eval_bonus (human-normalised)."""
-    d = root / f"{game}_s{seed}_{sparsity}_w{width}"
+    score is the training one plus eval_bonus (human-normalised). name: the run directory, under root."""
+    d = root / (name or f"{game}_s{seed}_{sparsity}_w{width}")
     (d / "checkpoints").mkdir(parents=True)
     (d / "tb").mkdir()
     cfg = {

@@ -104,6 +104,12 @@ def test_every_configuration_has_its_own_line_style(name):
                 assert ln.color == {0.0: "tab:blue", 0.95: "tab:orange"}[c.sparsity]
 
 
+def test_lines_that_differ_only_in_sparsity_differ_in_dash_and_marker_too():
+    """Fig. 3: dense, 90, 95, 99% lines coincide early in training; colour alone would hide one behind another."""
+    lines = figures.line_styles(_configs([_config(sparsity=s) for s in (0.0, 0.9, 0.95, 0.99)]))
+    assert len({ln.color for ln in lines}) == 4 and len({ln.variant for ln in lines}) == 4
+
+
 def test_panel_labels_mean_the_same_in_every_panel():
     configs = _twelve_configs()["two agents"]
     lines = figures.line_styles(configs, panels=[c.agent for c in configs])
