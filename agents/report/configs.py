@@ -77,10 +77,22 @@ def group_runs(runs: list[Run]) -> list[Config]:
     for r in runs:
         groups.setdefault(experiment_key(r.config), []).append(r)
     configs = [Config(k, v) for k, v in groups.items()]
-    configs.sort(key=lambda c: (c.agent, c.arch, c.width, c.sparsity, str(c.replay_ratio), c.key))
+    configs.sort(key=_order)
     for c, parts in zip(configs, label_parts([c.flat for c in configs]), strict=True):
         c.parts, c.label = parts, join_parts(parts)
     return configs
+
+
+def _order(c: Config) -> list:
+    """Sort key: the paper's axes first (agent, network, width, sparsity, ...), then every other field."""
+    return [_sort_value(c.flat.get(k)) for k in LABEL_ORDER] + [(k, _sort_value(v)) for k, v in c.flat.items()]
+
+
+def _sort_value(v) -> tuple:
+    """Numbers in numeric order (1e-05 before 0.0001), then strings, then anything else."""
+    if isinstance(v, int | float) and not isinstance(v, bool):
+        return (0, float(v), "")
+    return (1, 0.0, v) if isinstance(v, str) else (2, 0.0, json.dumps(v, sort_keys=True))
 
 
 def _fmt_frames(frames: float) -> str:

@@ -41,7 +41,7 @@ def _synthetic_run(
             s = sparsity * (1 - (1 - min(max((u - 0.2) / 0.6, 0), 1)) ** 3)
             row = {"agent_steps": steps, "frames": 4 * steps, "grad_steps": steps // 4}
             row |= {"sparsity/prunable": s, "sparsity/total": 0.99 * s, "sparsity/target": s}
-            row |= {f"sparsity/{n}": e * s / 0.95 for n, e in layers.items()}
+            row |= {f"sparsity/{n}": min(1.0, e * s / 0.95) for n, e in layers.items()}
             if k % 10 == 0:
                 noise = 1 + 0.05 * rng.normal(size=5)
                 row["analysis/dormant_frac"] = (0.1 + (0.25 if dense else 0.05) * u) * noise[0]

@@ -118,8 +118,10 @@ def _legend(fig, axes) -> None:
 def _figure_legend(fig, handles, labels: list[str]) -> None:
     """Below the panels, in as many columns as fit the figure's width (about 5 points per character at font
     size 8, plus the handle); the figure grows by the legend's height so the panels keep theirs."""
-    ncol = max(1, min(len(labels), int(fig.get_figwidth() * 72 // (5 * max(map(len, labels)) + 45))))
-    fig.set_figheight(fig.get_figheight() + 0.2 * -(-len(labels) // ncol) + 0.1)
+    fits = max(1, int(fig.get_figwidth() * 72 // (5 * max(map(len, labels)) + 45)))
+    rows = -(-len(labels) // fits)
+    ncol = -(-len(labels) // rows)  # rows as full as they can be: 4 entries in 2 x 2, not 3 + 1
+    fig.set_figheight(fig.get_figheight() + 0.2 * rows + 0.1)
     fig.legend(handles, labels, loc="outside lower center", fontsize=8, ncol=ncol)
 
 
@@ -152,7 +154,7 @@ def plot_curves(configs: list[Config], curves: dict[str, list[dict]], path: Path
     panels = list(dict.fromkeys(panel_of))
     titles = [_panel_title(cs[panel_of.index(p)]) for p in panels]
     plt = _plt()
-    fig, axes = _figure(plt, len(panels), (4.6, 3.5))
+    fig, axes = _figure(plt, len(panels), (5.0, 3.7))
     for c, line, p in zip(cs, line_styles(cs, panel_of), panel_of, strict=True):
         pts = curves[c.label]
         ax = axes[panels.index(p)]
