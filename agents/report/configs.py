@@ -224,7 +224,10 @@ def build_matrices(
         missing = [(g, s) for g in c_games for s in c.seeds if (g, s) in expected and (g, s) not in present]
         unfinished = [r for r in cells if not r.finished]
         no_score = [r for r in cells if not np.isfinite(r.scores).any()]
-        flagged = {flag: [r for r in cells if flag in r.flags] for r0 in cells for flag in r0.flags}
+        flagged: dict[str, list[Run]] = {}  # the trainer's own verdicts (summary.json): flag -> runs
+        for r in cells:
+            for flag in r.flags:
+                flagged.setdefault(flag, []).append(r)
         if missing:
             absent = [g for g in c_games if not any((g, s) in present for s in c.seeds)]
             partial = [f"{g} seed {s}" for g, s in missing if g not in absent]
@@ -239,7 +242,7 @@ def build_matrices(
             )
         if no_score:
             c.flags.append("no score logged: " + ", ".join(f"{r.game} seed {r.seed}" for r in no_score))
-        for flag, rs in flagged.items():  # the trainer's own verdicts (summary.json)
+        for flag, rs in flagged.items():
             named = [f"{r.game} seed {r.seed}" + (f" ({r.flags[flag]})" if r.flags[flag] else "") for r in rs]
             c.flags.append(f"{flag}: " + ", ".join(named))
         c.complete = not c.flags and not c.errors
