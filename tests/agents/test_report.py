@@ -91,7 +91,7 @@ def test_incomplete_configs_are_flagged_and_excluded(runs, tmp_path, capsys):
     write_run(extra, "Breakout", 0, 0.0, width=1, nan_last=True)
     write_run(extra, "Breakout", 1, 0.0, width=1)
     out = tmp_path / "report"
-    report.main([str(runs), "--out", str(out), "--reps", "200"])
+    report.main([str(runs), "--out", str(out), "--reps", "200", "--no-figures"])
     err = capsys.readouterr().err
     label = "×1, dense"
     c = summary(out)[label]
@@ -120,7 +120,7 @@ def test_incomplete_configs_are_flagged_and_excluded(runs, tmp_path, capsys):
 def test_required_games_and_unknown_games(runs, tmp_path, capsys):
     # requiring a game nobody ran flags every configuration
     out = tmp_path / "r"
-    report.main([str(runs), "--out", str(out), "--games", "Pong,Breakout,Enduro,Qbert", "--reps", "50"])
+    report.main([str(runs), "--out", str(out), "--games", "Pong,Breakout,Enduro,Qbert", "--reps", "50", "--no-figures"])
     assert all(not c["complete"] and "Qbert" in " ".join(c["flags"]) for c in summary(out).values())
     assert report.main([str(runs), "--out", str(out), "--games", "Pongg"]) == 2
     assert "error: --games: unknown Atari game 'Pongg'; did you mean Pong" in capsys.readouterr().err
@@ -136,7 +136,7 @@ def test_configs_differing_in_other_fields_are_not_pooled(tmp_path):
         (d2 / "config.json").write_text(json.dumps(cfg))
         assert d != d2
     out = tmp_path / "r"
-    report.main([str(root), "--out", str(out), "--reps", "50"])
+    report.main([str(root), "--out", str(out), "--reps", "50", "--no-figures"])
     labels = set(summary(out))
     assert labels == {"lr=6.25e-05", "lr=2.08e-05"}
 

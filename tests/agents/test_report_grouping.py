@@ -30,7 +30,7 @@ def test_runtime_options_do_not_split_a_configuration(tmp_path):
             edit_config(d, **{f: _changed(defaults.get(f)) for f in RUNTIME_FIELDS})
             edit_config(d, max_minutes=30)
     out = tmp_path / "r"
-    assert report.main([str(root), "--out", str(out), "--reps", "50"]) == 0
+    assert report.main([str(root), "--out", str(out), "--reps", "50", "--no-figures"]) == 0
     (c,) = summary(out).values()
     assert c["complete"] and np.array(c["scores"]).shape == (len(SEEDS), len(GAMES))
     assert "None." in (out / "report.md").read_text().split("## Problems")[1]  # no run skipped
@@ -167,7 +167,7 @@ def test_repeated_game_and_seed_is_an_error_that_names_the_runs(tmp_path, capsys
     first = root / "s0.0" / again.name
     for allow in ([], ["--allow-incomplete"]):
         out = tmp_path / f"r{len(allow)}"
-        assert report.main([str(root), "--out", str(out), "--reps", "50", *allow]) == 1
+        assert report.main([str(root), "--out", str(out), "--reps", "50", "--no-figures", *allow]) == 1
         err = capsys.readouterr().err
         assert f"Pong seed 1 has 2 runs: {again}, {first}" in err or f"Pong seed 1 has 2 runs: {first}, {again}" in err
         dense, pruned = summary(out)["dense"], summary(out)["95% pruned"]
