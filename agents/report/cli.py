@@ -51,7 +51,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--score",
         choices=("train", "eval"),
         default="train",
-        help="which score a run's iterations have: train (default; mean return of the training episodes that "
+        help="which iteration score counts: train (default; mean return of the training episodes that "
         "finished in the iteration) or eval (the evaluation phase after each iteration, when the runs had one)",
     )
     p.add_argument("--reps", type=int, default=2000, help="bootstrap replications (default 2000)")
