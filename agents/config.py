@@ -17,13 +17,15 @@ from agents.envs import EnvConfig
 from agents.networks import NetworkConfig
 from agents.pruning import PruningConfig
 
-AgentName = Literal["dqn", "rainbow", "iqn", "miqn"]
+AgentName = Literal["dqn", "rainbow", "iqn", "miqn", "der", "drq_eps", "cql", "cql_c51"]
 
 
 @dataclass
 class AgentConfig:
     name: AgentName = "dqn"
-    """Which agent: dqn, rainbow (compact: C51 + n-step + prioritized replay), iqn or miqn (Munchausen-IQN)."""
+    """Which agent: dqn, rainbow (compact: C51 + n-step + prioritized replay), iqn, miqn (Munchausen-IQN), the
+    Atari-100k agents der (data-efficient Rainbow) and drq_eps (DrQ(eps): DQN with image augmentation), or the
+    offline agents cql (DQN + CQL regulariser) and cql_c51 (C51 + CQL regulariser)."""
     lr: float = 6.25e-5
     """Adam learning rate."""
     adam_eps: float = 1.5e-4
@@ -66,6 +68,18 @@ class AgentConfig:
     """M-IQN: scale of the Munchausen term (Vieillard et al. 2020; not given in the paper)."""
     munchausen_clip: float = -1.0
     """M-IQN: lower clip l0 of the scaled log-policy (Vieillard et al. 2020; not given in the paper)."""
+    double_dqn: bool = False
+    """Double DQN (DQN-family and C51 agents): the online network picks the next action, the target network
+    values it. On in DER, DrQ(eps) and CQL+C51 (Dopamine's gin files)."""
+    augmentation: bool = False
+    """DrQ's augmentation of sampled states and next states (DrQ(eps)): a random shift of up to
+    augmentation_pad pixels with edge padding, then intensity noise. Runs on the training device."""
+    augmentation_pad: int = 4
+    """Random shift: pad (edge-replicated) and crop offset range; Dopamine draws offsets in [0, 2 pad)."""
+    augmentation_intensity: float = 0.05
+    """Intensity noise: each augmented stack is scaled by 1 + this x clip(N(0, 1), -2, 2); 0 turns it off."""
+    cql_coefficient: float = 0.1
+    """CQL agents: weight of the regulariser mean(logsumexp_a Q(s, a) - Q(s, a_data)) (paper Table 3)."""
 
     def __post_init__(self):
         for name in ("lr", "adam_eps", "gamma"):
@@ -76,6 +90,11 @@ class AgentConfig:
                 raise ValueError(f"agent.{name} must be >= 1, got {getattr(self, name)}")
         if self.min_replay < 0 or self.epsilon_decay_steps < 0:
             raise ValueError("agent.min_replay and agent.epsilon_decay_steps must be >= 0")
+        if self.augmentation_pad < 1 or self.augmentation_intensity < 0:
+            raise ValueError(f"agent.augmentation_pad must be >= 1 and agent.augmentation_intensity >= 0, got "
+                             f"{self.augmentation_pad}, {self.augmentation_intensity}")
+        if self.cql_coefficient < 0:
+            raise ValueError(f"agent.cql_coefficient must be >= 0, got {self.cql_coefficient}")
 
 
 def paper_agent(name: AgentName) -> AgentConfig:
@@ -86,6 +105,23 @@ def paper_agent(name: AgentName) -> AgentConfig:
         return AgentConfig(name="rainbow", n_step=3, replay="prioritized")
     if name in ("iqn", "miqn"):
         return AgentConfig(name=name, lr=5e-5, adam_eps=3.125e-4, n_step=3)
+    # Atari-100k agents: Table 1 and Dopamine's labs/atari_100k/configs/{DER,DrQ_eps}.gin (target periods, double
+    # DQN, Huber loss for DrQ(eps)); both update every agent step (replay ratio 1, set by their presets).
+    if name == "der":
+        return AgentConfig(name="der", lr=1e-4, adam_eps=1.5e-4, n_step=10, target_update_period=2000,
+                           min_replay=1600, epsilon_decay_steps=2000, replay="prioritized", double_dqn=True)
+    if name == "drq_eps":
+        return AgentConfig(name="drq_eps", lr=1e-4, adam_eps=1.5e-4, n_step=10, target_update_period=1,
+                           min_replay=1600, epsilon_decay_steps=5000, loss="huber", double_dqn=True,
+                           augmentation=True)
+    # Offline agents: Table 3; target periods from Dopamine's labs/offline_rl gin files (DQN 2000, Rainbow 100
+    # gradient steps); Huber TD loss as Dopamine's offline agent's non-distributional branch.
+    if name == "cql":
+        return AgentConfig(name="cql", lr=5e-5, adam_eps=3.125e-4, target_update_period=2000, loss="huber",
+                           cql_coefficient=0.1)
+    if name == "cql_c51":
+        return AgentConfig(name="cql_c51", lr=6.25e-5, adam_eps=1.5e-4, n_step=3, target_update_period=100,
+                           double_dqn=True, cql_coefficient=0.1)
     raise ValueError(f"unknown agent {name!r}")
 
 
@@ -248,7 +284,38 @@ def _demo_preset() -> TrainConfig:
         preset="demo")
 
 
-PRESETS: dict[str, TrainConfig] = {**_paper_presets(), "demo": _demo_preset()}
+def atari100k_env(**overrides) -> EnvConfig:
+    """Dopamine's Atari-100k environment (labs/atari_100k gin files): no sticky actions, and a lost life is a
+    terminal for the learner (scores stay whole games)."""
+    return EnvConfig(sticky_prob=0.0, terminal_on_life_loss=True, **overrides)
+
+
+def _atari100k_presets() -> dict[str, TrainConfig]:
+    """DER and DrQ(eps) (Table 1), both updating every agent step with a dueling head:
+    - {agent}_impala_w{1,3}_{dense|gmpNN}: Fig. 7, 40M frames with the Impala ResNet (x3 in the paper);
+    - {agent}_100k_{dense|gmp95}: the classic Atari-100k benchmark, 100k agent steps with Dopamine's Nature
+      CNN and one env, 10 iterations of 10k steps; the replay holds all 100k transitions (Dopamine's 1M
+      capacity is never reached), and the pruning window is 20%/80% of the 100k updates."""
+    presets = {}
+    for agent in ("der", "drq_eps"):
+        for width in (1, 3):
+            for tag, sparsity in PAPER_SPARSITIES.items():
+                name = f"{agent}_impala_w{width}_{tag}"
+                presets[name] = TrainConfig(
+                    env=atari100k_env(), network=NetworkConfig(arch="impala", width=width, dueling=True),
+                    agent=paper_agent(agent), pruning=PruningConfig(final_sparsity=sparsity), replay_ratio=1.0,
+                    preset=name)
+        for tag in ("dense", "gmp95"):
+            name = f"{agent}_100k_{tag}"
+            presets[name] = TrainConfig(
+                env=atari100k_env(num_envs=1), network=NetworkConfig(arch="nature", width=1, dueling=True),
+                agent=paper_agent(agent), pruning=PruningConfig(final_sparsity=PAPER_SPARSITIES[tag]),
+                total_steps=100_000, iteration_steps=10_000, replay_ratio=1.0, replay_capacity=100_000,
+                log_every=1_000, preset=name)
+    return presets
+
+
+PRESETS: dict[str, TrainConfig] = {**_paper_presets(), **_atari100k_presets(), "demo": _demo_preset()}
 
 
 def get_preset(name: str) -> TrainConfig:

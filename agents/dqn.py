@@ -32,13 +32,26 @@ class DQN:
     def greedy_actions(self, net: nn.Module, obs: torch.Tensor) -> torch.Tensor:
         return self.q_values(net, obs).argmax(dim=1)
 
+    @torch.no_grad()
+    def next_actions(self, online: nn.Module, next_q_target: torch.Tensor, next_obs: torch.Tensor) -> torch.Tensor:
+        """a* at the bootstrap states: greedy w.r.t. the target net's values, or the online net's (double DQN)."""
+        return (self.q_values(online, next_obs) if self.cfg.double_dqn else next_q_target).argmax(dim=1)
+
     def loss(self, online: nn.Module, target: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict]:
+        per_sample, _, info = self.td_loss(online, target, batch)
+        return per_sample, info
+
+    def td_loss(self, online: nn.Module, target: nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        """Per-sample TD loss [B], the online Q-values [B, A] at the states, and scalars to log."""
         with torch.no_grad():
-            next_q = self.q_values(target, batch.next_obs).max(dim=1).values
+            next_q_target = self.q_values(target, batch.next_obs)
+            next_a = self.next_actions(online, next_q_target, batch.next_obs)
+            next_q = next_q_target.gather(1, next_a[:, None]).squeeze(1)
             td_target = batch.returns + batch.discounts * next_q
-        q = self.q_values(online, batch.obs).gather(1, batch.actions[:, None]).squeeze(1)
+        q_all = self.q_values(online, batch.obs)
+        q = q_all.gather(1, batch.actions[:, None]).squeeze(1)
         if self.cfg.loss == "mse":
             per_sample = (td_target - q).pow(2)  # Dopamine's losses.mse_loss: no 1/2 factor
         else:
             per_sample = F.huber_loss(q, td_target, reduction="none", delta=1.0)
-        return per_sample, {"losses/td_loss": per_sample.detach().mean(), "losses/q_values": q.detach().mean()}
+        return per_sample, q_all, {"losses/td_loss": per_sample.detach().mean(), "losses/q_values": q.detach().mean()}

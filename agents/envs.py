@@ -48,6 +48,9 @@ class EnvConfig:
     """Use all 18 actions instead of the game's minimal action set."""
     num_threads: int = 0
     """Worker threads of the backend's pool; 0 lets the backend choose."""
+    terminal_on_life_loss: bool = False
+    """Losing a life ends the agent's episode, not the game (Dopamine's Atari-100k setting): the learner sees a
+    terminal and the frame stack restarts, while episodes and scores stay whole games."""
 
 
 class Episode(NamedTuple):
@@ -200,6 +203,9 @@ class AtariVecEnv:
       `executed = ~env.reset_mask` read after it.
     - reward is raw float32 (never clipped). `episodes` lists the Episode(env_id, episode_return, length)
       that ended in this call (return = sum of raw rewards, length = agent steps); env.lives holds lives.
+    - env.life_lost[i]: this call lost a life without ending the episode. With `terminal_on_life_loss` the
+      returned obs[i] then restarts its stack ([0, 0, 0, f], as after a reset) and a trainer treats the step
+      as terminal for learning only (Dopamine's Atari-100k runner: the agent's episode restarts, the game not).
     - Every call returns freshly allocated arrays, so keeping a previous obs around is safe.
     """
 
@@ -224,6 +230,7 @@ class AtariVecEnv:
         self._lengths = np.zeros(n, dtype=np.int64)
         self.reset_mask = np.ones(n, dtype=bool)
         self.lives = np.zeros(n, dtype=np.int32)
+        self.life_lost = np.zeros(n, dtype=bool)
 
     def reset(self) -> np.ndarray:
         """Start a new episode in every env (unfinished episodes are dropped, not reported)."""
@@ -236,6 +243,7 @@ class AtariVecEnv:
         self._lengths[:] = 0
         self.reset_mask = np.ones(self.num_envs, dtype=bool)
         self.lives = np.asarray(lives, dtype=np.int32).copy()
+        self.life_lost = np.zeros(self.num_envs, dtype=bool)
         return obs.copy()
 
     def step(self, actions) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[Episode]]:
@@ -265,9 +273,13 @@ class AtariVecEnv:
         self._returns[ended] = 0.0
         self._lengths[ended] = 0
 
+        lives = np.asarray(lives, dtype=np.int32)
+        self.life_lost = ~restarted & ~ended & (lives < self.lives)
+        if self.config.terminal_on_life_loss:
+            obs[self.life_lost, :-1] = 0
         self._ended = ended
         self.reset_mask = restarted.copy()
-        self.lives = np.asarray(lives, dtype=np.int32).copy()
+        self.lives = lives.copy()
         self._obs = obs
         return obs.copy(), reward, terminated, truncated, episodes
 

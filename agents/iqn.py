@@ -102,6 +102,8 @@ class IQN(DQN):
         super().__init__(cfg, num_actions)
         if cfg.kappa <= 0:
             raise ValueError(f"IQN needs kappa > 0, got {cfg.kappa}")
+        if cfg.double_dqn:
+            raise ValueError("double_dqn is not implemented for IQN and M-IQN")
         self.munchausen = cfg.name == "miqn"
 
     def build_network(self, net_cfg: NetworkConfig, obs_shape=(4, 84, 84)) -> nn.Module:

@@ -35,6 +35,9 @@ class NetworkConfig:
     """Also multiply the 512-unit hidden layer by the width (off in the paper's online agents)."""
     padding: Literal["same", "valid"] = "same"
     """Nature CNN padding: 'same' as in Dopamine JAX, 'valid' as in the original Nature DQN."""
+    dueling: bool = False
+    """Dueling head (Wang et al. 2016, Dopamine's FullRainbowNetwork): value and advantage layers on the hidden
+    features, Q = V + A - mean_a A (per atom for distributional agents). DER, DrQ(eps) and CQL+C51 use it."""
 
     def __post_init__(self):
         _check_width(self.width)
@@ -208,21 +211,46 @@ class NatureCNN(QNetwork):
         self._build_head(num_actions, HIDDEN * (width if scale_dense else 1))
 
 
+class DuelingHead(nn.Module):
+    """Replaces the output layer: value Dense(hidden -> atoms) and advantage Dense(hidden -> A * atoms),
+    combined per atom as V + A - mean_a A (Dopamine's FullRainbowNetwork / ParameterizedRainbowNetwork). Output
+    [..., A * atoms], laid out like the plain output layer's, so every agent reads it the same way."""
+
+    def __init__(self, hidden: int, num_actions: int, atoms: int = 1):
+        super().__init__()
+        self.num_actions, self.atoms = num_actions, atoms
+        self.value = xavier_(nn.Linear(hidden, atoms))
+        self.advantage = xavier_(nn.Linear(hidden, num_actions * atoms))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        adv = self.advantage(x).unflatten(-1, (self.num_actions, self.atoms))
+        q = self.value(x).unsqueeze(-2) + adv - adv.mean(-2, keepdim=True)
+        return q.flatten(-2)
+
+
 def _check_width(width: int) -> None:
     if not isinstance(width, int) or width < 1:
         raise ValueError(f"network width must be an integer >= 1, got {width!r}")
 
 
-def make_network(cfg: NetworkConfig, num_outputs: int, obs_shape: tuple[int, int, int] = (4, 84, 84)) -> QNetwork:
-    """The configured Q-network for observations of `obs_shape` = (frames, side, side)."""
+def make_network(cfg: NetworkConfig, num_outputs: int, obs_shape: tuple[int, int, int] = (4, 84, 84),
+                 atoms: int = 1) -> QNetwork:
+    """The configured Q-network for observations of `obs_shape` = (frames, side, side); `num_outputs` =
+    actions x `atoms` (the dueling head needs them apart)."""
     frames, side = obs_shape[0], obs_shape[-1]
     if cfg.arch == "impala":
-        return ImpalaResNet(num_outputs, width=cfg.width, scale_dense=cfg.scale_dense, in_frames=frames,
-                            input_size=side)
-    if cfg.arch == "nature":
-        return NatureCNN(num_outputs, width=cfg.width, padding=cfg.padding, scale_dense=cfg.scale_dense,
-                         in_frames=frames, input_size=side)
-    raise ValueError(f"unknown network arch {cfg.arch!r}; expected 'impala' or 'nature'")
+        net = ImpalaResNet(num_outputs, width=cfg.width, scale_dense=cfg.scale_dense, in_frames=frames,
+                           input_size=side)
+    elif cfg.arch == "nature":
+        net = NatureCNN(num_outputs, width=cfg.width, padding=cfg.padding, scale_dense=cfg.scale_dense,
+                        in_frames=frames, input_size=side)
+    else:
+        raise ValueError(f"unknown network arch {cfg.arch!r}; expected 'impala' or 'nature'")
+    if cfg.dueling:
+        if num_outputs % atoms:
+            raise ValueError(f"{num_outputs} outputs are not a whole number of actions x {atoms} atoms")
+        net.out = DuelingHead(net.out.in_features, num_outputs // atoms, atoms)
+    return net
 
 
 def count_parameters(net: nn.Module) -> int:

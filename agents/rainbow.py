@@ -1,11 +1,13 @@
 """Compact Rainbow as in Dopamine JAX (Hessel et al. 2018; Dopamine's `jax/agents/rainbow`): C51 + n-step
-returns + prioritized replay. No double-Q, dueling or noisy nets: exploration is epsilon-greedy.
+returns + prioritized replay. No double-Q or dueling by default (`--agent.double-dqn`, `--network.dueling`: DER
+and CQL+C51 use both), no noisy nets: exploration is epsilon-greedy.
 
 The network is the configured Q-network with `num_actions * num_atoms` outputs (logits [B, A, K]) on the
 support z = linspace(-v_max, v_max, K) (51 atoms on [-10, 10]). Q(s, a) = sum_k softmax(logits)_k z_k.
 
 Loss for a transition (s, a, R^(n), gamma^m or 0, s'):
-    a*     = argmax_a' Q_target(s', a')                     greedy w.r.t. the *target* net (not double-Q)
+    a*     = argmax_a' Q_target(s', a')                     greedy w.r.t. the *target* net (compact Rainbow;
+                                                            with double_dqn, w.r.t. the online net)
     p      = softmax(target logits(s', a*))
     m      = project(R + discount * z, p) onto z            Bellemare et al. (2017) eq. 7, Dopamine's
                                                             `project_distribution`
@@ -59,7 +61,7 @@ class Rainbow(DQN):
         return self._support[device]
 
     def build_network(self, net_cfg: NetworkConfig, obs_shape=(4, 84, 84)) -> nn.Module:
-        return make_network(net_cfg, self.num_actions * self.num_atoms, obs_shape)
+        return make_network(net_cfg, self.num_actions * self.num_atoms, obs_shape, atoms=self.num_atoms)
 
     def logits(self, net: nn.Module, obs: torch.Tensor) -> torch.Tensor:
         return net(obs).float().view(obs.shape[0], self.num_actions, self.num_atoms)  # fp32 out of bf16 autocast
@@ -69,14 +71,20 @@ class Rainbow(DQN):
         return (probs * self.support(probs.device)).sum(-1)
 
     def loss(self, online: nn.Module, target: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict]:
+        per_sample, _, info = self.td_loss(online, target, batch)
+        return per_sample, info
+
+    def td_loss(self, online: nn.Module, target: nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        """Per-sample cross-entropy [B], the online logits [B, A, K] at the states, and scalars to log."""
         rows = torch.arange(batch.actions.shape[0], device=batch.actions.device)
         with torch.no_grad():
             next_probs = self.logits(target, batch.next_obs).softmax(-1)  # [B, A, K]
             support = self.support(next_probs.device)
-            next_actions = (next_probs * support).sum(-1).argmax(1)
+            next_actions = self.next_actions(online, (next_probs * support).sum(-1), batch.next_obs)
             target_support = batch.returns[:, None] + batch.discounts[:, None] * support  # [B, K]
             target_dist = project_distribution(target_support, next_probs[rows, next_actions], support)
-        logits = self.logits(online, batch.obs)[rows, batch.actions]  # [B, K]
+        all_logits = self.logits(online, batch.obs)
+        logits = all_logits[rows, batch.actions]  # [B, K]
         per_sample = -(target_dist * F.log_softmax(logits, -1)).sum(-1)
         q = (logits.detach().softmax(-1) * support).sum(-1)
-        return per_sample, {"losses/td_loss": per_sample.detach().mean(), "losses/q_values": q.mean()}
+        return per_sample, all_logits, {"losses/td_loss": per_sample.detach().mean(), "losses/q_values": q.mean()}

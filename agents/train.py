@@ -38,6 +38,7 @@ import torch
 import tyro
 
 import kernels
+from agents.augmentation import DrQAugmentation
 from agents.checkpoint import (
     CheckpointError,
     atomic_write_bytes,
@@ -57,6 +58,7 @@ from agents.replay import Batch, ReplayBuffer
 ITERATION_FIELDS = ["iteration", "agent_steps", "frames", "grad_steps", "score", "episodes", "fps", "total_sparsity",
                     "wall_time"]
 EPISODE_FIELDS = ["agent_steps", "frames", "env_id", "return", "length"]
+AUGMENTATION_SEED_OFFSET = 6_700_417  # the augmentation's generator is seeded apart from the replay's
 
 
 def make_agent(cfg, num_actions: int):
@@ -73,6 +75,18 @@ def make_agent(cfg, num_actions: int):
         from agents.iqn import IQN
 
         return IQN(cfg, num_actions)
+    if cfg.name == "der":  # data-efficient Rainbow: C51 with Atari-100k settings (agents/config.py)
+        from agents.rainbow import Rainbow
+
+        return Rainbow(cfg, num_actions)
+    if cfg.name == "drq_eps":  # DQN with augmented replay batches (agents/augmentation.py)
+        from agents.dqn import DQN
+
+        return DQN(cfg, num_actions)
+    if cfg.name in ("cql", "cql_c51"):
+        from agents.cql import CQL, CQLC51
+
+        return (CQL if cfg.name == "cql" else CQLC51)(cfg, num_actions)
     raise ValueError(f"unknown agent {cfg.name!r}")
 
 
@@ -137,6 +151,8 @@ class Trainer:
                                     moments=cfg.pruning.moments, mask_gradients=cfg.pruning.mask_gradients)
         replay_device = self.device if cfg.replay_device == "auto" else torch.device("cpu")
         self.replay = make_replay(cfg, replay_device, self.env.num_envs, obs_shape)
+        self.augment = DrQAugmentation(cfg.agent.augmentation_pad, cfg.agent.augmentation_intensity, self.device,
+                                       seed=cfg.seed + AUGMENTATION_SEED_OFFSET) if cfg.agent.augmentation else None
         self.action_rng = np.random.default_rng(cfg.seed)
         self.agent_steps = self.grad_steps = self.iteration = 0
         self.grad_budget = 0.0
@@ -151,7 +167,7 @@ class Trainer:
         if cfg.compile:
             for net in (self.online, self.target):
                 net.compile()  # in place: parameter names and checkpoints are unchanged
-        self.graphs = PhaseGraphs(self._wants_cuda_graphs(), generators=[self.replay.generator],
+        self.graphs = PhaseGraphs(self._wants_cuda_graphs(), generators=self._generators(),
                                   strict=cfg.cuda_graphs == "on")
         # Autocast's cast cache must be off under CUDA graph capture (PyTorch's AMP + graphs rule).
         self.autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.bf16,
@@ -197,6 +213,10 @@ class Trainer:
 
             self.tb = SummaryWriter(str(self.run_dir / "tb"), purge_step=self.agent_steps or None)
 
+    def _generators(self) -> list[torch.Generator]:
+        """The learner step's own random streams (CUDA graphs register them; profiling passes restore them)."""
+        return [self.replay.generator] + ([self.augment.generator] if self.augment is not None else [])
+
     def _wants_cuda_graphs(self) -> bool:
         if self.cfg.cuda_graphs == "off":
             return False
@@ -232,7 +252,7 @@ class Trainer:
         batch = self.replay.sample(self.cfg.agent.batch_size)
         if batch.obs.device != self.device:
             batch = Batch(**{k: v.to(self.device, non_blocking=True) for k, v in vars(batch).items()})
-        return batch
+        return self.augment(batch) if self.augment is not None else batch
 
     def _loss(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, dict]:
         """(importance-weighted mean loss, per-sample loss in fp32, scalars to log)."""
@@ -284,10 +304,11 @@ class Trainer:
     @contextlib.contextmanager
     def _no_training_side_effects(self):
         """Undo what profiling inside does to training state: replay and torch random draws, gradients."""
-        generator_state = self.replay.generator.get_state()
+        generator_states = [g.get_state() for g in self._generators()]
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             yield
-        self.replay.generator.set_state(generator_state)
+        for g, state in zip(self._generators(), generator_states):
+            g.set_state(state)
         self.online.zero_grad(set_to_none=not self.graphs.enabled)
 
     def sync_target(self) -> None:
@@ -315,6 +336,8 @@ class Trainer:
             while self.agent_steps < cfg.total_steps:
                 epsilon = self.epsilon()
                 first = env.reset_mask.copy()
+                if cfg.env.terminal_on_life_loss:  # the agent's episode restarts after a lost life
+                    first |= env.life_lost
                 executed = ~pending_reset  # an env whose episode just ended ignores this action and resets
                 with prof.section("act"):
                     actions = self.act(obs, epsilon)
@@ -348,7 +371,8 @@ class Trainer:
                 if not np.array_equal(executed, ~env.reset_mask):
                     raise RuntimeError("env auto-reset out of step with the trainer's bookkeeping")
                 with prof.section("replay_add"):
-                    self.replay.add_outcome(reward, terminated)
+                    self.replay.add_outcome(reward, terminated | env.life_lost if cfg.env.terminal_on_life_loss
+                                            else terminated)
                 pending_reset = terminated | truncated
                 for ep in episodes:
                     iter_returns.append(ep.episode_return)
@@ -491,7 +515,8 @@ class Trainer:
                  "rng": {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
                          "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
                          "action": self.action_rng.bit_generator.state,
-                         "replay": self.replay.generator.get_state()},
+                         "replay": self.replay.generator.get_state(),
+                         "augment": self.augment.generator.get_state() if self.augment is not None else None},
                  "analysis_obs": self.analysis_obs}
         if with_replay:
             state["replay"] = self.replay.state_dict()
@@ -513,6 +538,8 @@ class Trainer:
             if rng["cuda"] is not None and torch.cuda.is_available():
                 torch.cuda.set_rng_state_all(rng["cuda"])
             self.action_rng.bit_generator.state = rng["action"]
+            if self.augment is not None:
+                self.augment.generator.set_state(rng["augment"])
             if state.get("replay") is not None:
                 self.replay.load_state_dict(state["replay"])
             else:  # an empty replay: min_replay steps are collected again before learning resumes

@@ -67,7 +67,7 @@ def trainer_ready_to_learn(tmp_path, name: str, device: str = "cpu", **overrides
     return trainer
 
 
-@pytest.mark.parametrize("name", ["dqn", "rainbow", "iqn", "miqn"])
+@pytest.mark.parametrize("name", ["dqn", "rainbow", "iqn", "miqn", "der", "drq_eps", "cql_c51"])
 def test_learner_steps_never_read_device_values_on_the_host(tmp_path, monkeypatch, one_thread, name):
     monkeypatch.setenv("PRUNERL_KERNELS", "triton")  # the kernels CUDA graphs capture (interpreted on the CPU)
     trainer = trainer_ready_to_learn(tmp_path, name)

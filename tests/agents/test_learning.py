@@ -5,12 +5,13 @@ weights, masks not applied) makes the agent settle for the near 0.2 reward or no
 """
 
 import csv
+import dataclasses
 import math
 
 import pytest
 import torch
 
-from agents.config import AgentConfig, TrainConfig
+from agents.config import AgentConfig, TrainConfig, paper_agent
 from agents.networks import NetworkConfig
 from agents.pruning import PruningConfig
 from agents.train import Trainer
@@ -62,6 +63,8 @@ def fast_agent(name: str) -> AgentConfig:
     M-IQN use N = 16, N' = 24, K = 8 quantile samples (paper: 64, 64, 32): cheaper, and N != N' on purpose."""
     if name == "rainbow":
         return fast_dqn(name="rainbow", n_step=3, replay="prioritized")
+    if name in ("der", "drq_eps", "cql", "cql_c51"):  # their own settings (n-step, double DQN, augmentation, ...)
+        return dataclasses.replace(paper_agent(name), lr=1e-3, min_replay=400, epsilon_decay_steps=1500, gamma=0.9)
     return fast_dqn(name=name, n_step=3, num_tau_samples=16, num_tau_prime_samples=24, num_quantile_samples=8)
 
 
