@@ -29,6 +29,7 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -129,7 +130,7 @@ class Trainer:
         self.replay = make_replay(cfg, replay_device, self.env.num_envs, obs_shape)
         self.action_rng = np.random.default_rng(cfg.seed)
         self.agent_steps = self.grad_steps = self.iteration = 0
-        self.grad_budget = 0.0
+        self._replay_ratio = Fraction(cfg.replay_ratio).limit_denominator(10**6)  # 1/3 stays 1/3: exact cadence
         self.stopped_early = False  # by --max-minutes
         self.analysis_obs: torch.Tensor | None = None
         self.profiler = Profiler(cfg.profile, self.device)
@@ -206,8 +207,17 @@ class Trainer:
 
     # --- acting and learning -----------------------------------------------------------------------------
     def epsilon(self) -> float:
+        """Exploration for the next action. Dopamine counts the step being acted before it computes epsilon
+        (`training_steps` is incremented in `_train_step`, before `select_action`), hence the + 1."""
         a = self.cfg.agent
-        return linearly_decaying_epsilon(self.agent_steps, a.min_replay, a.epsilon_decay_steps, a.epsilon_train)
+        return linearly_decaying_epsilon(self.agent_steps + 1, a.min_replay, a.epsilon_decay_steps, a.epsilon_train)
+
+    def updates_due(self, steps_before: int, steps_after: int) -> int:
+        """Gradient updates owed for the agent steps (steps_before, steps_after]: one at each step j > min_replay
+        where floor(replay_ratio * j) grows. At ratio 1/k that is every j with j % k == 0, Dopamine's
+        `training_steps % update_period == 0`; exact for any ratio (no float budget drifts)."""
+        ratio, first = self._replay_ratio, max(steps_before, self.cfg.agent.min_replay)
+        return max(0, math.floor(ratio * steps_after) - math.floor(ratio * first))
 
     def act(self, obs: np.ndarray, epsilon: float) -> np.ndarray:
         n = obs.shape[0]
@@ -319,12 +329,12 @@ class Trainer:
                 steps_before, new_steps = self.agent_steps, int(executed.sum())
                 self.agent_steps += new_steps
 
-                # ALGO LOGIC: learn once the warm-up is over, at `replay_ratio` updates per agent step.
+                # ALGO LOGIC: learn once the warm-up is over, at `replay_ratio` updates per agent step. With one
+                # env this is Dopamine's _train_step for the next agent step (after storing this step's
+                # observation, before acting on the next): the same updates, target syncs and replay contents.
                 if self.replay.transitions_added > cfg.agent.min_replay and self.replay.can_sample():
-                    self.grad_budget += cfg.replay_ratio * new_steps
-                    while self.grad_budget >= 1.0:
+                    for _ in range(self.updates_due(steps_before, self.agent_steps)):
                         info = self.learn()
-                        self.grad_budget -= 1.0
                         for k, v in info.items():
                             sums[k] = sums.get(k, 0.0) + v  # device tensors: no sync until logged
                         count += 1
@@ -477,7 +487,7 @@ class Trainer:
     # --- checkpoints -------------------------------------------------------------------------------------------
     def state_dict(self, with_replay: bool) -> dict:
         state = {"config": self.cfg.to_dict(), "agent_steps": self.agent_steps, "grad_steps": self.grad_steps,
-                 "iteration": self.iteration, "grad_budget": self.grad_budget, "online": self.online.state_dict(),
+                 "iteration": self.iteration, "online": self.online.state_dict(),
                  "target": self.target.state_dict(), "optimizer": self.optimizer.state_dict(),
                  "pruner": self.pruner.state_dict() if self.pruner is not None else None,
                  "rng": {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
@@ -497,7 +507,7 @@ class Trainer:
             if self.pruner is not None:
                 self.pruner.load_state_dict(state["pruner"])
             self.agent_steps, self.grad_steps = int(state["agent_steps"]), int(state["grad_steps"])
-            self.iteration, self.grad_budget = int(state["iteration"]), float(state["grad_budget"])
+            self.iteration = int(state["iteration"])
             rng = state["rng"]
             random.setstate(rng["python"])
             np.random.set_state(rng["numpy"])
