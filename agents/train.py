@@ -29,7 +29,6 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
-from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -120,9 +119,12 @@ class Trainer:
         self.agent = make_agent(cfg.agent, self.num_actions)
         self.online = self.agent.build_network(cfg.network, obs_shape).to(self.device)
         self.target = copy.deepcopy(self.online).requires_grad_(False)
-        start, end = cfg.pruning.window(cfg.nominal_grad_steps)
+        run_grad_steps = cfg.min_grad_steps(self.env.num_envs)
+        start, end = cfg.pruning.window(cfg.nominal_grad_steps, run_grad_steps)
         self.pruner = Pruner(self.online, cfg.pruning, start, end).to(self.device) \
             if cfg.pruning.final_sparsity > 0 else None
+        for note in cfg.pruning.window_warnings(cfg.nominal_grad_steps, run_grad_steps):
+            print(f"warning: {note}", file=sys.stderr)
         self.optimizer = MaskedAdam(self.online.parameters(), lr=cfg.agent.lr, eps=cfg.agent.adam_eps,
                                     masks=self.pruner.mask_for() if self.pruner else None,
                                     moments=cfg.pruning.moments, mask_gradients=cfg.pruning.mask_gradients)
@@ -130,7 +132,6 @@ class Trainer:
         self.replay = make_replay(cfg, replay_device, self.env.num_envs, obs_shape)
         self.action_rng = np.random.default_rng(cfg.seed)
         self.agent_steps = self.grad_steps = self.iteration = 0
-        self._replay_ratio = Fraction(cfg.replay_ratio).limit_denominator(10**6)  # 1/3 stays 1/3: exact cadence
         self.stopped_early = False  # by --max-minutes
         self.analysis_obs: torch.Tensor | None = None
         self.profiler = Profiler(cfg.profile, self.device)
@@ -211,13 +212,6 @@ class Trainer:
         (`training_steps` is incremented in `_train_step`, before `select_action`), hence the + 1."""
         a = self.cfg.agent
         return linearly_decaying_epsilon(self.agent_steps + 1, a.min_replay, a.epsilon_decay_steps, a.epsilon_train)
-
-    def updates_due(self, steps_before: int, steps_after: int) -> int:
-        """Gradient updates owed for the agent steps (steps_before, steps_after]: one at each step j > min_replay
-        where floor(replay_ratio * j) grows. At ratio 1/k that is every j with j % k == 0, Dopamine's
-        `training_steps % update_period == 0`; exact for any ratio (no float budget drifts)."""
-        ratio, first = self._replay_ratio, max(steps_before, self.cfg.agent.min_replay)
-        return max(0, math.floor(ratio * steps_after) - math.floor(ratio * first))
 
     def act(self, obs: np.ndarray, epsilon: float) -> np.ndarray:
         n = obs.shape[0]
@@ -333,7 +327,7 @@ class Trainer:
                 # env this is Dopamine's _train_step for the next agent step (after storing this step's
                 # observation, before acting on the next): the same updates, target syncs and replay contents.
                 if self.replay.transitions_added > cfg.agent.min_replay and self.replay.can_sample():
-                    for _ in range(self.updates_due(steps_before, self.agent_steps)):
+                    for _ in range(cfg.updates_due(steps_before, self.agent_steps)):
                         info = self.learn()
                         for k, v in info.items():
                             sums[k] = sums.get(k, 0.0) + v  # device tensors: no sync until logged
@@ -426,6 +420,7 @@ class Trainer:
         if self.pruner is not None:
             summary.update(self.pruner.sparsity_report())
             summary["total_sparsity"] = summary["sparsity/total"]
+        summary.update(self._sparsity_verdict(summary.get("sparsity/prunable", 0.0)))
         _write_json(self.run_dir / "summary.json", summary)
         self.close()
         return summary
@@ -438,14 +433,18 @@ class Trainer:
         self.env.close()
 
     # --- logging helpers -------------------------------------------------------------------------------------
-    def _target_sparsity(self) -> float:
-        """Scheduled sparsity over the prunable weights at the last mask update."""
-        p = self.pruner
-        last = min(self.grad_steps - 1, p.end) // p.cfg.update_freq * p.cfg.update_freq
-        if self.grad_steps == 0 or last < p.start:
-            return 0.0
-        sizes = [w.numel() for w in p.weights]
-        return sum(s * n for s, n in zip(p.layer_sparsities(last), sizes)) / sum(sizes)
+    def _sparsity_verdict(self, measured: float) -> dict:
+        """`target_sparsity` (the configured final sparsity of the prunable weights) and whether the measured one
+        ended below what the schedule calls for after the agent steps done. That uses the gradient steps an
+        uninterrupted run takes by then, so a run stopped inside or before its window is not below target, while
+        one that lost gradient steps (resumed without its replay) or masks is."""
+        cfg = self.cfg
+        verdict = {"target_sparsity": cfg.pruning.final_sparsity, "below_target_sparsity": False}
+        if self.pruner is not None:
+            expected = cfg.min_grad_steps(self.env.num_envs, self.agent_steps)
+            verdict["scheduled_sparsity"] = self.pruner.scheduled_sparsity(expected)
+            verdict["below_target_sparsity"] = measured < verdict["scheduled_sparsity"]
+        return verdict
 
     def _measured_sparsity(self) -> float:
         return self.pruner.sparsity_report()["sparsity/total"] if self.pruner is not None else 0.0
@@ -456,7 +455,7 @@ class Trainer:
         row.update({"charts/epsilon": epsilon, "charts/SPS": sps, "charts/FPS": sps * self.cfg.env.frame_skip})
         if self.pruner is not None:
             row.update(self.pruner.sparsity_report())
-            row["sparsity/target"] = self._target_sparsity()
+            row["sparsity/target"] = self.pruner.scheduled_sparsity(self.grad_steps)
         self._log(row)
 
     def _log(self, row: dict) -> None:
