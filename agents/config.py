@@ -123,6 +123,14 @@ class TrainConfig:
     """How many recent checkpoints to keep."""
     save_replay: bool = False
     """Include the replay buffer in checkpoints (7 GB at 1M), so a resumed run continues learning at once."""
+    evaluate: bool = False
+    """After each iteration, run an evaluation phase (Dopamine's eval phase, spec decision 7): full episodes at
+    eval_epsilon in envs of its own, learning nothing, logged as eval_score / eval_episodes next to the training
+    score. Off by default: the paper's score is the training episodes' (Dopamine's continuous_train)."""
+    eval_steps: int = 125_000
+    """Agent steps of each evaluation phase (at least: episodes in progress are played to their end)."""
+    eval_epsilon: float = 0.001
+    """Exploration of the evaluation phase (Dopamine's epsilon_eval)."""
     log_every: int = 10_000
     """Agent steps between rows of metrics.jsonl / TensorBoard scalars."""
     analysis_every: int = 0
@@ -171,6 +179,10 @@ class TrainConfig:
             raise ValueError(f"max_minutes must be > 0, got {self.max_minutes}")
         if self.checkpoint_every < 1 or self.keep_checkpoints < 1:
             raise ValueError("checkpoint_every and keep_checkpoints must be >= 1")
+        if self.eval_steps < 1:
+            raise ValueError(f"eval_steps must be >= 1 (turn the phase off with --no-evaluate), got {self.eval_steps}")
+        if not 0.0 <= self.eval_epsilon <= 1.0:
+            raise ValueError(f"eval_epsilon must be in [0, 1], got {self.eval_epsilon}")
 
     @property
     def nominal_grad_steps(self) -> int:

@@ -7,7 +7,8 @@
 
 Run directory (read by `agents.report`):
     config.json      resolved config + versions, device, git SHA
-    iterations.csv   one row per iteration: score = mean raw return of the episodes finished in it
+    iterations.csv   one row per iteration: score = mean raw return of the episodes finished in it (and the
+                     evaluation phase's eval_score, eval_episodes with --evaluate)
     episodes.csv     every finished episode (raw return, length)
     metrics.jsonl    losses, epsilon, frames/s, per-layer sparsity, analysis metrics
     tb/              the same scalars for TensorBoard
@@ -39,14 +40,16 @@ from agents.checkpoint import CheckpointError, atomic_write_bytes, latest_checkp
 from agents.config import PRESETS, TrainConfig, get_preset
 from agents.cuda_graphs import PhaseGraphs
 from agents.envs import make_env
+from agents.eval_phase import EvalResult, run_eval_phase
 from agents.networks import use_channels_last
 from agents.profiler import Profiler, format_table, profile_learner_layers, profile_learner_ops
 from agents.pruning import MaskedAdam, Pruner
 from agents.replay import Batch, ReplayBuffer
 
-ITERATION_FIELDS = ["iteration", "agent_steps", "frames", "grad_steps", "score", "episodes", "fps", "total_sparsity",
-                    "wall_time"]
+ITERATION_FIELDS = ["iteration", "agent_steps", "frames", "grad_steps", "score", "episodes", "eval_score",
+                    "eval_episodes", "fps", "total_sparsity", "wall_time"]  # eval_*: empty without --evaluate
 EPISODE_FIELDS = ["agent_steps", "frames", "env_id", "return", "length"]
+EVAL_SEED_OFFSET = 104_729  # evaluation envs are seeded apart from the training envs (seed + i, + 7919 k on resume)
 
 
 def make_agent(cfg, num_actions: int):
@@ -107,13 +110,15 @@ def _write_json(path: Path, obj: dict) -> None:
 class Trainer:
     """One run. `Trainer(cfg, run_dir)` starts fresh; `Trainer.resume(run_dir)` continues from a checkpoint."""
 
-    def __init__(self, cfg: TrainConfig, run_dir: Path, checkpoint: dict | None = None, env=None):
-        """`env` replaces the Atari envs with any object of the `AtariVecEnv` interface (tests use a tiny MDP)."""
+    def __init__(self, cfg: TrainConfig, run_dir: Path, checkpoint: dict | None = None, env=None, eval_env=None):
+        """`env` (and `eval_env`, for --evaluate) replace the Atari envs with any object of the `AtariVecEnv`
+        interface (tests use a tiny MDP)."""
         self.cfg, self.run_dir = cfg, Path(run_dir)
         self.device = resolve_device(cfg.device)
         _fast_cpu_math()
         _seed_everything(cfg.seed)
         self.env = env if env is not None else make_env(cfg.env, seed=cfg.seed)
+        self.eval_env = eval_env  # built at the first evaluation phase otherwise
         self.num_actions = self.env.num_actions
         obs_shape = tuple(self.env.observation_shape)
         self.agent = make_agent(cfg.agent, self.num_actions)
@@ -223,6 +228,23 @@ class Trainer:
                 greedy = self.agent.greedy_actions(self.online, obs_t).cpu().numpy()
             actions = np.where(explore, actions, greedy)
         return actions
+
+    def evaluate(self) -> EvalResult:
+        """One evaluation phase (`--evaluate`) in its own envs, seeds and random streams: no training state and
+        no random stream of training is touched, so training is the same with or without it."""
+        cfg = self.cfg
+        if self.eval_env is None:  # a fresh seed after a resume, as for the training envs
+            self.eval_env = make_env(cfg.env, seed=cfg.seed + EVAL_SEED_OFFSET + 7919 * self.iteration)
+        rng = np.random.default_rng([cfg.seed, EVAL_SEED_OFFSET, self.iteration])
+
+        def greedy(obs: np.ndarray) -> np.ndarray:
+            with self.autocast:
+                return self.agent.greedy_actions(self.online, torch.from_numpy(obs).to(self.device)).cpu().numpy()
+
+        # IQN draws its acting taus from torch's global generator: fork it, seeded for this phase.
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            torch.manual_seed(int(rng.integers(2**62)))
+            return run_eval_phase(self.eval_env, greedy, cfg.eval_steps, cfg.eval_epsilon, rng)
 
     def _sample_batch(self) -> Batch:
         batch = self.replay.sample(self.cfg.agent.batch_size)
@@ -362,8 +384,12 @@ class Trainer:
                     elapsed = time.perf_counter() - iter_start_time
                     fps = (self.agent_steps - iter_start_steps) * cfg.env.frame_skip / max(elapsed, 1e-9)
                     score = float(np.mean(iter_returns)) if iter_returns else float("nan")
+                    evaluation = None
+                    if cfg.evaluate:
+                        with prof.section("evaluation"):
+                            evaluation = self.evaluate()
                     with prof.section("checkpoint"):
-                        sparsity = self._end_iteration(score, len(iter_returns), fps)
+                        sparsity = self._end_iteration(score, len(iter_returns), fps, evaluation)
                     bar.set_postfix(iter=self.iteration, score=_fmt_score(score), fps=f"{fps:.0f}",
                                     sparsity=f"{sparsity:.3f}")
                     iter_returns = []
@@ -396,26 +422,31 @@ class Trainer:
         _write_json(self.run_dir / "profile.json", report)
         print(format_table(report))
 
-    def _end_iteration(self, score: float, episodes: int, fps: float) -> float:
+    def _end_iteration(self, score: float, episodes: int, fps: float, evaluation: EvalResult | None = None) -> float:
         """Log the iteration's row, checkpoint on schedule; returns the measured total sparsity."""
         self.iteration += 1
         row = {"iteration": self.iteration, "agent_steps": self.agent_steps,
                "frames": self.agent_steps * self.cfg.env.frame_skip, "grad_steps": self.grad_steps, "score": score,
-               "episodes": episodes, "fps": round(fps, 1), "total_sparsity": self._measured_sparsity(),
-               "wall_time": round(time.time(), 3)}
+               "episodes": episodes, "eval_score": evaluation.score if evaluation else None,
+               "eval_episodes": evaluation.episodes if evaluation else None, "fps": round(fps, 1),
+               "total_sparsity": self._measured_sparsity(), "wall_time": round(time.time(), 3)}
         csv.DictWriter(self.iterations_csv, ITERATION_FIELDS).writerow(row)
         self._flush()
         if self.tb is not None:
             self.tb.add_scalar("charts/iteration_score", score, self.agent_steps)
+        if evaluation is not None:
+            self._log({"charts/eval_score": evaluation.score, "charts/eval_episodes": evaluation.episodes,
+                       "charts/eval_steps": evaluation.steps})
         if self.iteration % self.cfg.checkpoint_every == 0 or self.agent_steps >= self.cfg.total_steps:
             self.save()
         return row["total_sparsity"]
 
     def _finish(self) -> dict:
-        scores = [float(r["score"]) for r in read_iterations(self.run_dir / "iterations.csv")]
+        rows = read_iterations(self.run_dir / "iterations.csv")
         summary = {"finished": not self.stopped_early, "agent_steps": self.agent_steps,
                    "frames": self.agent_steps * self.cfg.env.frame_skip, "grad_steps": self.grad_steps,
-                   "iterations": self.iteration, "final_score": scores[-1] if scores else None,
+                   "iterations": self.iteration, "final_score": float(rows[-1]["score"]) if rows else None,
+                   "final_eval_score": float(rows[-1]["eval_score"]) if rows and rows[-1].get("eval_score") else None,
                    "total_sparsity": 0.0}
         if self.pruner is not None:
             summary.update(self.pruner.sparsity_report())
@@ -431,6 +462,8 @@ class Trainer:
         if self.tb is not None:
             self.tb.close()
         self.env.close()
+        if self.eval_env is not None:
+            self.eval_env.close()
 
     # --- logging helpers -------------------------------------------------------------------------------------
     def _sparsity_verdict(self, measured: float) -> dict:
