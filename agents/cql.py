@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from agents.dqn import DQN
+from agents.networks import LayerInit, xavier_
 from agents.rainbow import Rainbow
 from agents.replay import Batch
 
@@ -38,6 +39,8 @@ class CQL(DQN):
 
 
 class CQLC51(Rainbow):
+    dopamine_init: LayerInit = staticmethod(xavier_)  # the hidden layer of Dopamine's ParameterizedRainbowNetwork
+
     def loss(self, online: nn.Module, target: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict]:
         td, logits, info = self.td_loss(online, target, batch)
         q_all = (logits.softmax(-1) * self.support(logits.device)).sum(-1)  # [B, A], differentiable

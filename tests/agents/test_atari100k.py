@@ -299,8 +299,8 @@ def test_atari100k_presets_hold_table_1_and_dopamines_gin_values():
     classic = get_preset("der_100k_gmp95")
     assert (classic.network.arch, classic.total_steps, classic.env.num_envs) == ("nature", 100_000, 1)
     assert classic.pruning.window(classic.nominal_grad_steps) == (20_000, 80_000)
-    assert type(make_agent(get_preset("der_100k_dense").agent, 4)) is Rainbow
-    assert type(make_agent(get_preset("drq_eps_100k_dense").agent, 4)) is DQN
+    assert isinstance(make_agent(get_preset("der_100k_dense").agent, 4), Rainbow)
+    assert isinstance(make_agent(get_preset("drq_eps_100k_dense").agent, 4), DQN)
 
 
 # --- learning -------------------------------------------------------------------------------------------------------
