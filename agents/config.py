@@ -129,15 +129,47 @@ def paper_agent(name: AgentName) -> AgentConfig:
 
 
 @dataclass
+class OfflineConfig:
+    """Offline training (`agents/offline.py`): gradient updates on a fixed dataset, no env steps for training."""
+
+    data: str | None = None
+    """Train offline from this DQN Replay Dataset folder (a game's replay_logs/, holding
+    $store$_observation_ckpt.<N>.gz and the other files per checkpoint N; `python -m agents.export_dataset` writes
+    one from a run). The env is then used only by the evaluation phase after each iteration."""
+    enabled: bool = False
+    """Whether the run trains offline: set by --offline.data (and by the offline presets, which then need it)."""
+    checkpoints: str = "all"
+    """Checkpoints of the dataset to load: 'all', N, A-B (inclusive) or a comma-separated mix (e.g. '0-50')."""
+    fraction: float = 1.0
+    """Fraction of all transitions kept, a seeded uniform sample (the paper's 5% protocol: 0.05)."""
+    chunk: int = 1000
+    """The sample's unit: runs of this many consecutive transitions, so the frames kept are about the
+    transitions kept (1 = single transitions, whose stacks need 4 to 8 frames each)."""
+    cache_dir: str | None = None
+    """Keep the sampled frames in a memory-mapped file here (reused by later runs with the same sample, which
+    then skip decompressing the dataset); default: in memory."""
+
+    def __post_init__(self):
+        if not 0.0 < self.fraction <= 1.0:
+            raise ValueError(f"offline.fraction must be in (0, 1], got {self.fraction}")
+        if self.chunk < 1:
+            raise ValueError(f"offline.chunk must be >= 1, got {self.chunk}")
+        if self.data is not None:
+            self.enabled = True
+
+
+@dataclass
 class TrainConfig:
     env: EnvConfig = field(default_factory=EnvConfig)
     network: NetworkConfig = field(default_factory=NetworkConfig)
     agent: AgentConfig = field(default_factory=AgentConfig)
     pruning: PruningConfig = field(default_factory=PruningConfig)
+    offline: OfflineConfig = field(default_factory=OfflineConfig)
     total_steps: int = 10_000_000
-    """Training budget in agent steps, summed over envs (10M agent steps = 40M frames)."""
+    """Training budget in agent steps, summed over envs (10M agent steps = 40M frames); offline: gradient updates."""
     iteration_steps: int = 250_000
-    """Agent steps per iteration; one score (mean return of the episodes finished in it) per iteration."""
+    """Agent steps per iteration; one score (mean return of the episodes finished in it) per iteration. Offline:
+    gradient updates per iteration (the paper's 62,500), each followed by the evaluation phase."""
     replay_ratio: float = 0.25
     """Gradient updates per agent step (0.25 = one update every 4 transitions)."""
     replay_capacity: int = 1_000_000
@@ -167,6 +199,11 @@ class TrainConfig:
     """Agent steps of each evaluation phase (at least: episodes in progress are played to their end)."""
     eval_epsilon: float = 0.001
     """Exploration of the evaluation phase (Dopamine's epsilon_eval)."""
+    eval_episodes: int = 0
+    """Play exactly this many full episodes in each evaluation phase instead of eval_steps (Atari-100k: 100),
+    spread evenly over the evaluation envs; 0 = eval_steps."""
+    eval_num_envs: int | None = None
+    """Parallel envs of the evaluation phase; default env.num_envs."""
     log_every: int = 10_000
     """Agent steps between rows of metrics.jsonl / TensorBoard scalars."""
     analysis_every: int = 0
@@ -219,6 +256,13 @@ class TrainConfig:
             raise ValueError(f"eval_steps must be >= 1 (turn the phase off with --no-evaluate), got {self.eval_steps}")
         if not 0.0 <= self.eval_epsilon <= 1.0:
             raise ValueError(f"eval_epsilon must be in [0, 1], got {self.eval_epsilon}")
+        if self.eval_episodes < 0 or (self.eval_num_envs is not None and self.eval_num_envs < 1):
+            raise ValueError(f"eval_episodes must be >= 0 and eval_num_envs >= 1, got {self.eval_episodes}, "
+                             f"{self.eval_num_envs}")
+        if self.offline.enabled and (self.replay_ratio != 1.0 or not self.evaluate):
+            raise ValueError("offline runs count gradient updates in total_steps and iteration_steps and are scored "
+                             "by the evaluation phase: keep --replay-ratio 1 and --evaluate (the offline presets "
+                             f"set both), got replay_ratio {self.replay_ratio}, evaluate {self.evaluate}")
 
     @property
     def nominal_grad_steps(self) -> int:
@@ -238,6 +282,8 @@ class TrainConfig:
         interruption: learning starts after min_replay transitions, and once the replay can sample (n_step + 1
         vector steps). (10M - 20k) x 0.25 = 2,495,000 for the paper's runs."""
         after = self.total_steps if agent_steps is None else agent_steps
+        if self.offline.enabled:  # every step is an update
+            return after
         return self.updates_due(num_envs * self.agent.n_step, after)
 
     def to_dict(self) -> dict:
@@ -245,7 +291,8 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
-        sub = {"env": EnvConfig, "network": NetworkConfig, "agent": AgentConfig, "pruning": PruningConfig}
+        sub = {"env": EnvConfig, "network": NetworkConfig, "agent": AgentConfig, "pruning": PruningConfig,
+               "offline": OfflineConfig}
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - known
         if unknown:
@@ -263,6 +310,7 @@ RUNTIME_FIELDS = frozenset({
     "device", "replay_device", "overlap_env", "cuda_graphs", "compile", "channels_last", "max_minutes", "profile",
     "progress", "tensorboard", "log_every", "runs_dir", "run_name", "checkpoint_every", "keep_checkpoints",
     "save_replay", "preset", "env.num_threads",
+    "offline.data", "offline.cache_dir",  # where the dataset lies (config.json records which data it was)
 })
 
 
@@ -325,8 +373,10 @@ def _atari100k_presets() -> dict[str, TrainConfig]:
     """DER and DrQ(eps) (Table 1), both updating every agent step with a dueling head:
     - {agent}_impala_w{1,3}_{dense|gmpNN}: Fig. 7, 40M frames with the Impala ResNet (x3 in the paper);
     - {agent}_100k_{dense|gmp95}: the classic Atari-100k benchmark, 100k agent steps with Dopamine's Nature
-      CNN and one env, 10 iterations of 10k steps; the replay holds all 100k transitions (Dopamine's 1M
-      capacity is never reached), and the pruning window is 20%/80% of the 100k updates."""
+      CNN and one env, 10 iterations of 10k steps, each followed by Dopamine's Atari-100k evaluation: 100
+      episodes at epsilon 0.001, one in each of 100 envs (eval_score; the benchmark's number is the last
+      one). The replay holds all 100k transitions (Dopamine's 1M capacity is never reached), and the pruning
+      window is 20%/80% of the 100k updates."""
     presets = {}
     for agent in ("der", "drq_eps"):
         for width in (1, 3):
@@ -342,11 +392,31 @@ def _atari100k_presets() -> dict[str, TrainConfig]:
                 env=atari100k_env(num_envs=1), network=NetworkConfig(arch="nature", width=1, dueling=True),
                 agent=paper_agent(agent), pruning=PruningConfig(final_sparsity=PAPER_SPARSITIES[tag]),
                 total_steps=100_000, iteration_steps=10_000, replay_ratio=1.0, replay_capacity=100_000,
-                log_every=1_000, preset=name)
+                evaluate=True, eval_episodes=100, eval_num_envs=100, log_every=1_000, preset=name)
     return presets
 
 
-PRESETS: dict[str, TrainConfig] = {**_paper_presets(), **_atari100k_presets(), "demo": _demo_preset()}
+def _offline_presets() -> dict[str, TrainConfig]:
+    """Fig. 8: {cql|cql_c51}_impala_w{1,3}_{dense|gmp95|gmp99}, Table 3 on the 5% protocol of the DQN Replay
+    Dataset (--offline.data, a seeded uniform 5% of all transitions of the chosen checkpoints; the published
+    data has checkpoints 0-50). 200 iterations x 62,500 updates, the pruning window at 20% / 80% of the 12.5M
+    updates, after each iteration Dopamine's evaluation phase (125,000 steps at epsilon 0.001, sticky actions).
+    The hidden layer scales with the width, as in Dopamine's offline ParameterizedRainbowNetwork."""
+    presets = {}
+    for agent in ("cql", "cql_c51"):
+        for width in (1, 3):
+            for tag in ("dense", "gmp95", "gmp99"):
+                name = f"{agent}_impala_w{width}_{tag}"
+                presets[name] = TrainConfig(
+                    network=NetworkConfig(arch="impala", width=width, scale_dense=True, dueling=agent == "cql_c51"),
+                    agent=paper_agent(agent), pruning=PruningConfig(final_sparsity=PAPER_SPARSITIES[tag]),
+                    offline=OfflineConfig(enabled=True, fraction=0.05), total_steps=200 * 62_500,
+                    iteration_steps=62_500, replay_ratio=1.0, evaluate=True, preset=name)
+    return presets
+
+
+PRESETS: dict[str, TrainConfig] = {**_paper_presets(), **_atari100k_presets(), **_offline_presets(),
+                                   "demo": _demo_preset()}
 
 
 def get_preset(name: str) -> TrainConfig:

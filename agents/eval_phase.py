@@ -9,6 +9,10 @@ short, which would favour short episodes), and with one env this is Dopamine's p
 
 `run_eval_phase` takes the policy as a function from observations to greedy actions, so any trainer (online
 or offline) can evaluate with it; `Trainer.evaluate` in `agents/train.py` is the online trainer's use.
+
+`run_eval_episodes` plays a fixed number of episodes instead (Dopamine's Atari-100k runner: 100), spread evenly
+over the envs, each env playing its share to the end: with as many envs as episodes every env plays one, as
+Dopamine's `eval_one_to_one`, so no episode is favoured for being short.
 """
 
 from __future__ import annotations
@@ -53,4 +57,31 @@ def run_eval_phase(env, greedy_actions: Callable[[np.ndarray], np.ndarray], step
             if playing[ep.env_id]:
                 returns.append(ep.episode_return)
                 playing[ep.env_id] = done_steps < steps  # start another episode only while steps are missing
+    return EvalResult(score=float(np.mean(returns)), episodes=len(returns), steps=done_steps)
+
+
+def run_eval_episodes(env, greedy_actions: Callable[[np.ndarray], np.ndarray], episodes: int, epsilon: float,
+                      rng: np.random.Generator) -> EvalResult:
+    """Play exactly `episodes` full episodes of `env` from a fresh reset, env i playing its share (episodes // N,
+    one more for the first episodes % N envs), acting as `run_eval_phase` does."""
+    if episodes < 1:
+        raise ValueError(f"an evaluation phase needs episodes >= 1, got {episodes}")
+    if not 0.0 <= epsilon <= 1.0:
+        raise ValueError(f"evaluation epsilon must be in [0, 1], got {epsilon}")
+    n = env.num_envs
+    share = np.full(n, episodes // n) + (np.arange(n) < episodes % n)
+    obs = env.reset()
+    done_steps, returns = 0, []
+    while (share > 0).any():
+        explore = rng.random(n) <= epsilon
+        actions = rng.integers(0, env.num_actions, n)
+        if not explore.all():
+            actions = np.where(explore, actions, greedy_actions(obs))
+        playing = share > 0
+        obs, _, _, _, finished = env.step(actions)
+        done_steps += int((playing & ~env.reset_mask).sum())
+        for ep in finished:
+            if share[ep.env_id] > 0:
+                returns.append(ep.episode_return)
+                share[ep.env_id] -= 1
     return EvalResult(score=float(np.mean(returns)), episodes=len(returns), steps=done_steps)

@@ -22,6 +22,7 @@ import argparse
 import contextlib
 import copy
 import csv
+import dataclasses
 import json
 import math
 import random
@@ -51,7 +52,7 @@ from agents.checkpoint import (
 from agents.config import PRESETS, RUNTIME_FIELDS, TrainConfig, experiment_fields, get_preset
 from agents.cuda_graphs import PhaseGraphs
 from agents.envs import make_env
-from agents.eval_phase import EvalResult, run_eval_phase
+from agents.eval_phase import EvalResult, run_eval_episodes, run_eval_phase
 from agents.networks import use_channels_last
 from agents.profiler import Profiler, format_table, profile_learner_layers, profile_learner_ops
 from agents.pruning import MaskedAdam, Pruner
@@ -154,7 +155,7 @@ class Trainer:
                                     masks=self.pruner.mask_for() if self.pruner else None,
                                     moments=cfg.pruning.moments, mask_gradients=cfg.pruning.mask_gradients)
         replay_device = self.device if cfg.replay_device == "auto" else torch.device("cpu")
-        self.replay = make_replay(cfg, replay_device, self.env.num_envs, obs_shape)
+        self.replay = self._make_replay(replay_device, obs_shape)
         self.augment = DrQAugmentation(cfg.agent.augmentation_pad, cfg.agent.augmentation_intensity, self.device,
                                        seed=cfg.seed + AUGMENTATION_SEED_OFFSET) if cfg.agent.augmentation else None
         self.action_rng = np.random.default_rng(cfg.seed)
@@ -181,9 +182,9 @@ class Trainer:
 
     # --- construction helpers ----------------------------------------------------------------------------
     @classmethod
-    def resume(cls, run_dir: Path, cfg: TrainConfig | None = None) -> Trainer:
+    def resume(cls, run_dir: Path, cfg: TrainConfig | None = None, env=None) -> Trainer:
         """Continue the run in run_dir from its last checkpoint, with `cfg` (default: the run's saved config;
-        the caller checks that a given one differs only in runtime options)."""
+        the caller checks that a given one differs only in runtime options); `env` as in `__init__`."""
         run_dir = Path(run_dir)
         cfg = cfg if cfg is not None else read_run_config(run_dir)
         path = latest_checkpoint(run_dir / "checkpoints")
@@ -191,7 +192,8 @@ class Trainer:
             raise CheckpointError(f"cannot resume {run_dir}: no checkpoint in {run_dir / 'checkpoints'}")
         state = load_checkpoint(path, config=cfg.to_dict())
         # Envs cannot be snapshotted: they restart, with a seed offset so the trajectories are new ones.
-        env = make_env(cfg.env, seed=cfg.seed + 7919 * (int(state["iteration"]) + 1))
+        if env is None:
+            env = make_env(cfg.env, seed=cfg.seed + 7919 * (int(state["iteration"]) + 1))
         return cls(cfg, run_dir, checkpoint=state, env=env)
 
     def _open_logs(self, resumed: bool) -> None:
@@ -215,6 +217,15 @@ class Trainer:
             from torch.utils.tensorboard import SummaryWriter
 
             self.tb = SummaryWriter(str(self.run_dir / "tb"), purge_step=self.agent_steps or None)
+
+    @property
+    def frames(self) -> int:
+        """Env frames trained on so far (an offline run trains on none)."""
+        return self.agent_steps * self.cfg.env.frame_skip
+
+    def _make_replay(self, device: torch.device, obs_shape: tuple[int, ...]):
+        """The replay the learner samples (the offline trainer's is a fixed dataset)."""
+        return make_replay(self.cfg, device, self.env.num_envs, obs_shape)
 
     def _generators(self) -> list[torch.Generator]:
         """The learner step's own random streams (CUDA graphs register them; profiling passes restore them)."""
@@ -258,7 +269,8 @@ class Trainer:
         no random stream of training is touched, so training is the same with or without it."""
         cfg = self.cfg
         if self.eval_env is None:  # a fresh seed after a resume, as for the training envs
-            self.eval_env = make_env(cfg.env, seed=cfg.seed + EVAL_SEED_OFFSET + 7919 * self.iteration)
+            env_cfg = dataclasses.replace(cfg.env, num_envs=cfg.eval_num_envs or cfg.env.num_envs)
+            self.eval_env = make_env(env_cfg, seed=cfg.seed + EVAL_SEED_OFFSET + 7919 * self.iteration)
         rng = np.random.default_rng([cfg.seed, EVAL_SEED_OFFSET, self.iteration])
 
         def greedy(obs: np.ndarray) -> np.ndarray:
@@ -268,6 +280,8 @@ class Trainer:
         # IQN draws its acting taus from torch's global generator: fork it, seeded for this phase.
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             torch.manual_seed(int(rng.integers(2**62)))
+            if cfg.eval_episodes:
+                return run_eval_episodes(self.eval_env, greedy, cfg.eval_episodes, cfg.eval_epsilon, rng)
             return run_eval_phase(self.eval_env, greedy, cfg.eval_steps, cfg.eval_epsilon, rng)
 
     def _sample_batch(self) -> Batch:
@@ -454,7 +468,7 @@ class Trainer:
         """Log the iteration's row, checkpoint on schedule; returns the measured total sparsity."""
         self.iteration += 1
         row = {"iteration": self.iteration, "agent_steps": self.agent_steps,
-               "frames": self.agent_steps * self.cfg.env.frame_skip, "grad_steps": self.grad_steps, "score": score,
+               "frames": self.frames, "grad_steps": self.grad_steps, "score": score,
                "episodes": episodes, "eval_score": evaluation.score if evaluation else None,
                "eval_episodes": evaluation.episodes if evaluation else None, "fps": round(fps, 1),
                "total_sparsity": self._measured_sparsity(), "wall_time": round(time.time(), 3)}
@@ -472,7 +486,7 @@ class Trainer:
     def _finish(self) -> dict:
         rows = read_iterations(self.run_dir / "iterations.csv")
         summary = {"finished": not self.stopped_early, "agent_steps": self.agent_steps,
-                   "frames": self.agent_steps * self.cfg.env.frame_skip, "grad_steps": self.grad_steps,
+                   "frames": self.frames, "grad_steps": self.grad_steps,
                    "iterations": self.iteration, "final_score": float(rows[-1]["score"]) if rows else None,
                    "final_eval_score": float(rows[-1]["eval_score"]) if rows and rows[-1].get("eval_score") else None,
                    "total_sparsity": 0.0}
@@ -512,15 +526,19 @@ class Trainer:
 
     def _log_training(self, sums: dict, count: int, epsilon: float, sps: float) -> None:
         """Means of the learner's scalars since the last row, exploration, speed and sparsity."""
+        self._log({**self._learner_row(sums, count), "charts/epsilon": epsilon, "charts/SPS": sps,
+                   "charts/FPS": sps * self.cfg.env.frame_skip})
+
+    def _learner_row(self, sums: dict, count: int) -> dict:
+        """Means of the learner's scalars over `count` updates, and the measured and scheduled sparsity."""
         row = {k: float(v) / count for k, v in sums.items()} if count else {}
-        row.update({"charts/epsilon": epsilon, "charts/SPS": sps, "charts/FPS": sps * self.cfg.env.frame_skip})
         if self.pruner is not None:
             row.update(self.pruner.sparsity_report())
             row["sparsity/target"] = self.pruner.scheduled_sparsity(self.grad_steps)
-        self._log(row)
+        return row
 
     def _log(self, row: dict) -> None:
-        row = {"agent_steps": self.agent_steps, "frames": self.agent_steps * self.cfg.env.frame_skip,
+        row = {"agent_steps": self.agent_steps, "frames": self.frames,
                "grad_steps": self.grad_steps, **row}
         self.metrics_file.write(json.dumps(row) + "\n")
         if self.tb is not None:
@@ -749,6 +767,15 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, Path | None]
     return cfg, known.resume
 
 
+def trainer_class(cfg: TrainConfig) -> type[Trainer]:
+    """The online trainer, or the offline one (`agents/offline.py`) for a run on a fixed dataset."""
+    if cfg.offline.enabled:
+        from agents.offline import OfflineTrainer
+
+        return OfflineTrainer
+    return Trainer
+
+
 def open_run(cfg: TrainConfig, resume_dir: Path | None = None) -> Trainer | None:
     """The trainer for this command: a resumed run, a fresh one, or None if the run has already finished.
 
@@ -769,7 +796,7 @@ def open_run(cfg: TrainConfig, resume_dir: Path | None = None) -> Trainer | None
             print(f"{run_dir} already finished (summary.json); nothing to do")
             return None
         if has_checkpoint or resume_dir is not None:
-            trainer = Trainer.resume(run_dir, cfg)
+            trainer = trainer_class(cfg).resume(run_dir, cfg)
             print(f"resuming {run_dir} at agent step {trainer.agent_steps:,} (grad step {trainer.grad_steps:,})")
             return trainer
     elif resume_dir is not None:
@@ -782,7 +809,7 @@ def open_run(cfg: TrainConfig, resume_dir: Path | None = None) -> Trainer | None
             shutil.rmtree(path)
         elif path.exists():
             path.unlink()
-    trainer = Trainer(cfg, run_dir)
+    trainer = trainer_class(cfg)(cfg, run_dir)
     print(f"run directory: {run_dir}")
     return trainer
 

@@ -324,7 +324,9 @@ def test_atari100k_agents_learn_the_chain(tmp_path, name, sparsity):
         agent.target_update_period = 200
     cfg = chain_config(agent, sparsity, total_steps=1200)
     cfg.network, cfg.replay_ratio, cfg.iteration_steps = NetworkConfig(arch="nature", dueling=True), 1.0, 600
-    trainer = Trainer(cfg, tmp_path / "run", env=BrightnessChain(num_envs=4))
+    cfg.eval_episodes = 8
+    trainer = Trainer(cfg, tmp_path / "run", env=BrightnessChain(num_envs=4), eval_env=BrightnessChain(num_envs=4))
+    assert trainer.evaluate().score < 0.5, "the untrained greedy policy already takes the far reward"
     summary = trainer.run()
     with open(tmp_path / "run" / "iterations.csv") as f:
         scores = [float(r["score"]) for r in csv.DictReader(f)]
@@ -335,3 +337,40 @@ def test_atari100k_agents_learn_the_chain(tmp_path, name, sparsity):
         assert math.isclose(summary["sparsity/prunable"], sparsity, abs_tol=0.01)
         for w, m in zip(trainer.pruner.weights, trainer.pruner.masks):
             assert torch.all(w[~m] == 0)
+
+
+def test_evaluation_by_episodes_plays_each_envs_share_to_the_end():
+    """Atari-100k's protocol: exactly N whole episodes (Dopamine: 100, one per env), spread evenly over the envs:
+    env i's first shares[i] episodes count, whatever their lengths."""
+    from agents.eval_phase import run_eval_episodes
+
+    env = ChainEnv(num_envs=3, max_steps=6)
+    finished = []
+    original_step = env.step
+
+    def step(actions):
+        out = original_step(actions)
+        finished.extend((ep.env_id, ep.episode_return) for ep in out[4])
+        return out
+
+    env.step = step
+    result = run_eval_episodes(env, lambda obs: np.zeros(len(obs), np.int64), 7, 1.0, np.random.default_rng(1))
+    counted = [r for i, share in enumerate((3, 2, 2)) for r in [r for e, r in finished if e == i][:share]]
+    assert result.episodes == 7 and len(counted) == 7
+    assert result.score == pytest.approx(np.mean(counted))
+    assert len(set(r for _, r in finished)) > 1, "all episodes scored the same: the test cannot see which count"
+    with pytest.raises(ValueError, match="episodes >= 1"):
+        run_eval_episodes(env, lambda obs: obs, 0, 0.0, np.random.default_rng(0))
+
+
+def test_atari100k_preset_evaluates_100_episodes_in_100_envs(tmp_path):
+    cfg = get_preset("drq_eps_100k_dense")
+    assert (cfg.evaluate, cfg.eval_episodes, cfg.eval_num_envs, cfg.eval_epsilon) == (True, 100, 100, 0.001)
+    cfg = chain_config(paper_agent("dqn"), 0.0)
+    cfg.evaluate, cfg.eval_episodes, cfg.eval_num_envs = True, 5, 5
+    trainer = Trainer(cfg, tmp_path / "run", env=ChainEnv(num_envs=2))
+    with pytest.MonkeyPatch.context() as mp:
+        built = []
+        mp.setattr("agents.train.make_env", lambda env_cfg, seed: built.append(env_cfg.num_envs) or ChainEnv(5))
+        result = trainer.evaluate()
+    assert built == [5] and result.episodes == 5
