@@ -118,8 +118,11 @@ class TrainConfig:
     """Write a checkpoint every this many iterations (and at the end of the run)."""
     keep_checkpoints: int = 2
     """How many recent checkpoints to keep."""
-    save_replay: bool = False
-    """Include the replay buffer in checkpoints (7 GB at 1M), so a resumed run continues learning at once."""
+    save_replay: bool = True
+    """Store the replay in the checkpoints, incrementally (each checkpoint writes only the transitions added
+    since the previous one), so a resumed run is the experiment an uninterrupted one is. With
+    --no-save-replay a resumed run refills min_replay steps before it learns again, and summary.json says
+    resumed_without_replay."""
     log_every: int = 10_000
     """Agent steps between rows of metrics.jsonl / TensorBoard scalars."""
     analysis_every: int = 0

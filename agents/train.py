@@ -40,11 +40,11 @@ import tyro
 import kernels
 from agents.checkpoint import (
     CheckpointError,
+    CheckpointStore,
     atomic_write_bytes,
-    latest_checkpoint,
     list_checkpoints,
-    load_checkpoint,
-    save_checkpoint,
+    load_latest_checkpoint,
+    remove_temporary_files,
 )
 from agents.config import PRESETS, RUNTIME_FIELDS, TrainConfig, experiment_fields, get_preset
 from agents.cuda_graphs import PhaseGraphs
@@ -141,6 +141,8 @@ class Trainer:
         self.agent_steps = self.grad_steps = self.iteration = 0
         self.grad_budget = 0.0
         self.stopped_early = False  # by --max-minutes
+        self.resumes, self.resumed_without_replay = 0, False
+        self.checkpoints = CheckpointStore(self.run_dir / "checkpoints", keep=cfg.keep_checkpoints)
         self.analysis_obs: torch.Tensor | None = None
         self.profiler = Profiler(cfg.profile, self.device)
         if self.device.type == "cuda":
@@ -158,6 +160,9 @@ class Trainer:
                                        cache_enabled=not self.graphs.enabled)
         if checkpoint is not None:
             self.load_state_dict(checkpoint)
+            self.checkpoints.continue_from(checkpoint)
+            self.resumes += 1
+            self.resumed_without_replay |= checkpoint.get("replay") is None
         self._open_logs(resumed=checkpoint is not None)
 
     # --- construction helpers ----------------------------------------------------------------------------
@@ -167,16 +172,18 @@ class Trainer:
         the caller checks that a given one differs only in runtime options)."""
         run_dir = Path(run_dir)
         cfg = cfg if cfg is not None else read_run_config(run_dir)
-        path = latest_checkpoint(run_dir / "checkpoints")
-        if path is None:
-            raise CheckpointError(f"cannot resume {run_dir}: no checkpoint in {run_dir / 'checkpoints'}")
-        state = load_checkpoint(path, config=cfg.to_dict())
+        try:
+            state = load_latest_checkpoint(run_dir / "checkpoints", config=cfg.to_dict())
+        except CheckpointError as e:
+            raise CheckpointError(f"cannot resume {run_dir}: {e}") from e
         # Envs cannot be snapshotted: they restart, with a seed offset so the trajectories are new ones.
         env = make_env(cfg.env, seed=cfg.seed + 7919 * (int(state["iteration"]) + 1))
         return cls(cfg, run_dir, checkpoint=state, env=env)
 
     def _open_logs(self, resumed: bool) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        for directory in (self.run_dir, self.checkpoints.dir):  # left by a process killed while writing
+            remove_temporary_files(directory)
         if not resumed:
             meta = {"config": self.cfg.to_dict(), "torch": torch.__version__, "device": str(self.device),
                     "device_name": torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu",
@@ -420,7 +427,8 @@ class Trainer:
         summary = {"finished": not self.stopped_early, "agent_steps": self.agent_steps,
                    "frames": self.agent_steps * self.cfg.env.frame_skip, "grad_steps": self.grad_steps,
                    "iterations": self.iteration, "final_score": scores[-1] if scores else None,
-                   "total_sparsity": 0.0}
+                   "total_sparsity": 0.0, "resumed": self.resumes,
+                   "resumed_without_replay": self.resumed_without_replay}
         if self.pruner is not None:
             summary.update(self.pruner.sparsity_report())
             summary["total_sparsity"] = summary["sparsity/total"]
@@ -492,7 +500,8 @@ class Trainer:
                          "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
                          "action": self.action_rng.bit_generator.state,
                          "replay": self.replay.generator.get_state()},
-                 "analysis_obs": self.analysis_obs}
+                 "analysis_obs": self.analysis_obs, "resumes": self.resumes,
+                 "resumed_without_replay": self.resumed_without_replay}
         if with_replay:
             state["replay"] = self.replay.state_dict()
         return state
@@ -519,12 +528,14 @@ class Trainer:
                 self.replay.generator.set_state(rng["replay"])
             if state.get("analysis_obs") is not None:
                 self.analysis_obs = state["analysis_obs"].to(self.device)
+            self.resumes, self.resumed_without_replay = int(state["resumes"]), bool(state["resumed_without_replay"])
         except (KeyError, RuntimeError, ValueError, TypeError) as e:
             raise CheckpointError(f"checkpoint does not match this run's model or state: {e}") from e
 
     def save(self) -> Path:
-        return save_checkpoint(self.run_dir / "checkpoints", self.agent_steps,
-                               self.state_dict(with_replay=self.cfg.save_replay), keep=self.cfg.keep_checkpoints)
+        """Checkpoint; the replay's rows are added incrementally (only those since the last checkpoint)."""
+        return self.checkpoints.save(self.agent_steps, self.state_dict(with_replay=False),
+                                     replay=self.replay if self.cfg.save_replay else None)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -730,7 +741,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if trainer is None:
         return 0
-    summary = trainer.run()
+    try:
+        summary = trainer.run()
+    except CheckpointError as e:  # e.g. a full disk: the message names the error, the file and what is kept
+        trainer.close()
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     status = "done" if summary["finished"] else "stopped"
     print(f"{status}: {summary['frames']:,} frames, last iteration's score {_fmt_score(summary['final_score'])}, "
           f"total sparsity {summary['total_sparsity']:.3f} -> {trainer.run_dir}")
