@@ -143,7 +143,8 @@ class TrainConfig:
     learner's threads compete for the same cores."""
     max_minutes: float | None = None
     """Stop after this many minutes of wall time with a checkpoint (to fit a job's time limit, or to see how
-    far a fixed budget gets); `--resume` continues the run. The unfinished iteration's row is not written."""
+    far a fixed budget gets); re-running the command (or `--resume`) continues the run, and the interrupted
+    iteration's score then counts its episodes from before and after the stop."""
     cuda_graphs: Literal["auto", "on", "off"] = "auto"
     """Capture the gradient update (replay sampling, forward and backward, mask selection, masked Adam,
     priority updates) in CUDA graphs after a few eager steps. Same kernels and random numbers as eager

@@ -142,6 +142,7 @@ class Trainer:
         self.grad_budget = 0.0
         self.stopped_early = False  # by --max-minutes
         self.resumes, self.resumed_without_replay = 0, False
+        self.iteration_returns: list[float] = []  # returns of the episodes finished in the current iteration
         self.checkpoints = CheckpointStore(self.run_dir / "checkpoints", keep=cfg.keep_checkpoints)
         self.analysis_obs: torch.Tensor | None = None
         self.profiler = Profiler(cfg.profile, self.device)
@@ -202,7 +203,8 @@ class Trainer:
         if self.cfg.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.tb = SummaryWriter(str(self.run_dir / "tb"), purge_step=self.agent_steps or None)
+            # TensorBoard drops the points at steps >= purge_step: those logged after the checkpoint, as the CSVs do.
+            self.tb = SummaryWriter(str(self.run_dir / "tb"), purge_step=self.agent_steps + 1 if resumed else None)
 
     def _wants_cuda_graphs(self) -> bool:
         if self.cfg.cuda_graphs == "off":
@@ -311,7 +313,7 @@ class Trainer:
         self._env_pool = ThreadPoolExecutor(max_workers=1) if overlap else None
         log_next = (self.agent_steps // cfg.log_every + 1) * cfg.log_every
         iter_end = (self.iteration + 1) * cfg.iteration_steps
-        iter_returns: list[float] = []
+        iter_returns = self.iteration_returns  # an iteration interrupted by --max-minutes goes on after resume
         iter_start_time, iter_start_steps = time.perf_counter(), self.agent_steps
         run_start, run_start_steps = time.perf_counter(), self.agent_steps
         sums: dict[str, float] = {}
@@ -377,7 +379,7 @@ class Trainer:
                         sparsity = self._end_iteration(score, len(iter_returns), fps)
                     bar.set_postfix(iter=self.iteration, score=_fmt_score(score), fps=f"{fps:.0f}",
                                     sparsity=f"{sparsity:.3f}")
-                    iter_returns = []
+                    iter_returns = self.iteration_returns = []
                     iter_start_time, iter_start_steps = time.perf_counter(), self.agent_steps
                     iter_end = (self.iteration + 1) * cfg.iteration_steps
                 bar.update(self.agent_steps - steps_before)
@@ -500,7 +502,8 @@ class Trainer:
                          "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
                          "action": self.action_rng.bit_generator.state,
                          "replay": self.replay.generator.get_state()},
-                 "analysis_obs": self.analysis_obs, "resumes": self.resumes,
+                 "analysis_obs": self.analysis_obs, "iteration_returns": list(self.iteration_returns),
+                 "resumes": self.resumes,
                  "resumed_without_replay": self.resumed_without_replay}
         if with_replay:
             state["replay"] = self.replay.state_dict()
@@ -529,6 +532,7 @@ class Trainer:
             if state.get("analysis_obs") is not None:
                 self.analysis_obs = state["analysis_obs"].to(self.device)
             self.resumes, self.resumed_without_replay = int(state["resumes"]), bool(state["resumed_without_replay"])
+            self.iteration_returns = [float(r) for r in state["iteration_returns"]]
         except (KeyError, RuntimeError, ValueError, TypeError) as e:
             raise CheckpointError(f"checkpoint does not match this run's model or state: {e}") from e
 
