@@ -68,9 +68,13 @@ class AgentConfig:
     """M-IQN: lower clip l0 of the scaled log-policy (Vieillard et al. 2020; not given in the paper)."""
 
     def __post_init__(self):
-        for name in ("lr", "adam_eps", "gamma"):
+        for name in ("lr", "adam_eps"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"agent.{name} must be > 0, got {getattr(self, name)}")
+        if not 0 < self.gamma <= 1:
+            raise ValueError(f"agent.gamma (the discount) must be in (0, 1], got {self.gamma}")
+        if not 0 <= self.epsilon_train <= 1:
+            raise ValueError(f"agent.epsilon_train (a probability) must be in [0, 1], got {self.epsilon_train}")
         for name in ("batch_size", "n_step", "target_update_period"):
             if getattr(self, name) < 1:
                 raise ValueError(f"agent.{name} must be >= 1, got {getattr(self, name)}")

@@ -23,6 +23,7 @@ import copy
 import csv
 import json
 import math
+import os
 import random
 import shutil
 import subprocess
@@ -95,9 +96,26 @@ def linearly_decaying_epsilon(step: int, warmup: int, decay: int, final: float) 
 
 
 def resolve_device(name: str) -> torch.device:
+    """The torch device for --device, or a ValueError that says why this machine cannot train on it."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"--device {name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            why = "this PyTorch build has no CUDA support" if torch.version.cuda is None else "no GPU is visible"
+            raise ValueError(f"--device {name}: no CUDA device is available ({why}); use --device cpu or auto")
+        if device.index is not None and device.index >= count:
+            raise ValueError(f"--device {name}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}")
+    elif device.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise ValueError(f"--device {name}: Apple's MPS backend is not available here; use --device cpu or auto")
+    elif device.type != "cpu":
+        raise ValueError(f"--device {name}: prunerl trains on auto, cpu, cuda[:N] or mps")
+    return device
 
 
 def git_sha() -> str | None:
@@ -710,6 +728,7 @@ def open_run(cfg: TrainConfig, resume_dir: Path | None = None) -> Trainer | None
     run_dir = Path(resume_dir) if resume_dir is not None else Path(cfg.runs_dir) / (cfg.run_name or
                                                                                      default_run_name(cfg))
     has_checkpoint = bool(list_checkpoints(run_dir / "checkpoints"))
+    resolve_device(cfg.device)  # an unusable --device is an error before anything is written
     if (run_dir / "config.json").is_file():
         differences = experiment_differences(read_run_config(run_dir), cfg)
         if differences:
@@ -719,6 +738,7 @@ def open_run(cfg: TrainConfig, resume_dir: Path | None = None) -> Trainer | None
             print(f"{run_dir} already finished (summary.json); nothing to do")
             return None
         if has_checkpoint or resume_dir is not None:
+            _check_writable(run_dir, cfg)
             trainer = Trainer.resume(run_dir, cfg)
             print(f"resuming {run_dir} at agent step {trainer.agent_steps:,} (grad step {trainer.grad_steps:,})")
             return trainer
@@ -726,6 +746,7 @@ def open_run(cfg: TrainConfig, resume_dir: Path | None = None) -> Trainer | None
         read_run_config(run_dir)  # raises: no config.json
     elif has_checkpoint:
         raise UsageError(f"{run_dir} holds checkpoints but no config.json; move it away or use another --run-name")
+    _check_writable(run_dir, cfg)
     for name in RUN_OUTPUTS:  # a run killed before its first checkpoint (or a new directory): start afresh
         path = run_dir / name
         if path.is_dir():
@@ -737,18 +758,33 @@ def open_run(cfg: TrainConfig, resume_dir: Path | None = None) -> Trainer | None
     return trainer
 
 
+def _check_writable(run_dir: Path, cfg: TrainConfig) -> None:
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / f".write-test.tmp-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise UsageError(f"cannot write the run directory {run_dir} (--runs-dir {cfg.runs_dir}): "
+                         f"{e.strerror or e}") from e
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         trainer = open_run(*parse_args(argv))
-    except (ValueError, CheckpointError) as e:
+    except (ValueError, CheckpointError) as e:  # usage errors
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # e.g. a full disk while writing config.json: the message names the error and file
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     if trainer is None:
         return 0
     try:
         summary = trainer.run()
-    except CheckpointError as e:  # e.g. a full disk: the message names the error, the file and what is kept
-        trainer.close()
+    except (CheckpointError, OSError) as e:  # e.g. a full disk: the message names the error, the file, what is kept
+        with contextlib.suppress(OSError):
+            trainer.close()
         print(f"error: {e}", file=sys.stderr)
         return 1
     status = "done" if summary["finished"] else "stopped"
