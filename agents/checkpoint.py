@@ -156,12 +156,12 @@ class CheckpointStore:
         previous = latest_checkpoint(self.dir)
         try:
             if replay is not None:
-                replay_state = replay.state_dict(since=self.replay_saved_t)
+                replay_state = replay.counters()
                 oldest_needed = replay_state["t"] - replay_state["T"]
                 chunks = [c for c in self.replay_chunks if int(_CHUNK.match(c).group(2)) > oldest_needed]
-                for rows in replay_state["chunks"]:
-                    name = f"replay_{rows['start']:012d}_{rows['end']:012d}.pt"
-                    _save(self.dir / name, rows)
+                for start, end in replay.chunk_ranges(since=self.replay_saved_t):  # one in memory at a time
+                    name = f"replay_{start:012d}_{end:012d}.pt"
+                    _save(self.dir / name, replay.rows(start, end))
                     chunks.append(name)
                 state = {**state, "replay": {**replay_state, "chunks": chunks}}
             _save(path, {"format": FORMAT, **state})

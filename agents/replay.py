@@ -195,19 +195,31 @@ class ReplayBuffer:
     # "chunks" of rows, and a checkpoint only needs the chunks added since the previous one.
     ROW_FIELDS = ("frames", "actions", "rewards", "terminal", "first", "executed")
 
-    def state_dict(self, since: int = 0) -> dict:
-        """Counters, plus the rows of vector steps [since, t) still in memory as CPU chunks of consecutive slots
-        (split where the circular buffer wraps). `since=0` gives the whole replay."""
-        lo = max(since, self.t - self.T, 0)
-        chunks = []
+    def chunk_ranges(self, since: int = 0, max_bytes: int = 1 << 30) -> list[tuple[int, int]]:
+        """Ranges [start, end) of the vector steps since `since` still in memory, each in consecutive slots (split
+        where the circular buffer wraps) and of at most `max_bytes` of frames."""
+        max_rows = max(1, max_bytes // self.frames[0].nbytes)
+        lo, ranges = max(since, self.t - self.T, 0), []
         while lo < self.t:
-            hi = min(self.t, (lo // self.T + 1) * self.T)  # up to the wrap
-            a, b = lo % self.T, (hi - 1) % self.T + 1
-            chunks.append({"start": lo, "end": hi,
-                           **{name: getattr(self, name)[a:b].to("cpu", copy=True) for name in self.ROW_FIELDS}})
+            hi = min(self.t, (lo // self.T + 1) * self.T, lo + max_rows)
+            ranges.append((lo, hi))
             lo = hi
+        return ranges
+
+    def rows(self, start: int, end: int) -> dict:
+        """A CPU copy of the rows of vector steps [start, end), one range of `chunk_ranges`."""
+        a, b = start % self.T, (end - 1) % self.T + 1
+        return {"start": start, "end": end,
+                **{name: getattr(self, name)[a:b].to("cpu", copy=True) for name in self.ROW_FIELDS}}
+
+    def counters(self) -> dict:
+        """The replay's state apart from its rows."""
         return {"t": self.t, "T": self.T, "num_envs": self.num_envs, "transitions_added": self.transitions_added,
-                "generator": self.generator.get_state(), "chunks": chunks}
+                "generator": self.generator.get_state()}
+
+    def state_dict(self, since: int = 0) -> dict:
+        """Counters plus the rows of vector steps [since, t) still in memory, as chunks. `since=0`: everything."""
+        return {**self.counters(), "chunks": [self.rows(a, b) for a, b in self.chunk_ranges(since)]}
 
     def load_state_dict(self, state: dict) -> None:
         """Restore from `state_dict()` counters and chunks that together hold the steps [max(0, t - T), t)."""
@@ -367,8 +379,8 @@ class PrioritizedReplayBuffer(ReplayBuffer):
         """Current priority of every slot, flat index (t % T) * num_envs + env; 0 = never sampled."""
         return self.tree.leaves[: self.capacity]
 
-    def state_dict(self, since: int = 0) -> dict:
-        return {**super().state_dict(since), "priorities": self.priorities().to("cpu", copy=True),
+    def counters(self) -> dict:
+        return {**super().counters(), "priorities": self.priorities().to("cpu", copy=True),
                 "max_priority": self.max_priority.to("cpu", copy=True)}
 
     def load_state_dict(self, state: dict) -> None:

@@ -77,6 +77,7 @@ def test_replay_state_is_the_rows_since_a_step_in_wrap_free_chunks():
                 rng.random(2) < 0.2, rng.random(2) < 0.2, rng.random(2) < 0.9)
     state = buf.state_dict(since=10)  # steps 10..16 are overwritten: [17, 24) then [24, 29) after the wrap
     assert [(c["start"], c["end"]) for c in state["chunks"]] == [(17, 24), (24, 29)]
+    assert buf.chunk_ranges(since=10, max_bytes=3 * 2 * 9) == [(17, 20), (20, 23), (23, 24), (24, 27), (27, 29)]
     whole = buf.state_dict()
     assert [(c["start"], c["end"]) for c in whole["chunks"]] == [(17, 24), (24, 29)]
     other = ReplayBuffer(24, 2, frame_shape=(3, 3), n_step=1)
