@@ -2,7 +2,7 @@
 
     python -m agents.train --preset dqn_impala_w3_gmp95 --env.game Breakout
     python -m agents.train --preset demo                      # a few CPU minutes, writes runs/<name>/
-    python -m agents.train --resume runs/<name>               # continue a killed run
+    python -m agents.train --resume runs/<name>               # continue a killed run (so does the same command)
     python -m agents.train --list-presets
 
 Run directory (read by `agents.report`):
@@ -11,8 +11,8 @@ Run directory (read by `agents.report`):
     episodes.csv     every finished episode (raw return, length)
     metrics.jsonl    losses, epsilon, frames/s, per-layer sparsity, analysis metrics
     tb/              the same scalars for TensorBoard
-    checkpoints/     ckpt_<agent_steps>.pt, written atomically at iteration ends
-    summary.json     written when the run finishes
+    checkpoints/     ckpt_<agent_steps>.pt, written atomically at iteration ends, and the replay's chunks
+    summary.json     written when the run finishes or stops
 """
 
 from __future__ import annotations
