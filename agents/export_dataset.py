@@ -4,7 +4,7 @@
     python -m agents.export_dataset runs/<run> --out data/Breakout/1/replay_logs --suffix 0
     python -m agents.train --preset cql_impala_w1_dense --env.game Breakout --offline.data runs/<run>/dataset
 
-The replay comes from the run's newest checkpoint (a run trained without saving its replay cannot be exported).
+The replay comes from the run's newest readable checkpoint (runs save it there unless --no-save-replay).
 The output is one checkpoint in Dopamine's on-disk format (`agents/offline_data.py`), written as Dopamine's
 replay buffer would have stored the same experience: per env, every complete episode in time order, each after
 stack - 1 all-zero padding steps, with its actions, rewards and terminal flags; the envs one after another. The
@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from agents.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint
+from agents.checkpoint import CheckpointError, load_latest_checkpoint
 from agents.offline import DATASET_INFO
 from agents.offline_data import write_checkpoint
 from agents.replay import ReplayBuffer
@@ -94,12 +94,10 @@ def load_run_replay(run_dir: Path) -> tuple[ReplayBuffer, dict]:
     """The replay saved in a run's newest checkpoint, on the CPU, and the run's config.json."""
     run_dir = Path(run_dir)
     cfg = read_run_config(run_dir)
-    path = latest_checkpoint(run_dir / "checkpoints")
-    if path is None:
-        raise CheckpointError(f"{run_dir} has no checkpoint (checkpoints/ckpt_*.pt) to export")
-    state = load_checkpoint(path, config=cfg.to_dict())
+    state = load_latest_checkpoint(run_dir / "checkpoints", config=cfg.to_dict())
     if state.get("replay") is None:
-        raise CheckpointError(f"{path} holds no replay: the run was trained without saving it")
+        raise CheckpointError(f"the checkpoint of {run_dir} holds no replay: the run was trained with "
+                              "--no-save-replay")
     frame_shape = _frame_shape(state["replay"])
     replay = make_replay(cfg, torch.device("cpu"), int(state["replay"]["num_envs"]), (4, *frame_shape))
     replay.load_state_dict(state["replay"])

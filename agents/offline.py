@@ -37,6 +37,7 @@ class OfflineTrainer(Trainer):
         if cfg.eval_num_envs is not None:
             raise ValueError("offline runs evaluate in env.num_envs envs; leave out --eval-num-envs")
         super().__init__(cfg, run_dir, checkpoint, env=env, eval_env=env)
+        self.resumed_without_replay = False  # a resumed offline run samples the same dataset: nothing was lost
         self._record_dataset(resumed=checkpoint is not None)
 
     @property
@@ -72,8 +73,9 @@ class OfflineTrainer(Trainer):
         meta["offline_dataset"] = info
         _write_json(path, meta)
 
-    def state_dict(self, with_replay: bool) -> dict:
-        return super().state_dict(with_replay=False)  # the dataset is reloaded from disk on resume
+    def save(self) -> Path:
+        """Checkpoint without the replay: the dataset is reloaded from disk on resume (nothing is lost)."""
+        return self.checkpoints.save(self.agent_steps, self.state_dict(with_replay=False))
 
     def close(self) -> None:
         self.eval_env = None  # the same env as self.env, closed once

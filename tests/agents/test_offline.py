@@ -169,7 +169,8 @@ def test_offline_run_resumes_exactly(tmp_path, chain_dataset):
     OfflineTrainer(config(100), tmp_path / "part", env=ChainEnv(num_envs=2)).run()
     resumed = OfflineTrainer.resume(tmp_path / "part", config(200), env=ChainEnv(num_envs=2))
     assert resumed.agent_steps == resumed.grad_steps == 100
-    resumed.run()
+    summary = resumed.run()
+    assert summary["resumed_without_replay"] is False  # the dataset is reloaded: the report must not flag it
     for a, b in zip(whole.online.parameters(), resumed.online.parameters()):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
 
