@@ -157,7 +157,7 @@ class TrainConfig:
     """Time every component of the loop (env, acting, replay, learner, optimizer, mask updates, logging) and
     write run_dir/profile.json; synchronises the GPU around each component, so it costs some speed."""
     preset: str | None = None
-    """Name of the preset this config started from (informational, recorded in config.json)."""
+    """Selects the configuration: a preset (see --list-presets) whose values the other options override."""
 
     def __post_init__(self):
         if self.total_steps < 1 or self.iteration_steps < 1:

@@ -24,19 +24,29 @@ import csv
 import json
 import math
 import random
+import shutil
 import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 import torch
+import tyro
 
 import kernels
-from agents.checkpoint import CheckpointError, atomic_write_bytes, latest_checkpoint, load_checkpoint, save_checkpoint
-from agents.config import PRESETS, TrainConfig, get_preset
+from agents.checkpoint import (
+    CheckpointError,
+    atomic_write_bytes,
+    latest_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    save_checkpoint,
+)
+from agents.config import PRESETS, RUNTIME_FIELDS, TrainConfig, experiment_fields, get_preset
 from agents.cuda_graphs import PhaseGraphs
 from agents.envs import make_env
 from agents.networks import use_channels_last
@@ -152,13 +162,11 @@ class Trainer:
 
     # --- construction helpers ----------------------------------------------------------------------------
     @classmethod
-    def resume(cls, run_dir: Path) -> Trainer:
+    def resume(cls, run_dir: Path, cfg: TrainConfig | None = None) -> Trainer:
+        """Continue the run in run_dir from its last checkpoint, with `cfg` (default: the run's saved config;
+        the caller checks that a given one differs only in runtime options)."""
         run_dir = Path(run_dir)
-        config_path = run_dir / "config.json"
-        if not config_path.is_file():
-            raise CheckpointError(f"cannot resume {run_dir}: it has no config.json (is it a run directory?)")
-        saved = json.loads(config_path.read_text())
-        cfg = TrainConfig.from_dict(saved["config"])
+        cfg = cfg if cfg is not None else read_run_config(run_dir)
         path = latest_checkpoint(run_dir / "checkpoints")
         if path is None:
             raise CheckpointError(f"cannot resume {run_dir}: no checkpoint in {run_dir / 'checkpoints'}")
@@ -582,10 +590,75 @@ def default_run_name(cfg: TrainConfig) -> str:
     return f"{cfg.env.game}__{cfg.preset or cfg.agent.name}__s{cfg.seed}__{stamp}"
 
 
-def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig | None, Path | None]:
-    """(config, None) for a new run, or (None, run_dir) for --resume."""
-    import tyro
+# Files a run writes into its directory; starting afresh in a directory without a checkpoint removes them.
+RUN_OUTPUTS = ("config.json", "iterations.csv", "episodes.csv", "metrics.jsonl", "summary.json", "profile.json", "tb",
+               "checkpoints")
 
+DESCRIPTION = """Train a (pruned) value-based agent on Atari. --preset NAME selects the configuration (the paper's
+hyperparameters for one agent, network and sparsity; --list-presets shows them all); every option below
+overrides one field of it.
+
+Re-running the same command resumes the run: when the run directory (--runs-dir/--run-name) already holds a
+run of the same experiment, it continues from the last checkpoint, says 'already finished' (exit 0) if the
+run is done, or starts afresh if the run was killed before its first checkpoint. A run of a different
+experiment there is an error. --resume RUN_DIR continues the run in RUN_DIR and accepts the options that do
+not change what it learns (--max-minutes, --progress, --device, the speed options, ...). Usage errors exit
+with code 2."""
+
+
+def _cli(default: TrainConfig):
+    """The command line as one function for tyro: the config's fields, plus the options the pre-parser reads."""
+
+    def cli(config: Annotated[TrainConfig, tyro.conf.arg(name="")] = default, resume: Path | None = None,
+            list_presets: Annotated[bool, tyro.conf.FlagCreatePairsOff] = False) -> TrainConfig:
+        """The command line of agents.train.
+
+        Args:
+            resume: Continue the run in this directory from its last checkpoint; takes runtime options only.
+            list_presets: Print every preset's name, agent, network and sparsity, then exit.
+        """
+        return config
+
+    return cli
+
+
+def _flag(field: str) -> str:
+    return "--" + field.replace("_", "-")
+
+
+def experiment_differences(saved: TrainConfig, cfg: TrainConfig) -> list[str]:
+    """'--agent.lr (6.25e-05 in the run, 0.001 now)' for every experiment field in which the configs differ."""
+    a, b = experiment_fields(saved.to_dict()), experiment_fields(cfg.to_dict())
+    return [f"{_flag(k)} ({a.get(k)!r} in the run, {b.get(k)!r} now)" for k in sorted(a.keys() | b.keys())
+            if a.get(k) != b.get(k)]
+
+
+def read_run_config(run_dir: Path) -> TrainConfig:
+    """The config a run directory was started with (its config.json)."""
+    path = Path(run_dir) / "config.json"
+    if not path.is_file():
+        raise CheckpointError(f"cannot resume {run_dir}: it has no config.json (is it a run directory?)")
+    try:
+        return TrainConfig.from_dict(json.loads(path.read_text())["config"])
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"cannot read the config of {run_dir} from {path}: {e}") from e
+
+
+def run_finished(run_dir: Path) -> bool:
+    path = Path(run_dir) / "summary.json"
+    try:
+        return path.is_file() and json.loads(path.read_text()).get("finished") is True
+    except (json.JSONDecodeError, AttributeError):
+        return False
+
+
+class UsageError(ValueError):
+    """A bad command line or config: printed without a traceback, exit code 2."""
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, Path | None]:
+    """(config, None) for the run in runs_dir/run_name, or (config, run_dir) for --resume RUN_DIR, where the
+    config is the run's saved one with the runtime options given on the command line."""
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--preset", default=None)
     pre.add_argument("--resume", type=Path, default=None)
@@ -596,33 +669,67 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig | None, Path 
             print(f"{name:28s} {p.agent.name:8s} {p.network.arch}x{p.network.width}  "
                   f"sparsity {p.pruning.final_sparsity}")
         sys.exit(0)
-    if known.resume is not None:
-        if rest:
-            raise SystemExit(f"--resume takes the run's saved config; unexpected arguments: {' '.join(rest)}")
-        return None, known.resume
-    default = get_preset(known.preset) if known.preset else TrainConfig()
-    description = ("Train a (pruned) value-based agent on Atari. Start from a paper preset with --preset NAME "
-                   "(e.g. dqn_impala_w3_gmp95, dqn_impala_w3_dense, demo; --list-presets shows all) and override "
-                   "any field below. --resume RUN_DIR continues a killed run from its last checkpoint.")
-    cfg = tyro.cli(TrainConfig, default=default, args=rest, description=description, prog="python -m agents.train")
-    return cfg, None
+    saved = read_run_config(known.resume) if known.resume is not None else None
+    default = get_preset(known.preset) if known.preset else saved or TrainConfig()
+    cfg = tyro.cli(_cli(default), args=rest, description=DESCRIPTION, prog="python -m agents.train")
+    if saved is None:
+        return cfg, None
+    differences = experiment_differences(saved, cfg)
+    if differences:
+        raise UsageError(f"--resume continues the run as it was configured and accepts only runtime options "
+                         f"({', '.join(_flag(f) for f in sorted(RUNTIME_FIELDS))}); these change the "
+                         f"experiment: {'; '.join(differences)}")
+    if (cfg.runs_dir, cfg.run_name) != (saved.runs_dir, saved.run_name):
+        raise UsageError("--resume RUN_DIR names the run directory; leave out --runs-dir and --run-name")
+    return cfg, known.resume
+
+
+def open_run(cfg: TrainConfig, resume_dir: Path | None = None) -> Trainer | None:
+    """The trainer for this command: a resumed run, a fresh one, or None if the run has already finished.
+
+    Without --resume the run directory is runs_dir/run_name. If it already holds a run, the command must
+    describe the same experiment (runtime options may differ); then a finished run is left alone, a run with a
+    checkpoint resumes, and a run killed before its first checkpoint starts afresh. So a requeued job can
+    simply run its command again.
+    """
+    run_dir = Path(resume_dir) if resume_dir is not None else Path(cfg.runs_dir) / (cfg.run_name or
+                                                                                     default_run_name(cfg))
+    has_checkpoint = bool(list_checkpoints(run_dir / "checkpoints"))
+    if (run_dir / "config.json").is_file():
+        differences = experiment_differences(read_run_config(run_dir), cfg)
+        if differences:
+            raise UsageError(f"{run_dir} holds a run of a different experiment: {'; '.join(differences)}. Use "
+                             f"another --run-name, or the run's own options to continue it")
+        if run_finished(run_dir):
+            print(f"{run_dir} already finished (summary.json); nothing to do")
+            return None
+        if has_checkpoint or resume_dir is not None:
+            trainer = Trainer.resume(run_dir, cfg)
+            print(f"resuming {run_dir} at agent step {trainer.agent_steps:,} (grad step {trainer.grad_steps:,})")
+            return trainer
+    elif resume_dir is not None:
+        read_run_config(run_dir)  # raises: no config.json
+    elif has_checkpoint:
+        raise UsageError(f"{run_dir} holds checkpoints but no config.json; move it away or use another --run-name")
+    for name in RUN_OUTPUTS:  # a run killed before its first checkpoint (or a new directory): start afresh
+        path = run_dir / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+    trainer = Trainer(cfg, run_dir)
+    print(f"run directory: {run_dir}")
+    return trainer
 
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        cfg, resume_dir = parse_args(argv)
-        if resume_dir is not None:
-            trainer = Trainer.resume(resume_dir)
-            print(f"resuming {resume_dir} at agent step {trainer.agent_steps:,} (grad step {trainer.grad_steps:,})")
-        else:
-            run_dir = Path(cfg.runs_dir) / (cfg.run_name or default_run_name(cfg))
-            if (run_dir / "config.json").exists():
-                raise SystemExit(f"{run_dir} already holds a run; use --resume {run_dir} or another --run-name")
-            trainer = Trainer(cfg, run_dir)
-            print(f"run directory: {run_dir}")
+        trainer = open_run(*parse_args(argv))
     except (ValueError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if trainer is None:
+        return 0
     summary = trainer.run()
     status = "done" if summary["finished"] else "stopped"
     print(f"{status}: {summary['frames']:,} frames, last iteration's score {_fmt_score(summary['final_score'])}, "
