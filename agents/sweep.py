@@ -313,7 +313,7 @@ def build_parser(status: bool) -> argparse.ArgumentParser:
     p.add_argument("--runs-per-gpu", type=int, default=1, metavar="R", help="runs sharing one GPU, to fill a large "
                    "GPU with small networks (default 1); each gets 1/R of a GPU on Ray")
     p.add_argument("--cpus-per-run", type=int, metavar="C", help="cores (OMP_NUM_THREADS) per run (default: the "
-                   "cores divided among the parallel runs locally, 1 on Ray)")
+                   "cores divided among the parallel runs locally, 1 on Ray, all of this process's with --index)")
     p.add_argument("--retries", type=int, default=2, metavar="N", help="relaunch a failed run up to N times "
                    "(default 2); counted across invocations of the sweep")
     p.add_argument("--retry-failed", action="store_true", help="give runs that used up their retries N new ones")
@@ -426,7 +426,8 @@ def run_one(sweep_dir: Path, run: Run, args) -> str:
     """One run in this process (a Slurm array task): the cores and GPUs of the job are the run's."""
     launcher = Launcher()
     signal.signal(signal.SIGTERM, lambda *_: launcher.stop())
-    return execute_run(sweep_dir, run, runtime=runtime_options(args), env=child_env(usable_cores(), None),
+    cpus = args.cpus_per_run or usable_cores()
+    return execute_run(sweep_dir, run, runtime=runtime_options(args), env=child_env(cpus, None),
                        retries=args.retries, launches=args.retries + 1, launcher=launcher)
 
 

@@ -15,7 +15,6 @@ import errno
 import fcntl
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -27,13 +26,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from agents.checkpoint import atomic_write_bytes, list_checkpoints
-from agents.config import experiment_fields
 from agents.sweep_grid import Run
 
 STATE_DIR = "_sweep"
 STATES = ("done", "running", "partial", "failed", "pending")
 # Exit codes of a sweep (and of one --index run): every run done, some failed, some not finished yet.
 EXIT_DONE, EXIT_FAILED, EXIT_UNFINISHED = 0, 1, 3
+USAGE_ERROR = 2  # agents.train's exit code for a bad command line or config
 
 
 class SweepError(RuntimeError):
@@ -132,32 +131,12 @@ def inspect_run(sweep_dir: Path, run: Run) -> RunStatus:
 
 # --- the command ----------------------------------------------------------------------------------------------
 def train_command(sweep_dir: Path, run: Run, runtime: list[str]) -> list[str]:
-    """The one command of a run: the same every time, by hand, from the sweep, from a Slurm array element."""
+    """The one command of a run, the same every time (by hand, from the sweep, from a Slurm array task):
+    agents.train starts the run, continues it from its last checkpoint, or says it has finished."""
     directory = run_dir(sweep_dir, run)
     return [sys.executable, "-m", "agents.train", "--preset", run.preset, "--env.game", run.game, "--seed",
             str(run.seed), "--runs-dir", str(directory.parent), "--run-name", directory.name, *run.overrides,
             *runtime]
-
-
-def launch_command(sweep_dir: Path, run: Run, runtime: list[str]) -> list[str]:
-    """What to execute to start or continue `run`. Until agents.train continues a run when the same command is
-    run again, it is decided here: resume from the last checkpoint, or start afresh (a run killed before its
-    first checkpoint has nothing to keep)."""
-    directory = run_dir(sweep_dir, run)
-    if list_checkpoints(directory / "checkpoints"):
-        saved = read_json(directory / "config.json")
-        if saved is None:
-            raise SweepError(f"{directory} has checkpoints but no readable config.json")
-        found = json.loads(json.dumps(experiment_fields(saved["config"]), default=str))
-        expected = json.loads(run.experiment)
-        differing = sorted(k for k in set(found) | set(expected) if found.get(k) != expected.get(k))
-        if differing:
-            raise SweepError(f"{directory} holds a different experiment than the sweep's run {run.run_id} "
-                             f"(fields {', '.join(differing)}); move it away or change the spec")
-        return [sys.executable, "-m", "agents.train", "--resume", str(directory)]
-    if (directory / "config.json").exists():
-        shutil.rmtree(directory)
-    return train_command(sweep_dir, run, runtime)
 
 
 def child_env(cpus: int, gpu: str | None) -> dict:
@@ -256,12 +235,7 @@ def execute_run(sweep_dir: Path, run: Run, *, runtime: list[str], env: dict, ret
                 return "failed"
             if launcher.stopping:
                 return "interrupted"
-            try:
-                argv = launch_command(sweep_dir, run, runtime)
-            except SweepError as e:  # not worth retrying: the directory needs a person
-                st.update(failures=retries + 1, last_exit=EXIT_FAILED, last_error=str(e))
-                write_json(state_file, st)
-                return "failed"
+            argv = train_command(sweep_dir, run, runtime)
             st.update(launches=st["launches"] + 1, where=where or f"{socket.gethostname()} pid {os.getpid()}",
                       command=argv, started=_now(), ended=None)
             write_json(state_file, st)
@@ -276,7 +250,9 @@ def execute_run(sweep_dir: Path, run: Run, *, runtime: list[str], env: dict, ret
                 write_json(state_file, st)
                 return "interrupted"
             if code != 0:
-                st.update(failures=st["failures"] + 1, last_error=f"exit code {code}:\n{_tail(log_file, start)}")
+                # Exit code 2 is a usage error (e.g. the directory holds another experiment): retrying cannot help.
+                failures = retries + 1 if code == USAGE_ERROR else st["failures"] + 1
+                st.update(failures=failures, last_error=f"exit code {code}:\n{_tail(log_file, start)}")
                 write_json(state_file, st)
                 continue
             write_json(state_file, st)

@@ -19,7 +19,6 @@ that do not change what a run learns (device, --max-minutes, ...) never move a r
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import itertools
 import json
@@ -58,7 +57,6 @@ class Run:
     seed: int
     overrides: tuple[str, ...]
     total_frames: int
-    experiment: str  # JSON of its experiment fields, to recognise a run directory that holds something else
 
     def to_json(self) -> dict:
         return {"run_id": self.run_id, "run_dir": self.run_id, "preset": self.preset, "game": self.game,
@@ -214,10 +212,8 @@ def make_runs(presets: list[str], games: list[str], seeds: list[int], variants: 
             game_lists[backend] = expand_games(games, backend)
         for game in game_lists[backend]:
             for seed in seeds:
-                run_cfg = dataclasses.replace(cfg, env=dataclasses.replace(cfg.env, game=game), seed=seed)
                 run_id = f"{game}/{preset}/s{seed}" + (f"-{suffix}" if suffix else "")
-                runs.append(Run(run_id, preset, game, seed, overrides, cfg.total_steps * cfg.env.frame_skip,
-                                json.dumps(experiment_fields(run_cfg.to_dict()), sort_keys=True, default=str)))
+                runs.append(Run(run_id, preset, game, seed, overrides, cfg.total_steps * cfg.env.frame_skip))
     return runs
 
 

@@ -22,7 +22,6 @@ from agents.sweep_exec import (
     child_env,
     execute_run,
     inspect_run,
-    launch_command,
     run_lock,
     state_path,
     train_command,
@@ -235,61 +234,56 @@ def test_run_states_from_the_directory(tmp_path):
     assert inspect_run(sweep_dir, run).state == "done"
 
 
-def test_launch_command_starts_resumes_or_refuses(tmp_path):
+def test_every_launch_is_the_same_train_command(tmp_path):
     _, sweep_dir, run = _one_run(tmp_path)
-    directory = sweep_dir / run.run_id
-    fresh = train_command(sweep_dir, run, ["--no-progress"])
-    assert fresh[1:] == ["-m", "agents.train", "--preset", "demo", "--env.game", "Pong", "--seed", "1", "--runs-dir",
-                         str(directory.parent), "--run-name", "s1", "--no-progress"]
-    assert launch_command(sweep_dir, run, ["--no-progress"]) == fresh
-    # Started but killed before its first checkpoint: nothing to keep, start afresh.
-    directory.mkdir(parents=True)
-    (directory / "config.json").write_text("{}")
-    assert launch_command(sweep_dir, run, []) == fresh[:-1] and not directory.exists()
-    from agents.config import get_preset
+    assert train_command(sweep_dir, run, ["--no-progress"])[1:] == [
+        "-m", "agents.train", "--preset", "demo", "--env.game", "Pong", "--seed", "1", "--runs-dir",
+        str(sweep_dir / "Pong" / "demo"), "--run-name", "s1", "--no-progress"]
+    ratio = build_sweep({"name": "s", "presets": "demo", "games": "Pong", "seeds": 1,
+                         "overrides": ["--replay-ratio=1 --device cpu"]}, "t").runs[0]
+    assert train_command(sweep_dir, ratio, [])[-5:] == ["--run-name", ratio.run_id.split("/")[-1],
+                                                        "--replay-ratio=1", "--device", "cpu"]
 
-    config = get_preset("demo").to_dict()
-    config["env"]["game"], config["seed"] = "Pong", 1
-    (directory / "checkpoints").mkdir(parents=True)
-    (directory / "checkpoints" / "ckpt_000000001500.pt").write_bytes(b"")
-    (directory / "config.json").write_text(json.dumps({"config": {**config, "max_minutes": 5}}))
-    assert launch_command(sweep_dir, run, []) == [sys.executable, "-m", "agents.train", "--resume", str(directory)]
-    config["network"]["width"] = 3
-    (directory / "config.json").write_text(json.dumps({"config": config}))
-    from agents.sweep_exec import SweepError
 
-    with pytest.raises(SweepError, match="network.width"):
-        launch_command(sweep_dir, run, [])
+def test_failed_runs_are_retried_and_keep_their_last_error(tmp_path, capsys, monkeypatch):
+    import agents.sweep_exec
+
+    failing = [sys.executable, "-c", "import sys; print('boom: the learner diverged'); sys.exit(1)"]
+    monkeypatch.setattr(agents.sweep_exec, "train_command", lambda *a: failing)
+    axes = ["--name", "f", "--presets", "demo", "--games", "Pong", "--seeds", "1", "--sweeps-dir", str(tmp_path)]
+    state_file = tmp_path / "f" / "_sweep" / "Pong__demo__s1.json"
+    assert main([*axes, "--retries", "2"]) == 1
+    err = capsys.readouterr().err
+    assert "failed: Pong/demo/s1 after 3 launches" in err and "boom" in err
+    state = json.loads(state_file.read_text())
+    assert state["launches"] == 3 and state["failures"] == 3 and state["last_exit"] == 1
+    assert state["last_error"] == "exit code 1:\nboom: the learner diverged" and state["command"] == failing
+    assert (tmp_path / "f" / "_sweep" / "Pong__demo__s1.log").read_text().count("=== launch") == 3
+    assert main([*axes, "--retries", "2"]) == 1  # retries used up, counted across invocations: no launch
+    assert json.loads(state_file.read_text())["launches"] == 3
+    capsys.readouterr()
+    assert main(["status", *axes]) == 1
+    out = capsys.readouterr().out
+    assert "Pong/demo/s1  failed" in out and "boom" in out and "1 failed" in out
+    assert main([*axes, "--retries", "0", "--retry-failed"]) == 1
+    assert json.loads(state_file.read_text())["launches"] == 4
 
 
 @pytest.mark.slow
-def test_failed_runs_are_retried_and_keep_their_last_error(tmp_path, capsys):
-    # --device cuda on a machine without a GPU: every launch fails at start-up.
-    if _has_cuda():
-        pytest.skip("needs a machine without CUDA for a run that fails")
-    axes = ["--name", "f", "--presets", "demo", "--games", "Pong", "--seeds", "1", "--sweeps-dir", str(tmp_path)]
-    state_file = tmp_path / "f" / "_sweep" / "Pong__demo__s1.json"
-    assert main([*axes, "--retries", "1", "--", "--device", "cuda"]) == 1
-    err = capsys.readouterr().err
-    assert "failed: Pong/demo/s1" in err and "after 2 launches" in err
-    state = json.loads(state_file.read_text())
-    assert state["launches"] == 2 and state["failures"] == 2 and state["last_exit"] != 0
-    assert "exit code" in state["last_error"] and "cuda" in state["last_error"].lower()
-    assert (tmp_path / "f" / "_sweep" / "Pong__demo__s1.log").read_text().count("=== launch") == 2
-    assert main([*axes, "--retries", "1", "--", "--device", "cuda"]) == 1  # retries used up: no launch
-    assert json.loads(state_file.read_text())["launches"] == 2
-    capsys.readouterr()
-    assert main(["status", *axes, "--", "--device", "cuda"]) == 1
-    out = capsys.readouterr().out
-    assert "Pong/demo/s1  failed" in out and "1 failed" in out and "cuda" in out.lower()
-    assert main([*axes, "--retries", "0", "--retry-failed", "--", "--device", "cuda"]) == 1
-    assert json.loads(state_file.read_text())["launches"] == 3
+def test_a_directory_with_another_experiment_fails_without_retries(tmp_path, capsys):
+    # The run's directory holds a run of another experiment: agents.train refuses it (exit 2), naming the field.
+    axes = ["--name", "x", "--presets", "demo", "--games", "Pong", "--seeds", "1", "--sweeps-dir", str(tmp_path)]
+    from agents.config import get_preset
 
-
-def _has_cuda():
-    import torch
-
-    return torch.cuda.is_available()
+    config = get_preset("demo").to_dict()
+    config["env"]["game"], config["seed"], config["network"]["width"] = "Pong", 1, 3
+    saved = json.dumps({"config": config})
+    (tmp_path / "x" / "Pong" / "demo" / "s1").mkdir(parents=True)
+    (tmp_path / "x" / "Pong" / "demo" / "s1" / "config.json").write_text(saved)
+    assert main([*axes, "--retries", "3"]) == 1
+    state = json.loads((tmp_path / "x" / "_sweep" / "Pong__demo__s1.json").read_text())
+    assert state["launches"] == 1 and state["last_exit"] == 2 and "--network.width" in state["last_error"]
+    assert (tmp_path / "x" / "Pong" / "demo" / "s1" / "config.json").read_text() == saved
 
 
 # --- a real sweep, killed and restarted ------------------------------------------------------------------------------
