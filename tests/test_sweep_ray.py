@@ -21,6 +21,7 @@ from tests.test_sweep import ROOT, check_consistent_runs, latest_checkpoint_step
 ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'prunerl[ray]'); the Ray sweep test is "
                                         "skipped")
 RAY = str(Path(sys.executable).parent / "ray")
+SMALL_STORE = "--object-store-memory=100000000"  # tasks pass only small objects; leave the memory to training
 
 
 def free_port() -> int:
@@ -71,13 +72,13 @@ def ray_cluster(tmp_path):
     env = {**sweep_env(), "RAY_health_check_period_ms": "500", "RAY_health_check_failure_threshold": "4"}
     port = free_port()
     address = f"127.0.0.1:{port}"
-    head = start_node(["--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=1",
+    head = start_node(["--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=1", SMALL_STORE,
                        "--include-dashboard=false", f"--ray-client-server-port={free_port()}", f"--temp-dir={temp}"],
                       tmp_path / "head.log", env)
     worker = None
     try:
         _wait_for_nodes(address, 1, head, tmp_path / "head.log")
-        worker = start_node([f"--address={address}", "--num-cpus=1"], tmp_path / "worker.log", env)
+        worker = start_node([f"--address={address}", "--num-cpus=1", SMALL_STORE], tmp_path / "worker.log", env)
         _wait_for_nodes(address, 2, worker, tmp_path / "worker.log")
         yield address, head, worker
     finally:
