@@ -122,8 +122,10 @@ class Progress:
         with self._lock:
             t0 = self.started_at.pop(run.run_id, None)
             self.status[run.run_id] = inspect_run(self.sweep_dir, run)
-        if not self.tty:
-            took = f" after {format_eta(time.monotonic() - t0)}" if t0 is not None else ""
+        took = f" after {format_eta(time.monotonic() - t0)}" if t0 is not None else ""
+        if self.tty:
+            self.bar.write(f"[{outcome}] {run.run_id}{took}")
+        else:
             print(f"[{outcome}] {run.run_id}{took}", flush=True)
 
     def watch(self, runs: list[Run]) -> None:
@@ -146,7 +148,7 @@ class Progress:
         line = summary_line(self.sweep, list(self.status.values()))
         if self.tty:
             self.bar.n = self._frames_done()
-            self.bar.set_postfix_str(line.split(" | ")[0], refresh=False)
+            self.bar.set_postfix_str(line.split(" | ")[0].split(": ", 1)[1], refresh=False)  # the counts
             self.bar.refresh()
             for i, bar in enumerate(self.lines):
                 bar.set_description_str(run_line(running[i]) if i < len(running) else "")
@@ -155,16 +157,18 @@ class Progress:
             print(line, flush=True)
 
     def close(self) -> None:
+        line = summary_line(self.sweep, list(self.status.values()))
         if self.tty:
+            self.bar.n = self._frames_done()
+            self.bar.set_postfix_str(line.split(" | ")[0].split(": ", 1)[1], refresh=False)
             for bar in self.lines:
                 bar.close()
-            self.tick()
             self.bar.close()
-        print(summary_line(self.sweep, list(self.status.values())), flush=True)
+        print(line, flush=True)
 
 
 def run_line(st: RunStatus) -> str:
-    fps = f"{st.fps:,.0f} frames/s" if st.fps else "starting"
+    fps = f"{st.fps:,.0f} frames/s" if st.fps else "finishing" if st.frames >= st.run.total_frames else "starting"
     eta = format_eta(max(st.run.total_frames - st.frames, 0) / st.fps) if st.fps else "unknown"
     return f"{st.run.run_id:<44} {format_frames(st.frames):>7} / {format_frames(st.run.total_frames)} frames " \
            f"{fps:>16}  ETA {eta}"
@@ -393,7 +397,8 @@ def main(argv: list[str] | None = None) -> int:
                 st.state = "partial"
     sweep_dir.mkdir(parents=True, exist_ok=True)
     write_json(sweep_dir / "sweep.json", sweep.to_json())
-    todo = [st.run for st in statuses if st.state in ("partial", "pending")]
+    todo = [st.run for st in statuses
+            if st.state in ("partial", "pending") or st.state == "failed" and st.failures <= args.retries]
     try:
         if args.index is not None:
             outcome = run_one(sweep_dir, runs[0], args) if todo else statuses[0].state

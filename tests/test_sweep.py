@@ -261,12 +261,14 @@ def test_failed_runs_are_retried_and_keep_their_last_error(tmp_path, capsys, mon
     assert (tmp_path / "f" / "_sweep" / "Pong__demo__s1.log").read_text().count("=== launch") == 3
     assert main([*axes, "--retries", "2"]) == 1  # retries used up, counted across invocations: no launch
     assert json.loads(state_file.read_text())["launches"] == 3
+    assert main([*axes, "--retries", "3"]) == 1  # one more allowed: one more launch
+    assert json.loads(state_file.read_text())["launches"] == 4
     capsys.readouterr()
     assert main(["status", *axes]) == 1
     out = capsys.readouterr().out
     assert "Pong/demo/s1  failed" in out and "boom" in out and "1 failed" in out
     assert main([*axes, "--retries", "0", "--retry-failed"]) == 1
-    assert json.loads(state_file.read_text())["launches"] == 4
+    assert json.loads(state_file.read_text())["launches"] == 5
 
 
 @pytest.mark.slow
