@@ -7,7 +7,8 @@
 
 Run directory (read by `agents.report`):
     config.json      resolved config + versions, device, git SHA
-    iterations.csv   one row per iteration: score = mean raw return of the episodes finished in it
+    iterations.csv   one row per iteration: score = mean raw return of the episodes finished in it (and the
+                     evaluation phase's eval_score, eval_episodes with --evaluate)
     episodes.csv     every finished episode (raw return, length)
     metrics.jsonl    losses, epsilon, frames/s, per-layer sparsity, analysis metrics
     tb/              the same scalars for TensorBoard
@@ -49,14 +50,16 @@ from agents.checkpoint import (
 from agents.config import PRESETS, RUNTIME_FIELDS, TrainConfig, experiment_fields, get_preset
 from agents.cuda_graphs import PhaseGraphs
 from agents.envs import make_env
+from agents.eval_phase import EvalResult, run_eval_phase
 from agents.networks import use_channels_last
 from agents.profiler import Profiler, format_table, profile_learner_layers, profile_learner_ops
 from agents.pruning import MaskedAdam, Pruner
 from agents.replay import Batch, ReplayBuffer
 
-ITERATION_FIELDS = ["iteration", "agent_steps", "frames", "grad_steps", "score", "episodes", "fps", "total_sparsity",
-                    "wall_time"]
+ITERATION_FIELDS = ["iteration", "agent_steps", "frames", "grad_steps", "score", "episodes", "eval_score",
+                    "eval_episodes", "fps", "total_sparsity", "wall_time"]  # eval_*: empty without --evaluate
 EPISODE_FIELDS = ["agent_steps", "frames", "env_id", "return", "length"]
+EVAL_SEED_OFFSET = 104_729  # evaluation envs are seeded apart from the training envs (seed + i, + 7919 k on resume)
 
 
 def make_agent(cfg, num_actions: int):
@@ -117,21 +120,26 @@ def _write_json(path: Path, obj: dict) -> None:
 class Trainer:
     """One run. `Trainer(cfg, run_dir)` starts fresh; `Trainer.resume(run_dir)` continues from a checkpoint."""
 
-    def __init__(self, cfg: TrainConfig, run_dir: Path, checkpoint: dict | None = None, env=None):
-        """`env` replaces the Atari envs with any object of the `AtariVecEnv` interface (tests use a tiny MDP)."""
+    def __init__(self, cfg: TrainConfig, run_dir: Path, checkpoint: dict | None = None, env=None, eval_env=None):
+        """`env` (and `eval_env`, for --evaluate) replace the Atari envs with any object of the `AtariVecEnv`
+        interface (tests use a tiny MDP)."""
         self.cfg, self.run_dir = cfg, Path(run_dir)
         self.device = resolve_device(cfg.device)
         _fast_cpu_math()
         _seed_everything(cfg.seed)
         self.env = env if env is not None else make_env(cfg.env, seed=cfg.seed)
+        self.eval_env = eval_env  # built at the first evaluation phase otherwise
         self.num_actions = self.env.num_actions
         obs_shape = tuple(self.env.observation_shape)
         self.agent = make_agent(cfg.agent, self.num_actions)
         self.online = self.agent.build_network(cfg.network, obs_shape).to(self.device)
         self.target = copy.deepcopy(self.online).requires_grad_(False)
-        start, end = cfg.pruning.window(cfg.nominal_grad_steps)
+        run_grad_steps = cfg.min_grad_steps(self.env.num_envs)
+        start, end = cfg.pruning.window(cfg.nominal_grad_steps, run_grad_steps)
         self.pruner = Pruner(self.online, cfg.pruning, start, end).to(self.device) \
             if cfg.pruning.final_sparsity > 0 else None
+        for note in cfg.pruning.window_warnings(cfg.nominal_grad_steps, run_grad_steps):
+            print(f"warning: {note}", file=sys.stderr)
         self.optimizer = MaskedAdam(self.online.parameters(), lr=cfg.agent.lr, eps=cfg.agent.adam_eps,
                                     masks=self.pruner.mask_for() if self.pruner else None,
                                     moments=cfg.pruning.moments, mask_gradients=cfg.pruning.mask_gradients)
@@ -139,7 +147,6 @@ class Trainer:
         self.replay = make_replay(cfg, replay_device, self.env.num_envs, obs_shape)
         self.action_rng = np.random.default_rng(cfg.seed)
         self.agent_steps = self.grad_steps = self.iteration = 0
-        self.grad_budget = 0.0
         self.stopped_early = False  # by --max-minutes
         self.analysis_obs: torch.Tensor | None = None
         self.profiler = Profiler(cfg.profile, self.device)
@@ -214,8 +221,10 @@ class Trainer:
 
     # --- acting and learning -----------------------------------------------------------------------------
     def epsilon(self) -> float:
+        """Exploration for the next action. Dopamine counts the step being acted before it computes epsilon
+        (`training_steps` is incremented in `_train_step`, before `select_action`), hence the + 1."""
         a = self.cfg.agent
-        return linearly_decaying_epsilon(self.agent_steps, a.min_replay, a.epsilon_decay_steps, a.epsilon_train)
+        return linearly_decaying_epsilon(self.agent_steps + 1, a.min_replay, a.epsilon_decay_steps, a.epsilon_train)
 
     def act(self, obs: np.ndarray, epsilon: float) -> np.ndarray:
         n = obs.shape[0]
@@ -227,6 +236,23 @@ class Trainer:
                 greedy = self.agent.greedy_actions(self.online, obs_t).cpu().numpy()
             actions = np.where(explore, actions, greedy)
         return actions
+
+    def evaluate(self) -> EvalResult:
+        """One evaluation phase (`--evaluate`) in its own envs, seeds and random streams: no training state and
+        no random stream of training is touched, so training is the same with or without it."""
+        cfg = self.cfg
+        if self.eval_env is None:  # a fresh seed after a resume, as for the training envs
+            self.eval_env = make_env(cfg.env, seed=cfg.seed + EVAL_SEED_OFFSET + 7919 * self.iteration)
+        rng = np.random.default_rng([cfg.seed, EVAL_SEED_OFFSET, self.iteration])
+
+        def greedy(obs: np.ndarray) -> np.ndarray:
+            with self.autocast:
+                return self.agent.greedy_actions(self.online, torch.from_numpy(obs).to(self.device)).cpu().numpy()
+
+        # IQN draws its acting taus from torch's global generator: fork it, seeded for this phase.
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            torch.manual_seed(int(rng.integers(2**62)))
+            return run_eval_phase(self.eval_env, greedy, cfg.eval_steps, cfg.eval_epsilon, rng)
 
     def _sample_batch(self) -> Batch:
         batch = self.replay.sample(self.cfg.agent.batch_size)
@@ -327,12 +353,12 @@ class Trainer:
                 steps_before, new_steps = self.agent_steps, int(executed.sum())
                 self.agent_steps += new_steps
 
-                # ALGO LOGIC: learn once the warm-up is over, at `replay_ratio` updates per agent step.
+                # ALGO LOGIC: learn once the warm-up is over, at `replay_ratio` updates per agent step. With one
+                # env this is Dopamine's _train_step for the next agent step (after storing this step's
+                # observation, before acting on the next): the same updates, target syncs and replay contents.
                 if self.replay.transitions_added > cfg.agent.min_replay and self.replay.can_sample():
-                    self.grad_budget += cfg.replay_ratio * new_steps
-                    while self.grad_budget >= 1.0:
+                    for _ in range(cfg.updates_due(steps_before, self.agent_steps)):
                         info = self.learn()
-                        self.grad_budget -= 1.0
                         for k, v in info.items():
                             sums[k] = sums.get(k, 0.0) + v  # device tensors: no sync until logged
                         count += 1
@@ -366,8 +392,12 @@ class Trainer:
                     elapsed = time.perf_counter() - iter_start_time
                     fps = (self.agent_steps - iter_start_steps) * cfg.env.frame_skip / max(elapsed, 1e-9)
                     score = float(np.mean(iter_returns)) if iter_returns else float("nan")
+                    evaluation = None
+                    if cfg.evaluate:
+                        with prof.section("evaluation"):
+                            evaluation = self.evaluate()
                     with prof.section("checkpoint"):
-                        sparsity = self._end_iteration(score, len(iter_returns), fps)
+                        sparsity = self._end_iteration(score, len(iter_returns), fps, evaluation)
                     bar.set_postfix(iter=self.iteration, score=_fmt_score(score), fps=f"{fps:.0f}",
                                     sparsity=f"{sparsity:.3f}")
                     iter_returns = []
@@ -400,30 +430,36 @@ class Trainer:
         _write_json(self.run_dir / "profile.json", report)
         print(format_table(report))
 
-    def _end_iteration(self, score: float, episodes: int, fps: float) -> float:
+    def _end_iteration(self, score: float, episodes: int, fps: float, evaluation: EvalResult | None = None) -> float:
         """Log the iteration's row, checkpoint on schedule; returns the measured total sparsity."""
         self.iteration += 1
         row = {"iteration": self.iteration, "agent_steps": self.agent_steps,
                "frames": self.agent_steps * self.cfg.env.frame_skip, "grad_steps": self.grad_steps, "score": score,
-               "episodes": episodes, "fps": round(fps, 1), "total_sparsity": self._measured_sparsity(),
-               "wall_time": round(time.time(), 3)}
+               "episodes": episodes, "eval_score": evaluation.score if evaluation else None,
+               "eval_episodes": evaluation.episodes if evaluation else None, "fps": round(fps, 1),
+               "total_sparsity": self._measured_sparsity(), "wall_time": round(time.time(), 3)}
         csv.DictWriter(self.iterations_csv, ITERATION_FIELDS).writerow(row)
         self._flush()
         if self.tb is not None:
             self.tb.add_scalar("charts/iteration_score", score, self.agent_steps)
+        if evaluation is not None:
+            self._log({"charts/eval_score": evaluation.score, "charts/eval_episodes": evaluation.episodes,
+                       "charts/eval_steps": evaluation.steps})
         if self.iteration % self.cfg.checkpoint_every == 0 or self.agent_steps >= self.cfg.total_steps:
             self.save()
         return row["total_sparsity"]
 
     def _finish(self) -> dict:
-        scores = [float(r["score"]) for r in read_iterations(self.run_dir / "iterations.csv")]
+        rows = read_iterations(self.run_dir / "iterations.csv")
         summary = {"finished": not self.stopped_early, "agent_steps": self.agent_steps,
                    "frames": self.agent_steps * self.cfg.env.frame_skip, "grad_steps": self.grad_steps,
-                   "iterations": self.iteration, "final_score": scores[-1] if scores else None,
+                   "iterations": self.iteration, "final_score": float(rows[-1]["score"]) if rows else None,
+                   "final_eval_score": float(rows[-1]["eval_score"]) if rows and rows[-1].get("eval_score") else None,
                    "total_sparsity": 0.0}
         if self.pruner is not None:
             summary.update(self.pruner.sparsity_report())
             summary["total_sparsity"] = summary["sparsity/total"]
+        summary.update(self._sparsity_verdict(summary.get("sparsity/prunable", 0.0)))
         _write_json(self.run_dir / "summary.json", summary)
         self.close()
         return summary
@@ -434,16 +470,22 @@ class Trainer:
         if self.tb is not None:
             self.tb.close()
         self.env.close()
+        if self.eval_env is not None:
+            self.eval_env.close()
 
     # --- logging helpers -------------------------------------------------------------------------------------
-    def _target_sparsity(self) -> float:
-        """Scheduled sparsity over the prunable weights at the last mask update."""
-        p = self.pruner
-        last = min(self.grad_steps - 1, p.end) // p.cfg.update_freq * p.cfg.update_freq
-        if self.grad_steps == 0 or last < p.start:
-            return 0.0
-        sizes = [w.numel() for w in p.weights]
-        return sum(s * n for s, n in zip(p.layer_sparsities(last), sizes)) / sum(sizes)
+    def _sparsity_verdict(self, measured: float) -> dict:
+        """`target_sparsity` (the configured final sparsity of the prunable weights) and whether the measured one
+        ended below what the schedule calls for after the agent steps done. That uses the gradient steps an
+        uninterrupted run takes by then, so a run stopped inside or before its window is not below target, while
+        one that lost gradient steps (resumed without its replay) or masks is."""
+        cfg = self.cfg
+        verdict = {"target_sparsity": cfg.pruning.final_sparsity, "below_target_sparsity": False}
+        if self.pruner is not None:
+            expected = cfg.min_grad_steps(self.env.num_envs, self.agent_steps)
+            verdict["scheduled_sparsity"] = self.pruner.scheduled_sparsity(expected)
+            verdict["below_target_sparsity"] = measured < verdict["scheduled_sparsity"]
+        return verdict
 
     def _measured_sparsity(self) -> float:
         return self.pruner.sparsity_report()["sparsity/total"] if self.pruner is not None else 0.0
@@ -454,7 +496,7 @@ class Trainer:
         row.update({"charts/epsilon": epsilon, "charts/SPS": sps, "charts/FPS": sps * self.cfg.env.frame_skip})
         if self.pruner is not None:
             row.update(self.pruner.sparsity_report())
-            row["sparsity/target"] = self._target_sparsity()
+            row["sparsity/target"] = self.pruner.scheduled_sparsity(self.grad_steps)
         self._log(row)
 
     def _log(self, row: dict) -> None:
@@ -485,7 +527,7 @@ class Trainer:
     # --- checkpoints -------------------------------------------------------------------------------------------
     def state_dict(self, with_replay: bool) -> dict:
         state = {"config": self.cfg.to_dict(), "agent_steps": self.agent_steps, "grad_steps": self.grad_steps,
-                 "iteration": self.iteration, "grad_budget": self.grad_budget, "online": self.online.state_dict(),
+                 "iteration": self.iteration, "online": self.online.state_dict(),
                  "target": self.target.state_dict(), "optimizer": self.optimizer.state_dict(),
                  "pruner": self.pruner.state_dict() if self.pruner is not None else None,
                  "rng": {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
@@ -505,7 +547,7 @@ class Trainer:
             if self.pruner is not None:
                 self.pruner.load_state_dict(state["pruner"])
             self.agent_steps, self.grad_steps = int(state["agent_steps"]), int(state["grad_steps"])
-            self.iteration, self.grad_budget = int(state["iteration"]), float(state["grad_budget"])
+            self.iteration = int(state["iteration"])
             rng = state["rng"]
             random.setstate(rng["python"])
             np.random.set_state(rng["numpy"])
