@@ -68,7 +68,7 @@ def kill_node(proc: subprocess.Popen) -> None:
 def ray_cluster(tmp_path):
     """(address, head, worker): a head with 1 CPU and a worker node with 1 CPU on this machine."""
     # Ray's unix sockets live under its temp dir, whose path must stay short.
-    temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")
+    temp = tempfile.mkdtemp(prefix="ray")
     env = {**sweep_env(), "RAY_health_check_period_ms": "500", "RAY_health_check_failure_threshold": "4"}
     port = free_port()
     address = f"127.0.0.1:{port}"
