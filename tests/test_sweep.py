@@ -39,10 +39,10 @@ from agents.sweep_grid import (
 
 ROOT = Path(__file__).resolve().parents[1]
 # A few seconds of training per run: the demo preset shrunk hard, pruned to 95% by gradient step 40 of 50, three
-# iterations (a checkpoint after each), the replay in the checkpoint so a resumed run keeps its schedule.
+# iterations (a checkpoint after each, holding the replay, so a resumed run keeps its schedule).
 TINY = ("--env.num-envs 4 --total-steps 600 --iteration-steps 200 --agent.min-replay 200 --replay-ratio 0.125 "
         "--agent.batch-size 8 --agent.target-update-period 200 --pruning.start-step 0 --pruning.end-step 40 "
-        "--pruning.update-freq 10 --replay-capacity 2000 --log-every 100 --device cpu --no-tensorboard --save-replay")
+        "--pruning.update-freq 10 --replay-capacity 2000 --log-every 100 --device cpu --no-tensorboard")
 
 
 def tiny_spec(path: Path, name: str, games=("Pong",), seeds="1..2") -> Path:
