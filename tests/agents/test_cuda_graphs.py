@@ -26,12 +26,13 @@ def _train(tmp_path, name: str, agent: str, cuda_graphs: str) -> Trainer:
     return trainer
 
 
-@pytest.mark.parametrize("agent", ["dqn", "rainbow", "iqn", "miqn"])
+@pytest.mark.parametrize("agent", ["dqn", "rainbow", "iqn", "miqn", "der", "drq_eps"])  # drq_eps: augmentation
 def test_graphed_learner_matches_eager(tmp_path, agent):
     eager = _train(tmp_path, "eager", agent, "off")
     graphed = _train(tmp_path, "graphed", agent, "on")
     assert not eager.graphs.enabled and eager.graphs.captured == []
-    expected = {"sample", "learner", "mask", "optimizer"} | ({"priorities"} if agent == "rainbow" else set())
+    prioritized = graphed.cfg.agent.replay == "prioritized"
+    expected = {"sample", "learner", "mask", "optimizer"} | ({"priorities"} if prioritized else set())
     assert set(graphed.graphs.captured) == expected
     assert graphed.grad_steps == eager.grad_steps > 250
     for m, n in zip(eager.pruner.masks, graphed.pruner.masks):
@@ -40,7 +41,7 @@ def test_graphed_learner_matches_eager(tmp_path, agent):
         torch.testing.assert_close(q, p, msg=name)
 
 
-@pytest.mark.parametrize("agent", ["dqn", "rainbow", "iqn"])
+@pytest.mark.parametrize("agent", ["dqn", "rainbow", "iqn", "drq_eps"])
 def test_eager_learner_step_never_syncs(tmp_path, agent):
     trainer = trainer_ready_to_learn(tmp_path, agent, device="cuda")
     trainer.learn()  # creates the Adam state
