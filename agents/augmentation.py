@@ -6,7 +6,7 @@ treated alike:
        replicating its edges, then crop H x W at offsets in [0, 2 pad). Dopamine's `jax.random.randint(0,
        2 pad)` excludes the upper bound, so the shift is one pixel short of symmetric; we keep that. Edge
        padding plus a crop is the same as clamping the source coordinates: out[i, j] = x[clip(i + dy),
-       clip(j + dx)], which is what we compute (one gather, no padded copy);
+       clip(j + dx)], which is what we compute (gathers, no padded copy);
     2. scaled to [0, 1] and multiplied by 1 + intensity * clip(N(0, 1), -2, 2) (one draw per sample;
        Schwarzer et al.'s intensity augmentation, part of Dopamine's `drq_image_augmentation`).
 States and next states get independent draws. The output is float32 in [0, 1] scale, which the networks take
@@ -32,9 +32,8 @@ def shift_stacks(obs: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor) -> torch
     b, s, h, w = obs.shape
     rows = (torch.arange(h, device=obs.device) + dy[:, None]).clamp_(0, h - 1)  # [B, H]
     cols = (torch.arange(w, device=obs.device) + dx[:, None]).clamp_(0, w - 1)  # [B, W]
-    batch_index = torch.arange(b, device=obs.device)[:, None, None, None]
-    stack_index = torch.arange(s, device=obs.device)[None, :, None, None]
-    return obs[batch_index, stack_index, rows[:, None, :, None], cols[:, None, None, :]]
+    out = obs.gather(2, rows[:, None, :, None].expand(b, s, h, w))  # rows, then columns: two plain gathers
+    return out.gather(3, cols[:, None, None, :].expand(b, s, h, w))
 
 
 def random_shift(obs: torch.Tensor, pad: int, generator: torch.Generator) -> torch.Tensor:
