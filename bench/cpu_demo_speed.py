@@ -2,6 +2,7 @@
 
     python bench/cpu_demo_speed.py                      # the demo preset, about 3-4 minutes on 2 cores
     python bench/cpu_demo_speed.py --preset demo --out bench/results/cpu_demo_<sha>.json
+    python bench/cpu_demo_speed.py --preset drq_eps_100k_dense --game Pong --total-steps 2600   # a prefix of a run
 
 Issue 6 asks that CPU runs keep working and that the CPU demo's speed be reported next to the same
 configuration before the speed work. Run this alone on the machine: other torch processes sharing the cores
@@ -42,6 +43,10 @@ def main() -> int:
     parser.add_argument("--preset", default="demo", help="training preset to time (default: demo)")
     parser.add_argument("--out", type=Path, default=None,
                         help="JSON path (default: bench/results/cpu_<preset>_<sha>.json)")
+    parser.add_argument("--game", default=None, help="Atari game (default: the preset's)")
+    parser.add_argument("--total-steps", type=int, default=None,
+                        help="time only the first N agent steps of the preset's run (one iteration, evaluated "
+                             "if the preset evaluates); the JSON says so")
     args = parser.parse_args()
 
     import torch
@@ -51,17 +56,26 @@ def main() -> int:
 
     cfg = get_preset(args.preset)
     cfg.device, cfg.progress, cfg.tensorboard = "cpu", False, False
+    preset_total_steps = cfg.total_steps
+    if args.game is not None:
+        cfg.env.game = args.game
+    if args.total_steps is not None:
+        cfg.total_steps = cfg.iteration_steps = args.total_steps
+    load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
         trainer = train.Trainer(cfg, Path(tmp) / "run")
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         summary = trainer.run()
-        wall = time.perf_counter() - start
+        wall, cpu_s = time.perf_counter() - start, time.process_time() - cpu_start
         rows = train.read_iterations(Path(tmp) / "run" / "iterations.csv")
     sha = train.git_sha() or "unknown"
     result = {
         "preset": args.preset, "config": cfg.to_dict(), "frames": summary["frames"],
-        "grad_steps": summary["grad_steps"],
-        "wall_s": round(wall, 2), "fps_overall": round(summary["frames"] / wall, 1),
+        "grad_steps": summary["grad_steps"], "preset_total_steps": preset_total_steps,
+        "partial_run": cfg.total_steps < preset_total_steps,
+        "wall_s": round(wall, 2), "process_cpu_s": round(cpu_s, 2), "fps_overall": round(summary["frames"] / wall, 1),
+        "load_average_before_after": [round(x, 2) for x in (*load_before[:1], os.getloadavg()[0])],
+        "final_eval_score": summary.get("final_eval_score"),
         # The last iteration is all learning (the first ones are mostly warm-up, which has no learner).
         "fps_per_iteration": [float(r["fps"]) for r in rows],
         "final_score": summary["final_score"], "total_sparsity": summary["total_sparsity"],
