@@ -21,9 +21,9 @@ import time
 from pathlib import Path
 
 from agents.config import TrainConfig
-from agents.envs import resolve_game
+from agents.envs import make_env, resolve_game
 from agents.offline_data import DatasetError, FixedReplay, load_fixed_replay, resolve_data_dir
-from agents.train import Trainer, _fmt_score, _progress_bar, _write_json
+from agents.train import EVAL_SEED_OFFSET, Trainer, _fmt_score, _progress_bar, _write_json
 
 DATASET_INFO = "prunerl_dataset.json"  # written next to an exported dataset: its game and action set
 
@@ -36,6 +36,8 @@ class OfflineTrainer(Trainer):
                              "of the DQN Replay Dataset, or one written by python -m agents.export_dataset)")
         if cfg.eval_num_envs is not None:
             raise ValueError("offline runs evaluate in env.num_envs envs; leave out --eval-num-envs")
+        if env is None:  # one set of envs, for the evaluation phase only
+            env = make_env(cfg.env, seed=cfg.seed + EVAL_SEED_OFFSET)
         super().__init__(cfg, run_dir, checkpoint, env=env, eval_env=env)
         self.resumed_without_replay = False  # a resumed offline run samples the same dataset: nothing was lost
         self._record_dataset(resumed=checkpoint is not None)

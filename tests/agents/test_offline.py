@@ -219,3 +219,28 @@ def test_offline_presets_and_command_line(tmp_path):
     assert trainer_class(online) is Trainer
     with pytest.raises(ValueError, match="keep --replay-ratio 1 and --evaluate"):
         dataclasses.replace(get_preset("cql_impala_w1_dense"), replay_ratio=0.25)
+
+
+@pytest.mark.slow
+def test_command_line_train_export_and_train_offline_on_pong(tmp_path, capsys):
+    """The real pipeline on Atari frames: a short Pong run, `python -m agents.export_dataset`, then an offline CQL
+    run of the preset on that data, evaluated in Pong; another game's run on it is a usage error (exit 2)."""
+    from agents.train import main as train_main
+
+    common = ["--runs-dir", str(tmp_path), "--no-progress", "--no-tensorboard", "--device", "cpu"]
+    assert train_main(["--preset", "demo", "--env.game", "Pong", "--env.num-envs", "1", "--total-steps", "2500",
+                       "--iteration-steps", "2500", "--agent.min-replay", "100000", "--run-name", "data",
+                       *common]) == 0  # random play: Pong episodes of ~800 agent steps
+    assert export_main([str(tmp_path / "data")]) == 0
+    offline = ["--preset", "cql_impala_w1_gmp95", "--env.num-envs", "1", "--offline.data",
+               str(tmp_path / "data" / "dataset"), "--offline.fraction", "0.5", "--offline.chunk", "50",
+               "--total-steps", "40", "--iteration-steps", "20", "--eval-episodes", "1", "--log-every", "20", *common]
+    assert train_main([*offline, "--env.game", "Pong", "--run-name", "cql"]) == 0
+    with open(tmp_path / "cql" / "iterations.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["grad_steps"] for r in rows] == ["20", "40"] and all(r["eval_episodes"] == "1" for r in rows)
+    assert -21 <= float(rows[-1]["eval_score"]) <= 21
+    meta = json.loads((tmp_path / "cql" / "config.json").read_text())
+    assert meta["config"]["offline"]["fraction"] == 0.5 and 0 < meta["offline_dataset"]["transitions"] < 2500
+    assert train_main([*offline, "--env.game", "Breakout", "--run-name", "wrong"]) == 2
+    assert "holds Pong data" in capsys.readouterr().err
