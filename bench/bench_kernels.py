@@ -261,7 +261,7 @@ def test_mask_selection(benchmark, run_info, case, sparsity, provider):
     if provider.startswith("triton"):  # correctness on the benchmark data itself before timing it
         assert all(torch.equal(a, b) for a, b in zip(fn(), topk_magnitude_masks_ref(weights, counts)))
         fn()  # the warm path from here on (for `triton`)
-        frac = topk_mask.candidate_fraction(weights)
+        frac = topk_mask.select_stats(weights)["candidates"] / n
         info = dict(candidate_frac=frac, launches=topk_mask.LAUNCHES,
                     model_bytes=mask_model_bytes(n, frac, warm=provider == "triton"))
     measure(benchmark, fn, run_info=run_info, op_bytes=mask_op_bytes(n), op="mask_selection", provider=provider,

@@ -1,0 +1,202 @@
+"""Launch plans (kernels._utils): cached validation, ownership of the tables a CUDA graph reads, aliasing,
+alignment and the device guard. CUDA-graph captures are simulated on the CPU by making `capturing()` true:
+what is checked is which tables are cached, held and discarded, not the graph itself (GPU tests do that).
+"""
+
+import gc
+
+import pytest
+import torch
+
+from kernels import _utils, graph_tables, masked_adam, topk_mask
+from kernels.masked_adam import masked_adam_triton_
+from kernels.reference import masked_adam_ref_, topk_magnitude_masks_ref
+from kernels.topk_mask import topk_magnitude_masks_triton
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def adam_state(shapes=((30,), (4, 5)), gen=None):
+    params = [torch.randn(s, device=DEVICE) for s in shapes]
+    grads = [torch.randn(s, device=DEVICE) for s in shapes]
+    m, v = [torch.zeros(s, device=DEVICE) for s in shapes], [torch.zeros(s, device=DEVICE) for s in shapes]
+    masks = [torch.rand(s, device=DEVICE) > 0.5 for s in shapes]
+    return params, grads, m, v, masks
+
+
+def adam_step(state, **kw):
+    masked_adam_triton_(*state, step=kw.pop("step", 3), lr=1e-2, block=16, **kw)
+
+
+def test_repeated_calls_reuse_one_plan():
+    state = adam_state()
+    adam_step(state)
+    plan = _plan_of(state)
+    assert plan is not None
+    adam_step(state)
+    assert _plan_of(state) is plan
+    weights = [torch.randn(50, device=DEVICE), torch.randn(3, 7, device=DEVICE)]
+    out = [torch.empty(w.shape, dtype=torch.bool, device=DEVICE) for w in weights]
+    keep = torch.tensor([5, 6], device=DEVICE)
+    n_plans, n_workspaces = len(topk_mask._plans), len(topk_mask._workspaces)
+    for _ in range(3):
+        topk_magnitude_masks_triton(weights, keep, out=out, block=16)
+    assert len(topk_mask._plans) == n_plans + 1 and len(topk_mask._workspaces) == n_workspaces + 1
+    topk_magnitude_masks_triton(weights, [7, 8], block=16)  # other outputs and counts: the same workspace
+    assert len(topk_mask._workspaces) == n_workspaces + 1
+
+
+def _adam_key(state, block=16):
+    params, grads, m, v, masks = state
+    tensors = (*params, *grads, *m, *v, *masks)
+    ptrs = (*map(torch.Tensor.data_ptr, (*params, *grads, *m, *v)), *[t.data_ptr() for t in masks if t is not None])
+    return (block, *map(id, tensors)), ptrs
+
+
+def test_a_tensor_that_moves_gets_a_new_plan():
+    """`p.data = ...` keeps the tensor object but moves its memory (and may change its shape): the cached
+    plan's addresses no longer match, so the call validates again and writes where the tensor now is."""
+    state = adam_state()
+    params, grads, m, v, masks = state
+    adam_step(state)
+    old = _plan_of(state)
+    params[0].data = torch.randn(30, device=DEVICE)
+    want = [[t.clone() for t in ts] for ts in (params, m, v)]
+    adam_step(state)
+    masked_adam_ref_(*want[:1], grads, *want[1:], masks, step=3, lr=1e-2)
+    assert _plan_of(state) not in (None, old)
+    for got, ref in zip((params, m, v), want):
+        for g, r in zip(got, ref):
+            torch.testing.assert_close(g, r)
+    params[1].data = torch.randn(5, 4, device=DEVICE)  # the new shape is validated, and refused
+    with pytest.raises(ValueError, match="shape"):
+        adam_step(state)
+
+
+def test_plans_die_with_their_tensors():
+    weights = [torch.randn(40, device=DEVICE)]
+    n = len(topk_mask._plans)
+    out = topk_magnitude_masks_triton(weights, [4], block=16)  # fresh masks: a plan of their own
+    assert len(topk_mask._plans) == n + 1
+    del out
+    gc.collect()
+    assert len(topk_mask._plans) == n
+    cache = _utils.PlanCache(size=2)
+    plans = []
+    for i in range(3):
+        plan = type("Plan", (), {"buffers": []})()
+        cache.put((i,), (), plan, [])
+        plans.append(plan)
+    assert len(cache) == 2 and cache.get((0,), ()) is None and cache.get((2,), ()) is plans[2]
+
+
+@pytest.fixture
+def fake_capture(monkeypatch):
+    """Calls made while this is on behave as if a CUDA graph were being captured."""
+    flag = {"on": False}
+    monkeypatch.setattr(_utils, "capturing", lambda device: flag["on"])
+    return flag
+
+
+def test_tables_used_by_a_capture_are_held_by_its_owner(fake_capture):
+    state = adam_state()
+    adam_step(state)  # warm-up: the plan is built and cached outside the capture
+    plan = _plan_of(state)
+    fake_capture["on"] = True
+    with graph_tables() as held:
+        adam_step(state)
+    fake_capture["on"] = False
+    ids = {id(b) for b in plan.buffers}
+    del plan
+    masked_adam._plans.clear()  # evicted from the cache: the owner still holds every buffer the graph reads
+    gc.collect()
+    assert {id(b) for b in held._buffers.values()} == ids
+    held.release()
+    assert len(held) == 0
+
+
+def test_a_plan_first_built_inside_a_capture_is_never_cached(fake_capture):
+    weights = [torch.randn(64, device=DEVICE), torch.randn(5, 5, device=DEVICE)]
+    keep = torch.tensor([10, 3], device=DEVICE)
+    n_plans, n_workspaces = len(topk_mask._plans), len(topk_mask._workspaces)
+    process_held = len(_utils._held_for_process)
+    fake_capture["on"] = True
+    with graph_tables() as held:
+        got = topk_magnitude_masks_triton(weights, keep, block=16)
+    # Its tables were written by fill kernels the graph recorded: only that graph may use them.
+    assert len(topk_mask._plans) == n_plans and len(topk_mask._workspaces) == n_workspaces and len(held) > 0
+    assert len(_utils._held_for_process) == process_held  # the owner holds them, not the process
+    fake_capture["on"] = False
+    assert all(torch.equal(g, w) for g, w in zip(got, topk_magnitude_masks_ref(weights, [10, 3])))
+    fake_capture["on"] = True
+    topk_magnitude_masks_triton(weights, keep, block=16)  # a capture outside any graph_tables(): held for good
+    assert len(_utils._held_for_process) > process_held
+
+
+def test_a_failed_capture_lets_its_tables_go(fake_capture):
+    state = adam_state()
+    fake_capture["on"] = True
+    with pytest.raises(RuntimeError, match="capture failed"), graph_tables() as held:
+        adam_step(state)
+        assert len(held) > 0
+        raise RuntimeError("capture failed")
+    assert len(held) == 0
+    fake_capture["on"] = False
+    assert _plan_of(state) is None  # nothing from the capture was cached
+
+
+def test_aliased_inputs_are_refused():
+    params, grads, m, v, masks = adam_state()
+    with pytest.raises(ValueError, match="overlaps"):  # one tensor as both moments
+        masked_adam_triton_(params, grads, m, m, masks, step=1, lr=1e-3)
+    with pytest.raises(ValueError, match="overlaps"):  # a gradient that is a view of a parameter
+        masked_adam_triton_(params, [params[0].view(30), grads[1]], m, v, masks, step=1, lr=1e-3)
+    same_grad = [grads[0], grads[0][:20].view(4, 5)]  # read-only inputs may share memory
+    masked_adam_triton_(params, same_grad, m, v, masks, step=1, lr=1e-3, block=16)
+    w = torch.randn(64, device=DEVICE)
+    with pytest.raises(ValueError, match="overlaps"):  # one mask buffer for two outputs
+        out = torch.empty(64, dtype=torch.bool, device=DEVICE)
+        topk_magnitude_masks_triton([w, w.clone()], [3, 3], out=[out, out])
+    with pytest.raises(ValueError, match="overlaps"):  # zeroing weights that are also the moments
+        topk_magnitude_masks_triton([w], [3], zero_pruned=True, exp_avgs=[w], exp_avg_sqs=[torch.zeros_like(w)])
+    topk_magnitude_masks_triton([w, w], [3, 3], block=16)  # the same weights twice, read only: fine
+    buf = torch.zeros(30, device=DEVICE)
+    with pytest.raises(ValueError, match="overlaps"):  # partial overlap of two views
+        _utils.check_no_aliasing([("a", buf[0:10], True), ("b", buf[5:15], False)])
+    _utils.check_no_aliasing([("a", buf[0:10], True), ("b", buf[10:20], True), ("c", buf[20:], False)])
+
+
+def test_misaligned_tensors_run_without_the_alignment_promise():
+    # A view one element into a buffer is contiguous but not 16-byte aligned: no vectorisation hints then.
+    state = adam_state()
+    adam_step(state)
+    assert _plan_of(state).aligned
+    storage = torch.randn(31, device=DEVICE)
+    state[0][0] = storage[1:]
+    want = [[t.clone() for t in ts] for ts in (state[0], state[2], state[3])]
+    adam_step(state)
+    masked_adam_ref_(want[0], state[1], want[1], want[2], state[4], step=3, lr=1e-2)
+    assert not _plan_of(state).aligned
+    for got, ref in zip((state[0], state[2], state[3]), want):
+        for g, r in zip(got, ref):
+            torch.testing.assert_close(g, r)
+
+
+def _plan_of(state):
+    return masked_adam._plans.get(*_adam_key(state))
+
+
+def test_device_guard(monkeypatch):
+    assert isinstance(_utils.device_guard(torch.device("cpu")), type(_utils.contextlib.nullcontext()))
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    assert isinstance(_utils.device_guard(torch.device("cuda", 0)), type(_utils.contextlib.nullcontext()))
+    guard = _utils.device_guard(torch.device("cuda", 1))  # launches for cuda:1 tensors run with cuda:1 current
+    assert isinstance(guard, torch.cuda.device) and guard.idx == 1
+
+
+def test_tensors_on_two_devices_are_refused():
+    params, grads, m, v, masks = adam_state()
+    with pytest.raises(ValueError, match="is on meta"):
+        masked_adam_triton_(params, grads, m, [v[0], v[1].to("meta")], masks, step=1, lr=1e-3)
+    with pytest.raises(ValueError, match="on meta"):
+        topk_magnitude_masks_triton([params[0], params[1].to("meta")], [3, 3])
