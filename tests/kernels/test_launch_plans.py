@@ -200,3 +200,18 @@ def test_tensors_on_two_devices_are_refused():
         masked_adam_triton_(params, grads, m, [v[0], v[1].to("meta")], masks, step=1, lr=1e-3)
     with pytest.raises(ValueError, match="on meta"):
         topk_magnitude_masks_triton([params[0], params[1].to("meta")], [3, 3])
+
+
+def test_triton_pin_admits_the_tested_releases():
+    """pyproject.toml pins the Triton releases the kernels are tested with: the GPU image's 3.6 and this one."""
+    import pathlib
+    import tomllib
+
+    import triton
+    from packaging.requirements import Requirement
+    from packaging.version import Version
+
+    deps = tomllib.loads((pathlib.Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())
+    (spec,) = [Requirement(d).specifier for d in deps["project"]["dependencies"] if Requirement(d).name == "triton"]
+    assert Version("3.6.0") in spec and Version(triton.__version__) in spec
+    assert Version("3.5.1") not in spec and Version("3.10.0") not in spec
