@@ -50,8 +50,9 @@ def variants():
                         eq_ptr=I32),
                    dict(DTYPE=dtype, ZERO_WEIGHTS=zero, ZERO_MOMENTS=zero, **shape,
                         SLOT_LIMIT=-1 if zero else shape["SLOTS"]))
-    yield ("adam_scalars", ma._adam_scalars_kernel, 1, dict(step_ptr="*fp32", scalars_ptr="*fp32", lr="fp32"),
-           dict(BETA1=0.9, BETA2=0.999))
+    for step_type in ("*fp32", "*i64"):  # torch.optim.Adam's float step counts, or integer ones
+        yield ("adam_scalars", ma._adam_scalars_kernel, 1, dict(step_ptr=step_type, scalars_ptr="*fp32", lr="fp32"),
+               dict(BETA1=0.9, BETA2=0.999))
     for mode, pz, aligned, gdt in itertools.product(range(3), (False, True), (False, True), (tl.float32, tl.bfloat16)):
         yield ("masked_adam", ma._masked_adam_kernel, ma.NUM_WARPS,
                dict(p_table_ptr=I64, g_table_ptr=I64, m_table_ptr=I64, v_table_ptr=I64, mask_table_ptr=I64,
