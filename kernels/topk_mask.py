@@ -29,8 +29,8 @@ blocks of this launch are done: it alone picks the digit, so no launch is spent 
      input has: the mask is empty without a special case.
   4. `_tie_kernel`, only where more elements equal T than are kept: counts them per block (among the
      candidates), and the last block turns the counts into each block's exclusive prefix.
-  5. `_fixup_kernel`: each candidate's mask entry: kept iff pattern > T, or == T with rank among equals
-     (flat order) <= need_eq. With `zero_pruned` or moments to zero, it instead rewrites whole blocks from
+  5. `_fixup_kernel`: each candidate's mask entry (written False by pass 1 or 2, so only the kept ones are
+     written): kept iff pattern > T, or == T with rank among equals (flat order) <= need_eq. With `zero_pruned` or moments to zero, it instead rewrites whole blocks from
      the weights (one more read) and zeroes the pruned entries in place.
 A block whose candidates overflow its slots (more than `slots` of its BLOCK elements in the range) keeps
 counting them and, in passes 2-5, reads its weights instead of its slots: always correct, slower.
@@ -337,7 +337,9 @@ def _fixup_kernel(w_table_ptr, out_table_ptr, m_table_ptr, v_table_ptr, blk_seg_
         valid = j < count
         cand_bits = tl.load(slot_bits_ptr + pid * SLOTS + j, mask=valid, other=0)
         pos = tl.load(slot_pos_ptr + pid * SLOTS + j, mask=valid, other=0).to(tl.int32)
-        tl.store(out + pos, _keep(cand_bits, valid, threshold, tie, eq_before, need_eq), mask=valid)
+        # Passes 1 and 2 wrote False for every candidate: only the kept ones need a (scattered) write.
+        kept = _keep(cand_bits, valid, threshold, tie, eq_before, need_eq)
+        tl.store(out + pos, kept, mask=kept)
     else:
         # The whole block from its weights: its candidates overflowed the slots, or pruned entries are to be
         # zeroed (all of them must be written).
