@@ -12,13 +12,13 @@ and for pruned entries (mask == 0) the moments option:
     frozen:   m, v left exactly as before; the pruned weight is set to 0.
 Reference: `kernels.reference.masked_adam_ref_` (tests also track `torch.optim.Adam` + `p.mul_(mask)`).
 
-Layout: a persistent grid (a few programs per SM) walks the blocks of all tensors in a grid-stride loop;
-a block is BLOCK elements of one tensor, found through device pointer tables (`kernels._utils`), so a
-network's ~30 tensors cost one launch and no flattening copy. Each element's p, g, m, v and mask byte are
-read once and p, m, v written once (28 bytes + 1 per fp32 element). Full blocks load without bounds
-masks; when the host has checked that every pointer is 16-byte aligned (`ALIGNED`), the loads and stores
-carry alignment hints and compile to 128-bit accesses. Nothing waits on anything else: no block-wide
-reduction, no barrier.
+Layout: a persistent grid (a few programs per SM) walks the blocks of all tensors in a grid-stride loop,
+prefetching the next block's plan row; a block is BLOCK elements of one tensor, found through device
+pointer tables (`kernels._utils`), so a network's ~30 tensors cost one launch and no flattening copy. Each
+element's p, g, m, v and mask byte are read once and p, m, v written once (28 bytes + 1 per fp32 element).
+Full blocks load without bounds masks; when the host has checked that every pointer is 16-byte aligned
+(`ALIGNED`), the loads and stores carry alignment hints and compile to 128-bit accesses. Nothing waits on
+anything else: no block-wide reduction, no barrier.
 
 Bytes per pruned element. `pruned_are_zero=True` promises that pruned weights are already exactly 0 (true
 after any earlier masked step with the same masks, or after `topk_magnitude_masks(..., zero_pruned=True)`):
@@ -167,13 +167,19 @@ def _masked_adam_kernel(p_table_ptr, g_table_ptr, m_table_ptr, v_table_ptr, mask
     if STEP_ON_DEVICE:  # written by _adam_scalars_kernel just before
         step_size = tl.load(scalars_ptr)
         bc2_sqrt = tl.load(scalars_ptr + 1)
+    numel_ptr = plan_ptr + 2 * n_blocks + 2 * n_seg  # the plan's rows, see kernels._utils
     block = tl.program_id(0)
+    seg = tl.load(plan_ptr + block, mask=block < n_blocks, other=0)
+    start = tl.load(plan_ptr + n_blocks + block, mask=block < n_blocks, other=0)
     # Grid-stride loop over the blocks of every tensor (a while loop: range() with a run-time bound does not
     # run under every Triton release's interpreter).
     while block < n_blocks:
-        seg = tl.load(plan_ptr + block)
-        start = tl.load(plan_ptr + n_blocks + block)
-        numel = tl.load(plan_ptr + 2 * n_blocks + 2 * n_seg + seg)
+        # Prefetch the next block's plan row, so that its loads overlap this block's data traffic and the
+        # next iteration starts one dependent load (plan -> pointer table -> data) closer to its data.
+        next_block = block + tl.num_programs(0)
+        next_seg = tl.load(plan_ptr + next_block, mask=next_block < n_blocks, other=0)
+        next_start = tl.load(plan_ptr + n_blocks + next_block, mask=next_block < n_blocks, other=0)
+        numel = tl.load(numel_ptr + seg)
         offs = start + tl.arange(0, BLOCK)
         if ALIGNED:
             offs = tl.max_contiguous(tl.multiple_of(offs, BLOCK), BLOCK)
@@ -186,7 +192,7 @@ def _masked_adam_kernel(p_table_ptr, g_table_ptr, m_table_ptr, v_table_ptr, mask
         else:
             _adam_block(p_addr, g_addr, m_addr, v_addr, mask_addr, offs, numel, step_size, bc2_sqrt, eps, weight_decay,
                         BETA1, BETA2, GRAD_DTYPE, MODE, PRUNED_ARE_ZERO, HAS_WD, ALIGNED, G_ALIGN, False, BLOCK)
-        block += tl.num_programs(0)
+        block, seg, start = next_block, next_seg, next_start
 
 
 # --- launch plan and launcher -----------------------------------------------------------------------------

@@ -30,8 +30,9 @@ blocks of this launch are done: it alone picks the digit, so no launch is spent 
   4. `_tie_kernel`, only where more elements equal T than are kept: counts them per block (among the
      candidates), and the last block turns the counts into each block's exclusive prefix.
   5. `_fixup_kernel`: each candidate's mask entry (written False by pass 1 or 2, so only the kept ones are
-     written): kept iff pattern > T, or == T with rank among equals (flat order) <= need_eq. With `zero_pruned` or moments to zero, it instead rewrites whole blocks from
-     the weights (one more read) and zeroes the pruned entries in place.
+     written): kept iff pattern > T, or == T with rank among equals (flat order) <= need_eq. With
+     `zero_pruned` or moments to zero, it instead rewrites whole blocks from the weights (one more read)
+     and zeroes the pruned entries in place.
 A block whose candidates overflow its slots (more than `slots` of its BLOCK elements in the range) keeps
 counting them and, in passes 2-5, reads its weights instead of its slots: always correct, slower.
 

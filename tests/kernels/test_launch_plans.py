@@ -215,3 +215,39 @@ def test_triton_pin_admits_the_tested_releases():
     (spec,) = [Requirement(d).specifier for d in deps["project"]["dependencies"] if Requirement(d).name == "triton"]
     assert Version("3.6.0") in spec and Version(triton.__version__) in spec
     assert Version("3.5.1") not in spec and Version("3.10.0") not in spec
+
+
+@pytest.mark.gpu
+def test_captured_graphs_keep_their_tables_after_the_caches_forget_them():
+    """Graphs replayed after every cached plan was dropped and the freed memory reused: their tables are held
+    by `graph_tables`, so the replays still read the right pointers and plans."""
+    params, grads, m, v, masks = adam_state(shapes=((300, 7), (513,)))
+    step = torch.zeros((), device="cuda")
+    weights = [p.detach().clone() for p in params]
+    keep = torch.tensor([200, 100], device="cuda")
+    out = [torch.empty(w.shape, dtype=torch.bool, device="cuda") for w in weights]
+
+    def work():
+        step.add_(1)
+        masked_adam_triton_(params, grads, m, v, masks, step=step, lr=1e-2)
+        topk_magnitude_masks_triton(weights, keep, out=out)
+
+    work()  # warm-up: compile, build and cache the plans
+    graph = torch.cuda.CUDAGraph()
+    with graph_tables() as held, torch.cuda.graph(graph):
+        work()
+    masked_adam._plans.clear()
+    topk_mask._plans.clear()
+    topk_mask._workspaces.clear()
+    gc.collect()
+    junk = [torch.full((4096,), -1, dtype=torch.int64, device="cuda") for _ in range(64)]  # reuse freed blocks
+    want = [[t.clone() for t in ts] for ts in (params, m, v)]
+    for s in range(2, 5):
+        graph.replay()
+        masked_adam_ref_(want[0], grads, want[1], want[2], masks, step=s, lr=1e-2)
+    torch.cuda.synchronize()
+    for got, ref in zip((params, m, v), want):
+        for g, r in zip(got, ref):
+            torch.testing.assert_close(g, r)
+    assert all(torch.equal(o, r) for o, r in zip(out, topk_magnitude_masks_ref(weights, [200, 100])))
+    del junk, held
