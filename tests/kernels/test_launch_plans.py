@@ -251,3 +251,37 @@ def test_captured_graphs_keep_their_tables_after_the_caches_forget_them():
             torch.testing.assert_close(g, r)
     assert all(torch.equal(o, r) for o, r in zip(out, topk_magnitude_masks_ref(weights, [200, 100])))
     del junk, held
+
+
+def guarded(shape, dtype, fill, pad=8):
+    """A tensor of `shape` inside a buffer with `pad` canary elements on each side (kept aligned)."""
+    n = 1
+    for d in shape:
+        n *= d
+    buf = torch.full((n + 2 * pad,), fill, dtype=dtype, device=DEVICE)
+    return buf, buf[pad:pad + n].view(shape)
+
+
+def test_kernels_never_touch_memory_around_their_tensors():
+    # Sizes one short of, equal to and one past a block multiple: the tail block must stay in bounds.
+    shapes = [(31,), (32,), (33,), (3, 21)]
+    bufs, (params, grads, m, v) = [], ([], [], [], [])
+    for s in shapes:
+        for seq, fill in ((params, 7.0), (grads, 8.0), (m, 9.0), (v, 10.0)):
+            buf, t = guarded(s, torch.float32, fill)
+            t.copy_(torch.randn(s) if seq is not v else torch.rand(s))
+            bufs.append((buf, t, fill))
+            seq.append(t)
+    masks = [torch.rand(s, device=DEVICE) > 0.3 for s in shapes]
+    for moments in ("faithful", "frozen"):
+        masked_adam_triton_(params, grads, m, v, masks, step=2, lr=1e-2, weight_decay=0.1, moments=moments, block=16)
+    outs = []
+    for s in shapes:
+        buf, t = guarded(s, torch.bool, True)
+        bufs.append((buf, t, True))
+        outs.append(t)
+    for kwargs in (dict(), dict(zero_pruned=True, exp_avgs=m, exp_avg_sqs=v)):
+        topk_magnitude_masks_triton(params, [5, 6, 7, 8], out=outs, block=16, slots=4, **kwargs)
+    for buf, t, fill in bufs:
+        pad = (buf.numel() - t.numel()) // 2
+        assert bool((buf[:pad] == fill).all()) and bool((buf[-pad:] == fill).all())
