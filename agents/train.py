@@ -7,7 +7,8 @@
 
 Run directory (read by `agents.report`):
     config.json      resolved config + versions, device, git SHA
-    iterations.csv   one row per iteration: score = mean raw return of the episodes finished in it
+    iterations.csv   one row per iteration: score = mean raw return of the episodes finished in it (and the
+                     evaluation phase's eval_score, eval_episodes with --evaluate)
     episodes.csv     every finished episode (raw return, length)
     metrics.jsonl    losses, epsilon, frames/s, per-layer sparsity, analysis metrics
     tb/              the same scalars for TensorBoard
@@ -24,29 +25,41 @@ import csv
 import json
 import math
 import random
+import shutil
 import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 import torch
+import tyro
 
 import kernels
-from agents.checkpoint import CheckpointError, atomic_write_bytes, latest_checkpoint, load_checkpoint, save_checkpoint
-from agents.config import PRESETS, TrainConfig, get_preset
+from agents.checkpoint import (
+    CheckpointError,
+    atomic_write_bytes,
+    latest_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    save_checkpoint,
+)
+from agents.config import PRESETS, RUNTIME_FIELDS, TrainConfig, experiment_fields, get_preset
 from agents.cuda_graphs import PhaseGraphs
 from agents.envs import make_env
+from agents.eval_phase import EvalResult, run_eval_phase
 from agents.networks import use_channels_last
 from agents.profiler import Profiler, format_table, profile_learner_layers, profile_learner_ops
 from agents.pruning import MaskedAdam, Pruner
 from agents.replay import Batch, ReplayBuffer
 
-ITERATION_FIELDS = ["iteration", "agent_steps", "frames", "grad_steps", "score", "episodes", "fps", "total_sparsity",
-                    "wall_time"]
+ITERATION_FIELDS = ["iteration", "agent_steps", "frames", "grad_steps", "score", "episodes", "eval_score",
+                    "eval_episodes", "fps", "total_sparsity", "wall_time"]  # eval_*: empty without --evaluate
 EPISODE_FIELDS = ["agent_steps", "frames", "env_id", "return", "length"]
+EVAL_SEED_OFFSET = 104_729  # evaluation envs are seeded apart from the training envs (seed + i, + 7919 k on resume)
 
 
 def make_agent(cfg, num_actions: int):
@@ -107,21 +120,26 @@ def _write_json(path: Path, obj: dict) -> None:
 class Trainer:
     """One run. `Trainer(cfg, run_dir)` starts fresh; `Trainer.resume(run_dir)` continues from a checkpoint."""
 
-    def __init__(self, cfg: TrainConfig, run_dir: Path, checkpoint: dict | None = None, env=None):
-        """`env` replaces the Atari envs with any object of the `AtariVecEnv` interface (tests use a tiny MDP)."""
+    def __init__(self, cfg: TrainConfig, run_dir: Path, checkpoint: dict | None = None, env=None, eval_env=None):
+        """`env` (and `eval_env`, for --evaluate) replace the Atari envs with any object of the `AtariVecEnv`
+        interface (tests use a tiny MDP)."""
         self.cfg, self.run_dir = cfg, Path(run_dir)
         self.device = resolve_device(cfg.device)
         _fast_cpu_math()
         _seed_everything(cfg.seed)
         self.env = env if env is not None else make_env(cfg.env, seed=cfg.seed)
+        self.eval_env = eval_env  # built at the first evaluation phase otherwise
         self.num_actions = self.env.num_actions
         obs_shape = tuple(self.env.observation_shape)
         self.agent = make_agent(cfg.agent, self.num_actions)
         self.online = self.agent.build_network(cfg.network, obs_shape).to(self.device)
         self.target = copy.deepcopy(self.online).requires_grad_(False)
-        start, end = cfg.pruning.window(cfg.nominal_grad_steps)
+        run_grad_steps = cfg.min_grad_steps(self.env.num_envs)
+        start, end = cfg.pruning.window(cfg.nominal_grad_steps, run_grad_steps)
         self.pruner = Pruner(self.online, cfg.pruning, start, end).to(self.device) \
             if cfg.pruning.final_sparsity > 0 else None
+        for note in cfg.pruning.window_warnings(cfg.nominal_grad_steps, run_grad_steps):
+            print(f"warning: {note}", file=sys.stderr)
         self.optimizer = MaskedAdam(self.online.parameters(), lr=cfg.agent.lr, eps=cfg.agent.adam_eps,
                                     masks=self.pruner.mask_for() if self.pruner else None,
                                     moments=cfg.pruning.moments, mask_gradients=cfg.pruning.mask_gradients)
@@ -129,7 +147,6 @@ class Trainer:
         self.replay = make_replay(cfg, replay_device, self.env.num_envs, obs_shape)
         self.action_rng = np.random.default_rng(cfg.seed)
         self.agent_steps = self.grad_steps = self.iteration = 0
-        self.grad_budget = 0.0
         self.stopped_early = False  # by --max-minutes
         self.analysis_obs: torch.Tensor | None = None
         self.profiler = Profiler(cfg.profile, self.device)
@@ -152,13 +169,11 @@ class Trainer:
 
     # --- construction helpers ----------------------------------------------------------------------------
     @classmethod
-    def resume(cls, run_dir: Path) -> Trainer:
+    def resume(cls, run_dir: Path, cfg: TrainConfig | None = None) -> Trainer:
+        """Continue the run in run_dir from its last checkpoint, with `cfg` (default: the run's saved config;
+        the caller checks that a given one differs only in runtime options)."""
         run_dir = Path(run_dir)
-        config_path = run_dir / "config.json"
-        if not config_path.is_file():
-            raise CheckpointError(f"cannot resume {run_dir}: it has no config.json (is it a run directory?)")
-        saved = json.loads(config_path.read_text())
-        cfg = TrainConfig.from_dict(saved["config"])
+        cfg = cfg if cfg is not None else read_run_config(run_dir)
         path = latest_checkpoint(run_dir / "checkpoints")
         if path is None:
             raise CheckpointError(f"cannot resume {run_dir}: no checkpoint in {run_dir / 'checkpoints'}")
@@ -206,8 +221,10 @@ class Trainer:
 
     # --- acting and learning -----------------------------------------------------------------------------
     def epsilon(self) -> float:
+        """Exploration for the next action. Dopamine counts the step being acted before it computes epsilon
+        (`training_steps` is incremented in `_train_step`, before `select_action`), hence the + 1."""
         a = self.cfg.agent
-        return linearly_decaying_epsilon(self.agent_steps, a.min_replay, a.epsilon_decay_steps, a.epsilon_train)
+        return linearly_decaying_epsilon(self.agent_steps + 1, a.min_replay, a.epsilon_decay_steps, a.epsilon_train)
 
     def act(self, obs: np.ndarray, epsilon: float) -> np.ndarray:
         n = obs.shape[0]
@@ -219,6 +236,23 @@ class Trainer:
                 greedy = self.agent.greedy_actions(self.online, obs_t).cpu().numpy()
             actions = np.where(explore, actions, greedy)
         return actions
+
+    def evaluate(self) -> EvalResult:
+        """One evaluation phase (`--evaluate`) in its own envs, seeds and random streams: no training state and
+        no random stream of training is touched, so training is the same with or without it."""
+        cfg = self.cfg
+        if self.eval_env is None:  # a fresh seed after a resume, as for the training envs
+            self.eval_env = make_env(cfg.env, seed=cfg.seed + EVAL_SEED_OFFSET + 7919 * self.iteration)
+        rng = np.random.default_rng([cfg.seed, EVAL_SEED_OFFSET, self.iteration])
+
+        def greedy(obs: np.ndarray) -> np.ndarray:
+            with self.autocast:
+                return self.agent.greedy_actions(self.online, torch.from_numpy(obs).to(self.device)).cpu().numpy()
+
+        # IQN draws its acting taus from torch's global generator: fork it, seeded for this phase.
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            torch.manual_seed(int(rng.integers(2**62)))
+            return run_eval_phase(self.eval_env, greedy, cfg.eval_steps, cfg.eval_epsilon, rng)
 
     def _sample_batch(self) -> Batch:
         batch = self.replay.sample(self.cfg.agent.batch_size)
@@ -319,12 +353,12 @@ class Trainer:
                 steps_before, new_steps = self.agent_steps, int(executed.sum())
                 self.agent_steps += new_steps
 
-                # ALGO LOGIC: learn once the warm-up is over, at `replay_ratio` updates per agent step.
+                # ALGO LOGIC: learn once the warm-up is over, at `replay_ratio` updates per agent step. With one
+                # env this is Dopamine's _train_step for the next agent step (after storing this step's
+                # observation, before acting on the next): the same updates, target syncs and replay contents.
                 if self.replay.transitions_added > cfg.agent.min_replay and self.replay.can_sample():
-                    self.grad_budget += cfg.replay_ratio * new_steps
-                    while self.grad_budget >= 1.0:
+                    for _ in range(cfg.updates_due(steps_before, self.agent_steps)):
                         info = self.learn()
-                        self.grad_budget -= 1.0
                         for k, v in info.items():
                             sums[k] = sums.get(k, 0.0) + v  # device tensors: no sync until logged
                         count += 1
@@ -358,8 +392,12 @@ class Trainer:
                     elapsed = time.perf_counter() - iter_start_time
                     fps = (self.agent_steps - iter_start_steps) * cfg.env.frame_skip / max(elapsed, 1e-9)
                     score = float(np.mean(iter_returns)) if iter_returns else float("nan")
+                    evaluation = None
+                    if cfg.evaluate:
+                        with prof.section("evaluation"):
+                            evaluation = self.evaluate()
                     with prof.section("checkpoint"):
-                        sparsity = self._end_iteration(score, len(iter_returns), fps)
+                        sparsity = self._end_iteration(score, len(iter_returns), fps, evaluation)
                     bar.set_postfix(iter=self.iteration, score=_fmt_score(score), fps=f"{fps:.0f}",
                                     sparsity=f"{sparsity:.3f}")
                     iter_returns = []
@@ -392,30 +430,36 @@ class Trainer:
         _write_json(self.run_dir / "profile.json", report)
         print(format_table(report))
 
-    def _end_iteration(self, score: float, episodes: int, fps: float) -> float:
+    def _end_iteration(self, score: float, episodes: int, fps: float, evaluation: EvalResult | None = None) -> float:
         """Log the iteration's row, checkpoint on schedule; returns the measured total sparsity."""
         self.iteration += 1
         row = {"iteration": self.iteration, "agent_steps": self.agent_steps,
                "frames": self.agent_steps * self.cfg.env.frame_skip, "grad_steps": self.grad_steps, "score": score,
-               "episodes": episodes, "fps": round(fps, 1), "total_sparsity": self._measured_sparsity(),
-               "wall_time": round(time.time(), 3)}
+               "episodes": episodes, "eval_score": evaluation.score if evaluation else None,
+               "eval_episodes": evaluation.episodes if evaluation else None, "fps": round(fps, 1),
+               "total_sparsity": self._measured_sparsity(), "wall_time": round(time.time(), 3)}
         csv.DictWriter(self.iterations_csv, ITERATION_FIELDS).writerow(row)
         self._flush()
         if self.tb is not None:
             self.tb.add_scalar("charts/iteration_score", score, self.agent_steps)
+        if evaluation is not None:
+            self._log({"charts/eval_score": evaluation.score, "charts/eval_episodes": evaluation.episodes,
+                       "charts/eval_steps": evaluation.steps})
         if self.iteration % self.cfg.checkpoint_every == 0 or self.agent_steps >= self.cfg.total_steps:
             self.save()
         return row["total_sparsity"]
 
     def _finish(self) -> dict:
-        scores = [float(r["score"]) for r in read_iterations(self.run_dir / "iterations.csv")]
+        rows = read_iterations(self.run_dir / "iterations.csv")
         summary = {"finished": not self.stopped_early, "agent_steps": self.agent_steps,
                    "frames": self.agent_steps * self.cfg.env.frame_skip, "grad_steps": self.grad_steps,
-                   "iterations": self.iteration, "final_score": scores[-1] if scores else None,
+                   "iterations": self.iteration, "final_score": float(rows[-1]["score"]) if rows else None,
+                   "final_eval_score": float(rows[-1]["eval_score"]) if rows and rows[-1].get("eval_score") else None,
                    "total_sparsity": 0.0}
         if self.pruner is not None:
             summary.update(self.pruner.sparsity_report())
             summary["total_sparsity"] = summary["sparsity/total"]
+        summary.update(self._sparsity_verdict(summary.get("sparsity/prunable", 0.0)))
         _write_json(self.run_dir / "summary.json", summary)
         self.close()
         return summary
@@ -426,16 +470,22 @@ class Trainer:
         if self.tb is not None:
             self.tb.close()
         self.env.close()
+        if self.eval_env is not None:
+            self.eval_env.close()
 
     # --- logging helpers -------------------------------------------------------------------------------------
-    def _target_sparsity(self) -> float:
-        """Scheduled sparsity over the prunable weights at the last mask update."""
-        p = self.pruner
-        last = min(self.grad_steps - 1, p.end) // p.cfg.update_freq * p.cfg.update_freq
-        if self.grad_steps == 0 or last < p.start:
-            return 0.0
-        sizes = [w.numel() for w in p.weights]
-        return sum(s * n for s, n in zip(p.layer_sparsities(last), sizes)) / sum(sizes)
+    def _sparsity_verdict(self, measured: float) -> dict:
+        """`target_sparsity` (the configured final sparsity of the prunable weights) and whether the measured one
+        ended below what the schedule calls for after the agent steps done. That uses the gradient steps an
+        uninterrupted run takes by then, so a run stopped inside or before its window is not below target, while
+        one that lost gradient steps (resumed without its replay) or masks is."""
+        cfg = self.cfg
+        verdict = {"target_sparsity": cfg.pruning.final_sparsity, "below_target_sparsity": False}
+        if self.pruner is not None:
+            expected = cfg.min_grad_steps(self.env.num_envs, self.agent_steps)
+            verdict["scheduled_sparsity"] = self.pruner.scheduled_sparsity(expected)
+            verdict["below_target_sparsity"] = measured < verdict["scheduled_sparsity"]
+        return verdict
 
     def _measured_sparsity(self) -> float:
         return self.pruner.sparsity_report()["sparsity/total"] if self.pruner is not None else 0.0
@@ -446,7 +496,7 @@ class Trainer:
         row.update({"charts/epsilon": epsilon, "charts/SPS": sps, "charts/FPS": sps * self.cfg.env.frame_skip})
         if self.pruner is not None:
             row.update(self.pruner.sparsity_report())
-            row["sparsity/target"] = self._target_sparsity()
+            row["sparsity/target"] = self.pruner.scheduled_sparsity(self.grad_steps)
         self._log(row)
 
     def _log(self, row: dict) -> None:
@@ -477,7 +527,7 @@ class Trainer:
     # --- checkpoints -------------------------------------------------------------------------------------------
     def state_dict(self, with_replay: bool) -> dict:
         state = {"config": self.cfg.to_dict(), "agent_steps": self.agent_steps, "grad_steps": self.grad_steps,
-                 "iteration": self.iteration, "grad_budget": self.grad_budget, "online": self.online.state_dict(),
+                 "iteration": self.iteration, "online": self.online.state_dict(),
                  "target": self.target.state_dict(), "optimizer": self.optimizer.state_dict(),
                  "pruner": self.pruner.state_dict() if self.pruner is not None else None,
                  "rng": {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
@@ -497,7 +547,7 @@ class Trainer:
             if self.pruner is not None:
                 self.pruner.load_state_dict(state["pruner"])
             self.agent_steps, self.grad_steps = int(state["agent_steps"]), int(state["grad_steps"])
-            self.iteration, self.grad_budget = int(state["iteration"]), float(state["grad_budget"])
+            self.iteration = int(state["iteration"])
             rng = state["rng"]
             random.setstate(rng["python"])
             np.random.set_state(rng["numpy"])
@@ -582,10 +632,75 @@ def default_run_name(cfg: TrainConfig) -> str:
     return f"{cfg.env.game}__{cfg.preset or cfg.agent.name}__s{cfg.seed}__{stamp}"
 
 
-def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig | None, Path | None]:
-    """(config, None) for a new run, or (None, run_dir) for --resume."""
-    import tyro
+# Files a run writes into its directory; starting afresh in a directory without a checkpoint removes them.
+RUN_OUTPUTS = ("config.json", "iterations.csv", "episodes.csv", "metrics.jsonl", "summary.json", "profile.json", "tb",
+               "checkpoints")
 
+DESCRIPTION = """Train a (pruned) value-based agent on Atari. --preset NAME selects the configuration (the paper's
+hyperparameters for one agent, network and sparsity; --list-presets shows them all); every option below
+overrides one field of it.
+
+Re-running the same command resumes the run: when the run directory (--runs-dir/--run-name) already holds a
+run of the same experiment, it continues from the last checkpoint, says 'already finished' (exit 0) if the
+run is done, or starts afresh if the run was killed before its first checkpoint. A run of a different
+experiment there is an error. --resume RUN_DIR continues the run in RUN_DIR and accepts the options that do
+not change what it learns (--max-minutes, --progress, --device, the speed options, ...). Usage errors exit
+with code 2."""
+
+
+def _cli(default: TrainConfig):
+    """The command line as one function for tyro: the config's fields, plus the options the pre-parser reads."""
+
+    def cli(config: Annotated[TrainConfig, tyro.conf.arg(name="")] = default, resume: Path | None = None,
+            list_presets: Annotated[bool, tyro.conf.FlagCreatePairsOff] = False) -> TrainConfig:
+        """The command line of agents.train.
+
+        Args:
+            resume: Continue the run in this directory from its last checkpoint; takes runtime options only.
+            list_presets: Print every preset's name, agent, network and sparsity, then exit.
+        """
+        return config
+
+    return cli
+
+
+def _flag(field: str) -> str:
+    return "--" + field.replace("_", "-")
+
+
+def experiment_differences(saved: TrainConfig, cfg: TrainConfig) -> list[str]:
+    """'--agent.lr (6.25e-05 in the run, 0.001 now)' for every experiment field in which the configs differ."""
+    a, b = experiment_fields(saved.to_dict()), experiment_fields(cfg.to_dict())
+    return [f"{_flag(k)} ({a.get(k)!r} in the run, {b.get(k)!r} now)" for k in sorted(a.keys() | b.keys())
+            if a.get(k) != b.get(k)]
+
+
+def read_run_config(run_dir: Path) -> TrainConfig:
+    """The config a run directory was started with (its config.json)."""
+    path = Path(run_dir) / "config.json"
+    if not path.is_file():
+        raise CheckpointError(f"cannot resume {run_dir}: it has no config.json (is it a run directory?)")
+    try:
+        return TrainConfig.from_dict(json.loads(path.read_text())["config"])
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"cannot read the config of {run_dir} from {path}: {e}") from e
+
+
+def run_finished(run_dir: Path) -> bool:
+    path = Path(run_dir) / "summary.json"
+    try:
+        return path.is_file() and json.loads(path.read_text()).get("finished") is True
+    except (json.JSONDecodeError, AttributeError):
+        return False
+
+
+class UsageError(ValueError):
+    """A bad command line or config: printed without a traceback, exit code 2."""
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, Path | None]:
+    """(config, None) for the run in runs_dir/run_name, or (config, run_dir) for --resume RUN_DIR, where the
+    config is the run's saved one with the runtime options given on the command line."""
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--preset", default=None)
     pre.add_argument("--resume", type=Path, default=None)
@@ -596,33 +711,67 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig | None, Path 
             print(f"{name:28s} {p.agent.name:8s} {p.network.arch}x{p.network.width}  "
                   f"sparsity {p.pruning.final_sparsity}")
         sys.exit(0)
-    if known.resume is not None:
-        if rest:
-            raise SystemExit(f"--resume takes the run's saved config; unexpected arguments: {' '.join(rest)}")
-        return None, known.resume
-    default = get_preset(known.preset) if known.preset else TrainConfig()
-    description = ("Train a (pruned) value-based agent on Atari. Start from a paper preset with --preset NAME "
-                   "(e.g. dqn_impala_w3_gmp95, dqn_impala_w3_dense, demo; --list-presets shows all) and override "
-                   "any field below. --resume RUN_DIR continues a killed run from its last checkpoint.")
-    cfg = tyro.cli(TrainConfig, default=default, args=rest, description=description, prog="python -m agents.train")
-    return cfg, None
+    saved = read_run_config(known.resume) if known.resume is not None else None
+    default = get_preset(known.preset) if known.preset else saved or TrainConfig()
+    cfg = tyro.cli(_cli(default), args=rest, description=DESCRIPTION, prog="python -m agents.train")
+    if saved is None:
+        return cfg, None
+    differences = experiment_differences(saved, cfg)
+    if differences:
+        raise UsageError(f"--resume continues the run as it was configured and accepts only runtime options "
+                         f"({', '.join(_flag(f) for f in sorted(RUNTIME_FIELDS))}); these change the "
+                         f"experiment: {'; '.join(differences)}")
+    if (cfg.runs_dir, cfg.run_name) != (saved.runs_dir, saved.run_name):
+        raise UsageError("--resume RUN_DIR names the run directory; leave out --runs-dir and --run-name")
+    return cfg, known.resume
+
+
+def open_run(cfg: TrainConfig, resume_dir: Path | None = None) -> Trainer | None:
+    """The trainer for this command: a resumed run, a fresh one, or None if the run has already finished.
+
+    Without --resume the run directory is runs_dir/run_name. If it already holds a run, the command must
+    describe the same experiment (runtime options may differ); then a finished run is left alone, a run with a
+    checkpoint resumes, and a run killed before its first checkpoint starts afresh. So a requeued job can
+    simply run its command again.
+    """
+    run_dir = Path(resume_dir) if resume_dir is not None else Path(cfg.runs_dir) / (cfg.run_name or
+                                                                                     default_run_name(cfg))
+    has_checkpoint = bool(list_checkpoints(run_dir / "checkpoints"))
+    if (run_dir / "config.json").is_file():
+        differences = experiment_differences(read_run_config(run_dir), cfg)
+        if differences:
+            raise UsageError(f"{run_dir} holds a run of a different experiment: {'; '.join(differences)}. Use "
+                             f"another --run-name, or the run's own options to continue it")
+        if run_finished(run_dir):
+            print(f"{run_dir} already finished (summary.json); nothing to do")
+            return None
+        if has_checkpoint or resume_dir is not None:
+            trainer = Trainer.resume(run_dir, cfg)
+            print(f"resuming {run_dir} at agent step {trainer.agent_steps:,} (grad step {trainer.grad_steps:,})")
+            return trainer
+    elif resume_dir is not None:
+        read_run_config(run_dir)  # raises: no config.json
+    elif has_checkpoint:
+        raise UsageError(f"{run_dir} holds checkpoints but no config.json; move it away or use another --run-name")
+    for name in RUN_OUTPUTS:  # a run killed before its first checkpoint (or a new directory): start afresh
+        path = run_dir / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+    trainer = Trainer(cfg, run_dir)
+    print(f"run directory: {run_dir}")
+    return trainer
 
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        cfg, resume_dir = parse_args(argv)
-        if resume_dir is not None:
-            trainer = Trainer.resume(resume_dir)
-            print(f"resuming {resume_dir} at agent step {trainer.agent_steps:,} (grad step {trainer.grad_steps:,})")
-        else:
-            run_dir = Path(cfg.runs_dir) / (cfg.run_name or default_run_name(cfg))
-            if (run_dir / "config.json").exists():
-                raise SystemExit(f"{run_dir} already holds a run; use --resume {run_dir} or another --run-name")
-            trainer = Trainer(cfg, run_dir)
-            print(f"run directory: {run_dir}")
+        trainer = open_run(*parse_args(argv))
     except (ValueError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if trainer is None:
+        return 0
     summary = trainer.run()
     status = "done" if summary["finished"] else "stopped"
     print(f"{status}: {summary['frames']:,} frames, last iteration's score {_fmt_score(summary['final_score'])}, "

@@ -11,90 +11,7 @@ import pytest
 
 from agents import evaluation as ev
 from agents import report
-
-GAMES = ("Pong", "Breakout", "Enduro")
-SEEDS = (0, 1, 2)
-ITERS = 4
-STEPS = 1000  # agent steps per iteration; total_steps = ITERS * STEPS
-
-
-def final_hns(sparsity: float, game_idx: int, seed: int) -> float:
-    """Known final human-normalised score of each fake run (distinct values, pruned better)."""
-    return (1.0 if sparsity == 0 else 2.0) + 0.1 * game_idx + 0.03 * seed
-
-
-def write_run(
-    root: Path,
-    game: str,
-    seed: int,
-    sparsity: float,
-    width: int = 3,
-    iters: int = ITERS,
-    finished: bool = True,
-    nan_last: bool = False,
-    nested: bool = True,
-) -> Path:
-    d = root / f"{game}_s{seed}_{sparsity}_w{width}"
-    (d / "checkpoints").mkdir(parents=True)
-    (d / "tb").mkdir()
-    cfg = {
-        "preset": None,
-        "env": {"game": game, "backend": "envpool", "num_envs": 8},
-        "network": {"arch": "impala", "width": width, "scale_dense": False},
-        "agent": {"name": "dqn", "lr": 6.25e-5},
-        "pruning": {"final_sparsity": sparsity, "distribution": "erk"},
-        "replay_ratio": 0.25,
-        "seed": seed,
-        "total_steps": ITERS * STEPS,
-        "iteration_steps": STEPS,
-        "frame_skip": 4,
-        "run_name": d.name,
-        "device": "cpu",
-    }
-    if nested:  # what agents.train writes: the config next to run metadata
-        cfg = {"config": cfg, "torch": "2.13.0", "git_sha": str(hash(d)), "started": str(d), "num_actions": 6}
-    (d / "config.json").write_text(json.dumps(cfg))
-    rand, human = ev.reference_scores(game)
-    gi = GAMES.index(game)
-    target = final_hns(sparsity, gi, seed)
-    with open(d / "iterations.csv", "w") as f:
-        f.write("iteration,agent_steps,frames,grad_steps,score,episodes,fps,total_sparsity,wall_time\n")
-        for i in range(iters):
-            hns = target * (i + 1) / ITERS  # linear ramp to the known final value
-            score = "" if (nan_last and i == iters - 1) else f"{rand + hns * (human - rand)!r}"
-            steps = (i + 1) * STEPS
-            f.write(f"{i},{steps},{4 * steps},{steps // 4},{score},3,1000.0,{sparsity},{i}.0\n")
-    with open(d / "metrics.jsonl", "w") as f:
-        for k in range(iters * 2 + 1):
-            steps = k * STEPS // 2
-            row = {
-                "agent_steps": steps,
-                "frames": 4 * steps,
-                "grad_steps": steps // 4,
-                "losses/td_loss": 0.1,
-                "charts/SPS": 500.0,
-            }
-            if sparsity:
-                s = sparsity * min(1.0, k / (iters * 2))
-                # the trainer logs per-layer, prunable-weights and all-params (with biases) sparsity
-                row.update({"sparsity/encoder.0": s * 0.8, "sparsity/out": s, "sparsity/prunable": s})
-                row.update({"sparsity/total": 0.99 * s, "sparsity/target": s})
-            if k % 2 == 0:
-                row.update(
-                    {
-                        "analysis/dormant_frac": 0.1 + 0.01 * k,
-                        "analysis/srank": 100.0 - k - seed,
-                        "analysis/param_norm": 30.0 + k,
-                        "analysis/q_mean": 0.5,
-                        "analysis/q_norm": 1.0 + k,
-                        "analysis/q_var": 0.2 * k,
-                        "analysis/dormant/hidden_relu": 0.2,
-                    }
-                )
-            f.write(json.dumps(row) + "\n")
-    if finished:
-        (d / "summary.json").write_text(json.dumps({"finished": True, "agent_steps": ITERS * STEPS, "final_score": 0}))
-    return d
+from tests.agents.report_runs import GAMES, ITERS, SEEDS, STEPS, final_hns, summary, write_run
 
 
 @pytest.fixture
@@ -112,17 +29,13 @@ def _expected_matrix(sparsity):
     return np.array([[final_hns(sparsity, g, s) for g in range(len(GAMES))] for s in SEEDS])
 
 
-def _summary(out: Path) -> dict:
-    return {c["label"]: c for c in json.loads((out / "summary.json").read_text())["configs"]}
-
-
 def test_report_end_to_end(runs, tmp_path, capsys):
     out = tmp_path / "report"
     assert report.main([str(runs), "--out", str(out), "--reps", "500"]) == 0
-    summary = _summary(out)
-    assert set(summary) == {"DQN Impala ×3, dense", "DQN Impala ×3, 95% pruned"}
-    for label, sparsity in (("DQN Impala ×3, dense", 0.0), ("DQN Impala ×3, 95% pruned", 0.95)):
-        c = summary[label]
+    configs = summary(out)
+    assert set(configs) == {"dense", "95% pruned"}  # labels name what differs; the rest is said once
+    for label, sparsity in (("dense", 0.0), ("95% pruned", 0.95)):
+        c = configs[label]
         assert c["complete"] and not c["flags"]
         assert sorted(c["games"]) == sorted(GAMES) and c["seeds"] == list(SEEDS)
         m = _expected_matrix(sparsity)[:, [GAMES.index(g) for g in c["games"]]]
@@ -136,9 +49,10 @@ def test_report_end_to_end(runs, tmp_path, capsys):
 
     # the markdown table carries the same numbers
     md = (out / "report.md").read_text()
-    iqm_pruned = summary["DQN Impala ×3, 95% pruned"]["final"]["iqm"]
+    iqm_pruned = configs["95% pruned"]["final"]["iqm"]
     assert f"{iqm_pruned['value']:.3f} [{iqm_pruned['low']:.3f}, {iqm_pruned['high']:.3f}]" in md
-    assert "| DQN Impala ×3, 95% pruned | 3 | 3 |" in md
+    assert "| 95% pruned | 3 | 3 |" in md
+    assert 'Shared by all: agent.name="dqn", network.arch="impala", network.width=3' in md
     # per-game raw means: Pong dense = mean over seeds of random + hns * (human - random)
     rand, human = ev.reference_scores("Pong")
     pong = np.mean([rand + final_hns(0.0, 0, s) * (human - rand) for s in SEEDS])
@@ -151,7 +65,7 @@ def test_report_end_to_end(runs, tmp_path, capsys):
 
     # curves: one point per iteration, IQM of the linear ramp
     with open(out / "curves.csv") as f:
-        rows = [r for r in csv.DictReader(f) if r["config"] == "DQN Impala ×3, dense"]
+        rows = [r for r in csv.DictReader(f) if r["config"] == "dense"]
     assert [int(r["iteration"]) for r in rows] == list(range(ITERS))
     assert [float(r["frames"]) for r in rows] == [4.0 * STEPS * (i + 1) for i in range(ITERS)]
     assert float(rows[1]["iqm"]) == pytest.approx(ev.iqm(_expected_matrix(0.0) * 2 / ITERS))
@@ -177,10 +91,10 @@ def test_incomplete_configs_are_flagged_and_excluded(runs, tmp_path, capsys):
     write_run(extra, "Breakout", 0, 0.0, width=1, nan_last=True)
     write_run(extra, "Breakout", 1, 0.0, width=1)
     out = tmp_path / "report"
-    report.main([str(runs), "--out", str(out), "--reps", "200"])
+    report.main([str(runs), "--out", str(out), "--reps", "200", "--no-figures"])
     err = capsys.readouterr().err
-    label = "DQN Impala ×1, dense"
-    c = _summary(out)[label]
+    label = "×1, dense"
+    c = summary(out)[label]
     assert not c["complete"] and c["final"] is None and c["scores"] is None
     flags = " ".join(c["flags"])
     assert "missing games: Enduro" in flags and "unfinished: Pong seed 1" in flags
@@ -188,12 +102,12 @@ def test_incomplete_configs_are_flagged_and_excluded(runs, tmp_path, capsys):
     md = (out / "report.md").read_text()
     assert f"| {label} | " in md and "excluded" in md and "**incomplete**" in md
     # the complete configurations are unaffected
-    assert _summary(out)["DQN Impala ×3, dense"]["complete"]
+    assert summary(out)["×3, dense"]["complete"]
 
     # --allow-incomplete aggregates what is there: Pong + Breakout, 2 seeds each, marked partial
     out2 = tmp_path / "report2"
     report.main([str(runs), "--out", str(out2), "--reps", "200", "--allow-incomplete"])
-    c = _summary(out2)[label]
+    c = summary(out2)[label]
     assert c["final"] is not None and np.array(c["scores"]).shape == (2, 2)
     assert sorted(c["games"]) == ["Breakout", "Pong"]
     # Breakout seed 0 has no score in its last iteration: the previous iteration's score is used (warned)
@@ -203,13 +117,13 @@ def test_incomplete_configs_are_flagged_and_excluded(runs, tmp_path, capsys):
     assert "partial (--allow-incomplete)" in (out2 / "report.md").read_text()
 
 
-def test_required_games_and_unknown_games(runs, tmp_path):
+def test_required_games_and_unknown_games(runs, tmp_path, capsys):
     # requiring a game nobody ran flags every configuration
     out = tmp_path / "r"
-    report.main([str(runs), "--out", str(out), "--games", "Pong,Breakout,Enduro,Qbert", "--reps", "50"])
-    assert all(not c["complete"] and "Qbert" in " ".join(c["flags"]) for c in _summary(out).values())
-    with pytest.raises(KeyError, match="did you mean"):
-        report.main([str(runs), "--out", str(out), "--games", "Pongg"])
+    report.main([str(runs), "--out", str(out), "--games", "Pong,Breakout,Enduro,Qbert", "--reps", "50", "--no-figures"])
+    assert all(not c["complete"] and "Qbert" in " ".join(c["flags"]) for c in summary(out).values())
+    assert report.main([str(runs), "--out", str(out), "--games", "Pongg"]) == 2
+    assert "error: --games: unknown Atari game 'Pongg'; did you mean Pong" in capsys.readouterr().err
 
 
 def test_configs_differing_in_other_fields_are_not_pooled(tmp_path):
@@ -222,18 +136,18 @@ def test_configs_differing_in_other_fields_are_not_pooled(tmp_path):
         (d2 / "config.json").write_text(json.dumps(cfg))
         assert d != d2
     out = tmp_path / "r"
-    report.main([str(root), "--out", str(out), "--reps", "50"])
-    labels = set(_summary(out))
-    assert labels == {"DQN Impala ×3, 95% pruned, lr=6.25e-05", "DQN Impala ×3, 95% pruned, lr=2.08e-05"}
+    report.main([str(root), "--out", str(out), "--reps", "50", "--no-figures"])
+    labels = set(summary(out))
+    assert labels == {"lr=6.25e-05", "lr=2.08e-05"}
 
 
 def test_find_run_dirs(runs, tmp_path):
     dirs = report.find_run_dirs([runs])
     assert len(dirs) == 18
     assert report.find_run_dirs([dirs[0]]) == [dirs[0]]
-    with pytest.raises(FileNotFoundError, match="no run directories"):
+    with pytest.raises(report.ReportError, match="no run directories"):
         report.find_run_dirs([tmp_path / "runs" / "dense" / dirs[0].name / "tb"])
-    with pytest.raises(FileNotFoundError, match="does not exist"):
+    with pytest.raises(report.ReportError, match="does not exist"):
         report.find_run_dirs([tmp_path / "nope"])
 
 

@@ -1,0 +1,5 @@
+import sys
+
+from agents.report.cli import main
+
+sys.exit(main())

@@ -1,0 +1,331 @@
+"""The paper-style figures, drawn with matplotlib's Agg backend: IQM curves (Fig. 3), final IQM against width
+(Fig. 1), the sparsity schedule (Fig. 2) and the analysis metrics (Fig. 11)."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from agents.report.configs import Config, describe, join_parts, label_parts
+from agents.report.runs import Run
+
+ANALYSIS_KEYS = {  # Fig. 11 panels: metrics.jsonl key -> axis label
+    "analysis/q_var": "Q-value variance",
+    "analysis/param_norm": "Parameter norm",
+    "analysis/q_norm": "Q-value norm",
+    "analysis/srank": "srank",
+    "analysis/dormant_frac": "Dormant neurons (fraction)",
+}
+PAPER_ANALYSIS_GAMES = ("BeamRider", "Breakout", "Enduro", "VideoPinball")  # Fig. 11
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plt.rcParams.update(
+        {
+            "font.size": 10,
+            "axes.spines.top": False,
+            "axes.spines.right": False,
+            "axes.grid": True,
+            "grid.alpha": 0.3,
+            "legend.frameon": False,
+        }
+    )
+    return plt
+
+
+# Colours: the paper's (dense blue, 95% orange), then distinct ones up to 12 lines. Each line also gets its own
+# dash and marker, so lines stay apart where colours are hard to tell (print, colour blindness).
+PALETTE = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:gray",
+           "tab:olive", "tab:cyan", "black", "gold")
+SPARSITY_COLORS = {0.0: "tab:blue", 0.95: "tab:orange", 0.9: "tab:green", 0.99: "tab:red", 0.5: "tab:purple",
+                   0.8: "tab:brown", 0.98: "tab:pink"}
+DASHES = ("-", "--", ":", "-.")
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">", "h", "p")
+MAX_COLS = 3  # panels per row
+DPI = 130
+
+
+@dataclass(frozen=True)
+class Line:
+    """How one configuration is drawn: its legend label and a style that no other label shares."""
+
+    label: str
+    color: str
+    variant: int  # picks dash and marker
+
+    def plot(self, ax, x, y, low=None, high=None, lw: float = 1.6, label: str | None = None) -> None:
+        x = np.asarray(x)
+        every = max(1, round(len(x) / 6))  # a few markers per line, offset per variant so they do not pile up
+        ax.plot(x, y, color=self.color, ls=DASHES[self.variant % len(DASHES)], lw=lw,
+                marker=MARKERS[self.variant % len(MARKERS)], ms=4.5, markevery=(self.variant % every, every),
+                label=self.label if label is None else label)
+        if low is not None:
+            ax.fill_between(x, low, high, color=self.color, alpha=0.15, lw=0)
+
+
+def line_styles(configs: list[Config], panels: list | None = None) -> list[Line]:
+    """One Line per configuration. The label says what tells it apart from the other lines of its panel (the same
+    words mean the same style in every panel, so one legend serves the figure). With dense and pruned lines, the
+    colour encodes the pruning and the dash/marker everything else, so a dense/pruned pair shares a dash; every
+    line differs from every other in colour or in dash and marker, most in both."""
+    parts = label_parts([c.flat for c in configs], panels)
+    prune = [join_parts([p for p in ps if p[0].startswith("pruning.")]) for ps in parts]
+    rest = [join_parts([p for p in ps if not p[0].startswith("pruning.")]) for ps in parts]
+    prunes, rests = list(dict.fromkeys(prune)), list(dict.fromkeys(rest))
+    if len(prunes) > 1:
+        sparsity = {t: c.sparsity for t, c in zip(prune, configs, strict=True)}
+        fixed = len(set(sparsity.values())) == len(prunes)  # else pruning differs in more than the sparsity
+        spare = iter([c for c in PALETTE if not fixed or c not in SPARSITY_COLORS.values()] * 2)
+        colors = {t: (SPARSITY_COLORS.get(round(sparsity[t], 4)) if fixed else None) or next(spare) for t in prunes}
+        color = lambda i: colors[prune[i]]
+    else:
+        color = lambda i: PALETTE[rests.index(rest[i]) % len(PALETTE)]
+    # dash/marker: by everything but the pruning, unless only the pruning differs (then by the pruning too)
+    variant = (lambda i: rests.index(rest[i])) if len(rests) > 1 else (lambda i: prunes.index(prune[i]))
+    return [Line(join_parts(ps), color(i), variant(i)) for i, ps in enumerate(parts)]
+
+
+def _figure(plt, n_panels: int, panel_size: tuple[float, float]):
+    """A grid of at most MAX_COLS panels per row (constrained layout, so outside legends get room)."""
+    cols = min(MAX_COLS, n_panels)
+    rows = -(-n_panels // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(panel_size[0] * cols, panel_size[1] * rows + 0.6),
+                             squeeze=False, layout="constrained")
+    for ax in axes.flat[n_panels:]:
+        ax.set_visible(False)
+    return fig, list(axes.flat[:n_panels])
+
+
+def _legend(fig, axes) -> None:
+    """One legend for the whole figure, below the panels: an entry per label, whichever panel drew it."""
+    entries = {}
+    for ax in axes:
+        for h, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            entries.setdefault(label, h)
+    if entries:
+        _figure_legend(fig, list(entries.values()), list(entries))
+
+
+def _figure_legend(fig, handles, labels: list[str]) -> None:
+    """Below the panels, in as many columns as fit the figure's width (about 5 points per character at font
+    size 8, plus the handle); the figure grows by the legend's height so the panels keep theirs."""
+    fits = max(1, int(fig.get_figwidth() * 72 // (5 * max(map(len, labels)) + 45)))
+    rows = -(-len(labels) // fits)
+    ncol = -(-len(labels) // rows)  # rows as full as they can be: 4 entries in 2 x 2, not 3 + 1
+    fig.set_figheight(fig.get_figheight() + 0.2 * rows + 0.1)
+    fig.legend(handles, labels, loc="outside lower center", fontsize=8, ncol=ncol)
+
+
+def _save(fig, plt, path: Path) -> None:
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+
+
+def _frames_axis(ax, fontsize=None) -> None:
+    """Data are plotted in frames; label ticks in millions (or thousands, for short smoke runs)."""
+    from matplotlib.ticker import FuncFormatter
+
+    scale, unit = (1e6, "millions") if ax.get_xlim()[1] >= 2e6 else (1e3, "thousands")
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v / scale:g}"))
+    ax.set_xlabel(f"Frames ({unit})", fontsize=fontsize)
+
+
+def _title(fig, title: str, note: str) -> None:
+    width = int(fig.get_figwidth() * 11)  # about 11 characters per inch at this font size
+    text = title + ("\n" + textwrap.fill(f"[{note}]", width) if note else "")
+    fig.suptitle(text, fontsize=11)
+
+
+def plot_curves(configs: list[Config], curves: dict[str, list[dict]], path: Path, note: str, ci: int) -> bool:
+    """Fig. 3 style: IQM per iteration with its CI band, one panel per agent and network."""
+    cs = [c for c in configs if curves.get(c.label)]
+    if not cs:
+        return False
+    panel_of = [(c.agent, c.arch) for c in cs]
+    panels = list(dict.fromkeys(panel_of))
+    titles = [_panel_title(cs[panel_of.index(p)]) for p in panels]
+    plt = _plt()
+    fig, axes = _figure(plt, len(panels), (5.0, 3.7))
+    for c, line, p in zip(cs, line_styles(cs, panel_of), panel_of, strict=True):
+        pts = curves[c.label]
+        ax = axes[panels.index(p)]
+        line.plot(ax, [q["frames"] for q in pts], [q["iqm"] for q in pts], [q["low"] for q in pts],
+                  [q["high"] for q in pts], label=line.label if c.complete else f"{line.label} (incomplete)")
+    for ax, title in zip(axes, titles, strict=True):
+        ax.set_title(title, fontsize=10)
+        _frames_axis(ax)
+        ax.set_ylabel("IQM human-normalized score")
+    _legend(fig, axes)
+    _title(fig, f"IQM learning curves ({ci}% stratified-bootstrap CIs)", note)
+    _save(fig, plt, path)
+    return True
+
+
+def _panel_title(c: Config, parts: list[tuple[str, str]] = ()) -> str:
+    """'DQN Impala', plus what else sets the panel apart from the other panels."""
+    head = [(k, describe(k, c.flat, k, False)) for k in ("agent.name", "network.arch")]
+    return join_parts(head + [p for p in parts if p[0] not in ("agent.name", "network.arch")])
+
+
+def plot_width(configs: list[Config], finals: dict[str, dict], path: Path, note: str, ci: int) -> bool:
+    """Fig. 1 style: final IQM against the width multiplier, one line per pruning setting, one panel for each
+    combination of the other options (e.g. one per agent)."""
+    cs = [c for c in configs if c.aggregated]
+    if not cs:
+        return False
+    not_x = lambda k: k != "network.width" and not k.startswith("pruning.")
+    panel_of = [tuple((k, v) for k, v in c.key if not_x(k)) for c in cs]
+    panels = list(dict.fromkeys(panel_of))
+    reps = [cs[panel_of.index(p)] for p in panels]
+    # panel titles name what differs between panels (or agent and network when there is one panel)
+    rest_flats = [{k: v for k, v in c.flat.items() if not_x(k)} for c in reps]
+    titles = [_panel_title(c, p) for c, p in zip(reps, label_parts(rest_flats), strict=True)]
+    pruning = [{k: v for k, v in c.flat.items() if k.startswith("pruning.")} for c in cs]
+    line_of = [json.dumps(f, sort_keys=True) for f in pruning]  # one line per pruning setting in a panel
+    firsts = [line_of.index(x) for x in dict.fromkeys(line_of)]
+    labels = label_parts([pruning[i] for i in firsts], always=("pruning.final_sparsity",))
+    styles = line_styles([cs[i] for i in firsts])  # colour by sparsity as everywhere
+    plt = _plt()
+    fig, axes = _figure(plt, len(panels), (4.2, 3.4))
+    for ax, p, title in zip(axes, panels, titles, strict=True):
+        for j, first in enumerate(firsts):
+            group = sorted((c for c, q, x in zip(cs, panel_of, line_of, strict=True)
+                            if q == p and x == line_of[first]), key=lambda c: c.width)
+            if not group:
+                continue
+            line = Line(join_parts(labels[j]), styles[j].color, j)
+            w = np.array([c.width for c in group], dtype=float)
+            iq, lo, hi = (np.array([finals[c.label]["iqm"][k] for c in group]) for k in ("value", "low", "high"))
+            ax.errorbar(w, iq, yerr=[iq - lo, hi - iq], color=line.color, ls=DASHES[j % len(DASHES)],
+                        marker=MARKERS[j % len(MARKERS)], capsize=4, lw=1.6, label=line.label)
+            for c, x, y in zip(group, w, iq, strict=True):
+                if not c.complete:  # only reachable with --allow-incomplete: make it impossible to miss
+                    ax.plot(x, y, marker="o", ms=9, mfc="white", mec=line.color, zorder=3)
+                    ax.annotate("incomplete", (x, y), xytext=(6, -12), textcoords="offset points", fontsize=7)
+        ax.set_title(title, fontsize=10)
+        ax.set_xticks(sorted({c.width for c, q in zip(cs, panel_of, strict=True) if q == p}))
+        ax.set_xlabel("Width multiplier")
+        ax.set_ylabel("Final IQM human-normalized score")
+    _legend(fig, axes)
+    _title(fig, f"Final IQM vs width ({ci}% CIs)", note)
+    _save(fig, plt, path)
+    return True
+
+
+def _series(run: Run, key: str) -> tuple[np.ndarray, np.ndarray]:
+    rows = [m for m in run.metrics() if key in m and m[key] is not None]
+    return np.array([m["frames"] for m in rows], dtype=float), np.array([m[key] for m in rows], dtype=float)
+
+
+def _overall_sparsity_key(run: Run) -> str:
+    """The trainer logs sparsity/prunable (over prunable weights, what the schedule targets) and sparsity/total
+    (biases in the denominator too, like JaxPruner); plot the former when it is there."""
+    return "sparsity/prunable" if any("sparsity/prunable" in m for m in run.metrics()) else "sparsity/total"
+
+
+def plot_sparsity(configs: list[Config], path: Path, note: str) -> bool:
+    """Fig. 2 style: the schedule each pruned configuration actually followed, plus one per-layer profile."""
+    pruned = []  # (config, its first run that logged sparsity): the schedule is the same for every seed
+    for c in configs:
+        run = next((r for r in c.runs if c.sparsity > 0 and len(_series(r, _overall_sparsity_key(r))[0])), None)
+        if run is not None:
+            pruned.append((c, run))
+    if not pruned:
+        return False
+    plt = _plt()
+    fig, (ax, ax_l) = _figure(plt, 2, (4.6, 3.6))
+    lines = dict(zip(map(id, configs), line_styles(configs), strict=True))  # the styles of the other figures
+    for i, (c, run) in enumerate(pruned):
+        x, y = _series(run, _overall_sparsity_key(run))
+        line = lines[id(c)]
+        line.plot(ax, x, y, lw=2.5 - 1.5 * i / len(pruned))  # schedules often coincide: thinner ones on top
+        xt, yt = _series(run, "sparsity/target")
+        if len(xt):
+            ax.plot(xt, yt, color="black", lw=0.8, ls=":")
+    _frames_axis(ax)
+    ax.set_ylabel("Sparsity of the prunable weights")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title("Followed (dotted: scheduled target)", fontsize=10)
+
+    c, run = max(pruned, key=lambda p: p[0].sparsity)
+    overall = {"sparsity/total", "sparsity/target", "sparsity/prunable"}
+    logged = dict.fromkeys(k for m in run.metrics() for k in m)  # logging order = layer order
+    layers = [k for k in logged if k.startswith("sparsity/") and k not in overall]
+    cmap = plt.get_cmap("viridis")
+    for j, k in enumerate(layers):
+        x, y = _series(run, k)
+        ax_l.plot(x, y, color=cmap(j / max(1, len(layers) - 1)), lw=1, label=k.removeprefix("sparsity/"))
+    x, y = _series(run, _overall_sparsity_key(run))
+    ax_l.plot(x, y, color="black", lw=2.2, label="all prunable")
+    _frames_axis(ax_l)
+    ax_l.set_ylim(-0.02, 1.02)
+    ax_l.set_title(f"Per layer: {c.label} ({run.game}, seed {run.seed})", fontsize=9)
+    ax_l.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.02, 1.0), ncol=1 if len(layers) < 20 else 2)
+    _figure_legend(fig, *ax.get_legend_handles_labels())
+    _title(fig, "Gradual magnitude pruning schedule", note)
+    _save(fig, plt, path)
+    return True
+
+
+def _mean_band(values: np.ndarray, reps: int, confidence: float, seed: int):
+    """Mean over runs and a bootstrap percentile CI of it, for every column of [runs, T]."""
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(values), size=(reps, len(values)))
+    means = values[idx].mean(axis=1)
+    a = 1 - confidence
+    return values.mean(axis=0), np.quantile(means, a / 2, axis=0), np.quantile(means, 1 - a / 2, axis=0)
+
+
+def plot_analysis(
+    configs: list[Config], games: list[str] | None, path: Path, note: str, reps: int, confidence: float, seed: int
+) -> bool:
+    """Fig. 11 style: one row per game, one column per analysis metric, one line per configuration."""
+    have = {
+        (c.label, r.game) for c in configs for r in c.runs if any("analysis/dormant_frac" in m for m in r.metrics())
+    }
+    if not have:
+        return False
+    available = sorted({g for _, g in have})
+    if games is None:
+        games = [g for g in PAPER_ANALYSIS_GAMES if g in available] or available[:4]
+    games = [g for g in games if g in available]
+    if not games:
+        return False
+    plt = _plt()
+    keys = list(ANALYSIS_KEYS)
+    fig, axes = plt.subplots(len(games), len(keys), figsize=(2.9 * len(keys), 2.3 * len(games) + 0.6), squeeze=False,
+                             layout="constrained")
+    drawn = [c for c in configs if any((c.label, g) in have for g in games)]
+    for c, line in zip(drawn, line_styles(drawn), strict=True):
+        for row, g in enumerate(games):
+            runs = [r for r in c.runs if r.game == g]
+            for col, k in enumerate(keys):
+                series = [_series(r, k) for r in runs]
+                series = [s for s in series if len(s[0])]
+                if not series:
+                    continue
+                common = sorted(set.intersection(*(set(x.tolist()) for x, _ in series)))
+                vals = np.array(
+                    [[dict(zip(x.tolist(), y.tolist(), strict=True))[f] for f in common] for x, y in series]
+                )
+                m, lo, hi = _mean_band(vals, reps, confidence, seed)
+                line.plot(axes[row, col], common, m, lo, hi, lw=1.3)
+    for row, g in enumerate(games):
+        for col, k in enumerate(keys):
+            ax = axes[row, col]
+            ax.set_title(f"{g}: {ANALYSIS_KEYS[k]}", fontsize=9)
+            _frames_axis(ax, fontsize=8)
+            ax.tick_params(labelsize=7)
+    _legend(fig, axes.flat)
+    _title(fig, f"Analysis metrics (mean over seeds, {round(confidence * 100)}% bootstrap CIs)", note)
+    _save(fig, plt, path)
+    return True

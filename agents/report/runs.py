@@ -1,0 +1,237 @@
+"""Loading run directories: config.json, iterations.csv, summary.json and metrics.jsonl into Run objects."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import sys
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+
+import numpy as np
+
+from agents import evaluation as ev
+from agents.config import TrainConfig, flatten_config
+
+
+class ReportError(Exception):
+    """Nothing to report: bad arguments, no readable run, an unknown game. The command exits with 2."""
+
+
+class RunError(Exception):
+    """A run directory whose files cannot be read as the trainer writes them; the run is skipped (warned)."""
+
+
+def warn(problems: list[str], msg: str) -> None:
+    """Every data problem goes to stderr now and into report.md later."""
+    problems.append(msg)
+    print(f"warning: {msg}", file=sys.stderr)
+
+
+def error(problems: list[str], msg: str) -> None:
+    """Data the report refuses to aggregate; it still writes everything else, then exits with 1."""
+    problems.append(f"**error**: {msg}")
+    print(f"error: {msg}", file=sys.stderr)
+
+
+@dataclass
+class Run:
+    path: Path
+    config: dict
+    game: str
+    seed: int
+    iterations: dict[str, np.ndarray]  # iterations.csv columns as float arrays
+    finished: bool
+    problems: list[str] = field(default_factory=list, repr=False)  # where metrics.jsonl reports bad lines
+    flags: dict[str, str] = field(default_factory=dict)  # the trainer's verdicts: what is wrong -> details
+    score_column: str = "score"  # "score" (training episodes) or "eval_score" (the evaluation phase)
+    _metrics: list[dict] | None = field(default=None, repr=False)
+
+    @property
+    def scores(self) -> np.ndarray:
+        """The score of each iteration (NaN where no episode finished)."""
+        return self.iterations.get(self.score_column, np.full(len(self.iterations["iteration"]), math.nan))
+
+    @property
+    def trusted(self) -> bool:
+        """Finished and not flagged: what the aggregates and per-game tables count by default."""
+        return self.finished and not self.flags
+
+    @property
+    def frames_reached(self) -> float:
+        return float(self.iterations["frames"][-1]) if len(self.iterations["frames"]) else 0.0
+
+    def final_score(self, problems: list[str] | None = None) -> float:
+        """Last iteration's score; if no episode finished in it, the last iteration that has one (warned
+        when a problems list is given)."""
+        scores = self.scores
+        finite = np.flatnonzero(np.isfinite(scores))
+        if len(finite) == 0:
+            return math.nan
+        if finite[-1] != len(scores) - 1 and problems is not None:
+            warn(
+                problems,
+                f"{self.path}: no episode finished in the last iteration; "
+                f"using iteration {int(self.iterations['iteration'][finite[-1]])}'s score",
+            )
+        return float(scores[finite[-1]])
+
+    def metrics(self) -> list[dict]:
+        """Rows of metrics.jsonl that carry sparsity or analysis keys (other rows are skipped unparsed); a line
+        that is not JSON (a write cut short by a kill) is skipped with a warning."""
+        if self._metrics is None:
+            self._metrics = []
+            path = self.path / "metrics.jsonl"
+            if path.exists():
+                with open(path) as f:
+                    for lineno, line in enumerate(f, start=1):
+                        if '"sparsity/' in line or '"analysis/' in line:
+                            try:
+                                self._metrics.append(json.loads(line))
+                            except json.JSONDecodeError:
+                                warn(self.problems, f"{path}, line {lineno}: not valid JSON; line skipped")
+        return self._metrics
+
+
+def find_run_dirs(paths: list[str | Path]) -> list[Path]:
+    """Run dirs are dirs with a config.json; parents are searched recursively."""
+    found: set[Path] = set()
+    for p in map(Path, paths):
+        if not p.exists():
+            raise ReportError(f"{p} does not exist")
+        if (p / "config.json").is_file():
+            found.add(p)
+        else:
+            found.update(c.parent for c in p.rglob("config.json"))
+    # a run's own subfolders (checkpoints/, tb/) are never runs
+    runs = sorted(d for d in found if not any(a in found for a in d.parents))
+    if not runs:
+        raise ReportError(f"no run directories (with a config.json) under {', '.join(map(str, paths))}")
+    return runs
+
+
+def read_json(path: Path) -> dict:
+    """A JSON object from `path`; anything else is a RunError that names the file and the place."""
+    try:
+        obj = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise RunError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}, column {e.colno})") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise RunError(f"{path}: cannot be read ({e})") from None
+    if not isinstance(obj, dict):
+        raise RunError(f"{path}: expected a JSON object, found {type(obj).__name__}")
+    return obj
+
+
+@cache
+def _field_types() -> dict[str, type]:
+    """Flattened config field -> the type of its default (fields that default to None can hold more)."""
+    return {k: type(v) for k, v in flatten_config(TrainConfig().to_dict()).items() if v is not None}
+
+
+def _check_types(cfg: dict, path: Path) -> None:
+    """Every known field has its type (an int where a float is expected is fine), so that a hand-edited
+    `"seed": "abc"` is named here rather than grouped, sorted or formatted wrongly later."""
+    for k, v in flatten_config(cfg).items():
+        want = _field_types().get(k)
+        if want is None:
+            continue  # a field this version does not know (older or newer trainer): nothing to check against
+        ok = isinstance(v, want) if want is not float else isinstance(v, int | float)
+        if not ok or (want is not bool and isinstance(v, bool)):
+            raise RunError(f"{path}: {k} is {json.dumps(v)} ({type(v).__name__}), expected {want.__name__}")
+
+
+ITERATION_COLUMNS = ("iteration", "agent_steps", "frames", "score")
+EVAL_COLUMNS = ("eval_score", "eval_episodes")  # written by trainers with an evaluation phase (empty when off)
+_OPTIONAL_NUMBERS = ("score", *EVAL_COLUMNS)  # may be empty or nan: no episode finished in the iteration
+
+
+def read_iterations(path: Path) -> tuple[dict[str, np.ndarray], int | None]:
+    """iterations.csv as float columns, and the line number of a truncated last row (None if the file ends
+    with a complete row). A truncated row (no newline: the process died while writing it) is left out; any
+    other malformed line is a RunError that names the file and line."""
+    cols: dict[str, list[float]] = {c: [] for c in ITERATION_COLUMNS}
+    if not path.exists():
+        return {c: np.zeros(0) for c in cols}, None
+    text = path.read_text()
+    lines = text.splitlines(keepends=True)
+    truncated = len(lines) if lines and not lines[-1].endswith("\n") else None
+    if truncated:
+        lines = lines[:-1]
+    if not lines:
+        return {c: np.zeros(0) for c in cols}, truncated
+    rows = csv.reader(lines)
+    header = next(rows)
+    missing = [c for c in ITERATION_COLUMNS if c not in header]
+    if missing:
+        raise RunError(f"{path}, line 1: the header has no column {', '.join(missing)}")
+    cols |= {c: [] for c in EVAL_COLUMNS if c in header}
+    at = {c: header.index(c) for c in cols}
+    for lineno, row in enumerate(rows, start=2):
+        if len(row) != len(header):
+            raise RunError(f"{path}, line {lineno}: {len(row)} fields where the header has {len(header)}")
+        for c in cols:
+            v = row[at[c]].strip()
+            try:
+                x = float(v) if v or c not in _OPTIONAL_NUMBERS else math.nan
+            except ValueError:
+                x = None
+            if x is None or (not math.isfinite(x) and c not in _OPTIONAL_NUMBERS):
+                raise RunError(f"{path}, line {lineno}: {c} is {v!r}, not a number")
+            cols[c].append(x)
+    return {c: np.asarray(v, dtype=np.float64) for c, v in cols.items()}, truncated
+
+
+def load_run(path: Path, problems: list[str], score: str = "train") -> Run | None:
+    """The run in `path`, or None (warned, naming the file and line) when its files cannot be read.
+    score: which iteration score counts, "train" (the training episodes) or "eval" (the evaluation phase)."""
+    try:
+        run = _load_run(path, problems)
+    except RunError as e:
+        warn(problems, f"skipped run {path}: {e}")
+        return None
+    run.score_column = "eval_score" if score == "eval" else "score"
+    return run
+
+
+def trainer_flags(summary: dict) -> dict[str, str]:
+    """What summary.json says makes a run differ from its configured experiment, as {what: details} (runs of
+    older trainers have no such keys, and no flags)."""
+    flags = {}
+    if summary.get("resumed_without_replay") is True:
+        flags["resumed without its replay"] = ""
+    if summary.get("below_target_sparsity") is True:
+        measured = summary.get("sparsity/prunable", summary.get("total_sparsity"))
+        target = summary.get("scheduled_sparsity", summary.get("target_sparsity"))
+        numbers = [f"{x:.3g}" for x in (measured, target) if isinstance(x, int | float) and not isinstance(x, bool)]
+        flags["below target sparsity"] = f"sparsity {' < target '.join(numbers)}" if len(numbers) == 2 else ""
+    return flags
+
+
+def _load_run(path: Path, problems: list[str]) -> Run:
+    cfg = read_json(path / "config.json")
+    if isinstance(cfg.get("config"), dict):  # agents.train nests the config next to metadata (git SHA, device...)
+        cfg = cfg["config"]
+    for section, key in (("env", "game"), ("agent", "name"), ("network", "arch")):
+        if not isinstance(cfg.get(section), dict) or key not in cfg[section]:
+            raise RunError(f"{path / 'config.json'} has no {section}.{key}; is this a prunerl run directory?")
+    _check_types(cfg, path / "config.json")
+    game = cfg["env"]["game"]
+    game = ev.canonical_game(game) if ev.has_reference(game) else game
+    iterations, truncated = read_iterations(path / "iterations.csv")
+    summary = read_json(path / "summary.json") if (path / "summary.json").exists() else {}
+    total = cfg.get("total_steps")
+    steps = iterations["agent_steps"]
+    finished = summary.get("finished") is True or bool(total and len(steps) and steps[-1] >= total)
+    if truncated:
+        warn(problems, f"{path / 'iterations.csv'}, line {truncated}: truncated row (the run stopped while "
+                       "writing it); ignored, and the run counts as unfinished")
+        finished = False
+    if not len(steps):
+        warn(problems, f"{path}: no finished iteration yet")
+    flags = trainer_flags(summary)
+    for flag, details in flags.items():
+        warn(problems, f"{path}: {flag}" + (f", {details}" if details else "") + " (summary.json)")
+    return Run(path, cfg, game, int(cfg.get("seed", 0)), iterations, finished, problems, flags)

@@ -1,0 +1,81 @@
+"""The report's statistics on top of agents.evaluation: final aggregates, IQM curves, P(pruned > dense)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from agents import evaluation as ev
+from agents.report.configs import Config
+from agents.report.runs import warn
+
+
+def final_aggregates(c: Config, reps: int, confidence: float, seed: int) -> dict:
+    out = {}
+    for name, fn in ev.AGGREGATES.items():
+        point, low, high = ev.aggregate_with_ci(c.matrix, fn, reps=reps, confidence=confidence, seed=seed)
+        out[name] = {"value": point, "low": low, "high": high}
+    return out
+
+
+def iqm_curve(
+    c: Config, reps: int, confidence: float, seed: int, problems: list[str], table: str = "dqn_zoo"
+) -> list[dict]:
+    """IQM with CI at every iteration for which every run in the matrix has a score."""
+    runs = [r for rs in c.used for r in rs]
+    iters = sorted({int(i) for r in runs for i in r.iterations["iteration"] if np.isfinite(i)})
+    points, gaps = [], 0
+    for it in iters:
+        cols, frames = [], []
+        for rs in c.used:
+            col = []
+            for r in rs:
+                idx = np.flatnonzero(r.iterations["iteration"] == it)
+                if len(idx) and np.isfinite(r.scores[idx[0]]):
+                    col.append(ev.human_normalized(r.scores[idx[0]], r.game, table))
+                    frames.append(r.iterations["frames"][idx[0]])
+            cols.append(col)
+        if any(len(col) < len(rs) for col, rs in zip(cols, c.used, strict=True)):
+            gaps += 1  # a run has not reached this iteration, or no episode finished in it
+            continue
+        if len(set(frames)) > 1:
+            warn(problems, f"{c.label}: runs disagree on the frame count of iteration {it}: {sorted(set(frames))}")
+        m = np.array(cols).T
+        point, low, high = ev.aggregate_with_ci(m, ev.iqm, reps=reps, confidence=confidence, seed=seed)
+        points.append(
+            {
+                "iteration": it,
+                "frames": float(np.median(frames)),
+                "iqm": point,
+                "low": low,
+                "high": high,
+                "runs": m.size,
+            }
+        )
+    if gaps:
+        warn(problems, f"{c.label}: {gaps} iteration(s) left off the learning curve (a run lacks a score there)")
+    return points
+
+
+def probability_of_improvement_pairs(configs: list[Config], reps: int, confidence: float, seed: int) -> list[dict]:
+    """P(pruned > dense) for every pruned configuration whose dense twin (same everything else) is aggregated."""
+    out = []
+    for c in configs:
+        if not c.aggregated or c.sparsity == 0:
+            continue
+        base = {k: v for k, v in c.key if not k.startswith("pruning.")}
+        for d in configs:
+            if d is c or not d.aggregated or d.sparsity != 0:
+                continue
+            if {k: v for k, v in d.key if not k.startswith("pruning.")} != base:
+                continue
+            common = [g for g in c.games if g in d.games]
+            if not common:
+                continue
+            x = c.matrix[:, [c.games.index(g) for g in common]]
+            y = d.matrix[:, [d.games.index(g) for g in common]]
+            p = float(ev.probability_of_improvement(x, y))
+            low, high = ev.bootstrap_ci(
+                (x, y), ev.probability_of_improvement, reps=reps, confidence=confidence, seed=seed
+            )
+            out.append({"x": c.label, "y": d.label, "games": len(common), "value": p, "low": low, "high": high})
+    return out

@@ -1,0 +1,170 @@
+"""report.md, final_scores.csv, curves.csv and summary.json."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+
+from agents import evaluation as ev
+from agents.report.configs import LABEL_ORDER, varying_fields
+
+
+def _ci(d: dict, digits: int = 3) -> str:
+    return f"{d['value']:.{digits}f} [{d['low']:.{digits}f}, {d['high']:.{digits}f}]"
+
+
+SCORE_NAMES = {"train": "training", "eval": "evaluation-phase"}
+
+
+def write_markdown(
+    path: Path, configs, finals, pairs, games, unreferenced, problems, figures, args, sweep_lines=()
+) -> str:
+    ci = round(args.confidence * 100)
+    lines = ["# Results", ""]
+    if args.note:
+        lines += [f"**{args.note}**", ""]
+    lines += [
+        f"Human-normalised scores ({args.normalization} human_at30 table), final score = last iteration's mean "
+        f"{SCORE_NAMES[args.score]} return; IQM, median, mean and optimality gap over runs x games with {ci}% "
+        f"stratified-bootstrap percentile CIs ({args.reps} reps, seed {args.seed}). "
+        f"Games: {', '.join(games) or 'none'}.",
+        "",
+        f"| Configuration | Games | Seeds | IQM [{ci}% CI] | Median | Mean | Optimality gap | Status |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for c in configs:
+        status = "complete" if c.complete else "**incomplete**: " + "; ".join(c.flags)
+        if c.errors:
+            status = "**error**: " + "; ".join(c.errors + c.flags)
+        if c.aggregated:
+            f = finals[c.label]
+            cells = [
+                _ci(f["iqm"]),
+                f"{f['median']['value']:.3f}",
+                f"{f['mean']['value']:.3f}",
+                f"{f['optimality_gap']['value']:.3f}",
+            ]
+            if not c.complete:
+                status = "partial (--allow-incomplete): " + "; ".join(c.flags)
+            n_seeds = str(c.matrix.shape[0])
+        else:
+            cells, n_seeds = ["excluded", "", "", ""], str(len(c.seeds))
+        n_games = len(c.games) if c.aggregated else len({g for g, _ in c.cells})
+        lines.append(f"| {c.label} | {n_games} | {n_seeds} | " + " | ".join(cells) + f" | {status} |")
+    shared = [(k, configs[0].flat[k]) for k in LABEL_ORDER if all(k in c.flat for c in configs)]
+    shared = [(k, v) for k, v in shared if all(c.flat[k] == v for c in configs)]
+    varying = varying_fields(configs)
+    lines += ["", "Configurations: runs are grouped by every option that can change results (not by runtime options "
+              "such as --max-minutes or --device)."]
+    if shared:
+        lines += ["", "Shared by all: " + ", ".join(f"{k}={json.dumps(v)}" for k, v in shared) + "."]
+    if varying:
+        lines += [""] + [
+            f"- {c.label}: " + ", ".join(f"{k}={json.dumps(c.flat.get(k))}" for k in varying) for c in configs
+        ]
+    if pairs:
+        lines += [
+            "",
+            f"Probability of improvement P(pruned > dense) [{ci}% CI]:",
+            "",
+            "| Pruned | Dense | Games | P(X > Y) |",
+            "|---|---|---|---|",
+        ]
+        lines += [f"| {p['x']} | {p['y']} | {p['games']} | {_ci(p)} |" for p in pairs]
+
+    all_games = list(games) + sorted(unreferenced)
+    for title, norm in (
+        ("Per-game mean raw score ± std over seeds (final iteration)", False),
+        ("Per-game mean human-normalised score (final iteration)", True),
+    ):
+        lines += [
+            "",
+            f"{title}:",
+            "",
+            "| Game | " + " | ".join(c.label for c in configs) + " |",
+            "|---|" + "---|" * len(configs),
+        ]
+        for g in all_games if not norm else games:
+            row = []
+            for c in configs:
+                scores = np.array([r.final_score() for (game, _), r in c.cells.items() if game == g and r.trusted])
+                scores = scores[np.isfinite(scores)]
+                if not len(scores):
+                    row.append("—")
+                elif norm:
+                    row.append(f"{np.mean(ev.human_normalized(scores, g, args.normalization)):.3f} (n={len(scores)})")
+                else:
+                    row.append(f"{scores.mean():.1f} ± {scores.std():.1f} (n={len(scores)})")
+            lines.append(f"| {g} | " + " | ".join(row) + " |")
+    lines += ["", "Per-game tables count finished runs that the trainer did not flag, and no (game, seed) pair "
+              "that has several runs."]
+    if unreferenced:
+        lines += [
+            "",
+            f"No human reference score (raw scores only, not in aggregates): {', '.join(sorted(unreferenced))}.",
+        ]
+    if sweep_lines:
+        lines += ["", "## Sweep", ""] + [f"- {line}" for line in sweep_lines]
+    if figures:
+        lines += ["", "## Figures", ""] + [f"![{f}]({f})" for f in figures]
+    lines += ["", "## Problems", ""] + ([f"- {p}" for p in problems] or ["None."])
+    text = "\n".join(lines) + "\n"
+    path.write_text(text)
+    return text
+
+
+def write_tables(out: Path, configs, finals, curves, pairs, problems, args, sweep_lines=()) -> None:
+    with open(out / "final_scores.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(
+            "config,agent,arch,width,sparsity,replay_ratio,game,seed,finished,flags,frames,final_score,"
+            "human_normalized,in_aggregate,run_dir".split(",")
+        )
+        for c in configs:
+            used = {id(r) for rs in c.used for r in rs}
+            key = [c.label, c.agent, c.arch, c.width, c.sparsity, c.replay_ratio]
+            for r in sorted(c.runs, key=lambda r: (r.game, r.seed)):
+                s = r.final_score()
+                hns = float(ev.human_normalized(s, r.game, args.normalization)) if ev.has_reference(r.game) else ""
+                flags = "; ".join(r.flags)
+                w.writerow(key + [r.game, r.seed, r.finished, flags, r.frames_reached, s, hns, id(r) in used, r.path])
+    with open(out / "curves.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["config", "iteration", "frames", "iqm", "low", "high", "runs"])
+        for label, pts in curves.items():
+            for p in pts:
+                w.writerow([label, p["iteration"], p["frames"], p["iqm"], p["low"], p["high"], p["runs"]])
+    summary = {
+        "score": args.score,
+        "normalization": args.normalization,
+        "confidence": args.confidence,
+        "reps": args.reps,
+        "seed": args.seed,
+        "configs": [
+            {
+                "label": c.label,
+                "agent": c.agent,
+                "arch": c.arch,
+                "width": c.width,
+                "sparsity": c.sparsity,
+                "replay_ratio": c.replay_ratio,
+                "complete": c.complete,
+                "flags": c.flags,
+                "errors": c.errors,
+                "games": c.games,
+                "seeds": c.seeds,
+                "final": finals.get(c.label),
+                "scores": c.matrix.tolist() if c.aggregated else None,
+                "experiment": c.flat,
+            }
+            for c in configs
+        ],
+        "probability_of_improvement": pairs,
+        "sweep": list(sweep_lines),
+        "problems": problems,
+    }
+    with open(out / "summary.json", "w") as f:
+        json.dump(summary, f, indent=2)

@@ -1,0 +1,103 @@
+"""Requeue and resume through the real CLI (`main`) on Atari: a few dozen agent steps each, no learning."""
+
+import csv
+import json
+
+import pytest
+
+from agents.train import Trainer, main, parse_args
+
+# Two iterations of 32 agent steps; min_replay above the budget, so the agent only explores (no network calls).
+TINY = ["--preset", "demo", "--env.num-envs", "2", "--total-steps", "64", "--iteration-steps", "32",
+        "--agent.min-replay", "10000", "--replay-capacity", "1000", "--no-progress", "--device", "cpu"]
+STOP_AT_ONCE = ["--max-minutes", "0.0001"]  # stops with a checkpoint after the first vector step
+
+
+def command(tmp_path, *extra):
+    return [*TINY, "--runs-dir", str(tmp_path), "--run-name", "r", *extra]
+
+
+def run_main(capsys, argv):
+    code = main(argv)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def summary(run):
+    return json.loads((run / "summary.json").read_text())
+
+
+def read_csv(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_the_same_command_resumes_a_stopped_run_then_says_already_finished(tmp_path, capsys):
+    run = tmp_path / "r"
+    code, out, _ = run_main(capsys, command(tmp_path, *STOP_AT_ONCE))
+    assert code == 0 and "stopping after --max-minutes" in out
+    stopped = summary(run)
+    assert stopped["finished"] is False and stopped["agent_steps"] < 64
+
+    # A runtime option may differ (a requeued job gets a new time limit).
+    code, out, _ = run_main(capsys, command(tmp_path, "--max-minutes", "30"))
+    assert code == 0 and f"resuming {run} at agent step {stopped['agent_steps']:,}" in out
+    assert summary(run)["finished"] is True and summary(run)["agent_steps"] >= 64
+    assert [int(r["iteration"]) for r in read_csv(run / "iterations.csv")] == [1, 2]
+
+    before = {p: p.stat().st_mtime_ns for p in run.rglob("*")}
+    code, out, _ = run_main(capsys, command(tmp_path))
+    assert code == 0 and "already finished" in out
+    assert {p: p.stat().st_mtime_ns for p in run.rglob("*")} == before, "a finished run was touched"
+
+
+def test_a_run_killed_before_its_first_checkpoint_starts_afresh(tmp_path, capsys):
+    run = tmp_path / "r"
+    cfg, _ = parse_args(command(tmp_path))
+    killed = Trainer(cfg, run)  # writes config.json and the log files, as a run killed early leaves them
+    killed.episodes_csv.write("5,20,0,12345.0,5\n")
+    killed.close()
+    (run / "tb" / "events.out.tfevents.stale").write_bytes(b"stale")
+    (run / "checkpoints").mkdir()
+
+    code, out, _ = run_main(capsys, command(tmp_path))
+    assert code == 0 and f"run directory: {run}" in out and "resuming" not in out
+    assert summary(run)["finished"] is True
+    assert all(float(e["return"]) != 12345.0 for e in read_csv(run / "episodes.csv")), "stale rows kept"
+    assert not (run / "tb" / "events.out.tfevents.stale").exists()
+
+
+def test_the_same_run_name_with_another_experiment_is_an_error(tmp_path, capsys):
+    run = tmp_path / "r"
+    assert run_main(capsys, command(tmp_path, *STOP_AT_ONCE))[0] == 0
+    before = {p: p.stat().st_mtime_ns for p in run.rglob("*")}
+    code, _, err = run_main(capsys, command(tmp_path, "--agent.lr", "0.001", "--seed", "3"))
+    assert code == 2 and "different experiment" in err and "--agent.lr" in err and "--seed" in err
+    assert "--max-minutes" not in err  # a runtime option is not a difference
+    assert {p: p.stat().st_mtime_ns for p in run.rglob("*")} == before
+
+
+def test_resume_accepts_runtime_options(tmp_path, capsys):
+    run = tmp_path / "r"
+    assert run_main(capsys, command(tmp_path, *STOP_AT_ONCE))[0] == 0
+    code, out, err = run_main(capsys, ["--resume", str(run), "--max-minutes", "30", "--no-progress", "--device",
+                                       "cpu", "--overlap-env", "off", "--no-compile", "--keep-checkpoints", "3"])
+    assert code == 0, err
+    assert "resuming" in out and summary(run)["finished"] is True
+
+
+@pytest.mark.parametrize("option,value", [("--agent.lr", "0.001"), ("--total-steps", "128"),
+                                          ("--pruning.final-sparsity", "0.5"), ("--env.game", "Pong")])
+def test_resume_rejects_options_that_change_the_experiment(tmp_path, capsys, option, value):
+    run = tmp_path / "r"
+    assert run_main(capsys, command(tmp_path, *STOP_AT_ONCE))[0] == 0
+    code, _, err = run_main(capsys, ["--resume", str(run), "--max-minutes", "30", option, value])
+    assert code == 2 and option in err and "runtime options" in err
+    assert "--max-minutes" in err  # the message lists what is accepted
+
+
+def test_resume_names_its_run_directory(tmp_path, capsys):
+    run = tmp_path / "r"
+    assert run_main(capsys, command(tmp_path, *STOP_AT_ONCE))[0] == 0
+    code, _, err = run_main(capsys, ["--resume", str(run), "--run-name", "other"])
+    assert code == 2 and "--run-name" in err
