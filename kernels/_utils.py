@@ -25,15 +25,17 @@ CUDA graphs. A graph replays the kernels with the device addresses of their tabl
   `graph_tables()` context (which the graph's owner keeps next to the graph; on an exception inside it, e.g.
   a failed capture, it lets go at once), or, outside any such context, for the rest of the process. The
   plan cache may evict the plan; the buffers stay alive;
-- a plan first built inside a capture is never cached: its tables were written by fill kernels the graph
-  recorded (a host-to-device copy of pageable memory can't be captured), which have run only if the graph
-  replays. It is used for that call and held for the graph, nothing else.
+- a plan first built inside a capture is never cached, nor are the tables it had to make: those were
+  written by fill kernels the graph recorded (a host-to-device copy of pageable memory can't be captured),
+  which have run only if the graph replays. They are used for that call and held for the graph. Tables
+  are cached by value (addresses, sizes), so such a plan reuses every table a warm-up call made.
 """
 
 from __future__ import annotations
 
 import contextlib
 import weakref
+from collections import OrderedDict
 from collections.abc import Sequence
 
 import torch
@@ -42,8 +44,8 @@ import torch
 MAX_NUMEL = 2**31 - 1
 
 # Entries a table may have to be built inside a CUDA-graph capture (one fill kernel each): pointer tables
-# (one entry per tensor) fit; block plans (shape-keyed, so warmed up before any capture) rarely need to.
-MAX_CAPTURED_ENTRIES = 4096
+# (one entry per tensor) fit; block plans (size-keyed, so made by a warm-up call) never need to.
+MAX_CAPTURED_ENTRIES = 256
 
 
 # --- device tables -------------------------------------------------------------------------------------------
@@ -53,15 +55,32 @@ def capturing(device: torch.device) -> bool:
     return device.type == "cuda" and torch.cuda.is_current_stream_capturing()
 
 
-def device_table(values: Sequence[int], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """A 1-D device tensor holding `values`: a host-to-device copy, or fill kernels inside a capture."""
-    host = torch.tensor(list(values), dtype=dtype)
-    if not capturing(device):
-        return host.to(device)
-    if host.numel() > MAX_CAPTURED_ENTRIES:
-        raise RuntimeError(f"a {host.numel()}-entry kernel table was first needed inside a CUDA-graph capture; "
-                           "run the op once before capturing (tables are cached by tensor shapes and addresses)")
-    return filled_on_device(host, device)
+# Device tables by value (pointer tables by the addresses they hold, block plans by tensor sizes), shared by
+# all plans: a plan first built inside a capture (e.g. for a temporary allocated in the graph) still finds
+# the tables warm-up calls made, and only the new ones are written by fill kernels. A table a plan uses stays
+# alive with the plan; eviction here only forgets it.
+_TABLES_SIZE = 1024
+_tables: OrderedDict[tuple, torch.Tensor] = OrderedDict()
+
+
+def device_table(key: tuple, values, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """The cached 1-D device tensor for `key`, else one holding `values()`: a host-to-device copy, or fill
+    kernels inside a capture (then not cached: it holds its values only once the graph replays)."""
+    key = (str(device), dtype, *key)
+    table = _tables.get(key)
+    if table is not None:
+        _tables.move_to_end(key)
+        return table
+    host = torch.tensor(list(values()), dtype=dtype)
+    if capturing(device):
+        if host.numel() > MAX_CAPTURED_ENTRIES:
+            raise RuntimeError(f"a {host.numel()}-entry kernel table was first needed inside a CUDA-graph capture; "
+                               "run the op once before capturing (tables are cached by tensor sizes and addresses)")
+        return filled_on_device(host, device)
+    table = _tables[key] = host.to(device)
+    if len(_tables) > _TABLES_SIZE:
+        _tables.popitem(last=False)
+    return table
 
 
 def filled_on_device(host: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -75,7 +94,14 @@ def filled_on_device(host: torch.Tensor, device: torch.device) -> torch.Tensor:
 
 def pointer_table(tensors: Sequence[torch.Tensor | None], device: torch.device) -> torch.Tensor:
     """int64 device table of the tensors' data pointers (0 for None)."""
-    return device_table([0 if t is None else t.data_ptr() for t in tensors], torch.int64, device)
+    ptrs = tuple(0 if t is None else t.data_ptr() for t in tensors)
+    return device_table(("pointers", *ptrs), lambda: ptrs, torch.int64, device)
+
+
+def int_table(values: Sequence[int], device: torch.device) -> torch.Tensor:
+    """int64 device table of `values` (e.g. keep counts given on the host)."""
+    values = tuple(int(v) for v in values)
+    return device_table(("ints", *values), lambda: values, torch.int64, device)
 
 
 def block_plan_values(numels: Sequence[int], block: int) -> tuple[list[int], int]:
@@ -90,9 +116,11 @@ def block_plan_values(numels: Sequence[int], block: int) -> tuple[list[int], int
 
 
 def block_plan(numels: Sequence[int], block: int, device: torch.device) -> tuple[torch.Tensor, int]:
-    """(plan, num_blocks): the int32 block plan on the device."""
-    values, n_blocks = block_plan_values(numels, block)
-    return device_table(values, torch.int32, device), n_blocks
+    """(plan, num_blocks): the int32 block plan on the device, cached by the sizes."""
+    numels = tuple(int(n) for n in numels)
+    n_blocks = sum(-(-n // block) for n in numels)
+    return device_table(("plan", block, *numels), lambda: block_plan_values(numels, block)[0], torch.int32,
+                        device), n_blocks
 
 
 # --- validation ------------------------------------------------------------------------------------------------

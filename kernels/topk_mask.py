@@ -412,18 +412,11 @@ class _TopkPlan:
         self.zero_moments = len(exp_avgs) > 0
         self.moment_tables = ((_utils.pointer_table(exp_avgs, device), _utils.pointer_table(exp_avg_sqs, device))
                               if self.zero_moments else (self.out_table, self.out_table))  # unused placeholders
-        self.buffers = [*workspace.buffers, self.out_table, *self.moment_tables]
+        self.buffers = [*workspace.buffers, self.out_table, *self.moment_tables, keep_t]
 
 
 _workspaces = _utils.PlanCache(size=16)  # each holds ~1.5 bytes per weight of scratch
 _plans = _utils.PlanCache(size=64)
-_counts_tables = _utils.PlanCache(size=64)  # host keep counts, by value
-
-
-class _Counts:
-    def __init__(self, counts, device):
-        self.table = _utils.device_table(counts, torch.int64, device)
-        self.buffers = [self.table]
 
 
 def _workspace(weights, block: int, slots: int) -> _Workspace:
@@ -512,7 +505,7 @@ def _keep_counts_tensor(weights: Sequence[torch.Tensor], keep_counts, device: to
     counts = tuple(_check_keep_counts(weights, keep_counts))
     if torch.compiler.is_compiling():  # traced: a constant in the graph, no cache lookup
         return torch.tensor(counts, dtype=torch.int64, device=device)
-    return _utils.plan_for(_counts_tables, (device, counts), (), (), device, lambda: _Counts(counts, device)).table
+    return _utils.int_table(counts, device)
 
 
 def topk_magnitude_masks_triton(weights: Sequence[torch.Tensor], keep_counts, *, out=None, zero_pruned: bool = False,

@@ -285,3 +285,23 @@ def test_kernels_never_touch_memory_around_their_tensors():
     for buf, t, fill in bufs:
         pad = (buf.numel() - t.numel()) // 2
         assert bool((buf[:pad] == fill).all()) and bool((buf[-pad:] == fill).all())
+
+
+def test_a_plan_built_in_a_capture_reuses_the_warm_up_tables(fake_capture):
+    """New gradients in every call (e.g. masked copies made inside the graph): the plan is new, but only the
+    gradients' pointer table has to be written by fill kernels in the graph; the block plan and the other
+    pointer tables are the warm-up call's."""
+    params, grads, m, v, masks = adam_state()
+    adam_step((params, [g * 1 for g in grads], m, v, masks))  # warm-up, with its own temporaries
+    device = params[0].device
+    warm = [_utils.block_plan([p.numel() for p in params], 16, device)[0]] + [
+        _utils.pointer_table(seq, device) for seq in (params, m, v, masks)]  # cache hits: the warm-up's tables
+    fake_capture["on"] = True
+    with graph_tables() as held:
+        temporaries = [g * 1 for g in grads]
+        adam_step((params, temporaries, m, v, masks))
+    fake_capture["on"] = False
+    held_ids = {id(b) for b in held._buffers.values()}
+    assert {id(t) for t in warm} <= held_ids
+    grads_table = [b for b in held._buffers.values() if b.tolist() == [t.data_ptr() for t in temporaries]]
+    assert len(grads_table) == 1 and id(grads_table[0]) not in {id(t) for t in _utils._tables.values()}
