@@ -71,9 +71,13 @@ class AgentConfig:
     """M-IQN: lower clip l0 of the scaled log-policy (Vieillard et al. 2020; not given in the paper)."""
 
     def __post_init__(self):
-        for name in ("lr", "adam_eps", "gamma"):
+        for name in ("lr", "adam_eps"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"agent.{name} must be > 0, got {getattr(self, name)}")
+        if not 0 < self.gamma <= 1:
+            raise ValueError(f"agent.gamma (the discount) must be in (0, 1], got {self.gamma}")
+        if not 0 <= self.epsilon_train <= 1:
+            raise ValueError(f"agent.epsilon_train (a probability) must be in [0, 1], got {self.epsilon_train}")
         for name in ("batch_size", "n_step", "target_update_period"):
             if getattr(self, name) < 1:
                 raise ValueError(f"agent.{name} must be >= 1, got {getattr(self, name)}")
@@ -121,8 +125,11 @@ class TrainConfig:
     """Write a checkpoint every this many iterations (and at the end of the run)."""
     keep_checkpoints: int = 2
     """How many recent checkpoints to keep."""
-    save_replay: bool = False
-    """Include the replay buffer in checkpoints (7 GB at 1M), so a resumed run continues learning at once."""
+    save_replay: bool = True
+    """Store the replay in the checkpoints, incrementally (each checkpoint writes only the transitions added
+    since the previous one), so a resumed run is the experiment an uninterrupted one is. With
+    --no-save-replay a resumed run refills min_replay steps before it learns again, and summary.json says
+    resumed_without_replay."""
     evaluate: bool = False
     """After each iteration, run an evaluation phase (Dopamine's eval phase, spec decision 7): full episodes at
     eval_epsilon in envs of its own, learning nothing, logged as eval_score / eval_episodes next to the training
@@ -151,7 +158,8 @@ class TrainConfig:
     learner's threads compete for the same cores."""
     max_minutes: float | None = None
     """Stop after this many minutes of wall time with a checkpoint (to fit a job's time limit, or to see how
-    far a fixed budget gets); `--resume` continues the run. The unfinished iteration's row is not written."""
+    far a fixed budget gets); re-running the command (or `--resume`) continues the run, and the interrupted
+    iteration's score then counts its episodes from before and after the stop."""
     cuda_graphs: Literal["auto", "on", "off"] = "auto"
     """Capture the gradient update (replay sampling, forward and backward, mask selection, masked Adam,
     priority updates) in CUDA graphs after a few eager steps. Same kernels and random numbers as eager

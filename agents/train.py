@@ -2,7 +2,7 @@
 
     python -m agents.train --preset dqn_impala_w3_gmp95 --env.game Breakout
     python -m agents.train --preset demo                      # a few CPU minutes, writes runs/<name>/
-    python -m agents.train --resume runs/<name>               # continue a killed run
+    python -m agents.train --resume runs/<name>               # continue a killed run (so does the same command)
     python -m agents.train --list-presets
 
 Run directory (read by `agents.report`):
@@ -12,8 +12,8 @@ Run directory (read by `agents.report`):
     episodes.csv     every finished episode (raw return, length)
     metrics.jsonl    losses, epsilon, frames/s, per-layer sparsity, analysis metrics
     tb/              the same scalars for TensorBoard
-    checkpoints/     ckpt_<agent_steps>.pt, written atomically at iteration ends
-    summary.json     written when the run finishes
+    checkpoints/     ckpt_<agent_steps>.pt, written atomically at iteration ends, and the replay's chunks
+    summary.json     written when the run finishes or stops
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import copy
 import csv
 import json
 import math
+import os
 import random
 import shutil
 import subprocess
@@ -41,11 +42,11 @@ import tyro
 import kernels
 from agents.checkpoint import (
     CheckpointError,
+    CheckpointStore,
     atomic_write_bytes,
-    latest_checkpoint,
     list_checkpoints,
-    load_checkpoint,
-    save_checkpoint,
+    load_latest_checkpoint,
+    remove_temporary_files,
 )
 from agents.config import PRESETS, RUNTIME_FIELDS, TrainConfig, experiment_fields, get_preset
 from agents.cuda_graphs import PhaseGraphs
@@ -98,9 +99,26 @@ def linearly_decaying_epsilon(step: int, warmup: int, decay: int, final: float) 
 
 
 def resolve_device(name: str) -> torch.device:
+    """The torch device for --device, or a ValueError that says why this machine cannot train on it."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"--device {name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            why = "this PyTorch build has no CUDA support" if torch.version.cuda is None else "no GPU is visible"
+            raise ValueError(f"--device {name}: no CUDA device is available ({why}); use --device cpu or auto")
+        if device.index is not None and device.index >= count:
+            raise ValueError(f"--device {name}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}")
+    elif device.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise ValueError(f"--device {name}: Apple's MPS backend is not available here; use --device cpu or auto")
+    elif device.type != "cpu":
+        raise ValueError(f"--device {name}: prunerl trains on auto, cpu, cuda[:N] or mps")
+    return device
 
 
 def git_sha() -> str | None:
@@ -148,6 +166,9 @@ class Trainer:
         self.action_rng = np.random.default_rng(cfg.seed)
         self.agent_steps = self.grad_steps = self.iteration = 0
         self.stopped_early = False  # by --max-minutes
+        self.resumes, self.resumed_without_replay = 0, False
+        self.iteration_returns: list[float] = []  # returns of the episodes finished in the current iteration
+        self.checkpoints = CheckpointStore(self.run_dir / "checkpoints", keep=cfg.keep_checkpoints)
         self.analysis_obs: torch.Tensor | None = None
         self.profiler = Profiler(cfg.profile, self.device)
         if self.device.type == "cuda":
@@ -165,6 +186,9 @@ class Trainer:
                                        cache_enabled=not self.graphs.enabled)
         if checkpoint is not None:
             self.load_state_dict(checkpoint)
+            self.checkpoints.continue_from(checkpoint)
+            self.resumes += 1
+            self.resumed_without_replay |= checkpoint.get("replay") is None
         self._open_logs(resumed=checkpoint is not None)
 
     # --- construction helpers ----------------------------------------------------------------------------
@@ -174,16 +198,18 @@ class Trainer:
         the caller checks that a given one differs only in runtime options)."""
         run_dir = Path(run_dir)
         cfg = cfg if cfg is not None else read_run_config(run_dir)
-        path = latest_checkpoint(run_dir / "checkpoints")
-        if path is None:
-            raise CheckpointError(f"cannot resume {run_dir}: no checkpoint in {run_dir / 'checkpoints'}")
-        state = load_checkpoint(path, config=cfg.to_dict())
+        try:
+            state = load_latest_checkpoint(run_dir / "checkpoints", config=cfg.to_dict())
+        except CheckpointError as e:
+            raise CheckpointError(f"cannot resume {run_dir}: {e}") from e
         # Envs cannot be snapshotted: they restart, with a seed offset so the trajectories are new ones.
         env = make_env(cfg.env, seed=cfg.seed + 7919 * (int(state["iteration"]) + 1))
         return cls(cfg, run_dir, checkpoint=state, env=env)
 
     def _open_logs(self, resumed: bool) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        for directory in (self.run_dir, self.checkpoints.dir):  # left by a process killed while writing
+            remove_temporary_files(directory)
         if not resumed:
             meta = {"config": self.cfg.to_dict(), "torch": torch.__version__, "device": str(self.device),
                     "device_name": torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu",
@@ -202,7 +228,8 @@ class Trainer:
         if self.cfg.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.tb = SummaryWriter(str(self.run_dir / "tb"), purge_step=self.agent_steps or None)
+            # TensorBoard drops the points at steps >= purge_step: those logged after the checkpoint, as the CSVs do.
+            self.tb = SummaryWriter(str(self.run_dir / "tb"), purge_step=self.agent_steps + 1 if resumed else None)
 
     def _wants_cuda_graphs(self) -> bool:
         if self.cfg.cuda_graphs == "off":
@@ -330,7 +357,7 @@ class Trainer:
         self._env_pool = ThreadPoolExecutor(max_workers=1) if overlap else None
         log_next = (self.agent_steps // cfg.log_every + 1) * cfg.log_every
         iter_end = (self.iteration + 1) * cfg.iteration_steps
-        iter_returns: list[float] = []
+        iter_returns = self.iteration_returns  # an iteration interrupted by --max-minutes goes on after resume
         iter_start_time, iter_start_steps = time.perf_counter(), self.agent_steps
         run_start, run_start_steps = time.perf_counter(), self.agent_steps
         sums: dict[str, float] = {}
@@ -400,7 +427,7 @@ class Trainer:
                         sparsity = self._end_iteration(score, len(iter_returns), fps, evaluation)
                     bar.set_postfix(iter=self.iteration, score=_fmt_score(score), fps=f"{fps:.0f}",
                                     sparsity=f"{sparsity:.3f}")
-                    iter_returns = []
+                    iter_returns = self.iteration_returns = []
                     iter_start_time, iter_start_steps = time.perf_counter(), self.agent_steps
                     iter_end = (self.iteration + 1) * cfg.iteration_steps
                 bar.update(self.agent_steps - steps_before)
@@ -455,7 +482,8 @@ class Trainer:
                    "frames": self.agent_steps * self.cfg.env.frame_skip, "grad_steps": self.grad_steps,
                    "iterations": self.iteration, "final_score": float(rows[-1]["score"]) if rows else None,
                    "final_eval_score": float(rows[-1]["eval_score"]) if rows and rows[-1].get("eval_score") else None,
-                   "total_sparsity": 0.0}
+                   "total_sparsity": 0.0, "resumed": self.resumes,
+                   "resumed_without_replay": self.resumed_without_replay}
         if self.pruner is not None:
             summary.update(self.pruner.sparsity_report())
             summary["total_sparsity"] = summary["sparsity/total"]
@@ -534,7 +562,9 @@ class Trainer:
                          "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
                          "action": self.action_rng.bit_generator.state,
                          "replay": self.replay.generator.get_state()},
-                 "analysis_obs": self.analysis_obs}
+                 "analysis_obs": self.analysis_obs, "iteration_returns": list(self.iteration_returns),
+                 "resumes": self.resumes,
+                 "resumed_without_replay": self.resumed_without_replay}
         if with_replay:
             state["replay"] = self.replay.state_dict()
         return state
@@ -561,12 +591,15 @@ class Trainer:
                 self.replay.generator.set_state(rng["replay"])
             if state.get("analysis_obs") is not None:
                 self.analysis_obs = state["analysis_obs"].to(self.device)
+            self.resumes, self.resumed_without_replay = int(state["resumes"]), bool(state["resumed_without_replay"])
+            self.iteration_returns = [float(r) for r in state["iteration_returns"]]
         except (KeyError, RuntimeError, ValueError, TypeError) as e:
             raise CheckpointError(f"checkpoint does not match this run's model or state: {e}") from e
 
     def save(self) -> Path:
-        return save_checkpoint(self.run_dir / "checkpoints", self.agent_steps,
-                               self.state_dict(with_replay=self.cfg.save_replay), keep=self.cfg.keep_checkpoints)
+        """Checkpoint; the replay's rows are added incrementally (only those since the last checkpoint)."""
+        return self.checkpoints.save(self.agent_steps, self.state_dict(with_replay=False),
+                                     replay=self.replay if self.cfg.save_replay else None)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -737,6 +770,7 @@ def open_run(cfg: TrainConfig, resume_dir: Path | None = None) -> Trainer | None
     run_dir = Path(resume_dir) if resume_dir is not None else Path(cfg.runs_dir) / (cfg.run_name or
                                                                                      default_run_name(cfg))
     has_checkpoint = bool(list_checkpoints(run_dir / "checkpoints"))
+    resolve_device(cfg.device)  # an unusable --device is an error before anything is written
     if (run_dir / "config.json").is_file():
         differences = experiment_differences(read_run_config(run_dir), cfg)
         if differences:
@@ -746,6 +780,7 @@ def open_run(cfg: TrainConfig, resume_dir: Path | None = None) -> Trainer | None
             print(f"{run_dir} already finished (summary.json); nothing to do")
             return None
         if has_checkpoint or resume_dir is not None:
+            _check_writable(run_dir, cfg)
             trainer = Trainer.resume(run_dir, cfg)
             print(f"resuming {run_dir} at agent step {trainer.agent_steps:,} (grad step {trainer.grad_steps:,})")
             return trainer
@@ -753,6 +788,7 @@ def open_run(cfg: TrainConfig, resume_dir: Path | None = None) -> Trainer | None
         read_run_config(run_dir)  # raises: no config.json
     elif has_checkpoint:
         raise UsageError(f"{run_dir} holds checkpoints but no config.json; move it away or use another --run-name")
+    _check_writable(run_dir, cfg)
     for name in RUN_OUTPUTS:  # a run killed before its first checkpoint (or a new directory): start afresh
         path = run_dir / name
         if path.is_dir():
@@ -764,15 +800,35 @@ def open_run(cfg: TrainConfig, resume_dir: Path | None = None) -> Trainer | None
     return trainer
 
 
+def _check_writable(run_dir: Path, cfg: TrainConfig) -> None:
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / f".write-test.tmp-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise UsageError(f"cannot write the run directory {run_dir} (--runs-dir {cfg.runs_dir}): "
+                         f"{e.strerror or e}") from e
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         trainer = open_run(*parse_args(argv))
-    except (ValueError, CheckpointError) as e:
+    except (ValueError, CheckpointError) as e:  # usage errors
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # e.g. a full disk while writing config.json: the message names the error and file
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     if trainer is None:
         return 0
-    summary = trainer.run()
+    try:
+        summary = trainer.run()
+    except (CheckpointError, OSError) as e:  # e.g. a full disk: the message names the error, the file, what is kept
+        with contextlib.suppress(OSError):
+            trainer.close()
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     status = "done" if summary["finished"] else "stopped"
     print(f"{status}: {summary['frames']:,} frames, last iteration's score {_fmt_score(summary['final_score'])}, "
           f"total sparsity {summary['total_sparsity']:.3f} -> {trainer.run_dir}")
