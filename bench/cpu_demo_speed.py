@@ -61,14 +61,13 @@ def main() -> int:
         cfg.env.game = args.game
     if args.total_steps is not None:
         cfg.total_steps = cfg.iteration_steps = args.total_steps
-    load_before = os.getloadavg()
+    load_before, sha = os.getloadavg(), train.git_sha() or "unknown"  # the code that runs (HEAD may move meanwhile)
     with tempfile.TemporaryDirectory() as tmp:
         trainer = train.Trainer(cfg, Path(tmp) / "run")
         start, cpu_start = time.perf_counter(), time.process_time()
         summary = trainer.run()
         wall, cpu_s = time.perf_counter() - start, time.process_time() - cpu_start
         rows = train.read_iterations(Path(tmp) / "run" / "iterations.csv")
-    sha = train.git_sha() or "unknown"
     result = {
         "preset": args.preset, "config": cfg.to_dict(), "frames": summary["frames"],
         "grad_steps": summary["grad_steps"], "preset_total_steps": preset_total_steps,
