@@ -105,7 +105,7 @@ class AgentConfig:
 
 
 def paper_agent(name: AgentName) -> AgentConfig:
-    """The paper's hyperparameters for each agent (Table 2, project decisions 3 and 4)."""
+    """The paper's hyperparameters for each agent (Tables 1-3, project decisions 3 and 4)."""
     if name == "dqn":
         return AgentConfig(name="dqn")
     if name == "rainbow":
