@@ -15,6 +15,7 @@ from typing import Literal
 
 from agents.envs import EnvConfig
 from agents.networks import NetworkConfig
+from agents.plasticity import ReDoConfig, ResetConfig
 from agents.pruning import PruningConfig
 
 AgentName = Literal["dqn", "rainbow", "iqn", "miqn"]
@@ -95,6 +96,8 @@ class TrainConfig:
     network: NetworkConfig = field(default_factory=NetworkConfig)
     agent: AgentConfig = field(default_factory=AgentConfig)
     pruning: PruningConfig = field(default_factory=PruningConfig)
+    redo: ReDoConfig = field(default_factory=ReDoConfig)
+    reset: ResetConfig = field(default_factory=ResetConfig)
     total_steps: int = 10_000_000
     """Training budget in agent steps, summed over envs (10M agent steps = 40M frames)."""
     iteration_steps: int = 250_000
@@ -178,7 +181,8 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
-        sub = {"env": EnvConfig, "network": NetworkConfig, "agent": AgentConfig, "pruning": PruningConfig}
+        sub = {"env": EnvConfig, "network": NetworkConfig, "agent": AgentConfig, "pruning": PruningConfig,
+               "redo": ReDoConfig, "reset": ResetConfig}
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - known
         if unknown:

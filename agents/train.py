@@ -137,6 +137,7 @@ class Trainer:
                                     moments=cfg.pruning.moments, mask_gradients=cfg.pruning.mask_gradients)
         replay_device = self.device if cfg.replay_device == "auto" else torch.device("cpu")
         self.replay = make_replay(cfg, replay_device, self.env.num_envs, obs_shape)
+        self.plasticity = self._make_plasticity(obs_shape) if cfg.redo.enabled or cfg.reset.enabled else None
         self.action_rng = np.random.default_rng(cfg.seed)
         self.agent_steps = self.grad_steps = self.iteration = 0
         self.grad_budget = 0.0
@@ -196,6 +197,18 @@ class Trainer:
             from torch.utils.tensorboard import SummaryWriter
 
             self.tb = SummaryWriter(str(self.run_dir / "tb"), purge_step=self.agent_steps or None)
+
+    def _make_plasticity(self, obs_shape):
+        """ReDo / Reset (agents/plasticity.py): re-initialised values come from a network built afresh."""
+        from agents.plasticity import Plasticity
+
+        def fresh_network():
+            with torch.device(self.device):
+                return self.agent.build_network(self.cfg.network, obs_shape)
+
+        return Plasticity(self.cfg.redo, self.cfg.reset, self.cfg.nominal_grad_steps, self.online, self.optimizer,
+                          fresh_network, sample_obs=lambda n: self.replay.sample(n).obs.to(self.device),
+                          q_fn=self.agent.q_values, after=self.pruner.apply_masks if self.pruner else None)
 
     def _wants_cuda_graphs(self) -> bool:
         if self.cfg.cuda_graphs == "off":
@@ -257,6 +270,11 @@ class Trainer:
         if hasattr(self.replay, "update_priorities"):
             with prof.section("replay_priorities"):
                 run("priorities", self._priorities_phase)
+        if self.plasticity is not None:  # ReDo / Reset, after the update as in the ReDo lab
+            with prof.section("plasticity"):
+                row = self.plasticity.after_update(self.grad_steps)
+            if row:
+                self._log(row)
         self.grad_steps += 1
         return info
 
