@@ -35,6 +35,9 @@ class NetworkConfig:
     """Also multiply the 512-unit hidden layer by the width (off in the paper's online agents)."""
     padding: Literal["same", "valid"] = "same"
     """Nature CNN padding: 'same' as in Dopamine JAX, 'valid' as in the original Nature DQN."""
+    feature_norm: bool = False
+    """The 'L2' baseline of Fig. 12, "the normalization of Kumar et al. (2022)": the penultimate features (after
+    the hidden ReLU) are divided by their l2 norm before the output layer, Scaled QL's feature normalization."""
 
     def __post_init__(self):
         _check_width(self.width)
@@ -144,8 +147,15 @@ def use_channels_last(net: nn.Module, enabled: bool = True) -> nn.Module:
     return net
 
 
+class UnitNorm(nn.Module):
+    """x / ||x||_2 over the last axis (an all-zero vector stays zero): features on the unit sphere."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(x, dim=-1)
+
+
 class QNetwork(nn.Module):
-    """encoder -> Dense(hidden) -> ReLU -> Dense(num_outputs). Subclasses build the encoder."""
+    """encoder -> Dense(hidden) -> ReLU -> [unit norm] -> Dense(num_outputs). Subclasses build the encoder."""
 
     encoder: nn.Module
     feature_dim: int
@@ -153,12 +163,13 @@ class QNetwork(nn.Module):
     def _build_head(self, num_outputs: int, hidden: int) -> None:
         self.hidden = xavier_(nn.Linear(self.feature_dim, hidden))
         self.hidden_relu = nn.ReLU()
+        self.feature_norm: nn.Module = nn.Identity()  # UnitNorm with NetworkConfig.feature_norm
         self.out = xavier_(nn.Linear(hidden, num_outputs))
         self.num_outputs = num_outputs
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        """Penultimate representation (after the hidden ReLU): what srank is computed on."""
-        return self.hidden_relu(self.hidden(self.encoder(x)))
+        """Penultimate representation (after the hidden ReLU, and the unit norm if configured)."""
+        return self.feature_norm(self.hidden_relu(self.hidden(self.encoder(x))))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.out(self.features(x))
@@ -217,12 +228,16 @@ def make_network(cfg: NetworkConfig, num_outputs: int, obs_shape: tuple[int, int
     """The configured Q-network for observations of `obs_shape` = (frames, side, side)."""
     frames, side = obs_shape[0], obs_shape[-1]
     if cfg.arch == "impala":
-        return ImpalaResNet(num_outputs, width=cfg.width, scale_dense=cfg.scale_dense, in_frames=frames,
-                            input_size=side)
-    if cfg.arch == "nature":
-        return NatureCNN(num_outputs, width=cfg.width, padding=cfg.padding, scale_dense=cfg.scale_dense,
-                         in_frames=frames, input_size=side)
-    raise ValueError(f"unknown network arch {cfg.arch!r}; expected 'impala' or 'nature'")
+        net = ImpalaResNet(num_outputs, width=cfg.width, scale_dense=cfg.scale_dense, in_frames=frames,
+                           input_size=side)
+    elif cfg.arch == "nature":
+        net = NatureCNN(num_outputs, width=cfg.width, padding=cfg.padding, scale_dense=cfg.scale_dense,
+                        in_frames=frames, input_size=side)
+    else:
+        raise ValueError(f"unknown network arch {cfg.arch!r}; expected 'impala' or 'nature'")
+    if cfg.feature_norm:
+        net.feature_norm = UnitNorm()
+    return net
 
 
 def count_parameters(net: nn.Module) -> int:
