@@ -17,6 +17,7 @@ from agents.envs import EnvConfig
 from agents.networks import NetworkConfig
 from agents.plasticity import ReDoConfig, ResetConfig
 from agents.pruning import PruningConfig
+from agents.rigl import RigLConfig
 
 AgentName = Literal["dqn", "rainbow", "iqn", "miqn"]
 
@@ -98,6 +99,7 @@ class TrainConfig:
     pruning: PruningConfig = field(default_factory=PruningConfig)
     redo: ReDoConfig = field(default_factory=ReDoConfig)
     reset: ResetConfig = field(default_factory=ResetConfig)
+    rigl: RigLConfig = field(default_factory=RigLConfig)
     total_steps: int = 10_000_000
     """Training budget in agent steps, summed over envs (10M agent steps = 40M frames)."""
     iteration_steps: int = 250_000
@@ -182,7 +184,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
         sub = {"env": EnvConfig, "network": NetworkConfig, "agent": AgentConfig, "pruning": PruningConfig,
-               "redo": ReDoConfig, "reset": ResetConfig}
+               "redo": ReDoConfig, "reset": ResetConfig, "rigl": RigLConfig}
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - known
         if unknown:

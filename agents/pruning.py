@@ -45,6 +45,9 @@ class PruningConfig:
     """Multiply gradients by the mask before Adam (not in the official code)."""
     moments: Literal["faithful", "reset", "frozen"] = "faithful"
     """Adam moments of pruned weights: updated (official), zeroed, or left unchanged."""
+    method: Literal["gmp", "rigl"] = "gmp"
+    """How the network reaches final_sparsity: gradual magnitude pruning (the paper's method), or RigL's dynamic
+    sparse training at that sparsity from step 0 (Evci et al. 2020, Fig. 22; options under --rigl.*)."""
 
     def __post_init__(self):
         if not (0.0 <= self.final_sparsity < 1.0):
@@ -56,6 +59,10 @@ class PruningConfig:
                              f"{self.end_fraction}")
         if self.moments not in kernels.MOMENTS_MODES:
             raise ValueError(f"moments must be one of {kernels.MOMENTS_MODES}, got {self.moments!r}")
+        if self.method not in ("gmp", "rigl"):
+            raise ValueError(f"pruning.method must be 'gmp' or 'rigl', got {self.method!r}")
+        if self.method == "rigl" and self.final_sparsity == 0:
+            raise ValueError("--pruning.method rigl trains at --pruning.final-sparsity, which is 0: set it (e.g. 0.95)")
 
     def window(self, nominal_grad_steps: int) -> tuple[int, int]:
         """(start, end) in gradient steps. 40M frames at replay ratio 0.25 give JaxPruner's 500k / 2M."""
@@ -138,6 +145,8 @@ def prunable_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
 # ---------------------------------------------------------------------------------------------------------
 class Pruner(nn.Module):
     """Holds one bool mask per prunable weight of `model` and updates them on the GMP schedule."""
+
+    replaces_optimizer_step = False  # True for RigL, whose mask updates take the place of that step's update
 
     def __init__(self, model: nn.Module, cfg: PruningConfig, start: int, end: int):
         super().__init__()

@@ -53,6 +53,7 @@ from agents.networks import use_channels_last
 from agents.profiler import Profiler, format_table, profile_learner_layers, profile_learner_ops
 from agents.pruning import MaskedAdam, Pruner
 from agents.replay import Batch, ReplayBuffer
+from agents.rigl import RigL
 
 ITERATION_FIELDS = ["iteration", "agent_steps", "frames", "grad_steps", "score", "episodes", "fps", "total_sparsity",
                     "wall_time"]
@@ -130,11 +131,13 @@ class Trainer:
         self.online = self.agent.build_network(cfg.network, obs_shape).to(self.device)
         self.target = copy.deepcopy(self.online).requires_grad_(False)
         start, end = cfg.pruning.window(cfg.nominal_grad_steps)
-        self.pruner = Pruner(self.online, cfg.pruning, start, end).to(self.device) \
-            if cfg.pruning.final_sparsity > 0 else None
+        self.pruner = self._make_pruner(start, end)
+        self.sync_target()  # RigL starts from sparse weights
         self.optimizer = MaskedAdam(self.online.parameters(), lr=cfg.agent.lr, eps=cfg.agent.adam_eps,
                                     masks=self.pruner.mask_for() if self.pruner else None,
                                     moments=cfg.pruning.moments, mask_gradients=cfg.pruning.mask_gradients)
+        if isinstance(self.pruner, RigL):
+            self.pruner.optimizer = self.optimizer  # it zeroes the moments of the connections it grows
         replay_device = self.device if cfg.replay_device == "auto" else torch.device("cpu")
         self.replay = make_replay(cfg, replay_device, self.env.num_envs, obs_shape)
         self.plasticity = self._make_plasticity(obs_shape) if cfg.redo.enabled or cfg.reset.enabled else None
@@ -197,6 +200,15 @@ class Trainer:
             from torch.utils.tensorboard import SummaryWriter
 
             self.tb = SummaryWriter(str(self.run_dir / "tb"), purge_step=self.agent_steps or None)
+
+    def _make_pruner(self, start: int, end: int) -> Pruner | None:
+        """GMP on its schedule, RigL at a fixed sparsity, or nothing for a dense run."""
+        cfg = self.cfg
+        if cfg.pruning.final_sparsity == 0:
+            return None
+        if cfg.pruning.method == "rigl":
+            return RigL(self.online, cfg.pruning, cfg.rigl, round(cfg.rigl.end_fraction * cfg.nominal_grad_steps))
+        return Pruner(self.online, cfg.pruning, start, end).to(self.device)
 
     def _make_plasticity(self, obs_shape):
         """ReDo / Reset (agents/plasticity.py): re-initialised values come from a network built afresh."""
@@ -261,12 +273,14 @@ class Trainer:
             self._batch = run("sample", self._sample_batch)
         with prof.section("learner"):
             self._per_sample, info = run("learner", self._forward_backward_phase)
-        if self.pruner is not None and self.pruner.is_update_step(self.grad_steps):
+        mask_step = self.pruner is not None and self.pruner.is_update_step(self.grad_steps)
+        if mask_step:
             with prof.section("mask_update"):  # from |w| before this step, as JaxPruner's Adam
                 self.pruner.set_keep_counts(self.grad_steps)
                 run("mask", self.pruner.select_masks)
-        with prof.section("optimizer"):
-            run("optimizer", self.optimizer.step)
+        if not (mask_step and self.pruner.replaces_optimizer_step):  # a RigL update is this step's update
+            with prof.section("optimizer"):
+                run("optimizer", self.optimizer.step)
         if hasattr(self.replay, "update_priorities"):
             with prof.section("replay_priorities"):
                 run("priorities", self._priorities_phase)
