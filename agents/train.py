@@ -7,6 +7,7 @@
 
 Run directory (read by `agents.report`):
     config.json      resolved config + versions, device, git SHA
+    initial_weights.pt  the online network's weights at step 0 (for a lottery ticket: --pruning.fixed-mask)
     iterations.csv   one row per iteration: score = mean raw return of the episodes finished in it
     episodes.csv     every finished episode (raw return, length)
     metrics.jsonl    losses, epsilon, frames/s, per-layer sparsity, analysis metrics
@@ -51,7 +52,7 @@ from agents.cuda_graphs import PhaseGraphs
 from agents.envs import make_env
 from agents.networks import use_channels_last
 from agents.profiler import Profiler, format_table, profile_learner_layers, profile_learner_ops
-from agents.pruning import MaskedAdam, Pruner
+from agents.pruning import FixedMask, MaskedAdam, Pruner, load_lottery_ticket
 from agents.replay import Batch, ReplayBuffer
 from agents.rigl import RigL
 
@@ -131,8 +132,8 @@ class Trainer:
         self.online = self.agent.build_network(cfg.network, obs_shape).to(self.device)
         self.target = copy.deepcopy(self.online).requires_grad_(False)
         start, end = cfg.pruning.window(cfg.nominal_grad_steps)
-        self.pruner = self._make_pruner(start, end)
-        self.sync_target()  # RigL starts from sparse weights
+        self.pruner = self._make_pruner(start, end, fresh=checkpoint is None)
+        self.sync_target()  # RigL and a fixed mask start from other weights
         self.optimizer = MaskedAdam(self.online.parameters(), lr=cfg.agent.lr, eps=cfg.agent.adam_eps,
                                     masks=self.pruner.mask_for() if self.pruner else None,
                                     moments=cfg.pruning.moments, mask_gradients=cfg.pruning.mask_gradients)
@@ -188,6 +189,9 @@ class Trainer:
                     "num_actions": self.num_actions, "action_meanings": self.env.action_meanings,
                     "env_backend": self.env.backend, "env_backend_kwargs": self.env.backend_kwargs}
             _write_json(self.run_dir / "config.json", meta)
+            # the weights the run starts from, for a lottery ticket of it (--pruning.fixed-mask)
+            initial = {k: v.detach().cpu() for k, v in self.online.state_dict().items()}
+            atomic_write_bytes(self.run_dir / "initial_weights.pt", lambda f: torch.save(initial, f))
         # A resumed run drops the log rows written after its checkpoint, so nothing is counted twice.
         for name, fields in (("iterations.csv", ITERATION_FIELDS), ("episodes.csv", EPISODE_FIELDS)):
             _truncate_csv(self.run_dir / name, fields, self.agent_steps)
@@ -201,11 +205,21 @@ class Trainer:
 
             self.tb = SummaryWriter(str(self.run_dir / "tb"), purge_step=self.agent_steps or None)
 
-    def _make_pruner(self, start: int, end: int) -> Pruner | None:
-        """GMP on its schedule, RigL at a fixed sparsity, or nothing for a dense run."""
+    def _make_pruner(self, start: int, end: int, fresh: bool) -> Pruner | None:
+        """GMP on its schedule, RigL at a fixed sparsity, a lottery ticket's fixed mask (read from its run only when
+        starting: a resumed run has it in its checkpoint), or nothing for a dense run."""
         cfg = self.cfg
         if cfg.pruning.final_sparsity == 0:
             return None
+        if cfg.pruning.fixed_mask is not None:
+            masks = None
+            if fresh:
+                initial, masks = load_lottery_ticket(cfg.pruning.fixed_mask, cfg.to_dict())
+                try:
+                    self.online.load_state_dict(initial)
+                except RuntimeError as e:
+                    raise ValueError(f"--pruning.fixed-mask: its initial weights do not fit this network: {e}") from e
+            return FixedMask(self.online, cfg.pruning, masks).to(self.device)
         if cfg.pruning.method == "rigl":
             return RigL(self.online, cfg.pruning, cfg.rigl, round(cfg.rigl.end_fraction * cfg.nominal_grad_steps))
         return Pruner(self.online, cfg.pruning, start, end).to(self.device)
@@ -623,8 +637,8 @@ def default_run_name(cfg: TrainConfig) -> str:
 
 
 # Files a run writes into its directory; starting afresh in a directory without a checkpoint removes them.
-RUN_OUTPUTS = ("config.json", "iterations.csv", "episodes.csv", "metrics.jsonl", "summary.json", "profile.json", "tb",
-               "checkpoints")
+RUN_OUTPUTS = ("config.json", "initial_weights.pt", "iterations.csv", "episodes.csv", "metrics.jsonl", "summary.json",
+               "profile.json", "tb", "checkpoints")
 
 DESCRIPTION = """Train a (pruned) value-based agent on Atari. --preset NAME selects the configuration (the paper's
 hyperparameters for one agent, network and sparsity; --list-presets shows them all); every option below
