@@ -129,6 +129,9 @@ class TrainConfig:
     """Agent steps between rows of metrics.jsonl / TensorBoard scalars."""
     analysis_every: int = 0
     """Gradient steps between analysis metrics (dormant neurons, srank, norms); 0 turns them off."""
+    analysis_grad_samples: int = 32
+    """With --analysis-every: the gradient covariance of Fig. 14 over this many transitions (one fixed batch, one
+    TD-loss gradient per transition, written to grad_covariance.jsonl); 0 leaves it out."""
     tensorboard: bool = True
     """Also write TensorBoard event files under run_dir/tb."""
     progress: bool = True
@@ -173,6 +176,8 @@ class TrainConfig:
             raise ValueError(f"max_minutes must be > 0, got {self.max_minutes}")
         if self.checkpoint_every < 1 or self.keep_checkpoints < 1:
             raise ValueError("checkpoint_every and keep_checkpoints must be >= 1")
+        if self.analysis_grad_samples < 0:
+            raise ValueError(f"analysis_grad_samples must be >= 0, got {self.analysis_grad_samples}")
 
     @property
     def nominal_grad_steps(self) -> int:

@@ -11,6 +11,7 @@ Run directory (read by `agents.report`):
     iterations.csv   one row per iteration: score = mean raw return of the episodes finished in it
     episodes.csv     every finished episode (raw return, length)
     metrics.jsonl    losses, epsilon, frames/s, per-layer sparsity, analysis metrics
+    grad_covariance.jsonl  with --analysis-every: the gradient covariance matrix at each analysis step
     tb/              the same scalars for TensorBoard
     checkpoints/     ckpt_<agent_steps>.pt, written atomically at iteration ends
     summary.json     written when the run finishes
@@ -147,6 +148,7 @@ class Trainer:
         self.grad_budget = 0.0
         self.stopped_early = False  # by --max-minutes
         self.analysis_obs: torch.Tensor | None = None
+        self.analysis_batch: Batch | None = None  # transitions of the gradient covariance (Fig. 14)
         self.profiler = Profiler(cfg.profile, self.device)
         if self.device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = cfg.tf32
@@ -196,6 +198,8 @@ class Trainer:
         for name, fields in (("iterations.csv", ITERATION_FIELDS), ("episodes.csv", EPISODE_FIELDS)):
             _truncate_csv(self.run_dir / name, fields, self.agent_steps)
         _truncate_jsonl(self.run_dir / "metrics.jsonl", self.agent_steps)
+        if (self.run_dir / "grad_covariance.jsonl").exists():
+            _truncate_jsonl(self.run_dir / "grad_covariance.jsonl", self.agent_steps)
         self.iterations_csv = open(self.run_dir / "iterations.csv", "a", newline="")
         self.episodes_csv = open(self.run_dir / "episodes.csv", "a", newline="")
         self.metrics_file = open(self.run_dir / "metrics.jsonl", "a")
@@ -522,7 +526,41 @@ class Trainer:
         with torch.no_grad():
             row = analysis_metrics(self.online, self.analysis_obs, q_fn=self.agent.q_values)
         self.online.train()
+        if self.cfg.analysis_grad_samples:
+            row.update(self._log_gradient_covariance())
         self._log(row)
+
+    def _log_gradient_covariance(self) -> dict:
+        """Fig. 14: the normalised covariance of per-sample TD-loss gradients on a fixed batch of transitions,
+        over the network's active weights; the matrix goes to grad_covariance.jsonl, two summaries to the log."""
+        from agents.metrics import covariance_summary, gradient_covariance, per_sample_gradients
+
+        k = self.cfg.analysis_grad_samples
+        if self.analysis_batch is None:  # drawn without moving the replay's random stream
+            state = self.replay.generator.get_state()
+            batch = self.replay.sample(k)
+            self.replay.generator.set_state(state)
+            self.analysis_batch = Batch(**{f: v.to(self.device) for f, v in vars(batch).items()})
+        b = self.analysis_batch
+        params = [p for p in self.online.parameters() if p.requires_grad]
+        masks = self.pruner.mask_for() if self.pruner is not None else {}
+
+        def loss_of(i: int) -> torch.Tensor:
+            one = Batch(**{f: v[i:i + 1] for f, v in vars(b).items()})
+            with self.autocast:
+                per_sample, _ = self.agent.loss(self.online, self.target, one)
+            return per_sample.float().sum()
+
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            torch.manual_seed(self.cfg.seed)  # IQN's taus: the same draws at every analysis step
+            grads = per_sample_gradients(loss_of, params, k, [masks.get(p) for p in params])
+        cov = gradient_covariance(grads)
+        del grads
+        line = {"agent_steps": self.agent_steps, "frames": self.agent_steps * self.cfg.env.frame_skip,
+                "grad_steps": self.grad_steps, "matrix": [[round(x, 5) for x in r] for r in cov.tolist()]}
+        with open(self.run_dir / "grad_covariance.jsonl", "a") as f:
+            f.write(json.dumps(line) + "\n")
+        return covariance_summary(cov)
 
     def _flush(self) -> None:
         for f in (self.iterations_csv, self.episodes_csv, self.metrics_file):
@@ -538,7 +576,8 @@ class Trainer:
                          "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
                          "action": self.action_rng.bit_generator.state,
                          "replay": self.replay.generator.get_state()},
-                 "analysis_obs": self.analysis_obs}
+                 "analysis_obs": self.analysis_obs,
+                 "analysis_batch": vars(self.analysis_batch) if self.analysis_batch is not None else None}
         if with_replay:
             state["replay"] = self.replay.state_dict()
         return state
@@ -565,6 +604,8 @@ class Trainer:
                 self.replay.generator.set_state(rng["replay"])
             if state.get("analysis_obs") is not None:
                 self.analysis_obs = state["analysis_obs"].to(self.device)
+            if state.get("analysis_batch") is not None:
+                self.analysis_batch = Batch(**{f: v.to(self.device) for f, v in state["analysis_batch"].items()})
         except (KeyError, RuntimeError, ValueError, TypeError) as e:
             raise CheckpointError(f"checkpoint does not match this run's model or state: {e}") from e
 
@@ -637,8 +678,8 @@ def default_run_name(cfg: TrainConfig) -> str:
 
 
 # Files a run writes into its directory; starting afresh in a directory without a checkpoint removes them.
-RUN_OUTPUTS = ("config.json", "initial_weights.pt", "iterations.csv", "episodes.csv", "metrics.jsonl", "summary.json",
-               "profile.json", "tb", "checkpoints")
+RUN_OUTPUTS = ("config.json", "initial_weights.pt", "iterations.csv", "episodes.csv", "metrics.jsonl",
+               "grad_covariance.jsonl", "summary.json", "profile.json", "tb", "checkpoints")
 
 DESCRIPTION = """Train a (pruned) value-based agent on Atari. --preset NAME selects the configuration (the paper's
 hyperparameters for one agent, network and sparsity; --list-presets shows them all); every option below
