@@ -6,8 +6,9 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 TORCH_VERSION ?= 2.13.0
 TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
+TRITON36_DIR ?= $(VENV)/triton-3.6
 
-.PHONY: install demo test test-gpu bench pong-check lint clean
+.PHONY: install demo test test-gpu bench pong-check gpu-wheels gpu-proof gpu-proof-dry-run triton36 lint clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +41,22 @@ bench: install  ## the kernel bench suite (needs CUDA); JSON lands in bench/resu
 
 pong-check: install  ## the learning check: DQN-Impala x1 on Pong for 8 minutes (meant for a GPU)
 	$(BIN)/python bench/pong_check.py --minutes 8
+
+gpu-wheels:  ## download into .whl/ the wheels the GPU machine lacks (cp312, x86-64; fails above 60 MiB)
+	$(PYTHON) bench/gpu_wheels.py
+
+gpu-proof:  ## on the GPU machine (its python3, no .venv): every GPU claim measured in 9 minutes (bench/README.md)
+	$(PYTHON) bench/gpu_proof.py $(PROOF_ARGS)
+
+gpu-proof-dry-run: install  ## the GPU proof rehearsed on the CPU: every step, tiny sizes, 60 s budget
+	$(BIN)/python bench/gpu_proof.py --dry-run $(PROOF_ARGS)
+
+# triton 3.6.0 (the GPU image's version) in a folder of its own, for tests/kernels/test_gpu_compile_triton36.py.
+$(TRITON36_DIR)/.installed: $(VENV)/.installed
+	$(BIN)/python -m pip install --quiet --no-deps --target $(TRITON36_DIR) "triton==3.6.0"
+	@touch $@
+
+triton36: $(TRITON36_DIR)/.installed
 
 lint: install
 	$(BIN)/ruff check agents kernels bench tests

@@ -10,33 +10,58 @@ For DQN-Impala at widths 1, 3, 5 and the Nature CNN at width 1, four setups, all
   baseline.
 
 The other three setups use the defaults: Triton kernels, replay on the GPU, and the learner step in CUDA
-graphs.
+graphs. Every setup runs in fp32; `dense` and `gmp95_after` also with `--bf16` and with `--tf32`.
 
 Each run warms up for `WARMUP` agent steps (the replay fills and learning starts: iteration 1), then measures
 `MEASURE` agent steps (iteration 2); the frames/s of iteration 2 is the result. The full loop is timed: env
 stepping, acting, replay, learning, pruning. Results: `pytest bench/bench_e2e.py
---benchmark-json=bench/results/<name>.json`; each benchmark's extra_info holds the setup and frames/s.
+--benchmark-json=bench/results/<name>.json`; each benchmark's extra_info holds the setup, frames/s, the phases
+captured in CUDA graphs and the env backend, so a run that silently took a slow path shows.
+
+Environment variables (set by `bench/gpu_proof.py`): PRUNERL_E2E_WARMUP / PRUNERL_E2E_MEASURE (agent steps),
+PRUNERL_E2E_JSONL (also append each result to this JSON-lines file, which survives a killed pytest), and
+PRUNERL_E2E_DEVICE=cpu (the proof's dry run: the same runs on the CPU, with 4 envs and batch 4).
 """
 
+import json
 import os
 import tempfile
 from pathlib import Path
 
 import pytest
 
+import kernels
 from agents.config import get_preset
 from agents.train import Trainer, read_iterations
 
 CASES = [("impala", 1), ("impala", 3), ("impala", 5), ("nature", 1)]
 SETUPS = ("dense", "gmp95_window", "gmp95_after", "naive")
-WARMUP, MEASURE = 15_000, 25_000  # agent steps: one run is 160k frames
+# Every setup in fp32 first, then the two numeric options on the setups a long run spends its time in.
+RUNS = ([(arch, width, setup, "fp32") for arch, width in CASES for setup in SETUPS]
+        + [(arch, width, setup, precision) for precision in ("bf16", "tf32") for arch, width in CASES
+           for setup in ("dense", "gmp95_after")])
+WARMUP = int(os.environ.get("PRUNERL_E2E_WARMUP", 15_000))  # agent steps: by default one run is 160k frames
+MEASURE = int(os.environ.get("PRUNERL_E2E_MEASURE", 25_000))
+DEVICE = os.environ.get("PRUNERL_E2E_DEVICE", "cuda")
+if DEVICE not in ("cuda", "cpu"):
+    raise ValueError(f"PRUNERL_E2E_DEVICE={DEVICE!r}; expected cuda or cpu")
+CPU_SIZES = {"env.num_envs": 4, "agent.batch_size": 4}  # the CPU rehearsal: exercises every run, measures nothing
+RESULTS_JSONL = os.environ.get("PRUNERL_E2E_JSONL")
 
 
-def e2e_config(arch: str, width: int, setup: str, warmup: int = WARMUP, measure: int = MEASURE, **overrides):
-    """The preset of (arch, width, setup), shortened to warm-up + measurement, with logging kept out of the way."""
+def e2e_config(arch: str, width: int, setup: str, warmup: int = WARMUP, measure: int = MEASURE,
+               precision: str = "fp32", **overrides):
+    """The preset of (arch, width, setup), shortened to warm-up + measurement, with logging kept out of the way;
+    `precision` is fp32, bf16 (`--bf16`) or tf32 (`--tf32`)."""
+    if precision not in ("fp32", "bf16", "tf32"):
+        raise ValueError(f"precision {precision!r}; expected fp32, bf16 or tf32")
     cfg = get_preset(f"dqn_{arch}_w{width}_{'dense' if setup == 'dense' else 'gmp95'}")
+    cfg.bf16, cfg.tf32 = precision == "bf16", precision == "tf32"
     cfg.total_steps, cfg.iteration_steps = warmup + measure, warmup
     cfg.agent.min_replay = min(cfg.agent.min_replay, warmup // 2)
+    # Epsilon at its final 0.01 by the measurement, as for 97% of a 40M-frame run: greedy actions (a forward
+    # pass and a device-to-host copy) on nearly every step, not on the few a near-random policy takes.
+    cfg.agent.epsilon_decay_steps = min(cfg.agent.epsilon_decay_steps, warmup - cfg.agent.min_replay)
     cfg.replay_capacity = min(cfg.replay_capacity, 4 * (warmup + measure))
     cfg.log_every, cfg.tensorboard, cfg.progress = 10**12, False, False
     cfg.device, cfg.replay_device = ("cuda", "auto") if overrides.pop("gpu", True) else ("cpu", "cpu")
@@ -57,7 +82,9 @@ def measure_frames_per_second(cfg, naive: bool = False) -> dict:
     os.environ["PRUNERL_KERNELS"] = "torch" if naive else "auto"
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            summary = Trainer(cfg, Path(tmp) / "run").run()
+            trainer = Trainer(cfg, Path(tmp) / "run")
+            summary = trainer.run()
+            backend = kernels.backend_for(trainer.device)
             rows = read_iterations(Path(tmp) / "run" / "iterations.csv")
     finally:
         os.environ.pop("PRUNERL_KERNELS")
@@ -65,14 +92,20 @@ def measure_frames_per_second(cfg, naive: bool = False) -> dict:
             os.environ["PRUNERL_KERNELS"] = previous
     start = int(rows[-2]["agent_steps"]) if len(rows) > 1 else 0
     return {"frames_per_second": float(rows[-1]["fps"]), "measured_agent_steps": int(rows[-1]["agent_steps"]) - start,
-            "grad_steps": summary["grad_steps"], "total_sparsity": summary["total_sparsity"]}
+            "grad_steps": summary["grad_steps"], "total_sparsity": summary["total_sparsity"],
+            "cuda_graphs": sorted(trainer.graphs.captured), "env_backend": trainer.env.backend,
+            "kernels": backend}
 
 
-@pytest.mark.parametrize("setup", SETUPS)
-@pytest.mark.parametrize("arch,width", CASES, ids=[f"{a}_w{w}" for a, w in CASES])
-def test_end_to_end(benchmark, run_info, arch, width, setup):
-    cfg = e2e_config(arch, width, setup)
+@pytest.mark.parametrize("arch,width,setup,precision", RUNS, ids=[f"{a}_w{w}-{s}-{p}" for a, w, s, p in RUNS])
+def test_end_to_end(benchmark, run_info, arch, width, setup, precision):
+    cfg = e2e_config(arch, width, setup, precision=precision, gpu=DEVICE == "cuda",
+                     **(CPU_SIZES if DEVICE == "cpu" else {}))
     result = benchmark.pedantic(measure_frames_per_second, args=(cfg, setup == "naive"), rounds=1, iterations=1)
-    benchmark.extra_info.update(run_info)
-    benchmark.extra_info.update(provider=setup, case=f"dqn_{arch}_w{width}", sparsity=cfg.pruning.final_sparsity,
-                                num_envs=cfg.env.num_envs, replay_ratio=cfg.replay_ratio, **result)
+    info = {**run_info, "provider": setup, "case": f"dqn_{arch}_w{width}", "precision": precision,
+            "sparsity": cfg.pruning.final_sparsity, "num_envs": cfg.env.num_envs, "replay_ratio": cfg.replay_ratio,
+            "warmup_agent_steps": cfg.iteration_steps, **result}
+    benchmark.extra_info.update(info)
+    if RESULTS_JSONL:
+        with open(RESULTS_JSONL, "a") as f:
+            f.write(json.dumps(info) + "\n")

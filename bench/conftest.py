@@ -1,13 +1,15 @@
 """pytest setup for the GPU benchmarks in bench/ (see bench/README.md).
 
-- collects `bench_*.py` files (pytest's default pattern is `test_*.py`);
-- skips everything without a CUDA device, so `pytest bench/` is a clean no-op on CPU machines;
+- collects `bench_*.py` files (pytest's default pattern is `test_*.py`), once each;
+- skips everything without a CUDA device, so `pytest bench/` is a clean no-op on CPU machines (except the
+  end-to-end runs when PRUNERL_E2E_DEVICE=cpu: the tiny CPU rehearsal of `bench/gpu_proof.py --dry-run`);
 - re-enables pytest-benchmark when results were asked for: pyproject's addopts carry `--benchmark-disable`
   for the CPU test suite, which would otherwise make `pytest bench/ --benchmark-json=...` record nothing;
 - provides the session facts every result carries: device, versions, git SHA, date, copy bandwidth.
 """
 
 import datetime
+import os
 import pathlib
 import sys
 
@@ -22,7 +24,9 @@ from agents.train import git_sha  # noqa: E402  (needs the repository root on sy
 
 
 def pytest_collect_file(file_path, parent):
-    if file_path.suffix == ".py" and file_path.name.startswith("bench_"):
+    # A file named on the command line is already collected by pytest itself: collecting it here too would
+    # run every benchmark twice.
+    if file_path.suffix == ".py" and file_path.name.startswith("bench_") and not parent.session.isinitpath(file_path):
         return pytest.Module.from_parent(parent, path=file_path)
     return None
 
@@ -39,8 +43,10 @@ def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="benchmarks need a CUDA device")
+    e2e_on_cpu = os.environ.get("PRUNERL_E2E_DEVICE") == "cpu"
     for item in items:
-        if pathlib.Path(str(item.fspath)).resolve().is_relative_to(_ROOT / "bench"):
+        path = pathlib.Path(str(item.fspath)).resolve()
+        if path.is_relative_to(_ROOT / "bench") and not (e2e_on_cpu and path.name == "bench_e2e.py"):
             item.add_marker(skip)
 
 
@@ -56,16 +62,17 @@ def copy_gbps() -> float:
 
 
 @pytest.fixture(scope="session")
-def run_info(copy_gbps) -> dict:
-    """Facts attached to every benchmark's extra_info."""
+def run_info(request) -> dict:
+    """Facts attached to every benchmark's extra_info (on a CPU rehearsal: no device name, no copy bandwidth)."""
     import triton
 
+    cuda = torch.cuda.is_available()
     return {
-        "device": torch.cuda.get_device_name(),
+        "device": torch.cuda.get_device_name() if cuda else "cpu",
         "torch": torch.__version__,
         "triton": triton.__version__,
         "cuda": torch.version.cuda,
         "git_sha": git_sha() or "unknown",
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "copy_gbps": round(copy_gbps, 1),
+        "copy_gbps": round(request.getfixturevalue("copy_gbps"), 1) if cuda else None,
     }

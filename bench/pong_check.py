@@ -66,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--total-steps", type=int, default=2_500_000,
                         help="agent steps the schedules are laid out over (default 2.5M = 10M frames)")
     parser.add_argument("--min-replay", type=int, default=None, help="override the preset's warm-up steps")
+    parser.add_argument("--replay-capacity", type=int, default=None,
+                        help="override the preset's replay capacity (1M transitions = 7.1 GB)")
     parser.add_argument("--out-dir", type=Path, default=_ROOT / "bench" / "results")
     parser.add_argument("--runs-dir", type=Path, default=Path("runs"))
     args = parser.parse_args(argv)
@@ -80,6 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     cfg.iteration_steps, cfg.tensorboard = 50_000, False
     if args.min_replay is not None:
         cfg.agent.min_replay = args.min_replay
+    if args.replay_capacity is not None:
+        cfg.replay_capacity = args.replay_capacity
     sha = git_sha() or "unknown"
     cfg.run_name = f"pong_check__{args.preset}__{sha[:8]}__{datetime.datetime.now():%Y%m%d-%H%M%S}"
     trainer = Trainer(cfg, args.runs_dir / cfg.run_name)

@@ -1,0 +1,673 @@
+"""The GPU proof: one command that measures every GPU claim of the project within one short GPU loan.
+
+    python3 bench/gpu_proof.py                        # on the GPU machine, with .whl/ from `make gpu-wheels`
+    python3 bench/gpu_proof.py --dry-run              # the rehearsal: every step on the CPU, tiny, in 60 s
+    python3 bench/gpu_proof.py --steps e2e,learning --budget-s 240    # rerun some steps
+
+Steps, in order, each in its own subprocess with its own time limit, so that one broken step cannot cost the
+rest: install (the carried wheels into a temporary site directory), environment (GPU, driver, versions, SM
+count, copy bandwidth, which Atari backend works), correctness (`pytest -m gpu`), kernels (a ~90 s subset of
+bench_kernels.py, eager and in CUDA graphs), e2e (bench_e2e.py at Impala widths 1 and 3), profile (`--profile`
+of the width-3 GMP-95 run), learning (bench/pong_check.py: DQN-Impala x1 GMP-95 on Pong), then the summary:
+one table of every target with its measured value, met or MISSED. `--budget-s` scales the steps' windows;
+a step that no longer fits is skipped, and the summary says so.
+
+Everything lands in bench/results/<gpu>_<sha>/ (a dry run's in runs/gpu-proof/cpu-dry-run_<sha>/):
+summary.md, steps.json, environment.json, the pytest-benchmark JSONs, the e2e runs as JSON lines, the profile,
+the Pong curve, logs/<step>.log and proof.log (everything, in order). With $OUT set, a tarball of that folder,
+summary.md and proof.log are also copied to $OUT.
+Exit code: 0 when every step ran and succeeded (missed targets included), 1 otherwise, 2 on a usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import importlib.metadata as md
+import importlib.util
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+import xml.etree.ElementTree as ET
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+_ROOT = Path(__file__).resolve().parents[1]
+_BENCH = _ROOT / "bench"
+
+STEPS = ("install", "environment", "correctness", "kernels", "e2e", "profile", "learning")
+# Seconds per step in the default budget (540 s: 9 minutes of a 10-minute device command); --budget-s scales them.
+DEFAULT_BUDGET_S = 540.0
+PLAN_S = {"install": 15, "environment": 15, "correctness": 60, "kernels": 90, "e2e": 165, "profile": 30,
+          "learning": 155}
+RESERVE_S = 10.0  # kept for the summary and the copies to $OUT
+DRY_BUDGET_S = 60.0
+DRY_PLAN_S = {"install": 1, "environment": 6, "correctness": 9, "kernels": 6, "e2e": 16, "profile": 8, "learning": 10}
+DRY_RESERVE_S = 4.0
+MIN_STEP_S = 3.0  # a step gets at least half its planned time and this many seconds, or is skipped
+GRACE = 1.5  # a step sized to its plan may run over it, up to this factor, into time later steps do not need
+
+E2E_SELECTION = "impala_w1 or impala_w3"  # 16 runs: 4 setups in fp32, dense and gmp95_after in bf16 and tf32
+E2E_RUNS = 16
+E2E_MEASURE_STEPS = 8_000  # agent steps measured per run at the planned 165 s (warm-up: half of it)
+# Every setup and every precision once.
+DRY_E2E_SELECTION = " or ".join(f"impala_w1-{s}" for s in ("dense-bf16", "gmp95_window-fp32", "gmp95_after-tf32",
+                                                             "naive-fp32"))
+LEARNING_OVERHEAD_S = 25.0  # process start, envs, replay, compilation, the final checkpoint and plot
+DRY_LEARNING_MINUTES = 0.07
+PONG_TOTAL_STEPS = 1_000_000  # the GMP schedule reaches 95% at 800k agent steps (3.2M frames)
+OUT_FILE_LIMIT = 16 * 2**20
+TAR_MEMBER_LIMIT = 8 * 2**20
+
+
+@dataclass
+class StepResult:
+    name: str
+    status: str = "not run"  # ok | failed | timed out | skipped | not run
+    seconds: float = 0.0
+    note: str = ""
+
+
+def _load(name: str):
+    """A module of bench/ by path (bench/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(f"_proof_{name}", _BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def slug(text: str) -> str:
+    """File-name-safe lower-case form of a device name: letters, digits and '-' only."""
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "unknown"
+
+
+def gpu_name() -> str | None:
+    """The first GPU's name from nvidia-smi (no CUDA context in this process), or None without one."""
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
+                             text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    names = out.stdout.strip().splitlines()
+    return names[0].strip() if out.returncode == 0 and names else None
+
+
+def short_sha() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short=8", "HEAD"], capture_output=True, text=True, timeout=10,
+                             cwd=_ROOT)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+
+
+class Proof:
+    def __init__(self, args: argparse.Namespace, device_name: str | None):
+        self.args, self.dry = args, args.dry_run
+        self.t0 = time.monotonic()
+        budget = args.budget_s if args.budget_s is not None else (DRY_BUDGET_S if self.dry else DEFAULT_BUDGET_S)
+        self.budget_s = budget
+        self.reserve_s = DRY_RESERVE_S if self.dry else RESERVE_S
+        base = DRY_BUDGET_S if self.dry else DEFAULT_BUDGET_S
+        self.plan = {k: v * budget / base for k, v in (DRY_PLAN_S if self.dry else PLAN_S).items()}
+        self.device_name = device_name or "cpu"
+        tag = "cpu-dry-run" if self.dry else slug(self.device_name).removeprefix("nvidia-")
+        self.sha = args.sha or short_sha() or "nogit"
+        root = args.results_root or (_ROOT / "runs" / "gpu-proof" if self.dry else _BENCH / "results")
+        self.dir = root / f"{tag}_{self.sha}"
+        (self.dir / "logs").mkdir(parents=True, exist_ok=True)
+        self.log_path = self.dir / "proof.log"
+        self.work = Path(tempfile.mkdtemp(prefix="prunerl-proof-"))  # run dirs, the site dir: not results
+        self.site: Path | None = None
+        self.results: dict[str, StepResult] = {}
+        previous = self.dir / "steps.json"  # a rerun of some steps keeps the others' records
+        if previous.exists():
+            for name, rec in json.loads(previous.read_text()).get("steps", {}).items():
+                self.results[name] = StepResult(**rec)
+
+    # --- bookkeeping -------------------------------------------------------------------------------------------
+    def elapsed(self) -> float:
+        return time.monotonic() - self.t0
+
+    def say(self, line: str) -> None:
+        text = f"[{self.elapsed():6.1f}s] {line}"
+        print(text, flush=True)
+        with open(self.log_path, "a") as f:
+            f.write(text + "\n")
+
+    def child_env(self, **extra: str) -> dict[str, str]:
+        env = dict(os.environ)
+        paths = ([str(self.site)] if self.site else []) + [str(_ROOT)] + ([env["PYTHONPATH"]]
+                                                                          if env.get("PYTHONPATH") else [])
+        env.update(PYTHONPATH=os.pathsep.join(paths), PYTHONUNBUFFERED="1", MPLBACKEND="Agg")
+        env.update(extra)
+        return env
+
+    def run_command(self, step: StepResult, cmd: list[str], limit_s: float, **env: str) -> bool:
+        """Run `cmd` with output to logs/<step>.log, killed (with its children) after `limit_s`."""
+        log = self.dir / "logs" / f"{step.name}.log"
+        self.say(f"{step.name}: {' '.join(cmd)}  (limit {limit_s:.0f} s)")
+        start = time.monotonic()
+        with open(log, "a") as out:
+            out.write(f"$ {' '.join(cmd)}\n")
+            out.flush()
+            proc = subprocess.Popen(cmd, cwd=_ROOT, env=self.child_env(**env), stdout=out, stderr=subprocess.STDOUT,
+                                    start_new_session=True)
+            try:
+                rc = proc.wait(timeout=limit_s)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+                rc = None
+        step.seconds += time.monotonic() - start
+        with open(log) as f, open(self.log_path, "a") as combined:
+            combined.write(f"----- {log.name} -----\n{f.read()}\n----- end of {log.name} -----\n")
+        if rc is None:
+            step.status, step.note = "timed out", f"killed after {limit_s:.0f} s; {step.note}".rstrip("; ")
+        elif rc != 0:
+            step.status, step.note = "failed", f"exit code {rc}; {step.note}".rstrip("; ")
+        else:
+            step.status = "ok"
+        return rc == 0
+
+    def save_steps(self) -> None:
+        record = {"budget_s": self.budget_s, "elapsed_s": round(self.elapsed(), 1), "dry_run": self.dry,
+                  "sha": self.sha, "steps": {k: asdict(v) for k, v in self.results.items()}}
+        (self.dir / "steps.json").write_text(json.dumps(record, indent=1) + "\n")
+
+    # --- the driver ----------------------------------------------------------------------------------------------
+    def run(self, selected: list[str]) -> int:
+        self.say(f"GPU proof{' (DRY RUN on the CPU)' if self.dry else ''}: {self.device_name}, git {self.sha}, "
+                 f"budget {self.budget_s:.0f} s -> {self.dir}")
+        try:
+            order = [n for n in STEPS if n == "install" or n in selected]
+            for i, name in enumerate(order):
+                step = self.results[name] = StepResult(name)
+                planned = self.plan[name]
+                left = self.budget_s - self.reserve_s - self.elapsed()
+                if min(planned, left) < max(MIN_STEP_S, 0.5 * planned):
+                    step.status, step.note = "skipped", f"{left:.0f} s of the budget left, {planned:.0f} s planned"
+                    self.say(f"{name}: SKIPPED ({step.note})")
+                    continue
+                # The step's work is sized to its plan (or what is left); its time limit may stretch into slack.
+                later_minimum = sum(max(MIN_STEP_S, 0.5 * self.plan[n]) for n in order[i + 1:])
+                limit = min(GRACE * planned, max(left - later_minimum, min(planned, left)))
+                try:
+                    getattr(self, f"step_{name}")(step, min(planned, limit), limit)
+                except Exception as e:  # a bug in one step's set-up must not cost the others
+                    step.status, step.note = "failed", f"{type(e).__name__}: {e}"
+                self.say(f"{name}: {step.status.upper()} in {step.seconds:.1f} s"
+                         + (f" ({step.note})" if step.note else ""))
+                self.save_steps()
+            summary = self.summarize()
+            self.save_steps()
+            print(summary, flush=True)
+            self.copy_out()
+        finally:
+            shutil.rmtree(self.work, ignore_errors=True)
+        done = [self.results[n] for n in STEPS if n in self.results and (n == "install" or n in selected)]
+        return 0 if all(s.status == "ok" for s in done) else 1
+
+    # --- steps -----------------------------------------------------------------------------------------------------
+    def step_install(self, step: StepResult, window_s: float, limit_s: float) -> None:
+        gpu_wheels = _load("gpu_wheels")
+        wheel_dir = self.args.wheels
+        present = {gpu_wheels.wheel_filename_name(p) for p in wheel_dir.glob("*.whl")}
+        missing = sorted(set(gpu_wheels.expected_wheels()) - present)
+        step.note = f"missing wheels: {', '.join(missing)}" if missing else ""
+        target = self.work / "site"
+        cmd = gpu_wheels.install_command(wheel_dir, target)
+        if self.dry:
+            step.status = "ok"
+            step.note = "; ".join(filter(None, [f"dry run: nothing installed ({len(present)} wheels in "
+                                                f"{wheel_dir.name}/)", step.note]))
+            self.say(f"install (not run): {' '.join(cmd)}")
+            return
+        if not present:
+            step.status = "failed"
+            step.note = (f"no wheels in {wheel_dir}: run `make gpu-wheels` where there is network, and name "
+                         f"{wheel_dir.name} in the device call's carry")
+            return
+        if self.run_command(step, cmd, limit_s):
+            self.site = target
+
+    def step_environment(self, step: StepResult, window_s: float, limit_s: float) -> None:
+        cmd = [sys.executable, str(Path(__file__)), "--probe-environment", str(self.dir / "environment.json")]
+        self.run_command(step, cmd + (["--dry-run"] if self.dry else []), limit_s)
+
+    def step_correctness(self, step: StepResult, window_s: float, limit_s: float) -> None:
+        paths = ["tests/agents/test_cuda_graphs.py"] if self.dry else ["tests"]
+        cmd = [sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-rA", "-p", "no:cacheprovider",
+               f"--junitxml={self.dir / 'correctness.xml'}", *paths]
+        if importlib.util.find_spec("pytest_timeout") is not None:  # one hung test must not eat the step
+            cmd.insert(-len(paths), f"--timeout={max(10, int(window_s))}")
+        self.run_command(step, cmd, limit_s)
+
+    def step_kernels(self, step: StepResult, window_s: float, limit_s: float) -> None:
+        cmd = [sys.executable, "-m", "pytest", str(_BENCH / "bench_kernels.py"), "-q", "-p", "no:cacheprovider",
+               f"--benchmark-json={self.dir / 'kernels.json'}"]
+        if "PRUNERL_BENCH_SUBSET" not in (_BENCH / "bench_kernels.py").read_text():
+            step.note = ("PRUNERL_BENCH_SUBSET=proof not available in bench_kernels.py: ran its width-3 and 50M "
+                         "cases instead (eager timings only)")
+            cmd += ["-k", "impala_w3 or synthetic_50M or flat_50M"]
+        self.run_command(step, cmd, limit_s, PRUNERL_BENCH_SUBSET="proof")
+
+    def step_e2e(self, step: StepResult, window_s: float, limit_s: float) -> None:
+        if self.dry:
+            selection, warmup, measure, extra = DRY_E2E_SELECTION, 16, 16, {"PRUNERL_E2E_DEVICE": "cpu"}
+        else:  # windows scaled to the time this step has; whatever finishes is kept (JSON lines)
+            measure = max(1_000, int(E2E_MEASURE_STEPS * window_s / PLAN_S["e2e"]) // 8 * 8)
+            selection, warmup, extra = E2E_SELECTION, measure // 2, {}
+        step.note = f"warm-up {warmup:,} + measured {measure:,} agent steps per run"
+        jsonl = self.dir / "e2e.jsonl"
+        jsonl.unlink(missing_ok=True)
+        cmd = [sys.executable, "-m", "pytest", str(_BENCH / "bench_e2e.py"), "-k", selection, "-q",
+               "-p", "no:cacheprovider", f"--benchmark-json={self.dir / 'e2e.json'}"]
+        self.run_command(step, cmd, limit_s, PRUNERL_E2E_WARMUP=str(warmup), PRUNERL_E2E_MEASURE=str(measure),
+                         PRUNERL_E2E_JSONL=str(jsonl), **extra)
+
+    def step_profile(self, step: StepResult, window_s: float, limit_s: float) -> None:
+        if self.dry:
+            preset, total, warmup = "dqn_impala_w1_gmp95", 32, 8
+            extra = ["--device", "cpu", "--replay-device", "cpu", "--agent.batch-size", "4", "--env.num-envs", "4"]
+        else:
+            preset, total = "dqn_impala_w3_gmp95", max(2_000, int(8_000 * window_s / PLAN_S["profile"]) // 8 * 8)
+            warmup, extra = total // 2, []
+        run_dir = self.work / "runs" / "profile"
+        # Masks update every 1,000 gradient steps from the first: the profile covers the window's worst case.
+        cmd = [sys.executable, "-m", "agents.train", "--preset", preset, "--profile", "--total-steps", str(total),
+               "--iteration-steps", str(total), "--agent.min-replay", str(warmup), "--replay-capacity",
+               str(4 * total), "--pruning.start-step", "0", "--pruning.end-step", str(total),
+               "--runs-dir", str(run_dir.parent), "--run-name", run_dir.name, "--no-tensorboard", "--no-progress",
+               "--log-every", str(10 * total), *extra]
+        step.note = f"{preset}, {total:,} agent steps"
+        if self.run_command(step, cmd, limit_s):
+            shutil.copy(run_dir / "profile.json", self.dir / "profile.json")
+
+    def step_learning(self, step: StepResult, window_s: float, limit_s: float) -> None:
+        minutes = DRY_LEARNING_MINUTES if self.dry else (window_s - LEARNING_OVERHEAD_S) / 60
+        if minutes * 60 < (1.0 if self.dry else 30.0):
+            step.status, step.note = "skipped", f"{window_s:.0f} s is too short for a learning run"
+            return
+        cmd = [sys.executable, str(_BENCH / "pong_check.py"), "--minutes", f"{minutes:.2f}", "--out-dir",
+               str(self.dir), "--runs-dir", str(self.work / "runs"), "--total-steps", str(PONG_TOTAL_STEPS)]
+        if self.dry:
+            cmd += ["--min-replay", "50", "--replay-capacity", "2000"]
+        step.note = f"{minutes:.2f} min of training"
+        self.run_command(step, cmd, limit_s)
+
+    # --- summary -----------------------------------------------------------------------------------------------------
+    def summarize(self) -> str:
+        env = _read_json(self.dir / "environment.json") or {}
+        rows: list[dict] = []
+        notes: list[str] = []
+        rows += correctness_rows(self.dir / "correctness.xml")
+        kernel_rows, kernel_notes = kernel_target_rows(self.dir / "kernels.json")
+        rows += kernel_rows
+        notes += kernel_notes
+        e2e = read_jsonl(self.dir / "e2e.jsonl")
+        rows += e2e_target_rows(e2e)
+        pong = next(iter(sorted(self.dir.glob("pong_check_*.json"))), None)
+        rows += learning_rows(_read_json(pong) if pong else None)
+        text = render_summary(self, env, rows, e2e, _read_json(self.dir / "profile.json"), notes)
+        (self.dir / "summary.md").write_text(text)
+        return text
+
+    def copy_out(self) -> None:
+        out = os.environ.get("OUT")
+        if not out:
+            return
+        out_dir = Path(out)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        tar_path = out_dir / f"{self.dir.name}.tar.gz"
+        left_out = []
+        with tarfile.open(tar_path, "w:gz") as tar:
+            for path in sorted(self.dir.rglob("*")):
+                if path.is_file() and path.stat().st_size > TAR_MEMBER_LIMIT:
+                    left_out.append(path.name)
+                elif path.is_file():
+                    tar.add(path, arcname=str(path.relative_to(self.dir.parent)))
+        for name in ("summary.md", "proof.log"):
+            shutil.copy(self.dir / name, out_dir / name)
+        for path in out_dir.iterdir():
+            if path.stat().st_size > OUT_FILE_LIMIT:
+                self.say(f"WARNING: {path.name} is {path.stat().st_size / 2**20:.1f} MiB, over what comes back")
+        self.say(f"copied {tar_path.name}, summary.md and proof.log to $OUT"
+                 + (f" (left out of the tarball, over 8 MiB: {', '.join(left_out)})" if left_out else ""))
+
+
+# --- reading the results ----------------------------------------------------------------------------------------------
+
+
+def _read_json(path: Path | None) -> dict | None:
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, TypeError, ValueError):
+        return None
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def target(name: str, goal: str, measured, met: bool | None) -> dict:
+    return {"target": name, "goal": goal, "measured": measured, "met": met}
+
+
+def correctness_rows(junit: Path) -> list[dict]:
+    name = "`pytest -m gpu`: kernels at realistic sizes, graph = eager for all four agents, no host sync"
+    try:
+        suite = ET.parse(junit).getroot()
+    except (OSError, ET.ParseError):
+        return [target(name, "all pass", "no result (step not run or killed)", None)]
+    suite = suite if suite.tag == "testsuite" else suite.find("testsuite")
+    count = {k: int(suite.get(k, 0)) for k in ("tests", "failures", "errors", "skipped")}
+    passed = count["tests"] - count["failures"] - count["errors"] - count["skipped"]
+    bad = count["failures"] + count["errors"]
+    measured = f"{passed} passed, {bad} failed, {count['skipped']} skipped"
+    return [target(name, "all pass", measured, None if passed == 0 and bad == 0 else bad == 0)]
+
+
+def kernel_target_rows(json_path: Path, summarize_module=None) -> tuple[list[dict], list[str]]:
+    """The kernel targets from bench/summarize.py's `target_rows(json_path)`, and notes on what is missing."""
+    name = "kernel targets (bench/README.md, issues 3 and 12)"
+    if not json_path.exists():
+        return [target(name, "see bench/README.md", "no kernels.json (no benchmark ran, or the step did not finish)",
+                       None)], []
+    try:
+        module = summarize_module or _load("summarize")
+    except Exception as e:
+        return [target(name, "see bench/README.md", f"bench/summarize.py failed to load: {e}", None)], []
+    notes = []
+    try:  # the per-case tables and plot next to the JSON
+        module.main([str(json_path), "--out-dir", str(json_path.parent)])
+    except BaseException as e:  # a summary that cannot be drawn must not cost the target table
+        notes.append(f"bench/summarize.py could not write its report: {type(e).__name__}: {e}")
+    if not hasattr(module, "target_rows"):
+        return [target(name, "see bench/README.md", "not available: bench/summarize.py has no target_rows()",
+                       None)], notes
+    rows = [target(r["target"], r["goal"], r["measured"], r["met"]) for r in module.target_rows(json_path)]
+    return rows or [target(name, "see bench/README.md", "no benchmark in the JSON", None)], notes
+
+
+def _fps(runs: list[dict], width: int, setup: str, precision: str = "fp32") -> float | None:
+    for r in runs:
+        if (r.get("case"), r.get("provider"), r.get("precision", "fp32")) == (f"dqn_impala_w{width}", setup,
+                                                                              precision):
+            return float(r["frames_per_second"])
+    return None
+
+
+def e2e_target_rows(runs: list[dict]) -> list[dict]:
+    """Issue 6's end-to-end targets (one H100, 16 cores, frames/s measured in one run)."""
+    rows = []
+    for width, goal in ((3, 11_000), (1, 22_000)):
+        for setup, where in (("gmp95_window", "in its pruning window"), ("gmp95_after", "after its window")):
+            fps = _fps(runs, width, setup)
+            rows.append(target(f"DQN-Impala x{width} GMP-95 {where}, fp32 (frames/s)", f">= {goal:,}",
+                               fps, None if fps is None else fps >= goal))
+    for width in (1, 3):
+        dense = _fps(runs, width, "dense")
+        ratios = [dense / p for p in (_fps(runs, width, s) for s in ("gmp95_window", "gmp95_after")) if dense and p]
+        worst = max(ratios) if len(ratios) == 2 else None
+        rows.append(target(f"x{width}: pruned time / dense time (worst of window, after)", "<= 1.02", worst,
+                           None if worst is None else worst <= 1.02))
+        fast, naive = _fps(runs, width, "gmp95_window"), _fps(runs, width, "naive")
+        speedup = fast / naive if fast and naive else None
+        rows.append(target(f"x{width}: kernels + graphs vs the naive path (GMP-95 in window)", ">= 2x", speedup,
+                           None if speedup is None else speedup >= 2))
+    fast_runs = [r for r in runs if r.get("provider") != "naive"]
+    slow = [f"{r['case']}-{r['provider']}-{r.get('precision')}" for r in fast_runs
+            if r.get("kernels") != "triton" or not r.get("cuda_graphs")]
+    rows.append(target("every non-naive e2e run used the Triton kernels and CUDA graphs", "all",
+                       f"{len(fast_runs) - len(slow)} of {len(fast_runs)}" + (f" (not: {', '.join(slow)})" if slow
+                                                                               else ""),
+                       None if not fast_runs else not slow))
+    return rows
+
+
+def learning_rows(pong: dict | None) -> list[dict]:
+    name = "Pong, DQN-Impala x1 GMP-95: mean return of the last 10 episodes above random (-20.7)"
+    if pong is None:
+        return [target(name, "> -20.7", "no result (step not run or killed)", None)]
+    final = pong.get("final_return_last10")
+    measured = (f"{'n/a' if final is None else f'{final:.1f}'} after {pong['frames'] / 1e6:.2f}M frames in "
+                f"{pong['wall_s'] / 60:.1f} min ({pong['frames_per_second']:,.0f} frames/s, sparsity "
+                f"{pong['total_sparsity']:.3f})")
+    return [target(name, "> -20.7", measured, None if final is None else final > -20.7)]
+
+
+def _cell(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.3g}"
+    return str(value)
+
+
+def _table(header: list[str], rows: list[list]) -> list[str]:
+    return (["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+            + ["| " + " | ".join(_cell(c) for c in row) + " |" for row in rows])
+
+
+def render_summary(proof: Proof, env: dict, rows: list[dict], e2e: list[dict], profile: dict | None,
+                   notes: list[str]) -> str:
+    status = {True: "met", False: "MISSED", None: "no data"}
+    lines = [f"# GPU proof: {proof.device_name}, git {proof.sha}", ""]
+    if proof.dry:
+        lines += ["**DRY RUN on the CPU: tiny sizes, nothing measured. Every number below is meaningless.**", ""]
+    facts = [f"{k} {env[k]}" for k in ("driver", "torch", "triton", "cuda", "python", "sm_count", "copy_gbps",
+                                       "bf16_tflops", "env_backend") if env.get(k) is not None]
+    lines += ["; ".join(facts) or "environment: no result", "",
+              f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC, {proof.elapsed():.0f} s of a "
+              f"{proof.budget_s:.0f} s budget.", "", "## Targets", ""]
+    lines += _table(["target", "goal", "measured", "status"],
+                    [[r["target"], r["goal"], r["measured"], status[r["met"]]] for r in rows]) + [""]
+    missed = [r["target"] for r in rows if r["met"] is False]
+    lines += [f"{len(missed)} missed, {sum(r['met'] is True for r in rows)} met, "
+              f"{sum(r['met'] is None for r in rows)} without data.", ""]
+    lines += ["## Steps", ""]
+    lines += _table(["step", "status", "seconds", "note"],
+                    [[s.name, s.status, f"{s.seconds:.1f}", s.note] for s in proof.results.values()]) + [""]
+    skipped = [s.name for s in proof.results.values() if s.status in ("skipped", "not run")]
+    if skipped:
+        lines += [f"Skipped: {', '.join(skipped)}.", ""]
+    if e2e:
+        lines += ["## End to end (frames/s)", ""]
+        lines += _table(["case", "setup", "precision", "frames/s", "CUDA graphs", "kernels", "envs", "sparsity"],
+                        [[r["case"], r["provider"], r.get("precision"), float(r["frames_per_second"]),
+                          ",".join(r.get("cuda_graphs") or []) or "none", r.get("kernels"), r.get("env_backend"),
+                          float(r["total_sparsity"])] for r in e2e]) + [""]
+    if profile:
+        lines += [f"## Profile ({profile.get('frames', 0):,} frames, {profile.get('frames_per_second', 0):,.0f} "
+                  f"frames/s with synchronised sections)", ""]
+        lines += _table(["component", "seconds", "share", "ms/call"],
+                        [[k, c["seconds"], f"{100 * c['share']:.1f}%", c["ms_per_call"]]
+                         for k, c in profile.get("components", {}).items()]) + [""]
+    for warning in env.get("warnings", []):
+        notes.append(f"environment: {warning}")
+    if notes:
+        lines += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
+    return "\n".join(lines)
+
+
+# --- the environment probe (runs in its own process) ----------------------------------------------------------------
+
+
+def probe_environment(path: Path, dry: bool) -> int:
+    import platform
+
+    import torch
+
+    info: dict = {"python": platform.python_version(), "machine": platform.machine(), "cpus": os.cpu_count(),
+                  "torch": torch.__version__, "cuda": torch.version.cuda, "warnings": []}
+    try:
+        import triton
+
+        info["triton"] = triton.__version__
+    except ImportError as e:
+        info["warnings"].append(f"triton: {e}")
+    fields = ("gpu", "driver", "memory", "max_sm_clock")
+    smi = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total,clocks.max.sm",
+                          "--format=csv,noheader"], capture_output=True, text=True) if shutil.which("nvidia-smi") \
+        else None
+    if smi is not None and smi.returncode == 0 and smi.stdout.strip():
+        info.update(zip(fields, (x.strip() for x in smi.stdout.splitlines()[0].split(","))))
+    elif smi is not None:
+        info["warnings"].append(f"nvidia-smi: {smi.stdout.strip()} {smi.stderr.strip()}")
+    if torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(0)
+        info.update(device=props.name, capability=f"{props.major}.{props.minor}", sm_count=props.multi_processor_count,
+                    l2_mib=round(getattr(props, "L2_cache_size", 0) / 2**20, 1),
+                    gpu_memory_gib=round(props.total_memory / 2**30, 1), cudnn=torch.backends.cudnn.version())
+        info["copy_gbps"], info["bf16_tflops"] = _device_ceilings(torch)
+    else:
+        info["device"] = "cpu"
+        if not dry:
+            info["warnings"].append("torch sees no CUDA device")
+        src = torch.randn(16 * 2**20)  # 64 MiB: the rehearsal's stand-in for the copy bandwidth
+        dst = torch.empty_like(src)
+        t = time.perf_counter()
+        dst.copy_(src)
+        info["copy_gbps"] = round(2 * src.numel() * 4 / (time.perf_counter() - t) / 1e9, 1)
+    info["packages"], problems = _carried_packages()
+    info["warnings"] += problems
+    info["env_backends"] = _probe_env_backends()
+    working = [b for b, status in info["env_backends"].items() if status == "ok"]
+    info["env_backend"] = working[0] if working else None
+    path.write_text(json.dumps(info, indent=1) + "\n")
+    print(json.dumps(info, indent=1))
+    return 0
+
+
+def _device_ceilings(torch) -> tuple[float, float]:
+    """Copy bandwidth (GB/s, bytes read + written, 1 GiB) and bf16 matmul rate (TFLOP/s, 8192^3, random data)."""
+    import triton.testing
+
+    src = torch.randn(256 * 2**20, device="cuda")
+    dst = torch.empty_like(src)
+    ms = triton.testing.do_bench(lambda: dst.copy_(src), rep=300, return_mode="median")
+    copy_gbps = 2 * src.numel() * 4 / (ms * 1e-3) / 1e9
+    a, b = (torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    ms = triton.testing.do_bench(lambda: a @ b, rep=300, return_mode="median")
+    return round(copy_gbps, 1), round(2 * 8192**3 / (ms * 1e-3) / 1e12, 1)
+
+
+def _carried_packages() -> tuple[dict, list[str]]:
+    """Version and location of every package of the wheel list, and requirements of theirs left unmet."""
+    gpu_wheels = _load("gpu_wheels")
+    versions, problems = {}, []
+    for name in gpu_wheels.WHEELS:
+        dist = _installed(name, gpu_wheels)
+        if dist is None:
+            versions[name] = None
+            problems.append(f"{name} is not installed")
+            continue
+        versions[name] = f"{dist.metadata['Name']} {dist.version} ({dist.locate_file('')})"
+        for req in dist.requires or []:
+            problem = _unmet(req, gpu_wheels)
+            if problem:
+                problems.append(f"{name} needs {problem}")
+    return versions, problems
+
+
+def _installed(name: str, gpu_wheels):
+    """The installed distribution of `name`: its rebuilt asset wheel (on the GPU machine) or the original."""
+    name = gpu_wheels.canonical(name)
+    for candidate in ([gpu_wheels.TRIMMED[name][0]] if name in gpu_wheels.TRIMMED else []) + [name]:
+        try:
+            return md.distribution(candidate)
+        except md.PackageNotFoundError:
+            pass
+    return None
+
+
+def _unmet(requirement: str, gpu_wheels) -> str | None:
+    """`requirement` if it applies here and no installed version satisfies it (needs `packaging`)."""
+    try:
+        from packaging.requirements import Requirement
+    except ImportError:
+        return None
+    req = Requirement(requirement)
+    if req.marker is not None and not req.marker.evaluate({"extra": ""}):
+        return None
+    if gpu_wheels.canonical(req.name) in gpu_wheels.NOT_NEEDED:
+        return None
+    dist = _installed(req.name, gpu_wheels)
+    if dist is None:
+        return f"{requirement} (not installed)"
+    ok = req.specifier.contains(dist.version, prereleases=True)
+    return None if ok else f"{requirement} (found {dist.version})"
+
+
+def _probe_env_backends() -> dict[str, str]:
+    """Which Atari backend can make and step Pong here."""
+    import numpy as np
+
+    from agents.envs import EnvConfig, make_env
+
+    status = {}
+    for backend in ("envpool", "ale"):
+        try:
+            env = make_env(EnvConfig(game="Pong", backend=backend, num_envs=2), seed=0)
+            env.reset()
+            env.step(np.zeros(2, dtype=np.int64))
+            env.close()
+            status[backend] = "ok"
+        except Exception as e:
+            status[backend] = f"{type(e).__name__}: {e}"
+    return status
+
+
+# --- command line ---------------------------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], prog="python3 bench/gpu_proof.py")
+    parser.add_argument("--budget-s", type=float, default=None,
+                        help=f"seconds the whole proof may take; scales every step's window (default "
+                             f"{DEFAULT_BUDGET_S:.0f}, {DRY_BUDGET_S:.0f} with --dry-run)")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="the CPU rehearsal: every step with tiny sizes, no install, nothing measured")
+    parser.add_argument("--steps", default=",".join(STEPS[1:]),
+                        help="comma-separated steps to run (install always runs; default: all of "
+                             f"{', '.join(STEPS[1:])})")
+    parser.add_argument("--wheels", type=Path, default=_ROOT / ".whl", help="the carried wheels (default .whl/)")
+    parser.add_argument("--results-root", type=Path, default=None,
+                        help="parent of the results folder <gpu>_<sha>/ (default bench/results; with --dry-run "
+                             "runs/gpu-proof, which git ignores)")
+    parser.add_argument("--sha", default=None, help="short git SHA to name the results by (default: git's HEAD)")
+    parser.add_argument("--probe-environment", type=Path, default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    unknown = sorted(set(args.steps.split(",")) - set(STEPS))
+    if unknown:
+        parser.error(f"unknown step(s) {', '.join(unknown)}; choose from {', '.join(STEPS[1:])}")
+    if args.budget_s is not None and args.budget_s <= 0:
+        parser.error(f"--budget-s must be > 0, got {args.budget_s:g}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.probe_environment is not None:
+        return probe_environment(args.probe_environment, args.dry_run)
+    name = gpu_name()
+    if name is None and not args.dry_run:
+        print("error: no NVIDIA GPU here (nvidia-smi finds none); the CPU rehearsal is --dry-run", file=sys.stderr)
+        return 2
+    return Proof(args, None if args.dry_run else name).run(args.steps.split(","))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,310 @@
+"""The GPU proof (bench/gpu_proof.py) and its wheel list (bench/gpu_wheels.py), rehearsed on the CPU."""
+
+import ast
+import base64
+import hashlib
+import importlib.metadata as md
+import importlib.util
+import json
+import os
+import pathlib
+import random
+import subprocess
+import sys
+import tarfile
+import tomllib
+import types
+import zipfile
+
+import pytest
+from packaging.requirements import Requirement
+from packaging.specifiers import SpecifierSet
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _load(name):
+    spec = importlib.util.spec_from_file_location(f"_test_{name}", ROOT / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+gpu_proof = _load("gpu_proof")
+gpu_wheels = _load("gpu_wheels")
+canonical = gpu_wheels.canonical
+
+# The GPU machine: CPython 3.12 on x86-64 Linux.
+GPU_MARKER_ENV = {"python_version": "3.12", "python_full_version": "3.12.3", "sys_platform": "linux",
+                  "platform_system": "Linux", "platform_machine": "x86_64", "os_name": "posix",
+                  "implementation_name": "cpython", "platform_python_implementation": "CPython", "extra": ""}
+
+
+# --- the dry run -------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_dry_run_exercises_every_step_the_layout_and_the_copy_to_out(tmp_path):
+    out = tmp_path / "out"
+    env = {**os.environ, "OUT": str(out), "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    env.pop("TRITON_INTERPRET", None)  # the proof's children decide for themselves, as on the GPU machine
+    # A larger budget than the default 60 s only lengthens the steps' time limits (the dry run's sizes are
+    # fixed), so that a loaded CI machine does not time a step out.
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_proof.py"), "--dry-run", "--budget-s", "240",
+                           "--results-root", str(tmp_path / "results"), "--sha", "testsha0",
+                           "--wheels", str(tmp_path / "no-wheels")],
+                          env=env, capture_output=True, text=True, timeout=400, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
+    folder = tmp_path / "results" / "cpu-dry-run_testsha0"
+    steps = json.loads((folder / "steps.json").read_text())["steps"]
+    assert list(steps) == list(gpu_proof.STEPS)
+    assert all(s["status"] == "ok" for s in steps.values()), steps
+    for step in gpu_proof.STEPS[1:]:
+        assert (folder / "logs" / f"{step}.log").stat().st_size > 0
+    environment = json.loads((folder / "environment.json").read_text())
+    assert environment["device"] == "cpu" and environment["env_backend"] in ("envpool", "ale")
+    e2e = gpu_proof.read_jsonl(folder / "e2e.jsonl")
+    assert {(r["provider"], r["precision"]) for r in e2e} == {("dense", "bf16"), ("gmp95_window", "fp32"),
+                                                              ("gmp95_after", "tf32"), ("naive", "fp32")}
+    assert all(r["frames_per_second"] > 0 and r["measured_agent_steps"] >= 16 for r in e2e)
+    assert next(r for r in e2e if r["provider"] == "gmp95_after")["total_sparsity"] > 0.9
+    assert "components" in json.loads((folder / "profile.json").read_text())
+    (pong,) = folder.glob("pong_check_cpu_*.json")
+    assert json.loads(pong.read_text())["game"] == "Pong" and pong.with_suffix(".png").exists()
+    summary = (folder / "summary.md").read_text()
+    assert "DRY RUN" in summary and "## Targets" in summary and "## Steps" in summary
+    for row in gpu_proof.e2e_target_rows([]):
+        assert row["target"] in summary
+    assert "missing wheels: " in steps["install"]["note"]  # no wheels given: said, not fatal in a dry run
+    # $OUT: a flat folder of at most 8 files, names the device tool can bring back, the tarball holding it all.
+    names = sorted(p.name for p in out.iterdir())
+    assert names == sorted(["cpu-dry-run_testsha0.tar.gz", "summary.md", "proof.log"])
+    assert all(p.is_file() and p.stat().st_size < 16 * 2**20 for p in out.iterdir())
+    with tarfile.open(out / "cpu-dry-run_testsha0.tar.gz") as tar:
+        members = set(tar.getnames())
+    assert {f"cpu-dry-run_testsha0/{p.relative_to(folder)}" for p in folder.rglob("*") if p.is_file()} <= members
+    assert (out / "summary.md").read_text() == summary
+
+
+def test_budget_too_small_skips_steps_and_says_so(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("OUT", str(tmp_path / "out"))
+    rc = gpu_proof.main(["--dry-run", "--budget-s", "5", "--steps", "e2e,learning", "--results-root",
+                         str(tmp_path), "--sha", "s"])
+    assert rc == 1
+    steps = json.loads((tmp_path / "cpu-dry-run_s" / "steps.json").read_text())["steps"]
+    assert {name: s["status"] for name, s in steps.items()} == {"install": "skipped", "e2e": "skipped",
+                                                               "learning": "skipped"}
+    summary = (tmp_path / "cpu-dry-run_s" / "summary.md").read_text()
+    assert "Skipped: install, e2e, learning." in summary
+    assert "SKIPPED" in capsys.readouterr().out
+
+
+def test_usage_errors_exit_2(monkeypatch, capsys):
+    with pytest.raises(SystemExit) as e:
+        gpu_proof.main(["--steps", "e2e,kernel"])
+    assert e.value.code == 2 and "unknown step(s) kernel" in capsys.readouterr().err
+    monkeypatch.setattr(gpu_proof, "gpu_name", lambda: None)
+    assert gpu_proof.main([]) == 2
+    assert "--dry-run" in capsys.readouterr().err
+
+
+# --- the summary's target table -------------------------------------------------------------------------------------
+
+
+def test_e2e_targets_follow_the_measured_frames_per_second():
+    rng = random.Random(1)
+    for _ in range(20):
+        fps = {(w, s): rng.uniform(2_000, 40_000) for w in (1, 3) for s in ("dense", "gmp95_window", "gmp95_after",
+                                                                             "naive")}
+        runs = [{"case": f"dqn_impala_w{w}", "provider": s, "precision": "fp32", "frames_per_second": v,
+                 "kernels": "torch" if s == "naive" else "triton", "cuda_graphs": [] if s == "naive" else ["learner"]}
+                for (w, s), v in fps.items()]
+        runs.append({"case": "dqn_impala_w3", "provider": "dense", "precision": "bf16", "frames_per_second": 1.0,
+                     "kernels": "triton", "cuda_graphs": ["learner"]})  # other precisions never enter the targets
+        rows = {r["target"]: r for r in gpu_proof.e2e_target_rows(runs)}
+        for w, goal in ((3, 11_000), (1, 22_000)):
+            for s, where in (("gmp95_window", "in its pruning window"), ("gmp95_after", "after its window")):
+                row = rows[f"DQN-Impala x{w} GMP-95 {where}, fp32 (frames/s)"]
+                assert row["measured"] == fps[w, s] and row["met"] == (fps[w, s] >= goal)
+            ratio = max(fps[w, "dense"] / fps[w, s] for s in ("gmp95_window", "gmp95_after"))
+            row = rows[f"x{w}: pruned time / dense time (worst of window, after)"]
+            assert row["measured"] == pytest.approx(ratio) and row["met"] == (ratio <= 1.02)
+            speedup = fps[w, "gmp95_window"] / fps[w, "naive"]
+            row = rows[f"x{w}: kernels + graphs vs the naive path (GMP-95 in window)"]
+            assert row["measured"] == pytest.approx(speedup) and row["met"] == (speedup >= 2)
+        assert rows["every non-naive e2e run used the Triton kernels and CUDA graphs"]["met"] is True
+    runs[0]["cuda_graphs"] = []  # a run that fell back to eager is called out
+    assert gpu_proof.e2e_target_rows(runs)[-1]["met"] is False
+    assert all(r["met"] is None for r in gpu_proof.e2e_target_rows([]))
+
+
+def test_kernel_targets_come_from_summarize_or_say_they_are_not_available(tmp_path):
+    json_path = tmp_path / "kernels.json"
+    (row,) = gpu_proof.kernel_target_rows(json_path)[0]
+    assert row["met"] is None and "no kernels.json" in row["measured"]
+    json_path.write_text(json.dumps({"benchmarks": []}))
+    calls = []
+    rows = [{"target": f"t{i}", "goal": "<= 2", "measured": random.random() * 4, "met": random.random() < 0.5}
+            for i in range(5)]
+    fake = types.SimpleNamespace(main=lambda argv: calls.append(argv), target_rows=lambda path: rows)
+    got, notes = gpu_proof.kernel_target_rows(json_path, fake)
+    assert got == rows and notes == [] and calls == [[str(json_path), "--out-dir", str(tmp_path)]]
+
+    def broken_main(argv):
+        raise SystemExit("cannot draw")
+
+    older = types.SimpleNamespace(main=broken_main)  # a summarize.py without target_rows()
+    (row,), notes = gpu_proof.kernel_target_rows(json_path, older)
+    assert row["met"] is None and "not available" in row["measured"] and "cannot draw" in notes[0]
+
+
+def test_correctness_and_learning_rows(tmp_path):
+    junit = tmp_path / "c.xml"
+    (row,) = gpu_proof.correctness_rows(junit)
+    assert row["met"] is None
+    junit.write_text('<testsuites><testsuite name="pytest" tests="12" failures="1" errors="0" skipped="2">'
+                     "</testsuite></testsuites>")
+    (row,) = gpu_proof.correctness_rows(junit)
+    assert row["measured"] == "9 passed, 1 failed, 2 skipped" and row["met"] is False
+    junit.write_text('<testsuite name="pytest" tests="3" failures="0" errors="0" skipped="0"></testsuite>')
+    assert gpu_proof.correctness_rows(junit)[0]["met"] is True
+    pong = {"final_return_last10": -19.5, "frames": 2_500_000, "wall_s": 130.0, "frames_per_second": 19_230.8,
+            "total_sparsity": 0.95}
+    (row,) = gpu_proof.learning_rows(pong)
+    assert row["met"] is True and "-19.5 after 2.50M frames" in row["measured"]
+    assert gpu_proof.learning_rows({**pong, "final_return_last10": -21.0})[0]["met"] is False
+    assert gpu_proof.learning_rows(None)[0]["met"] is None
+
+
+# --- the wheel list ---------------------------------------------------------------------------------------------------
+
+
+def _imported_modules() -> set[str]:
+    """Top-level modules that the project's code (including the tests `pytest -m gpu` collects) imports."""
+    local = {"agents", "kernels", "bench", "tests"}
+    found = set()
+    for folder in local:
+        for path in (ROOT / folder).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+                if isinstance(node, ast.Import):
+                    found |= {alias.name.split(".")[0] for alias in node.names}
+                elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                    found.add(node.module.split(".")[0])
+    return found - local - set(sys.stdlib_module_names) - {"__future__"}
+
+
+def test_every_runtime_import_is_on_the_gpu_image_or_in_the_wheel_list():
+    image, carried = gpu_wheels.image_packages(), {canonical(n) for n in gpu_wheels.WHEELS}
+    by_module = md.packages_distributions()
+    missing = {}
+    for module in sorted(_imported_modules()):
+        dists = {canonical(d) for d in by_module.get(module, [])}
+        assert dists, f"cannot tell which distribution provides module {module!r}: is it installed here?"
+        if not dists & (image | carried):
+            missing[module] = sorted(dists)
+    assert not missing, f"imported by the project, but neither on the GPU image nor carried: {missing}"
+    assert {"envpool", "ale-py", "tyro"} <= carried and not carried & image
+
+
+def test_every_wheel_is_needed_and_its_dependencies_are_carried_on_the_image_or_not_needed():
+    image, carried = gpu_wheels.image_packages(), {canonical(n) for n in gpu_wheels.WHEELS}
+    by_module = md.packages_distributions()
+    imported = {canonical(d) for m in _imported_modules() for d in by_module.get(m, [])}
+    required_by_wheels = set()
+    for name in gpu_wheels.WHEELS:
+        try:
+            requirements = md.requires(name) or []
+        except md.PackageNotFoundError:
+            pytest.fail(f"{name} (in the wheel list) is not installed here, so its dependencies cannot be checked")
+        for text in requirements:
+            req = Requirement(text)
+            if req.marker is not None and not req.marker.evaluate(GPU_MARKER_ENV):
+                continue
+            dep = canonical(req.name)
+            required_by_wheels.add(dep)
+            assert dep in image | carried | set(gpu_wheels.NOT_NEEDED), (
+                f"{name} needs {text}: carry it in bench/gpu_wheels.py or say in NOT_NEEDED why it stays behind")
+    unneeded = carried - imported - required_by_wheels
+    assert not unneeded, f"carried but neither imported nor required by another wheel: {sorted(unneeded)}"
+    assert not set(gpu_wheels.NOT_NEEDED) & (carried | image)
+
+
+def test_wheel_pins_satisfy_the_project_requirements():
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    pins = {canonical(n): v for n, (v, _) in gpu_wheels.WHEELS.items()}
+    checked = 0
+    for text in pyproject["project"]["dependencies"]:
+        req = Requirement(text)
+        if canonical(req.name) in pins and (req.marker is None or req.marker.evaluate(GPU_MARKER_ENV)):
+            assert SpecifierSet(str(req.specifier)).contains(pins[canonical(req.name)]), (text, pins)
+            checked += 1
+    assert checked >= 4  # gymnasium, ale-py, envpool, tyro
+
+
+def _record_hash(data: bytes) -> str:
+    return "sha256=" + base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+
+
+def test_trimmed_wheel_keeps_only_what_is_listed_and_installs(tmp_path):
+    source = tmp_path / "src" / "fake_assets-1.2.0-py3-none-any.whl"
+    source.parent.mkdir()
+    payload = {"fake_assets/__init__.py": b"", "fake_assets/atari/roms/pong.bin": os.urandom(3000),
+               "fake_assets/atari/roms/breakout.bin": os.urandom(2000),
+               "fake_assets/vizdoom/maps/basic.wad": os.urandom(500), "fake_assets/mujoco/a.xml": b"<mujoco/>",
+               "fake_assets-1.2.0.dist-info/METADATA": b"Metadata-Version: 2.1\nName: fake-assets\nVersion: 1.2.0\n",
+               "fake_assets-1.2.0.dist-info/WHEEL": b"Wheel-Version: 1.0\nRoot-Is-Purelib: true\nTag: py3-none-any\n"}
+    record = "".join(f"{p},{_record_hash(d)},{len(d)}\n" for p, d in payload.items())
+    with zipfile.ZipFile(source, "w") as z:
+        for path, data in payload.items():
+            z.writestr(path, data)
+        z.writestr("fake_assets-1.2.0.dist-info/RECORD", record + "fake_assets-1.2.0.dist-info/RECORD,,\n")
+    out = gpu_wheels.trim_wheel(source, tmp_path, "fake-assets-atari",
+                                ("fake_assets/__init__.py", "fake_assets/atari/"), ("fake_assets/vizdoom/maps",))
+    assert out.name == "fake_assets_atari-1.2.0-py3-none-any.whl"
+    with zipfile.ZipFile(out) as z:
+        names = set(z.namelist())
+        info = "fake_assets_atari-1.2.0.dist-info/"
+        assert names == {"fake_assets/__init__.py", "fake_assets/atari/roms/pong.bin",
+                         "fake_assets/atari/roms/breakout.bin", "fake_assets/vizdoom/maps/.placeholder",
+                         info + "METADATA", info + "WHEEL", info + "RECORD"}
+        assert z.read("fake_assets/atari/roms/pong.bin") == payload["fake_assets/atari/roms/pong.bin"]
+        assert "Name: fake-assets-atari\n" in z.read(info + "METADATA").decode()
+        rows = [line.split(",") for line in z.read(info + "RECORD").decode().splitlines()]
+        assert {r[0] for r in rows} == names
+        for path, digest, size in rows:
+            if path != info + "RECORD":
+                data = z.read(path)
+                assert digest == _record_hash(data) and int(size) == len(data)
+    site = tmp_path / "site"
+    proc = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile",
+                           "--target", str(site), str(out)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert (site / "fake_assets" / "atari" / "roms" / "breakout.bin").stat().st_size == 2000
+    assert (site / "fake_assets" / "vizdoom" / "maps").is_dir() and not (site / "fake_assets" / "mujoco").exists()
+    with pytest.raises(SystemExit, match="nothing of"):
+        gpu_wheels.trim_wheel(source, tmp_path, "x", ("no_such_package/",))
+
+
+def test_downloaded_wheel_folder_is_checked_against_the_list(tmp_path, monkeypatch):
+    """`download` keeps exactly the listed wheels (stale versions removed) and enforces the size limit."""
+    expected = gpu_wheels.expected_wheels()
+
+    def fake_pip_download(specs, dest):
+        for spec in specs:
+            name, version = spec.split("==")
+            size = 2**20 if name == "envpool" else 1000
+            (dest / f"{name.replace('-', '_')}-{version}-py3-none-any.whl").write_bytes(os.urandom(size))
+
+    def fake_trim(source, dest_dir, new_name, keep, placeholders=()):
+        (dest_dir / gpu_wheels.wheel_name(new_name, source.name.split("-")[1])).write_bytes(b"x")
+
+    monkeypatch.setattr(gpu_wheels, "pip_download", fake_pip_download)
+    monkeypatch.setattr(gpu_wheels, "trim_wheel", fake_trim)
+    (tmp_path / "tyro-0.1.0-py3-none-any.whl").write_bytes(b"old")  # a stale version: two would stop the install
+    wheels = gpu_wheels.download(tmp_path, max_mib=60)
+    assert {gpu_wheels.wheel_filename_name(p) for p in wheels} == set(expected)
+    assert not (tmp_path / "tyro-0.1.0-py3-none-any.whl").exists()
+    assert {p.name for p in tmp_path.iterdir()} == {p.name for p in wheels}
+    with pytest.raises(SystemExit, match="over the 0.5 MiB limit"):
+        gpu_wheels.download(tmp_path, max_mib=0.5)
