@@ -68,6 +68,9 @@ class AgentConfig:
     """M-IQN: scale of the Munchausen term (Vieillard et al. 2020; not given in the paper)."""
     munchausen_clip: float = -1.0
     """M-IQN: lower clip l0 of the scaled log-policy (Vieillard et al. 2020; not given in the paper)."""
+    weight_decay: float = 0.0
+    """Coupled weight decay: wd * w added to the gradient before Adam's moments (the ReDo lab's
+    optax.add_decayed_weights then Adam, not AdamW); the WD baseline of Figs. 12 and 27 uses 1e-5."""
 
     def __post_init__(self):
         for name in ("lr", "adam_eps", "gamma"):
@@ -76,6 +79,8 @@ class AgentConfig:
         for name in ("batch_size", "n_step", "target_update_period"):
             if getattr(self, name) < 1:
                 raise ValueError(f"agent.{name} must be >= 1, got {getattr(self, name)}")
+        if self.weight_decay < 0:
+            raise ValueError(f"agent.weight_decay must be >= 0, got {self.weight_decay}")
         if self.min_replay < 0 or self.epsilon_decay_steps < 0:
             raise ValueError("agent.min_replay and agent.epsilon_decay_steps must be >= 0")
 
@@ -206,7 +211,7 @@ class TrainConfig:
 RUNTIME_FIELDS = frozenset({
     "device", "replay_device", "overlap_env", "cuda_graphs", "compile", "channels_last", "max_minutes", "profile",
     "progress", "tensorboard", "log_every", "runs_dir", "run_name", "checkpoint_every", "keep_checkpoints",
-    "save_replay", "preset", "env.num_threads",
+    "save_replay", "preset", "env.num_threads", "analysis_grad_samples",
 })
 
 
