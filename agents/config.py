@@ -232,7 +232,8 @@ def experiment_fields(config: dict) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Presets: {agent}_{impala|nature}_w{width}_{dense|gmpNN}, the paper's configurations, plus a CPU demo.
+# Presets: {agent}_{impala|nature}_w{width}_{dense|gmpNN}, the paper's configurations, the baselines of its
+# section 5 (dqn_impala_w{width}_{redo|reset|wd|l2|rigl90|rigl95|rigl99}), plus a CPU demo.
 # ---------------------------------------------------------------------------------------------------------
 PAPER_SPARSITIES = {"dense": 0.0, "gmp90": 0.9, "gmp95": 0.95, "gmp99": 0.99}
 
@@ -250,6 +251,27 @@ def _paper_presets() -> dict[str, TrainConfig]:
     return presets
 
 
+def _baseline_presets() -> dict[str, TrainConfig]:
+    """The comparisons of the paper's section 5 (Figs. 12, 22), on DQN with the Impala ResNet at every width:
+    dqn_impala_w{width}_{redo|reset|wd|l2|rigl90|rigl95|rigl99}, each method at its paper default (dense and
+    GMP are the grid above; the lottery ticket adds --pruning.fixed-mask RUN_DIR to a gmp preset)."""
+    methods = {  # tag -> (network options, other TrainConfig fields)
+        "redo": ({}, dict(redo=ReDoConfig(enabled=True))),  # tau 0.1, every 1,000 gradient steps
+        "reset": ({}, dict(reset=ResetConfig(enabled=True))),  # the last layer, every 100,000 gradient steps
+        "wd": ({}, dict(agent=dataclasses.replace(paper_agent("dqn"), weight_decay=1e-5))),
+        "l2": ({"feature_norm": True}, {}),
+    }
+    for s in (0.9, 0.95, 0.99):
+        methods[f"rigl{round(s * 100)}"] = ({}, dict(pruning=PruningConfig(final_sparsity=s, method="rigl")))
+    presets = {}
+    for width in (1, 2, 3, 4, 5):
+        for tag, (net, fields) in methods.items():
+            name = f"dqn_impala_w{width}_{tag}"
+            presets[name] = TrainConfig(**copy.deepcopy({"agent": paper_agent("dqn"), **fields}), preset=name,
+                                        network=NetworkConfig(arch="impala", width=width, **net))
+    return presets
+
+
 def _demo_preset() -> TrainConfig:
     """Minutes on a CPU: GMP-DQN on Breakout (short episodes, so every iteration has a score), Impala x1,
     pruned to 95% from 20% to 80% of a 24k-frame run. channels_last is oneDNN's preferred layout: faster
@@ -264,7 +286,7 @@ def _demo_preset() -> TrainConfig:
         preset="demo")
 
 
-PRESETS: dict[str, TrainConfig] = {**_paper_presets(), "demo": _demo_preset()}
+PRESETS: dict[str, TrainConfig] = {**_paper_presets(), **_baseline_presets(), "demo": _demo_preset()}
 
 
 def get_preset(name: str) -> TrainConfig:
