@@ -82,3 +82,26 @@ def test_baseline_presets_are_their_dense_twin_plus_the_method():
     assert (redo.tau, redo.period, redo.batch_size) == (0.1, 1000, 256)
     assert (reset.period, reset.layers) == (100_000, "last")
     assert (rigl.update_freq, rigl.drop_fraction, rigl.end_fraction) == (5000, 0.3, 0.8)
+
+
+@pytest.mark.parametrize("agent", ["rainbow", "iqn"])
+def test_the_methods_compose_with_the_other_agents(tmp_path, agent):
+    """RigL, ReDo, Reset and L2 together on Rainbow's and IQN's networks: every event happens, sparsity holds."""
+    import json
+
+    from tests.agents.test_learning import fast_agent
+
+    cfg = chain_config(fast_agent(agent), sparsity=0.9, total_steps=500)
+    cfg.agent.min_replay, cfg.iteration_steps = 100, 250
+    cfg.pruning.method, cfg.rigl = "rigl", RigLConfig(update_freq=10)
+    cfg.redo = ReDoConfig(enabled=True, period=10, batch_size=16)
+    cfg.reset = ResetConfig(enabled=True, period=25, layers="penultimate")
+    cfg.network.feature_norm = True
+    trainer = Trainer(cfg, tmp_path / agent, env=ChainEnv(num_envs=2))
+    trainer.run()
+    rows = [json.loads(line) for line in (tmp_path / agent / "metrics.jsonl").read_text().splitlines()]
+    last = trainer.grad_steps - 1
+    assert [r["grad_steps"] for r in rows if "redo/recycled" in r] == list(range(10, last + 1, 10))
+    assert [r["grad_steps"] for r in rows if "reset/events" in r] == list(range(25, last + 1, 25))
+    for w, m, n in zip(trainer.pruner.weights, trainer.pruner.masks, trainer.pruner.active, strict=True):
+        assert int(m.sum()) == n and torch.all(w[~m] == 0)
