@@ -3,14 +3,17 @@
 Step accounting (project decision 6): every step count below is in *agent steps*, i.e. transitions summed
 over all parallel envs (frames = 4 x agent steps). The replay ratio is gradient updates per agent step. The
 pruning schedule counts gradient steps; by default it runs from 20% to 80% of the nominal gradient steps
-`total_steps x replay_ratio` (500k / 2M for the paper's 40M frames at ratio 0.25, as in JaxPruner's gin).
+`total_steps x replay_ratio` (500k / 2M for the paper's 40M frames at ratio 0.25, as in JaxPruner's gin), and
+ends at the run's last gradient step instead if the min_replay warm-up leaves fewer (short runs).
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import Literal
 
 from agents.envs import EnvConfig
@@ -73,9 +76,13 @@ class AgentConfig:
     optax.add_decayed_weights then Adam, not AdamW); the WD baseline of Figs. 12 and 27 uses 1e-5."""
 
     def __post_init__(self):
-        for name in ("lr", "adam_eps", "gamma"):
+        for name in ("lr", "adam_eps"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"agent.{name} must be > 0, got {getattr(self, name)}")
+        if not 0 < self.gamma <= 1:
+            raise ValueError(f"agent.gamma (the discount) must be in (0, 1], got {self.gamma}")
+        if not 0 <= self.epsilon_train <= 1:
+            raise ValueError(f"agent.epsilon_train (a probability) must be in [0, 1], got {self.epsilon_train}")
         for name in ("batch_size", "n_step", "target_update_period"):
             if getattr(self, name) < 1:
                 raise ValueError(f"agent.{name} must be >= 1, got {getattr(self, name)}")
@@ -128,8 +135,19 @@ class TrainConfig:
     """Write a checkpoint every this many iterations (and at the end of the run)."""
     keep_checkpoints: int = 2
     """How many recent checkpoints to keep."""
-    save_replay: bool = False
-    """Include the replay buffer in checkpoints (7 GB at 1M), so a resumed run continues learning at once."""
+    save_replay: bool = True
+    """Store the replay in the checkpoints, incrementally (each checkpoint writes only the transitions added
+    since the previous one), so a resumed run is the experiment an uninterrupted one is. With
+    --no-save-replay a resumed run refills min_replay steps before it learns again, and summary.json says
+    resumed_without_replay."""
+    evaluate: bool = False
+    """After each iteration, run an evaluation phase (Dopamine's eval phase, spec decision 7): full episodes at
+    eval_epsilon in envs of its own, learning nothing, logged as eval_score / eval_episodes next to the training
+    score. Off by default: the paper's score is the training episodes' (Dopamine's continuous_train)."""
+    eval_steps: int = 125_000
+    """Agent steps of each evaluation phase (at least: episodes in progress are played to their end)."""
+    eval_epsilon: float = 0.001
+    """Exploration of the evaluation phase (Dopamine's epsilon_eval)."""
     log_every: int = 10_000
     """Agent steps between rows of metrics.jsonl / TensorBoard scalars."""
     analysis_every: int = 0
@@ -153,7 +171,8 @@ class TrainConfig:
     learner's threads compete for the same cores."""
     max_minutes: float | None = None
     """Stop after this many minutes of wall time with a checkpoint (to fit a job's time limit, or to see how
-    far a fixed budget gets); `--resume` continues the run. The unfinished iteration's row is not written."""
+    far a fixed budget gets); re-running the command (or `--resume`) continues the run, and the interrupted
+    iteration's score then counts its episodes from before and after the stop."""
     cuda_graphs: Literal["auto", "on", "off"] = "auto"
     """Capture the gradient update (replay sampling, forward and backward, mask selection, masked Adam,
     priority updates) in CUDA graphs after a few eager steps. Same kernels and random numbers as eager
@@ -183,10 +202,30 @@ class TrainConfig:
             raise ValueError("checkpoint_every and keep_checkpoints must be >= 1")
         if self.analysis_grad_samples < 0:
             raise ValueError(f"analysis_grad_samples must be >= 0, got {self.analysis_grad_samples}")
+        if self.eval_steps < 1:
+            raise ValueError(f"eval_steps must be >= 1 (turn the phase off with --no-evaluate), got {self.eval_steps}")
+        if not 0.0 <= self.eval_epsilon <= 1.0:
+            raise ValueError(f"eval_epsilon must be in [0, 1], got {self.eval_epsilon}")
 
     @property
     def nominal_grad_steps(self) -> int:
+        """total_steps x replay_ratio: what the pruning window's fractions refer to (2.5M at 40M frames)."""
         return round(self.total_steps * self.replay_ratio)
+
+    def updates_due(self, steps_before: int, steps_after: int) -> int:
+        """Gradient updates for the agent steps (steps_before, steps_after]: one at each step j > min_replay where
+        floor(replay_ratio * j) grows. At ratio 1/k that is every j with j % k == 0, Dopamine's
+        `training_steps % update_period == 0`; exact for any ratio (1/3 stays 1/3, no float budget drifts)."""
+        ratio = Fraction(self.replay_ratio).limit_denominator(10**6)
+        first = max(steps_before, self.agent.min_replay)
+        return max(0, math.floor(ratio * steps_after) - math.floor(ratio * first))
+
+    def min_grad_steps(self, num_envs: int, agent_steps: int | None = None) -> int:
+        """Gradient steps a run has taken at least after `agent_steps` (default: all of them) if it learned without
+        interruption: learning starts after min_replay transitions, and once the replay can sample (n_step + 1
+        vector steps). (10M - 20k) x 0.25 = 2,495,000 for the paper's runs."""
+        after = self.total_steps if agent_steps is None else agent_steps
+        return self.updates_due(num_envs * self.agent.n_step, after)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -14,16 +14,22 @@ import torch.nn.functional as F
 from torch import nn
 
 from agents.config import AgentConfig
-from agents.networks import NetworkConfig, make_network
+from agents.networks import LayerInit, NetworkConfig, make_network, xavier_
 from agents.replay import Batch
 
 
 class DQN:
+    dopamine_init: LayerInit = staticmethod(xavier_)  # Dopamine's NatureDQNNetwork and ImpalaDQNNetwork
+
     def __init__(self, cfg: AgentConfig, num_actions: int):
         self.cfg, self.num_actions = cfg, num_actions
 
+    def layer_init(self, net_cfg: NetworkConfig) -> LayerInit:
+        """The init of the layers outside the Impala stacks: this agent's Dopamine one, or Xavier (`--network.init`)."""
+        return self.dopamine_init if net_cfg.init == "dopamine" else xavier_
+
     def build_network(self, net_cfg: NetworkConfig, obs_shape=(4, 84, 84)) -> nn.Module:
-        return make_network(net_cfg, self.num_actions, obs_shape)
+        return make_network(net_cfg, self.num_actions, obs_shape, self.layer_init(net_cfg))
 
     def q_values(self, net: nn.Module, obs: torch.Tensor) -> torch.Tensor:
         return net(obs)

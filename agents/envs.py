@@ -35,7 +35,9 @@ class EnvConfig:
     backend: Literal["auto", "envpool", "ale"] = "auto"
     """'envpool' (batched C++ pool, Linux), 'ale' (ale-py AtariVectorEnv), or 'auto': envpool if importable."""
     num_envs: int = 8
-    """Number of parallel environments."""
+    """Number of parallel environments, a protocol choice: 1 runs Dopamine's loop exactly (an update every 4 agent
+    steps, acting on the freshly updated network); N envs step together, so updates come N x replay_ratio at a
+    time and the acting network is refreshed every N transitions."""
     sticky_prob: float = 0.25
     """Sticky-action probability (Machado et al. 2018); 0 turns sticky actions off."""
     frame_skip: int = 4

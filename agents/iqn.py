@@ -17,8 +17,8 @@ Loss for a transition (s, a, R^(n), gamma^m or 0, s'), N = N' = 64 taus, kappa =
     rho_ji   = |tau_i - 1{u_ji < 0}| * huber_kappa(u_ji) / kappa
     loss     = mean_j sum_i rho_ji                                  Dopamine's reduction: sum over the
                                                                     online quantiles, mean over the targets
-Taus are drawn independently for every sample of the batch, as Dopamine's TF agent does (Dopamine JAX
-vmaps the network with one key, so there all samples of a batch share their taus).
+Taus are drawn independently for every sample of the batch, as Dopamine does (its JAX agent vmaps the
+network over one key per sample, `jax.random.split(rng, num=batch_size)`, for the online and target nets).
 
 M-IQN replaces the target (Vieillard et al.'s `m_iqn.py`), with pi = softmax(Q_target / tau_m) and Q_target
 the target net's mean over K taus, at s and at s':
@@ -31,8 +31,9 @@ l0 = -1 (Vieillard et al. 2020; the paper lists only tau_m, so these are a proje
 epsilon-greedily like the other agents, as the paper's JAX M-IQN does by default (Vieillard et al.'s TF
 agent samples from pi instead).
 
-Initialisation: Dopamine's IQN uses variance_scaling(1/sqrt(3), fan_in, uniform) kernels; the tau embedding
-here is Xavier-uniform like the shared networks' dense layers.
+Initialisation: as Dopamine's ImplicitQuantileNetwork, variance_scaling(1/sqrt(3), fan_in, uniform) kernels for
+the Nature CNN convs, the tau embedding and the dense layers (the Impala stacks keep Dopamine's ImpalaEncoder
+init); `--network.init xavier` uses Xavier-uniform instead (see `agents/networks.py`).
 """
 
 from __future__ import annotations
@@ -45,19 +46,20 @@ from torch import nn
 
 from agents.config import AgentConfig
 from agents.dqn import DQN
-from agents.networks import NetworkConfig, QNetwork, make_network, xavier_
+from agents.networks import LayerInit, NetworkConfig, QNetwork, make_network, variance_scaling_, xavier_
 from agents.replay import Batch
 
 
 class IQNNetwork(nn.Module):
     """encoder -> (x) tau embedding -> hidden 512 -> ReLU -> out, reusing a `QNetwork`'s layers."""
 
-    def __init__(self, base: QNetwork, embedding_dim: int = 64, num_quantile_samples: int = 32):
+    def __init__(self, base: QNetwork, embedding_dim: int = 64, num_quantile_samples: int = 32,
+                 layer_init: LayerInit = xavier_):
         super().__init__()
         self.encoder, self.hidden, self.hidden_relu, self.out = base.encoder, base.hidden, base.hidden_relu, base.out
         self.feature_norm = base.feature_norm
         self.feature_dim, self.num_quantile_samples = base.feature_dim, num_quantile_samples
-        self.tau_embedding = xavier_(nn.Linear(embedding_dim, base.feature_dim))
+        self.tau_embedding = layer_init(nn.Linear(embedding_dim, base.feature_dim))
         self.tau_relu = nn.ReLU()
         self.register_buffer("frequencies", math.pi * torch.arange(1, embedding_dim + 1), persistent=False)
 
@@ -100,6 +102,8 @@ def munchausen_targets(returns: torch.Tensor, discounts: torch.Tensor, actions: 
 
 
 class IQN(DQN):
+    dopamine_init = staticmethod(variance_scaling_)  # Dopamine's ImplicitQuantileNetwork
+
     def __init__(self, cfg: AgentConfig, num_actions: int):
         super().__init__(cfg, num_actions)
         if cfg.kappa <= 0:
@@ -107,8 +111,9 @@ class IQN(DQN):
         self.munchausen = cfg.name == "miqn"
 
     def build_network(self, net_cfg: NetworkConfig, obs_shape=(4, 84, 84)) -> nn.Module:
-        base = make_network(net_cfg, self.num_actions, obs_shape)
-        return IQNNetwork(base, self.cfg.quantile_embedding_dim, self.cfg.num_quantile_samples)
+        layer_init = self.layer_init(net_cfg)
+        base = make_network(net_cfg, self.num_actions, obs_shape, layer_init)
+        return IQNNetwork(base, self.cfg.quantile_embedding_dim, self.cfg.num_quantile_samples, layer_init)
 
     @torch.no_grad()
     def target_quantiles(self, target: IQNNetwork, batch: Batch) -> torch.Tensor:

@@ -1,8 +1,12 @@
 """Q-networks of the paper: the Dopamine Nature CNN and the Impala ResNet with a width multiplier.
 
 Both take uint8 frames [B, 4, 84, 84] (divided by 255 inside) and follow Dopamine JAX, which the paper used:
-TF-style "SAME" padding (asymmetric where TF pads asymmetrically), Xavier-uniform kernels, zero biases, and
-LeCun-normal (truncated) kernels for the Impala residual convs (Flax's default init). Layout:
+TF-style "SAME" padding (asymmetric where TF pads asymmetrically) and zero biases. Initialisation follows each
+agent's Dopamine network: the layers the network defines itself (Nature CNN convs, the hidden and output
+dense layers, IQN's tau embedding) take the agent's `layer_init`, Xavier-uniform for DQN (NatureDQNNetwork,
+ImpalaDQNNetwork) and variance_scaling(1/sqrt(3), fan_in, uniform) for Rainbow and IQN (RainbowNetwork,
+ImplicitQuantileNetwork). The Impala stacks keep Dopamine's ImpalaEncoder init for every agent: Xavier-uniform
+entry convs and LeCun-normal (truncated) residual convs (Flax's default init). Layout:
 
     encoder (convs -> ReLU -> flatten, `feature_dim` wide) -> hidden Dense 512 -> ReLU -> out Dense
 
@@ -14,6 +18,7 @@ module, so analysis hooks (dormant neurons, srank) can find them.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -35,6 +40,10 @@ class NetworkConfig:
     """Also multiply the 512-unit hidden layer by the width (off in the paper's online agents)."""
     padding: Literal["same", "valid"] = "same"
     """Nature CNN padding: 'same' as in Dopamine JAX, 'valid' as in the original Nature DQN."""
+    init: Literal["dopamine", "xavier"] = "dopamine"
+    """Initialisation of the Nature CNN convs, the dense layers and IQN's tau embedding: 'dopamine' follows each
+    agent's Dopamine network (Xavier-uniform for DQN; variance_scaling(1/sqrt(3), fan_in, uniform) for Rainbow,
+    IQN and M-IQN), 'xavier' uses Xavier-uniform for every agent. Impala stacks keep Dopamine's init either way."""
     feature_norm: bool = False
     """The 'L2' baseline of Fig. 12, "the normalization of Kumar et al. (2022)": the penultimate features (after
     the hidden ReLU) are divided by their l2 norm before the output layer, Scaled QL's feature normalization."""
@@ -43,6 +52,8 @@ class NetworkConfig:
         _check_width(self.width)
         if self.arch not in ("impala", "nature"):
             raise ValueError(f"unknown network arch {self.arch!r}; expected 'impala' or 'nature'")
+        if self.init not in ("dopamine", "xavier"):
+            raise ValueError(f"unknown network init {self.init!r}; expected 'dopamine' or 'xavier'")
 
 
 def _same_pads(size: int, kernel: int, stride: int) -> tuple[int, int]:
@@ -87,8 +98,21 @@ def _pool_pads_natively(sizes, kernel: int, stride: int, top: int, left: int) ->
     return True
 
 
+LayerInit = Callable[[nn.Module], nn.Module]
+
+
 def xavier_(layer: nn.Module) -> nn.Module:
+    """Flax xavier_uniform: U(-a, a), a = sqrt(6 / (fan_in + fan_out)); zero bias."""
     nn.init.xavier_uniform_(layer.weight)
+    nn.init.zeros_(layer.bias)
+    return layer
+
+
+def variance_scaling_(layer: nn.Module, scale: float = 1 / math.sqrt(3)) -> nn.Module:
+    """Flax variance_scaling(scale, "fan_in", "uniform"): U(-a, a), a = sqrt(3 scale / fan_in), so the variance is
+    scale / fan_in; zero bias. Dopamine's Rainbow and IQN networks use scale 1/sqrt(3) for every layer."""
+    bound = math.sqrt(3 * scale / layer.weight[0].numel())
+    nn.init.uniform_(layer.weight, -bound, bound)
     nn.init.zeros_(layer.bias)
     return layer
 
@@ -160,11 +184,11 @@ class QNetwork(nn.Module):
     encoder: nn.Module
     feature_dim: int
 
-    def _build_head(self, num_outputs: int, hidden: int) -> None:
-        self.hidden = xavier_(nn.Linear(self.feature_dim, hidden))
+    def _build_head(self, num_outputs: int, hidden: int, layer_init: LayerInit) -> None:
+        self.hidden = layer_init(nn.Linear(self.feature_dim, hidden))
         self.hidden_relu = nn.ReLU()
         self.feature_norm: nn.Module = nn.Identity()  # UnitNorm with NetworkConfig.feature_norm
-        self.out = xavier_(nn.Linear(hidden, num_outputs))
+        self.out = layer_init(nn.Linear(hidden, num_outputs))
         self.num_outputs = num_outputs
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
@@ -179,7 +203,7 @@ class ImpalaResNet(QNetwork):
     """The "15-layer" Impala ResNet of Espeholt et al. (2018) as in Dopamine's ImpalaEncoder."""
 
     def __init__(self, num_actions: int, width: int = 1, scale_dense: bool = False, in_frames: int = 4,
-                 input_size: int = 84):
+                 input_size: int = 84, layer_init: LayerInit = xavier_):
         super().__init__()
         _check_width(width)
         layers: list[nn.Module] = [Scale()]
@@ -193,14 +217,14 @@ class ImpalaResNet(QNetwork):
         layers += [nn.ReLU(), nn.Flatten()]
         self.encoder = nn.Sequential(*layers)
         self.feature_dim = in_ch * side * side
-        self._build_head(num_actions, HIDDEN * (width if scale_dense else 1))
+        self._build_head(num_actions, HIDDEN * (width if scale_dense else 1), layer_init)
 
 
 class NatureCNN(QNetwork):
     """Mnih et al. (2015) conv net as in Dopamine JAX (SAME padding by default: flatten 11*11*64 = 7,744)."""
 
     def __init__(self, num_actions: int, width: int = 1, padding: str = "same", in_frames: int = 4,
-                 input_size: int = 84, scale_dense: bool = False):
+                 input_size: int = 84, scale_dense: bool = False, layer_init: LayerInit = xavier_):
         super().__init__()
         _check_width(width)
         if padding not in ("same", "valid"):
@@ -210,13 +234,13 @@ class NatureCNN(QNetwork):
         in_ch, side = in_frames, input_size
         for ch, k, s in specs:
             conv = SameConv2d(in_ch, ch, k, s) if padding == "same" else nn.Conv2d(in_ch, ch, k, s)
-            layers += [xavier_(conv), nn.ReLU()]
+            layers += [layer_init(conv), nn.ReLU()]
             side = math.ceil(side / s) if padding == "same" else (side - k) // s + 1
             in_ch = ch
         layers.append(nn.Flatten())
         self.encoder = nn.Sequential(*layers)
         self.feature_dim = in_ch * side * side
-        self._build_head(num_actions, HIDDEN * (width if scale_dense else 1))
+        self._build_head(num_actions, HIDDEN * (width if scale_dense else 1), layer_init)
 
 
 def _check_width(width: int) -> None:
@@ -224,15 +248,17 @@ def _check_width(width: int) -> None:
         raise ValueError(f"network width must be an integer >= 1, got {width!r}")
 
 
-def make_network(cfg: NetworkConfig, num_outputs: int, obs_shape: tuple[int, int, int] = (4, 84, 84)) -> QNetwork:
-    """The configured Q-network for observations of `obs_shape` = (frames, side, side)."""
+def make_network(cfg: NetworkConfig, num_outputs: int, obs_shape: tuple[int, int, int] = (4, 84, 84),
+                 layer_init: LayerInit = xavier_) -> QNetwork:
+    """The configured Q-network for observations of `obs_shape` = (frames, side, side); `layer_init` initialises
+    the layers outside the Impala stacks (the agent's Dopamine init, see the module docstring)."""
     frames, side = obs_shape[0], obs_shape[-1]
     if cfg.arch == "impala":
         net = ImpalaResNet(num_outputs, width=cfg.width, scale_dense=cfg.scale_dense, in_frames=frames,
-                           input_size=side)
+                           input_size=side, layer_init=layer_init)
     elif cfg.arch == "nature":
         net = NatureCNN(num_outputs, width=cfg.width, padding=cfg.padding, scale_dense=cfg.scale_dense,
-                        in_frames=frames, input_size=side)
+                        in_frames=frames, input_size=side, layer_init=layer_init)
     else:
         raise ValueError(f"unknown network arch {cfg.arch!r}; expected 'impala' or 'nature'")
     if cfg.feature_norm:

@@ -5,6 +5,8 @@ Faithful to the project's decision 1 (`shared/spec/paper.md`):
 - per-layer targets from ERK (default) or uniform; per-layer magnitude top-k (or one global top-k);
 - cubic schedule on gradient steps, masks updated every `update_freq` steps inside [start, end], inclusive:
       progress = clip(step + 1 - start, 0, end - start) / (end - start);  s = s_F * (1 - (1 - progress)^3)
+  and at the end step too, so the masks always reach s_F (JaxPruner skips the end when it is not a multiple of
+  update_freq; the paper's 500k / 2M / 1,000 are unaffected);
 - keep count per layer max(1, round(n * (1 - s))) with round-half-to-even; ties kept by lower flat index;
 - gradients are not masked and Adam moments are untouched ("faithful"); weights are re-masked after every
   optimizer step (fused into `MaskedAdam`, which calls `kernels.masked_adam_`).
@@ -32,15 +34,18 @@ class PruningConfig:
     scope: Literal["layer", "global"] = "layer"
     """Top-k per layer (official code) or one global magnitude threshold over all prunable weights."""
     start_fraction: float = 0.2
-    """Pruning starts at this fraction of the run's nominal gradient steps (total agent steps x replay ratio)."""
+    """Pruning starts at this fraction of the run's nominal gradient steps, total_steps x replay_ratio (JaxPruner's
+    500k at 40M frames)."""
     end_fraction: float = 0.8
-    """Pruning ends (final sparsity reached) at this fraction of the nominal gradient steps."""
+    """Pruning ends (final sparsity reached) at this fraction of the nominal gradient steps (JaxPruner's 2M at 40M
+    frames), or at the run's last gradient step if its min_replay warm-up leaves fewer."""
     start_step: int | None = None
     """Explicit start gradient step; overrides start_fraction."""
     end_step: int | None = None
-    """Explicit end gradient step; overrides end_fraction."""
+    """Explicit end gradient step; overrides end_fraction (and is kept even beyond the run's last step)."""
     update_freq: int = 1000
-    """Masks are recomputed every this many gradient steps inside [start, end] (JaxPruner gin: 1,000)."""
+    """Masks are recomputed every this many gradient steps inside [start, end], and at the end step (JaxPruner
+    gin: 1,000)."""
     mask_gradients: bool = False
     """Multiply gradients by the mask before Adam (not in the official code)."""
     moments: Literal["faithful", "reset", "frozen"] = "faithful"
@@ -70,13 +75,44 @@ class PruningConfig:
             raise ValueError("--pruning.fixed-mask takes the masks of a GMP run: use it with --pruning.method gmp and "
                              "that run's --pruning.final-sparsity")
 
-    def window(self, nominal_grad_steps: int) -> tuple[int, int]:
-        """(start, end) in gradient steps. 40M frames at replay ratio 0.25 give JaxPruner's 500k / 2M."""
+    def window(self, nominal_grad_steps: int, run_grad_steps: int | None = None) -> tuple[int, int]:
+        """(start, end) in gradient steps: the fractions of `nominal_grad_steps` = total_steps x replay_ratio, so
+        40M frames at replay ratio 0.25 give JaxPruner's 500k / 2M. If the run takes only `run_grad_steps`
+        (its min_replay warm-up does not learn) and a derived end lies beyond its last step, the window ends at
+        that last step instead, so the run still reaches the final sparsity."""
         start = self.start_step if self.start_step is not None else round(self.start_fraction * nominal_grad_steps)
         end = self.end_step if self.end_step is not None else round(self.end_fraction * nominal_grad_steps)
+        if self.end_step is None and run_grad_steps is not None and end > run_grad_steps - 1:
+            end = max(start, run_grad_steps - 1)
         if start < 0 or start > end:
             raise ValueError(f"pruning window needs 0 <= start <= end, got start={start}, end={end}")
         return start, end
+
+    def window_warnings(self, nominal_grad_steps: int, run_grad_steps: int) -> list[str]:
+        """What a user should know before a run whose window `window(nominal, run)` is short or out of reach."""
+        if self.final_sparsity == 0:
+            return []
+        start, end = self.window(nominal_grad_steps, run_grad_steps)
+        nominal_end = self.window(nominal_grad_steps)[1]
+        notes = []
+        if start > run_grad_steps - 1:
+            notes.append(f"the run takes {run_grad_steps:,} gradient steps and its pruning window starts at step "
+                         f"{start:,}: it never prunes (raise --total-steps or lower --agent.min-replay)")
+        elif end < nominal_end:
+            notes.append(f"the run takes {run_grad_steps:,} gradient steps after its min_replay warm-up, fewer than "
+                         f"its pruning window's end {nominal_end:,} ({self.end_fraction:g} of total_steps x "
+                         f"replay_ratio): the window ends at the last step, {end:,}, with no training at the final "
+                         f"sparsity afterwards")
+        elif end > run_grad_steps - 1:
+            reached = gmp_sparsity(run_grad_steps - 1, self.final_sparsity, start, end)
+            notes.append(f"--pruning.end-step {end:,} lies beyond the run's {run_grad_steps:,} gradient steps: its "
+                         f"schedule stops near sparsity {reached:.3f}, not {self.final_sparsity:g}")
+        updates = count_mask_updates(start, end, self.update_freq)
+        if updates < 10 and start <= run_grad_steps - 1:
+            notes.append(f"the pruning window [{start:,}, {end:,}] holds {updates} mask update(s) (every "
+                         f"{self.update_freq:,} gradient steps and at its end): the sparsity rises in {updates} "
+                         f"jump(s), not along the cubic (lower --pruning.update-freq)")
+        return notes
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -91,6 +127,29 @@ def gmp_sparsity(step: int, final_sparsity: float, start: int, end: int) -> floa
     else:
         progress = min(max(step + 1 - start, 0), end - start) / (end - start)
     return final_sparsity * (1.0 - (1.0 - progress) ** 3)
+
+
+def is_mask_update(step: int, start: int, end: int, update_freq: int) -> bool:
+    """JaxPruner's update steps (multiples of update_freq inside [start, end]) plus the end step itself."""
+    return start <= step <= end and (step % update_freq == 0 or step == end)
+
+
+def count_mask_updates(start: int, end: int, update_freq: int) -> int:
+    """How many steps of [start, end] are mask updates."""
+    first = -(-start // update_freq) * update_freq
+    multiples = (end - first) // update_freq + 1 if first <= end else 0
+    return multiples + (end % update_freq != 0)
+
+
+def last_mask_update(steps_done: int, start: int, end: int, update_freq: int) -> int | None:
+    """The last mask update among the gradient steps 0 .. steps_done - 1, or None before the first one."""
+    step = min(steps_done - 1, end)
+    if step < start:
+        return None
+    if step == end:
+        return end
+    step = step // update_freq * update_freq
+    return step if step >= start else None
 
 
 def _check_sparsity(sparsity: float) -> None:
@@ -182,7 +241,7 @@ class Pruner(nn.Module):
         return dict(zip(self.weights, self.masks))
 
     def is_update_step(self, step: int) -> bool:
-        return step % self.cfg.update_freq == 0 and self.start <= step <= self.end
+        return is_mask_update(step, self.start, self.end, self.cfg.update_freq)
 
     def layer_sparsities(self, step: int) -> list[float]:
         return [gmp_sparsity(step, t, self.start, self.end) for t in self.targets]
@@ -193,15 +252,25 @@ class Pruner(nn.Module):
         self.set_keep_counts(step)
         self.select_masks()
 
+    def keep_counts_at(self, step: int) -> list[int]:
+        """The schedule's keep counts at a mask update at `step`: one per layer, or one for global scope."""
+        if self.cfg.scope == "global":
+            s = gmp_sparsity(step, self.cfg.final_sparsity, self.start, self.end)
+            return [keep_count(sum(w.numel() for w in self.weights), s)]
+        return [keep_count(w.numel(), s) for w, s in zip(self.weights, self.layer_sparsities(step))]
+
     def set_keep_counts(self, step: int) -> None:
         """Write the schedule's keep counts at `step` into the device buffer `select_masks` reads (in place, so
         a captured CUDA graph of `select_masks` follows the schedule)."""
-        if self.cfg.scope == "global":
-            s = gmp_sparsity(step, self.cfg.final_sparsity, self.start, self.end)
-            counts = [keep_count(sum(w.numel() for w in self.weights), s)]
-        else:
-            counts = [keep_count(w.numel(), s) for w, s in zip(self.weights, self.layer_sparsities(step))]
-        self.keep_counts.copy_(torch.tensor(counts, dtype=torch.long), non_blocking=True)
+        self.keep_counts.copy_(torch.tensor(self.keep_counts_at(step), dtype=torch.long), non_blocking=True)
+
+    def scheduled_sparsity(self, steps_done: int) -> float:
+        """Fraction of the prunable weights the masks zero after `steps_done` gradient steps on the schedule (what
+        `sparsity_report()["sparsity/prunable"]` measures, at least: weights can also be zero by themselves)."""
+        step = last_mask_update(steps_done, self.start, self.end, self.cfg.update_freq)
+        prunable = sum(w.numel() for w in self.weights)
+        kept = prunable if step is None else sum(self.keep_counts_at(step))
+        return (prunable - kept) / prunable
 
     @torch.no_grad()
     def select_masks(self) -> None:
@@ -300,6 +369,10 @@ class FixedMask(Pruner):
 
     def layer_sparsities(self, step: int) -> list[float]:
         return [1.0 - int(m.sum()) / m.numel() for m in self.masks]
+
+    def scheduled_sparsity(self, steps_done: int) -> float:
+        """Constant: the fixed masks' sparsity over the prunable weights, from step 0."""
+        return 1.0 - sum(int(m.sum()) for m in self.masks) / sum(m.numel() for m in self.masks)
 
 
 LOTTERY_MUST_MATCH = ("env.game", "agent.name", "network", "pruning.final_sparsity")

@@ -13,8 +13,9 @@ Loss for a transition (s, a, R^(n), gamma^m or 0, s'):
                                                             prioritized-replay importance weights
 The replay sets the new priority sqrt(loss + 1e-10) from the same per-sample loss (`agents/replay.py`).
 
-Initialisation: Dopamine's RainbowNetwork uses variance_scaling(1/sqrt(3), fan_in, uniform) kernels; ours
-keeps the shared networks' Dopamine-Impala / Xavier init for every agent (see `agents/networks.py`).
+Initialisation: as Dopamine's RainbowNetwork, variance_scaling(1/sqrt(3), fan_in, uniform) kernels for the Nature
+CNN convs and the dense layers (the Impala stacks keep Dopamine's ImpalaEncoder init); `--network.init xavier`
+uses Xavier-uniform instead (see `agents/networks.py`).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from torch import nn
 
 from agents.config import AgentConfig
 from agents.dqn import DQN
-from agents.networks import NetworkConfig, make_network
+from agents.networks import NetworkConfig, make_network, variance_scaling_
 from agents.replay import Batch
 
 
@@ -46,6 +47,8 @@ def project_distribution(supports: torch.Tensor, weights: torch.Tensor, target_s
 
 
 class Rainbow(DQN):
+    dopamine_init = staticmethod(variance_scaling_)  # Dopamine's RainbowNetwork
+
     def __init__(self, cfg: AgentConfig, num_actions: int):
         super().__init__(cfg, num_actions)
         if cfg.num_atoms < 2 or cfg.v_max <= 0:
@@ -59,7 +62,7 @@ class Rainbow(DQN):
         return self._support[device]
 
     def build_network(self, net_cfg: NetworkConfig, obs_shape=(4, 84, 84)) -> nn.Module:
-        return make_network(net_cfg, self.num_actions * self.num_atoms, obs_shape)
+        return make_network(net_cfg, self.num_actions * self.num_atoms, obs_shape, self.layer_init(net_cfg))
 
     def logits(self, net: nn.Module, obs: torch.Tensor) -> torch.Tensor:
         return net(obs).float().view(obs.shape[0], self.num_actions, self.num_atoms)  # fp32 out of bf16 autocast

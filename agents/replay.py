@@ -190,20 +190,60 @@ class ReplayBuffer:
         return frames * (later_first == 0)[:, :, None, None]
 
     # --- checkpointing ---------------------------------------------------------------------------------
-    def state_dict(self) -> dict:
+    # A slot's row is written once (`add_observation` + `add_outcome`) and only replaced by the circular
+    # overwrite, so the rows of a range of vector steps never change: checkpoints store each range once, as
+    # "chunks" of rows, and a checkpoint only needs the chunks added since the previous one.
+    ROW_FIELDS = ("frames", "actions", "rewards", "terminal", "first", "executed")
+
+    def chunk_ranges(self, since: int = 0, max_bytes: int = 1 << 30) -> list[tuple[int, int]]:
+        """Ranges [start, end) of the vector steps since `since` still in memory, each in consecutive slots (split
+        where the circular buffer wraps) and of at most `max_bytes` of frames."""
+        max_rows = max(1, max_bytes // self.frames[0].nbytes)
+        lo, ranges = max(since, self.t - self.T, 0), []
+        while lo < self.t:
+            hi = min(self.t, (lo // self.T + 1) * self.T, lo + max_rows)
+            ranges.append((lo, hi))
+            lo = hi
+        return ranges
+
+    def rows(self, start: int, end: int) -> dict:
+        """A CPU copy of the rows of vector steps [start, end), one range of `chunk_ranges`."""
+        a, b = start % self.T, (end - 1) % self.T + 1
+        return {"start": start, "end": end,
+                **{name: getattr(self, name)[a:b].to("cpu", copy=True) for name in self.ROW_FIELDS}}
+
+    def counters(self) -> dict:
+        """The replay's state apart from its rows."""
         return {"t": self.t, "T": self.T, "num_envs": self.num_envs, "transitions_added": self.transitions_added,
-                "frames": self.frames, "actions": self.actions,
-                "rewards": self.rewards, "terminal": self.terminal, "first": self.first,
-                "executed": self.executed, "generator": self.generator.get_state()}
+                "generator": self.generator.get_state()}
+
+    def state_dict(self, since: int = 0) -> dict:
+        """Counters plus the rows of vector steps [since, t) still in memory, as chunks. `since=0`: everything."""
+        return {**self.counters(), "chunks": [self.rows(a, b) for a, b in self.chunk_ranges(since)]}
 
     def load_state_dict(self, state: dict) -> None:
+        """Restore from `state_dict()` counters and chunks that together hold the steps [max(0, t - T), t)."""
         if state["T"] != self.T or state["num_envs"] != self.num_envs:
             raise ValueError(f"replay checkpoint has {state['T']} slots x {state['num_envs']} envs, this buffer "
                              f"{self.T} x {self.num_envs}")
-        for name in ("frames", "actions", "rewards", "terminal", "first", "executed"):
-            getattr(self, name).copy_(state[name])
-        self.t = int(state["t"])
-        self.t_device.fill_(self.t)
+        t = int(state["t"])
+        covered = lo = max(0, t - self.T)
+        for chunk in sorted(state["chunks"], key=lambda c: c["start"]):
+            start, end = int(chunk["start"]), int(chunk["end"])
+            a, b = max(start, lo), min(end, t)
+            if b <= a:
+                continue
+            if a > covered:
+                break
+            if (start // self.T) != ((end - 1) // self.T) or chunk["frames"].shape[0] != end - start:
+                raise ValueError(f"replay chunk of steps [{start}, {end}) is malformed")
+            for name in self.ROW_FIELDS:
+                getattr(self, name)[a % self.T:(b - 1) % self.T + 1].copy_(chunk[name][a - start:b - start])
+            covered = max(covered, b)
+        if covered < t:
+            raise ValueError(f"the replay chunks hold vector steps up to {covered}, the checkpoint needs [{lo}, {t})")
+        self.t = t
+        self.t_device.fill_(t)
         self.transitions_added = int(state["transitions_added"])
         self.generator.set_state(state["generator"])
 
@@ -339,9 +379,9 @@ class PrioritizedReplayBuffer(ReplayBuffer):
         """Current priority of every slot, flat index (t % T) * num_envs + env; 0 = never sampled."""
         return self.tree.leaves[: self.capacity]
 
-    def state_dict(self) -> dict:
-        return {**super().state_dict(), "priorities": self.priorities().clone(),
-                "max_priority": self.max_priority.clone()}
+    def counters(self) -> dict:
+        return {**super().counters(), "priorities": self.priorities().to("cpu", copy=True),
+                "max_priority": self.max_priority.to("cpu", copy=True)}
 
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)

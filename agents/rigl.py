@@ -109,6 +109,10 @@ class RigL(Pruner):
         """Constant: the sparsity each layer's fixed number of connections gives."""
         return [1.0 - k / w.numel() for k, w in zip(self.active, self.weights)]
 
+    def scheduled_sparsity(self, steps_done: int) -> float:
+        """Constant: the fixed connections' sparsity over the prunable weights, from step 0."""
+        return 1.0 - sum(self.active) / sum(w.numel() for w in self.weights)
+
     def drop_counts(self, step: int) -> list[int]:
         """Connections dropped (and grown) per layer at an update at `step`."""
         fraction = cosine_drop_fraction(step, self.rigl.drop_fraction, self.end)

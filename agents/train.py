@@ -2,19 +2,20 @@
 
     python -m agents.train --preset dqn_impala_w3_gmp95 --env.game Breakout
     python -m agents.train --preset demo                      # a few CPU minutes, writes runs/<name>/
-    python -m agents.train --resume runs/<name>               # continue a killed run
+    python -m agents.train --resume runs/<name>               # continue a killed run (so does the same command)
     python -m agents.train --list-presets
 
 Run directory (read by `agents.report`):
     config.json      resolved config + versions, device, git SHA
     initial_weights.pt  the online network's weights at step 0 (for a lottery ticket: --pruning.fixed-mask)
-    iterations.csv   one row per iteration: score = mean raw return of the episodes finished in it
+    iterations.csv   one row per iteration: score = mean raw return of the episodes finished in it (and the
+                     evaluation phase's eval_score, eval_episodes with --evaluate)
     episodes.csv     every finished episode (raw return, length)
     metrics.jsonl    losses, epsilon, frames/s, per-layer sparsity, analysis metrics
     grad_covariance.jsonl  with --analysis-every: the gradient covariance matrix at each analysis step
     tb/              the same scalars for TensorBoard
-    checkpoints/     ckpt_<agent_steps>.pt, written atomically at iteration ends
-    summary.json     written when the run finishes
+    checkpoints/     ckpt_<agent_steps>.pt, written atomically at iteration ends, and the replay's chunks
+    summary.json     written when the run finishes or stops
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import copy
 import csv
 import json
 import math
+import os
 import random
 import shutil
 import subprocess
@@ -42,24 +44,26 @@ import tyro
 import kernels
 from agents.checkpoint import (
     CheckpointError,
+    CheckpointStore,
     atomic_write_bytes,
-    latest_checkpoint,
     list_checkpoints,
-    load_checkpoint,
-    save_checkpoint,
+    load_latest_checkpoint,
+    remove_temporary_files,
 )
 from agents.config import PRESETS, RUNTIME_FIELDS, TrainConfig, experiment_fields, get_preset
 from agents.cuda_graphs import PhaseGraphs
 from agents.envs import make_env
+from agents.eval_phase import EvalResult, run_eval_phase
 from agents.networks import use_channels_last
 from agents.profiler import Profiler, format_table, profile_learner_layers, profile_learner_ops
 from agents.pruning import FixedMask, MaskedAdam, Pruner, load_lottery_ticket
 from agents.replay import Batch, ReplayBuffer
 from agents.rigl import RigL
 
-ITERATION_FIELDS = ["iteration", "agent_steps", "frames", "grad_steps", "score", "episodes", "fps", "total_sparsity",
-                    "wall_time"]
+ITERATION_FIELDS = ["iteration", "agent_steps", "frames", "grad_steps", "score", "episodes", "eval_score",
+                    "eval_episodes", "fps", "total_sparsity", "wall_time"]  # eval_*: empty without --evaluate
 EPISODE_FIELDS = ["agent_steps", "frames", "env_id", "return", "length"]
+EVAL_SEED_OFFSET = 104_729  # evaluation envs are seeded apart from the training envs (seed + i, + 7919 k on resume)
 
 
 def make_agent(cfg, num_actions: int):
@@ -98,9 +102,26 @@ def linearly_decaying_epsilon(step: int, warmup: int, decay: int, final: float) 
 
 
 def resolve_device(name: str) -> torch.device:
+    """The torch device for --device, or a ValueError that says why this machine cannot train on it."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"--device {name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            why = "this PyTorch build has no CUDA support" if torch.version.cuda is None else "no GPU is visible"
+            raise ValueError(f"--device {name}: no CUDA device is available ({why}); use --device cpu or auto")
+        if device.index is not None and device.index >= count:
+            raise ValueError(f"--device {name}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}")
+    elif device.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise ValueError(f"--device {name}: Apple's MPS backend is not available here; use --device cpu or auto")
+    elif device.type != "cpu":
+        raise ValueError(f"--device {name}: prunerl trains on auto, cpu, cuda[:N] or mps")
+    return device
 
 
 def git_sha() -> str | None:
@@ -120,21 +141,27 @@ def _write_json(path: Path, obj: dict) -> None:
 class Trainer:
     """One run. `Trainer(cfg, run_dir)` starts fresh; `Trainer.resume(run_dir)` continues from a checkpoint."""
 
-    def __init__(self, cfg: TrainConfig, run_dir: Path, checkpoint: dict | None = None, env=None):
-        """`env` replaces the Atari envs with any object of the `AtariVecEnv` interface (tests use a tiny MDP)."""
+    def __init__(self, cfg: TrainConfig, run_dir: Path, checkpoint: dict | None = None, env=None, eval_env=None):
+        """`env` (and `eval_env`, for --evaluate) replace the Atari envs with any object of the `AtariVecEnv`
+        interface (tests use a tiny MDP)."""
         self.cfg, self.run_dir = cfg, Path(run_dir)
         self.device = resolve_device(cfg.device)
         _fast_cpu_math()
         _seed_everything(cfg.seed)
         self.env = env if env is not None else make_env(cfg.env, seed=cfg.seed)
+        self.eval_env = eval_env  # built at the first evaluation phase otherwise
         self.num_actions = self.env.num_actions
         obs_shape = tuple(self.env.observation_shape)
         self.agent = make_agent(cfg.agent, self.num_actions)
         self.online = self.agent.build_network(cfg.network, obs_shape).to(self.device)
         self.target = copy.deepcopy(self.online).requires_grad_(False)
-        start, end = cfg.pruning.window(cfg.nominal_grad_steps)
+        run_grad_steps = cfg.min_grad_steps(self.env.num_envs)
+        start, end = cfg.pruning.window(cfg.nominal_grad_steps, run_grad_steps)
         self.pruner = self._make_pruner(start, end, fresh=checkpoint is None)
         self.sync_target()  # RigL and a fixed mask start from other weights
+        if type(self.pruner) is Pruner:  # the GMP schedule's window
+            for note in cfg.pruning.window_warnings(cfg.nominal_grad_steps, run_grad_steps):
+                print(f"warning: {note}", file=sys.stderr)
         self.optimizer = MaskedAdam(self.online.parameters(), lr=cfg.agent.lr, eps=cfg.agent.adam_eps,
                                     masks=self.pruner.mask_for() if self.pruner else None,
                                     moments=cfg.pruning.moments, mask_gradients=cfg.pruning.mask_gradients,
@@ -146,8 +173,10 @@ class Trainer:
         self.plasticity = self._make_plasticity(obs_shape) if cfg.redo.enabled or cfg.reset.enabled else None
         self.action_rng = np.random.default_rng(cfg.seed)
         self.agent_steps = self.grad_steps = self.iteration = 0
-        self.grad_budget = 0.0
         self.stopped_early = False  # by --max-minutes
+        self.resumes, self.resumed_without_replay = 0, False
+        self.iteration_returns: list[float] = []  # returns of the episodes finished in the current iteration
+        self.checkpoints = CheckpointStore(self.run_dir / "checkpoints", keep=cfg.keep_checkpoints)
         self.analysis_obs: torch.Tensor | None = None
         self.analysis_batch: Batch | None = None  # transitions of the gradient covariance (Fig. 14)
         self.profiler = Profiler(cfg.profile, self.device)
@@ -166,6 +195,9 @@ class Trainer:
                                        cache_enabled=not self.graphs.enabled)
         if checkpoint is not None:
             self.load_state_dict(checkpoint)
+            self.checkpoints.continue_from(checkpoint)
+            self.resumes += 1
+            self.resumed_without_replay |= checkpoint.get("replay") is None
         self._open_logs(resumed=checkpoint is not None)
 
     # --- construction helpers ----------------------------------------------------------------------------
@@ -175,16 +207,18 @@ class Trainer:
         the caller checks that a given one differs only in runtime options)."""
         run_dir = Path(run_dir)
         cfg = cfg if cfg is not None else read_run_config(run_dir)
-        path = latest_checkpoint(run_dir / "checkpoints")
-        if path is None:
-            raise CheckpointError(f"cannot resume {run_dir}: no checkpoint in {run_dir / 'checkpoints'}")
-        state = load_checkpoint(path, config=cfg.to_dict())
+        try:
+            state = load_latest_checkpoint(run_dir / "checkpoints", config=cfg.to_dict())
+        except CheckpointError as e:
+            raise CheckpointError(f"cannot resume {run_dir}: {e}") from e
         # Envs cannot be snapshotted: they restart, with a seed offset so the trajectories are new ones.
         env = make_env(cfg.env, seed=cfg.seed + 7919 * (int(state["iteration"]) + 1))
         return cls(cfg, run_dir, checkpoint=state, env=env)
 
     def _open_logs(self, resumed: bool) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        for directory in (self.run_dir, self.checkpoints.dir):  # left by a process killed while writing
+            remove_temporary_files(directory)
         if not resumed:
             meta = {"config": self.cfg.to_dict(), "torch": torch.__version__, "device": str(self.device),
                     "device_name": torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu",
@@ -208,7 +242,8 @@ class Trainer:
         if self.cfg.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.tb = SummaryWriter(str(self.run_dir / "tb"), purge_step=self.agent_steps or None)
+            # TensorBoard drops the points at steps >= purge_step: those logged after the checkpoint, as the CSVs do.
+            self.tb = SummaryWriter(str(self.run_dir / "tb"), purge_step=self.agent_steps + 1 if resumed else None)
 
     def _make_pruner(self, start: int, end: int, fresh: bool) -> Pruner | None:
         """GMP on its schedule, RigL at a fixed sparsity, a lottery ticket's fixed mask (read from its run only when
@@ -258,8 +293,10 @@ class Trainer:
 
     # --- acting and learning -----------------------------------------------------------------------------
     def epsilon(self) -> float:
+        """Exploration for the next action. Dopamine counts the step being acted before it computes epsilon
+        (`training_steps` is incremented in `_train_step`, before `select_action`), hence the + 1."""
         a = self.cfg.agent
-        return linearly_decaying_epsilon(self.agent_steps, a.min_replay, a.epsilon_decay_steps, a.epsilon_train)
+        return linearly_decaying_epsilon(self.agent_steps + 1, a.min_replay, a.epsilon_decay_steps, a.epsilon_train)
 
     def act(self, obs: np.ndarray, epsilon: float) -> np.ndarray:
         n = obs.shape[0]
@@ -271,6 +308,23 @@ class Trainer:
                 greedy = self.agent.greedy_actions(self.online, obs_t).cpu().numpy()
             actions = np.where(explore, actions, greedy)
         return actions
+
+    def evaluate(self) -> EvalResult:
+        """One evaluation phase (`--evaluate`) in its own envs, seeds and random streams: no training state and
+        no random stream of training is touched, so training is the same with or without it."""
+        cfg = self.cfg
+        if self.eval_env is None:  # a fresh seed after a resume, as for the training envs
+            self.eval_env = make_env(cfg.env, seed=cfg.seed + EVAL_SEED_OFFSET + 7919 * self.iteration)
+        rng = np.random.default_rng([cfg.seed, EVAL_SEED_OFFSET, self.iteration])
+
+        def greedy(obs: np.ndarray) -> np.ndarray:
+            with self.autocast:
+                return self.agent.greedy_actions(self.online, torch.from_numpy(obs).to(self.device)).cpu().numpy()
+
+        # IQN draws its acting taus from torch's global generator: fork it, seeded for this phase.
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            torch.manual_seed(int(rng.integers(2**62)))
+            return run_eval_phase(self.eval_env, greedy, cfg.eval_steps, cfg.eval_epsilon, rng)
 
     def _sample_batch(self) -> Batch:
         batch = self.replay.sample(self.cfg.agent.batch_size)
@@ -355,7 +409,7 @@ class Trainer:
         self._env_pool = ThreadPoolExecutor(max_workers=1) if overlap else None
         log_next = (self.agent_steps // cfg.log_every + 1) * cfg.log_every
         iter_end = (self.iteration + 1) * cfg.iteration_steps
-        iter_returns: list[float] = []
+        iter_returns = self.iteration_returns  # an iteration interrupted by --max-minutes goes on after resume
         iter_start_time, iter_start_steps = time.perf_counter(), self.agent_steps
         run_start, run_start_steps = time.perf_counter(), self.agent_steps
         sums: dict[str, float] = {}
@@ -378,12 +432,12 @@ class Trainer:
                 steps_before, new_steps = self.agent_steps, int(executed.sum())
                 self.agent_steps += new_steps
 
-                # ALGO LOGIC: learn once the warm-up is over, at `replay_ratio` updates per agent step.
+                # ALGO LOGIC: learn once the warm-up is over, at `replay_ratio` updates per agent step. With one
+                # env this is Dopamine's _train_step for the next agent step (after storing this step's
+                # observation, before acting on the next): the same updates, target syncs and replay contents.
                 if self.replay.transitions_added > cfg.agent.min_replay and self.replay.can_sample():
-                    self.grad_budget += cfg.replay_ratio * new_steps
-                    while self.grad_budget >= 1.0:
+                    for _ in range(cfg.updates_due(steps_before, self.agent_steps)):
                         info = self.learn()
-                        self.grad_budget -= 1.0
                         for k, v in info.items():
                             sums[k] = sums.get(k, 0.0) + v  # device tensors: no sync until logged
                         count += 1
@@ -417,11 +471,15 @@ class Trainer:
                     elapsed = time.perf_counter() - iter_start_time
                     fps = (self.agent_steps - iter_start_steps) * cfg.env.frame_skip / max(elapsed, 1e-9)
                     score = float(np.mean(iter_returns)) if iter_returns else float("nan")
+                    evaluation = None
+                    if cfg.evaluate:
+                        with prof.section("evaluation"):
+                            evaluation = self.evaluate()
                     with prof.section("checkpoint"):
-                        sparsity = self._end_iteration(score, len(iter_returns), fps)
+                        sparsity = self._end_iteration(score, len(iter_returns), fps, evaluation)
                     bar.set_postfix(iter=self.iteration, score=_fmt_score(score), fps=f"{fps:.0f}",
                                     sparsity=f"{sparsity:.3f}")
-                    iter_returns = []
+                    iter_returns = self.iteration_returns = []
                     iter_start_time, iter_start_steps = time.perf_counter(), self.agent_steps
                     iter_end = (self.iteration + 1) * cfg.iteration_steps
                 bar.update(self.agent_steps - steps_before)
@@ -451,30 +509,37 @@ class Trainer:
         _write_json(self.run_dir / "profile.json", report)
         print(format_table(report))
 
-    def _end_iteration(self, score: float, episodes: int, fps: float) -> float:
+    def _end_iteration(self, score: float, episodes: int, fps: float, evaluation: EvalResult | None = None) -> float:
         """Log the iteration's row, checkpoint on schedule; returns the measured total sparsity."""
         self.iteration += 1
         row = {"iteration": self.iteration, "agent_steps": self.agent_steps,
                "frames": self.agent_steps * self.cfg.env.frame_skip, "grad_steps": self.grad_steps, "score": score,
-               "episodes": episodes, "fps": round(fps, 1), "total_sparsity": self._measured_sparsity(),
-               "wall_time": round(time.time(), 3)}
+               "episodes": episodes, "eval_score": evaluation.score if evaluation else None,
+               "eval_episodes": evaluation.episodes if evaluation else None, "fps": round(fps, 1),
+               "total_sparsity": self._measured_sparsity(), "wall_time": round(time.time(), 3)}
         csv.DictWriter(self.iterations_csv, ITERATION_FIELDS).writerow(row)
         self._flush()
         if self.tb is not None:
             self.tb.add_scalar("charts/iteration_score", score, self.agent_steps)
+        if evaluation is not None:
+            self._log({"charts/eval_score": evaluation.score, "charts/eval_episodes": evaluation.episodes,
+                       "charts/eval_steps": evaluation.steps})
         if self.iteration % self.cfg.checkpoint_every == 0 or self.agent_steps >= self.cfg.total_steps:
             self.save()
         return row["total_sparsity"]
 
     def _finish(self) -> dict:
-        scores = [float(r["score"]) for r in read_iterations(self.run_dir / "iterations.csv")]
+        rows = read_iterations(self.run_dir / "iterations.csv")
         summary = {"finished": not self.stopped_early, "agent_steps": self.agent_steps,
                    "frames": self.agent_steps * self.cfg.env.frame_skip, "grad_steps": self.grad_steps,
-                   "iterations": self.iteration, "final_score": scores[-1] if scores else None,
-                   "total_sparsity": 0.0}
+                   "iterations": self.iteration, "final_score": float(rows[-1]["score"]) if rows else None,
+                   "final_eval_score": float(rows[-1]["eval_score"]) if rows and rows[-1].get("eval_score") else None,
+                   "total_sparsity": 0.0, "resumed": self.resumes,
+                   "resumed_without_replay": self.resumed_without_replay}
         if self.pruner is not None:
             summary.update(self.pruner.sparsity_report())
             summary["total_sparsity"] = summary["sparsity/total"]
+        summary.update(self._sparsity_verdict(summary.get("sparsity/prunable", 0.0)))
         _write_json(self.run_dir / "summary.json", summary)
         self.close()
         return summary
@@ -485,16 +550,22 @@ class Trainer:
         if self.tb is not None:
             self.tb.close()
         self.env.close()
+        if self.eval_env is not None:
+            self.eval_env.close()
 
     # --- logging helpers -------------------------------------------------------------------------------------
-    def _target_sparsity(self) -> float:
-        """Scheduled sparsity over the prunable weights at the last mask update."""
-        p = self.pruner
-        last = min(self.grad_steps - 1, p.end) // p.cfg.update_freq * p.cfg.update_freq
-        if self.grad_steps == 0 or last < p.start:
-            return 0.0
-        sizes = [w.numel() for w in p.weights]
-        return sum(s * n for s, n in zip(p.layer_sparsities(last), sizes)) / sum(sizes)
+    def _sparsity_verdict(self, measured: float) -> dict:
+        """`target_sparsity` (the configured final sparsity of the prunable weights) and whether the measured one
+        ended below what the schedule calls for after the agent steps done. That uses the gradient steps an
+        uninterrupted run takes by then, so a run stopped inside or before its window is not below target, while
+        one that lost gradient steps (resumed without its replay) or masks is."""
+        cfg = self.cfg
+        verdict = {"target_sparsity": cfg.pruning.final_sparsity, "below_target_sparsity": False}
+        if self.pruner is not None:
+            expected = cfg.min_grad_steps(self.env.num_envs, self.agent_steps)
+            verdict["scheduled_sparsity"] = self.pruner.scheduled_sparsity(expected)
+            verdict["below_target_sparsity"] = measured < verdict["scheduled_sparsity"]
+        return verdict
 
     def _measured_sparsity(self) -> float:
         return self.pruner.sparsity_report()["sparsity/total"] if self.pruner is not None else 0.0
@@ -505,7 +576,7 @@ class Trainer:
         row.update({"charts/epsilon": epsilon, "charts/SPS": sps, "charts/FPS": sps * self.cfg.env.frame_skip})
         if self.pruner is not None:
             row.update(self.pruner.sparsity_report())
-            row["sparsity/target"] = self._target_sparsity()
+            row["sparsity/target"] = self.pruner.scheduled_sparsity(self.grad_steps)
         self._log(row)
 
     def _log(self, row: dict) -> None:
@@ -570,14 +641,16 @@ class Trainer:
     # --- checkpoints -------------------------------------------------------------------------------------------
     def state_dict(self, with_replay: bool) -> dict:
         state = {"config": self.cfg.to_dict(), "agent_steps": self.agent_steps, "grad_steps": self.grad_steps,
-                 "iteration": self.iteration, "grad_budget": self.grad_budget, "online": self.online.state_dict(),
+                 "iteration": self.iteration, "online": self.online.state_dict(),
                  "target": self.target.state_dict(), "optimizer": self.optimizer.state_dict(),
                  "pruner": self.pruner.state_dict() if self.pruner is not None else None,
                  "rng": {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
                          "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
                          "action": self.action_rng.bit_generator.state,
                          "replay": self.replay.generator.get_state()},
-                 "analysis_obs": self.analysis_obs,
+                 "analysis_obs": self.analysis_obs, "iteration_returns": list(self.iteration_returns),
+                 "resumes": self.resumes,
+                 "resumed_without_replay": self.resumed_without_replay,
                  "analysis_batch": vars(self.analysis_batch) if self.analysis_batch is not None else None}
         if with_replay:
             state["replay"] = self.replay.state_dict()
@@ -591,7 +664,7 @@ class Trainer:
             if self.pruner is not None:
                 self.pruner.load_state_dict(state["pruner"])
             self.agent_steps, self.grad_steps = int(state["agent_steps"]), int(state["grad_steps"])
-            self.iteration, self.grad_budget = int(state["iteration"]), float(state["grad_budget"])
+            self.iteration = int(state["iteration"])
             rng = state["rng"]
             random.setstate(rng["python"])
             np.random.set_state(rng["numpy"])
@@ -605,14 +678,17 @@ class Trainer:
                 self.replay.generator.set_state(rng["replay"])
             if state.get("analysis_obs") is not None:
                 self.analysis_obs = state["analysis_obs"].to(self.device)
+            self.resumes, self.resumed_without_replay = int(state["resumes"]), bool(state["resumed_without_replay"])
+            self.iteration_returns = [float(r) for r in state["iteration_returns"]]
             if state.get("analysis_batch") is not None:
                 self.analysis_batch = Batch(**{f: v.to(self.device) for f, v in state["analysis_batch"].items()})
         except (KeyError, RuntimeError, ValueError, TypeError) as e:
             raise CheckpointError(f"checkpoint does not match this run's model or state: {e}") from e
 
     def save(self) -> Path:
-        return save_checkpoint(self.run_dir / "checkpoints", self.agent_steps,
-                               self.state_dict(with_replay=self.cfg.save_replay), keep=self.cfg.keep_checkpoints)
+        """Checkpoint; the replay's rows are added incrementally (only those since the last checkpoint)."""
+        return self.checkpoints.save(self.agent_steps, self.state_dict(with_replay=False),
+                                     replay=self.replay if self.cfg.save_replay else None)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -795,6 +871,7 @@ def open_run(cfg: TrainConfig, resume_dir: Path | None = None) -> Trainer | None
     run_dir = Path(resume_dir) if resume_dir is not None else Path(cfg.runs_dir) / (cfg.run_name or
                                                                                      default_run_name(cfg))
     has_checkpoint = bool(list_checkpoints(run_dir / "checkpoints"))
+    resolve_device(cfg.device)  # an unusable --device is an error before anything is written
     if (run_dir / "config.json").is_file():
         differences = experiment_differences(read_run_config(run_dir), cfg)
         if differences:
@@ -804,6 +881,7 @@ def open_run(cfg: TrainConfig, resume_dir: Path | None = None) -> Trainer | None
             print(f"{run_dir} already finished (summary.json); nothing to do")
             return None
         if has_checkpoint or resume_dir is not None:
+            _check_writable(run_dir, cfg)
             trainer = Trainer.resume(run_dir, cfg)
             print(f"resuming {run_dir} at agent step {trainer.agent_steps:,} (grad step {trainer.grad_steps:,})")
             return trainer
@@ -811,6 +889,7 @@ def open_run(cfg: TrainConfig, resume_dir: Path | None = None) -> Trainer | None
         read_run_config(run_dir)  # raises: no config.json
     elif has_checkpoint:
         raise UsageError(f"{run_dir} holds checkpoints but no config.json; move it away or use another --run-name")
+    _check_writable(run_dir, cfg)
     for name in RUN_OUTPUTS:  # a run killed before its first checkpoint (or a new directory): start afresh
         path = run_dir / name
         if path.is_dir():
@@ -822,15 +901,35 @@ def open_run(cfg: TrainConfig, resume_dir: Path | None = None) -> Trainer | None
     return trainer
 
 
+def _check_writable(run_dir: Path, cfg: TrainConfig) -> None:
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / f".write-test.tmp-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise UsageError(f"cannot write the run directory {run_dir} (--runs-dir {cfg.runs_dir}): "
+                         f"{e.strerror or e}") from e
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         trainer = open_run(*parse_args(argv))
-    except (ValueError, CheckpointError) as e:
+    except (ValueError, CheckpointError) as e:  # usage errors
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # e.g. a full disk while writing config.json: the message names the error and file
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     if trainer is None:
         return 0
-    summary = trainer.run()
+    try:
+        summary = trainer.run()
+    except (CheckpointError, OSError) as e:  # e.g. a full disk: the message names the error, the file, what is kept
+        with contextlib.suppress(OSError):
+            trainer.close()
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     status = "done" if summary["finished"] else "stopped"
     print(f"{status}: {summary['frames']:,} frames, last iteration's score {_fmt_score(summary['final_score'])}, "
           f"total sparsity {summary['total_sparsity']:.3f} -> {trainer.run_dir}")

@@ -126,6 +126,13 @@ def test_unknown_game_suggests_names(tmp_path, capsys):
     (["--network.width", "0"], "width must be an integer >= 1"),
     (["--pruning.start-step", "10", "--pruning.end-step", "5"], "start"),
     (["--preset", "dqn_impala_w7_gmp95"], "unknown preset"),
+    (["--agent.gamma", "1.5"], "agent.gamma (the discount) must be in (0, 1], got 1.5"),
+    (["--agent.gamma", "0"], "agent.gamma (the discount) must be in (0, 1], got 0"),
+    (["--agent.epsilon-train", "2"], "agent.epsilon_train (a probability) must be in [0, 1], got 2"),
+    (["--agent.epsilon-train", "-0.1"], "agent.epsilon_train (a probability) must be in [0, 1]"),
+    (["--device", "gpu"], "--device 'gpu' is not a device; use auto, cpu, cuda or cuda:N"),
+    (["--device", "cuda:x"], "is not a device"),
+    (["--device", "xpu"], "prunerl trains on auto, cpu, cuda[:N] or mps"),
 ])
 def test_bad_config_is_a_clear_error(tmp_path, capsys, argv, message):
     with pytest.raises(SystemExit) as exc:
@@ -133,7 +140,7 @@ def test_bad_config_is_a_clear_error(tmp_path, capsys, argv, message):
         raise SystemExit(code)
     captured = capsys.readouterr()
     assert exc.value.code == 2
-    assert message in captured.err + captured.out
+    assert message in " ".join((captured.err + captured.out).replace("│", " ").split())  # tyro's box, unwrapped
 
 
 def test_resume_without_checkpoint_or_with_a_corrupt_one(tmp_path, capsys):
@@ -161,3 +168,89 @@ def test_incompatible_checkpoint_is_rejected(tmp_path):
     a, b = get_preset("dqn_impala_w3_gmp95").to_dict(), get_preset("dqn_impala_w1_gmp95").to_dict()
     with pytest.raises(CheckpointError, match="network.width"):
         check_compatible(a, b)
+
+
+NO_GPU = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
+
+
+@pytest.mark.parametrize("device", [pytest.param("cuda", marks=NO_GPU), pytest.param("cuda:0", marks=NO_GPU),
+                                    pytest.param("mps", marks=pytest.mark.skipif(
+                                        torch.backends.mps.is_available(), reason="this machine has MPS"))])
+def test_a_device_this_machine_lacks_is_a_clear_error(tmp_path, capsys, device):
+    code, err = _error_of(capsys, ["--device", device, "--runs-dir", str(tmp_path)])
+    assert code == 2 and f"--device {device}: " in err and "use --device cpu or auto" in err
+    assert not list(tmp_path.iterdir()), "nothing may be written for a run that cannot start"
+
+
+def test_help_lists_resume_and_list_presets_and_says_preset_selects_the_configuration(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert exc.value.code == 0
+    assert "--resume" in out and "--list-presets" in out
+    assert "--preset NAME selects the configuration" in out and "Selects the configuration" in out
+
+
+@pytest.mark.parametrize("argv", [["--no-such-option", "1"], ["--total-steps", "many"], ["--preset", "nope"],
+                                  ["--resume", "no/such/run"], ["--agent.gamma", "2"]])
+def test_every_usage_error_exits_with_code_2(tmp_path, capsys, argv):
+    with pytest.raises(SystemExit) as exc:
+        raise SystemExit(main([*argv, "--runs-dir", str(tmp_path)]))
+    assert exc.value.code == 2
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err + captured.out
+
+
+TINY = ["--preset", "demo", "--env.num-envs", "2", "--total-steps", "64", "--iteration-steps", "32",
+        "--agent.min-replay", "10000", "--replay-capacity", "1000", "--no-progress", "--device", "cpu"]
+
+
+def test_a_read_only_runs_dir_is_a_clear_error(tmp_path, capsys, monkeypatch):
+    import errno
+    import pathlib
+
+    read_only = tmp_path / "ro"
+    mkdir = pathlib.Path.mkdir
+
+    def refuse(self, *args, **kwargs):  # what a read-only mount answers (root ignores chmod, so simulate it)
+        if str(self).startswith(str(read_only)):
+            raise OSError(errno.EROFS, "Read-only file system", str(self))
+        return mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(pathlib.Path, "mkdir", refuse)
+    code, err = _error_of(capsys, [*TINY, "--runs-dir", str(read_only), "--run-name", "r"])
+    assert code == 2 and f"cannot write the run directory {read_only / 'r'}" in err
+    assert "Read-only file system" in err and f"--runs-dir {read_only}" in err
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only directories")
+def test_a_runs_dir_without_write_permission_is_a_clear_error(tmp_path, capsys):
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o555)
+    code, err = _error_of(capsys, [*TINY, "--runs-dir", str(locked), "--run-name", "r"])
+    assert code == 2 and "cannot write the run directory" in err and "Permission denied" in err
+
+
+def test_a_full_disk_during_a_checkpoint_is_a_message_not_a_traceback(tmp_path, capsys, monkeypatch):
+    import errno
+
+    import agents.checkpoint
+
+    save, written = torch.save, []
+
+    def disk_full_on_second_checkpoint(obj, f, *args, **kwargs):
+        name = Path(getattr(f, "name", "")).name
+        if name.startswith(".ckpt_"):
+            written.append(name)
+            if len(written) == 2:
+                raise OSError(errno.ENOSPC, "No space left on device")
+        return save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(agents.checkpoint.torch, "save", disk_full_on_second_checkpoint)
+    code, err = _error_of(capsys, [*TINY, "--runs-dir", str(tmp_path), "--run-name", "r"])
+    ckpt_dir = tmp_path / "r" / "checkpoints"
+    (first,) = list(ckpt_dir.glob("ckpt_*.pt"))
+    assert code == 1 and "ENOSPC" in err and str(ckpt_dir) in err and f"previous checkpoint {first} is kept" in err
+    assert "Traceback" not in err
+    monkeypatch.undo()
+    assert load_checkpoint(first)["iteration"] == 1

@@ -61,6 +61,8 @@ def test_fixed_mask_run_starts_from_the_ticket_and_keeps_its_masks(tmp_path, sou
     for t, o in zip(trainer.target.parameters(), trainer.online.parameters()):
         assert torch.equal(t, o)
     assert sum(p.layer_sparsities(0)) > 0
+    total = sum(m.numel() for m in masks)
+    assert p.scheduled_sparsity(0) == p.scheduled_sparsity(10**6) == 1 - sum(int(m.sum()) for m in masks) / total
     trainer.run()
     assert trainer.grad_steps > 50
     for buf, m, w in zip(p.masks, masks, p.weights, strict=True):

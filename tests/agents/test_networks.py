@@ -1,7 +1,11 @@
+import math
+
 import pytest
 import torch
 
+from agents.config import paper_agent
 from agents.networks import ImpalaResNet, NatureCNN, NetworkConfig, _same_pads, count_parameters, make_network
+from agents.train import make_agent
 
 
 @pytest.mark.parametrize("width,expected", [(1, 2_089_954), (3, 6_830_978), (5, 12_346_146)])
@@ -33,17 +37,52 @@ def test_uint8_input_and_output_shape(arch):
     assert net.features(x).shape == (3, 512)
 
 
-def test_initialisation_follows_dopamine():
+def _expected_init(name: str, weight: torch.Tensor, agent: str, init: str) -> tuple[str, float]:
+    """(distribution, variance) of a weight at initialisation, from Dopamine's networks (dopamine/jax/networks.py
+    at 485ea99): ImpalaEncoder's Stack has Xavier-uniform entry convs and Flax-default (truncated LeCun normal)
+    residual convs for every agent; the other layers take the network's own initializer, Xavier-uniform in
+    NatureDQNNetwork / ImpalaDQNNetwork and variance_scaling(1/sqrt(3), fan_in, uniform) in RainbowNetwork and
+    ImplicitQuantileNetwork. `--network.init xavier` makes those Xavier for every agent."""
+    fan_in, fan_out = weight[0].numel(), weight.shape[0] * weight[0, 0].numel()
+    xavier = ("uniform", 2 / (fan_in + fan_out))
+    if ".blocks." in name:
+        return "truncated_normal", 1 / fan_in
+    if name.endswith(".conv.weight"):
+        return xavier
+    if agent == "dqn" or init == "xavier":
+        return xavier
+    return "uniform", 1 / math.sqrt(3) / fan_in
+
+
+@pytest.mark.parametrize("init", ["dopamine", "xavier"])
+@pytest.mark.parametrize("arch", ["nature", "impala"])
+@pytest.mark.parametrize("agent", ["dqn", "rainbow", "iqn", "miqn"])
+def test_initialisation_follows_each_agents_dopamine_network(agent, arch, init):
     torch.manual_seed(0)
-    net = ImpalaResNet(18, width=3)
-    assert all(torch.all(b == 0) for n, b in net.named_parameters() if n.endswith("bias"))
-    conv = net.encoder[1].conv.weight  # stack entry conv: xavier uniform
-    fan_in, fan_out = conv[0].numel(), conv.shape[0] * conv[0, 0].numel()
-    assert conv.abs().max() <= (6 / (fan_in + fan_out)) ** 0.5
-    res = net.encoder[3].blocks[1].conv2.weight  # residual conv: truncated LeCun normal, std^2 = 1/fan_in
-    std = (1 / res[0].numel()) ** 0.5
-    assert res.std().item() == pytest.approx(std, rel=0.05)
-    assert res.abs().max() <= 2 * std / 0.8796 + 1e-6
+    net = make_agent(paper_agent(agent), 18).build_network(NetworkConfig(arch=arch, init=init))
+    weights = [(n, p) for n, p in net.named_parameters() if p.dim() > 1]
+    assert len(weights) == (5 if arch == "nature" else 17) + (agent in ("iqn", "miqn"))
+    for name, p in net.named_parameters():
+        if p.dim() == 1:
+            assert torch.all(p == 0), f"bias {name} is not zero"
+            continue
+        kind, variance = _expected_init(name, p, agent, init)
+        w = p.detach().double().flatten()
+        # The sample variance of n draws has relative standard deviation sqrt((kurtosis - 1) / n): kurtosis
+        # 9/5 for a uniform, below 3 for a normal truncated at 2 std. Allow 5 of those.
+        kurtosis = 9 / 5 if kind == "uniform" else 3.0
+        tolerance = 5 * math.sqrt((kurtosis - 1) / w.numel())
+        assert w.pow(2).mean().item() == pytest.approx(variance, rel=tolerance), (name, kind)
+        assert abs(w.mean().item()) < 5 * math.sqrt(variance / w.numel()), name
+        bound = math.sqrt(3 * variance) if kind == "uniform" else 2 * math.sqrt(variance) / 0.87962566103423978
+        assert w.abs().max().item() <= bound * (1 + 1e-6), (name, kind)
+        if kind == "uniform":  # fills its interval: not a (truncated) normal of the same variance
+            assert w.abs().max().item() >= bound * (1 - 20 / w.numel()), name
+
+
+def test_unknown_init_is_rejected():
+    with pytest.raises(ValueError, match="init"):
+        NetworkConfig(init="he")
 
 
 @pytest.mark.parametrize("width", [0, -1])

@@ -1,18 +1,23 @@
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
 import kernels
+from agents.config import get_preset
 from agents.networks import NetworkConfig, make_network
 from agents.pruning import (
     MaskedAdam,
     Pruner,
     PruningConfig,
+    count_mask_updates,
     erk_sparsities,
     gmp_sparsity,
+    is_mask_update,
     keep_count,
+    last_mask_update,
     prunable_parameters,
     uniform_sparsities,
 )
@@ -55,6 +60,79 @@ def test_paper_window_for_40m_frames():
     assert PruningConfig(final_sparsity=0.95).window(round(10_000_000 * 1.0)) == (2_000_000, 8_000_000)
     with pytest.raises(ValueError, match="start"):
         PruningConfig(final_sparsity=0.95, start_step=10, end_step=5).window(100)
+
+
+def test_masks_are_also_updated_at_the_window_end():
+    net = nn.Linear(4, 4)
+    # The shortened preset: [200, 800] holds no multiple of update_freq = 1000.
+    pruner = Pruner(net, PruningConfig(final_sparsity=0.5), start=200, end=800)
+    assert [t for t in range(3000) if pruner.is_update_step(t)] == [800]
+    pruner = Pruner(net, PruningConfig(final_sparsity=0.5, update_freq=50), start=150, end=499)
+    assert [t for t in range(1000) if pruner.is_update_step(t)] == [*range(150, 451, 50), 499]
+    rng = np.random.default_rng(0)
+    for _ in range(300):  # counts and last updates against brute force over the steps
+        freq = int(rng.integers(1, 30))
+        start = int(rng.integers(0, 80))
+        end = start + int(rng.integers(0, 80))
+        updates = [t for t in range(end + 50) if start <= t <= end and (t % freq == 0 or t == end)]
+        assert [t for t in range(end + 50) if is_mask_update(t, start, end, freq)] == updates
+        assert count_mask_updates(start, end, freq) == len(updates)
+        for done in range(end + 50):
+            before = [t for t in updates if t < done]
+            assert last_mask_update(done, start, end, freq) == (before[-1] if before else None), (start, end, freq)
+
+
+def test_window_ends_by_the_runs_last_gradient_step():
+    # The paper's runs keep JaxPruner's 500k / 2M: 80% of 2.5M, well before their 2,495,000th step.
+    paper = get_preset("dqn_impala_w3_gmp95")
+    run_steps = paper.min_grad_steps(num_envs=paper.env.num_envs)
+    assert run_steps == len(range(20_004, 10_000_001, 4)) == 2_495_000  # Dopamine: j > 20k, j % 4 == 0
+    assert paper.pruning.window(paper.nominal_grad_steps, run_steps) == (500_000, 2_000_000)
+    # `--preset demo --total-steps 3000`: 750 nominal steps, but 1,000 of the 3,000 agent steps do not learn.
+    demo = get_preset("demo")
+    demo.total_steps = 3000
+    run_steps = demo.min_grad_steps(num_envs=demo.env.num_envs)
+    assert run_steps == 500 and demo.pruning.window(demo.nominal_grad_steps, run_steps) == (150, 499)
+    warnings = demo.pruning.window_warnings(demo.nominal_grad_steps, run_steps)
+    assert len(warnings) == 2 and "600" in warnings[0] and "499" in warnings[0]  # 8 updates: also too few
+    assert "[150, 499] holds 8 mask update(s)" in warnings[1]
+    # An explicit end is the user's: kept, with a warning saying where the schedule stops.
+    explicit = PruningConfig(final_sparsity=0.95, end_step=600)
+    assert explicit.window(750, 500) == (150, 600)
+    assert "--pruning.end-step 600" in explicit.window_warnings(750, 500)[0]
+    assert "never prunes" in PruningConfig(final_sparsity=0.95, start_step=600).window_warnings(750, 500)[0]
+    assert PruningConfig(final_sparsity=0.0).window_warnings(750, 500) == []
+
+
+def test_window_with_few_mask_updates_is_warned_with_its_numbers():
+    cfg = get_preset("dqn_impala_w1_gmp95")  # the shortened paper preset
+    cfg.total_steps, cfg.agent.min_replay, cfg.env.num_envs = 4000, 500, 4
+    run_steps = cfg.min_grad_steps(cfg.env.num_envs)
+    assert cfg.pruning.window(cfg.nominal_grad_steps, run_steps) == (200, 800)
+    (warning,) = cfg.pruning.window_warnings(cfg.nominal_grad_steps, run_steps)
+    assert "[200, 800] holds 1 mask update(s) (every 1,000 gradient steps and at its end)" in warning
+    assert get_preset("dqn_impala_w1_gmp95").pruning.window_warnings(2_500_000, 2_495_000) == []
+
+
+@pytest.mark.parametrize("scope", ["layer", "global"])
+def test_scheduled_sparsity_is_what_the_masks_hold(scope):
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(30, 20), nn.Linear(20, 7))
+    cfg = PruningConfig(final_sparsity=0.8, update_freq=5, scope=scope)
+    pruner = Pruner(net, cfg, start=3, end=17)
+    assert pruner.scheduled_sparsity(0) == pruner.scheduled_sparsity(3) == 0.0
+    for step in range(25):  # a stand-in for training: noisy weights, masks on the schedule, re-masking
+        with torch.no_grad():
+            for w in pruner.weights:
+                w.add_(0.01 * torch.randn_like(w))
+        if pruner.is_update_step(step):
+            pruner.update_masks(step)
+        pruner.apply_masks()
+        assert pruner.sparsity_report()["sparsity/prunable"] == pruner.scheduled_sparsity(step + 1), step
+    n = [w.numel() for w in pruner.weights]
+    final = [keep_count(sum(n), 0.8)] if scope == "global" else [keep_count(k, t) for k, t in zip(n, pruner.targets)]
+    assert pruner.scheduled_sparsity(18) == pruner.scheduled_sparsity(10**6) == (sum(n) - sum(final)) / sum(n)
+    assert pruner.scheduled_sparsity(18) == pytest.approx(0.8, abs=0.01)
 
 
 @pytest.mark.parametrize("bad", [-0.1, 1.0, 1.5])

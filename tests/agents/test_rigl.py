@@ -1,6 +1,7 @@
 """RigL (agents/rigl.py) against a brute-force drop-and-grow, its initialisation and schedule, and inside the
 training loop through a checkpoint and resume."""
 
+import json
 import math
 
 import pytest
@@ -37,6 +38,8 @@ def test_initial_masks_have_the_erk_counts_and_pruned_weights_are_zero():
         assert int(m.sum()) == keep_count(w.numel(), s)
         assert torch.all(w[~m] == 0) and torch.all(w[m] != 0)
     assert rigl.layer_sparsities(0) == rigl.layer_sparsities(10**6)  # constant
+    total = sum(w.numel() for w in rigl.weights)
+    assert rigl.scheduled_sparsity(0) == rigl.scheduled_sparsity(10**6) == 1 - sum(rigl.active) / total
     # another seed draws another topology
     torch.manual_seed(1)
     other = RigL(Small(), PruningConfig(final_sparsity=0.8, method="rigl"), RigLConfig(), end=1000)
@@ -144,4 +147,6 @@ def test_rigl_in_the_loop_keeps_its_sparsity_and_survives_a_resume(tmp_path):
             assert int(m.sum()) == n and torch.all(w[~m] == 0)
         moved = sum(int((m != m0).sum()) for m, m0 in zip(p.masks, initial, strict=True))
         assert moved > 0, "no connection was dropped and regrown"
+    summary = json.loads((tmp_path / "resumed" / "summary.json").read_text())
+    assert summary["below_target_sparsity"] is False and summary["scheduled_sparsity"] == pytest.approx(0.9, abs=0.01)
     assert 0 < at < resumed.grad_steps

@@ -58,17 +58,19 @@ def test_resume_without_saved_replay_refills_min_replay_before_learning(tmp_path
     from agents.checkpoint import latest_checkpoint, load_checkpoint
 
     cfg = chain_config(fast_dqn(min_replay=200), sparsity=0.0, total_steps=500)
-    cfg.iteration_steps = 250
-    Trainer(cfg, tmp_path / "run", env=ChainEnv(num_envs=2)).run()
+    cfg.iteration_steps, cfg.save_replay = 250, False  # --no-save-replay
+    first = Trainer(cfg, tmp_path / "run", env=ChainEnv(num_envs=2)).run()
+    assert first["resumed"] == 0 and first["resumed_without_replay"] is False
     state = load_checkpoint(latest_checkpoint(tmp_path / "run" / "checkpoints"))
-    assert "replay" not in state
+    assert "replay" not in state and not list((tmp_path / "run" / "checkpoints").glob("replay_*"))
     cfg.total_steps = 700
     resumed = Trainer(cfg, tmp_path / "run", checkpoint=state, env=ChainEnv(num_envs=2))
     assert resumed.replay.transitions_added == 0 and resumed.grad_steps == state["grad_steps"] > 0
-    resumed.run()
+    summary = resumed.run()
     # The ~200 agent steps after the resume only refill the replay (min_replay = 200): no learning yet.
     assert resumed.agent_steps >= 700 and resumed.replay.transitions_added >= 195
     assert resumed.grad_steps - state["grad_steps"] <= 2
+    assert summary["resumed"] == 1 and summary["resumed_without_replay"] is True
 
 
 def test_analysis_metrics_are_logged_on_a_fixed_batch(tmp_path):

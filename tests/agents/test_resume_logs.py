@@ -1,0 +1,121 @@
+"""Logs across stops and resumes: every logged episode counts in its iteration's score, and TensorBoard holds
+exactly the points of the CSV / JSON-lines logs after any number of resumes."""
+
+import csv
+import json
+import math
+import time
+
+import numpy as np
+import pytest
+
+import agents.train as train_module
+from agents.checkpoint import load_latest_checkpoint
+from agents.train import Trainer
+from tests.agents.chain_env import ChainEnv
+from tests.agents.test_learning import chain_config, fast_dqn
+
+
+def config(tensorboard=False):
+    cfg = chain_config(fast_dqn(min_replay=200, batch_size=8), sparsity=0.0, total_steps=900)
+    cfg.iteration_steps, cfg.log_every, cfg.tensorboard, cfg.max_minutes = 300, 50, tensorboard, 600
+    return cfg
+
+
+class ClockJumpingAt:
+    """agents.train's `time`, with perf_counter jumping past any --max-minutes deadline from agent step `at`."""
+
+    def __init__(self, trainer_box: list, at: int):
+        self.box, self.at = trainer_box, at
+
+    def perf_counter(self):
+        trainer = self.box[0] if self.box else None
+        jumped = trainer is not None and trainer.agent_steps >= self.at
+        return time.perf_counter() + (1e9 if jumped else 0.0)
+
+    def __getattr__(self, name):
+        return getattr(time, name)
+
+
+def stop_at(monkeypatch, cfg, run_dir, at, checkpoint=None):
+    """Run until the first --max-minutes check at or after agent step `at` (a stop with a checkpoint)."""
+    box = []
+    with monkeypatch.context() as m:
+        m.setattr(train_module, "time", ClockJumpingAt(box, at))
+        trainer = Trainer(cfg, run_dir, checkpoint=checkpoint, env=ChainEnv(num_envs=2))
+        box.append(trainer)
+        summary = trainer.run()
+    assert summary["finished"] is False and at <= summary["agent_steps"] < at + 2
+    return summary
+
+
+def resume(cfg, run_dir):
+    return Trainer(cfg, run_dir, checkpoint=load_latest_checkpoint(run_dir / "checkpoints", cfg.to_dict()),
+                   env=ChainEnv(num_envs=2))
+
+
+def read_csv(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_an_iteration_interrupted_by_max_minutes_scores_every_episode_logged_in_it(tmp_path, monkeypatch):
+    cfg, run = config(), tmp_path / "run"
+    stop_at(monkeypatch, cfg, run, 450)  # in the middle of iteration 2
+    before_stop = [e for e in read_csv(run / "episodes.csv") if 300 < int(e["agent_steps"])]
+    assert before_stop, "no episode ended in iteration 2 before the stop"
+    assert resume(cfg, run).run()["finished"]
+
+    iterations, episodes = read_csv(run / "iterations.csv"), read_csv(run / "episodes.csv")
+    assert [int(r["iteration"]) for r in iterations] == [1, 2, 3]
+    previous = 0
+    for row in iterations:
+        returns = [float(e["return"]) for e in episodes if previous < int(e["agent_steps"]) <= int(row["agent_steps"])]
+        assert int(row["episodes"]) == len(returns), row
+        assert float(row["score"]) == pytest.approx(np.mean(returns)), row
+        previous = int(row["agent_steps"])
+    assert sum(int(r["episodes"]) for r in iterations) == len(episodes)
+
+
+def _tensorboard_scalars(tb_dir):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(tb_dir), size_guidance={"scalars": 0})
+    acc.Reload()
+    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+def _same(points, expected):
+    assert [s for s, _ in points] == [s for s, _ in expected]
+    for (_, a), (_, b) in zip(points, expected):
+        assert (math.isnan(a) and math.isnan(b)) or a == pytest.approx(b, rel=1e-6)
+
+
+def test_tensorboard_agrees_with_the_csv_logs_after_kills_and_stops(tmp_path, monkeypatch):
+    cfg, run = config(tensorboard=True), tmp_path / "run"
+    log_training = Trainer._log_training
+
+    def log_then_die(trainer, *args):  # killed after logging points past its last checkpoint (at 300)
+        log_training(trainer, *args)
+        if trainer.agent_steps >= 500:
+            raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(Trainer, "_log_training", log_then_die)
+        killed = Trainer(cfg, run, env=ChainEnv(num_envs=2))
+        with pytest.raises(KeyboardInterrupt):
+            killed.run()
+        killed.close()
+    # Resumed at 300 (where iteration 1's score and a metrics row were logged), stopped at 700, resumed again.
+    stop_at(monkeypatch, cfg, run, 700, checkpoint=load_latest_checkpoint(run / "checkpoints", cfg.to_dict()))
+    resumed = resume(cfg, run)
+    assert resumed.run()["finished"] and resumed.resumes == 2
+
+    scalars = _tensorboard_scalars(run / "tb")
+    iterations = read_csv(run / "iterations.csv")
+    _same(scalars["charts/iteration_score"], [(int(r["agent_steps"]), float(r["score"])) for r in iterations])
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    first_checkpoint = int(iterations[0]["agent_steps"])
+    assert any(r["agent_steps"] == first_checkpoint for r in rows), "no point at the first checkpoint's step"
+    for tag in ("charts/epsilon", "charts/SPS", "losses/td_loss"):
+        _same(scalars[tag], [(r["agent_steps"], r[tag]) for r in rows if tag in r])
