@@ -1,6 +1,7 @@
 """The paper's comparisons learn the chain MDP through the real training loop (DQN, Impala x1), and their presets
 are the paper's baselines: each differs from its dense twin in the method's fields only, at the paper's values."""
 
+import inspect
 import math
 
 import pytest
@@ -8,6 +9,7 @@ import torch
 
 from agents.config import PRESETS, experiment_fields
 from agents.plasticity import ReDoConfig, ResetConfig
+from agents.pruning import MaskedAdam
 from agents.rigl import RigLConfig
 from agents.train import Trainer
 from tests.agents.chain_env import ChainEnv
@@ -31,11 +33,17 @@ def _assert_learned(scores, what):
     assert scores[-1] > 0.9, f"{what} did not learn the chain: scores per iteration {scores}"
 
 
+WD_FUSED = "weight_decay" in inspect.signature(MaskedAdam).parameters
+needs_wd = pytest.mark.skipif(not WD_FUSED, reason="waits for MaskedAdam(weight_decay=...) in the fused Adam")
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["redo", "reset", "l2", "rigl"])
+@pytest.mark.parametrize("method", ["redo", "reset", "l2", "rigl", pytest.param("wd", marks=needs_wd)])
 def test_methods_learn_the_chain(tmp_path, method):
     cfg = chain_config(fast_dqn(), sparsity=0.9 if method == "rigl" else 0.0, total_steps=4000)
-    if method == "redo":
+    if method == "wd":
+        cfg.agent.weight_decay = 1e-5
+    elif method == "redo":
         cfg.redo = ReDoConfig(enabled=True, period=100, batch_size=64)
     elif method == "reset":  # both layers, twice, then time to relearn them
         cfg.reset = ResetConfig(enabled=True, period=250, layers="both", end_fraction=0.6)
@@ -105,3 +113,25 @@ def test_the_methods_compose_with_the_other_agents(tmp_path, agent):
     assert [r["grad_steps"] for r in rows if "reset/events" in r] == list(range(25, last + 1, 25))
     for w, m, n in zip(trainer.pruner.weights, trainer.pruner.masks, trainer.pruner.active, strict=True):
         assert int(m.sum()) == n and torch.all(w[~m] == 0)
+
+
+@needs_wd
+def test_weight_decay_is_coupled_and_reaches_the_trainers_adam(tmp_path):
+    """--agent.weight-decay: wd * w joins the gradient before Adam's moments (torch.optim.Adam's weight_decay,
+    the ReDo lab's add_decayed_weights then Adam), in the trainer's own optimizer."""
+    cfg = chain_config(fast_dqn(weight_decay=1e-2), sparsity=0.0, total_steps=10**6)
+    trainer = Trainer(cfg, tmp_path / "wd", env=ChainEnv(num_envs=2))
+    assert all(g["weight_decay"] == 1e-2 for g in trainer.optimizer.param_groups)
+    net = trainer.online
+    ref = [p.detach().clone().requires_grad_(True) for p in net.parameters()]
+    adam = torch.optim.Adam(ref, lr=cfg.agent.lr, eps=cfg.agent.adam_eps, weight_decay=1e-2)
+    torch.manual_seed(1)
+    for _ in range(3):
+        for p, q in zip(net.parameters(), ref, strict=True):
+            p.grad = torch.randn_like(p)
+            q.grad = p.grad.clone()
+        trainer.optimizer.step()
+        adam.step()
+    for p, q in zip(net.parameters(), ref, strict=True):
+        torch.testing.assert_close(p.detach(), q.detach(), rtol=1e-5, atol=1e-7)
+    trainer.close()
