@@ -158,6 +158,8 @@ def recycle_dormant(net: nn.Module, obs: torch.Tensor, tau: float, optimizer: to
     modules, fresh_modules = dict(net.named_modules()), dict(fresh.named_modules())
     recycled = total = 0
     for layer in recyclable_layers(net):
+        if layer.relu not in mean_abs:
+            raise RuntimeError(f"ReDo saw no activation of {layer.relu} in a forward pass of the network")
         dormant = neuron_scores(mean_abs[layer.relu], reduced=True) <= tau  # [H]
         total += dormant.numel()
         count = int(dormant.sum())
