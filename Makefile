@@ -25,12 +25,17 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install -e ".[dev]"
 	@touch $@
 
+# Ray (about 70 MB) only for the tests: the Ray sweep test starts a local cluster (pip install 'prunerl[ray]').
+$(VENV)/.installed-ray: $(VENV)/.installed
+	$(BIN)/python -m pip install -e ".[ray]"
+	@touch $@
+
 install: $(VENV)/.installed
 
 demo: install  ## a few CPU minutes of GMP-DQN (Impala x1, 95% sparsity) on Breakout; writes runs/<name>/
 	$(BIN)/python -m agents.train --preset demo
 
-test: install  ## the CPU test suite (Triton kernels run under TRITON_INTERPRET=1)
+test: install $(VENV)/.installed-ray  ## the CPU test suite (Triton kernels run under TRITON_INTERPRET=1)
 	$(BIN)/python -m pytest
 
 test-gpu: install  ## GPU-only tests (needs CUDA)

@@ -59,6 +59,13 @@ PAPER_15_GAMES = (
     "VideoPinball",
 )
 
+# The 26 games of the Atari-100k benchmark (paper.md section 5; the paper's Fig. 7).
+ATARI_100K_26_GAMES = (
+    "Alien", "Amidar", "Assault", "Asterix", "BankHeist", "BattleZone", "Boxing", "Breakout", "ChopperCommand",
+    "CrazyClimber", "DemonAttack", "Freeway", "Frostbite", "Gopher", "Hero", "Jamesbond", "Kangaroo", "Krull",
+    "KungFuMaster", "MsPacman", "Pong", "PrivateEye", "Qbert", "RoadRunner", "Seaquest", "UpNDown",
+)
+
 
 # --- normalisation data ------------------------------------------------------------------------
 

@@ -312,16 +312,17 @@ class MaskedAdam(torch.optim.Optimizer):
 
     `masks` maps a parameter to its mask (a live buffer, read at every step); unmapped parameters are plain
     Adam. The step counter is a tensor on the parameters' device, so the update is graph-capturable.
+    `weight_decay` is torch.optim.Adam's coupled L2 (g + wd * p enters the moments).
     """
 
     def __init__(self, params, lr: float, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
                  masks: dict[nn.Parameter, torch.Tensor] | None = None, moments: str = "faithful",
-                 mask_gradients: bool = False):
+                 mask_gradients: bool = False, weight_decay: float = 0.0):
         if lr <= 0 or eps <= 0:
             raise ValueError(f"MaskedAdam needs lr > 0 and eps > 0, got lr={lr}, eps={eps}")
         # capturable=True tells Optimizer.load_state_dict to put a loaded step count on the parameters' device
         # (it keeps it on the CPU otherwise), so a resumed run's update stays on the device and capturable.
-        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, capturable=True))
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, capturable=True))
         self.masks = masks or {}
         self.moments, self.mask_gradients = moments, mask_gradients
 
@@ -344,7 +345,8 @@ class MaskedAdam(torch.optim.Optimizer):
             beta1, beta2 = group["betas"]
             kernels.masked_adam_(params, grads, [self.state[p]["exp_avg"] for p in params],
                                  [self.state[p]["exp_avg_sq"] for p in params], masks, step=steps[0],
-                                 lr=group["lr"], beta1=beta1, beta2=beta2, eps=group["eps"], moments=self.moments)
+                                 lr=group["lr"], beta1=beta1, beta2=beta2, eps=group["eps"],
+                                 weight_decay=group.get("weight_decay", 0.0), moments=self.moments)
         return None
 
 

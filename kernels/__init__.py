@@ -1,8 +1,10 @@
 """Public ops of prunerl. Each dispatches between a Triton kernel and the plain-PyTorch reference.
 
 - `topk_magnitude_masks(weights, keep_counts)`: per-tensor magnitude top-k masks (pruning masks).
-- `masked_adam_(params, grads, exp_avgs, exp_avg_sqs, masks, *, step, lr, beta1, beta2, eps, moments)`:
-  fused Adam step followed by re-masking.
+- `masked_adam_(params, grads, exp_avgs, exp_avg_sqs, masks, *, step, lr, beta1, beta2, eps, weight_decay,
+  moments)`: fused Adam step followed by re-masking.
+- `graph_tables()`: hold the kernels' device tables that a CUDA-graph capture uses (keep the returned
+  object next to the graph).
 
 Dispatch: tensors on CUDA use Triton, everything else the reference in `kernels.reference`. The environment
 variable `PRUNERL_KERNELS=triton|torch` forces one path (on a CPU, `triton` runs the kernels under
@@ -16,9 +18,10 @@ from collections.abc import Sequence
 
 import torch
 
+from kernels._utils import GraphTables, graph_tables
 from kernels.reference import MOMENTS_MODES, masked_adam_ref_, topk_magnitude_masks_ref
 
-__all__ = ["topk_magnitude_masks", "masked_adam_", "backend_for", "MOMENTS_MODES"]
+__all__ = ["topk_magnitude_masks", "masked_adam_", "backend_for", "graph_tables", "GraphTables", "MOMENTS_MODES"]
 
 _BACKENDS = ("auto", "triton", "torch")
 
@@ -52,12 +55,13 @@ def topk_magnitude_masks(weights: Sequence[torch.Tensor], keep_counts, *, out=No
 
 
 def masked_adam_(params, grads, exp_avgs, exp_avg_sqs, masks, *, step, lr: float, beta1: float = 0.9,
-                 beta2: float = 0.999, eps: float = 1e-8, moments: str = "faithful",
+                 beta2: float = 0.999, eps: float = 1e-8, weight_decay: float = 0.0, moments: str = "faithful",
                  pruned_are_zero: bool = False) -> None:
     """In-place Adam (torch.optim.Adam semantics, bias-corrected) on every tensor, then `param *= mask`.
 
     `masks[i]` may be None for tensors that are never pruned. `step` is the 1-based step count after this
     update: an int, or a 0-d tensor on the parameters' device (CUDA-graph capturable on the Triton path).
+    `weight_decay` is coupled L2 as in torch.optim.Adam (g + wd * p enters the moments).
     `pruned_are_zero=True` promises that pruned weights are already exactly 0, which lets the Triton kernel
     skip them (the result is the same when the promise holds; the reference ignores it).
     """
@@ -67,6 +71,7 @@ def masked_adam_(params, grads, exp_avgs, exp_avg_sqs, masks, *, step, lr: float
         from kernels.masked_adam import masked_adam_triton_
 
         return masked_adam_triton_(params, grads, exp_avgs, exp_avg_sqs, masks, step=step, lr=lr, beta1=beta1,
-                                   beta2=beta2, eps=eps, moments=moments, pruned_are_zero=pruned_are_zero)
+                                   beta2=beta2, eps=eps, weight_decay=weight_decay, moments=moments,
+                                   pruned_are_zero=pruned_are_zero)
     return masked_adam_ref_(params, grads, exp_avgs, exp_avg_sqs, masks, step=step, lr=lr, beta1=beta1,
-                            beta2=beta2, eps=eps, moments=moments)
+                            beta2=beta2, eps=eps, weight_decay=weight_decay, moments=moments)

@@ -1,6 +1,7 @@
 """Fused multi-tensor masked Adam: one launch updates every parameter of a network, then re-masks it.
 
-Op (torch.optim.Adam semantics, bias-corrected, no weight decay; t = step after increment):
+Op (torch.optim.Adam semantics, bias-corrected, coupled weight decay wd; t = step after increment):
+    g <- g + wd p                             # torch.optim.Adam(weight_decay=wd); optax add_decayed_weights
     m <- m + (1 - b1) (g - m)                 # lerp, as torch.optim.Adam
     v <- b2 v + ((1 - b2) g) g                # addcmul
     p <- p - (lr / (1 - b1^t)) m / (sqrt(v) / sqrt(1 - b2^t) + eps)
@@ -11,31 +12,42 @@ and for pruned entries (mask == 0) the moments option:
     frozen:   m, v left exactly as before; the pruned weight is set to 0.
 Reference: `kernels.reference.masked_adam_ref_` (tests also track `torch.optim.Adam` + `p.mul_(mask)`).
 
-Layout: one program per BLOCK elements of one tensor; tensors are found through device pointer tables
-(`kernels._utils`), so a network's ~30 tensors cost one launch and no flattening copy. Each element's p, g,
-m, v and mask byte are read once and p, m, v written once (28 bytes + 1 per fp32 element).
+Layout: a persistent grid (a few programs per SM) walks the blocks of all tensors in a grid-stride loop,
+prefetching the next block's plan row; a block is BLOCK elements of one tensor, found through device
+pointer tables (`kernels._utils`), so a network's ~30 tensors cost one launch and no flattening copy. Each
+element's p, g, m, v and mask byte are read once and p, m, v written once (28 bytes + 1 per fp32 element).
+Full blocks load without bounds masks; when the host has checked that every pointer is 16-byte aligned
+(`ALIGNED`), the loads and stores carry alignment hints and compile to 128-bit accesses. Nothing waits on
+anything else: no block-wide reduction, no barrier.
 
-Frozen mode skips the pruned part of the traffic. Loads and stores of a pruned element are predicated
-off, and the hardware fetches no 32-byte sector that no live lane touches (at 99% sparsity ~92% of the
-fp32 sectors); a block whose weights are all pruned skips the update entirely. The pruned weight is still
-written (+0.0, write-only) unless `pruned_are_zero=True` promises that pruned weights are already exactly
-zero (true after any earlier masked step with the same masks, or after
-`topk_magnitude_masks(..., zero_pruned=True)`); then a pruned element costs only its mask byte, and in the
-faithful and reset modes its weight is neither read nor written either.
+Bytes per pruned element. `pruned_are_zero=True` promises that pruned weights are already exactly 0 (true
+after any earlier masked step with the same masks, or after `topk_magnitude_masks(..., zero_pruned=True)`):
+then a pruned weight is neither read nor written, in every mode (faithful: 21 bytes instead of 29). Frozen
+mode also skips a pruned element's g, m and v: loads and stores are predicated off, and the hardware fetches
+no 32-byte sector that no live lane touches (at 99% sparsity ~92% of the fp32 sectors); without the promise
+its weight is still written (+0.0, write-only).
 
-Step: a Python int (a kernel argument: a captured CUDA graph would replay that same value), or a 0-d
-integer/float tensor on the device (read in the kernel: the graph replays with whatever it holds). The bias
-corrections are computed per program in fp64 by repeated squaring: exact to a few fp64 ulp, no libm.
-Registered as the custom op `torch.ops.prunerl.masked_adam_` (opaque to torch.compile, declared mutations).
+Step: a Python int (the step size and sqrt(1 - b2^t) are computed on the host in fp64, then passed as
+fp32 arguments: one launch), or a 0-d integer/float tensor on the device: then one tiny kernel computes both
+scalars in fp64 (exact to a few ulp, by repeated squaring) once per step and the update reads them (two
+launches; a captured CUDA graph replays with whatever the tensor holds).
+Numerics: compiled with `enable_fp_fusion=False`, so every operation rounds as written (no FMA contraction,
+whatever a Triton release's default), in torch.optim.Adam's operation order; sqrt_rn/div_rn because the
+default GPU sqrt and division are approximate.
+Registered as the custom op `torch.ops.prunerl.masked_adam_` (opaque to torch.compile, declared mutations);
+eager calls launch directly from a cached launch plan (`kernels._utils.PlanCache`).
 Dtypes: params and moments fp32, grads fp32 or bf16 (one grad dtype per call), masks bool or uint8 or
 None (an unprunable tensor, e.g. a bias: plain Adam), all contiguous. beta1/beta2 are compile-time
 constants (one compile per pair; they are fixed in a run) so they keep full fp64 precision.
 Differences from the reference, by design: in frozen mode a pruned weight becomes +0.0 where the
-reference computes (p + update) * 0 (so -0.0, or NaN for a non-finite update). Untuned and unmeasured on
-GPU: BLOCK, num_warps; loads through the pointer table carry no alignment hint, so they are not vectorised.
+reference computes (p + update) * 0 (so -0.0, or NaN for a non-finite update); with `pruned_are_zero` a
+pruned weight stays 0 where the reference would give NaN for a non-finite update.
+Untuned and unmeasured on GPU: BLOCK, num_warps, programs per SM.
 """
 
 from __future__ import annotations
+
+import itertools
 
 import torch
 import triton
@@ -44,9 +56,15 @@ import triton.language as tl
 from kernels import _utils
 from kernels.reference import MOMENTS_MODES, check_adam_inputs
 
-# Elements per program: a streaming kernel needs a few KB in flight per program and many programs per SM.
-ADAM_BLOCK = 1024
+# Elements per block: 16 fp32 per thread at 4 warps, i.e. four 128-bit loads in flight per tensor per thread.
+ADAM_BLOCK = 2048
 NUM_WARPS = 4
+# Persistent grid: programs per SM (4 warps each: half the warp slots of an H100 SM), and under the
+# interpreter a few programs, so that the tests walk the grid-stride loop.
+PROGRAMS_PER_SM = 8
+INTERPRETER_PROGRAMS = 3
+# Launches per call with a step tensor (scalars + update); an int step needs only the update.
+LAUNCHES = 2
 _MODE_ID = {mode: i for i, mode in enumerate(MOMENTS_MODES)}  # faithful 0, reset 1, frozen 2
 # (Globals read inside kernels must be tl.constexpr.)
 RESET, FROZEN = tl.constexpr(_MODE_ID["reset"]), tl.constexpr(_MODE_ID["frozen"])
@@ -64,147 +82,245 @@ def _pow_int(base, n):
     return result
 
 
-# `step` must not be specialised: Triton would turn step == 1 into a compile-time constant (a recompile).
-@triton.jit(do_not_specialize=["step"])
-def _masked_adam_kernel(p_table_ptr, g_table_ptr, m_table_ptr, v_table_ptr, mask_table_ptr, plan_ptr, n_blocks,
-                        n_seg, step_ptr, step, lr, eps,
-                        BETA1: tl.constexpr, BETA2: tl.constexpr, GRAD_DTYPE: tl.constexpr,
-                        STEP_ON_DEVICE: tl.constexpr, MODE: tl.constexpr, PRUNED_ARE_ZERO: tl.constexpr,
-                        BLOCK: tl.constexpr):
-    pid = tl.program_id(0)
-    seg = tl.load(plan_ptr + pid)
-    offs = tl.load(plan_ptr + n_blocks + pid) + tl.arange(0, BLOCK)
-    inb = offs < tl.load(plan_ptr + 2 * n_blocks + 2 * n_seg + seg)
-
-    # Bias corrections in fp64, like the reference's Python floats; then fp32 for the vector math.
-    # (Adding an fp64/int64 zero instead of .to(): scalar args are plain Python numbers in the interpreter.)
-    if STEP_ON_DEVICE:
-        t = tl.load(step_ptr).to(tl.int64)
-    else:
-        t = step + tl.zeros([], dtype=tl.int64)
+@triton.jit
+def _adam_scalars_kernel(step_ptr, scalars_ptr, lr, BETA1: tl.constexpr, BETA2: tl.constexpr):
+    """scalars = [lr / (1 - b1^t), sqrt(1 - b2^t)] in fp64, stored as fp32: once per step, not per program."""
+    t = tl.load(step_ptr).to(tl.int64)  # float steps (torch.optim.Adam keeps them as float32) are whole
     bias_correction1 = 1.0 - _pow_int(tl.full([], BETA1, tl.float64), t)
     bias_correction2 = 1.0 - _pow_int(tl.full([], BETA2, tl.float64), t)
-    step_size = ((lr + tl.zeros([], dtype=tl.float64)) / bias_correction1).to(tl.float32)
-    bias_correction2_sqrt = tl.sqrt(bias_correction2).to(tl.float32)
+    # (Adding an fp64 zero instead of .to(): scalar args are plain Python numbers in the interpreter.)
+    tl.store(scalars_ptr, ((lr + tl.zeros([], dtype=tl.float64)) / bias_correction1).to(tl.float32))
+    tl.store(scalars_ptr + 1, tl.sqrt(bias_correction2).to(tl.float32))
 
-    mask_addr = tl.load(mask_table_ptr + seg)
+
+@triton.jit
+def _adam_block(p_addr, g_addr, m_addr, v_addr, mask_addr, offs, numel, step_size, bc2_sqrt, eps, weight_decay,
+                BETA1: tl.constexpr, BETA2: tl.constexpr, GRAD_DTYPE: tl.constexpr, MODE: tl.constexpr,
+                PRUNED_ARE_ZERO: tl.constexpr, HAS_WD: tl.constexpr, ALIGNED: tl.constexpr, G_ALIGN: tl.constexpr,
+                FULL: tl.constexpr, BLOCK: tl.constexpr):
+    """One block of one tensor. FULL: all BLOCK elements are in bounds, so loads need no bounds mask."""
+    if FULL:
+        inb = tl.full([BLOCK], 1, tl.int1)  # a constant mask: no predicate, loads vectorise
+    else:
+        inb = offs < numel
+    p_ptr = p_addr.to(tl.pointer_type(tl.float32)) + offs
+    g_ptr = g_addr.to(tl.pointer_type(GRAD_DTYPE)) + offs
+    m_ptr = m_addr.to(tl.pointer_type(tl.float32)) + offs
+    v_ptr = v_addr.to(tl.pointer_type(tl.float32)) + offs
+    if ALIGNED:
+        # The host checked that every base pointer is 16-byte aligned, and block starts are multiples of
+        # BLOCK. The hints promise 4 elements' worth of alignment to every tensor, so that all loads share
+        # one layout (4 consecutive elements per thread: 128-bit fp32, 64-bit bf16, 32-bit mask accesses)
+        # and no layout conversion (a trip through shared memory, with barriers) sits between them.
+        p_ptr = tl.multiple_of(p_ptr, 16)
+        g_ptr = tl.multiple_of(g_ptr, G_ALIGN)
+        m_ptr = tl.multiple_of(m_ptr, 16)
+        v_ptr = tl.multiple_of(v_ptr, 16)
     if mask_addr != 0:
-        # bool and uint8 masks are both one byte per element.
-        keep = tl.load(mask_addr.to(tl.pointer_type(tl.uint8)) + offs, mask=inb, other=0) != 0
+        k_ptr = mask_addr.to(tl.pointer_type(tl.uint8)) + offs  # bool and uint8 masks: one byte per element
+        if ALIGNED:
+            k_ptr = tl.multiple_of(k_ptr, 4)
+        keep = tl.load(k_ptr, mask=inb, other=0) != 0
     else:
         keep = inb
-    # `live`: elements whose p, g, m, v are touched. `p_live`: whose weight is read and written.
+    # `live`: elements whose g, m, v are touched. `p_live`: whose weight is read.
     live = inb & keep if MODE == FROZEN else inb
     p_live = inb & keep if PRUNED_ARE_ZERO else live
-    p_ptr = tl.load(p_table_ptr + seg).to(tl.pointer_type(tl.float32)) + offs
 
-    if tl.max(live.to(tl.int32), 0) != 0:  # only a frozen, fully pruned block fails this
-        g_ptr = tl.load(g_table_ptr + seg).to(tl.pointer_type(GRAD_DTYPE)) + offs
-        m_ptr = tl.load(m_table_ptr + seg).to(tl.pointer_type(tl.float32)) + offs
-        v_ptr = tl.load(v_table_ptr + seg).to(tl.pointer_type(tl.float32)) + offs
-        g = tl.load(g_ptr, mask=live, other=0.0).to(tl.float32)
-        m = tl.load(m_ptr, mask=live, other=0.0)
-        v = tl.load(v_ptr, mask=live, other=0.0)
-        p = tl.load(p_ptr, mask=p_live, other=0.0)  # a skipped weight is promised to be 0
+    g = tl.load(g_ptr, mask=live, other=0.0).to(tl.float32)
+    m = tl.load(m_ptr, mask=live, other=0.0)
+    v = tl.load(v_ptr, mask=live, other=0.0)
+    p = tl.load(p_ptr, mask=p_live, other=0.0)  # a skipped weight is promised to be 0
+    if HAS_WD:
+        g = g + weight_decay * p
+    # torch.optim.Adam's single-tensor operation order: lerp (weight < 0.5), addcmul, addcdiv.
+    m = m + (1.0 - BETA1) * (g - m)
+    v = v * BETA2 + ((1.0 - BETA2) * g) * g
+    denom = tl.div_rn(tl.sqrt_rn(v), bc2_sqrt) + eps
+    p = p + tl.div_rn(-step_size * m, denom)
 
-        # Same operation order as torch.optim.Adam's single-tensor path (lerp with weight < 0.5, addcmul,
-        # addcdiv); sqrt_rn/div_rn because the default GPU sqrt and division are approximate.
-        m = m + (1.0 - BETA1) * (g - m)
-        v = v * BETA2 + ((1.0 - BETA2) * g) * g
-        denom = tl.div_rn(tl.sqrt_rn(v), bias_correction2_sqrt) + eps
-        p = p + tl.div_rn(-step_size * m, denom)
-
-        keep_f = keep.to(tl.float32)
-        if MODE == FROZEN:
+    if MODE == FROZEN:
+        if PRUNED_ARE_ZERO:
             tl.store(p_ptr, p, mask=live)
-            tl.store(m_ptr, m, mask=live)
-            tl.store(v_ptr, v, mask=live)
         else:
-            # Multiplying (not selecting) keeps the reference's p.mul_(mask) semantics, NaN * 0 included.
-            tl.store(p_ptr, p * keep_f, mask=p_live)
-            if MODE == RESET:
-                m = m * keep_f
-                v = v * keep_f
-            tl.store(m_ptr, m, mask=inb)
-            tl.store(v_ptr, v, mask=inb)
-    if MODE == FROZEN and not PRUNED_ARE_ZERO:
-        tl.store(p_ptr, tl.zeros([BLOCK], dtype=tl.float32), mask=inb & ~keep)
+            tl.store(p_ptr, tl.where(keep, p, 0.0), mask=inb)  # pruned weights: +0.0, written without a read
+        tl.store(m_ptr, m, mask=live)
+        tl.store(v_ptr, v, mask=live)
+    else:
+        keep_f = keep.to(tl.float32)
+        # Multiplying (not selecting) keeps the reference's p.mul_(mask) semantics, NaN * 0 included.
+        tl.store(p_ptr, p * keep_f, mask=p_live)
+        if MODE == RESET:
+            m = m * keep_f
+            v = v * keep_f
+        tl.store(m_ptr, m, mask=inb)
+        tl.store(v_ptr, v, mask=inb)
 
 
-# --- launcher ---------------------------------------------------------------------------------------------
+@triton.jit
+def _masked_adam_kernel(p_table_ptr, g_table_ptr, m_table_ptr, v_table_ptr, mask_table_ptr, plan_ptr, n_blocks,
+                        n_seg, scalars_ptr, step_size, bc2_sqrt, eps, weight_decay,
+                        BETA1: tl.constexpr, BETA2: tl.constexpr, GRAD_DTYPE: tl.constexpr,
+                        STEP_ON_DEVICE: tl.constexpr, MODE: tl.constexpr, PRUNED_ARE_ZERO: tl.constexpr,
+                        HAS_WD: tl.constexpr, ALIGNED: tl.constexpr, BLOCK: tl.constexpr):
+    G_ALIGN: tl.constexpr = 16 if GRAD_DTYPE == tl.float32 else 8  # bytes of 4 gradient elements
+    if STEP_ON_DEVICE:  # written by _adam_scalars_kernel just before
+        step_size = tl.load(scalars_ptr)
+        bc2_sqrt = tl.load(scalars_ptr + 1)
+    numel_ptr = plan_ptr + 2 * n_blocks + 2 * n_seg  # the plan's rows, see kernels._utils
+    block = tl.program_id(0)
+    seg = tl.load(plan_ptr + block, mask=block < n_blocks, other=0)
+    start = tl.load(plan_ptr + n_blocks + block, mask=block < n_blocks, other=0)
+    # Grid-stride loop over the blocks of every tensor (a while loop: range() with a run-time bound does not
+    # run under every Triton release's interpreter).
+    while block < n_blocks:
+        # Prefetch the next block's plan row, so that its loads overlap this block's data traffic and the
+        # next iteration starts one dependent load (plan -> pointer table -> data) closer to its data.
+        next_block = block + tl.num_programs(0)
+        next_seg = tl.load(plan_ptr + next_block, mask=next_block < n_blocks, other=0)
+        next_start = tl.load(plan_ptr + n_blocks + next_block, mask=next_block < n_blocks, other=0)
+        numel = tl.load(numel_ptr + seg)
+        offs = start + tl.arange(0, BLOCK)
+        if ALIGNED:
+            offs = tl.max_contiguous(tl.multiple_of(offs, BLOCK), BLOCK)
+        p_addr, g_addr = tl.load(p_table_ptr + seg), tl.load(g_table_ptr + seg)
+        m_addr, v_addr = tl.load(m_table_ptr + seg), tl.load(v_table_ptr + seg)
+        mask_addr = tl.load(mask_table_ptr + seg)
+        if start + BLOCK <= numel:
+            _adam_block(p_addr, g_addr, m_addr, v_addr, mask_addr, offs, numel, step_size, bc2_sqrt, eps, weight_decay,
+                        BETA1, BETA2, GRAD_DTYPE, MODE, PRUNED_ARE_ZERO, HAS_WD, ALIGNED, G_ALIGN, True, BLOCK)
+        else:
+            _adam_block(p_addr, g_addr, m_addr, v_addr, mask_addr, offs, numel, step_size, bc2_sqrt, eps, weight_decay,
+                        BETA1, BETA2, GRAD_DTYPE, MODE, PRUNED_ARE_ZERO, HAS_WD, ALIGNED, G_ALIGN, False, BLOCK)
+        block, seg, start = next_block, next_seg, next_start
+
+
+# --- launch plan and launcher -----------------------------------------------------------------------------
+
+
+class _AdamPlan:
+    """Everything one set of tensors needs for a launch: validated once, cached (see kernels._utils)."""
+
+    def __init__(self, params, grads, exp_avgs, exp_avg_sqs, masks, block: int):
+        device = params[0].device
+        check_adam_inputs(params, grads, exp_avgs, exp_avg_sqs, masks, "faithful")
+        for i, (p, g, m, v, mask) in enumerate(zip(params, grads, exp_avgs, exp_avg_sqs, masks)):
+            for name, t, dtypes in (("params", p, (torch.float32,)), ("grads", g, (grads[0].dtype,)),
+                                    ("exp_avgs", m, (torch.float32,)), ("exp_avg_sqs", v, (torch.float32,)),
+                                    ("masks", mask, (torch.bool, torch.uint8))):
+                if t is not None:
+                    _utils.check_tensor(t, f"{name}[{i}]", device, dtypes)
+        _utils.check_no_aliasing(
+            [(f"{name}[{i}]", t, written) for name, seq, written in (
+                ("params", params, True), ("exp_avgs", exp_avgs, True), ("exp_avg_sqs", exp_avg_sqs, True),
+                ("grads", grads, False), ("masks", masks, False)) for i, t in enumerate(seq)])
+        self.device = device
+        self.grad_dtype = _utils.triton_dtype(grads[0].dtype)
+        self.plan, self.n_blocks = _utils.block_plan([p.numel() for p in params], block, device)
+        self.tables = [_utils.pointer_table(seq, device) for seq in (params, grads, exp_avgs, exp_avg_sqs, masks)]
+        self.scalars = torch.zeros(2, dtype=torch.float32, device=device)
+        self.aligned = _utils.all_aligned(itertools.chain(params, grads, exp_avgs, exp_avg_sqs, masks))
+        programs = (torch.cuda.get_device_properties(device).multi_processor_count * PROGRAMS_PER_SM
+                    if device.type == "cuda" else INTERPRETER_PROGRAMS)
+        self.grid = (max(1, min(self.n_blocks, programs)),)
+        self.n_seg = len(params)
+        self.buffers = [self.plan, self.scalars, *self.tables]
+
+
+_plans = _utils.PlanCache(size=64)
 
 
 def _masked_adam_launch(params, grads, exp_avgs, exp_avg_sqs, masks, step_t, step: int, lr: float, beta1: float,
-                        beta2: float, eps: float, moments: str, pruned_are_zero: bool, block: int) -> None:
-    """The single launch; inputs already validated."""
+                        beta2: float, eps: float, weight_decay: float, moments: str, pruned_are_zero: bool,
+                        block: int) -> None:
+    """Scalars (device steps) and the update; the plan is looked up (or built and validated) here."""
+    tensors = (*params, *grads, *exp_avgs, *exp_avg_sqs, *masks)
+    ptrs = (*map(_data_ptr, params), *map(_data_ptr, grads), *map(_data_ptr, exp_avgs), *map(_data_ptr, exp_avg_sqs),
+            *[t.data_ptr() for t in masks if t is not None])
     device = params[0].device
-    plan, n_blocks = _utils.block_plan([p.numel() for p in params], block, device)
-    if n_blocks == 0:
+    plan = _utils.plan_for(_plans, (block, *map(id, tensors)), ptrs, tensors, device,
+                           lambda: _AdamPlan(params, grads, exp_avgs, exp_avg_sqs, masks, block))
+    if plan.n_blocks == 0:
         return
-    tables = [_utils.pointer_table(seq, device) for seq in (params, grads, exp_avgs, exp_avg_sqs, masks)]
-    _masked_adam_kernel[(n_blocks,)](
-        *tables, plan, n_blocks, len(params), step_t if step_t is not None else tables[0], step, lr, eps,
-        BETA1=beta1, BETA2=beta2, GRAD_DTYPE=_utils.triton_dtype(grads[0].dtype), STEP_ON_DEVICE=step_t is not None,
-        MODE=_MODE_ID[moments], PRUNED_ARE_ZERO=pruned_are_zero, BLOCK=block, num_warps=NUM_WARPS)
+    if step_t is None:  # host step: the scalars in fp64, as the reference computes them
+        step_size, bc2_sqrt = lr / (1.0 - beta1**step), (1.0 - beta2**step) ** 0.5
+    else:
+        step_size = bc2_sqrt = 1.0  # unused: the kernel reads plan.scalars
+    with _utils.device_guard(device):
+        if step_t is not None:
+            _adam_scalars_kernel[(1,)](step_t, plan.scalars, lr, BETA1=beta1, BETA2=beta2, num_warps=1)
+        _masked_adam_kernel[plan.grid](
+            *plan.tables, plan.plan, plan.n_blocks, plan.n_seg, plan.scalars, step_size, bc2_sqrt, eps, weight_decay,
+            BETA1=beta1, BETA2=beta2, GRAD_DTYPE=plan.grad_dtype, STEP_ON_DEVICE=step_t is not None,
+            MODE=_MODE_ID[moments], PRUNED_ARE_ZERO=pruned_are_zero, HAS_WD=weight_decay != 0.0,
+            ALIGNED=plan.aligned, BLOCK=block, num_warps=NUM_WARPS, enable_fp_fusion=False)
+
+
+_data_ptr = torch.Tensor.data_ptr
 
 
 # --- torch.library registration ---------------------------------------------------------------------------
 # Opaque custom op (not `triton_op`): the kernel reads a device table of data pointers, which Inductor can't
 # build from fake tensors. torch.compile sees one node with declared mutations (no graph break), and CUDA
-# graphs capture the single launch.
+# graphs capture the launches. Eager calls skip the dispatcher (its per-call cost is ~100 us for a network's
+# tensor lists) and launch directly.
 
 
 @torch.library.custom_op("prunerl::masked_adam_", mutates_args=("params", "exp_avgs", "exp_avg_sqs"))
 def _masked_adam_op(params: list[torch.Tensor], grads: list[torch.Tensor], exp_avgs: list[torch.Tensor],
                     exp_avg_sqs: list[torch.Tensor], masks: list[torch.Tensor | None], step_t: torch.Tensor | None,
-                    step: int, lr: float, beta1: float, beta2: float, eps: float, moments: str,
+                    step: int, lr: float, beta1: float, beta2: float, eps: float, weight_decay: float, moments: str,
                     pruned_are_zero: bool, block: int) -> None:
-    _masked_adam_launch(params, grads, exp_avgs, exp_avg_sqs, masks, step_t, step, lr, beta1, beta2, eps, moments,
-                        pruned_are_zero, block)
+    _masked_adam_launch(params, grads, exp_avgs, exp_avg_sqs, masks, step_t, step, lr, beta1, beta2, eps,
+                        weight_decay, moments, pruned_are_zero, block)
 
 
 @_masked_adam_op.register_fake
-def _(params, grads, exp_avgs, exp_avg_sqs, masks, step_t, step, lr, beta1, beta2, eps, moments, pruned_are_zero,
-      block) -> None:
+def _(params, grads, exp_avgs, exp_avg_sqs, masks, step_t, step, lr, beta1, beta2, eps, weight_decay, moments,
+      pruned_are_zero, block) -> None:
     return None
 
 
 # --- public function --------------------------------------------------------------------------------------
 
 
+def _as_list(seq) -> list:
+    return seq if type(seq) is list else list(seq)
+
+
 def masked_adam_triton_(params, grads, exp_avgs, exp_avg_sqs, masks, *, step, lr: float, beta1: float = 0.9,
-                        beta2: float = 0.999, eps: float = 1e-8, moments: str = "faithful",
-                        pruned_are_zero: bool = False, block: int = ADAM_BLOCK) -> None:
+                        beta2: float = 0.999, eps: float = 1e-8, weight_decay: float = 0.0,
+                        moments: str = "faithful", pruned_are_zero: bool = False, block: int = ADAM_BLOCK) -> None:
     """In-place masked Adam step on every tensor in one launch (see the module docstring).
 
     step: 1-based step count after this update; an int, or a 0-d tensor on the params' device.
+    weight_decay: coupled L2 (added to the gradient before the moments, as torch.optim.Adam).
     pruned_are_zero: promise that pruned weights are already exactly 0, so their weights are not touched.
-    block: elements per program (a tuning knob; tests shrink it to get many blocks per tensor).
+    block: elements per block (a tuning knob; tests shrink it to get many blocks per tensor).
     """
-    params, grads, exp_avgs, exp_avg_sqs, masks = map(list, (params, grads, exp_avgs, exp_avg_sqs, masks))
+    params, grads, exp_avgs, exp_avg_sqs, masks = map(_as_list, (params, grads, exp_avgs, exp_avg_sqs, masks))
     if len(params) == 0:
         return
-    check_adam_inputs(params, grads, exp_avgs, exp_avg_sqs, masks, moments)
-    device = params[0].device
-    for i, (p, g, m, v, mask) in enumerate(zip(params, grads, exp_avgs, exp_avg_sqs, masks)):
-        for name, t, dtypes in (("params", p, (torch.float32,)), ("grads", g, (grads[0].dtype,)),
-                                ("exp_avgs", m, (torch.float32,)), ("exp_avg_sqs", v, (torch.float32,)),
-                                ("masks", mask, (torch.bool, torch.uint8))):
-            if t is not None:
-                _utils.check_tensor(t, f"{name}[{i}]", device, dtypes)
+    n = len(params)
+    if not (len(grads) == len(exp_avgs) == len(exp_avg_sqs) == len(masks) == n):
+        check_adam_inputs(params, grads, exp_avgs, exp_avg_sqs, masks, moments)  # raises with the details
+    if moments not in _MODE_ID:
+        raise ValueError(f"masked_adam_: moments={moments!r}; expected one of {MOMENTS_MODES}")
     if isinstance(step, torch.Tensor):
-        if step.numel() != 1 or step.device != device:
-            raise ValueError(f"step must be an int or a one-element tensor on {device}; got shape "
+        if step.numel() != 1 or step.device != params[0].device:
+            raise ValueError(f"step must be an int or a one-element tensor on {params[0].device}; got shape "
                              f"{tuple(step.shape)} on {step.device}")
-        step_t, step = step.reshape(()), 1
+        step_t, step = (step if step.dim() == 0 else step.reshape(())), 1
     else:
         step_t, step = None, int(step)
-        if step < 1:
-            raise ValueError(f"masked_adam_: step must be >= 1 (1-based, after increment); got {step}")
-    if step >= 2**32:
-        raise ValueError(f"step {step} is out of range")
+        if not 1 <= step < 2**32:
+            raise ValueError(f"masked_adam_: step must be in [1, 2**32) (1-based, after increment); got {step}")
     if block < 16 or block & (block - 1):
         raise ValueError(f"block must be a power of two >= 16, got {block}")
-    with torch.no_grad():  # params are leaves that require grad
-        torch.ops.prunerl.masked_adam_(params, grads, exp_avgs, exp_avg_sqs, masks, step_t, step, float(lr),
-                                       float(beta1), float(beta2), float(eps), moments, bool(pruned_are_zero), block)
+    args = (params, grads, exp_avgs, exp_avg_sqs, masks, step_t, step, float(lr), float(beta1), float(beta2),
+            float(eps), float(weight_decay), moments, bool(pruned_are_zero), block)
+    if torch.compiler.is_compiling():
+        with torch.no_grad():  # the op mutates leaves that require grad (parameters)
+            torch.ops.prunerl.masked_adam_(*args)
+    else:  # the kernels write through raw pointers: nothing for autograd to see
+        _masked_adam_launch(*args)

@@ -9,7 +9,8 @@ Ops
   NaN rule: |NaN| ranks above +Inf (the order of the IEEE bit patterns of |w|, which the Triton radix
   select also uses), so a NaN weight is kept first and the mask still has exactly k True entries.
 - `masked_adam_ref_(params, grads, exp_avgs, exp_avg_sqs, masks, step=..., ...)`: one step of
-  `torch.optim.Adam` (bias-corrected, same operation order), then `param *= mask`. `moments` chooses
+  `torch.optim.Adam` (bias-corrected, same operation order, coupled `weight_decay`: g + wd * p before the
+  moments, like optax's add_decayed_weights then adam), then `param *= mask`. `moments` chooses
   what happens to the Adam moments of pruned weights (mask == 0):
     "faithful": updated like every other weight (JaxPruner: the optimizer never sees the mask);
     "reset":    set to zero after the update;
@@ -93,7 +94,8 @@ def check_adam_inputs(params, grads, exp_avgs, exp_avg_sqs, masks, moments: str)
 
 @torch.no_grad()
 def masked_adam_ref_(params, grads, exp_avgs, exp_avg_sqs, masks, *, step, lr: float, beta1: float = 0.9,
-                     beta2: float = 0.999, eps: float = 1e-8, moments: str = "faithful") -> None:
+                     beta2: float = 0.999, eps: float = 1e-8, weight_decay: float = 0.0,
+                     moments: str = "faithful") -> None:
     """In-place Adam step with `torch.optim.Adam` semantics, followed by `param *= mask`.
 
     `step` is the 1-based step count *after* this update (as in torch.optim.Adam), an int or a 0-d tensor.
@@ -107,6 +109,8 @@ def masked_adam_ref_(params, grads, exp_avgs, exp_avg_sqs, masks, *, step, lr: f
     step_size = lr / bias_correction1
     for p, g, m, v, mask in zip(params, grads, exp_avgs, exp_avg_sqs, masks):
         g = g.float()
+        if weight_decay != 0:
+            g = g.add(p, alpha=weight_decay)  # torch.optim.Adam(weight_decay=...): coupled L2
         if mask is not None and moments == "frozen":
             keep = mask.bool()
             old_m, old_v = m.clone(), v.clone()

@@ -1,4 +1,5 @@
-"""Per-tensor magnitude top-k masks for all prunable tensors at once: a segmented radix select.
+"""Per-tensor magnitude top-k masks for all prunable tensors at once: a segmented radix select that reads
+the weights about once.
 
 Op: for each weight tensor w_i (a "segment") and keep count k_i, mask_i has exactly k_i True entries at
 the largest |w_i|; ties are broken by lower flat index. Bit-identical to
@@ -7,35 +8,49 @@ the largest |w_i|; ties are broken by lower flat index. Bit-identical to
 Key idea: for float32, the bit pattern of |w| (sign bit cleared) is a 31-bit integer that orders exactly
 like |w|. NaN patterns lie above +Inf, which is the reference's NaN rule; all NaNs are canonicalised to one
 pattern so that, as in the sort, they tie with each other and fall back to index order. fp16/bf16 weights
-are converted to fp32 first (exact), -0.0 becomes +0.0 like `abs`.
+are converted to fp32 first (exact), -0.0 becomes +0.0 like `abs`. The threshold T (the pattern of the
+k-th largest |w|) is found digit by digit: 11, 10 and 10 bits, high to low (d1, d2, d3).
 
-Algorithm, per segment, all segments in the same launches (a fixed 10 launches whatever the layer count):
-  1. Radix passes over the 31 bits as digits of 11, 10, 10 bits (high to low). Pass p builds a histogram of
-     digit p over the elements whose higher digits equal the prefix chosen so far (`_radix_hist_kernel`,
-     one block-local `tl.histogram` per program, flushed with atomics to the segment's global histogram),
-     then `_radix_select_kernel` (one program per segment) picks the digit b holding the k-th largest
-     element: the largest b with count(digit >= b) >= k; k -= count(digit > b); prefix = prefix·b.
-     After 3 passes prefix = T, the bit pattern of the k-th largest |w|, and k = need_eq >= 1, the number
-     of elements equal to T that are kept. k = 0 selects T = 0x7FFFFFFF, a pattern no canonical input has,
-     with need_eq = 0: the mask is empty without a special case.
-  2. If fewer elements equal T than exist (a tie at the threshold), the first need_eq of them in flat order
-     are kept: `_tie_count_kernel` counts them per block and `_tie_scan_kernel` turns the counts into each
-     block's exclusive prefix within its segment. Segments without a tie skip both (no memory traffic).
-  3. `_mask_write_kernel`: keep = bits > T, or bits == T with rank among equals <= need_eq. Optionally
-     zeroes the pruned weights and the Adam moments of pruned weights in place ("reset" moments at a mask
-     update), so the whole mask update is one op.
+Algorithm, all segments in the same six launches (each program handles BLOCK elements of one segment;
+"the last block" of a segment is the program that finds, by an atomic counter, that all the segment's
+blocks of this launch are done: it alone picks the digit, so no launch is spent on choosing):
+  0. `_prepare_kernel` (a program per segment): clamps k, resets the workspace, and makes the warm-start
+     guess: the previous call's d1 histogram (kept in the workspace) gives every d1 bucket's rank, and the
+     guess is the range of buckets [lo, hi] that holds rank k if no count moved by more than a margin.
+  1. `_pass1_kernel`, the one full read: the d1 histogram of every element. With a guess, also the mask
+     of every element outside the range (kept iff d1 > hi) and the *candidates*, the elements inside it,
+     compacted in flat order into the block's slots (4-byte pattern + 2-byte position). The last block picks
+     d1's bucket b1 from the histogram and checks the guess (lo <= b1 <= hi).
+  2. `_pass2_kernel`: the d2 histogram of the elements with d1 == b1. Where the guess held it reads only
+     the candidates; otherwise (first call, or a wrong guess) it reads the weights again, writes the mask
+     (kept iff d1 > b1) and the candidates (d1 == b1). The last block picks b2.
+  3. `_pass3_kernel`: the d3 histogram of the candidates matching b1, b2; the last block picks T, and
+     need_eq = how many elements equal to T are kept. k = 0 selects T = 0x7FFFFFFF, a pattern no canonical
+     input has: the mask is empty without a special case.
+  4. `_tie_kernel`, only where more elements equal T than are kept: counts them per block (among the
+     candidates), and the last block turns the counts into each block's exclusive prefix.
+  5. `_fixup_kernel`: each candidate's mask entry (written False by pass 1 or 2, so only the kept ones are
+     written): kept iff pattern > T, or == T with rank among equals (flat order) <= need_eq. With
+     `zero_pruned` or moments to zero, it instead rewrites whole blocks from the weights (one more read)
+     and zeroes the pruned entries in place.
+A block whose candidates overflow its slots (more than `slots` of its BLOCK elements in the range) keeps
+counting them and, in passes 2-5, reads its weights instead of its slots: always correct, slower.
 
-Nothing inside waits on the device: keep counts may be an int tensor on the weights' device (clamped to
+Traffic (fp32, no tie at T): warm 4 bytes read + 1 written per element, plus ~20 bytes per candidate
+(3-8% of the elements at 50-99% sparsity for Gaussian weights, in the bucket of T; more with a wide guess);
+cold 8 + 1 + ~16 per candidate. The warm start is a guess: a wrong one costs the cold path, never a wrong
+mask. Caveats: untuned and unmeasured on GPU (block size, warps, slots, margin); histograms are flushed
+with global atomics; the last-block pattern relies on a barrier + acq_rel atomic (CUDA's threadfence
+reduction), which the interpreter can't exercise concurrently.
+
+Nothing inside waits on the host: keep counts may be an int tensor on the weights' device (clamped to
 [0, numel] in the kernel, since validating them would need a sync; lists and tensors elsewhere are
 validated and raise like the reference). The op is CUDA-graph capturable after one warm-up call with the
-same arguments (device tables are cached, see `kernels._utils`). Registered as the custom op
-`torch.ops.prunerl.topk_magnitude_masks_` (opaque to torch.compile, declared mutations).
-
+same arguments (launch plans are cached, see `kernels._utils`); a captured graph warm-starts from the
+workspace it shares with eager calls. Registered as the custom op `torch.ops.prunerl.topk_magnitude_masks_`
+(opaque to torch.compile, declared mutations); eager calls launch directly from the cached plan.
 Shapes/dtypes: weights fp32, fp16 or bf16 (one dtype per call), contiguous, any shape, <= 2**31-1
 elements each; masks bool of the same shapes (written into `out=` when given).
-Traffic (no ties at T): 3 histogram reads + 1 read and a 1-byte mask write ~= 4.25 fp32 reads of the
-weights. The next lever is AIR-top-k candidate compaction (pass 2 and 3 over the threshold bucket only).
-Caveats: untuned and unmeasured on GPU (block size, warps); the histogram flush uses global atomics.
 """
 
 from __future__ import annotations
@@ -49,25 +64,41 @@ import triton.language as tl
 from kernels import _utils
 from kernels.reference import _check_keep_counts
 
-# Radix digits of the 31-bit |w| pattern, high to low: 3 passes; 2**11 bins keep the block-local
-# histogram small enough for shared memory.
+# Radix digits of the 31-bit |w| pattern, high to low; 2**11 bins keep a block's histogram in shared memory.
 RADIX_BITS = (11, 10, 10)
 HIST_BINS = 2 ** max(RADIX_BITS)
-# Elements per program for the streaming kernels: large enough to amortise the sparse histogram flush
-# (a block of Gaussian weights touches ~100-200 of the 2048 bins), small enough for many programs per SM.
+# Elements per program: large enough to amortise the sparse histogram flush (a block of Gaussian weights
+# touches ~100-200 of the 2048 bins), small enough for many programs per SM.
 TOPK_BLOCK = 4096
 NUM_WARPS = 8
-# Blocks per iteration of the per-segment tie scan (a 50M-element segment has ~12k blocks).
-SCAN_CHUNK = 1024
+# Candidate slots per block, as a fraction of BLOCK: a few % of the elements are candidates when the range
+# is one bucket (Gaussian weights), so 1/4 rarely overflows.
+SLOTS_PER_BLOCK = 4
+# Warm-start margin, in ranks: the guess holds if no bucket's count moved by more than n / 256 + 16.
+MARGIN_SHIFT = tl.constexpr(8)
+# Launches per call.
+LAUNCHES = 6
 # |NaN| canonical pattern (quiet NaN); above +Inf (0x7F800000) and below the k = 0 sentinel 0x7FFFFFFF.
 # (Globals read inside kernels must be tl.constexpr.)
 CANONICAL_NAN = tl.constexpr(0x7FC00000)
+D1_SHIFT, D2_SHIFT = tl.constexpr(20), tl.constexpr(10)
+BINS1, BINS2 = tl.constexpr(2048), tl.constexpr(1024)
 
-# Rows of the int32 per-segment state written by the select kernels: the threshold prefix, the count still
-# to keep (need_eq after the last pass), and whether the threshold has more equal elements than are kept.
-_PREFIX, _K_LEFT, _TIE = tl.constexpr(0), tl.constexpr(1), tl.constexpr(2)
+# Columns of the int32 per-segment state (one row per segment): keep count; candidate range of pass 1
+# (lo > hi: no guess); whether the guess held; threshold prefix (b1, then b1 b2, then T); count still to
+# keep (need_eq at the end); whether T has more equal elements than are kept; whether the d1 histogram
+# holds a previous call's counts (kept across calls); and one "blocks done" counter per pass with a last
+# block.
+_K, _LO, _HI, _WARM, _PREFIX, _K_LEFT, _TIE, _HAVE_PREV = (tl.constexpr(i) for i in range(8))
+_DONE1, _DONE2, _DONE3, _DONE_TIE = (tl.constexpr(i) for i in range(8, 12))
+STATE_COLS = tl.constexpr(12)
+# Per segment: the d1, d2 and d3 histograms side by side (2048 + 1024 + 1024 bins).
+SEG_HIST = tl.constexpr(4096)
 
 # --- kernels ----------------------------------------------------------------------------------------------
+# Kernel arguments: the block plan's rows (`kernels._utils`) as separate tables, `blk_*` indexed by program
+# id and `seg_*` by segment; per-segment state and histograms; per block, the candidate slots and the
+# candidate count. (Few helper functions and little scalar arithmetic: each costs the interpreter a lot.)
 
 
 @triton.jit
@@ -80,40 +111,16 @@ def _abs_bits(w_addr, offs, inb, DTYPE: tl.constexpr):
 
 
 @triton.jit
-def _radix_hist_kernel(w_table_ptr, plan_ptr, state_ptr, hist_ptr, n_blocks, n_seg,
-                       DTYPE: tl.constexpr, SHIFT: tl.constexpr, DIGIT_BITS: tl.constexpr, FIRST: tl.constexpr,
-                       BLOCK: tl.constexpr, HIST_STRIDE: tl.constexpr):
-    pid = tl.program_id(0)
-    seg = tl.load(plan_ptr + pid)
-    offs = tl.load(plan_ptr + n_blocks + pid) + tl.arange(0, BLOCK)
-    inb = offs < tl.load(plan_ptr + 2 * n_blocks + 2 * n_seg + seg)
-    bits = _abs_bits(tl.load(w_table_ptr + seg), offs, inb, DTYPE)
-    live = inb
-    if not FIRST:
-        # Only elements whose higher digits match the prefix chosen by the previous passes compete.
-        live = live & ((bits >> (SHIFT + DIGIT_BITS)) == tl.load(state_ptr + _PREFIX * n_seg + seg))
-    digit = (bits >> SHIFT) & ((1 << DIGIT_BITS) - 1)
-    hist = tl.histogram(digit, 1 << DIGIT_BITS, mask=live)
-    bins = tl.arange(0, 1 << DIGIT_BITS)
-    # Flush only the non-empty bins: most blocks touch a small fraction of them.
-    tl.atomic_add(hist_ptr + seg * HIST_STRIDE + bins, hist, mask=hist > 0, sem="relaxed")
+def _select_digit(hist_ptr, k, BINS: tl.constexpr):
+    """(digit b holding the k-th largest, k minus the count above b, count in b) from a global histogram.
 
-
-@triton.jit
-def _radix_select_kernel(hist_ptr, state_ptr, keep_ptr, plan_ptr, n_blocks, n_seg,
-                         DIGIT_BITS: tl.constexpr, FIRST: tl.constexpr, LAST: tl.constexpr,
-                         HIST_STRIDE: tl.constexpr):
-    seg = tl.program_id(0)
-    bins = tl.arange(0, 1 << DIGIT_BITS)
-    hist = tl.load(hist_ptr + seg * HIST_STRIDE + bins)
-    if FIRST:
-        n = tl.load(plan_ptr + 2 * n_blocks + 2 * n_seg + seg).to(tl.int64)
-        # Device keep counts are not validated on the host (that would sync): clamp instead.
-        k = tl.minimum(tl.maximum(tl.load(keep_ptr + seg).to(tl.int64), 0), n).to(tl.int32)
-        prefix = tl.zeros([], dtype=tl.int32)
-    else:
-        prefix = tl.load(state_ptr + _PREFIX * n_seg + seg)
-        k = tl.load(state_ptr + _K_LEFT * n_seg + seg)
+    Called by the last block of a segment. The other blocks flushed their histograms with atomics, then
+    passed a barrier and bumped the segment's counter with an acq_rel atomic; the last block's acquire
+    (its own bump) orders these loads after every flush (CUDA's threadfence-reduction pattern), and .cg
+    reads L2, where the atomics landed, not a stale L1 line.
+    """
+    bins = tl.arange(0, BINS)
+    hist = tl.load(hist_ptr + bins, cache_modifier=".cg")
     # at_least[b] = number of competing elements with digit >= b (non-increasing in b; at_least[0] >= k).
     at_least = tl.sum(hist, 0) - tl.cumsum(hist, 0) + hist
     # The k-th largest element sits in the largest digit b with at_least[b] >= k. With k = 0 that is the
@@ -121,122 +128,365 @@ def _radix_select_kernel(hist_ptr, state_ptr, keep_ptr, plan_ptr, n_blocks, n_se
     b = tl.sum((at_least >= k).to(tl.int32), 0) - 1
     in_b = tl.sum(tl.where(bins == b, hist, 0), 0)
     above_b = tl.sum(tl.where(bins == b, at_least, 0), 0) - in_b
-    k = k - above_b
-    tl.store(state_ptr + _PREFIX * n_seg + seg, (prefix << DIGIT_BITS) | b)
-    tl.store(state_ptr + _K_LEFT * n_seg + seg, k)
-    if LAST:
-        # in_b elements equal the threshold T; k of them are kept. Only a strict surplus needs the
-        # index-ordered tie break.
-        tl.store(state_ptr + _TIE * n_seg + seg, (in_b > k).to(tl.int32))
+    return b, k - above_b, in_b
 
 
 @triton.jit
-def _tie_count_kernel(w_table_ptr, plan_ptr, state_ptr, eq_count_ptr, n_blocks, n_seg,
-                      DTYPE: tl.constexpr, BLOCK: tl.constexpr):
-    pid = tl.program_id(0)
-    seg = tl.load(plan_ptr + pid)
-    if tl.load(state_ptr + _TIE * n_seg + seg) != 0:
-        offs = tl.load(plan_ptr + n_blocks + pid) + tl.arange(0, BLOCK)
-        inb = offs < tl.load(plan_ptr + 2 * n_blocks + 2 * n_seg + seg)
-        bits = _abs_bits(tl.load(w_table_ptr + seg), offs, inb, DTYPE)
-        is_eq = inb & (bits == tl.load(state_ptr + _PREFIX * n_seg + seg))
-        tl.store(eq_count_ptr + pid, tl.sum(is_eq.to(tl.int32), 0))
+def _compact(cand, bits, local, slot_bits_ptr, slot_pos_ptr, count_ptr, SLOTS: tl.constexpr):
+    """Write the candidates' patterns and in-block positions to the block's slots, in flat order, and their
+    count (which may exceed SLOTS: the block then reads its weights in later passes)."""
+    c = cand.to(tl.int32)
+    slot = tl.cumsum(c, 0) - 1
+    ok = cand & (slot < SLOTS)
+    tl.store(slot_bits_ptr + slot, bits, mask=ok)
+    tl.store(slot_pos_ptr + slot, local.to(tl.int16), mask=ok)
+    tl.store(count_ptr, tl.sum(c, 0))
 
 
 @triton.jit
-def _tie_scan_kernel(plan_ptr, state_ptr, eq_count_ptr, eq_before_ptr, n_blocks, n_seg, CHUNK: tl.constexpr):
+def _prepare_kernel(seg_numel_ptr, keep_ptr, state_ptr, hist_ptr, WARM_START: tl.constexpr):
     seg = tl.program_id(0)
-    if tl.load(state_ptr + _TIE * n_seg + seg) != 0:
-        first = tl.load(plan_ptr + 2 * n_blocks + seg)
-        count = tl.load(plan_ptr + 2 * n_blocks + n_seg + seg)
-        running = tl.zeros([], dtype=tl.int32)
-        # Exclusive scan of the per-block counts, in block (= flat index) order.
-        for c in range(0, count, CHUNK):
-            idx = c + tl.arange(0, CHUNK)
-            ok = idx < count
-            x = tl.load(eq_count_ptr + first + idx, mask=ok, other=0)
-            tl.store(eq_before_ptr + first + idx, running + tl.cumsum(x, 0) - x, mask=ok)
-            running += tl.sum(x, 0)
+    st = state_ptr + seg * STATE_COLS
+    hs = hist_ptr + seg * SEG_HIST
+    n = tl.load(seg_numel_ptr + seg).to(tl.int64)
+    # Device keep counts are not validated on the host (that would sync): clamp instead.
+    k = tl.minimum(tl.maximum(tl.load(keep_ptr + seg).to(tl.int64), 0), n)
+    lo = tl.full([], 1, tl.int32)
+    hi = tl.zeros([], tl.int32)  # lo > hi: no guess
+    if WARM_START:
+        if tl.load(st + _HAVE_PREV) != 0:
+            hist = tl.load(hs + tl.arange(0, BINS1))
+            at_least = tl.sum(hist, 0) - tl.cumsum(hist, 0) + hist
+            margin = (n >> MARGIN_SHIFT) + 16
+            # Rank k lies in a bucket b with at_least[b] >= k > at_least[b + 1]. If every count moved by at
+            # most `margin`, that b is >= the last bucket with at_least >= k + margin (lo) and <= the last
+            # with at_least >= k - margin (hi; the top bucket when k <= margin).
+            lo = tl.maximum(tl.sum((at_least >= k + margin).to(tl.int32), 0) - 1, 0)
+            hi = tl.sum((at_least >= tl.maximum(k - margin, 1)).to(tl.int32), 0) - 1
+            hi = tl.where(k <= margin, BINS1 - 1, hi)
+    tl.store(hs + tl.arange(0, SEG_HIST), tl.zeros([SEG_HIST], tl.int32))
+    tl.store(st + _K, k.to(tl.int32))
+    tl.store(st + _LO, lo)
+    tl.store(st + _HI, hi)
+    for col in tl.static_range(_WARM, STATE_COLS):
+        if col != _HAVE_PREV:  # the only column that outlives a call
+            tl.store(st + col, 0)
 
 
 @triton.jit
-def _mask_write_kernel(w_table_ptr, out_table_ptr, m_table_ptr, v_table_ptr, plan_ptr, state_ptr, eq_before_ptr,
-                       n_blocks, n_seg, DTYPE: tl.constexpr, ZERO_WEIGHTS: tl.constexpr,
-                       ZERO_MOMENTS: tl.constexpr, BLOCK: tl.constexpr):
+def _pass1_kernel(w_table_ptr, out_table_ptr, blk_seg_ptr, blk_start_ptr, seg_nblocks_ptr, seg_numel_ptr,
+                  state_ptr, hist_ptr, slot_bits_ptr, slot_pos_ptr, count_ptr, DTYPE: tl.constexpr,
+                  BLOCK: tl.constexpr, SLOTS: tl.constexpr):
     pid = tl.program_id(0)
-    seg = tl.load(plan_ptr + pid)
-    offs = tl.load(plan_ptr + n_blocks + pid) + tl.arange(0, BLOCK)
-    inb = offs < tl.load(plan_ptr + 2 * n_blocks + 2 * n_seg + seg)
-    w_addr = tl.load(w_table_ptr + seg)
-    bits = _abs_bits(w_addr, offs, inb, DTYPE)
-    threshold = tl.load(state_ptr + _PREFIX * n_seg + seg)
-    keep_eq = inb & (bits == threshold)
-    if tl.load(state_ptr + _TIE * n_seg + seg) != 0:
-        # 1-based rank of each tied element in flat order; keep the first need_eq.
-        rank = tl.load(eq_before_ptr + pid) + tl.cumsum(keep_eq.to(tl.int32), 0)
-        keep_eq = keep_eq & (rank <= tl.load(state_ptr + _K_LEFT * n_seg + seg))
-    keep = (bits > threshold) | keep_eq
-    tl.store(tl.load(out_table_ptr + seg).to(tl.pointer_type(tl.int1)) + offs, keep, mask=inb)
-    pruned = inb & ~keep
-    if ZERO_WEIGHTS:
-        # Write-only: kept weights are untouched, pruned ones become +0.0.
-        tl.store(w_addr.to(tl.pointer_type(DTYPE)) + offs, tl.zeros([BLOCK], dtype=DTYPE), mask=pruned)
-    if ZERO_MOMENTS:
-        zeros = tl.zeros([BLOCK], dtype=tl.float32)
-        tl.store(tl.load(m_table_ptr + seg).to(tl.pointer_type(tl.float32)) + offs, zeros, mask=pruned)
-        tl.store(tl.load(v_table_ptr + seg).to(tl.pointer_type(tl.float32)) + offs, zeros, mask=pruned)
+    seg = tl.load(blk_seg_ptr + pid)
+    st = state_ptr + seg * STATE_COLS
+    hs = hist_ptr + seg * SEG_HIST
+    local = tl.arange(0, BLOCK)
+    offs = tl.load(blk_start_ptr + pid) + local
+    inb = offs < tl.load(seg_numel_ptr + seg)
+    bits = _abs_bits(tl.load(w_table_ptr + seg), offs, inb, DTYPE)
+    d1 = bits >> D1_SHIFT
+    hist = tl.histogram(d1, BINS1, mask=inb)
+    # Flush only the non-empty bins: most blocks touch a small fraction of them.
+    tl.atomic_add(hs + tl.arange(0, BINS1), hist, mask=hist > 0, sem="relaxed")
+    lo = tl.load(st + _LO)
+    hi = tl.load(st + _HI)
+    if lo <= hi:  # a guess: everything outside [lo, hi] is decided now
+        out = tl.load(out_table_ptr + seg).to(tl.pointer_type(tl.int1))
+        tl.store(out + offs, d1 > hi, mask=inb)
+        cand = inb & (d1 >= lo) & (d1 <= hi)
+        _compact(cand, bits, local, slot_bits_ptr + pid * SLOTS, slot_pos_ptr + pid * SLOTS, count_ptr + pid, SLOTS)
+    tl.debug_barrier()  # all of this program's flushes before its "done" (see _select_digit)
+    if tl.atomic_add(st + _DONE1, 1, sem="acq_rel") == tl.load(seg_nblocks_ptr + seg) - 1:  # the last block
+        b1, k1, _ = _select_digit(hs, tl.load(st + _K), BINS1)
+        tl.store(st + _PREFIX, b1)
+        tl.store(st + _K_LEFT, k1)
+        tl.store(st + _WARM, ((lo <= b1) & (b1 <= hi)).to(tl.int32))
+        tl.store(st + _HAVE_PREV, 1)
 
 
-# --- launcher ---------------------------------------------------------------------------------------------
+@triton.jit
+def _pass2_kernel(w_table_ptr, out_table_ptr, blk_seg_ptr, blk_start_ptr, seg_nblocks_ptr, seg_numel_ptr,
+                  state_ptr, hist_ptr, slot_bits_ptr, slot_pos_ptr, count_ptr, DTYPE: tl.constexpr,
+                  BLOCK: tl.constexpr, SLOTS: tl.constexpr):
+    pid = tl.program_id(0)
+    seg = tl.load(blk_seg_ptr + pid)
+    st = state_ptr + seg * STATE_COLS
+    h2 = hist_ptr + seg * SEG_HIST + BINS1
+    b1 = tl.load(st + _PREFIX)
+    warm = tl.load(st + _WARM) != 0
+    count = tl.load(count_ptr + pid)
+    if warm & (count <= SLOTS):
+        # The guess held: the candidates are in the slots.
+        j = tl.arange(0, SLOTS)
+        cand_bits = tl.load(slot_bits_ptr + pid * SLOTS + j, mask=j < count, other=0)
+        hist = tl.histogram((cand_bits >> D2_SHIFT) & (BINS2 - 1), BINS2,
+                            mask=(j < count) & ((cand_bits >> D1_SHIFT) == b1))
+    else:
+        local = tl.arange(0, BLOCK)
+        offs = tl.load(blk_start_ptr + pid) + local
+        inb = offs < tl.load(seg_numel_ptr + seg)
+        bits = _abs_bits(tl.load(w_table_ptr + seg), offs, inb, DTYPE)
+        d1 = bits >> D1_SHIFT
+        cand = inb & (d1 == b1)
+        if not warm:  # no guess, or a wrong one: the cold path
+            out = tl.load(out_table_ptr + seg).to(tl.pointer_type(tl.int1))
+            tl.store(out + offs, d1 > b1, mask=inb)
+            _compact(cand, bits, local, slot_bits_ptr + pid * SLOTS, slot_pos_ptr + pid * SLOTS, count_ptr + pid,
+                     SLOTS)
+        hist = tl.histogram((bits >> D2_SHIFT) & (BINS2 - 1), BINS2, mask=cand)
+    tl.atomic_add(h2 + tl.arange(0, BINS2), hist, mask=hist > 0, sem="relaxed")
+    tl.debug_barrier()
+    if tl.atomic_add(st + _DONE2, 1, sem="acq_rel") == tl.load(seg_nblocks_ptr + seg) - 1:
+        b2, k2, _ = _select_digit(h2, tl.load(st + _K_LEFT), BINS2)
+        tl.store(st + _PREFIX, (b1 << 10) | b2)
+        tl.store(st + _K_LEFT, k2)
 
 
-def _topk_launch(weights, keep_t, out, zero_pruned: bool, exp_avgs, exp_avg_sqs, block: int) -> None:
-    """All launches of one mask update; inputs already validated. Writes `out` (and weights/moments)."""
+@triton.jit
+def _pass3_kernel(w_table_ptr, blk_seg_ptr, blk_start_ptr, seg_nblocks_ptr, seg_numel_ptr, state_ptr, hist_ptr,
+                  slot_bits_ptr, count_ptr, DTYPE: tl.constexpr, BLOCK: tl.constexpr, SLOTS: tl.constexpr):
+    pid = tl.program_id(0)
+    seg = tl.load(blk_seg_ptr + pid)
+    st = state_ptr + seg * STATE_COLS
+    h3 = hist_ptr + seg * SEG_HIST + BINS1 + BINS2
+    prefix = tl.load(st + _PREFIX)
+    count = tl.load(count_ptr + pid)
+    if count <= SLOTS:
+        j = tl.arange(0, SLOTS)
+        cand_bits = tl.load(slot_bits_ptr + pid * SLOTS + j, mask=j < count, other=0)
+        hist = tl.histogram(cand_bits & (BINS2 - 1), BINS2, mask=(j < count) & ((cand_bits >> D2_SHIFT) == prefix))
+    else:
+        offs = tl.load(blk_start_ptr + pid) + tl.arange(0, BLOCK)
+        inb = offs < tl.load(seg_numel_ptr + seg)
+        bits = _abs_bits(tl.load(w_table_ptr + seg), offs, inb, DTYPE)
+        hist = tl.histogram(bits & (BINS2 - 1), BINS2, mask=inb & ((bits >> D2_SHIFT) == prefix))
+    tl.atomic_add(h3 + tl.arange(0, BINS2), hist, mask=hist > 0, sem="relaxed")
+    tl.debug_barrier()
+    if tl.atomic_add(st + _DONE3, 1, sem="acq_rel") == tl.load(seg_nblocks_ptr + seg) - 1:
+        b3, need_eq, in_b = _select_digit(h3, tl.load(st + _K_LEFT), BINS2)
+        tl.store(st + _PREFIX, (prefix << 10) | b3)
+        tl.store(st + _K_LEFT, need_eq)
+        # in_b elements equal T; need_eq of them are kept. Only a strict surplus needs the tie break.
+        tl.store(st + _TIE, (in_b > need_eq).to(tl.int32))
+
+
+@triton.jit
+def _tie_kernel(w_table_ptr, blk_seg_ptr, blk_start_ptr, seg_first_ptr, seg_nblocks_ptr, seg_numel_ptr, state_ptr,
+                slot_bits_ptr, count_ptr, eq_ptr, DTYPE: tl.constexpr, BLOCK: tl.constexpr, SLOTS: tl.constexpr,
+                CHUNK: tl.constexpr):
+    pid = tl.program_id(0)
+    seg = tl.load(blk_seg_ptr + pid)
+    st = state_ptr + seg * STATE_COLS
+    if tl.load(st + _TIE) != 0:
+        threshold = tl.load(st + _PREFIX)
+        count = tl.load(count_ptr + pid)
+        if count <= SLOTS:
+            j = tl.arange(0, SLOTS)
+            cand_bits = tl.load(slot_bits_ptr + pid * SLOTS + j, mask=j < count, other=0)
+            n_eq = tl.sum(((j < count) & (cand_bits == threshold)).to(tl.int32), 0)
+        else:
+            offs = tl.load(blk_start_ptr + pid) + tl.arange(0, BLOCK)
+            inb = offs < tl.load(seg_numel_ptr + seg)
+            bits = _abs_bits(tl.load(w_table_ptr + seg), offs, inb, DTYPE)
+            n_eq = tl.sum((inb & (bits == threshold)).to(tl.int32), 0)
+        tl.store(eq_ptr + pid, n_eq)
+        tl.debug_barrier()
+        seg_blocks = tl.load(seg_nblocks_ptr + seg)
+        if tl.atomic_add(st + _DONE_TIE, 1, sem="acq_rel") == seg_blocks - 1:
+            # Exclusive scan of the segment's per-block counts, in block (= flat index) order, in place. (A
+            # while loop: range() with a run-time bound does not run under every release's interpreter.)
+            first = eq_ptr + tl.load(seg_first_ptr + seg)
+            running = tl.zeros([], dtype=tl.int32)
+            c = tl.zeros([], dtype=tl.int32)
+            while c < seg_blocks:
+                idx = c + tl.arange(0, CHUNK)
+                ok = idx < seg_blocks
+                x = tl.load(first + idx, mask=ok, other=0, cache_modifier=".cg")
+                tl.store(first + idx, running + tl.cumsum(x, 0) - x, mask=ok)
+                running += tl.sum(x, 0)
+                c += CHUNK
+
+
+@triton.jit
+def _keep(bits, valid, threshold, tie, eq_before, need_eq):
+    """Final mask entries of one block's elements (given in flat order)."""
+    is_eq = valid & (bits == threshold)
+    if tie:
+        # 1-based rank of each tied element among the segment's tied elements in flat order.
+        is_eq = is_eq & (eq_before + tl.cumsum(is_eq.to(tl.int32), 0) <= need_eq)
+    return valid & ((bits > threshold) | is_eq)
+
+
+@triton.jit
+def _fixup_kernel(w_table_ptr, out_table_ptr, m_table_ptr, v_table_ptr, blk_seg_ptr, blk_start_ptr, seg_numel_ptr,
+                  state_ptr, slot_bits_ptr, slot_pos_ptr, count_ptr, eq_ptr, DTYPE: tl.constexpr,
+                  ZERO_WEIGHTS: tl.constexpr, ZERO_MOMENTS: tl.constexpr, BLOCK: tl.constexpr, SLOTS: tl.constexpr,
+                  SLOT_LIMIT: tl.constexpr):
+    pid = tl.program_id(0)
+    seg = tl.load(blk_seg_ptr + pid)
+    st = state_ptr + seg * STATE_COLS
+    threshold = tl.load(st + _PREFIX)
+    need_eq = tl.load(st + _K_LEFT)
+    tie = tl.load(st + _TIE) != 0
+    out = tl.load(out_table_ptr + seg).to(tl.pointer_type(tl.int1)) + tl.load(blk_start_ptr + pid)
+    eq_before = tl.load(eq_ptr + pid)  # only meaningful (and used) where tie
+    count = tl.load(count_ptr + pid)
+    if count <= SLOT_LIMIT:  # SLOTS, or -1 when zeroing (then every pruned entry must be written)
+        # Only the candidates' entries are undecided.
+        j = tl.arange(0, SLOTS)
+        valid = j < count
+        cand_bits = tl.load(slot_bits_ptr + pid * SLOTS + j, mask=valid, other=0)
+        pos = tl.load(slot_pos_ptr + pid * SLOTS + j, mask=valid, other=0).to(tl.int32)
+        # Passes 1 and 2 wrote False for every candidate: only the kept ones need a (scattered) write.
+        kept = _keep(cand_bits, valid, threshold, tie, eq_before, need_eq)
+        tl.store(out + pos, kept, mask=kept)
+    else:
+        # The whole block from its weights: its candidates overflowed the slots, or pruned entries are to be
+        # zeroed (all of them must be written).
+        offs = tl.load(blk_start_ptr + pid) + tl.arange(0, BLOCK)
+        inb = offs < tl.load(seg_numel_ptr + seg)
+        w_addr = tl.load(w_table_ptr + seg)
+        keep = _keep(_abs_bits(w_addr, offs, inb, DTYPE), inb, threshold, tie, eq_before, need_eq)
+        tl.store(out + tl.arange(0, BLOCK), keep, mask=inb)
+        pruned = inb & ~keep
+        if ZERO_WEIGHTS:
+            # Write-only: kept weights are untouched, pruned ones become +0.0.
+            tl.store(w_addr.to(tl.pointer_type(DTYPE)) + offs, tl.zeros([BLOCK], dtype=DTYPE), mask=pruned)
+        if ZERO_MOMENTS:
+            zeros = tl.zeros([BLOCK], dtype=tl.float32)
+            tl.store(tl.load(m_table_ptr + seg).to(tl.pointer_type(tl.float32)) + offs, zeros, mask=pruned)
+            tl.store(tl.load(v_table_ptr + seg).to(tl.pointer_type(tl.float32)) + offs, zeros, mask=pruned)
+
+
+# --- workspace, launch plan, launcher ---------------------------------------------------------------------
+
+# Blocks per iteration of the tie scan (a 25M-element segment has ~6k blocks).
+SCAN_CHUNK = 1024
+
+
+class _Workspace:
+    """Per weight set: the device tables and the select's scratch, whose d1 histogram outlives the call
+    (the next call's warm start)."""
+
+    def __init__(self, weights, block: int, slots: int):
+        device = weights[0].device
+        for i, w in enumerate(weights):
+            _utils.check_tensor(w, f"weights[{i}]", device, (weights[0].dtype,))
+        self.n_seg = len(weights)
+        self.numel = sum(w.numel() for w in weights)
+        self.plan, self.n_blocks = _utils.block_plan([w.numel() for w in weights], block, device)
+        nb, ns = self.n_blocks, self.n_seg
+        # The plan's rows, as the kernels take them.
+        self.blk_seg, self.blk_start, self.seg_first, self.seg_nblocks, self.seg_numel = torch.split(
+            self.plan, [nb, nb, ns, ns, ns])
+        self.w_table = _utils.pointer_table(weights, device)
+        self.hist = torch.zeros((ns, SEG_HIST), dtype=torch.int32, device=device)
+        self.state = torch.zeros((ns, STATE_COLS), dtype=torch.int32, device=device)
+        self.slot_bits = torch.empty(nb * slots, dtype=torch.int32, device=device)
+        self.slot_pos = torch.empty(nb * slots, dtype=torch.int16, device=device)
+        self.counts = torch.zeros(nb, dtype=torch.int32, device=device)  # candidates per block
+        self.eq = torch.zeros(nb, dtype=torch.int32, device=device)  # ties per block, then their prefix
+        self.buffers = [self.plan, self.w_table, self.hist, self.state, self.slot_bits, self.slot_pos, self.counts,
+                        self.eq]
+
+
+class _TopkPlan:
+    """A workspace plus the output and moment tables of one call signature, validated once."""
+
+    def __init__(self, workspace: _Workspace, weights, out, exp_avgs, exp_avg_sqs, zero_pruned: bool, keep_t):
+        device = weights[0].device
+        for name, seq, dtype in (("out", out, torch.bool), ("exp_avgs", exp_avgs, torch.float32),
+                                 ("exp_avg_sqs", exp_avg_sqs, torch.float32)):
+            for i, (t, w) in enumerate(zip(seq, weights)):
+                _utils.check_tensor(t, f"{name}[{i}]", device, (dtype,))
+                if t.shape != w.shape:
+                    raise ValueError(f"{name}[{i}] has shape {tuple(t.shape)}, weights[{i}] has {tuple(w.shape)}")
+        _utils.check_no_aliasing(
+            [(f"{name}[{i}]", t, written) for name, seq, written in (
+                ("weights", weights, zero_pruned), ("out", out, True), ("exp_avgs", exp_avgs, True),
+                ("exp_avg_sqs", exp_avg_sqs, True)) for i, t in enumerate(seq)] + [("keep_counts", keep_t, False)])
+        self.ws = workspace
+        self.dtype = _utils.triton_dtype(weights[0].dtype)
+        self.out_table = _utils.pointer_table(out, device)
+        self.zero_moments = len(exp_avgs) > 0
+        self.moment_tables = ((_utils.pointer_table(exp_avgs, device), _utils.pointer_table(exp_avg_sqs, device))
+                              if self.zero_moments else (self.out_table, self.out_table))  # unused placeholders
+        self.buffers = [*workspace.buffers, self.out_table, *self.moment_tables, keep_t]
+
+
+_workspaces = _utils.PlanCache(size=16)  # each holds ~1.5 bytes per weight of scratch
+_plans = _utils.PlanCache(size=64)
+
+
+def _workspace(weights, block: int, slots: int) -> _Workspace:
+    return _utils.plan_for(_workspaces, (block, slots, *map(id, weights)), tuple(map(_data_ptr, weights)), weights,
+                           weights[0].device, lambda: _Workspace(weights, block, slots))
+
+
+_data_ptr = torch.Tensor.data_ptr
+
+
+def _topk_launch(weights, keep_t, out, zero_pruned: bool, exp_avgs, exp_avg_sqs, block: int, slots: int,
+                 warm_start: bool) -> None:
+    """All launches of one mask update. Writes `out` (and weights/moments)."""
     device = weights[0].device
-    n_seg = len(weights)
-    plan, n_blocks = _utils.block_plan([w.numel() for w in weights], block, device)
-    if n_blocks == 0:  # every tensor is empty: nothing to write
+    tensors = (*weights, *out, *exp_avgs, *exp_avg_sqs, keep_t)
+    plan = _utils.plan_for(
+        _plans, (block, slots, zero_pruned, *map(id, tensors)), tuple(map(_data_ptr, tensors)), tensors, device,
+        lambda: _TopkPlan(_workspace(weights, block, slots), weights, out, exp_avgs, exp_avg_sqs, zero_pruned,
+                          keep_t))
+    ws = plan.ws
+    if ws.n_blocks == 0:  # every tensor is empty: nothing to write
         return
-    dtype = _utils.triton_dtype(weights[0].dtype)
-    w_table = _utils.pointer_table(weights, device)
-    zero_moments = len(exp_avgs) > 0
-    hist = torch.zeros((len(RADIX_BITS), n_seg, HIST_BINS), dtype=torch.int32, device=device)
-    state = torch.empty((3, n_seg), dtype=torch.int32, device=device)
-    shift = 31
-    for p, digit_bits in enumerate(RADIX_BITS):
-        shift -= digit_bits
-        first, last = p == 0, p == len(RADIX_BITS) - 1
-        _radix_hist_kernel[(n_blocks,)](w_table, plan, state, hist[p], n_blocks, n_seg, DTYPE=dtype, SHIFT=shift,
-                                        DIGIT_BITS=digit_bits, FIRST=first, BLOCK=block, HIST_STRIDE=HIST_BINS,
-                                        num_warps=NUM_WARPS)
-        _radix_select_kernel[(n_seg,)](hist[p], state, keep_t, plan, n_blocks, n_seg, DIGIT_BITS=digit_bits,
-                                       FIRST=first, LAST=last, HIST_STRIDE=HIST_BINS, num_warps=4)
-    eq_count = torch.empty(n_blocks, dtype=torch.int32, device=device)
-    eq_before = torch.empty(n_blocks, dtype=torch.int32, device=device)
-    _tie_count_kernel[(n_blocks,)](w_table, plan, state, eq_count, n_blocks, n_seg, DTYPE=dtype, BLOCK=block,
-                                   num_warps=NUM_WARPS)
-    _tie_scan_kernel[(n_seg,)](plan, state, eq_count, eq_before, n_blocks, n_seg, CHUNK=SCAN_CHUNK, num_warps=4)
-    moments_tables = ((_utils.pointer_table(exp_avgs, device), _utils.pointer_table(exp_avg_sqs, device))
-                      if zero_moments else (w_table, w_table))  # unused placeholders when not zeroing
-    _mask_write_kernel[(n_blocks,)](w_table, _utils.pointer_table(out, device), *moments_tables, plan, state,
-                                    eq_before, n_blocks, n_seg, DTYPE=dtype, ZERO_WEIGHTS=zero_pruned,
-                                    ZERO_MOMENTS=zero_moments, BLOCK=block, num_warps=NUM_WARPS)
+    grid = (ws.n_blocks,)
+    common = dict(DTYPE=plan.dtype, BLOCK=block, SLOTS=slots, num_warps=NUM_WARPS)
+    zeroing = zero_pruned or plan.zero_moments
+    with _utils.device_guard(device):
+        _prepare_kernel[(ws.n_seg,)](ws.seg_numel, keep_t, ws.state, ws.hist, WARM_START=warm_start, num_warps=4)
+        for kernel in (_pass1_kernel, _pass2_kernel):
+            kernel[grid](ws.w_table, plan.out_table, ws.blk_seg, ws.blk_start, ws.seg_nblocks, ws.seg_numel, ws.state,
+                         ws.hist, ws.slot_bits, ws.slot_pos, ws.counts, **common)
+        _pass3_kernel[grid](ws.w_table, ws.blk_seg, ws.blk_start, ws.seg_nblocks, ws.seg_numel, ws.state, ws.hist,
+                            ws.slot_bits, ws.counts, **common)
+        _tie_kernel[grid](ws.w_table, ws.blk_seg, ws.blk_start, ws.seg_first, ws.seg_nblocks, ws.seg_numel, ws.state,
+                          ws.slot_bits, ws.counts, ws.eq, CHUNK=SCAN_CHUNK, **common)
+        _fixup_kernel[grid](ws.w_table, plan.out_table, *plan.moment_tables, ws.blk_seg, ws.blk_start, ws.seg_numel,
+                            ws.state, ws.slot_bits, ws.slot_pos, ws.counts, ws.eq, ZERO_WEIGHTS=zero_pruned,
+                            ZERO_MOMENTS=plan.zero_moments, SLOT_LIMIT=-1 if zeroing else slots, **common)
+
+
+def select_stats(weights: Sequence[torch.Tensor], *, block: int = TOPK_BLOCK, slots: int | None = None) -> dict | None:
+    """What the last call on these weights did: per segment, whether the warm-start guess held (`warm`) and
+    whether the threshold's ties needed the index-order break (`tie`); in all, the number of candidates
+    (`candidates`) and of blocks whose candidates overflowed their slots (`overflowed_blocks`). Reads the
+    device (synchronises): for tests and benchmarks. None if these weights were never seen."""
+    weights = list(weights)
+    slots = max(1, block // SLOTS_PER_BLOCK) if slots is None else slots
+    ws = _workspaces.get((block, slots, *map(id, weights)), tuple(map(_data_ptr, weights)))
+    if ws is None:
+        return None
+    state = ws.state.cpu()
+    counts = ws.counts.cpu()
+    return dict(warm=[bool(x) for x in state[:, _WARM.value]], tie=[bool(x) for x in state[:, _TIE.value]],
+                candidates=int(counts.sum()), overflowed_blocks=int((counts > slots).sum()))
 
 
 # --- torch.library registration ---------------------------------------------------------------------------
 # An opaque custom op rather than `triton_op`: the kernels reach their tensors through a device pointer
 # table built from `data_ptr()`, which Inductor can't trace with fake tensors. To torch.compile the op is a
-# single node with declared mutations (no graph break); CUDA graphs capture its launches as they are.
+# single node with declared mutations (no graph break); eager calls skip the dispatcher and launch directly.
 
 
 @torch.library.custom_op("prunerl::topk_magnitude_masks_", mutates_args=("weights", "out", "exp_avgs", "exp_avg_sqs"))
 def _topk_op(weights: list[torch.Tensor], keep_counts: torch.Tensor, out: list[torch.Tensor], zero_pruned: bool,
-             exp_avgs: list[torch.Tensor], exp_avg_sqs: list[torch.Tensor], block: int) -> None:
-    _topk_launch(weights, keep_counts, out, zero_pruned, exp_avgs, exp_avg_sqs, block)
+             exp_avgs: list[torch.Tensor], exp_avg_sqs: list[torch.Tensor], block: int, slots: int,
+             warm_start: bool) -> None:
+    _topk_launch(weights, keep_counts, out, zero_pruned, exp_avgs, exp_avg_sqs, block, slots, warm_start)
 
 
 @_topk_op.register_fake
-def _(weights, keep_counts, out, zero_pruned, exp_avgs, exp_avg_sqs, block) -> None:
+def _(weights, keep_counts, out, zero_pruned, exp_avgs, exp_avg_sqs, block, slots, warm_start) -> None:
     return None
 
 
@@ -250,16 +500,17 @@ def _keep_counts_tensor(weights: Sequence[torch.Tensor], keep_counts, device: to
                              f"{tuple(keep_counts.shape)}")
         if keep_counts.dtype.is_floating_point or keep_counts.dtype in (torch.bool, torch.complex64, torch.complex128):
             raise TypeError(f"keep_counts must be an integer tensor, got {keep_counts.dtype}")
-        return keep_counts.contiguous()
+        return keep_counts if keep_counts.is_contiguous() else keep_counts.contiguous()
     # Host counts are free to validate (and raise exactly like the reference).
-    counts = _check_keep_counts(weights, keep_counts)
+    counts = tuple(_check_keep_counts(weights, keep_counts))
     if torch.compiler.is_compiling():  # traced: a constant in the graph, no cache lookup
         return torch.tensor(counts, dtype=torch.int64, device=device)
-    return _utils.device_ints(counts, torch.int64, device)
+    return _utils.int_table(counts, device)
 
 
 def topk_magnitude_masks_triton(weights: Sequence[torch.Tensor], keep_counts, *, out=None, zero_pruned: bool = False,
-                                exp_avgs=None, exp_avg_sqs=None, block: int = TOPK_BLOCK) -> list[torch.Tensor]:
+                                exp_avgs=None, exp_avg_sqs=None, block: int = TOPK_BLOCK, slots: int | None = None,
+                                warm_start: bool = True) -> list[torch.Tensor]:
     """Bool masks keeping the `keep_counts[i]` largest |w| of each tensor (ties: lower flat index).
 
     keep_counts: ints or a host tensor (validated like the reference), or a 1-D integer tensor on the
@@ -268,40 +519,38 @@ def topk_magnitude_masks_triton(weights: Sequence[torch.Tensor], keep_counts, *,
     zero_pruned: also set the pruned weights to 0 in place.
     exp_avgs / exp_avg_sqs: optional fp32 Adam moments, zeroed at the pruned entries in place (the "reset"
         moments option applied at the mask update). Give both or neither.
-    block: elements per program (a tuning knob; tests shrink it to get many blocks per tensor).
+    block: elements per program; slots: candidate slots per block (default block // 4); warm_start: guess
+        the threshold's bucket from the previous call on the same weights (tuning knobs; tests shrink them).
     """
-    weights = list(weights)
+    weights = weights if type(weights) is list else list(weights)
     if len(weights) == 0:
         return []
     device = weights[0].device
     if weights[0].dtype not in (torch.float32, torch.float16, torch.bfloat16):
         raise TypeError(f"weights[0] has dtype {weights[0].dtype}; the Triton kernel supports float32, float16 "
                         "and bfloat16 (use kernels.reference for others)")
-    for i, w in enumerate(weights):
-        _utils.check_tensor(w, f"weights[{i}]", device, (weights[0].dtype,))
     if (exp_avgs is None) != (exp_avg_sqs is None):
         raise ValueError("give both exp_avgs and exp_avg_sqs, or neither")
     exp_avgs, exp_avg_sqs = list(exp_avgs or []), list(exp_avg_sqs or [])
     for name, seq in (("exp_avgs", exp_avgs), ("exp_avg_sqs", exp_avg_sqs)):
         if seq and len(seq) != len(weights):
             raise ValueError(f"got {len(weights)} weights but {len(seq)} {name}")
-        for i, (t, w) in enumerate(zip(seq, weights)):
-            _utils.check_tensor(t, f"{name}[{i}]", device, (torch.float32,))
-            if t.shape != w.shape:
-                raise ValueError(f"{name}[{i}] has shape {tuple(t.shape)}, weights[{i}] has {tuple(w.shape)}")
     if out is None:
         out = [torch.empty(w.shape, dtype=torch.bool, device=device) for w in weights]
     else:
-        out = list(out)
+        out = out if type(out) is list else list(out)
         if len(out) != len(weights):
             raise ValueError(f"got {len(weights)} weights but {len(out)} out masks")
-        for i, (o, w) in enumerate(zip(out, weights)):
-            _utils.check_tensor(o, f"out[{i}]", device, (torch.bool,))
-            if o.shape != w.shape:
-                raise ValueError(f"out[{i}] has shape {tuple(o.shape)}, weights[{i}] has {tuple(w.shape)}")
     if block < 16 or block & (block - 1):
         raise ValueError(f"block must be a power of two >= 16, got {block}")
+    slots = max(1, block // SLOTS_PER_BLOCK) if slots is None else slots
+    if not 1 <= slots <= block or slots & (slots - 1):
+        raise ValueError(f"slots must be a power of two in [1, block], got {slots}")
     keep_t = _keep_counts_tensor(weights, keep_counts, device)
-    with torch.no_grad():  # the op mutates leaves that may require grad (parameters)
-        torch.ops.prunerl.topk_magnitude_masks_(weights, keep_t, out, zero_pruned, exp_avgs, exp_avg_sqs, block)
+    args = (weights, keep_t, out, bool(zero_pruned), exp_avgs, exp_avg_sqs, block, slots, bool(warm_start))
+    if torch.compiler.is_compiling():
+        with torch.no_grad():  # the op mutates leaves that may require grad (parameters)
+            torch.ops.prunerl.topk_magnitude_masks_(*args)
+    else:  # the kernels write through raw pointers: nothing for autograd to see
+        _topk_launch(*args)
     return out

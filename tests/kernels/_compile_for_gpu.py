@@ -26,32 +26,40 @@ I64, I32 = "*i64", "*i32"
 
 def variants():
     table = dict(n_blocks="i32", n_seg="i32")
-    for dtype, (p, bits) in itertools.product((tl.float32, tl.bfloat16), enumerate(tm.RADIX_BITS)):
-        shift = 31 - sum(tm.RADIX_BITS[: p + 1])
-        yield ("hist", tm._radix_hist_kernel, tm.NUM_WARPS,
-               dict(w_table_ptr=I64, plan_ptr=I32, state_ptr=I32, hist_ptr=I32, **table),
-               dict(DTYPE=dtype, SHIFT=shift, DIGIT_BITS=bits, FIRST=p == 0, BLOCK=tm.TOPK_BLOCK,
-                    HIST_STRIDE=tm.HIST_BINS))
-    for p, bits in enumerate(tm.RADIX_BITS):
-        yield ("select", tm._radix_select_kernel, 4,
-               dict(hist_ptr=I32, state_ptr=I32, keep_ptr=I64, plan_ptr=I32, **table),
-               dict(DIGIT_BITS=bits, FIRST=p == 0, LAST=p == len(tm.RADIX_BITS) - 1, HIST_STRIDE=tm.HIST_BINS))
-    yield ("tie_count", tm._tie_count_kernel, tm.NUM_WARPS,
-           dict(w_table_ptr=I64, plan_ptr=I32, state_ptr=I32, eq_count_ptr=I32, **table),
-           dict(DTYPE=tl.float16, BLOCK=tm.TOPK_BLOCK))
-    yield ("tie_scan", tm._tie_scan_kernel, 4,
-           dict(plan_ptr=I32, state_ptr=I32, eq_count_ptr=I32, eq_before_ptr=I32, **table), dict(CHUNK=tm.SCAN_CHUNK))
-    for zero in (False, True):
-        yield ("mask_write", tm._mask_write_kernel, tm.NUM_WARPS,
-               dict(w_table_ptr=I64, out_table_ptr=I64, m_table_ptr=I64, v_table_ptr=I64, plan_ptr=I32, state_ptr=I32,
-                    eq_before_ptr=I32, **table),
-               dict(DTYPE=tl.float32, ZERO_WEIGHTS=zero, ZERO_MOMENTS=zero, BLOCK=tm.TOPK_BLOCK))
-    for mode, pz, on_dev, gdt in itertools.product(range(3), (False, True), (False, True), (tl.float32, tl.bfloat16)):
+    blocks = dict(blk_seg_ptr=I32, blk_start_ptr=I32)
+    segs = dict(seg_nblocks_ptr=I32, seg_numel_ptr=I32)
+    shape = dict(BLOCK=tm.TOPK_BLOCK, SLOTS=tm.TOPK_BLOCK // tm.SLOTS_PER_BLOCK)
+    for warm in (False, True):
+        yield ("prepare", tm._prepare_kernel, 4,
+               dict(seg_numel_ptr=I32, keep_ptr=I64, state_ptr=I32, hist_ptr=I32), dict(WARM_START=warm))
+    for dtype in (tl.float32, tl.float16, tl.bfloat16):
+        for name, kernel in (("pass1", tm._pass1_kernel), ("pass2", tm._pass2_kernel)):
+            yield (name, kernel, tm.NUM_WARPS,
+                   dict(w_table_ptr=I64, out_table_ptr=I64, **blocks, **segs, state_ptr=I32, hist_ptr=I32,
+                        slot_bits_ptr=I32, slot_pos_ptr="*i16", count_ptr=I32), dict(DTYPE=dtype, **shape))
+        yield ("pass3", tm._pass3_kernel, tm.NUM_WARPS,
+               dict(w_table_ptr=I64, **blocks, **segs, state_ptr=I32, hist_ptr=I32, slot_bits_ptr=I32, count_ptr=I32),
+               dict(DTYPE=dtype, **shape))
+        yield ("tie", tm._tie_kernel, tm.NUM_WARPS,
+               dict(w_table_ptr=I64, **blocks, seg_first_ptr=I32, **segs, state_ptr=I32, slot_bits_ptr=I32,
+                    count_ptr=I32, eq_ptr=I32), dict(DTYPE=dtype, **shape, CHUNK=tm.SCAN_CHUNK))
+        for zero in (False, True):
+            yield ("fixup", tm._fixup_kernel, tm.NUM_WARPS,
+                   dict(w_table_ptr=I64, out_table_ptr=I64, m_table_ptr=I64, v_table_ptr=I64, **blocks,
+                        seg_numel_ptr=I32, state_ptr=I32, slot_bits_ptr=I32, slot_pos_ptr="*i16", count_ptr=I32,
+                        eq_ptr=I32),
+                   dict(DTYPE=dtype, ZERO_WEIGHTS=zero, ZERO_MOMENTS=zero, **shape,
+                        SLOT_LIMIT=-1 if zero else shape["SLOTS"]))
+    for step_type in ("*fp32", "*i64"):  # torch.optim.Adam's float step counts, or integer ones
+        yield ("adam_scalars", ma._adam_scalars_kernel, 1, dict(step_ptr=step_type, scalars_ptr="*fp32", lr="fp32"),
+               dict(BETA1=0.9, BETA2=0.999))
+    for mode, pz, aligned, gdt in itertools.product(range(3), (False, True), (False, True), (tl.float32, tl.bfloat16)):
         yield ("masked_adam", ma._masked_adam_kernel, ma.NUM_WARPS,
                dict(p_table_ptr=I64, g_table_ptr=I64, m_table_ptr=I64, v_table_ptr=I64, mask_table_ptr=I64,
-                    plan_ptr=I32, **table, step_ptr=I64, step="i32", lr="fp32", eps="fp32"),
-               dict(BETA1=0.9, BETA2=0.999, GRAD_DTYPE=gdt, STEP_ON_DEVICE=on_dev, MODE=mode, PRUNED_ARE_ZERO=pz,
-                    BLOCK=ma.ADAM_BLOCK))
+                    plan_ptr=I32, **table, scalars_ptr="*fp32", step_size="fp32", bc2_sqrt="fp32", eps="fp32",
+                    weight_decay="fp32"),
+               dict(BETA1=0.9, BETA2=0.999, GRAD_DTYPE=gdt, STEP_ON_DEVICE=mode != 1, MODE=mode, PRUNED_ARE_ZERO=pz,
+                    HAS_WD=pz, ALIGNED=aligned, BLOCK=ma.ADAM_BLOCK))
 
 
 def main() -> int:
@@ -59,9 +67,13 @@ def main() -> int:
     for name, fn, warps, sig, consts in variants():
         signature = {**sig, **{k: "constexpr" for k in consts}}
         try:
+            # The launchers' numerics choice (no FMA contraction), so the compile checks what runs.
             kernel = triton.compile(ASTSource(fn=fn, signature=signature, constexprs=consts), target=TARGET,
-                                    options={"num_warps": warps})
-            print(f"ok   {name} {consts} shared={kernel.metadata.shared}")
+                                    options={"num_warps": warps, "enable_fp_fusion": False})
+            ptx = kernel.asm["ptx"]
+            # 128-bit global loads/stores (what masked Adam's ALIGNED flag is for), and CTA barriers.
+            v4 = ptx.count("ld.global.v4") + ptx.count("st.global.v4")
+            print(f"ok   {name} {consts} shared={kernel.metadata.shared} v4={v4} bar={ptx.count('bar.sync')}")
         except Exception as e:  # report every failing variant, not just the first
             failed += 1
             print(f"FAIL {name} {consts}: {type(e).__name__}: {e}")

@@ -33,38 +33,91 @@ def test_synthetic_set_is_about_50m():
 
 def test_adam_bytes():
     n = 1000
-    nb = bench_kernels.adam_bytes
-    assert nb([n], [True], 0.0, "triton_faithful") == 29 * n
-    assert nb([n], [False], 0.9, "triton_frozen") == 28 * n  # an unmasked bias is plain Adam
-    assert nb([n], [True], 0.9, "torch_fused_mask") == 37 * n
-    assert nb([n], [True], 0.9, "triton_frozen_pz") == n + 100 * 28
-    assert nb([n], [True], 0.9, "triton_frozen") == n + 100 * 28 + 900 * 4
+    op, prov = bench_kernels.adam_op_bytes, bench_kernels.adam_provider_bytes
+    assert op([n], [True], 0.0, frozen=False) == 29 * n
+    assert op([n], [False], 0.9, frozen=True) == 28 * n  # an unmasked bias is plain Adam
+    assert op([n], [True], 0.9, frozen=True, pruned_are_zero=True) == n + 100 * 28
+    assert op([n], [True], 0.9, frozen=True) == n + 100 * 28 + 900 * 4
+    assert op([n], [True], 0.9, frozen=False, pruned_are_zero=True) == n + 100 * 28 + 900 * 20
+    assert op([n], [True], 0.5, frozen=False, grad_bytes=2) == n * 27
+    assert prov([n], [True], 0.9, "torch_fused_mask") == 37 * n
+    assert prov([n], [True], 0.9, "torch_fused_nomask") == 28 * n
+    assert prov([n], [True], 0.9, "triton_frozen_pz") == op([n], [True], 0.9, frozen=True, pruned_are_zero=True)
 
 
-def _fake_results(path):
+def test_mask_traffic_model():
+    n = 10**6
+    assert bench_kernels.mask_op_bytes(n) == 5 * n
+    warm, cold = (bench_kernels.mask_model_bytes(n, 0.01, warm=w) for w in (True, False))
+    # warm: one read + mask + 1% candidates (6 B written, 14 B read) + the mask sectors written again
+    assert warm == pytest.approx(5 * n + 10**4 * (6 + 14) + n * (1 - 0.995**32), abs=1)
+    assert cold - warm == pytest.approx(4 * n - 4 * 10**4, abs=1)  # a second full read, not a re-read of c
+
+
+def test_proof_subset_covers_every_target():
+    """The subset the GPU proof runs (PRUNERL_BENCH_SUBSET=proof) measures everything `target_rows` needs."""
+    mask, adam = bench_kernels.mask_params("proof"), bench_kernels.adam_params("proof")
+    assert set(mask) <= set(bench_kernels.mask_params("all")) and set(adam) <= set(bench_kernels.adam_params("all"))
+    assert len(mask) + len(adam) <= 40  # ~90 s on an H100
+    for case, s, p in [("synthetic_50M", 0.95, q) for q in ("triton", "topk_loop", "sort")] + [
+            ("impala_w3", 0.95, "triton")]:
+        assert (case, s, p) in mask
+    for s, p in [(0.0, "triton_faithful"), (0.0, "torch_fused_nomask"), (0.95, "triton_frozen"),
+                 (0.95, "torch_fused_mask"), (0.99, "triton_frozen"), (0.99, "torch_fused_mask")]:
+        assert ("flat_50M", s, p) in adam
+
+
+def _fake_results(path, mask_params, adam_params, ms_of=None):
     benches = []
-    for op, cases, sparsities, providers in (
-            ("mask_selection", bench_kernels.MASK_CASES, bench_kernels.MASK_SPARSITIES,
-             ["triton", "topk_loop", "sort", "kthvalue", "prune_l1"]),
-            ("masked_adam", bench_kernels.ADAM_CASES, bench_kernels.ADAM_SPARSITIES, bench_kernels.ADAM_PROVIDERS)):
-        for i, case in enumerate(cases):
-            for s in sparsities:
-                for j, p in enumerate(providers):
-                    info = dict(op=op, case=case, sparsity=s, provider=p, ms=0.1 * (i + 1) * (j + 1),
-                                frac_of_copy=0.8, one_read_ms=0.05, device="fake GPU", copy_gbps=3000.0)
-                    benches.append({"name": f"{op}-{case}-{s}-{p}", "extra_info": info, "stats": {}})
+    facts = dict(device="fake GPU", copy_gbps=3000.0)
+    for op, params in (("mask_selection", mask_params), ("masked_adam", adam_params)):
+        for i, (case, s, p) in enumerate(params):
+            ms = ms_of(op, case, s, p) if ms_of else 0.1 * (i % 7 + 1)
+            info = dict(op=op, case=case, sparsity=s, provider=p, ms=ms, ms_graph=ms * 0.9, frac_of_copy=0.8,
+                        one_read_ms=0.05, op_bytes=10**6, ideal_ms=0.01, **facts)
+            if p.startswith("triton"):
+                info.update(model_bytes=2 * 10**6, launches=6)
+            benches.append({"name": f"{op}-{case}-{s}-{p}", "extra_info": info, "stats": {}})
+    for p, us in (("triton_topk", 12.0), ("triton_adam", 41.0)):
+        benches.append({"name": p, "extra_info": dict(op="host_cost", case="impala_w3", sparsity=0.0, provider=p,
+                                                      us_per_call=us, ms=us * 1e-3, **facts), "stats": {}})
     path.write_text(json.dumps({"benchmarks": benches}))
 
 
 def test_summarize_writes_markdown_and_plot(tmp_path, capsys):
     src = tmp_path / "fake.json"
-    _fake_results(src)
+    _fake_results(src, bench_kernels.mask_params("all"), bench_kernels.adam_params("all"))
     summarize.main([str(src), "--out-dir", str(tmp_path / "out")])
     text = (tmp_path / "out" / "fake.md").read_text()
     assert "## Mask selection" in text and "## Masked Adam" in text and "## Targets" in text
-    assert "| impala_w5 | 0.99 |" in text and "MISSED" in text  # fake data misses e.g. the 20x target
+    assert "traffic model against achieved" in text and "| impala_w5 | 0.99 |" in text and "MISSED" in text
     assert (tmp_path / "out" / "fake.png").stat().st_size > 10_000
     assert "Kernel benchmarks" in capsys.readouterr().out
+
+
+def test_target_rows_judge_each_target(tmp_path):
+    # Times chosen so that each target's verdict is known: the Triton providers take 1 ms, baselines vary.
+    base = {"topk_loop": 5.0, "sort": 10.0, "torch_fused_nomask": 0.99, "torch_fused_mask": 2.5, "triton": 1.0}
+
+    def ms_of(op, case, s, p):
+        if op == "masked_adam" and p == "torch_fused_mask":
+            return 6.0 if s == 0.99 else 2.5
+        return base.get(p, 1.0)
+
+    src = tmp_path / "r.json"
+    _fake_results(src, bench_kernels.mask_params("proof"), bench_kernels.adam_params("proof"), ms_of)
+    rows = summarize.target_rows(src)
+    assert len(rows) == 10 and all(set(r) == {"target", "goal", "measured", "met"} for r in rows)
+    verdicts = [r["met"] for r in rows]
+    # one read: 1 ms / 0.05 ms = 20 (missed twice); 5x over the loop (met); 10x over sort (missed);
+    # 80% of copy bandwidth (missed); 1/0.99 > 1.02? no: 1.0101 (met); 2.5x at 95% (met); 6x at 99% (met);
+    # host costs 12 us (met) and 41 us (missed).
+    assert verdicts == [False, True, False, False, False, True, True, True, True, False], rows
+    assert rows[0]["measured"] == pytest.approx(20.0) and rows[0]["goal"] == "<= 1.5"
+    assert rows[2]["measured"] == pytest.approx(0.9 / 0.05)  # the graph time, as the target says
+    empty = tmp_path / "empty.json"
+    empty.write_text(json.dumps({"benchmarks": []}))
+    assert all(r["met"] is None and r["measured"] is None for r in summarize.target_rows(empty))
 
 
 def test_end_to_end_bench_measures_a_tiny_cpu_run():

@@ -56,24 +56,26 @@ def test_masked_adam_matches_reference(moments, grad_dtype, step_on_device):
         for g in grads:
             g.copy_(torch.randn(g.shape, device=DEVICE))
         kw = dict(step=step_t if step_on_device else step, lr=3e-3, beta1=0.9, beta2=0.999, eps=1e-6,
-                  moments=moments)
+                  weight_decay=0.1 if step_on_device else 0.0, moments=moments)
         masked_adam_triton_(got[0], grads, got[1], got[2], masks, block=32, **kw)
         masked_adam_ref_(want[0], grads, want[1], want[2], masks, **kw)
     for g, w in zip(got, want):
         assert_lists_close(g, w)
 
 
-@pytest.mark.parametrize("moments", MOMENTS_MODES)
-def test_masked_adam_tracks_torch_adam_many_steps(moments):
+@pytest.mark.parametrize("moments, weight_decay", [("faithful", 0.0), ("faithful", 0.05), ("reset", 0.05),
+                                                   ("frozen", 0.05)])
+def test_masked_adam_tracks_torch_adam_many_steps(moments, weight_decay):
     # 100 steps of torch.optim.Adam + p.mul_(mask) (the project's faithful recipe), with the moments
     # option applied by hand; fresh random gradients each step; the mask changes halfway (a pruning update).
+    # Weight decay is torch.optim.Adam's coupled one (g + wd * p), fused into the same launch.
     shapes = [(20, 9), (17,), (4, 3, 3)]
     params, grads, m, v, masks = make_state(shapes, sparsity=0.5, unmasked=(1,))
     ours = [p.clone() for p in params]
     ours_m = [torch.zeros_like(p) for p in params]
     ours_v = [torch.zeros_like(p) for p in params]
     theirs = [p.clone().requires_grad_() for p in params]
-    opt = torch.optim.Adam(theirs, lr=1e-2, betas=(0.9, 0.99), eps=1.5e-4, foreach=False)
+    opt = torch.optim.Adam(theirs, lr=1e-2, betas=(0.9, 0.99), eps=1.5e-4, weight_decay=weight_decay, foreach=False)
     for step in range(1, 101):
         if step == 50:
             masks[0] &= torch.rand(shapes[0], device=DEVICE) < 0.5
@@ -100,7 +102,7 @@ def test_masked_adam_tracks_torch_adam_many_steps(moments):
                     state["exp_avg"].mul_(mask)
                     state["exp_avg_sq"].mul_(mask)
         masked_adam_triton_(ours, grads, ours_m, ours_v, masks, step=step, lr=1e-2, beta1=0.9, beta2=0.99,
-                            eps=1.5e-4, moments=moments, block=128)
+                            eps=1.5e-4, weight_decay=weight_decay, moments=moments, block=128)
         for p, mask in zip(ours, masks):
             if mask is not None:
                 assert bool((p[~mask] == 0).all()), f"step {step}: a pruned weight is not exactly zero"
@@ -122,12 +124,14 @@ def test_frozen_moments_of_pruned_weights_are_bit_identical():
 def test_pruned_are_zero_never_touches_pruned_weights(moments):
     # With the promise, pruned weights are neither read nor written: poison them and check both facts.
     params, grads, m, v, masks = make_state([(200,), (9, 9)], sparsity=0.8)
-    masks[1][:] = False  # a fully pruned tensor: in frozen mode its blocks are skipped outright
+    masks[1][:] = False  # a fully pruned tensor
+    params[1].zero_()  # the promise
     want = clone_all(params, m, v)
-    masked_adam_ref_(want[0], grads, want[1], want[2], masks, step=2, lr=1e-3, moments=moments)
+    # With weight decay, a pruned weight that was read would reach the moments through g + wd * p.
+    masked_adam_ref_(want[0], grads, want[1], want[2], masks, step=2, lr=1e-3, weight_decay=0.1, moments=moments)
     poisoned = [p.masked_fill(~mask, float("nan")) for p, mask in zip(params, masks)]
     got_m, got_v = clone_all(m, v)
-    masked_adam_triton_(poisoned, grads, got_m, got_v, masks, step=2, lr=1e-3, moments=moments,
+    masked_adam_triton_(poisoned, grads, got_m, got_v, masks, step=2, lr=1e-3, weight_decay=0.1, moments=moments,
                         pruned_are_zero=True, block=16)
     for p, w, mask in zip(poisoned, want[0], masks):
         assert bool(p[~mask].isnan().all())  # untouched
@@ -198,7 +202,8 @@ def adam_cases(draw):
     seed = draw(st.integers(0, 2**31 - 1))
     kw = dict(step=draw(st.integers(1, 10_000)), lr=draw(st.sampled_from([1e-4, 6.25e-5, 1e-2])),
               beta1=draw(st.sampled_from([0.9, 0.0, 0.5])), beta2=draw(st.sampled_from([0.999, 0.99])),
-              eps=draw(st.sampled_from([1e-8, 1.5e-4, 3.125e-4])), moments=draw(st.sampled_from(MOMENTS_MODES)))
+              eps=draw(st.sampled_from([1e-8, 1.5e-4, 3.125e-4])), moments=draw(st.sampled_from(MOMENTS_MODES)),
+              weight_decay=draw(st.sampled_from([0.0, 0.0, 1e-2])))
     return shapes, unmasked, sparsity, seed, kw, draw(st.sampled_from([16, 64, 1024]))
 
 
@@ -246,7 +251,7 @@ def test_masked_adam_op_under_torch_compile():
 def test_masked_adam_op_registration_opcheck():
     params, grads, m, v, masks = make_state([(20,), (3, 3)], unmasked=(1,))
     torch.library.opcheck(torch.ops.prunerl.masked_adam_.default,
-                          (params, grads, m, v, masks, None, 2, 1e-3, 0.9, 0.999, 1e-8, "frozen", False, 16),
+                          (params, grads, m, v, masks, None, 2, 1e-3, 0.9, 0.999, 1e-8, 0.01, "frozen", False, 16),
                           test_utils=("test_schema", "test_faketensor"))
 
 

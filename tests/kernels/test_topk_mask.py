@@ -1,7 +1,9 @@
 """Triton segmented radix select vs the sort-based reference: masks must be bit-identical.
 
 On a CPU-only machine the launcher runs under TRITON_INTERPRET=1 (tests/conftest.py), so shapes stay small;
-`block` is shrunk so that tensors span many blocks and the cross-block tie scan is exercised.
+`block` is shrunk so that tensors span many blocks and the cross-block tie scan is exercised, and `slots`
+is varied so that both the candidate slots and the overflow path (re-reading the weights) are exercised.
+Repeated calls on the same weights take the warm-start path; `select_stats` says which path each took.
 """
 
 import math
@@ -13,7 +15,7 @@ from hypothesis import strategies as st
 
 import kernels
 from kernels.reference import topk_magnitude_masks_ref
-from kernels.topk_mask import topk_magnitude_masks_triton
+from kernels.topk_mask import select_stats, topk_magnitude_masks_triton
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -67,18 +69,21 @@ def test_topk_many_segments_of_very_different_sizes():
     counts = random_counts(weights)
     counts[0], counts[3], counts[7] = 0, 1000, 1
     assert_same_masks(weights, counts, block=32)
+    assert_same_masks(weights, random_counts(weights), block=32)  # warm, from the first call's histograms
 
 
 # --- ties ----------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("levels", [1, 2, 5, 33])
-def test_topk_heavy_ties_quantised(levels):
+@pytest.mark.parametrize("levels, slots", [(1, 4), (2, 16), (5, 4), (33, 8)])
+def test_topk_heavy_ties_quantised(levels, slots):
     # Few distinct magnitudes (and both signs of each): the threshold value is shared by many elements
-    # spread over many blocks, so the tie break by flat index decides most of the mask.
+    # spread over many blocks, so the tie break by flat index decides most of the mask. With few slots most
+    # blocks overflow (and re-read their weights); with all 16, the candidates are ranked from the slots.
     weights = [(torch.randint(-levels, levels + 1, s, device=DEVICE) / 4.0) for s in [(700,), (13, 17), (40,)]]
     for _ in range(3):
-        assert_same_masks(weights, random_counts(weights), block=16)
+        assert_same_masks(weights, random_counts(weights), block=16, slots=slots)
+    assert any(select_stats(weights, block=16, slots=slots)["tie"])
 
 
 def test_topk_exact_zeros_and_negative_zeros():
@@ -95,6 +100,75 @@ def test_topk_all_equal_every_count():
     w = torch.full((37,), -0.5, device=DEVICE)
     for k in range(0, 38, 3):
         assert_same_masks([w], [k], block=16)
+
+
+# --- warm start -------------------------------------------------------------------------------------------------
+
+
+def test_topk_warm_start_follows_a_gmp_schedule():
+    """A GMP run's mask updates: keep counts shrink and the surviving weights drift a little between
+    updates; each call starts from the previous call's histogram. Every mask is exact; the guess holds
+    for most calls (never for the first, which has nothing to start from)."""
+    weights = [torch.randn(s, device=DEVICE) for s in [(40, 30), (500,), (7, 9)]]
+    held = []
+    for update, sparsity in enumerate([0.2, 0.4, 0.55, 0.7, 0.8, 0.9]):
+        counts = [max(1, round(w.numel() * (1 - sparsity))) for w in weights]
+        masks = assert_same_masks(weights, counts, block=64)
+        warm = select_stats(weights, block=64)["warm"]
+        if update == 0:
+            assert not any(warm)
+        else:
+            held += warm
+        for w, m in zip(weights, masks):  # the pruned weights become 0; the others take a few Adam steps
+            w.mul_(m).add_(0.01 * torch.randn_like(w) * m)
+    assert sum(held) >= 0.8 * len(held), held
+
+
+def test_topk_wrong_warm_start_guess_falls_back():
+    weights = [torch.randn(s, device=DEVICE) for s in [(600,), (20, 20)]]
+    assert_same_masks(weights, [100, 50], block=32)
+    weights[0].mul_(1000.0)  # every magnitude moves ~10 binades up: the guessed buckets hold nothing
+    weights[1].add_(1e-4 * torch.randn_like(weights[1]))  # barely moves: the guess holds
+    assert_same_masks(weights, [100, 50], block=32)
+    assert select_stats(weights, block=32)["warm"] == [False, True]
+    assert_same_masks(weights, [90, 45], block=32)  # the next call starts from the new histograms
+    assert select_stats(weights, block=32)["warm"] == [True, True]
+    assert_same_masks(weights, [90, 45], block=32, warm_start=False)
+    assert select_stats(weights, block=32)["warm"] == [False, False]
+
+
+def test_topk_warm_start_at_extreme_counts():
+    weights = [torch.randn(s, device=DEVICE) for s in [(300,), (1,), (5, 7)]]
+    weights[0][::4] = 0.25  # a tie at many counts
+    n = [w.numel() for w in weights]
+    for i, counts in enumerate(([30, 1, 10], [0, 0, 0], [1, 1, 1], n, [k - 1 for k in n], [76, 0, 35], [41, 1, 2])):
+        assert_same_masks(weights, counts, block=32, slots=4)
+        # Unchanged weights: the previous histogram gives every rank exactly, so the guess always holds.
+        assert select_stats(weights, block=32, slots=4)["warm"] == [i > 0] * 3
+    weights[0][7] = 1e6  # a new largest weight, above every bucket seen before: small k still guess right
+    assert_same_masks(weights, [1, 1, 1], block=32, slots=4)
+    assert select_stats(weights, block=32, slots=4)["warm"] == [True] * 3
+
+
+def test_topk_tie_scan_carries_across_chunks(monkeypatch):
+    # A segment spans more blocks than one iteration of the tie scan handles (shrunk from 1024 to 4 here).
+    from kernels import topk_mask
+
+    monkeypatch.setattr(topk_mask, "SCAN_CHUNK", 4)
+    weights = [torch.randint(-2, 3, (400,), device=DEVICE) / 2.0, torch.randint(-1, 2, (50,), device=DEVICE) / 2.0]
+    for counts in ([150, 20], [260, 31]):
+        assert_same_masks(weights, counts, block=16, slots=16)
+        assert select_stats(weights, block=16, slots=16)["tie"] == [True, True]
+
+
+@pytest.mark.parametrize("slots", [1, 32])
+def test_topk_candidate_slots_overflow_or_not(slots):
+    # slots=1: nearly every block overflows and reads its weights in every pass; slots=block: none does.
+    weights = [torch.randn(s, device=DEVICE) for s in [(500,), (9, 20)]]
+    for counts in ([50, 90], [40, 80]):
+        assert_same_masks(weights, counts, block=32, slots=slots)
+        stats = select_stats(weights, block=32, slots=slots)
+        assert (stats["overflowed_blocks"] > 0) == (slots == 1), stats
 
 
 # --- NaN / Inf / subnormals -------------------------------------------------------------------------------------
@@ -119,10 +193,14 @@ def test_topk_nan_inf_rule():
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_topk_low_precision_weights(dtype):
+    # Few distinct values at low precision: ties at the threshold are the rule, not the exception.
     weights = [torch.randn(s, device=DEVICE).to(dtype) for s in [(300,), (9, 11)]]
     weights[0][::5] = 0
+    weights[0][1::7] = -0.0
     weights[1][0, 0] = float("inf")
-    assert_same_masks(weights, random_counts(weights), block=32)
+    weights[1][1, :] = torch.tensor(1e-40 if dtype == torch.bfloat16 else 1e-7, dtype=dtype)  # subnormals
+    for _ in range(2):  # cold, then warm
+        assert_same_masks(weights, random_counts(weights), block=32)
 
 
 # --- device keep counts, out=, fused zeroing -----------------------------------------------------------------
@@ -214,15 +292,18 @@ def segment_sets(draw):
             w[int(torch.randint(0, n, (), generator=gen))] = draw(st.sampled_from([math.inf, -math.inf, math.nan]))
         weights.append(w.to(DEVICE))
     counts = [draw(st.integers(0, n)) for n in sizes]
-    block = draw(st.sampled_from([16, 32, 256]))
-    return weights, counts, block
+    block = draw(st.sampled_from([32, 64, 256]))
+    slots = draw(st.sampled_from([1, 4, block]))  # overflowing, tight, never full
+    return weights, counts, block, slots
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(segment_sets())
-def test_topk_property_matches_reference(case):
-    weights, counts, block = case
-    assert_same_masks(weights, counts, block=block)
+@given(segment_sets(), st.booleans())
+def test_topk_property_matches_reference(case, again):
+    weights, counts, block, slots = case
+    assert_same_masks(weights, counts, block=block, slots=slots)
+    if again:  # warm: the same weights with other counts
+        assert_same_masks(weights, [n // 2 for n in counts], block=block, slots=slots)
 
 
 # --- integration: public op, torch.library, torch.compile --------------------------------------------------------
@@ -256,7 +337,7 @@ def test_topk_op_registration_opcheck():
     weights = [torch.randn(s, device=DEVICE) for s in [(20,), (3, 3)]]
     out = [torch.empty(w.shape, dtype=torch.bool, device=DEVICE) for w in weights]
     torch.library.opcheck(torch.ops.prunerl.topk_magnitude_masks_.default,
-                          (weights, torch.tensor([4, 9], device=DEVICE), out, True, [], [], 16),
+                          (weights, torch.tensor([4, 9], device=DEVICE), out, True, [], [], 16, 4, True),
                           test_utils=("test_schema", "test_faketensor"))
 
 

@@ -1,0 +1,42 @@
+"""Host cost per call of the two ops with the Triton launches stubbed out: under 30 us at DQN-Impala x3
+(17 prunable tensors for the masks; 34 parameters, their moments and 17 masks for Adam). Before the launch
+plans were cached it was ~140 us (masks) and ~370 us (Adam) on the same CPU: bench/results/host_cost_cpu.json.
+
+The time is the median over many calls, the minimum over repeats (robust to other processes on the cores).
+"""
+
+import importlib.util
+import pathlib
+
+import pytest
+import torch
+
+_spec = importlib.util.spec_from_file_location(
+    "_bench_kernels", pathlib.Path(__file__).resolve().parents[2] / "bench" / "bench_kernels.py")
+bench_kernels = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(bench_kernels)
+
+TARGET_US = 30.0
+# CI machines differ in speed and load: the test fails above 1.5x the target (the uncached calls cost 5-14x
+# it), and bench/host_cost.py records the measured figure against the target itself.
+CI_LIMIT_US = 1.5 * TARGET_US
+
+
+@pytest.mark.parametrize("op", ["topk", "adam"])
+def test_host_cost_per_call_under_target(op, monkeypatch):
+    monkeypatch.setenv("PRUNERL_KERNELS", "triton")  # the Triton path on the CPU (launches stubbed)
+    us = bench_kernels.host_cost_us(op, "cpu", width=3, calls=100, repeats=9)
+    assert us < CI_LIMIT_US, f"{op}: {us:.1f} us per call (target {TARGET_US:g} us)"
+
+
+def test_stubbed_launches_launch_nothing(monkeypatch):
+    monkeypatch.setenv("PRUNERL_KERNELS", "triton")
+    import kernels
+
+    w = [torch.randn(100)]
+    out = [torch.ones(100, dtype=torch.bool)]
+    with bench_kernels.stubbed_launches():
+        kernels.topk_magnitude_masks(w, [3], out=out)
+        assert bool(out[0].all())  # nothing ran
+    kernels.topk_magnitude_masks(w, [3], out=out)  # the kernels are back
+    assert int(out[0].sum()) == 3

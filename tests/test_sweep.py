@@ -1,0 +1,376 @@
+"""agents.sweep: grid expansion, run IDs, run states, resources, retries (fast), and a real local sweep that is
+killed at a random moment and restarted (slow)."""
+
+import csv
+import hashlib
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from agents import evaluation
+from agents.envs import resolve_game
+from agents.sweep import format_frames, main, plan_resources, summary_line
+from agents.sweep_exec import (
+    Launcher,
+    child_env,
+    execute_run,
+    inspect_run,
+    run_lock,
+    state_path,
+    train_command,
+    write_json,
+)
+from agents.sweep_grid import (
+    GAME_SETS,
+    SpecError,
+    build_sweep,
+    expand_braces,
+    load_spec,
+    parse_overrides,
+    parse_seeds,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+# A few seconds of training per run: the demo preset shrunk hard, pruned to 95% by gradient step 40 of 50, three
+# iterations (a checkpoint after each, holding the replay, so a resumed run keeps its schedule).
+TINY = ("--env.num-envs 4 --total-steps 600 --iteration-steps 200 --agent.min-replay 200 --replay-ratio 0.125 "
+        "--agent.batch-size 8 --agent.target-update-period 200 --pruning.start-step 0 --pruning.end-step 40 "
+        "--pruning.update-freq 10 --replay-capacity 2000 --log-every 100 --device cpu --no-tensorboard")
+
+
+def tiny_spec(path: Path, name: str, games=("Pong",), seeds="1..2") -> Path:
+    path.write_text(f'name = "{name}"\npresets = ["demo"]\ngames = {json.dumps(list(games))}\nseeds = "{seeds}"\n'
+                    f'overrides = ["{TINY}"]\n')
+    return path
+
+
+def sweep_env() -> dict:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT)}
+
+
+# --- the grid ----------------------------------------------------------------------------------------------------
+def test_brace_patterns_expand_like_bash():
+    assert expand_braces("dqn_impala_w{1..3}_{dense,gmp95}") == [
+        "dqn_impala_w1_dense", "dqn_impala_w1_gmp95", "dqn_impala_w2_dense", "dqn_impala_w2_gmp95",
+        "dqn_impala_w3_dense", "dqn_impala_w3_gmp95"]
+    assert expand_braces("a{3..1}") == ["a3", "a2", "a1"]
+    assert expand_braces("plain") == ["plain"]
+    for bad in ("a{1..2", "a{x}", "a}"):
+        with pytest.raises(SpecError):
+            expand_braces(bad)
+
+
+def test_fig1_spec_expands_to_the_papers_grid():
+    sweep = load_spec(ROOT / "examples" / "sweeps" / "fig1.toml")
+    assert sweep.name == "fig1" and len(sweep.runs) == 2 * 5 * 2 * 15 * 5
+    ids = [r.run_id for r in sweep.runs]
+    assert len(set(ids)) == len(ids)
+    assert {r.game for r in sweep.runs} == set(evaluation.PAPER_15_GAMES)
+    assert {r.seed for r in sweep.runs} == {1, 2, 3, 4, 5}
+    assert {r.preset for r in sweep.runs} == {f"{a}_impala_w{w}_{s}" for a in ("dqn", "rainbow") for w in range(1, 6)
+                                              for s in ("dense", "gmp95")}
+    assert all(r.total_frames == 40_000_000 and r.run_id == f"{r.game}/{r.preset}/s{r.seed}" for r in sweep.runs)
+    assert [r.run_id for r in load_spec(ROOT / "examples" / "sweeps" / "fig1.toml").runs] == ids  # deterministic
+    record = sweep.to_json()
+    assert record["name"] == "fig1" and record["runs"][0] == {
+        "run_id": ids[0], "run_dir": ids[0], "preset": sweep.runs[0].preset, "game": sweep.runs[0].game,
+        "seed": sweep.runs[0].seed, "overrides": []}
+
+
+def test_game_sets_are_valid_games():
+    assert len(GAME_SETS["paper15"]) == 15 and len(GAME_SETS["atari57"]) == 57 and len(GAME_SETS["atari100k26"]) == 26
+    for games in GAME_SETS.values():
+        assert len(set(games)) == len(games)
+        assert all(resolve_game(g) == g for g in games)
+    assert set(GAME_SETS["atari100k26"]) <= set(GAME_SETS["atari57"])
+    sweep = build_sweep({"name": "s", "presets": "demo", "games": ["pong", "paper15", "atari100k26"], "seeds": 1}, "t")
+    games = [r.game for r in sweep.runs]
+    assert games[0] == "Pong" and len(games) == len(set(games)) == len(set(GAME_SETS["paper15"]) |
+                                                                        set(GAME_SETS["atari100k26"]))
+
+
+def test_seeds():
+    assert parse_seeds("1..5") == [1, 2, 3, 4, 5]
+    assert parse_seeds("0..2,10") == [0, 1, 2, 10]
+    assert parse_seeds([3, 1]) == [3, 1] and parse_seeds(7) == [7] and parse_seeds(["1..2", "5"]) == [1, 2, 5]
+    for bad in ("5..1", "1,x", [1, 1], 1.5, "1..3,2"):
+        with pytest.raises(SpecError):
+            parse_seeds(bad)
+
+
+def test_overrides_that_change_the_experiment_get_their_own_directory():
+    def run_id(*variant):
+        return build_sweep({"name": "s", "presets": "demo", "games": "Pong", "seeds": 1, "variants": [list(variant)]},
+                           "t").runs[0]
+
+    plain = run_id()
+    assert plain.run_id == "Pong/demo/s1" and plain.overrides == ()
+    ratio = run_id("--replay-ratio 1")
+    assert ratio.run_id.startswith("Pong/demo/s1-") and len(ratio.run_id) == len("Pong/demo/s1-") + 8
+    assert run_id("--replay-ratio=1").run_id == ratio.run_id  # the same experiment, spelled differently
+    assert run_id("--replay-ratio 0.5").run_id not in (ratio.run_id, plain.run_id)
+    # Options that never change what a run learns keep its directory (agents.config.RUNTIME_FIELDS).
+    runtime = run_id("--device cpu --max-minutes 30 --no-tensorboard --env.num-threads 2")
+    assert runtime.run_id == plain.run_id and "--max-minutes" in runtime.overrides
+    # An override that sets what the preset already has changes nothing either.
+    assert run_id("--network.width 1").run_id == plain.run_id
+
+
+def test_bad_specs_are_clear_errors(tmp_path, capsys):
+    good = {"name": "s", "presets": "demo", "games": "Pong", "seeds": 1}
+    for spec, message in [
+        ({**good, "gamez": "Pong"}, "unknown keys"),
+        ({**good, "presets": "dqn_impala_w{1..7}_dense"}, "unknown preset 'dqn_impala_w6_dense'"),
+        ({**good, "games": "Pongg"}, "Did you mean 'Pong'"),
+        ({**good, "games": "paper16"}, "Game sets: paper15, atari57, atari100k26"),
+        ({**good, "overrides": ["--seed 3"]}, "--seed is set by the sweep"),
+        ({**good, "overrides": ["--env.game=Pong"]}, "--env.game is set by the sweep"),
+        ({**good, "name": "../x"}, "name must be a simple directory name"),
+        ({"name": "s", "presets": "demo", "seeds": 1}, "missing ['games']"),
+        ({"name": "s"}, "has no runs"),
+        ({**good, "variants": [[], ["--device cpu"]]}, "appears twice"),
+        ({"name": "s", "runs": [{"preset": "demo", "game": "Pong"}]}, "runs[0] must have preset, game, seed"),
+    ]:
+        with pytest.raises(SpecError) as e:
+            build_sweep(spec, "spec.toml")
+        assert message in str(e.value), (spec, str(e.value))
+    for overrides, message in (("--no-such-option 3", "Unrecognized options"),
+                               ("--network.width 0", "width must be an integer >= 1")):
+        with pytest.raises(SpecError, match=f"agents.train rejects the overrides '{overrides}' for preset demo"):
+            build_sweep({**good, "overrides": [overrides]}, "t")
+        assert message in capsys.readouterr().err  # tyro's own message
+    (tmp_path / "bad.toml").write_text("name = [")
+    with pytest.raises(SpecError, match="not valid TOML"):
+        load_spec(tmp_path / "bad.toml")
+    assert parse_overrides(["--a 1", "--b=2 --c"]) == ("--a", "1", "--b=2", "--c")
+
+
+def test_explicit_runs_and_products_combine():
+    sweep = build_sweep({"name": "s", "presets": ["demo"], "games": ["Pong"], "seeds": "1..2",
+                         "runs": [{"preset": "dqn_impala_w1_gmp95", "game": "breakout", "seed": 7,
+                                   "overrides": ["--replay-ratio 1"]}]}, "t")
+    assert [r.run_id for r in sweep.runs][:2] == ["Pong/demo/s1", "Pong/demo/s2"]
+    extra = sweep.runs[2]
+    assert extra.game == "Breakout" and extra.seed == 7 and extra.run_id.startswith("Breakout/dqn_impala_w1_gmp95/s7-")
+
+
+def test_command_line_axes_and_dry_run(tmp_path, capsys):
+    code = main(["--name", "q", "--presets", "demo", "--games", "Pong", "Breakout", "--seeds", "1..2",
+                 "--sweeps-dir", str(tmp_path), "--dry-run", "--", "--total-steps", "3000"])
+    out = capsys.readouterr().out
+    assert code == 0 and "4 runs" in out and out.count("pending") == 5  # four rows and the summary line
+    assert "Breakout/demo/s2-" in out and "12.00k" in out  # 3000 agent steps = 12k frames
+    assert not (tmp_path / "q").exists(), "a dry run wrote something"
+    assert main(["--name", "q", "--presets", "demo", "--games", "Pong", "--seeds", "1", "--count"]) == 0
+    assert capsys.readouterr().out.strip() == "1"
+    with pytest.raises(SystemExit) as e:
+        main([str(ROOT / "examples" / "sweeps" / "fig1.toml"), "--presets", "demo"])
+    assert e.value.code == 2
+    with pytest.raises(SystemExit) as e:
+        main(["--name", "q", "--presets", "demo", "--games", "Pong", "--seeds", "1", "--", "--seed", "4"])
+    assert e.value.code == 2 and "--seed is set by the sweep" in capsys.readouterr().err
+    assert main([str(ROOT / "examples" / "sweeps" / "fig1.toml"), "--index", "1500"]) == 2
+
+
+# --- resources --------------------------------------------------------------------------------------------------
+def test_resources_fill_gpus_and_share_cores(capsys):
+    res = plan_resources(None, 3, None, gpus=["2", "5"], cores=24)
+    assert res.parallel == 6 and res.cpus_per_run == 4 and res.gpus_per_run == pytest.approx(1 / 3)
+    assert sorted(res.gpu_slots) == ["2", "2", "2", "5", "5", "5"]
+    res = plan_resources(None, 1, 2, gpus=[], cores=8)
+    assert res.parallel == 4 and res.cpus_per_run == 2 and res.gpus_per_run == 0 and res.gpu_slots == [None] * 4
+    res = plan_resources(3, 1, None, gpus=[], cores=8)
+    assert res.parallel == 3 and res.cpus_per_run == 2
+    assert "oversubscribes" not in capsys.readouterr().err
+    plan_resources(4, 1, 4, gpus=[], cores=8)
+    assert "oversubscribes" in capsys.readouterr().err
+    env = child_env(3, "5")
+    assert env["OMP_NUM_THREADS"] == "3" and env["CUDA_VISIBLE_DEVICES"] == "5"
+    assert str(ROOT) in env["PYTHONPATH"].split(os.pathsep)
+
+
+def test_frame_formatting():
+    assert format_frames(950) == "950" and format_frames(12_000) == "12.00k"
+    assert format_frames(40e6) == "40.00M" and format_frames(60e9) == "60.00G"
+
+
+# --- run states ----------------------------------------------------------------------------------------------------
+def _one_run(tmp_path):
+    sweep = build_sweep({"name": "s", "presets": "demo", "games": "Pong", "seeds": 1}, "t")
+    return sweep, tmp_path / "s", sweep.runs[0]
+
+
+def test_run_states_from_the_directory(tmp_path):
+    sweep, sweep_dir, run = _one_run(tmp_path)
+    directory = sweep_dir / run.run_id
+    assert inspect_run(sweep_dir, run).state == "pending"
+    (directory / "checkpoints").mkdir(parents=True)
+    (directory / "checkpoints" / "ckpt_000000001500.pt").write_bytes(b"")
+    (directory / "metrics.jsonl").write_text(json.dumps({"agent_steps": 1500, "frames": 6000, "charts/FPS": 120.0})
+                                             + '\n{"agent_steps": 16')  # a row being written
+    st = inspect_run(sweep_dir, run)
+    assert st.state == "partial" and st.frames == 6000 and st.fps is None
+    with run_lock(state_path(sweep_dir, run, ".lock"), wait=False) as fd:
+        assert fd is not None
+        st = inspect_run(sweep_dir, run)
+        assert st.state == "running" and st.fps == 120.0
+        line = summary_line(sweep, [st])
+        assert "1 running" in line and "6.00k / 24.00k (25%)" in line and "120 frames/s" in line
+        assert "ETA 2m30s" in line  # 18,000 frames left at 120 frames/s
+        assert execute_run(sweep_dir, run, runtime=[], env={}, retries=0, launches=1,
+                           launcher=Launcher()) == "busy"
+    write_json(state_path(sweep_dir, run, ".json"), {"launches": 2, "failures": 2, "last_exit": 1,
+                                                     "last_error": "exit code 1:\nboom"})
+    st = inspect_run(sweep_dir, run)
+    assert st.state == "failed" and st.failures == 2 and "boom" in st.last_error
+    (directory / "summary.json").write_text(json.dumps({"finished": True}))
+    assert inspect_run(sweep_dir, run).state == "done"
+
+
+def test_every_launch_is_the_same_train_command(tmp_path):
+    _, sweep_dir, run = _one_run(tmp_path)
+    assert train_command(sweep_dir, run, ["--no-progress"])[1:] == [
+        "-m", "agents.train", "--preset", "demo", "--env.game", "Pong", "--seed", "1", "--runs-dir",
+        str(sweep_dir / "Pong" / "demo"), "--run-name", "s1", "--no-progress"]
+    ratio = build_sweep({"name": "s", "presets": "demo", "games": "Pong", "seeds": 1,
+                         "overrides": ["--replay-ratio=1 --device cpu"]}, "t").runs[0]
+    assert train_command(sweep_dir, ratio, [])[-5:] == ["--run-name", ratio.run_id.split("/")[-1],
+                                                        "--replay-ratio=1", "--device", "cpu"]
+
+
+def test_failed_runs_are_retried_and_keep_their_last_error(tmp_path, capsys, monkeypatch):
+    import agents.sweep_exec
+
+    failing = [sys.executable, "-c", "import sys; print('boom: the learner diverged'); sys.exit(1)"]
+    monkeypatch.setattr(agents.sweep_exec, "train_command", lambda *a: failing)
+    axes = ["--name", "f", "--presets", "demo", "--games", "Pong", "--seeds", "1", "--sweeps-dir", str(tmp_path)]
+    state_file = tmp_path / "f" / "_sweep" / "Pong__demo__s1.json"
+    assert main([*axes, "--retries", "2"]) == 1
+    err = capsys.readouterr().err
+    assert "failed: Pong/demo/s1 after 3 launches" in err and "boom" in err
+    state = json.loads(state_file.read_text())
+    assert state["launches"] == 3 and state["failures"] == 3 and state["last_exit"] == 1
+    assert state["last_error"] == "exit code 1:\nboom: the learner diverged" and state["command"] == failing
+    assert (tmp_path / "f" / "_sweep" / "Pong__demo__s1.log").read_text().count("=== launch") == 3
+    assert main([*axes, "--retries", "2"]) == 1  # retries used up, counted across invocations: no launch
+    assert json.loads(state_file.read_text())["launches"] == 3
+    assert main([*axes, "--retries", "3"]) == 1  # one more allowed: one more launch
+    assert json.loads(state_file.read_text())["launches"] == 4
+    capsys.readouterr()
+    assert main(["status", *axes]) == 1
+    out = capsys.readouterr().out
+    assert "Pong/demo/s1  failed" in out and "boom" in out and "1 failed" in out
+    assert main([*axes, "--retries", "0", "--retry-failed"]) == 1
+    assert json.loads(state_file.read_text())["launches"] == 5
+
+
+@pytest.mark.slow
+def test_a_directory_with_another_experiment_fails_without_retries(tmp_path, capsys):
+    # The run's directory holds a run of another experiment: agents.train refuses it (exit 2), naming the field.
+    axes = ["--name", "x", "--presets", "demo", "--games", "Pong", "--seeds", "1", "--sweeps-dir", str(tmp_path)]
+    from agents.config import get_preset
+
+    config = get_preset("demo").to_dict()
+    config["env"]["game"], config["seed"], config["network"]["width"] = "Pong", 1, 3
+    saved = json.dumps({"config": config})
+    (tmp_path / "x" / "Pong" / "demo" / "s1").mkdir(parents=True)
+    (tmp_path / "x" / "Pong" / "demo" / "s1" / "config.json").write_text(saved)
+    assert main([*axes, "--retries", "3"]) == 1
+    state = json.loads((tmp_path / "x" / "_sweep" / "Pong__demo__s1.json").read_text())
+    assert state["launches"] == 1 and state["last_exit"] == 2 and "--network.width" in state["last_error"]
+    assert (tmp_path / "x" / "Pong" / "demo" / "s1" / "config.json").read_text() == saved
+
+
+# --- a real sweep, killed and restarted ------------------------------------------------------------------------------
+def read_csv(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def digest(directory: Path) -> dict:
+    """Every file of a directory: its bytes' hash and modification time."""
+    return {str(p.relative_to(directory)): (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
+            for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def latest_checkpoint_step(directory: Path) -> int:
+    steps = [int(p.stem.split("_")[1]) for p in (directory / "checkpoints").glob("ckpt_*.pt")]
+    return max(steps, default=0)
+
+
+def check_consistent_runs(sweep_dir: Path, runs: list[str]) -> None:
+    """Every run finished, with one row per iteration, the gradient-step schedule of its config (replay ratio
+    0.125 from agent step 200 on), no duplicate log rows, and its target sparsity. Agent steps pass an iteration's
+    end by less than one step of the 4 envs (an env that resets adds no transition)."""
+    for run_id in runs:
+        d = sweep_dir / run_id
+        summary = json.loads((d / "summary.json").read_text())
+        assert summary["finished"] and 600 <= summary["agent_steps"] < 604, (run_id, summary)
+        assert summary["total_sparsity"] == pytest.approx(0.95, abs=2e-3), run_id
+        rows = read_csv(d / "iterations.csv")
+        assert [int(r["iteration"]) for r in rows] == [1, 2, 3], run_id
+        for i, r in enumerate(rows, 1):
+            steps, grad_steps = int(r["agent_steps"]), int(r["grad_steps"])
+            assert 200 * i <= steps < 200 * i + 4, (run_id, r)
+            assert abs(grad_steps - 0.125 * max(steps - 200, 0)) <= 1.5, (run_id, r)
+        assert summary["grad_steps"] == int(rows[-1]["grad_steps"])
+        steps = [json.loads(line)["agent_steps"] for line in (d / "metrics.jsonl").read_text().splitlines()]
+        assert steps == sorted(set(steps)) and steps[-1] >= 600, (run_id, steps)
+        episodes = [tuple(r.values()) for r in read_csv(d / "episodes.csv")]
+        assert len(episodes) == len(set(episodes)), run_id
+        assert [int(e[0]) for e in episodes] == sorted(int(e[0]) for e in episodes), run_id
+        config = json.loads((d / "config.json").read_text())["config"]
+        assert config["pruning"]["final_sparsity"] == 0.95 and config["total_steps"] == 600
+
+
+@pytest.mark.slow
+def test_killed_sweep_restarts_and_completes_every_run(tmp_path):
+    spec = tiny_spec(tmp_path / "tiny.toml", "tiny", games=("Pong", "Breakout"))
+    sweep_dir = tmp_path / "sweeps" / "tiny"
+    cmd = [sys.executable, "-m", "agents.sweep", str(spec), "--sweeps-dir", str(tmp_path / "sweeps"), "--parallel",
+           "2", "--log-interval", "2"]
+    run_ids = [r.run_id for r in load_spec(spec).runs]
+    # The whole process group (the sweep and its training processes) dies at once, as on a lost machine.
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=sweep_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
+    # A random moment among those when some run has finished and another one is between two checkpoints.
+    rng = random.Random()
+    deadline = time.time() + 600
+    while time.time() < deadline and proc.poll() is None:
+        done = [r for r in run_ids if (sweep_dir / r / "summary.json").exists()]
+        mid = [r for r in run_ids if r not in done and 0 < latest_checkpoint_step(sweep_dir / r) < 600]
+        if done and mid and rng.random() < 0.2:
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, "the sweep ended before it could be killed:\n" + proc.communicate()[0]
+    os.killpg(proc.pid, signal.SIGKILL)
+    first_output = proc.communicate()[0]
+    finished = [r for r in run_ids if (sweep_dir / r / "summary.json").exists()]
+    interrupted = [r for r in run_ids if r not in finished and latest_checkpoint_step(sweep_dir / r) > 0]
+    assert finished and interrupted, first_output
+    before = {r: digest(sweep_dir / r) for r in finished}
+
+    out = subprocess.run(cmd, cwd=ROOT, env=sweep_env(), capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert f"{len(run_ids) - len(finished)} of {len(run_ids)} runs to do" in out.stdout
+    for r in finished:
+        assert digest(sweep_dir / r) == before[r], f"finished run {r} was touched by the restart"
+        assert f"[start] {r}" not in out.stdout
+    check_consistent_runs(sweep_dir, run_ids)
+    for r in interrupted:
+        state = json.loads(state_path(sweep_dir, load_spec(spec).runs[run_ids.index(r)], ".json").read_text())
+        assert state["launches"] == 2 and state["failures"] == 0, state
+    assert "4 done, 0 running, 0 partial, 0 failed, 0 pending of 4" in out.stdout
+    listed = json.loads((sweep_dir / "sweep.json").read_text())
+    assert [r["run_dir"] for r in listed["runs"]] == run_ids and all((sweep_dir / r).is_dir() for r in run_ids)
+
+    status = subprocess.run([sys.executable, "-m", "agents.sweep", "status", str(spec), "--sweeps-dir",
+                             str(tmp_path / "sweeps")], cwd=ROOT, env=sweep_env(), capture_output=True, text=True)
+    assert status.returncode == 0 and "4 done" in status.stdout, status.stdout + status.stderr
