@@ -165,7 +165,7 @@ class Trainer:
         self.optimizer = MaskedAdam(self.online.parameters(), lr=cfg.agent.lr, eps=cfg.agent.adam_eps,
                                     masks=self.pruner.mask_for() if self.pruner else None,
                                     moments=cfg.pruning.moments, mask_gradients=cfg.pruning.mask_gradients,
-                                    **_weight_decay(cfg.agent.weight_decay))
+                                    weight_decay=cfg.agent.weight_decay)
         if isinstance(self.pruner, RigL):
             self.pruner.optimizer = self.optimizer  # it zeroes the moments of the connections it grows
         replay_device = self.device if cfg.replay_device == "auto" else torch.device("cpu")
@@ -706,18 +706,6 @@ def _fast_cpu_math() -> None:
     """Flush denormals to zero on the CPU, as GPUs' fast paths do. Near convergence Adam's second moments
     (squared tiny gradients) fall into the denormal range, and x86 then runs 10x or more slower."""
     torch.set_flush_denormal(True)
-
-
-def _weight_decay(wd: float) -> dict:
-    """MaskedAdam's weight_decay argument (fused into kernels.masked_adam_), or a clear error where this version's
-    MaskedAdam has none."""
-    if not wd:
-        return {}
-    import inspect
-
-    if "weight_decay" not in inspect.signature(MaskedAdam).parameters:
-        raise ValueError("--agent.weight-decay needs MaskedAdam(weight_decay=...), which this version lacks")
-    return {"weight_decay": wd}
 
 
 def _seed_everything(seed: int) -> None:

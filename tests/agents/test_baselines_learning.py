@@ -1,7 +1,6 @@
 """The paper's comparisons learn the chain MDP through the real training loop (DQN, Impala x1), and their presets
 are the paper's baselines: each differs from its dense twin in the method's fields only, at the paper's values."""
 
-import inspect
 import math
 
 import pytest
@@ -9,7 +8,6 @@ import torch
 
 from agents.config import PRESETS, experiment_fields
 from agents.plasticity import ReDoConfig, ResetConfig
-from agents.pruning import MaskedAdam
 from agents.rigl import RigLConfig
 from agents.train import Trainer
 from tests.agents.chain_env import ChainEnv
@@ -33,12 +31,8 @@ def _assert_learned(scores, what):
     assert scores[-1] > 0.9, f"{what} did not learn the chain: scores per iteration {scores}"
 
 
-WD_FUSED = "weight_decay" in inspect.signature(MaskedAdam).parameters
-needs_wd = pytest.mark.skipif(not WD_FUSED, reason="waits for MaskedAdam(weight_decay=...) in the fused Adam")
-
-
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["redo", "reset", "l2", "rigl", pytest.param("wd", marks=needs_wd)])
+@pytest.mark.parametrize("method", ["redo", "reset", "l2", "rigl", "wd"])
 def test_methods_learn_the_chain(tmp_path, method):
     cfg = chain_config(fast_dqn(), sparsity=0.9 if method == "rigl" else 0.0, total_steps=4000)
     if method == "wd":
@@ -115,7 +109,6 @@ def test_the_methods_compose_with_the_other_agents(tmp_path, agent):
         assert int(m.sum()) == n and torch.all(w[~m] == 0)
 
 
-@needs_wd
 def test_weight_decay_is_coupled_and_reaches_the_trainers_adam(tmp_path):
     """--agent.weight-decay: wd * w joins the gradient before Adam's moments (torch.optim.Adam's weight_decay,
     the ReDo lab's add_decayed_weights then Adam), in the trainer's own optimizer."""
