@@ -18,7 +18,9 @@ from typing import Literal
 
 from agents.envs import EnvConfig
 from agents.networks import NetworkConfig
+from agents.plasticity import ReDoConfig, ResetConfig
 from agents.pruning import PruningConfig
+from agents.rigl import RigLConfig
 
 AgentName = Literal["dqn", "rainbow", "iqn", "miqn"]
 
@@ -69,6 +71,9 @@ class AgentConfig:
     """M-IQN: scale of the Munchausen term (Vieillard et al. 2020; not given in the paper)."""
     munchausen_clip: float = -1.0
     """M-IQN: lower clip l0 of the scaled log-policy (Vieillard et al. 2020; not given in the paper)."""
+    weight_decay: float = 0.0
+    """Coupled weight decay: wd * w added to the gradient before Adam's moments (the ReDo lab's
+    optax.add_decayed_weights then Adam, not AdamW); the WD baseline of Figs. 12 and 27 uses 1e-5."""
 
     def __post_init__(self):
         for name in ("lr", "adam_eps"):
@@ -81,6 +86,8 @@ class AgentConfig:
         for name in ("batch_size", "n_step", "target_update_period"):
             if getattr(self, name) < 1:
                 raise ValueError(f"agent.{name} must be >= 1, got {getattr(self, name)}")
+        if self.weight_decay < 0:
+            raise ValueError(f"agent.weight_decay must be >= 0, got {self.weight_decay}")
         if self.min_replay < 0 or self.epsilon_decay_steps < 0:
             raise ValueError("agent.min_replay and agent.epsilon_decay_steps must be >= 0")
 
@@ -102,6 +109,9 @@ class TrainConfig:
     network: NetworkConfig = field(default_factory=NetworkConfig)
     agent: AgentConfig = field(default_factory=AgentConfig)
     pruning: PruningConfig = field(default_factory=PruningConfig)
+    redo: ReDoConfig = field(default_factory=ReDoConfig)
+    reset: ResetConfig = field(default_factory=ResetConfig)
+    rigl: RigLConfig = field(default_factory=RigLConfig)
     total_steps: int = 10_000_000
     """Training budget in agent steps, summed over envs (10M agent steps = 40M frames)."""
     iteration_steps: int = 250_000
@@ -142,6 +152,9 @@ class TrainConfig:
     """Agent steps between rows of metrics.jsonl / TensorBoard scalars."""
     analysis_every: int = 0
     """Gradient steps between analysis metrics (dormant neurons, srank, norms); 0 turns them off."""
+    analysis_grad_samples: int = 32
+    """With --analysis-every: the gradient covariance of Fig. 14 over this many transitions (one fixed batch, one
+    TD-loss gradient per transition, written to grad_covariance.jsonl); 0 leaves it out."""
     tensorboard: bool = True
     """Also write TensorBoard event files under run_dir/tb."""
     progress: bool = True
@@ -187,6 +200,8 @@ class TrainConfig:
             raise ValueError(f"max_minutes must be > 0, got {self.max_minutes}")
         if self.checkpoint_every < 1 or self.keep_checkpoints < 1:
             raise ValueError("checkpoint_every and keep_checkpoints must be >= 1")
+        if self.analysis_grad_samples < 0:
+            raise ValueError(f"analysis_grad_samples must be >= 0, got {self.analysis_grad_samples}")
         if self.eval_steps < 1:
             raise ValueError(f"eval_steps must be >= 1 (turn the phase off with --no-evaluate), got {self.eval_steps}")
         if not 0.0 <= self.eval_epsilon <= 1.0:
@@ -217,7 +232,8 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
-        sub = {"env": EnvConfig, "network": NetworkConfig, "agent": AgentConfig, "pruning": PruningConfig}
+        sub = {"env": EnvConfig, "network": NetworkConfig, "agent": AgentConfig, "pruning": PruningConfig,
+               "redo": ReDoConfig, "reset": ResetConfig, "rigl": RigLConfig}
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - known
         if unknown:
@@ -234,7 +250,7 @@ class TrainConfig:
 RUNTIME_FIELDS = frozenset({
     "device", "replay_device", "overlap_env", "cuda_graphs", "compile", "channels_last", "max_minutes", "profile",
     "progress", "tensorboard", "log_every", "runs_dir", "run_name", "checkpoint_every", "keep_checkpoints",
-    "save_replay", "preset", "env.num_threads",
+    "save_replay", "preset", "env.num_threads", "analysis_grad_samples",
 })
 
 
@@ -255,7 +271,8 @@ def experiment_fields(config: dict) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Presets: {agent}_{impala|nature}_w{width}_{dense|gmpNN}, the paper's configurations, plus a CPU demo.
+# Presets: {agent}_{impala|nature}_w{width}_{dense|gmpNN}, the paper's configurations, the baselines of its
+# section 5 (dqn_impala_w{width}_{redo|reset|wd|l2|rigl90|rigl95|rigl99}), plus a CPU demo.
 # ---------------------------------------------------------------------------------------------------------
 PAPER_SPARSITIES = {"dense": 0.0, "gmp90": 0.9, "gmp95": 0.95, "gmp99": 0.99}
 
@@ -273,6 +290,27 @@ def _paper_presets() -> dict[str, TrainConfig]:
     return presets
 
 
+def _baseline_presets() -> dict[str, TrainConfig]:
+    """The comparisons of the paper's section 5 (Figs. 12, 22), on DQN with the Impala ResNet at every width:
+    dqn_impala_w{width}_{redo|reset|wd|l2|rigl90|rigl95|rigl99}, each method at its paper default (dense and
+    GMP are the grid above; the lottery ticket adds --pruning.fixed-mask RUN_DIR to a gmp preset)."""
+    methods = {  # tag -> (network options, other TrainConfig fields)
+        "redo": ({}, dict(redo=ReDoConfig(enabled=True))),  # tau 0.1, every 1,000 gradient steps
+        "reset": ({}, dict(reset=ResetConfig(enabled=True))),  # the last layer, every 100,000 gradient steps
+        "wd": ({}, dict(agent=dataclasses.replace(paper_agent("dqn"), weight_decay=1e-5))),
+        "l2": ({"feature_norm": True}, {}),
+    }
+    for s in (0.9, 0.95, 0.99):
+        methods[f"rigl{round(s * 100)}"] = ({}, dict(pruning=PruningConfig(final_sparsity=s, method="rigl")))
+    presets = {}
+    for width in (1, 2, 3, 4, 5):
+        for tag, (net, fields) in methods.items():
+            name = f"dqn_impala_w{width}_{tag}"
+            presets[name] = TrainConfig(**copy.deepcopy({"agent": paper_agent("dqn"), **fields}), preset=name,
+                                        network=NetworkConfig(arch="impala", width=width, **net))
+    return presets
+
+
 def _demo_preset() -> TrainConfig:
     """Minutes on a CPU: GMP-DQN on Breakout (short episodes, so every iteration has a score), Impala x1,
     pruned to 95% from 20% to 80% of a 24k-frame run. channels_last is oneDNN's preferred layout: faster
@@ -287,7 +325,7 @@ def _demo_preset() -> TrainConfig:
         preset="demo")
 
 
-PRESETS: dict[str, TrainConfig] = {**_paper_presets(), "demo": _demo_preset()}
+PRESETS: dict[str, TrainConfig] = {**_paper_presets(), **_baseline_presets(), "demo": _demo_preset()}
 
 
 def get_preset(name: str) -> TrainConfig:
