@@ -18,7 +18,9 @@ from typing import Literal
 
 from agents.envs import EnvConfig
 from agents.networks import NetworkConfig
+from agents.plasticity import ReDoConfig, ResetConfig
 from agents.pruning import PruningConfig
+from agents.rigl import RigLConfig
 
 AgentName = Literal["dqn", "rainbow", "iqn", "miqn", "der", "drq_eps", "cql", "cql_c51"]
 
@@ -83,6 +85,9 @@ class AgentConfig:
     """Intensity noise: each augmented stack is scaled by 1 + this x clip(N(0, 1), -2, 2); 0 turns it off."""
     cql_coefficient: float = 0.1
     """CQL agents: weight of the regulariser mean(logsumexp_a Q(s, a) - Q(s, a_data)) (paper Table 3)."""
+    weight_decay: float = 0.0
+    """Coupled weight decay: wd * w added to the gradient before Adam's moments (the ReDo lab's
+    optax.add_decayed_weights then Adam, not AdamW); the WD baseline of Figs. 12 and 27 uses 1e-5."""
 
     def __post_init__(self):
         for name in ("lr", "adam_eps"):
@@ -95,6 +100,8 @@ class AgentConfig:
         for name in ("batch_size", "n_step", "target_update_period"):
             if getattr(self, name) < 1:
                 raise ValueError(f"agent.{name} must be >= 1, got {getattr(self, name)}")
+        if self.weight_decay < 0:
+            raise ValueError(f"agent.weight_decay must be >= 0, got {self.weight_decay}")
         if self.min_replay < 0 or self.epsilon_decay_steps < 0:
             raise ValueError("agent.min_replay and agent.epsilon_decay_steps must be >= 0")
         if self.augmentation_pad < 1 or self.augmentation_intensity < 0:
@@ -169,6 +176,9 @@ class TrainConfig:
     agent: AgentConfig = field(default_factory=AgentConfig)
     pruning: PruningConfig = field(default_factory=PruningConfig)
     offline: OfflineConfig = field(default_factory=OfflineConfig)
+    redo: ReDoConfig = field(default_factory=ReDoConfig)
+    reset: ResetConfig = field(default_factory=ResetConfig)
+    rigl: RigLConfig = field(default_factory=RigLConfig)
     total_steps: int = 10_000_000
     """Training budget in agent steps, summed over envs (10M agent steps = 40M frames); offline: gradient updates."""
     iteration_steps: int = 250_000
@@ -215,6 +225,9 @@ class TrainConfig:
     """Agent steps between rows of metrics.jsonl / TensorBoard scalars."""
     analysis_every: int = 0
     """Gradient steps between analysis metrics (dormant neurons, srank, norms); 0 turns them off."""
+    analysis_grad_samples: int = 32
+    """With --analysis-every: the gradient covariance of Fig. 14 over this many transitions (one fixed batch, one
+    TD-loss gradient per transition, written to grad_covariance.jsonl); 0 leaves it out."""
     tensorboard: bool = True
     """Also write TensorBoard event files under run_dir/tb."""
     progress: bool = True
@@ -260,6 +273,8 @@ class TrainConfig:
             raise ValueError(f"max_minutes must be > 0, got {self.max_minutes}")
         if self.checkpoint_every < 1 or self.keep_checkpoints < 1:
             raise ValueError("checkpoint_every and keep_checkpoints must be >= 1")
+        if self.analysis_grad_samples < 0:
+            raise ValueError(f"analysis_grad_samples must be >= 0, got {self.analysis_grad_samples}")
         if self.eval_steps < 1:
             raise ValueError(f"eval_steps must be >= 1 (turn the phase off with --no-evaluate), got {self.eval_steps}")
         if not 0.0 <= self.eval_epsilon <= 1.0:
@@ -271,6 +286,8 @@ class TrainConfig:
             raise ValueError("offline runs count gradient updates in total_steps and iteration_steps and are scored "
                              "by the evaluation phase: keep --replay-ratio 1 and --evaluate (the offline presets "
                              f"set both), got replay_ratio {self.replay_ratio}, evaluate {self.evaluate}")
+        if self.redo.enabled and self.network.dueling:  # ReDo recycles into the output layer's columns
+            raise ValueError("ReDo is not implemented for the dueling head: leave out --network.dueling or --redo")
 
     @property
     def nominal_grad_steps(self) -> int:
@@ -300,7 +317,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
         sub = {"env": EnvConfig, "network": NetworkConfig, "agent": AgentConfig, "pruning": PruningConfig,
-               "offline": OfflineConfig}
+               "offline": OfflineConfig, "redo": ReDoConfig, "reset": ResetConfig, "rigl": RigLConfig}
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - known
         if unknown:
@@ -317,7 +334,7 @@ class TrainConfig:
 RUNTIME_FIELDS = frozenset({
     "device", "replay_device", "overlap_env", "cuda_graphs", "compile", "channels_last", "max_minutes", "profile",
     "progress", "tensorboard", "log_every", "runs_dir", "run_name", "checkpoint_every", "keep_checkpoints",
-    "save_replay", "preset", "env.num_threads",
+    "save_replay", "preset", "env.num_threads", "analysis_grad_samples",
     "offline.data", "offline.cache_dir",  # where the dataset lies (config.json records which data it was)
 })
 
@@ -339,7 +356,8 @@ def experiment_fields(config: dict) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Presets: {agent}_{impala|nature}_w{width}_{dense|gmpNN}, the paper's configurations, plus a CPU demo.
+# Presets: {agent}_{impala|nature}_w{width}_{dense|gmpNN}, the paper's configurations, the baselines of its
+# section 5 (dqn_impala_w{width}_{redo|reset|wd|l2|rigl90|rigl95|rigl99}), plus a CPU demo.
 # ---------------------------------------------------------------------------------------------------------
 PAPER_SPARSITIES = {"dense": 0.0, "gmp90": 0.9, "gmp95": 0.95, "gmp99": 0.99}
 
@@ -354,6 +372,27 @@ def _paper_presets() -> dict[str, TrainConfig]:
                     presets[name] = TrainConfig(
                         network=NetworkConfig(arch=arch, width=width), agent=paper_agent(agent),
                         pruning=PruningConfig(final_sparsity=sparsity), preset=name)
+    return presets
+
+
+def _baseline_presets() -> dict[str, TrainConfig]:
+    """The comparisons of the paper's section 5 (Figs. 12, 22), on DQN with the Impala ResNet at every width:
+    dqn_impala_w{width}_{redo|reset|wd|l2|rigl90|rigl95|rigl99}, each method at its paper default (dense and
+    GMP are the grid above; the lottery ticket adds --pruning.fixed-mask RUN_DIR to a gmp preset)."""
+    methods = {  # tag -> (network options, other TrainConfig fields)
+        "redo": ({}, dict(redo=ReDoConfig(enabled=True))),  # tau 0.1, every 1,000 gradient steps
+        "reset": ({}, dict(reset=ResetConfig(enabled=True))),  # the last layer, every 100,000 gradient steps
+        "wd": ({}, dict(agent=dataclasses.replace(paper_agent("dqn"), weight_decay=1e-5))),
+        "l2": ({"feature_norm": True}, {}),
+    }
+    for s in (0.9, 0.95, 0.99):
+        methods[f"rigl{round(s * 100)}"] = ({}, dict(pruning=PruningConfig(final_sparsity=s, method="rigl")))
+    presets = {}
+    for width in (1, 2, 3, 4, 5):
+        for tag, (net, fields) in methods.items():
+            name = f"dqn_impala_w{width}_{tag}"
+            presets[name] = TrainConfig(**copy.deepcopy({"agent": paper_agent("dqn"), **fields}), preset=name,
+                                        network=NetworkConfig(arch="impala", width=width, **net))
     return presets
 
 
@@ -423,8 +462,8 @@ def _offline_presets() -> dict[str, TrainConfig]:
     return presets
 
 
-PRESETS: dict[str, TrainConfig] = {**_paper_presets(), **_atari100k_presets(), **_offline_presets(),
-                                   "demo": _demo_preset()}
+PRESETS: dict[str, TrainConfig] = {**_paper_presets(), **_baseline_presets(), **_atari100k_presets(),
+                                   **_offline_presets(), "demo": _demo_preset()}
 
 
 def get_preset(name: str) -> TrainConfig:

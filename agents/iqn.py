@@ -5,7 +5,8 @@ Network (`IQNNetwork`, wrapping the configured Q-network's encoder, hidden layer
     phi(tau)    = ReLU(Linear(64 -> F)(cos(pi * i * tau)))       i = 1..64, as Dopamine (TF and JAX) write
                                                                  it; the IQN paper's i = 0..63 only adds a
                                                                  constant input the Linear's bias already has
-    Z_tau(s, .) = out(ReLU(hidden(psi(s) * phi(tau))))           [B, M, A] for M sampled taus
+    Z_tau(s, .) = out(ReLU(hidden(psi(s) * phi(tau))))           [B, M, A] for M sampled taus (with
+                                                                 --network.feature-norm, out(unit norm(...)))
 `forward(obs)` returns Q = mean of Z over K = 32 taus ~ U(0, 1): what acting and the analysis metrics use.
 Every weight with ndim > 1, the tau embedding included, is prunable like any other layer.
 
@@ -56,6 +57,7 @@ class IQNNetwork(nn.Module):
                  layer_init: LayerInit = xavier_):
         super().__init__()
         self.encoder, self.hidden, self.hidden_relu, self.out = base.encoder, base.hidden, base.hidden_relu, base.out
+        self.feature_norm = base.feature_norm
         self.feature_dim, self.num_quantile_samples = base.feature_dim, num_quantile_samples
         self.tau_embedding = layer_init(nn.Linear(embedding_dim, base.feature_dim))
         self.tau_relu = nn.ReLU()
@@ -65,7 +67,7 @@ class IQNNetwork(nn.Module):
         """Z for state features [B, F] at taus [B, M] -> [B, M, A]."""
         phi = self.tau_relu(self.tau_embedding(torch.cos(taus[..., None] * self.frequencies)))  # [B, M, F]
         # float32 out of bf16 autocast: the loss and the tau = 0.03 softmax of M-IQN need the precision
-        return self.out(self.hidden_relu(self.hidden(features[:, None, :] * phi))).float()
+        return self.out(self.feature_norm(self.hidden_relu(self.hidden(features[:, None, :] * phi)))).float()
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         """Q-values [B, A]: the mean of Z over `num_quantile_samples` random taus."""

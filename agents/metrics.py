@@ -13,6 +13,11 @@ Definitions (paper.md section 7):
 - q_mean / q_var: mean and (population) variance of all B x A predicted Q-values; q_norm: mean over
   the batch of ||Q(s, .)||_2. The paper does not define these three exactly; these are our choices.
 
+- gradient covariance (Fig. 14, following Lyle et al. 2023): for per-sample gradients g_1..g_k of the TD
+  loss on a fixed batch of transitions, C_ij = <g_i, g_j> / (||g_i|| ||g_j||), the cosine similarity (not
+  mean-centred; the paper gives no exact normalisation). A pruned network's parameters are its active weights:
+  the trainer masks the gradient entries of pruned weights before comparing.
+
 `analysis_metrics(net, obs)` works on any nn.Module whose hidden activations come from `nn.ReLU`
 *modules* (functional `F.relu` calls are invisible to it) and whose forward returns Q-values [B, A]
 (pass `q_fn` otherwise). Every call of a ReLU module counts as one layer, named after the module
@@ -161,3 +166,36 @@ def analysis_metrics(
     out["analysis/param_norm"] = param_norm(net)
     out.update({f"analysis/{k}": v for k, v in q_stats(q).items()})
     return out
+
+
+# --- gradient covariance (Fig. 14) ----------------------------------------------------------------------
+
+
+def per_sample_gradients(loss_of: Callable[[int], torch.Tensor], params: list[torch.Tensor], n: int,
+                         masks: list[torch.Tensor | None] | None = None) -> torch.Tensor:
+    """[n, P]: row i is the flattened gradient of `loss_of(i)` (a scalar) over `params`, each times its mask
+    when one is given. Gradients are taken with autograd.grad, so no parameter's .grad is touched."""
+    masks = masks if masks is not None else [None] * len(params)
+    out = torch.empty(n, sum(p.numel() for p in params), dtype=torch.float32, device=params[0].device)
+    for i in range(n):
+        grads = torch.autograd.grad(loss_of(i), params, allow_unused=True)
+        grads = [torch.zeros_like(p) if g is None else g if m is None else g * m
+                 for g, p, m in zip(grads, params, masks)]
+        out[i] = torch.cat([g.float().flatten() for g in grads])
+    return out
+
+
+def gradient_covariance(grads: torch.Tensor) -> torch.Tensor:
+    """Normalised covariance [k, k] of per-sample gradients [k, P]: cosine similarities; a zero gradient's row
+    and column are 0."""
+    g = grads.double()
+    norms = g.norm(dim=1)
+    gram = g @ g.T
+    return (gram / (norms[:, None] * norms[None, :]).clamp_min(torch.finfo(torch.float64).tiny)).float()
+
+
+def covariance_summary(cov: torch.Tensor) -> dict[str, float]:
+    """Mean and mean absolute value of the off-diagonal entries: how aligned / how interfering the samples are."""
+    k = cov.shape[0]
+    off = cov[~torch.eye(k, dtype=torch.bool, device=cov.device)]
+    return {"analysis/grad_cos_mean": off.mean().item(), "analysis/grad_cos_abs_mean": off.abs().mean().item()}

@@ -44,6 +44,9 @@ class NetworkConfig:
     """Initialisation of the Nature CNN convs, the dense layers and IQN's tau embedding: 'dopamine' follows each
     agent's Dopamine network (Xavier-uniform for DQN; variance_scaling(1/sqrt(3), fan_in, uniform) for Rainbow,
     IQN and M-IQN), 'xavier' uses Xavier-uniform for every agent. Impala stacks keep Dopamine's init either way."""
+    feature_norm: bool = False
+    """The 'L2' baseline of Fig. 12, "the normalization of Kumar et al. (2022)": the penultimate features (after
+    the hidden ReLU) are divided by their l2 norm before the output layer, Scaled QL's feature normalization."""
     dueling: bool = False
     """Dueling head (Wang et al. 2016, Dopamine's FullRainbowNetwork): value and advantage layers on the hidden
     features, Q = V + A - mean_a A (per atom for distributional agents). DER, DrQ(eps) and CQL+C51 use it."""
@@ -171,8 +174,15 @@ def use_channels_last(net: nn.Module, enabled: bool = True) -> nn.Module:
     return net
 
 
+class UnitNorm(nn.Module):
+    """x / ||x||_2 over the last axis (an all-zero vector stays zero): features on the unit sphere."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(x, dim=-1)
+
+
 class QNetwork(nn.Module):
-    """encoder -> Dense(hidden) -> ReLU -> Dense(num_outputs). Subclasses build the encoder."""
+    """encoder -> Dense(hidden) -> ReLU -> [unit norm] -> Dense(num_outputs). Subclasses build the encoder."""
 
     encoder: nn.Module
     feature_dim: int
@@ -180,12 +190,13 @@ class QNetwork(nn.Module):
     def _build_head(self, num_outputs: int, hidden: int, layer_init: LayerInit) -> None:
         self.hidden = layer_init(nn.Linear(self.feature_dim, hidden))
         self.hidden_relu = nn.ReLU()
+        self.feature_norm: nn.Module = nn.Identity()  # UnitNorm with NetworkConfig.feature_norm
         self.out = layer_init(nn.Linear(hidden, num_outputs))
         self.num_outputs = num_outputs
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        """Penultimate representation (after the hidden ReLU): what srank is computed on."""
-        return self.hidden_relu(self.hidden(self.encoder(x)))
+        """Penultimate representation (after the hidden ReLU, and the unit norm if configured)."""
+        return self.feature_norm(self.hidden_relu(self.hidden(self.encoder(x))))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.out(self.features(x))
@@ -271,6 +282,8 @@ def make_network(cfg: NetworkConfig, num_outputs: int, obs_shape: tuple[int, int
                         in_frames=frames, input_size=side, layer_init=layer_init)
     else:
         raise ValueError(f"unknown network arch {cfg.arch!r}; expected 'impala' or 'nature'")
+    if cfg.feature_norm:
+        net.feature_norm = UnitNorm()
     if cfg.dueling:
         if num_outputs % atoms:
             raise ValueError(f"{num_outputs} outputs are not a whole number of actions x {atoms} atoms")

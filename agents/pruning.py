@@ -50,6 +50,12 @@ class PruningConfig:
     """Multiply gradients by the mask before Adam (not in the official code)."""
     moments: Literal["faithful", "reset", "frozen"] = "faithful"
     """Adam moments of pruned weights: updated (official), zeroed, or left unchanged."""
+    method: Literal["gmp", "rigl"] = "gmp"
+    """How the network reaches final_sparsity: gradual magnitude pruning (the paper's method), or RigL's dynamic
+    sparse training at that sparsity from step 0 (Evci et al. 2020, Fig. 22; options under --rigl.*)."""
+    fixed_mask: str | None = None
+    """RUN_DIR of a finished pruned run (same game, agent and network; final_sparsity set to its): train with its
+    final masks fixed from step 0, starting from its initial weights (the lottery ticket of Fig. 13)."""
 
     def __post_init__(self):
         if not (0.0 <= self.final_sparsity < 1.0):
@@ -61,6 +67,13 @@ class PruningConfig:
                              f"{self.end_fraction}")
         if self.moments not in kernels.MOMENTS_MODES:
             raise ValueError(f"moments must be one of {kernels.MOMENTS_MODES}, got {self.moments!r}")
+        if self.method not in ("gmp", "rigl"):
+            raise ValueError(f"pruning.method must be 'gmp' or 'rigl', got {self.method!r}")
+        if self.method == "rigl" and self.final_sparsity == 0:
+            raise ValueError("--pruning.method rigl trains at --pruning.final-sparsity, which is 0: set it (e.g. 0.95)")
+        if self.fixed_mask is not None and (self.method != "gmp" or self.final_sparsity == 0):
+            raise ValueError("--pruning.fixed-mask takes the masks of a GMP run: use it with --pruning.method gmp and "
+                             "that run's --pruning.final-sparsity")
 
     def window(self, nominal_grad_steps: int, run_grad_steps: int | None = None) -> tuple[int, int]:
         """(start, end) in gradient steps: the fractions of `nominal_grad_steps` = total_steps x replay_ratio, so
@@ -198,6 +211,8 @@ def prunable_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
 class Pruner(nn.Module):
     """Holds one bool mask per prunable weight of `model` and updates them on the GMP schedule."""
 
+    replaces_optimizer_step = False  # True for RigL, whose mask updates take the place of that step's update
+
     def __init__(self, model: nn.Module, cfg: PruningConfig, start: int, end: int):
         super().__init__()
         if start < 0 or start > end:
@@ -333,3 +348,67 @@ class MaskedAdam(torch.optim.Optimizer):
                                  lr=group["lr"], beta1=beta1, beta2=beta2, eps=group["eps"],
                                  weight_decay=group.get("weight_decay", 0.0), moments=self.moments)
         return None
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The lottery ticket (Fig. 13): a finished run's final masks on its initial weights, fixed for the whole run
+# ---------------------------------------------------------------------------------------------------------
+class FixedMask(Pruner):
+    """Masks given at the start and never updated. `masks=None` leaves all-ones placeholders for a checkpoint's
+    masks to be loaded into."""
+
+    def __init__(self, model: nn.Module, cfg: PruningConfig, masks: Sequence[torch.Tensor] | None):
+        super().__init__(model, cfg, 0, 0)
+        if masks is not None:
+            if [tuple(m.shape) for m in masks] != [tuple(w.shape) for w in self.weights]:
+                raise ValueError("the fixed masks do not fit this network's prunable weights")
+            for buf, m in zip(self.masks, masks):
+                buf.copy_(m)
+            self.apply_masks()
+
+    def is_update_step(self, step: int) -> bool:
+        return False
+
+    def layer_sparsities(self, step: int) -> list[float]:
+        return [1.0 - int(m.sum()) / m.numel() for m in self.masks]
+
+    def scheduled_sparsity(self, steps_done: int) -> float:
+        """Constant: the fixed masks' sparsity over the prunable weights, from step 0."""
+        return 1.0 - sum(int(m.sum()) for m in self.masks) / sum(m.numel() for m in self.masks)
+
+
+LOTTERY_MUST_MATCH = ("env.game", "agent.name", "network", "pruning.final_sparsity")
+
+
+def load_lottery_ticket(run_dir, config: dict) -> tuple[dict, list[torch.Tensor]]:
+    """(initial state_dict, final masks) of the finished pruned run in `run_dir`, checked against `config` (this
+    run's config dict): the same game, agent, network and final sparsity."""
+    import json
+    from pathlib import Path
+
+    from agents.checkpoint import latest_checkpoint, load_checkpoint
+
+    run_dir = Path(run_dir)
+    where = f"--pruning.fixed-mask {run_dir}"
+    try:
+        summary = json.loads((run_dir / "summary.json").read_text())
+        source = json.loads((run_dir / "config.json").read_text())["config"]
+    except (OSError, ValueError, KeyError) as e:
+        raise ValueError(f"{where}: not a finished run directory (summary.json / config.json: {e})") from e
+    if summary.get("finished") is not True:
+        raise ValueError(f"{where}: the run has not finished, so its masks are not final")
+    for key in LOTTERY_MUST_MATCH:
+        a, b = source, config
+        for part in key.split("."):
+            a, b = a.get(part) if isinstance(a, dict) else None, b.get(part) if isinstance(b, dict) else None
+        if a != b:
+            raise ValueError(f"{where}: {key} is {a!r} in that run but {b!r} here")
+    if not (run_dir / "initial_weights.pt").is_file():
+        raise ValueError(f"{where}: the run has no initial_weights.pt (written by every run since it exists)")
+    initial = torch.load(run_dir / "initial_weights.pt", map_location="cpu", weights_only=True)
+    state = load_checkpoint(latest_checkpoint(run_dir / "checkpoints"))
+    pruner = state.get("pruner") or {}
+    masks = [pruner[f"mask{i}"] for i in range(sum(k.startswith("mask") for k in pruner))]
+    if not masks:
+        raise ValueError(f"{where}: the run has no masks (a dense run?)")
+    return initial, masks

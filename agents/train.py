@@ -7,10 +7,12 @@
 
 Run directory (read by `agents.report`):
     config.json      resolved config + versions, device, git SHA
+    initial_weights.pt  the online network's weights at step 0 (for a lottery ticket: --pruning.fixed-mask)
     iterations.csv   one row per iteration: score = mean raw return of the episodes finished in it (and the
                      evaluation phase's eval_score, eval_episodes with --evaluate)
     episodes.csv     every finished episode (raw return, length)
     metrics.jsonl    losses, epsilon, frames/s, per-layer sparsity, analysis metrics
+    grad_covariance.jsonl  with --analysis-every: the gradient covariance matrix at each analysis step
     tb/              the same scalars for TensorBoard
     checkpoints/     ckpt_<agent_steps>.pt, written atomically at iteration ends, and the replay's chunks
     summary.json     written when the run finishes or stops
@@ -56,8 +58,9 @@ from agents.envs import make_env
 from agents.eval_phase import EvalResult, run_eval_episodes, run_eval_phase
 from agents.networks import use_channels_last
 from agents.profiler import Profiler, format_table, profile_learner_layers, profile_learner_ops
-from agents.pruning import MaskedAdam, Pruner
+from agents.pruning import FixedMask, MaskedAdam, Pruner, load_lottery_ticket
 from agents.replay import Batch, ReplayBuffer
+from agents.rigl import RigL
 
 ITERATION_FIELDS = ["iteration", "agent_steps", "frames", "grad_steps", "score", "episodes", "eval_score",
                     "eval_episodes", "fps", "total_sparsity", "wall_time"]  # eval_*: empty without --evaluate
@@ -165,17 +168,22 @@ class Trainer:
         self.target = copy.deepcopy(self.online).requires_grad_(False)
         run_grad_steps = cfg.min_grad_steps(self.env.num_envs)
         start, end = cfg.pruning.window(cfg.nominal_grad_steps, run_grad_steps)
-        self.pruner = Pruner(self.online, cfg.pruning, start, end).to(self.device) \
-            if cfg.pruning.final_sparsity > 0 else None
-        for note in cfg.pruning.window_warnings(cfg.nominal_grad_steps, run_grad_steps):
-            print(f"warning: {note}", file=sys.stderr)
+        self.pruner = self._make_pruner(start, end, fresh=checkpoint is None)
+        self.sync_target()  # RigL and a fixed mask start from other weights
+        if type(self.pruner) is Pruner:  # the GMP schedule's window
+            for note in cfg.pruning.window_warnings(cfg.nominal_grad_steps, run_grad_steps):
+                print(f"warning: {note}", file=sys.stderr)
         self.optimizer = MaskedAdam(self.online.parameters(), lr=cfg.agent.lr, eps=cfg.agent.adam_eps,
                                     masks=self.pruner.mask_for() if self.pruner else None,
-                                    moments=cfg.pruning.moments, mask_gradients=cfg.pruning.mask_gradients)
+                                    moments=cfg.pruning.moments, mask_gradients=cfg.pruning.mask_gradients,
+                                    weight_decay=cfg.agent.weight_decay)
+        if isinstance(self.pruner, RigL):
+            self.pruner.optimizer = self.optimizer  # it zeroes the moments of the connections it grows
         replay_device = self.device if cfg.replay_device == "auto" else torch.device("cpu")
         self.replay = self._make_replay(replay_device, obs_shape)
         self.augment = DrQAugmentation(cfg.agent.augmentation_pad, cfg.agent.augmentation_intensity, self.device,
                                        seed=cfg.seed + AUGMENTATION_SEED_OFFSET) if cfg.agent.augmentation else None
+        self.plasticity = self._make_plasticity(obs_shape) if cfg.redo.enabled or cfg.reset.enabled else None
         self.action_rng = np.random.default_rng(cfg.seed)
         self.agent_steps = self.grad_steps = self.iteration = 0
         self.stopped_early = False  # by --max-minutes
@@ -183,6 +191,7 @@ class Trainer:
         self.iteration_returns: list[float] = []  # returns of the episodes finished in the current iteration
         self.checkpoints = CheckpointStore(self.run_dir / "checkpoints", keep=cfg.keep_checkpoints)
         self.analysis_obs: torch.Tensor | None = None
+        self.analysis_batch: Batch | None = None  # transitions of the gradient covariance (Fig. 14)
         self.profiler = Profiler(cfg.profile, self.device)
         if self.device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = cfg.tf32
@@ -231,10 +240,15 @@ class Trainer:
                     "num_actions": self.num_actions, "action_meanings": self.env.action_meanings,
                     "env_backend": self.env.backend, "env_backend_kwargs": self.env.backend_kwargs}
             _write_json(self.run_dir / "config.json", meta)
+            # the weights the run starts from, for a lottery ticket of it (--pruning.fixed-mask)
+            initial = {k: v.detach().cpu() for k, v in self.online.state_dict().items()}
+            atomic_write_bytes(self.run_dir / "initial_weights.pt", lambda f: torch.save(initial, f))
         # A resumed run drops the log rows written after its checkpoint, so nothing is counted twice.
         for name, fields in (("iterations.csv", ITERATION_FIELDS), ("episodes.csv", EPISODE_FIELDS)):
             _truncate_csv(self.run_dir / name, fields, self.agent_steps)
         _truncate_jsonl(self.run_dir / "metrics.jsonl", self.agent_steps)
+        if (self.run_dir / "grad_covariance.jsonl").exists():
+            _truncate_jsonl(self.run_dir / "grad_covariance.jsonl", self.agent_steps)
         self.iterations_csv = open(self.run_dir / "iterations.csv", "a", newline="")
         self.episodes_csv = open(self.run_dir / "episodes.csv", "a", newline="")
         self.metrics_file = open(self.run_dir / "metrics.jsonl", "a")
@@ -257,6 +271,37 @@ class Trainer:
     def _generators(self) -> list[torch.Generator]:
         """The learner step's own random streams (CUDA graphs register them; profiling passes restore them)."""
         return [self.replay.generator] + ([self.augment.generator] if self.augment is not None else [])
+
+    def _make_pruner(self, start: int, end: int, fresh: bool) -> Pruner | None:
+        """GMP on its schedule, RigL at a fixed sparsity, a lottery ticket's fixed mask (read from its run only when
+        starting: a resumed run has it in its checkpoint), or nothing for a dense run."""
+        cfg = self.cfg
+        if cfg.pruning.final_sparsity == 0:
+            return None
+        if cfg.pruning.fixed_mask is not None:
+            masks = None
+            if fresh:
+                initial, masks = load_lottery_ticket(cfg.pruning.fixed_mask, cfg.to_dict())
+                try:
+                    self.online.load_state_dict(initial)
+                except RuntimeError as e:
+                    raise ValueError(f"--pruning.fixed-mask: its initial weights do not fit this network: {e}") from e
+            return FixedMask(self.online, cfg.pruning, masks).to(self.device)
+        if cfg.pruning.method == "rigl":
+            return RigL(self.online, cfg.pruning, cfg.rigl, round(cfg.rigl.end_fraction * cfg.nominal_grad_steps))
+        return Pruner(self.online, cfg.pruning, start, end).to(self.device)
+
+    def _make_plasticity(self, obs_shape):
+        """ReDo / Reset (agents/plasticity.py): re-initialised values come from a network built afresh."""
+        from agents.plasticity import Plasticity
+
+        def fresh_network():
+            with torch.device(self.device):
+                return self.agent.build_network(self.cfg.network, obs_shape)
+
+        return Plasticity(self.cfg.redo, self.cfg.reset, self.cfg.nominal_grad_steps, self.online, self.optimizer,
+                          fresh_network, sample_obs=lambda n: self.replay.sample(n).obs.to(self.device),
+                          q_fn=self.agent.q_values, after=self.pruner.apply_masks if self.pruner else None)
 
     def _wants_cuda_graphs(self) -> bool:
         if self.cfg.cuda_graphs == "off":
@@ -331,15 +376,22 @@ class Trainer:
             self._batch = run("sample", self._sample_batch)
         with prof.section("learner"):
             self._per_sample, info = run("learner", self._forward_backward_phase)
-        if self.pruner is not None and self.pruner.is_update_step(self.grad_steps):
+        mask_step = self.pruner is not None and self.pruner.is_update_step(self.grad_steps)
+        if mask_step:
             with prof.section("mask_update"):  # from |w| before this step, as JaxPruner's Adam
                 self.pruner.set_keep_counts(self.grad_steps)
                 run("mask", self.pruner.select_masks)
-        with prof.section("optimizer"):
-            run("optimizer", self.optimizer.step)
+        if not (mask_step and self.pruner.replaces_optimizer_step):  # a RigL update is this step's update
+            with prof.section("optimizer"):
+                run("optimizer", self.optimizer.step)
         if hasattr(self.replay, "update_priorities"):
             with prof.section("replay_priorities"):
                 run("priorities", self._priorities_phase)
+        if self.plasticity is not None:  # ReDo / Reset, after the update as in the ReDo lab
+            with prof.section("plasticity"):
+                row = self.plasticity.after_update(self.grad_steps)
+            if row:
+                self._log(row)
         self.grad_steps += 1
         return info
 
@@ -584,7 +636,41 @@ class Trainer:
         with torch.no_grad():
             row = analysis_metrics(self.online, self.analysis_obs, q_fn=self.agent.q_values)
         self.online.train()
+        if self.cfg.analysis_grad_samples:
+            row.update(self._log_gradient_covariance())
         self._log(row)
+
+    def _log_gradient_covariance(self) -> dict:
+        """Fig. 14: the normalised covariance of per-sample TD-loss gradients on a fixed batch of transitions,
+        over the network's active weights; the matrix goes to grad_covariance.jsonl, two summaries to the log."""
+        from agents.metrics import covariance_summary, gradient_covariance, per_sample_gradients
+
+        k = self.cfg.analysis_grad_samples
+        if self.analysis_batch is None or len(self.analysis_batch.actions) != k:  # without moving the replay's stream
+            state = self.replay.generator.get_state()
+            batch = self.replay.sample(k)
+            self.replay.generator.set_state(state)
+            self.analysis_batch = Batch(**{f: v.to(self.device) for f, v in vars(batch).items()})
+        b = self.analysis_batch
+        params = [p for p in self.online.parameters() if p.requires_grad]
+        masks = self.pruner.mask_for() if self.pruner is not None else {}
+
+        def loss_of(i: int) -> torch.Tensor:
+            one = Batch(**{f: v[i:i + 1] for f, v in vars(b).items()})
+            with self.autocast:
+                per_sample, _ = self.agent.loss(self.online, self.target, one)
+            return per_sample.float().sum()
+
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            torch.manual_seed(self.cfg.seed)  # IQN's taus: the same draws at every analysis step
+            grads = per_sample_gradients(loss_of, params, k, [masks.get(p) for p in params])
+        cov = gradient_covariance(grads)
+        del grads
+        line = {"agent_steps": self.agent_steps, "frames": self.agent_steps * self.cfg.env.frame_skip,
+                "grad_steps": self.grad_steps, "matrix": [[round(x, 5) for x in r] for r in cov.tolist()]}
+        with open(self.run_dir / "grad_covariance.jsonl", "a") as f:
+            f.write(json.dumps(line) + "\n")
+        return covariance_summary(cov)
 
     def _flush(self) -> None:
         for f in (self.iterations_csv, self.episodes_csv, self.metrics_file):
@@ -603,7 +689,8 @@ class Trainer:
                          "augment": self.augment.generator.get_state() if self.augment is not None else None},
                  "analysis_obs": self.analysis_obs, "iteration_returns": list(self.iteration_returns),
                  "resumes": self.resumes,
-                 "resumed_without_replay": self.resumed_without_replay}
+                 "resumed_without_replay": self.resumed_without_replay,
+                 "analysis_batch": vars(self.analysis_batch) if self.analysis_batch is not None else None}
         if with_replay:
             state["replay"] = self.replay.state_dict()
         return state
@@ -634,6 +721,8 @@ class Trainer:
                 self.analysis_obs = state["analysis_obs"].to(self.device)
             self.resumes, self.resumed_without_replay = int(state["resumes"]), bool(state["resumed_without_replay"])
             self.iteration_returns = [float(r) for r in state["iteration_returns"]]
+            if state.get("analysis_batch") is not None:
+                self.analysis_batch = Batch(**{f: v.to(self.device) for f, v in state["analysis_batch"].items()})
         except (KeyError, RuntimeError, ValueError, TypeError) as e:
             raise CheckpointError(f"checkpoint does not match this run's model or state: {e}") from e
 
@@ -707,8 +796,8 @@ def default_run_name(cfg: TrainConfig) -> str:
 
 
 # Files a run writes into its directory; starting afresh in a directory without a checkpoint removes them.
-RUN_OUTPUTS = ("config.json", "iterations.csv", "episodes.csv", "metrics.jsonl", "summary.json", "profile.json", "tb",
-               "checkpoints")
+RUN_OUTPUTS = ("config.json", "initial_weights.pt", "iterations.csv", "episodes.csv", "metrics.jsonl",
+               "grad_covariance.jsonl", "summary.json", "profile.json", "tb", "checkpoints")
 
 DESCRIPTION = """Train a (pruned) value-based agent on Atari. --preset NAME selects the configuration (the paper's
 hyperparameters for one agent, network and sparsity; --list-presets shows them all); every option below

@@ -11,7 +11,14 @@ import numpy as np
 from agents import evaluation as ev
 from agents.report.configs import build_matrices, group_runs
 from agents.report.demo import write_synthetic_runs
-from agents.report.figures import plot_analysis, plot_curves, plot_sparsity, plot_width
+from agents.report.figures import (
+    plot_analysis,
+    plot_curves,
+    plot_grad_covariance,
+    plot_methods,
+    plot_sparsity,
+    plot_width,
+)
 from agents.report.runs import ReportError, find_run_dirs, load_run, warn
 from agents.report.stats import final_aggregates, iqm_curve, probability_of_improvement_pairs
 from agents.report.sweep import expect, is_sweep, read_sweep, sweep_status
@@ -66,7 +73,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument(
         "--analysis-games",
         default=None,
-        help="comma-separated games for the analysis figure (default: Fig. 11's four when present)",
+        help="comma-separated games for the analysis and gradient covariance figures (default: those of Fig. 11 "
+        "and Fig. 14 when present)",
     )
     p.add_argument("--note", default="", help="text added to every figure title and to report.md")
     p.add_argument("--no-figures", action="store_true", help="write the tables only (drawing takes most of the time)")
@@ -173,6 +181,8 @@ def report(args: argparse.Namespace) -> int:
                 configs, analysis_games, p, args.note, min(args.reps, 1000), args.confidence, args.seed
             ),
         ),
+        ("methods.png", lambda p: plot_methods(configs, curves, finals, p, args.note, ci)),
+        ("grad_covariance.png", lambda p: plot_grad_covariance(configs, analysis_games, p, args.note)),
     ):
         if draw(out / name):
             figures.append(name)

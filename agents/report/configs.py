@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from functools import cache
 
 import numpy as np
 
 from agents import evaluation as ev
-from agents.config import experiment_fields
+from agents.config import TrainConfig, experiment_fields, flatten_config
 from agents.report.runs import Run, error, warn
 
 AGENT_NAMES = {"dqn": "DQN", "rainbow": "Rainbow", "iqn": "IQN", "miqn": "M-IQN"}
@@ -18,6 +19,22 @@ NOT_GROUPED = ("env.game", "seed")  # what varies inside a configuration (beside
 LABEL_ORDER = ("agent.name", "network.arch", "network.width", "pruning.final_sparsity", "replay_ratio", "total_steps")
 _HEAD = ("agent.name", "network.arch", "network.width")  # written "DQN Impala ×3", the rest comma-separated
 _ABSENT = object()  # a field an older run's config.json does not have
+FIXED_MASK = "a finished run's final masks"  # what a lottery ticket's pruning.fixed_mask groups as
+# The paper's comparisons (Fig. 12, 13, 22): a method's short name when it is on, nothing when it is off, so a
+# baseline is not labelled by every method it does not use.
+METHOD_TEXT = {
+    "pruning.method": lambda v: "RigL" if v == "rigl" else "",
+    "pruning.fixed_mask": lambda v: "lottery ticket" if v else "",
+    "redo.enabled": lambda v: "ReDo" if v else "",
+    "reset.enabled": lambda v: "Reset" if v else "",
+    "network.feature_norm": lambda v: "L2" if v else "",
+    "agent.weight_decay": lambda v: f"WD {v:g}" if v else "",
+    "redo.tau": lambda v: f"ReDo τ={v:g}",
+    "reset.period": lambda v: f"reset period {v:,}",
+    "reset.layers": lambda v: f"reset {v} layer" + "s" * (v == "both"),
+}
+METHOD_SWITCHES = ("pruning.method", "pruning.fixed_mask", "redo.enabled", "reset.enabled", "network.feature_norm",
+                   "agent.weight_decay")  # a configuration with one of these on is a baseline of the comparisons
 
 
 @dataclass
@@ -65,10 +82,21 @@ class Config:
         return self.matrix is not None
 
 
+@cache
+def _methods_off() -> dict:
+    """The method fields (METHOD_SWITCHES and their options) at their defaults, where every method is off: what a
+    run written before the trainer had them did, so such a run groups with its twin of today."""
+    return {k: v for k, v in flatten_config(TrainConfig().to_dict()).items()
+            if k in METHOD_SWITCHES or k.startswith(("redo.", "reset.", "rigl."))}
+
+
 def experiment_key(config: dict) -> tuple:
     """What makes two runs the same experiment: every field of agents.config.experiment_fields (the one
-    definition of what never changes results) except game and seed."""
-    fields = experiment_fields(config)
+    definition of what never changes results) except game and seed. A lottery ticket's source run
+    (pruning.fixed_mask) differs per game and seed by nature: only whether there is one counts."""
+    fields = {**_methods_off(), **experiment_fields(config)}
+    if fields.get("pruning.fixed_mask"):
+        fields["pruning.fixed_mask"] = FIXED_MASK
     return tuple(sorted((k, json.dumps(v, sort_keys=True)) for k, v in fields.items() if k not in NOT_GROUPED))
 
 
@@ -79,7 +107,7 @@ def group_runs(runs: list[Run]) -> list[Config]:
     configs = [Config(k, v) for k, v in groups.items()]
     configs.sort(key=_order)
     for c, parts in zip(configs, label_parts([c.flat for c in configs]), strict=True):
-        c.parts, c.label = parts, join_parts(parts)
+        c.parts, c.label = parts, join_parts(parts) or "baseline"  # "": no method on, nothing else differs
     return configs
 
 
@@ -120,6 +148,8 @@ def describe(k: str, flat: dict, name: str, exact: bool) -> str:
         return _fmt_sparsity(v)
     if k == "replay_ratio":
         return f"RR {v}"
+    if k in METHOD_TEXT:
+        return METHOD_TEXT[k](v)
     if k == "total_steps" and isinstance(v, int | float):
         skip = flat.get("env.frame_skip", flat.get("frame_skip", 4))
         return f"{_fmt_frames(v * skip)} frames"
@@ -183,7 +213,7 @@ def varying_fields(configs: list[Config]) -> list[str]:
 def join_parts(parts: list[tuple[str, str]]) -> str:
     """[('agent.name', 'DQN'), ('network.width', '×3'), ('pruning.final_sparsity', 'dense')] -> 'DQN ×3, dense'."""
     head = " ".join(t for k, t in parts if k in _HEAD)
-    return ", ".join([head] * bool(head) + [t for k, t in parts if k not in _HEAD])
+    return ", ".join([head] * bool(head) + [t for k, t in parts if k not in _HEAD and t])
 
 
 # --- completeness and score matrices -----------------------------------------------------------------

@@ -1,5 +1,6 @@
 """The paper-style figures, drawn with matplotlib's Agg backend: IQM curves (Fig. 3), final IQM against width
-(Fig. 1), the sparsity schedule (Fig. 2) and the analysis metrics (Fig. 11)."""
+(Fig. 1), the sparsity schedule (Fig. 2), the analysis metrics (Fig. 11), the comparison of methods (Fig. 12)
+and the gradient covariance heat maps (Fig. 14)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from agents.report.configs import Config, describe, join_parts, label_parts
+from agents.report.configs import METHOD_SWITCHES, METHOD_TEXT, Config, describe, join_parts, label_parts
 from agents.report.runs import Run
 
 ANALYSIS_KEYS = {  # Fig. 11 panels: metrics.jsonl key -> axis label
@@ -91,7 +92,7 @@ def line_styles(configs: list[Config], panels: list | None = None) -> list[Line]
         color = lambda i: PALETTE[rests.index(rest[i]) % len(PALETTE)]
     # dash/marker: by everything but the pruning, unless only the pruning differs (then by the pruning too)
     variant = (lambda i: rests.index(rest[i])) if len(rests) > 1 else (lambda i: prunes.index(prune[i]))
-    return [Line(join_parts(ps), color(i), variant(i)) for i, ps in enumerate(parts)]
+    return [Line(join_parts(ps) or "baseline", color(i), variant(i)) for i, ps in enumerate(parts)]
 
 
 def _figure(plt, n_panels: int, panel_size: tuple[float, float]):
@@ -202,7 +203,7 @@ def plot_width(configs: list[Config], finals: dict[str, dict], path: Path, note:
                             if q == p and x == line_of[first]), key=lambda c: c.width)
             if not group:
                 continue
-            line = Line(join_parts(labels[j]), styles[j].color, j)
+            line = Line(join_parts(labels[j]) or "baseline", styles[j].color, j)
             w = np.array([c.width for c in group], dtype=float)
             iq, lo, hi = (np.array([finals[c.label]["iqm"][k] for c in group]) for k in ("value", "low", "high"))
             ax.errorbar(w, iq, yerr=[iq - lo, hi - iq], color=line.color, ls=DASHES[j % len(DASHES)],
@@ -327,5 +328,122 @@ def plot_analysis(
             ax.tick_params(labelsize=7)
     _legend(fig, axes.flat)
     _title(fig, f"Analysis metrics (mean over seeds, {round(confidence * 100)}% bootstrap CIs)", note)
+    _save(fig, plt, path)
+    return True
+
+
+# --- the comparison of methods (Fig. 12) and the gradient covariance (Fig. 14) ------------------------------
+METHOD_PREFIXES = ("pruning.", "redo.", "reset.", "rigl.")
+
+
+def is_method_field(k: str) -> bool:
+    """A field that says how the network is kept plastic or sparse: pruning, RigL, lottery ticket, ReDo, Reset,
+    L2, weight decay (the lines of Fig. 12)."""
+    return k.startswith(METHOD_PREFIXES) or k in METHOD_TEXT
+
+
+def uses_a_baseline_method(c: Config) -> bool:
+    """True when a configuration runs one of the paper's comparisons rather than dense vs GMP alone."""
+    return any(k in c.flat and METHOD_TEXT[k](c.flat[k]) for k in METHOD_SWITCHES)
+
+
+def plot_methods(configs: list[Config], curves: dict[str, list[dict]], finals: dict[str, dict], path: Path,
+                 note: str, ci: int) -> bool:
+    """Fig. 12 style, one row per combination of the other options: left, IQM learning curves of every method at
+    width 3 (or the widest there is); right, final IQM against width, one line per method, with CIs. Drawn when
+    some configuration uses a baseline method (ReDo, Reset, WD, L2, RigL, lottery ticket)."""
+    cs = [c for c in configs if c.aggregated]
+    if not any(uses_a_baseline_method(c) for c in cs):
+        return False
+    panel_of = [tuple((k, v) for k, v in c.key if not is_method_field(k) and k != "network.width") for c in cs]
+    panels = list(dict.fromkeys(panel_of))
+    reps = [cs[panel_of.index(p)] for p in panels]
+    rest_flats = [{k: v for k, v in c.flat.items() if not is_method_field(k) and k != "network.width"} for c in reps]
+    titles = [_panel_title(c, p) for c, p in zip(reps, label_parts(rest_flats), strict=True)]
+    methods = [{k: v for k, v in c.flat.items() if is_method_field(k)} for c in cs]
+    method_of = [json.dumps(m, sort_keys=True) for m in methods]
+    firsts = [method_of.index(x) for x in dict.fromkeys(method_of)]
+    labels = [join_parts(p) or "baseline" for p in label_parts([methods[i] for i in firsts],
+                                                               always=("pruning.final_sparsity",))]
+    lines = [Line(label, PALETTE[j % len(PALETTE)], j) for j, label in enumerate(labels)]
+    plt = _plt()
+    fig, axes = plt.subplots(len(panels), 2, figsize=(10.5, 3.8 * len(panels) + 0.6), squeeze=False,
+                             layout="constrained")
+    for (ax_c, ax_w), p, title in zip(axes, panels, titles, strict=True):
+        mine = [(c, method_of.index(m)) for c, q, m in zip(cs, panel_of, method_of, strict=True) if q == p]
+        widths = sorted({c.width for c, _ in mine})
+        shown = 3 if 3 in widths else widths[-1]
+        for c, first in mine:
+            j = firsts.index(first)
+            if c.width == shown and curves.get(c.label):
+                pts = curves[c.label]
+                lines[j].plot(ax_c, [q["frames"] for q in pts], [q["iqm"] for q in pts], [q["low"] for q in pts],
+                              [q["high"] for q in pts])
+        for j, first in enumerate(firsts):
+            group = sorted((c for c, f in mine if f == first), key=lambda c: c.width)
+            if not group:
+                continue
+            w = np.array([c.width for c in group], dtype=float)
+            iq, lo, hi = (np.array([finals[c.label]["iqm"][k] for c in group]) for k in ("value", "low", "high"))
+            ax_w.errorbar(w, iq, yerr=[iq - lo, hi - iq], color=lines[j].color, ls=DASHES[j % len(DASHES)],
+                          marker=MARKERS[j % len(MARKERS)], capsize=4, lw=1.6, label=lines[j].label)
+            for c, x, y in zip(group, w, iq, strict=True):
+                if not c.complete:
+                    ax_w.plot(x, y, marker="o", ms=9, mfc="white", mec=lines[j].color, zorder=3)
+                    ax_w.annotate("incomplete", (x, y), xytext=(6, -12), textcoords="offset points", fontsize=7)
+        ax_c.set_title(f"{title}: width ×{shown}", fontsize=10)
+        _frames_axis(ax_c)
+        ax_c.set_ylabel("IQM human-normalized score")
+        ax_w.set_title(f"{title}: final IQM", fontsize=10)
+        ax_w.set_xticks(widths)
+        ax_w.set_xlabel("Width multiplier")
+        ax_w.set_ylabel("Final IQM human-normalized score")
+    _legend(fig, axes.flat)
+    _title(fig, f"Pruning and the other methods ({ci}% stratified-bootstrap CIs)", note)
+    _save(fig, plt, path)
+    return True
+
+
+PAPER_COVARIANCE_GAMES = ("Breakout", "VideoPinball")  # Fig. 14
+MAX_COVARIANCE_PANELS = 6
+
+
+def plot_grad_covariance(configs: list[Config], games: list[str] | None, path: Path, note: str) -> bool:
+    """Fig. 14 style: the last gradient covariance matrix of each configuration (its lowest seed's run), one row
+    per game, side by side (dense vs pruned), red negative, blue positive, on [-1, 1]."""
+    found: dict[str, list[tuple[Config, np.ndarray, dict, Run]]] = {}
+    for c in configs:
+        for g in sorted({r.game for r in c.runs}):
+            for r in sorted((r for r in c.runs if r.game == g), key=lambda r: r.seed):
+                last = r.grad_covariance()
+                if last is not None:
+                    found.setdefault(g, []).append((c, *last, r))
+                    break
+    if not found:
+        return False
+    if games is None:
+        games = [g for g in PAPER_COVARIANCE_GAMES if g in found] or sorted(found)[:2]
+    games = [g for g in games if g in found]
+    if not games:
+        return False
+    cols = min(MAX_COVARIANCE_PANELS, max(len(found[g]) for g in games))
+    plt = _plt()
+    fig, axes = plt.subplots(len(games), cols, figsize=(3.0 * cols + 0.8, 3.0 * len(games) + 0.7), squeeze=False,
+                             layout="constrained")
+    image = None
+    for row, g in zip(axes, games, strict=True):
+        for ax in row:
+            ax.set_visible(False)
+        for ax, (c, m, where, r) in zip(row, found[g], strict=False):
+            ax.set_visible(True)
+            image = ax.imshow(m, cmap="RdBu", vmin=-1, vmax=1, interpolation="nearest")
+            ax.grid(False)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            steps = where.get("frames")
+            at = f", {steps / 1e6:.3g}M frames" if isinstance(steps, int | float) and steps >= 1e6 else ""
+            ax.set_title(textwrap.fill(f"{g}: {c.label}", 34) + f"\n(seed {r.seed}{at})", fontsize=8)
+    fig.colorbar(image, ax=axes, shrink=0.8, label="cosine of per-sample gradients")
+    _title(fig, "Gradient covariance (per-sample TD-loss gradients on a fixed batch)", note)
     _save(fig, plt, path)
     return True

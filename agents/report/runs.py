@@ -95,6 +95,23 @@ class Run:
         return self._metrics
 
 
+    def grad_covariance(self) -> tuple[np.ndarray, dict] | None:
+        """The last gradient covariance matrix of grad_covariance.jsonl (Fig. 14) with its row's step counts, or
+        None; lines that are not complete JSON (a write cut short by a kill) are passed over."""
+        path = self.path / "grad_covariance.jsonl"
+        if not path.exists():
+            return None
+        for line in reversed(path.read_text().splitlines()):
+            try:
+                row = json.loads(line)
+                matrix = np.asarray(row["matrix"], dtype=float)
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+                continue
+            if matrix.ndim == 2 and matrix.shape[0] == matrix.shape[1] > 0:
+                return matrix, {k: v for k, v in row.items() if k != "matrix"}
+        return None
+
+
 def find_run_dirs(paths: list[str | Path]) -> list[Path]:
     """Run dirs are dirs with a config.json; parents are searched recursively."""
     found: set[Path] = set()

@@ -81,12 +81,13 @@ def test_learner_steps_never_read_device_values_on_the_host(tmp_path, monkeypatc
     assert any(not torch.equal(b, p) for b, p in zip(before, trainer.online.parameters())), "nothing was learned"
 
 
-@pytest.mark.parametrize("variant", ["global_scope", "mask_gradients_reset", "frozen_bf16"])
+@pytest.mark.parametrize("variant", ["global_scope", "mask_gradients_reset", "frozen_bf16", "rigl"])
 def test_learner_step_options_never_read_device_values_on_the_host(tmp_path, monkeypatch, one_thread, variant):
     monkeypatch.setenv("PRUNERL_KERNELS", "triton")
     options = {"global_scope": {"pruning.scope": "global"},
                "mask_gradients_reset": {"pruning.mask_gradients": True, "pruning.moments": "reset"},
-               "frozen_bf16": {"pruning.moments": "frozen", "bf16": True}}[variant]
+               "frozen_bf16": {"pruning.moments": "frozen", "bf16": True},
+               "rigl": {"pruning.method": "rigl", "rigl.update_freq": 2}}[variant]
     trainer = trainer_ready_to_learn(tmp_path, "dqn", **options)
     for _ in range(2):
         trainer.learn()
