@@ -20,6 +20,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 import warnings
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -194,7 +195,7 @@ def run_lock(path: Path, wait: bool):
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            _acquire(fd, wait)
         except BlockingIOError:
             yield None
             return
@@ -208,6 +209,23 @@ def run_lock(path: Path, wait: bool):
         yield fd
     finally:
         os.close(fd)
+
+
+def _acquire(fd: int, wait: bool, grace_s: float = 1.0) -> None:
+    """flock the run's lock. Without `wait`, a holder is only believed after `grace_s`: `lock_is_held` (the
+    progress display, `agents.sweep status`) takes the lock for a moment to probe it, a trainer for minutes."""
+    if wait:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        return
+    deadline = time.monotonic() + grace_s
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.02)
 
 
 def _tail(path: Path, start: int, lines: int = 25) -> str:

@@ -22,6 +22,7 @@ from agents.sweep_exec import (
     child_env,
     execute_run,
     inspect_run,
+    lock_is_held,
     run_lock,
     state_path,
     train_command,
@@ -232,6 +233,33 @@ def test_run_states_from_the_directory(tmp_path):
     assert st.state == "failed" and st.failures == 2 and "boom" in st.last_error
     (directory / "summary.json").write_text(json.dumps({"finished": True}))
     assert inspect_run(sweep_dir, run).state == "done"
+
+
+def test_a_status_probe_does_not_make_a_run_look_busy(tmp_path):
+    # The progress display and `agents.sweep status` probe a run's lock by taking it for a moment; a sweep that
+    # starts the run during a probe must still get the lock (it once reported the run "busy" and skipped it).
+    import threading
+
+    path = tmp_path / "run.lock"
+    path.touch()
+    probing, probes = True, 0
+
+    def probe():
+        nonlocal probes
+        while probing:
+            lock_is_held(path)  # takes the lock for a moment when it is free
+            probes += 1
+
+    thread = threading.Thread(target=probe)
+    thread.start()
+    try:
+        for _ in range(200):
+            with run_lock(path, wait=False) as fd:
+                assert fd is not None, "a momentary probe made the run look busy"
+    finally:
+        probing = False
+        thread.join()
+    assert probes > 200
 
 
 def test_every_launch_is_the_same_train_command(tmp_path):
