@@ -1,5 +1,5 @@
-"""Per-tensor magnitude top-k masks for all prunable tensors at once: a segmented radix select that reads
-the weights about once.
+"""Per-tensor magnitude top-k masks for all prunable tensors at once: a segmented radix select that, on a
+repeated call (GMP's mask updates), reads the weights once and histograms only a few percent of them.
 
 Op: for each weight tensor w_i (a "segment") and keep count k_i, mask_i has exactly k_i True entries at
 the largest |w_i|; ties are broken by lower flat index. Bit-identical to
@@ -8,40 +8,53 @@ the largest |w_i|; ties are broken by lower flat index. Bit-identical to
 Key idea: for float32, the bit pattern of |w| (sign bit cleared) is a 31-bit integer that orders exactly
 like |w|. NaN patterns lie above +Inf, which is the reference's NaN rule; all NaNs are canonicalised to one
 pattern so that, as in the sort, they tie with each other and fall back to index order. fp16/bf16 weights
-are converted to fp32 first (exact), -0.0 becomes +0.0 like `abs`. The threshold T (the pattern of the
-k-th largest |w|) is found digit by digit: 11, 10 and 10 bits, high to low (d1, d2, d3).
+are converted to fp32 first (exact), -0.0 becomes +0.0 like `abs`. The threshold T is the pattern of the
+k-th largest |w|. Every call narrows it to an interval of patterns [LO, HI] with HI - LO < 2**20 and
+above = the number of elements > HI < k <= above + the number in [LO, HI] (the *candidates*), then
+finds T among the candidates by two 10-bit digits of (pattern - LO).
 
-Algorithm, all segments in the same six launches (each program handles BLOCK elements of one segment;
+Why not a histogram of every element: with the `tl.histogram` lowering of the Triton releases we run on
+(a warp ballot per bit of the bin index, then a popcount per bin a lane owns), a histogram costs ~bins / 32
+popcounts per element; 2048 bins over every element make the pass compute-bound at ~10 warp-instructions
+per element, ~10x a read's worth. So the warm path histograms only candidates, and only the slots they use.
+
+Algorithm, all segments in the same seven launches (each program handles BLOCK elements of one segment;
 "the last block" of a segment is the program that finds, by an atomic counter, that all the segment's
-blocks of this launch are done: it alone picks the digit, so no launch is spent on choosing):
+blocks of this launch are done: it alone takes the segment's decision, so no launch is spent on choosing):
   0. `_prepare_kernel` (a program per segment): clamps k, resets the workspace, and makes the warm-start
-     guess: the previous call's d1 histogram (kept in the workspace) gives every d1 bucket's rank, and the
-     guess is the range of buckets [lo, hi] that holds rank k if no count moved by more than a margin.
-  1. `_pass1_kernel`, the one full read: the d1 histogram of every element. With a guess, also the mask
-     of every element outside the range (kept iff d1 > hi) and the *candidates*, the elements inside it,
-     compacted in flat order into the block's slots (4-byte pattern + 2-byte position). The last block picks
-     d1's bucket b1 from the histogram and checks the guess (lo <= b1 <= hi).
-  2. `_pass2_kernel`: the d2 histogram of the elements with d1 == b1. Where the guess held it reads only
-     the candidates; otherwise (first call, or a wrong guess) it reads the weights again, writes the mask
-     (kept iff d1 > b1) and the candidates (d1 == b1). The last block picks b2.
-  3. `_pass3_kernel`: the d3 histogram of the candidates matching b1, b2; the last block picks T, and
-     need_eq = how many elements equal to T are kept. k = 0 selects T = 0x7FFFFFFF, a pattern no canonical
-     input has: the mask is empty without a special case.
-  4. `_tie_kernel`, only where more elements equal T than are kept: counts them per block (among the
+     guess: [LO, HI] = the previous call's T -/+ 2**span, span adaptive (kept in the workspace).
+  1. `_guess_kernel`, the one full read (only with a guess): counts the elements above HI, writes the mask
+     of every element (kept iff pattern > HI), and compacts the candidates, in flat order, into the block's
+     slots (4-byte pattern + 2-byte position). The last block checks the guess (above < k <= above +
+     candidates, or k == above) and adapts span: wider after a wrong guess, narrower when the candidates
+     crowd (more than n / 64).
+  2. `_cold_kernel`, only where there was no guess (first call, warm_start=False) or it was wrong: the
+     histogram of the top 11 bits of every element (a grid-stride loop over a few programs, so that it
+     costs a short launch when idle); its last block picks the bucket b1 holding rank k: [LO, HI] = b1's
+     2**20 patterns.
+  3. `_digit2_kernel`: the histogram of (pattern - LO) >> 10 over the candidates. Where the guess held it
+     reads only the used slots; on the cold path it reads the weights again, writes the mask (kept iff
+     pattern > HI) and compacts the candidates. The last block picks the digit b2.
+  4. `_digit3_kernel`: the histogram of (pattern - LO) & 1023 over the candidates matching b2; the last
+     block picks T, and need_eq = how many elements equal to T are kept. When k = above (no candidate is
+     kept, e.g. k = 0), T = HI + 1: kept iff pattern >= HI + 1, with no tie break.
+  5. `_tie_kernel`, only where more elements equal T than are kept: counts them per block (among the
      candidates), and the last block turns the counts into each block's exclusive prefix.
-  5. `_fixup_kernel`: each candidate's mask entry (written False by pass 1 or 2, so only the kept ones are
+  6. `_fixup_kernel`: each candidate's mask entry (written False by pass 1 or 3, so only the kept ones are
      written): kept iff pattern > T, or == T with rank among equals (flat order) <= need_eq. With
      `zero_pruned` or moments to zero, it instead rewrites whole blocks from the weights (one more read)
      and zeroes the pruned entries in place.
-A block whose candidates overflow its slots (more than `slots` of its BLOCK elements in the range) keeps
-counting them and, in passes 2-5, reads its weights instead of its slots: always correct, slower.
+A block whose candidates overflow its slots (more than `slots` of its BLOCK elements in [LO, HI]) keeps
+counting them and, in passes 3-6, reads its weights instead of its slots: always correct, slower.
 
 Traffic (fp32, no tie at T): warm 4 bytes read + 1 written per element, plus ~20 bytes per candidate
-(3-8% of the elements at 50-99% sparsity for Gaussian weights, in the bucket of T; more with a wide guess);
-cold 8 + 1 + ~16 per candidate. The warm start is a guess: a wrong one costs the cold path, never a wrong
-mask. Caveats: untuned and unmeasured on GPU (block size, warps, slots, margin); histograms are flushed
-with global atomics; the last-block pattern relies on a barrier + acq_rel atomic (CUDA's threadfence
-reduction), which the interpreter can't exercise concurrently.
+(~0.4-2% of the elements for Gaussian weights at 50-99% sparsity with the initial span); cold (first call,
+warm_start=False or a wrong guess) 8 + 1 (+ 4 + 1 for a wrong guess's pass 1) + ~16 per candidate (1-3%,
+the top-digit bucket of T). Compute (PTX for sm_90, triton 3.6): the warm full-read pass has no histogram;
+the candidate passes histogram one slot per thread per chunk. The warm start is a guess: a wrong one costs
+the cold path, never a wrong mask. Caveats: untuned and unmeasured on GPU (block size, warps, slots,
+spans); histograms are flushed with global atomics; the last-block pattern relies on a barrier + acq_rel
+atomic (CUDA's threadfence reduction), which the interpreter can't exercise concurrently.
 
 Nothing inside waits on the host: keep counts may be an int tensor on the weights' device (clamped to
 [0, numel] in the kernel, since validating them would need a sync; lists and tensors elsewhere are
@@ -64,41 +77,60 @@ import triton.language as tl
 from kernels import _utils
 from kernels.reference import _check_keep_counts
 
-# Radix digits of the 31-bit |w| pattern, high to low; 2**11 bins keep a block's histogram in shared memory.
-RADIX_BITS = (11, 10, 10)
-HIST_BINS = 2 ** max(RADIX_BITS)
 # Elements per program: large enough to amortise the sparse histogram flush (a block of Gaussian weights
-# touches ~100-200 of the 2048 bins), small enough for many programs per SM.
+# touches ~100-200 of the 2048 top-digit bins), small enough for many programs per SM.
 TOPK_BLOCK = 4096
 NUM_WARPS = 8
-# Candidate slots per block, as a fraction of BLOCK: a few % of the elements are candidates when the range
-# is one bucket (Gaussian weights), so 1/4 rarely overflows.
+# Candidate slots per block, as a fraction of BLOCK: a few % of the elements are candidates, so 1/4 rarely
+# overflows.
 SLOTS_PER_BLOCK = 4
-# Warm-start margin, in ranks: the guess holds if no bucket's count moved by more than n / 256 + 16.
-MARGIN_SHIFT = tl.constexpr(8)
+# Slots a candidate pass handles per iteration: one per thread (it loops only over the used slots).
+CAND_CHUNK = 32 * NUM_WARPS
+# Programs of the cold path's grid-stride histogram (enough to fill an H100; idle, they exit at once).
+COLD_PROGRAMS = 1024
+# The warm guess is the predicted threshold -/+ 2**span patterns (span 18: -/+ 3% of |w| at the bottom of a
+# binade, -/+ 1.6% at its top). A wrong guess widens the next by 2 (up to 19: the interval must fit two
+# 10-bit digits), T in the outer half of a held one by 1; T in its inner quarter with more than
+# max(n >> CROWD_SHIFT, CROWD_MIN) candidates narrows it by 1.
+SPAN_MIN, SPAN_INIT, SPAN_MAX = tl.constexpr(8), tl.constexpr(18), tl.constexpr(19)
+CROWD_SHIFT, CROWD_MIN = tl.constexpr(6), tl.constexpr(256)
 # Launches per call.
-LAUNCHES = 6
-# |NaN| canonical pattern (quiet NaN); above +Inf (0x7F800000) and below the k = 0 sentinel 0x7FFFFFFF.
+LAUNCHES = 7
+# |NaN| canonical pattern (quiet NaN); above +Inf (0x7F800000). HI stays <= MAX_PATTERN so that HI + 1, the
+# threshold when no candidate is kept (k = 0 selects 0x7FFFFFFF, a pattern no canonical input has), fits.
 # (Globals read inside kernels must be tl.constexpr.)
 CANONICAL_NAN = tl.constexpr(0x7FC00000)
+MAX_PATTERN = tl.constexpr(0x7FFFFFFE)
+# Digits: the cold path's top 11 bits of the pattern, then two 10-bit digits of (pattern - LO).
 D1_SHIFT, D2_SHIFT = tl.constexpr(20), tl.constexpr(10)
 BINS1, BINS2 = tl.constexpr(2048), tl.constexpr(1024)
+BUCKET1_LAST = tl.constexpr(2**20 - 1)  # a top-digit bucket's last pattern, relative to its first
+# A candidate's slot packs its key (pattern - LO, < 2**20) above its position in the block (< 2**12).
+POS_BITS = tl.constexpr(12)
+POS_MASK, KEY_MASK = tl.constexpr(2**12 - 1), tl.constexpr(2**20 - 1)
+MAX_BLOCK = 2**12
 
-# Columns of the int32 per-segment state (one row per segment): keep count; candidate range of pass 1
-# (lo > hi: no guess); whether the guess held; threshold prefix (b1, then b1 b2, then T); count still to
-# keep (need_eq at the end); whether T has more equal elements than are kept; whether the d1 histogram
-# holds a previous call's counts (kept across calls); and one "blocks done" counter per pass with a last
-# block.
-_K, _LO, _HI, _WARM, _PREFIX, _K_LEFT, _TIE, _HAVE_PREV = (tl.constexpr(i) for i in range(8))
-_DONE1, _DONE2, _DONE3, _DONE_TIE = (tl.constexpr(i) for i in range(8, 12))
-STATE_COLS = tl.constexpr(12)
-# Per segment: the d1, d2 and d3 histograms side by side (2048 + 1024 + 1024 bins).
+# Columns of the int32 per-segment state (one row per segment): keep count; candidate interval [LO, HI]
+# (LO > HI: no guess); whether the guess held; the threshold's digit b2, then T; count still to keep among
+# the candidates (need_eq at the end); whether T has more equal elements than are kept; elements above HI
+# and candidates (pass 1's counts); one "blocks done" counter per pass with a last block. Then the columns
+# that outlive a call: whether a previous threshold exists, the previous threshold, the guess's span, and
+# the previous keep count and density (candidates over the width of their interval) that predict T's move.
+_K, _LO, _HI, _WARM, _PREFIX, _K_LEFT, _TIE, _ABOVE, _CANDS = (tl.constexpr(i) for i in range(9))
+_DONE1, _DONE_COLD, _DONE2, _DONE3, _DONE_TIE = (tl.constexpr(i) for i in range(9, 14))
+_HAVE_PREV, _PREV_T, _SPAN, _PREV_K, _PREV_CANDS, _PREV_WIDTH = (tl.constexpr(i) for i in range(14, 20))
+STATE_COLS = tl.constexpr(20)
+# Fewer candidates than this make the density too noisy to predict T's move from.
+MIN_DENSITY_CANDS = tl.constexpr(16)
+# Per segment: the top-digit and the two candidate-digit histograms side by side (2048 + 1024 + 1024 bins).
 SEG_HIST = tl.constexpr(4096)
 
 # --- kernels ----------------------------------------------------------------------------------------------
 # Kernel arguments: the block plan's rows (`kernels._utils`) as separate tables, `blk_*` indexed by program
 # id and `seg_*` by segment; per-segment state and histograms; per block, the candidate slots and the
 # candidate count. (Few helper functions and little scalar arithmetic: each costs the interpreter a lot.)
+# Loops with a run-time bound are while loops: range() with one does not run under every release's
+# interpreter.
 
 
 @triton.jit
@@ -123,8 +155,7 @@ def _select_digit(hist_ptr, k, BINS: tl.constexpr):
     hist = tl.load(hist_ptr + bins, cache_modifier=".cg")
     # at_least[b] = number of competing elements with digit >= b (non-increasing in b; at_least[0] >= k).
     at_least = tl.sum(hist, 0) - tl.cumsum(hist, 0) + hist
-    # The k-th largest element sits in the largest digit b with at_least[b] >= k. With k = 0 that is the
-    # top digit and nothing is above it, so k stays 0 and the prefix ends as all ones (the empty mask).
+    # The k-th largest element sits in the largest digit b with at_least[b] >= k (with k = 0: the top one).
     b = tl.sum((at_least >= k).to(tl.int32), 0) - 1
     in_b = tl.sum(tl.where(bins == b, hist, 0), 0)
     above_b = tl.sum(tl.where(bins == b, at_least, 0), 0) - in_b
@@ -132,15 +163,21 @@ def _select_digit(hist_ptr, k, BINS: tl.constexpr):
 
 
 @triton.jit
-def _compact(cand, bits, local, slot_bits_ptr, slot_pos_ptr, count_ptr, SLOTS: tl.constexpr):
-    """Write the candidates' patterns and in-block positions to the block's slots, in flat order, and their
-    count (which may exceed SLOTS: the block then reads its weights in later passes)."""
+def _compact(cand, key, local, slot_ptr, count_ptr, SLOTS: tl.constexpr):
+    """Write the candidates' slots (key << POS_BITS | in-block position, one int32) in flat order, and their
+    count (which may exceed SLOTS: the block then reads its weights in later passes); returns the count."""
     c = cand.to(tl.int32)
     slot = tl.cumsum(c, 0) - 1
-    ok = cand & (slot < SLOTS)
-    tl.store(slot_bits_ptr + slot, bits, mask=ok)
-    tl.store(slot_pos_ptr + slot, local.to(tl.int16), mask=ok)
-    tl.store(count_ptr, tl.sum(c, 0))
+    tl.store(slot_ptr + slot, (key << POS_BITS) | local, mask=cand & (slot < SLOTS))
+    n = tl.sum(c, 0)
+    tl.store(count_ptr, n)
+    return n
+
+
+@triton.jit
+def _slot_key(slot):
+    """A slot's key, pattern - LO (the inverse of `_compact`'s packing; slots are int32, so mask the shift)."""
+    return (slot >> POS_BITS) & KEY_MASK
 
 
 @triton.jit
@@ -151,130 +188,193 @@ def _prepare_kernel(seg_numel_ptr, keep_ptr, state_ptr, hist_ptr, WARM_START: tl
     n = tl.load(seg_numel_ptr + seg).to(tl.int64)
     # Device keep counts are not validated on the host (that would sync): clamp instead.
     k = tl.minimum(tl.maximum(tl.load(keep_ptr + seg).to(tl.int64), 0), n)
-    lo = tl.full([], 1, tl.int32)
-    hi = tl.zeros([], tl.int32)  # lo > hi: no guess
+    span = tl.load(st + _SPAN)
+    span = tl.where(span == 0, SPAN_INIT, span)  # a new workspace
+    lo = tl.full([], 1, tl.int64)
+    hi = tl.zeros([], tl.int64)  # lo > hi: no guess
     if WARM_START:
         if tl.load(st + _HAVE_PREV) != 0:
-            hist = tl.load(hs + tl.arange(0, BINS1))
-            at_least = tl.sum(hist, 0) - tl.cumsum(hist, 0) + hist
-            margin = (n >> MARGIN_SHIFT) + 16
-            # Rank k lies in a bucket b with at_least[b] >= k > at_least[b + 1]. If every count moved by at
-            # most `margin`, that b is >= the last bucket with at_least >= k + margin (lo) and <= the last
-            # with at_least >= k - margin (hi; the top bucket when k <= margin).
-            lo = tl.maximum(tl.sum((at_least >= k + margin).to(tl.int32), 0) - 1, 0)
-            hi = tl.sum((at_least >= tl.maximum(k - margin, 1)).to(tl.int32), 0) - 1
-            hi = tl.where(k <= margin, BINS1 - 1, hi)
+            centre = tl.load(st + _PREV_T).to(tl.int64)
+            # GMP changes k between calls: a first-order step from the previous threshold, at the density of
+            # patterns around it (ranks per pattern), predicts the new one (k smaller: T higher).
+            cands = tl.load(st + _PREV_CANDS).to(tl.int64)
+            dk = tl.load(st + _PREV_K).to(tl.int64) - k
+            step = dk * tl.load(st + _PREV_WIDTH).to(tl.int64) // tl.maximum(cands, 1)
+            centre += tl.where(cands >= MIN_DENSITY_CANDS, step, 0)
+            half = tl.full([], 1, tl.int64) << span.to(tl.int64)
+            lo = tl.minimum(tl.maximum(centre - half, 0), MAX_PATTERN)
+            hi = tl.maximum(tl.minimum(centre + half - 1, MAX_PATTERN), 0)
     tl.store(hs + tl.arange(0, SEG_HIST), tl.zeros([SEG_HIST], tl.int32))
     tl.store(st + _K, k.to(tl.int32))
-    tl.store(st + _LO, lo)
-    tl.store(st + _HI, hi)
-    for col in tl.static_range(_WARM, STATE_COLS):
-        if col != _HAVE_PREV:  # the only column that outlives a call
-            tl.store(st + col, 0)
+    tl.store(st + _LO, lo.to(tl.int32))
+    tl.store(st + _HI, hi.to(tl.int32))
+    tl.store(st + _SPAN, span)
+    tl.store(st + _PREV_K, k.to(tl.int32))
+    for col in tl.static_range(_WARM, _HAVE_PREV):  # the later columns outlive a call
+        tl.store(st + col, 0)
 
 
 @triton.jit
-def _pass1_kernel(w_table_ptr, out_table_ptr, blk_seg_ptr, blk_start_ptr, seg_nblocks_ptr, seg_numel_ptr,
-                  state_ptr, hist_ptr, slot_bits_ptr, slot_pos_ptr, count_ptr, DTYPE: tl.constexpr,
-                  BLOCK: tl.constexpr, SLOTS: tl.constexpr):
+def _guess_kernel(w_table_ptr, out_table_ptr, blk_seg_ptr, blk_start_ptr, seg_nblocks_ptr, seg_numel_ptr,
+                  state_ptr, slot_ptr, count_ptr, DTYPE: tl.constexpr, BLOCK: tl.constexpr, SLOTS: tl.constexpr):
     pid = tl.program_id(0)
     seg = tl.load(blk_seg_ptr + pid)
     st = state_ptr + seg * STATE_COLS
-    hs = hist_ptr + seg * SEG_HIST
-    local = tl.arange(0, BLOCK)
-    offs = tl.load(blk_start_ptr + pid) + local
-    inb = offs < tl.load(seg_numel_ptr + seg)
-    bits = _abs_bits(tl.load(w_table_ptr + seg), offs, inb, DTYPE)
-    d1 = bits >> D1_SHIFT
-    hist = tl.histogram(d1, BINS1, mask=inb)
-    # Flush only the non-empty bins: most blocks touch a small fraction of them.
-    tl.atomic_add(hs + tl.arange(0, BINS1), hist, mask=hist > 0, sem="relaxed")
     lo = tl.load(st + _LO)
     hi = tl.load(st + _HI)
-    if lo <= hi:  # a guess: everything outside [lo, hi] is decided now
-        out = tl.load(out_table_ptr + seg).to(tl.pointer_type(tl.int1))
-        tl.store(out + offs, d1 > hi, mask=inb)
-        cand = inb & (d1 >= lo) & (d1 <= hi)
-        _compact(cand, bits, local, slot_bits_ptr + pid * SLOTS, slot_pos_ptr + pid * SLOTS, count_ptr + pid, SLOTS)
-    tl.debug_barrier()  # all of this program's flushes before its "done" (see _select_digit)
-    if tl.atomic_add(st + _DONE1, 1, sem="acq_rel") == tl.load(seg_nblocks_ptr + seg) - 1:  # the last block
-        b1, k1, _ = _select_digit(hs, tl.load(st + _K), BINS1)
-        tl.store(st + _PREFIX, b1)
-        tl.store(st + _K_LEFT, k1)
-        tl.store(st + _WARM, ((lo <= b1) & (b1 <= hi)).to(tl.int32))
-        tl.store(st + _HAVE_PREV, 1)
+    if lo <= hi:  # a guess: everything outside [lo, hi] is decided now, and no histogram is needed
+        local = tl.arange(0, BLOCK)
+        offs = tl.load(blk_start_ptr + pid) + local
+        numel = tl.load(seg_numel_ptr + seg)
+        inb = offs < numel
+        bits = _abs_bits(tl.load(w_table_ptr + seg), offs, inb, DTYPE)
+        above = bits > hi  # 0 outside the tensor, and hi >= 0
+        # Masks are written as bytes (a bool tensor's storage): an int1 store compiles to bit shuffling.
+        out = tl.load(out_table_ptr + seg).to(tl.pointer_type(tl.int8))
+        tl.store(out + offs, above.to(tl.int8), mask=inb)
+        n_cand = _compact(inb & (bits >= lo) & ~above, bits - lo, local, slot_ptr + pid * SLOTS, count_ptr + pid,
+                          SLOTS)
+        tl.atomic_add(st + _ABOVE, tl.sum(above.to(tl.int32), 0), sem="relaxed")
+        tl.atomic_add(st + _CANDS, n_cand, sem="relaxed")
+        tl.debug_barrier()  # all of this program's flushes before its "done" (see _select_digit)
+        if tl.atomic_add(st + _DONE1, 1, sem="acq_rel") == tl.load(seg_nblocks_ptr + seg) - 1:  # the last block
+            n_above = tl.load(st + _ABOVE, cache_modifier=".cg")
+            n_cands = tl.load(st + _CANDS, cache_modifier=".cg")
+            k = tl.load(st + _K)
+            # T is a candidate (or, with k == n_above, no candidate is kept): the guess held.
+            held = (n_above <= k) & (k <= n_above + n_cands)
+            if not held:  # widen the next guess (a held one adapts its span once T is known, in pass 4)
+                tl.store(st + _SPAN, tl.minimum(tl.load(st + _SPAN) + 2, SPAN_MAX))
+            tl.store(st + _WARM, held.to(tl.int32))
+            tl.store(st + _PREV_CANDS, n_cands)  # the density, for the next guess (the cold path rewrites it)
+            tl.store(st + _PREV_WIDTH, hi - lo + 1)
+            tl.store(st + _K_LEFT, k - n_above)
 
 
 @triton.jit
-def _pass2_kernel(w_table_ptr, out_table_ptr, blk_seg_ptr, blk_start_ptr, seg_nblocks_ptr, seg_numel_ptr,
-                  state_ptr, hist_ptr, slot_bits_ptr, slot_pos_ptr, count_ptr, DTYPE: tl.constexpr,
-                  BLOCK: tl.constexpr, SLOTS: tl.constexpr):
+def _cold_kernel(w_table_ptr, blk_seg_ptr, blk_start_ptr, seg_nblocks_ptr, seg_numel_ptr, state_ptr, hist_ptr,
+                 n_blocks, DTYPE: tl.constexpr, BLOCK: tl.constexpr):
+    block = tl.program_id(0)
+    while block < n_blocks:  # grid-stride: a few programs, so that the launch is short where it has no work
+        seg = tl.load(blk_seg_ptr + block)
+        st = state_ptr + seg * STATE_COLS
+        if tl.load(st + _WARM) == 0:  # no guess, or a wrong one
+            hs = hist_ptr + seg * SEG_HIST
+            offs = tl.load(blk_start_ptr + block) + tl.arange(0, BLOCK)
+            inb = offs < tl.load(seg_numel_ptr + seg)
+            bits = _abs_bits(tl.load(w_table_ptr + seg), offs, inb, DTYPE)
+            hist = tl.histogram(bits >> D1_SHIFT, BINS1, mask=inb)
+            # Flush only the non-empty bins: most blocks touch a small fraction of them.
+            tl.atomic_add(hs + tl.arange(0, BINS1), hist, mask=hist > 0, sem="relaxed")
+            tl.debug_barrier()
+            if tl.atomic_add(st + _DONE_COLD, 1, sem="acq_rel") == tl.load(seg_nblocks_ptr + seg) - 1:
+                b1, k1, in_b1 = _select_digit(hs, tl.load(st + _K), BINS1)
+                lo = b1 << D1_SHIFT
+                hi = tl.minimum(lo + BUCKET1_LAST, MAX_PATTERN)
+                tl.store(st + _LO, lo)
+                tl.store(st + _HI, hi)
+                tl.store(st + _K_LEFT, k1)
+                tl.store(st + _PREV_CANDS, in_b1)
+                tl.store(st + _PREV_WIDTH, hi - lo + 1)
+        block += tl.num_programs(0)
+
+
+@triton.jit
+def _digit2_kernel(w_table_ptr, out_table_ptr, blk_seg_ptr, blk_start_ptr, seg_nblocks_ptr, seg_numel_ptr,
+                   state_ptr, hist_ptr, slot_ptr, count_ptr, DTYPE: tl.constexpr, BLOCK: tl.constexpr,
+                   SLOTS: tl.constexpr, CHUNK: tl.constexpr):
     pid = tl.program_id(0)
     seg = tl.load(blk_seg_ptr + pid)
     st = state_ptr + seg * STATE_COLS
     h2 = hist_ptr + seg * SEG_HIST + BINS1
-    b1 = tl.load(st + _PREFIX)
+    lo = tl.load(st + _LO)
+    hi = tl.load(st + _HI)
     warm = tl.load(st + _WARM) != 0
     count = tl.load(count_ptr + pid)
     if warm & (count <= SLOTS):
-        # The guess held: the candidates are in the slots.
-        j = tl.arange(0, SLOTS)
-        cand_bits = tl.load(slot_bits_ptr + pid * SLOTS + j, mask=j < count, other=0)
-        hist = tl.histogram((cand_bits >> D2_SHIFT) & (BINS2 - 1), BINS2,
-                            mask=(j < count) & ((cand_bits >> D1_SHIFT) == b1))
+        # The guess held: the candidates are in the slots; histogram only the used ones.
+        hist = tl.zeros([BINS2], dtype=tl.int32)
+        c = tl.zeros([], dtype=tl.int32)
+        while c < count:
+            j = c + tl.arange(0, CHUNK)
+            slot = tl.load(slot_ptr + pid * SLOTS + j, mask=j < count, other=0)
+            hist += tl.histogram(_slot_key(slot) >> D2_SHIFT, BINS2, mask=j < count)
+            c += CHUNK
     else:
         local = tl.arange(0, BLOCK)
         offs = tl.load(blk_start_ptr + pid) + local
         inb = offs < tl.load(seg_numel_ptr + seg)
         bits = _abs_bits(tl.load(w_table_ptr + seg), offs, inb, DTYPE)
-        d1 = bits >> D1_SHIFT
-        cand = inb & (d1 == b1)
+        cand = inb & (bits >= lo) & (bits <= hi)
+        key = tl.where(cand, bits - lo, 0)
         if not warm:  # no guess, or a wrong one: the cold path
-            out = tl.load(out_table_ptr + seg).to(tl.pointer_type(tl.int1))
-            tl.store(out + offs, d1 > b1, mask=inb)
-            _compact(cand, bits, local, slot_bits_ptr + pid * SLOTS, slot_pos_ptr + pid * SLOTS, count_ptr + pid,
-                     SLOTS)
-        hist = tl.histogram((bits >> D2_SHIFT) & (BINS2 - 1), BINS2, mask=cand)
+            out = tl.load(out_table_ptr + seg).to(tl.pointer_type(tl.int8))
+            tl.store(out + offs, (bits > hi).to(tl.int8), mask=inb)
+            _compact(cand, key, local, slot_ptr + pid * SLOTS, count_ptr + pid, SLOTS)
+        hist = tl.histogram(key >> D2_SHIFT, BINS2, mask=cand)
     tl.atomic_add(h2 + tl.arange(0, BINS2), hist, mask=hist > 0, sem="relaxed")
     tl.debug_barrier()
     if tl.atomic_add(st + _DONE2, 1, sem="acq_rel") == tl.load(seg_nblocks_ptr + seg) - 1:
         b2, k2, _ = _select_digit(h2, tl.load(st + _K_LEFT), BINS2)
-        tl.store(st + _PREFIX, (b1 << 10) | b2)
+        tl.store(st + _PREFIX, b2)
         tl.store(st + _K_LEFT, k2)
 
 
 @triton.jit
-def _pass3_kernel(w_table_ptr, blk_seg_ptr, blk_start_ptr, seg_nblocks_ptr, seg_numel_ptr, state_ptr, hist_ptr,
-                  slot_bits_ptr, count_ptr, DTYPE: tl.constexpr, BLOCK: tl.constexpr, SLOTS: tl.constexpr):
+def _digit3_kernel(w_table_ptr, blk_seg_ptr, blk_start_ptr, seg_nblocks_ptr, seg_numel_ptr, state_ptr, hist_ptr,
+                   slot_ptr, count_ptr, DTYPE: tl.constexpr, BLOCK: tl.constexpr, SLOTS: tl.constexpr,
+                   CHUNK: tl.constexpr):
     pid = tl.program_id(0)
     seg = tl.load(blk_seg_ptr + pid)
     st = state_ptr + seg * STATE_COLS
     h3 = hist_ptr + seg * SEG_HIST + BINS1 + BINS2
-    prefix = tl.load(st + _PREFIX)
+    b2 = tl.load(st + _PREFIX)
+    lo = tl.load(st + _LO)
     count = tl.load(count_ptr + pid)
     if count <= SLOTS:
-        j = tl.arange(0, SLOTS)
-        cand_bits = tl.load(slot_bits_ptr + pid * SLOTS + j, mask=j < count, other=0)
-        hist = tl.histogram(cand_bits & (BINS2 - 1), BINS2, mask=(j < count) & ((cand_bits >> D2_SHIFT) == prefix))
+        hist = tl.zeros([BINS2], dtype=tl.int32)
+        c = tl.zeros([], dtype=tl.int32)
+        while c < count:
+            j = c + tl.arange(0, CHUNK)
+            key = _slot_key(tl.load(slot_ptr + pid * SLOTS + j, mask=j < count, other=0))
+            hist += tl.histogram(key & (BINS2 - 1), BINS2, mask=(j < count) & ((key >> D2_SHIFT) == b2))
+            c += CHUNK
     else:
         offs = tl.load(blk_start_ptr + pid) + tl.arange(0, BLOCK)
         inb = offs < tl.load(seg_numel_ptr + seg)
         bits = _abs_bits(tl.load(w_table_ptr + seg), offs, inb, DTYPE)
-        hist = tl.histogram(bits & (BINS2 - 1), BINS2, mask=inb & ((bits >> D2_SHIFT) == prefix))
+        key = bits - lo
+        cand = inb & (bits >= lo) & (bits <= tl.load(st + _HI)) & ((key >> D2_SHIFT) == b2)
+        hist = tl.histogram(key & (BINS2 - 1), BINS2, mask=cand)
     tl.atomic_add(h3 + tl.arange(0, BINS2), hist, mask=hist > 0, sem="relaxed")
     tl.debug_barrier()
     if tl.atomic_add(st + _DONE3, 1, sem="acq_rel") == tl.load(seg_nblocks_ptr + seg) - 1:
-        b3, need_eq, in_b = _select_digit(h3, tl.load(st + _K_LEFT), BINS2)
-        tl.store(st + _PREFIX, (prefix << 10) | b3)
+        k_left = tl.load(st + _K_LEFT)
+        b3, need_eq, in_b = _select_digit(h3, k_left, BINS2)
+        # No candidate kept (k_left == 0): T = HI + 1 keeps exactly the elements above HI, with no tie break.
+        threshold = tl.where(k_left == 0, tl.load(st + _HI) + 1, lo + ((b2 << D2_SHIFT) | b3))
+        tl.store(st + _PREFIX, threshold)
         tl.store(st + _K_LEFT, need_eq)
         # in_b elements equal T; need_eq of them are kept. Only a strict surplus needs the tie break.
-        tl.store(st + _TIE, (in_b > need_eq).to(tl.int32))
+        tl.store(st + _TIE, ((k_left > 0) & (in_b > need_eq)).to(tl.int32))
+        tl.store(st + _PREV_T, threshold)  # the next call's guess
+        tl.store(st + _HAVE_PREV, 1)
+        if tl.load(st + _WARM) != 0:
+            # The guess held; T's distance from its centre sizes the next one: near an edge, wider; well
+            # inside, and with crowding candidates (each costs ~20 bytes of traffic), narrower.
+            hi = tl.load(st + _HI)
+            span = tl.load(st + _SPAN)
+            off = tl.abs(threshold - (lo + (hi - lo + 1) // 2))
+            crowded = tl.load(st + _CANDS) > tl.maximum(tl.load(seg_numel_ptr + seg) >> CROWD_SHIFT, CROWD_MIN)
+            span = tl.where(off > (1 << span) // 2, tl.minimum(span + 1, SPAN_MAX),
+                            tl.where(crowded & (off < (1 << span) // 4), tl.maximum(span - 1, SPAN_MIN), span))
+            tl.store(st + _SPAN, span)
 
 
 @triton.jit
 def _tie_kernel(w_table_ptr, blk_seg_ptr, blk_start_ptr, seg_first_ptr, seg_nblocks_ptr, seg_numel_ptr, state_ptr,
-                slot_bits_ptr, count_ptr, eq_ptr, DTYPE: tl.constexpr, BLOCK: tl.constexpr, SLOTS: tl.constexpr,
-                CHUNK: tl.constexpr):
+                slot_ptr, count_ptr, eq_ptr, DTYPE: tl.constexpr, BLOCK: tl.constexpr, SLOTS: tl.constexpr,
+                CHUNK: tl.constexpr, SCAN: tl.constexpr):
     pid = tl.program_id(0)
     seg = tl.load(blk_seg_ptr + pid)
     st = state_ptr + seg * STATE_COLS
@@ -282,9 +382,14 @@ def _tie_kernel(w_table_ptr, blk_seg_ptr, blk_start_ptr, seg_first_ptr, seg_nblo
         threshold = tl.load(st + _PREFIX)
         count = tl.load(count_ptr + pid)
         if count <= SLOTS:
-            j = tl.arange(0, SLOTS)
-            cand_bits = tl.load(slot_bits_ptr + pid * SLOTS + j, mask=j < count, other=0)
-            n_eq = tl.sum(((j < count) & (cand_bits == threshold)).to(tl.int32), 0)
+            t_key = threshold - tl.load(st + _LO)
+            n_eq = tl.zeros([], dtype=tl.int32)
+            c = tl.zeros([], dtype=tl.int32)
+            while c < count:
+                j = c + tl.arange(0, CHUNK)
+                key = _slot_key(tl.load(slot_ptr + pid * SLOTS + j, mask=j < count, other=0))
+                n_eq += tl.sum(((j < count) & (key == t_key)).to(tl.int32), 0)
+                c += CHUNK
         else:
             offs = tl.load(blk_start_ptr + pid) + tl.arange(0, BLOCK)
             inb = offs < tl.load(seg_numel_ptr + seg)
@@ -294,23 +399,22 @@ def _tie_kernel(w_table_ptr, blk_seg_ptr, blk_start_ptr, seg_first_ptr, seg_nblo
         tl.debug_barrier()
         seg_blocks = tl.load(seg_nblocks_ptr + seg)
         if tl.atomic_add(st + _DONE_TIE, 1, sem="acq_rel") == seg_blocks - 1:
-            # Exclusive scan of the segment's per-block counts, in block (= flat index) order, in place. (A
-            # while loop: range() with a run-time bound does not run under every release's interpreter.)
+            # Exclusive scan of the segment's per-block counts, in block (= flat index) order, in place.
             first = eq_ptr + tl.load(seg_first_ptr + seg)
             running = tl.zeros([], dtype=tl.int32)
             c = tl.zeros([], dtype=tl.int32)
             while c < seg_blocks:
-                idx = c + tl.arange(0, CHUNK)
+                idx = c + tl.arange(0, SCAN)
                 ok = idx < seg_blocks
                 x = tl.load(first + idx, mask=ok, other=0, cache_modifier=".cg")
                 tl.store(first + idx, running + tl.cumsum(x, 0) - x, mask=ok)
                 running += tl.sum(x, 0)
-                c += CHUNK
+                c += SCAN
 
 
 @triton.jit
 def _keep(bits, valid, threshold, tie, eq_before, need_eq):
-    """Final mask entries of one block's elements (given in flat order)."""
+    """Final mask entries of one block's elements (given in flat order; patterns, or keys with T's key)."""
     is_eq = valid & (bits == threshold)
     if tie:
         # 1-based rank of each tied element among the segment's tied elements in flat order.
@@ -320,27 +424,32 @@ def _keep(bits, valid, threshold, tie, eq_before, need_eq):
 
 @triton.jit
 def _fixup_kernel(w_table_ptr, out_table_ptr, m_table_ptr, v_table_ptr, blk_seg_ptr, blk_start_ptr, seg_numel_ptr,
-                  state_ptr, slot_bits_ptr, slot_pos_ptr, count_ptr, eq_ptr, DTYPE: tl.constexpr,
-                  ZERO_WEIGHTS: tl.constexpr, ZERO_MOMENTS: tl.constexpr, BLOCK: tl.constexpr, SLOTS: tl.constexpr,
-                  SLOT_LIMIT: tl.constexpr):
+                  state_ptr, slot_ptr, count_ptr, eq_ptr, DTYPE: tl.constexpr, ZERO_WEIGHTS: tl.constexpr,
+                  ZERO_MOMENTS: tl.constexpr, BLOCK: tl.constexpr, SLOTS: tl.constexpr, SLOT_LIMIT: tl.constexpr,
+                  CHUNK: tl.constexpr):
     pid = tl.program_id(0)
     seg = tl.load(blk_seg_ptr + pid)
     st = state_ptr + seg * STATE_COLS
     threshold = tl.load(st + _PREFIX)
     need_eq = tl.load(st + _K_LEFT)
     tie = tl.load(st + _TIE) != 0
-    out = tl.load(out_table_ptr + seg).to(tl.pointer_type(tl.int1)) + tl.load(blk_start_ptr + pid)
+    out = tl.load(out_table_ptr + seg).to(tl.pointer_type(tl.int8)) + tl.load(blk_start_ptr + pid)
     eq_before = tl.load(eq_ptr + pid)  # only meaningful (and used) where tie
     count = tl.load(count_ptr + pid)
     if count <= SLOT_LIMIT:  # SLOTS, or -1 when zeroing (then every pruned entry must be written)
-        # Only the candidates' entries are undecided.
-        j = tl.arange(0, SLOTS)
-        valid = j < count
-        cand_bits = tl.load(slot_bits_ptr + pid * SLOTS + j, mask=valid, other=0)
-        pos = tl.load(slot_pos_ptr + pid * SLOTS + j, mask=valid, other=0).to(tl.int32)
-        # Passes 1 and 2 wrote False for every candidate: only the kept ones need a (scattered) write.
-        kept = _keep(cand_bits, valid, threshold, tie, eq_before, need_eq)
-        tl.store(out + pos, kept, mask=kept)
+        # Only the used slots' entries are undecided. Passes 1 and 3 wrote False for every candidate: only
+        # the kept ones need a (scattered) write.
+        t_key = threshold - tl.load(st + _LO)
+        c = tl.zeros([], dtype=tl.int32)
+        while c < count:
+            j = c + tl.arange(0, CHUNK)
+            valid = j < count
+            slot = tl.load(slot_ptr + pid * SLOTS + j, mask=valid, other=0)
+            key = _slot_key(slot)
+            kept = _keep(key, valid, t_key, tie, eq_before, need_eq)
+            tl.store(out + (slot & POS_MASK), kept.to(tl.int8), mask=kept)
+            eq_before += tl.sum((valid & (key == t_key)).to(tl.int32), 0)
+            c += CHUNK
     else:
         # The whole block from its weights: its candidates overflowed the slots, or pruned entries are to be
         # zeroed (all of them must be written).
@@ -348,7 +457,7 @@ def _fixup_kernel(w_table_ptr, out_table_ptr, m_table_ptr, v_table_ptr, blk_seg_
         inb = offs < tl.load(seg_numel_ptr + seg)
         w_addr = tl.load(w_table_ptr + seg)
         keep = _keep(_abs_bits(w_addr, offs, inb, DTYPE), inb, threshold, tie, eq_before, need_eq)
-        tl.store(out + tl.arange(0, BLOCK), keep, mask=inb)
+        tl.store(out + tl.arange(0, BLOCK), keep.to(tl.int8), mask=inb)
         pruned = inb & ~keep
         if ZERO_WEIGHTS:
             # Write-only: kept weights are untouched, pruned ones become +0.0.
@@ -366,7 +475,7 @@ SCAN_CHUNK = 1024
 
 
 class _Workspace:
-    """Per weight set: the device tables and the select's scratch, whose d1 histogram outlives the call
+    """Per weight set: the device tables and the select's scratch, whose threshold and span outlive the call
     (the next call's warm start)."""
 
     def __init__(self, weights, block: int, slots: int):
@@ -383,12 +492,10 @@ class _Workspace:
         self.w_table = _utils.pointer_table(weights, device)
         self.hist = torch.zeros((ns, SEG_HIST), dtype=torch.int32, device=device)
         self.state = torch.zeros((ns, STATE_COLS), dtype=torch.int32, device=device)
-        self.slot_bits = torch.empty(nb * slots, dtype=torch.int32, device=device)
-        self.slot_pos = torch.empty(nb * slots, dtype=torch.int16, device=device)
+        self.slots = torch.empty(nb * slots, dtype=torch.int32, device=device)  # see _compact
         self.counts = torch.zeros(nb, dtype=torch.int32, device=device)  # candidates per block
         self.eq = torch.zeros(nb, dtype=torch.int32, device=device)  # ties per block, then their prefix
-        self.buffers = [self.plan, self.w_table, self.hist, self.state, self.slot_bits, self.slot_pos, self.counts,
-                        self.eq]
+        self.buffers = [self.plan, self.w_table, self.hist, self.state, self.slots, self.counts, self.eq]
 
 
 class _TopkPlan:
@@ -415,7 +522,7 @@ class _TopkPlan:
         self.buffers = [*workspace.buffers, self.out_table, *self.moment_tables, keep_t]
 
 
-_workspaces = _utils.PlanCache(size=16)  # each holds ~1.5 bytes per weight of scratch
+_workspaces = _utils.PlanCache(size=16)  # each holds ~1 byte per weight of scratch
 _plans = _utils.PlanCache(size=64)
 
 
@@ -440,25 +547,32 @@ def _topk_launch(weights, keep_t, out, zero_pruned: bool, exp_avgs, exp_avg_sqs,
     if ws.n_blocks == 0:  # every tensor is empty: nothing to write
         return
     grid = (ws.n_blocks,)
-    common = dict(DTYPE=plan.dtype, BLOCK=block, SLOTS=slots, num_warps=NUM_WARPS)
+    common = dict(DTYPE=plan.dtype, BLOCK=block, num_warps=NUM_WARPS)
+    slotted = dict(SLOTS=slots, **common)
+    chunk = min(CAND_CHUNK, slots)
     zeroing = zero_pruned or plan.zero_moments
     with _utils.device_guard(device):
         _prepare_kernel[(ws.n_seg,)](ws.seg_numel, keep_t, ws.state, ws.hist, WARM_START=warm_start, num_warps=4)
-        for kernel in (_pass1_kernel, _pass2_kernel):
-            kernel[grid](ws.w_table, plan.out_table, ws.blk_seg, ws.blk_start, ws.seg_nblocks, ws.seg_numel, ws.state,
-                         ws.hist, ws.slot_bits, ws.slot_pos, ws.counts, **common)
-        _pass3_kernel[grid](ws.w_table, ws.blk_seg, ws.blk_start, ws.seg_nblocks, ws.seg_numel, ws.state, ws.hist,
-                            ws.slot_bits, ws.counts, **common)
+        _guess_kernel[grid](ws.w_table, plan.out_table, ws.blk_seg, ws.blk_start, ws.seg_nblocks, ws.seg_numel,
+                            ws.state, ws.slots, ws.counts, **slotted)
+        _cold_kernel[(min(ws.n_blocks, COLD_PROGRAMS),)](ws.w_table, ws.blk_seg, ws.blk_start, ws.seg_nblocks,
+                                                         ws.seg_numel, ws.state, ws.hist, ws.n_blocks, **common)
+        _digit2_kernel[grid](ws.w_table, plan.out_table, ws.blk_seg, ws.blk_start, ws.seg_nblocks, ws.seg_numel,
+                             ws.state, ws.hist, ws.slots, ws.counts, CHUNK=chunk, **slotted)
+        _digit3_kernel[grid](ws.w_table, ws.blk_seg, ws.blk_start, ws.seg_nblocks, ws.seg_numel, ws.state, ws.hist,
+                             ws.slots, ws.counts, CHUNK=chunk, **slotted)
         _tie_kernel[grid](ws.w_table, ws.blk_seg, ws.blk_start, ws.seg_first, ws.seg_nblocks, ws.seg_numel, ws.state,
-                          ws.slot_bits, ws.counts, ws.eq, CHUNK=SCAN_CHUNK, **common)
+                          ws.slots, ws.counts, ws.eq, CHUNK=chunk, SCAN=SCAN_CHUNK, **slotted)
         _fixup_kernel[grid](ws.w_table, plan.out_table, *plan.moment_tables, ws.blk_seg, ws.blk_start, ws.seg_numel,
-                            ws.state, ws.slot_bits, ws.slot_pos, ws.counts, ws.eq, ZERO_WEIGHTS=zero_pruned,
-                            ZERO_MOMENTS=plan.zero_moments, SLOT_LIMIT=-1 if zeroing else slots, **common)
+                            ws.state, ws.slots, ws.counts, ws.eq, ZERO_WEIGHTS=zero_pruned,
+                            ZERO_MOMENTS=plan.zero_moments, SLOT_LIMIT=-1 if zeroing else slots, CHUNK=chunk,
+                            **slotted)
 
 
 def select_stats(weights: Sequence[torch.Tensor], *, block: int = TOPK_BLOCK, slots: int | None = None) -> dict | None:
-    """What the last call on these weights did: per segment, whether the warm-start guess held (`warm`) and
-    whether the threshold's ties needed the index-order break (`tie`); in all, the number of candidates
+    """What the last call on these weights did: per segment, whether the warm-start guess held (`warm`),
+    whether the threshold's ties needed the index-order break (`tie`) and the next guess's span (`span`:
+    the previous threshold -/+ 2**span bit patterns); in all, the number of candidates
     (`candidates`) and of blocks whose candidates overflowed their slots (`overflowed_blocks`). Reads the
     device (synchronises): for tests and benchmarks. None if these weights were never seen."""
     weights = list(weights)
@@ -469,7 +583,8 @@ def select_stats(weights: Sequence[torch.Tensor], *, block: int = TOPK_BLOCK, sl
     state = ws.state.cpu()
     counts = ws.counts.cpu()
     return dict(warm=[bool(x) for x in state[:, _WARM.value]], tie=[bool(x) for x in state[:, _TIE.value]],
-                candidates=int(counts.sum()), overflowed_blocks=int((counts > slots).sum()))
+                span=state[:, _SPAN.value].tolist(), candidates=int(counts.sum()),
+                overflowed_blocks=int((counts > slots).sum()))
 
 
 # --- torch.library registration ---------------------------------------------------------------------------
@@ -519,8 +634,9 @@ def topk_magnitude_masks_triton(weights: Sequence[torch.Tensor], keep_counts, *,
     zero_pruned: also set the pruned weights to 0 in place.
     exp_avgs / exp_avg_sqs: optional fp32 Adam moments, zeroed at the pruned entries in place (the "reset"
         moments option applied at the mask update). Give both or neither.
-    block: elements per program; slots: candidate slots per block (default block // 4); warm_start: guess
-        the threshold's bucket from the previous call on the same weights (tuning knobs; tests shrink them).
+    block: elements per program (<= 4096); slots: candidate slots per block (default block // 4);
+        warm_start: guess the threshold from the previous call on the same weights (tuning knobs; tests
+        shrink them).
     """
     weights = weights if type(weights) is list else list(weights)
     if len(weights) == 0:
@@ -541,8 +657,9 @@ def topk_magnitude_masks_triton(weights: Sequence[torch.Tensor], keep_counts, *,
         out = out if type(out) is list else list(out)
         if len(out) != len(weights):
             raise ValueError(f"got {len(weights)} weights but {len(out)} out masks")
-    if block < 16 or block & (block - 1):
-        raise ValueError(f"block must be a power of two >= 16, got {block}")
+    if not 16 <= block <= MAX_BLOCK or block & (block - 1):
+        raise ValueError(f"block must be a power of two in [16, {MAX_BLOCK}] (a slot stores a position in the "
+                         f"block in {POS_BITS.value} bits), got {block}")
     slots = max(1, block // SLOTS_PER_BLOCK) if slots is None else slots
     if not 1 <= slots <= block or slots & (slots - 1):
         raise ValueError(f"slots must be a power of two in [1, block], got {slots}")

@@ -32,24 +32,30 @@ def variants():
     for warm in (False, True):
         yield ("prepare", tm._prepare_kernel, 4,
                dict(seg_numel_ptr=I32, keep_ptr=I64, state_ptr=I32, hist_ptr=I32), dict(WARM_START=warm))
+    slots = dict(slot_ptr=I32, count_ptr=I32)
+    chunk = dict(CHUNK=min(tm.CAND_CHUNK, shape["SLOTS"]))
     for dtype in (tl.float32, tl.float16, tl.bfloat16):
-        for name, kernel in (("pass1", tm._pass1_kernel), ("pass2", tm._pass2_kernel)):
-            yield (name, kernel, tm.NUM_WARPS,
-                   dict(w_table_ptr=I64, out_table_ptr=I64, **blocks, **segs, state_ptr=I32, hist_ptr=I32,
-                        slot_bits_ptr=I32, slot_pos_ptr="*i16", count_ptr=I32), dict(DTYPE=dtype, **shape))
-        yield ("pass3", tm._pass3_kernel, tm.NUM_WARPS,
-               dict(w_table_ptr=I64, **blocks, **segs, state_ptr=I32, hist_ptr=I32, slot_bits_ptr=I32, count_ptr=I32),
+        yield ("guess", tm._guess_kernel, tm.NUM_WARPS,
+               dict(w_table_ptr=I64, out_table_ptr=I64, **blocks, **segs, state_ptr=I32, **slots),
                dict(DTYPE=dtype, **shape))
+        yield ("cold", tm._cold_kernel, tm.NUM_WARPS,
+               dict(w_table_ptr=I64, **blocks, **segs, state_ptr=I32, hist_ptr=I32, n_blocks="i32"),
+               dict(DTYPE=dtype, BLOCK=tm.TOPK_BLOCK))
+        yield ("digit2", tm._digit2_kernel, tm.NUM_WARPS,
+               dict(w_table_ptr=I64, out_table_ptr=I64, **blocks, **segs, state_ptr=I32, hist_ptr=I32, **slots),
+               dict(DTYPE=dtype, **shape, **chunk))
+        yield ("digit3", tm._digit3_kernel, tm.NUM_WARPS,
+               dict(w_table_ptr=I64, **blocks, **segs, state_ptr=I32, hist_ptr=I32, **slots),
+               dict(DTYPE=dtype, **shape, **chunk))
         yield ("tie", tm._tie_kernel, tm.NUM_WARPS,
-               dict(w_table_ptr=I64, **blocks, seg_first_ptr=I32, **segs, state_ptr=I32, slot_bits_ptr=I32,
-                    count_ptr=I32, eq_ptr=I32), dict(DTYPE=dtype, **shape, CHUNK=tm.SCAN_CHUNK))
+               dict(w_table_ptr=I64, **blocks, seg_first_ptr=I32, **segs, state_ptr=I32, **slots,
+                    eq_ptr=I32), dict(DTYPE=dtype, **shape, **chunk, SCAN=tm.SCAN_CHUNK))
         for zero in (False, True):
             yield ("fixup", tm._fixup_kernel, tm.NUM_WARPS,
                    dict(w_table_ptr=I64, out_table_ptr=I64, m_table_ptr=I64, v_table_ptr=I64, **blocks,
-                        seg_numel_ptr=I32, state_ptr=I32, slot_bits_ptr=I32, slot_pos_ptr="*i16", count_ptr=I32,
-                        eq_ptr=I32),
+                        seg_numel_ptr=I32, state_ptr=I32, **slots, eq_ptr=I32),
                    dict(DTYPE=dtype, ZERO_WEIGHTS=zero, ZERO_MOMENTS=zero, **shape,
-                        SLOT_LIMIT=-1 if zero else shape["SLOTS"]))
+                        SLOT_LIMIT=-1 if zero else shape["SLOTS"], **chunk))
     for step_type in ("*fp32", "*i64"):  # torch.optim.Adam's float step counts, or integer ones
         yield ("adam_scalars", ma._adam_scalars_kernel, 1, dict(step_ptr=step_type, scalars_ptr="*fp32", lr="fp32"),
                dict(BETA1=0.9, BETA2=0.999))

@@ -106,13 +106,14 @@ def test_topk_all_equal_every_count():
 
 
 def test_topk_warm_start_follows_a_gmp_schedule():
-    """A GMP run's mask updates: keep counts shrink and the surviving weights drift a little between
-    updates; each call starts from the previous call's histogram. Every mask is exact; the guess holds
-    for most calls (never for the first, which has nothing to start from)."""
-    weights = [torch.randn(s, device=DEVICE) for s in [(40, 30), (500,), (7, 9)]]
+    """A GMP run's mask updates: keep counts shrink by a fraction of a percent of the weights (at most ~0.2%
+    per update with 1,500 updates) and the surviving weights drift a little between updates; each call
+    guesses an interval around the previous threshold, moved by the change of k at the density seen around
+    it. Every mask is exact; the guess holds for most calls (never for the first: nothing to start from)."""
+    weights = [torch.randn(s, device=DEVICE) for s in [(50, 40), (900,), (10, 30)]]
     held = []
-    for update, sparsity in enumerate([0.2, 0.4, 0.55, 0.7, 0.8, 0.9]):
-        counts = [max(1, round(w.numel() * (1 - sparsity))) for w in weights]
+    for update in range(10):
+        counts = [max(1, round(w.numel() * (0.4 - 0.005 * update))) for w in weights]
         masks = assert_same_masks(weights, counts, block=64)
         warm = select_stats(weights, block=64)["warm"]
         if update == 0:
@@ -120,34 +121,95 @@ def test_topk_warm_start_follows_a_gmp_schedule():
         else:
             held += warm
         for w, m in zip(weights, masks):  # the pruned weights become 0; the others take a few Adam steps
-            w.mul_(m).add_(0.01 * torch.randn_like(w) * m)
+            w.mul_(m).add_(0.001 * torch.randn_like(w) * m)
     assert sum(held) >= 0.8 * len(held), held
 
 
 def test_topk_wrong_warm_start_guess_falls_back():
     weights = [torch.randn(s, device=DEVICE) for s in [(600,), (20, 20)]]
     assert_same_masks(weights, [100, 50], block=32)
-    weights[0].mul_(1000.0)  # every magnitude moves ~10 binades up: the guessed buckets hold nothing
+    span = select_stats(weights, block=32)["span"]
+    weights[0].mul_(1000.0)  # every magnitude moves ~10 binades up: the guessed interval holds nothing
     weights[1].add_(1e-4 * torch.randn_like(weights[1]))  # barely moves: the guess holds
     assert_same_masks(weights, [100, 50], block=32)
-    assert select_stats(weights, block=32)["warm"] == [False, True]
-    assert_same_masks(weights, [90, 45], block=32)  # the next call starts from the new histograms
+    stats = select_stats(weights, block=32)
+    assert stats["warm"] == [False, True]
+    assert stats["span"][0] == span[0] + 1  # a wrong guess widens the next one (18 -> 19, the widest)
+    assert_same_masks(weights, [100, 50], block=32)  # the next call starts from the new threshold
     assert select_stats(weights, block=32)["warm"] == [True, True]
-    assert_same_masks(weights, [90, 45], block=32, warm_start=False)
+    assert_same_masks(weights, [100, 50], block=32, warm_start=False)
     assert select_stats(weights, block=32)["warm"] == [False, False]
+
+
+@pytest.mark.parametrize("direction", ["up", "down"])
+def test_topk_threshold_moved_out_of_the_guess(direction):
+    # Unchanged k, but the weights around the threshold move far: the threshold leaves the guessed interval
+    # (too narrow for the move). Up: more than k elements lie above it; down: fewer than k above or in it.
+    gen = torch.Generator().manual_seed(1)
+    w = (torch.rand(1000, generator=gen) + 1.0).to(DEVICE)  # |w| in [1, 2): one binade, T near 1.9
+    assert_same_masks([w], [100], block=64)
+    assert select_stats([w], block=64)["warm"] == [False]
+    w.mul_(1.25 if direction == "up" else 0.8)
+    assert_same_masks([w], [100], block=64)
+    assert select_stats([w], block=64)["warm"] == [False]
+    assert_same_masks([w], [100], block=64)  # and from the new threshold the guess holds again
+    assert select_stats([w], block=64)["warm"] == [True]
+
+
+def test_topk_guess_with_no_candidate_kept():
+    # k equals the number of elements above the guessed interval: no candidate is kept (T = HI + 1), with
+    # ties at the interval's top edge and right above it.
+    w = torch.rand(700, device=DEVICE) - 0.5  # |w| < 0.5
+    w[[3, 50, 51, 600]] = 100.0  # far above any guess around the 5th largest
+    w[[9, 10, 300]] = -2.0
+    assert_same_masks([w], [5], block=32)  # T = 2.0, a three-way tie broken by index
+    assert_same_masks([w], [4], block=32)  # the guess around 2.0 holds: the four 100s above it, k == above
+    assert select_stats([w], block=32)["warm"] == [True]
+    assert_same_masks([w], [0], block=32)  # k = 0 from a guess: nothing above the interval, nothing kept
+    assert_same_masks([w], [0], block=32)  # and again from T = HI + 1
+    assert select_stats([w], block=32)["warm"] == [True]
+    assert_same_masks([w], [7], block=32)  # back down: a wrong guess, then the cold path
+    assert select_stats([w], block=32)["warm"] == [False]
 
 
 def test_topk_warm_start_at_extreme_counts():
     weights = [torch.randn(s, device=DEVICE) for s in [(300,), (1,), (5, 7)]]
     weights[0][::4] = 0.25  # a tie at many counts
     n = [w.numel() for w in weights]
-    for i, counts in enumerate(([30, 1, 10], [0, 0, 0], [1, 1, 1], n, [k - 1 for k in n], [76, 0, 35], [41, 1, 2])):
+    for counts in ([30, 1, 10], [0, 0, 0], [1, 1, 1], n, [k - 1 for k in n], [76, 0, 35], [41, 1, 2]):
+        assert_same_masks(weights, counts, block=32, slots=4)  # from whatever the previous counts left
         assert_same_masks(weights, counts, block=32, slots=4)
-        # Unchanged weights: the previous histogram gives every rank exactly, so the guess always holds.
-        assert select_stats(weights, block=32, slots=4)["warm"] == [i > 0] * 3
-    weights[0][7] = 1e6  # a new largest weight, above every bucket seen before: small k still guess right
+        # Unchanged weights and counts: the threshold is the previous one, so the guess always holds.
+        assert select_stats(weights, block=32, slots=4)["warm"] == [True] * 3
+    weights[0][7] = 1e6  # a new largest weight, far above every threshold seen: k = 1 moves T out of the guess
     assert_same_masks(weights, [1, 1, 1], block=32, slots=4)
-    assert select_stats(weights, block=32, slots=4)["warm"] == [True] * 3
+    assert select_stats(weights, block=32, slots=4)["warm"] == [False, True, True]
+
+
+def test_topk_guess_span_narrows_when_candidates_crowd():
+    # Every |w| within 0.1% of 1.0: any interval around T holds most weights (the slots overflow, and the
+    # blocks read their weights instead), so each warm call narrows the next guess until few remain.
+    w = (1.0 + 1e-3 * torch.rand(2000, device=DEVICE)) * torch.sign(torch.randn(2000, device=DEVICE))
+    assert_same_masks([w], [1000], block=64)
+    spans = [select_stats([w], block=64)["span"][0]]
+    for _ in range(4):
+        assert_same_masks([w], [1000], block=64)
+        stats = select_stats([w], block=64)
+        assert stats["warm"] == [True]
+        spans.append(stats["span"][0])
+    assert spans == [spans[0] - i for i in range(5)], spans
+
+
+def test_topk_cold_path_grid_stride(monkeypatch):
+    # The cold histogram runs on fewer programs than blocks (a grid-stride loop), cold and after a wrong guess.
+    from kernels import topk_mask
+
+    monkeypatch.setattr(topk_mask, "COLD_PROGRAMS", 3)
+    weights = [torch.randn(s, device=DEVICE) for s in [(500,), (7, 9), (40,)]]
+    assert_same_masks(weights, [60, 10, 40], block=16)
+    weights[1].mul_(1e3)
+    assert_same_masks(weights, [60, 10, 40], block=16)
+    assert select_stats(weights, block=16)["warm"] == [True, False, True]
 
 
 def test_topk_tie_scan_carries_across_chunks(monkeypatch):
