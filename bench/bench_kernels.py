@@ -99,16 +99,16 @@ def mask_op_bytes(n: int, weight_bytes: int = 4) -> int:
 
 def mask_model_bytes(n: int, candidate_frac: float, warm: bool, weight_bytes: int = 4) -> int:
     """Bytes our radix select moves (kernels/topk_mask.py): full reads of the weights (1 warm, 2 cold), the
-    1-byte mask write, and the candidates, a fraction f of the elements (the threshold's top-digit bucket,
-    or the warm guess's buckets): written once as a 4-byte pattern + 2-byte position, their patterns read by
-    the second-digit histogram (warm only: cold makes it during its second full read) and the third-digit
-    one, then patterns and positions by the fix-up, which writes the kept ones' mask entries (about half the
-    candidates: T lies somewhere in their range), each in a 32-byte sector of the mask: at random positions,
-    1 - (1 - f/2)^32 of the sectors are written a second time."""
+    1-byte mask write, and the candidates, a fraction f of the elements (the warm guess's interval, or the
+    cold path's top-digit bucket): each written once as a 4-byte slot (key and position packed), read by
+    both digit histograms (warm; cold makes the first during its second full read) and by the fix-up, which
+    writes the kept ones' mask entries (about half the candidates: T lies somewhere in their range), each
+    in a 32-byte sector of the mask: at random positions, 1 - (1 - f/2)^32 of the sectors are written a
+    second time. (A wrong warm guess costs the warm pass plus the cold path.)"""
     c = candidate_frac * n
     full_reads = (1 if warm else 2) * weight_bytes * n
-    candidate_reads = (4 if warm else 0) + 4 + 6
-    return int(full_reads + n + c * (6 + candidate_reads) + n * (1 - (1 - candidate_frac / 2) ** 32))
+    slot_reads = 3 if warm else 2
+    return int(full_reads + n + c * 4 * (1 + slot_reads) + n * (1 - (1 - candidate_frac / 2) ** 32))
 
 
 def adam_op_bytes(numels, masked, sparsity: float, frozen: bool, grad_bytes: int = 4,

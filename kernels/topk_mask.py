@@ -84,8 +84,13 @@ NUM_WARPS = 8
 # Candidate slots per block, as a fraction of BLOCK: a few % of the elements are candidates, so 1/4 rarely
 # overflows.
 SLOTS_PER_BLOCK = 4
-# Slots a candidate pass handles per iteration: one per thread (it loops only over the used slots).
-CAND_CHUNK = 32 * NUM_WARPS
+# The passes after the full read (a few dozen candidates per block) run with few warps: a histogram costs each
+# warp the same per iteration however few slots it holds, and small programs fit many per SM (they are
+# latency-bound). They loop over the used slots CHUNK at a time (one per thread), and read a block's weights,
+# where they must, PIECE at a time (16 per thread, as the full read).
+CAND_WARPS = 2
+CAND_CHUNK = 32 * CAND_WARPS
+CAND_PIECE = 16 * 32 * CAND_WARPS
 # Programs of the cold path's grid-stride histogram (enough to fill an H100; idle, they exit at once).
 COLD_PROGRAMS = 1024
 # The warm guess is the predicted threshold -/+ 2**span patterns (span 18: -/+ 3% of |w| at the bottom of a
@@ -163,15 +168,14 @@ def _select_digit(hist_ptr, k, BINS: tl.constexpr):
 
 
 @triton.jit
-def _compact(cand, key, local, slot_ptr, count_ptr, SLOTS: tl.constexpr):
-    """Write the candidates' slots (key << POS_BITS | in-block position, one int32) in flat order, and their
-    count (which may exceed SLOTS: the block then reads its weights in later passes); returns the count."""
+def _compact(cand, key, local, slot_ptr, base, SLOTS: tl.constexpr):
+    """Write the candidates' slots (key << POS_BITS | in-block position, one int32) in flat order from slot
+    `base` on; returns their number. (A block's count may exceed SLOTS: it then reads its weights in later
+    passes.)"""
     c = cand.to(tl.int32)
-    slot = tl.cumsum(c, 0) - 1
+    slot = base + tl.cumsum(c, 0) - 1
     tl.store(slot_ptr + slot, (key << POS_BITS) | local, mask=cand & (slot < SLOTS))
-    n = tl.sum(c, 0)
-    tl.store(count_ptr, n)
-    return n
+    return tl.sum(c, 0)
 
 
 @triton.jit
@@ -232,8 +236,8 @@ def _guess_kernel(w_table_ptr, out_table_ptr, blk_seg_ptr, blk_start_ptr, seg_nb
         # Masks are written as bytes (a bool tensor's storage): an int1 store compiles to bit shuffling.
         out = tl.load(out_table_ptr + seg).to(tl.pointer_type(tl.int8))
         tl.store(out + offs, above.to(tl.int8), mask=inb)
-        n_cand = _compact(inb & (bits >= lo) & ~above, bits - lo, local, slot_ptr + pid * SLOTS, count_ptr + pid,
-                          SLOTS)
+        n_cand = _compact(inb & (bits >= lo) & ~above, bits - lo, local, slot_ptr + pid * SLOTS, 0, SLOTS)
+        tl.store(count_ptr + pid, n_cand)
         tl.atomic_add(st + _ABOVE, tl.sum(above.to(tl.int32), 0), sem="relaxed")
         tl.atomic_add(st + _CANDS, n_cand, sem="relaxed")
         tl.debug_barrier()  # all of this program's flushes before its "done" (see _select_digit)
@@ -282,7 +286,7 @@ def _cold_kernel(w_table_ptr, blk_seg_ptr, blk_start_ptr, seg_nblocks_ptr, seg_n
 @triton.jit
 def _digit2_kernel(w_table_ptr, out_table_ptr, blk_seg_ptr, blk_start_ptr, seg_nblocks_ptr, seg_numel_ptr,
                    state_ptr, hist_ptr, slot_ptr, count_ptr, DTYPE: tl.constexpr, BLOCK: tl.constexpr,
-                   SLOTS: tl.constexpr, CHUNK: tl.constexpr):
+                   SLOTS: tl.constexpr, CHUNK: tl.constexpr, PIECE: tl.constexpr):
     pid = tl.program_id(0)
     seg = tl.load(blk_seg_ptr + pid)
     st = state_ptr + seg * STATE_COLS
@@ -300,18 +304,25 @@ def _digit2_kernel(w_table_ptr, out_table_ptr, blk_seg_ptr, blk_start_ptr, seg_n
             slot = tl.load(slot_ptr + pid * SLOTS + j, mask=j < count, other=0)
             hist += tl.histogram(_slot_key(slot) >> D2_SHIFT, BINS2, mask=j < count)
             c += CHUNK
-    else:
-        local = tl.arange(0, BLOCK)
-        offs = tl.load(blk_start_ptr + pid) + local
-        inb = offs < tl.load(seg_numel_ptr + seg)
-        bits = _abs_bits(tl.load(w_table_ptr + seg), offs, inb, DTYPE)
-        cand = inb & (bits >= lo) & (bits <= hi)
-        key = tl.where(cand, bits - lo, 0)
-        if not warm:  # no guess, or a wrong one: the cold path
-            out = tl.load(out_table_ptr + seg).to(tl.pointer_type(tl.int8))
-            tl.store(out + offs, (bits > hi).to(tl.int8), mask=inb)
-            _compact(cand, key, local, slot_ptr + pid * SLOTS, count_ptr + pid, SLOTS)
-        hist = tl.histogram(key >> D2_SHIFT, BINS2, mask=cand)
+    else:  # from the weights, a piece of the block at a time
+        start = tl.load(blk_start_ptr + pid)
+        numel = tl.load(seg_numel_ptr + seg)
+        w_addr = tl.load(w_table_ptr + seg)
+        out = tl.load(out_table_ptr + seg).to(tl.pointer_type(tl.int8))
+        hist = tl.zeros([BINS2], dtype=tl.int32)
+        n_cand = tl.zeros([], dtype=tl.int32)
+        for piece in range(0, BLOCK, PIECE):
+            local = piece + tl.arange(0, PIECE)
+            inb = start + local < numel
+            bits = _abs_bits(w_addr, start + local, inb, DTYPE)
+            cand = inb & (bits >= lo) & (bits <= hi)
+            key = tl.where(cand, bits - lo, 0)
+            if not warm:  # no guess, or a wrong one: the cold path
+                tl.store(out + start + local, (bits > hi).to(tl.int8), mask=inb)
+                n_cand += _compact(cand, key, local, slot_ptr + pid * SLOTS, n_cand, SLOTS)
+            hist += tl.histogram(key >> D2_SHIFT, BINS2, mask=cand)
+        if not warm:
+            tl.store(count_ptr + pid, n_cand)
     tl.atomic_add(h2 + tl.arange(0, BINS2), hist, mask=hist > 0, sem="relaxed")
     tl.debug_barrier()
     if tl.atomic_add(st + _DONE2, 1, sem="acq_rel") == tl.load(seg_nblocks_ptr + seg) - 1:
@@ -323,7 +334,7 @@ def _digit2_kernel(w_table_ptr, out_table_ptr, blk_seg_ptr, blk_start_ptr, seg_n
 @triton.jit
 def _digit3_kernel(w_table_ptr, blk_seg_ptr, blk_start_ptr, seg_nblocks_ptr, seg_numel_ptr, state_ptr, hist_ptr,
                    slot_ptr, count_ptr, DTYPE: tl.constexpr, BLOCK: tl.constexpr, SLOTS: tl.constexpr,
-                   CHUNK: tl.constexpr):
+                   CHUNK: tl.constexpr, PIECE: tl.constexpr):
     pid = tl.program_id(0)
     seg = tl.load(blk_seg_ptr + pid)
     st = state_ptr + seg * STATE_COLS
@@ -340,12 +351,18 @@ def _digit3_kernel(w_table_ptr, blk_seg_ptr, blk_start_ptr, seg_nblocks_ptr, seg
             hist += tl.histogram(key & (BINS2 - 1), BINS2, mask=(j < count) & ((key >> D2_SHIFT) == b2))
             c += CHUNK
     else:
-        offs = tl.load(blk_start_ptr + pid) + tl.arange(0, BLOCK)
-        inb = offs < tl.load(seg_numel_ptr + seg)
-        bits = _abs_bits(tl.load(w_table_ptr + seg), offs, inb, DTYPE)
-        key = bits - lo
-        cand = inb & (bits >= lo) & (bits <= tl.load(st + _HI)) & ((key >> D2_SHIFT) == b2)
-        hist = tl.histogram(key & (BINS2 - 1), BINS2, mask=cand)
+        start = tl.load(blk_start_ptr + pid)
+        numel = tl.load(seg_numel_ptr + seg)
+        w_addr = tl.load(w_table_ptr + seg)
+        hi = tl.load(st + _HI)
+        hist = tl.zeros([BINS2], dtype=tl.int32)
+        for piece in range(0, BLOCK, PIECE):
+            offs = start + piece + tl.arange(0, PIECE)
+            inb = offs < numel
+            bits = _abs_bits(w_addr, offs, inb, DTYPE)
+            key = bits - lo
+            cand = inb & (bits >= lo) & (bits <= hi) & ((key >> D2_SHIFT) == b2)
+            hist += tl.histogram(key & (BINS2 - 1), BINS2, mask=cand)
     tl.atomic_add(h3 + tl.arange(0, BINS2), hist, mask=hist > 0, sem="relaxed")
     tl.debug_barrier()
     if tl.atomic_add(st + _DONE3, 1, sem="acq_rel") == tl.load(seg_nblocks_ptr + seg) - 1:
@@ -374,7 +391,7 @@ def _digit3_kernel(w_table_ptr, blk_seg_ptr, blk_start_ptr, seg_nblocks_ptr, seg
 @triton.jit
 def _tie_kernel(w_table_ptr, blk_seg_ptr, blk_start_ptr, seg_first_ptr, seg_nblocks_ptr, seg_numel_ptr, state_ptr,
                 slot_ptr, count_ptr, eq_ptr, DTYPE: tl.constexpr, BLOCK: tl.constexpr, SLOTS: tl.constexpr,
-                CHUNK: tl.constexpr, SCAN: tl.constexpr):
+                CHUNK: tl.constexpr, PIECE: tl.constexpr, SCAN: tl.constexpr):
     pid = tl.program_id(0)
     seg = tl.load(blk_seg_ptr + pid)
     st = state_ptr + seg * STATE_COLS
@@ -391,10 +408,14 @@ def _tie_kernel(w_table_ptr, blk_seg_ptr, blk_start_ptr, seg_first_ptr, seg_nblo
                 n_eq += tl.sum(((j < count) & (key == t_key)).to(tl.int32), 0)
                 c += CHUNK
         else:
-            offs = tl.load(blk_start_ptr + pid) + tl.arange(0, BLOCK)
-            inb = offs < tl.load(seg_numel_ptr + seg)
-            bits = _abs_bits(tl.load(w_table_ptr + seg), offs, inb, DTYPE)
-            n_eq = tl.sum((inb & (bits == threshold)).to(tl.int32), 0)
+            start = tl.load(blk_start_ptr + pid)
+            numel = tl.load(seg_numel_ptr + seg)
+            w_addr = tl.load(w_table_ptr + seg)
+            n_eq = tl.zeros([], dtype=tl.int32)
+            for piece in range(0, BLOCK, PIECE):
+                offs = start + piece + tl.arange(0, PIECE)
+                inb = offs < numel
+                n_eq += tl.sum((inb & (_abs_bits(w_addr, offs, inb, DTYPE) == threshold)).to(tl.int32), 0)
         tl.store(eq_ptr + pid, n_eq)
         tl.debug_barrier()
         seg_blocks = tl.load(seg_nblocks_ptr + seg)
@@ -426,7 +447,7 @@ def _keep(bits, valid, threshold, tie, eq_before, need_eq):
 def _fixup_kernel(w_table_ptr, out_table_ptr, m_table_ptr, v_table_ptr, blk_seg_ptr, blk_start_ptr, seg_numel_ptr,
                   state_ptr, slot_ptr, count_ptr, eq_ptr, DTYPE: tl.constexpr, ZERO_WEIGHTS: tl.constexpr,
                   ZERO_MOMENTS: tl.constexpr, BLOCK: tl.constexpr, SLOTS: tl.constexpr, SLOT_LIMIT: tl.constexpr,
-                  CHUNK: tl.constexpr):
+                  CHUNK: tl.constexpr, PIECE: tl.constexpr):
     pid = tl.program_id(0)
     seg = tl.load(blk_seg_ptr + pid)
     st = state_ptr + seg * STATE_COLS
@@ -453,19 +474,24 @@ def _fixup_kernel(w_table_ptr, out_table_ptr, m_table_ptr, v_table_ptr, blk_seg_
     else:
         # The whole block from its weights: its candidates overflowed the slots, or pruned entries are to be
         # zeroed (all of them must be written).
-        offs = tl.load(blk_start_ptr + pid) + tl.arange(0, BLOCK)
-        inb = offs < tl.load(seg_numel_ptr + seg)
+        start = tl.load(blk_start_ptr + pid)
+        numel = tl.load(seg_numel_ptr + seg)
         w_addr = tl.load(w_table_ptr + seg)
-        keep = _keep(_abs_bits(w_addr, offs, inb, DTYPE), inb, threshold, tie, eq_before, need_eq)
-        tl.store(out + tl.arange(0, BLOCK), keep.to(tl.int8), mask=inb)
-        pruned = inb & ~keep
-        if ZERO_WEIGHTS:
-            # Write-only: kept weights are untouched, pruned ones become +0.0.
-            tl.store(w_addr.to(tl.pointer_type(DTYPE)) + offs, tl.zeros([BLOCK], dtype=DTYPE), mask=pruned)
-        if ZERO_MOMENTS:
-            zeros = tl.zeros([BLOCK], dtype=tl.float32)
-            tl.store(tl.load(m_table_ptr + seg).to(tl.pointer_type(tl.float32)) + offs, zeros, mask=pruned)
-            tl.store(tl.load(v_table_ptr + seg).to(tl.pointer_type(tl.float32)) + offs, zeros, mask=pruned)
+        for piece in range(0, BLOCK, PIECE):
+            offs = start + piece + tl.arange(0, PIECE)
+            inb = offs < numel
+            bits = _abs_bits(w_addr, offs, inb, DTYPE)
+            keep = _keep(bits, inb, threshold, tie, eq_before, need_eq)
+            tl.store(out + piece + tl.arange(0, PIECE), keep.to(tl.int8), mask=inb)
+            eq_before += tl.sum((inb & (bits == threshold)).to(tl.int32), 0)
+            pruned = inb & ~keep
+            if ZERO_WEIGHTS:
+                # Write-only: kept weights are untouched, pruned ones become +0.0.
+                tl.store(w_addr.to(tl.pointer_type(DTYPE)) + offs, tl.zeros([PIECE], dtype=DTYPE), mask=pruned)
+            if ZERO_MOMENTS:
+                zeros = tl.zeros([PIECE], dtype=tl.float32)
+                tl.store(tl.load(m_table_ptr + seg).to(tl.pointer_type(tl.float32)) + offs, zeros, mask=pruned)
+                tl.store(tl.load(v_table_ptr + seg).to(tl.pointer_type(tl.float32)) + offs, zeros, mask=pruned)
 
 
 # --- workspace, launch plan, launcher ---------------------------------------------------------------------
@@ -548,25 +574,24 @@ def _topk_launch(weights, keep_t, out, zero_pruned: bool, exp_avgs, exp_avg_sqs,
         return
     grid = (ws.n_blocks,)
     common = dict(DTYPE=plan.dtype, BLOCK=block, num_warps=NUM_WARPS)
-    slotted = dict(SLOTS=slots, **common)
-    chunk = min(CAND_CHUNK, slots)
+    cand = dict(SLOTS=slots, DTYPE=plan.dtype, BLOCK=block, CHUNK=min(CAND_CHUNK, slots),
+                PIECE=min(CAND_PIECE, block), num_warps=CAND_WARPS)
     zeroing = zero_pruned or plan.zero_moments
     with _utils.device_guard(device):
         _prepare_kernel[(ws.n_seg,)](ws.seg_numel, keep_t, ws.state, ws.hist, WARM_START=warm_start, num_warps=4)
         _guess_kernel[grid](ws.w_table, plan.out_table, ws.blk_seg, ws.blk_start, ws.seg_nblocks, ws.seg_numel,
-                            ws.state, ws.slots, ws.counts, **slotted)
+                            ws.state, ws.slots, ws.counts, SLOTS=slots, **common)
         _cold_kernel[(min(ws.n_blocks, COLD_PROGRAMS),)](ws.w_table, ws.blk_seg, ws.blk_start, ws.seg_nblocks,
                                                          ws.seg_numel, ws.state, ws.hist, ws.n_blocks, **common)
         _digit2_kernel[grid](ws.w_table, plan.out_table, ws.blk_seg, ws.blk_start, ws.seg_nblocks, ws.seg_numel,
-                             ws.state, ws.hist, ws.slots, ws.counts, CHUNK=chunk, **slotted)
+                             ws.state, ws.hist, ws.slots, ws.counts, **cand)
         _digit3_kernel[grid](ws.w_table, ws.blk_seg, ws.blk_start, ws.seg_nblocks, ws.seg_numel, ws.state, ws.hist,
-                             ws.slots, ws.counts, CHUNK=chunk, **slotted)
+                             ws.slots, ws.counts, **cand)
         _tie_kernel[grid](ws.w_table, ws.blk_seg, ws.blk_start, ws.seg_first, ws.seg_nblocks, ws.seg_numel, ws.state,
-                          ws.slots, ws.counts, ws.eq, CHUNK=chunk, SCAN=SCAN_CHUNK, **slotted)
+                          ws.slots, ws.counts, ws.eq, SCAN=SCAN_CHUNK, **cand)
         _fixup_kernel[grid](ws.w_table, plan.out_table, *plan.moment_tables, ws.blk_seg, ws.blk_start, ws.seg_numel,
                             ws.state, ws.slots, ws.counts, ws.eq, ZERO_WEIGHTS=zero_pruned,
-                            ZERO_MOMENTS=plan.zero_moments, SLOT_LIMIT=-1 if zeroing else slots, CHUNK=chunk,
-                            **slotted)
+                            ZERO_MOMENTS=plan.zero_moments, SLOT_LIMIT=-1 if zeroing else slots, **cand)
 
 
 def select_stats(weights: Sequence[torch.Tensor], *, block: int = TOPK_BLOCK, slots: int | None = None) -> dict | None:

@@ -33,7 +33,7 @@ def variants():
         yield ("prepare", tm._prepare_kernel, 4,
                dict(seg_numel_ptr=I32, keep_ptr=I64, state_ptr=I32, hist_ptr=I32), dict(WARM_START=warm))
     slots = dict(slot_ptr=I32, count_ptr=I32)
-    chunk = dict(CHUNK=min(tm.CAND_CHUNK, shape["SLOTS"]))
+    chunk = dict(CHUNK=min(tm.CAND_CHUNK, shape["SLOTS"]), PIECE=tm.CAND_PIECE)
     for dtype in (tl.float32, tl.float16, tl.bfloat16):
         yield ("guess", tm._guess_kernel, tm.NUM_WARPS,
                dict(w_table_ptr=I64, out_table_ptr=I64, **blocks, **segs, state_ptr=I32, **slots),
@@ -41,17 +41,17 @@ def variants():
         yield ("cold", tm._cold_kernel, tm.NUM_WARPS,
                dict(w_table_ptr=I64, **blocks, **segs, state_ptr=I32, hist_ptr=I32, n_blocks="i32"),
                dict(DTYPE=dtype, BLOCK=tm.TOPK_BLOCK))
-        yield ("digit2", tm._digit2_kernel, tm.NUM_WARPS,
+        yield ("digit2", tm._digit2_kernel, tm.CAND_WARPS,
                dict(w_table_ptr=I64, out_table_ptr=I64, **blocks, **segs, state_ptr=I32, hist_ptr=I32, **slots),
                dict(DTYPE=dtype, **shape, **chunk))
-        yield ("digit3", tm._digit3_kernel, tm.NUM_WARPS,
+        yield ("digit3", tm._digit3_kernel, tm.CAND_WARPS,
                dict(w_table_ptr=I64, **blocks, **segs, state_ptr=I32, hist_ptr=I32, **slots),
                dict(DTYPE=dtype, **shape, **chunk))
-        yield ("tie", tm._tie_kernel, tm.NUM_WARPS,
+        yield ("tie", tm._tie_kernel, tm.CAND_WARPS,
                dict(w_table_ptr=I64, **blocks, seg_first_ptr=I32, **segs, state_ptr=I32, **slots,
                     eq_ptr=I32), dict(DTYPE=dtype, **shape, **chunk, SCAN=tm.SCAN_CHUNK))
         for zero in (False, True):
-            yield ("fixup", tm._fixup_kernel, tm.NUM_WARPS,
+            yield ("fixup", tm._fixup_kernel, tm.CAND_WARPS,
                    dict(w_table_ptr=I64, out_table_ptr=I64, m_table_ptr=I64, v_table_ptr=I64, **blocks,
                         seg_numel_ptr=I32, state_ptr=I32, **slots, eq_ptr=I32),
                    dict(DTYPE=dtype, ZERO_WEIGHTS=zero, ZERO_MOMENTS=zero, **shape,

@@ -49,8 +49,8 @@ def test_mask_traffic_model():
     n = 10**6
     assert bench_kernels.mask_op_bytes(n) == 5 * n
     warm, cold = (bench_kernels.mask_model_bytes(n, 0.01, warm=w) for w in (True, False))
-    # warm: one read + mask + 1% candidates (6 B written, 14 B read) + the mask sectors written again
-    assert warm == pytest.approx(5 * n + 10**4 * (6 + 14) + n * (1 - 0.995**32), abs=1)
+    # warm: one read + mask + 1% candidates (a 4-byte slot written, read 3 times) + the mask sectors written again
+    assert warm == pytest.approx(5 * n + 10**4 * (4 + 12) + n * (1 - 0.995**32), abs=1)
     assert cold - warm == pytest.approx(4 * n - 4 * 10**4, abs=1)  # a second full read, not a re-read of c
 
 

@@ -223,6 +223,34 @@ def test_topk_tie_scan_carries_across_chunks(monkeypatch):
         assert select_stats(weights, block=16, slots=16)["tie"] == [True, True]
 
 
+@pytest.mark.parametrize("zero_pruned", [False, True])
+def test_topk_candidate_passes_loop_over_chunks_and_pieces(monkeypatch, zero_pruned):
+    # The passes after the full read walk a block's used slots a chunk at a time, and its weights (overflow,
+    # cold path, zeroing) a piece at a time: shrunk here so that both loops take several turns, with the tie
+    # rank carried from one turn to the next. Every 7th weight of the first tensor is 0.75 and T = 0.75 keeps
+    # half of them, from the slots; the second tensor has few levels, so its blocks overflow their slots.
+    from kernels import topk_mask
+
+    monkeypatch.setattr(topk_mask, "CAND_CHUNK", 4)
+    monkeypatch.setattr(topk_mask, "CAND_PIECE", 16)
+    weights = [torch.randn(700, device=DEVICE), torch.randint(-2, 3, (300,), device=DEVICE) / 2.0]
+    weights[0][::7] = -0.75
+    counts = [int((weights[0].abs() > 0.75).sum()) + 50, 100]
+    seen = []
+    for _ in range(3):  # cold, then warm from the previous threshold
+        before = [w.clone() for w in weights]
+        want = topk_magnitude_masks_ref(before, counts)
+        got = topk_magnitude_masks_triton(weights, counts, block=64, slots=16, zero_pruned=zero_pruned)
+        assert all(torch.equal(g, w) for g, w in zip(got, want))
+        for g, w, w0 in zip(got, weights, before):
+            assert torch.equal(w, w0 * g if zero_pruned else w0)
+        seen.append(select_stats(weights, block=64, slots=16))
+    assert seen[0]["tie"] == [True, True] and seen[-1]["warm"] == [True, True], seen
+    assert all(s["overflowed_blocks"] > 0 for s in seen), seen
+    if not zero_pruned:  # (zeroing leaves no surplus of ties after the first call)
+        assert all(s["tie"] == [True, True] for s in seen), seen
+
+
 @pytest.mark.parametrize("slots", [1, 32])
 def test_topk_candidate_slots_overflow_or_not(slots):
     # slots=1: nearly every block overflows and reads its weights in every pass; slots=block: none does.
