@@ -10,24 +10,26 @@ like |w|. NaN patterns lie above +Inf, which is the reference's NaN rule; all Na
 pattern so that, as in the sort, they tie with each other and fall back to index order. fp16/bf16 weights
 are converted to fp32 first (exact), -0.0 becomes +0.0 like `abs`. The threshold T is the pattern of the
 k-th largest |w|. Every call narrows it to an interval of patterns [LO, HI] with HI - LO < 2**20 and
-above = the number of elements > HI < k <= above + the number in [LO, HI] (the *candidates*), then
+above <= k <= above + candidates (above: the elements > HI, all kept; candidates: those in [LO, HI]), then
 finds T among the candidates by two 10-bit digits of (pattern - LO).
 
 Why not a histogram of every element: with the `tl.histogram` lowering of the Triton releases we run on
-(a warp ballot per bit of the bin index, then a popcount per bin a lane owns), a histogram costs ~bins / 32
-popcounts per element; 2048 bins over every element make the pass compute-bound at ~10 warp-instructions
-per element, ~10x a read's worth. So the warm path histograms only candidates, and only the slots they use.
+(a warp ballot per bit of the bin index, then a popcount and a shared-memory add per bin a lane owns), a
+histogram costs each warp ~bins / 32 popcounts per element it holds; 2048 bins over every element made the
+full read compute-bound (~12 warp-instructions per element in PTX, measured 42x one read on an H100). So
+the warm path histograms only the candidates, only the slots they use, and with 2-warp programs.
 
 Algorithm, all segments in the same seven launches (each program handles BLOCK elements of one segment;
 "the last block" of a segment is the program that finds, by an atomic counter, that all the segment's
 blocks of this launch are done: it alone takes the segment's decision, so no launch is spent on choosing):
   0. `_prepare_kernel` (a program per segment): clamps k, resets the workspace, and makes the warm-start
-     guess: [LO, HI] = the previous call's T -/+ 2**span, span adaptive (kept in the workspace).
+     guess: [LO, HI] = C -/+ 2**span, where C is the previous call's T moved by the change of k at the
+     density of patterns seen around it (GMP changes k at every update), and span adapts (both kept in the
+     workspace; see SPAN_*).
   1. `_guess_kernel`, the one full read (only with a guess): counts the elements above HI, writes the mask
      of every element (kept iff pattern > HI), and compacts the candidates, in flat order, into the block's
-     slots (4-byte pattern + 2-byte position). The last block checks the guess (above < k <= above +
-     candidates, or k == above) and adapts span: wider after a wrong guess, narrower when the candidates
-     crowd (more than n / 64).
+     slots (one int32 each: pattern - LO above the position in the block). The last block checks the guess:
+     above <= k <= above + candidates.
   2. `_cold_kernel`, only where there was no guess (first call, warm_start=False) or it was wrong: the
      histogram of the top 11 bits of every element (a grid-stride loop over a few programs, so that it
      costs a short launch when idle); its last block picks the bucket b1 holding rank k: [LO, HI] = b1's
@@ -37,24 +39,29 @@ blocks of this launch are done: it alone takes the segment's decision, so no lau
      pattern > HI) and compacts the candidates. The last block picks the digit b2.
   4. `_digit3_kernel`: the histogram of (pattern - LO) & 1023 over the candidates matching b2; the last
      block picks T, and need_eq = how many elements equal to T are kept. When k = above (no candidate is
-     kept, e.g. k = 0), T = HI + 1: kept iff pattern >= HI + 1, with no tie break.
+     kept, e.g. k = 0), T = HI + 1: kept iff pattern >= HI + 1, with no tie break. It also sizes the next
+     guess from where T fell in this one.
   5. `_tie_kernel`, only where more elements equal T than are kept: counts them per block (among the
      candidates), and the last block turns the counts into each block's exclusive prefix.
   6. `_fixup_kernel`: each candidate's mask entry (written False by pass 1 or 3, so only the kept ones are
      written): kept iff pattern > T, or == T with rank among equals (flat order) <= need_eq. With
      `zero_pruned` or moments to zero, it instead rewrites whole blocks from the weights (one more read)
      and zeroes the pruned entries in place.
-A block whose candidates overflow its slots (more than `slots` of its BLOCK elements in [LO, HI]) keeps
-counting them and, in passes 3-6, reads its weights instead of its slots: always correct, slower.
+Passes 3-6 run with CAND_WARPS warps and loop over the used slots CAND_CHUNK at a time. A block whose
+candidates overflow its slots (more than `slots` of its BLOCK elements in [LO, HI]) keeps counting them
+and, in passes 3-6, reads its weights (CAND_PIECE at a time) instead of its slots: always correct, slower.
 
-Traffic (fp32, no tie at T): warm 4 bytes read + 1 written per element, plus ~20 bytes per candidate
-(~0.4-2% of the elements for Gaussian weights at 50-99% sparsity with the initial span); cold (first call,
-warm_start=False or a wrong guess) 8 + 1 (+ 4 + 1 for a wrong guess's pass 1) + ~16 per candidate (1-3%,
-the top-digit bucket of T). Compute (PTX for sm_90, triton 3.6): the warm full-read pass has no histogram;
-the candidate passes histogram one slot per thread per chunk. The warm start is a guess: a wrong one costs
-the cold path, never a wrong mask. Caveats: untuned and unmeasured on GPU (block size, warps, slots,
-spans); histograms are flushed with global atomics; the last-block pattern relies on a barrier + acq_rel
-atomic (CUDA's threadfence reduction), which the interpreter can't exercise concurrently.
+Traffic (fp32, no tie at T): warm 4 bytes read + 1 written per element, plus ~16 bytes per candidate (a
+slot written once and read three times; Gaussian weights at 50-99% sparsity and span 18: 2.0 / 1.3 / 0.7
+/ 0.4% of the elements at 50 / 90 / 95 / 99%); cold (first call, warm_start=False or a wrong guess) 8 + 1
+(+ 4 + 1 for a wrong guess's pass 1) + ~12 per candidate (the top-digit bucket of T: 4.0 / 2.4 / 1.5 /
+0.7%). Compute, from the PTX for sm_90 (triton 3.6) with ~30 candidates per 4096-element block: the warm
+path issues ~3 warp-instructions per element (the full read ~2.5, half of it the block-wide scan that
+orders the compaction; each candidate pass ~0.2), against ~17 before this design (12 in the full read's
+2048-bin histogram). The warm start is a guess: a wrong one costs the cold path, never a wrong mask.
+Caveats: untuned and unmeasured on GPU (block size, warps, slots, spans); histograms are flushed with
+global atomics; the last-block pattern relies on a barrier + acq_rel atomic (CUDA's threadfence
+reduction), which the interpreter can't exercise concurrently.
 
 Nothing inside waits on the host: keep counts may be an int tensor on the weights' device (clamped to
 [0, numel] in the kernel, since validating them would need a sync; lists and tensors elsewhere are
