@@ -261,10 +261,15 @@ def test_mask_selection(benchmark, run_info, case, sparsity, provider):
     fn = _mask_provider(provider, weights, counts)
     info = {}
     if provider.startswith("triton"):  # correctness on the benchmark data itself before timing it
-        assert all(torch.equal(a, b) for a, b in zip(fn(), topk_magnitude_masks_ref(weights, counts)))
-        fn()  # the warm path from here on (for `triton`)
-        frac = topk_mask.select_stats(weights)["candidates"] / n
-        info = dict(candidate_frac=frac, launches=topk_mask.LAUNCHES,
+        want = topk_magnitude_masks_ref(weights, counts)
+        assert all(torch.equal(a, b) for a, b in zip(fn(), want))
+        # The warm path from here on (for `triton`); the anatomy's calls also let the guess's span settle.
+        anatomy = launch_anatomy_us(fn, topk_mask)
+        assert all(torch.equal(a, b) for a, b in zip(fn(), want))
+        stats = topk_mask.select_stats(weights)
+        frac = stats["candidates"] / n
+        info = dict(candidate_frac=frac, launches=topk_mask.LAUNCHES, anatomy_us=anatomy,
+                    guess_held=sum(stats["warm"]) / len(stats["warm"]),
                     model_bytes=mask_model_bytes(n, frac, warm=provider == "triton"))
     measure(benchmark, fn, run_info=run_info, op_bytes=mask_op_bytes(n), op="mask_selection", provider=provider,
             case=case, sparsity=sparsity, n_params=n, n_tensors=len(shapes),
@@ -331,6 +336,22 @@ def test_masked_adam(benchmark, run_info, case, sparsity, provider):
 
 
 @contextlib.contextmanager
+def _kernels_replaced(modules, replace):
+    """Within the block, every Triton kernel `_*_kernel` of `modules` is `replace(name, kernel)`."""
+    patched = []
+    for module in modules:
+        for name, obj in list(vars(module).items()):
+            if name.startswith("_") and name.endswith("_kernel") and hasattr(obj, "fn"):
+                patched.append((module, name, obj))
+                setattr(module, name, replace(name, obj))
+    try:
+        yield
+    finally:
+        for module, name, obj in patched:
+            setattr(module, name, obj)
+
+
+@contextlib.contextmanager
 def stubbed_launches():
     """Replace every Triton kernel of `kernels` with a stub whose launch does nothing, so that timing a call
     measures only its host work (validation, cache lookups, argument building)."""
@@ -340,17 +361,49 @@ def stubbed_launches():
         def __getitem__(self, grid):
             return lambda *args, **kwargs: None
 
-    patched = []
-    for module in (topk_mask, masked_adam):
-        for name, obj in list(vars(module).items()):
-            if name.startswith("_") and name.endswith("_kernel") and hasattr(obj, "fn"):
-                patched.append((module, name, obj))
-                setattr(module, name, _Stub())
-    try:
+    with _kernels_replaced((topk_mask, masked_adam), lambda name, kernel: _Stub()):
         yield
-    finally:
-        for module, name, obj in patched:
-            setattr(module, name, obj)
+
+
+@contextlib.contextmanager
+def timed_launches(module, event=None):
+    """Bracket every launch of `module`'s Triton kernels with device events; yields the list of (kernel name,
+    start event, end event) the launches append to, in launch order. `event()` makes an event (default: a
+    timing CUDA event)."""
+    event = event or (lambda: torch.cuda.Event(enable_timing=True))
+    records = []
+
+    class _Timed:
+        def __init__(self, name, kernel):
+            self.name, self.kernel = name.strip("_").removesuffix("_kernel"), kernel
+
+        def __getitem__(self, grid):
+            launch = self.kernel[grid]
+
+            def run(*args, **kwargs):
+                start, end = event(), event()
+                start.record()
+                launch(*args, **kwargs)
+                end.record()
+                records.append((self.name, start, end))
+            return run
+
+    with _kernels_replaced((module,), _Timed):
+        yield records
+
+
+def launch_anatomy_us(fn, module, reps: int = 20, event=None) -> dict:
+    """Median device microseconds of each launch of `module`'s kernels over `reps` calls of `fn` (eager, with
+    an event between launches: the anatomy of one call, for the next GPU run to see where the time goes)."""
+    times: dict = {}
+    with timed_launches(module, event) as records:
+        for _ in range(reps):
+            fn()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    for name, start, end in records:
+        times.setdefault(name, []).append(start.elapsed_time(end) * 1e3)
+    return {name: sorted(us)[len(us) // 2] for name, us in times.items()}
 
 
 def host_cost_us(op: str, device, width: int = 3, calls: int = 200, repeats: int = 7) -> float:

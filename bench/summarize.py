@@ -125,6 +125,23 @@ def _traffic_rows(rows_by_key: dict, providers: list[str]) -> list[list[str]]:
     return out
 
 
+def _anatomy_lines(title: str, rows_by_key: dict, providers: list[str]) -> list[str]:
+    """The median device time of each launch of one call (`anatomy_us`), where the results have it."""
+    rows, names = [], []
+    for (case, s), row in sorted(rows_by_key.items()):
+        for p in providers:
+            anatomy = row.get(p, {}).get("anatomy_us")
+            if anatomy:
+                names += [n for n in anatomy if n not in names]
+                rows.append((case, s, p, anatomy))
+    if not rows:
+        return []
+    table = [[case, f"{s:g}", p] + [_fmt(a.get(n)) for n in names] + [_fmt(sum(a.values()))]
+             for case, s, p, a in rows]
+    return ([f"### {title}: time per launch (us, eager, an event between launches)", ""]
+            + _table(["case", "sparsity", "provider", *names, "sum"], table) + [""])
+
+
 TRAFFIC_HEADER = ["case", "sparsity", "provider", "op MB (must move)", "design MB", "launches", "ideal ms",
                   "design ms", "eager ms", "graph ms", "eager / ideal"]
 
@@ -150,6 +167,7 @@ def report(results: dict, facts: dict) -> str:
         lines += [f"## {title} (ms eager / graph)", ""] + _table(["case", "sparsity"] + present, rows) + [""]
         lines += [f"### {title}: traffic model against achieved", ""]
         lines += _table(TRAFFIC_HEADER, _traffic_rows(rows_by_key, present)) + [""]
+        lines += _anatomy_lines(title, rows_by_key, present)
     host = results.get("host_cost", {})
     if host:
         rows = [[p, _fmt(info.get("us_per_call"), ".1f")] for row in host.values() for p, info in sorted(row.items())]

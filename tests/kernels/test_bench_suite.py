@@ -54,6 +54,40 @@ def test_mask_traffic_model():
     assert cold - warm == pytest.approx(4 * n - 4 * 10**4, abs=1)  # a second full read, not a re-read of c
 
 
+def test_launch_anatomy_times_each_launch_of_a_call():
+    """The per-launch timing helper on the CPU (interpreted kernels; fake events count ticks between records)."""
+    import torch
+
+    from kernels import topk_mask
+
+    clock = [0]
+
+    class FakeEvent:
+        def record(self):
+            clock[0] += 1
+            self.t = clock[0]
+
+        def elapsed_time(self, end):  # ms, like torch.cuda.Event
+            return (end.t - self.t) * 1e-3
+
+    weights = [torch.randn(300), torch.randn(7, 9)]
+    keep = [30, 10]
+    want = topk_mask.topk_magnitude_masks_triton(weights, keep, block=64)
+    calls = []
+
+    def fn():
+        calls.append(topk_mask.topk_magnitude_masks_triton(weights, keep, block=64))
+
+    with bench_kernels.timed_launches(topk_mask, FakeEvent) as records:
+        fn()
+    assert [name for name, _, _ in records] == ["prepare", "guess", "cold", "digit2", "digit3", "tie", "fixup"]
+    assert len(records) == topk_mask.LAUNCHES
+    anatomy = bench_kernels.launch_anatomy_us(fn, topk_mask, reps=3, event=FakeEvent)
+    assert list(anatomy) == [name for name, _, _ in records] and all(us == 1.0 for us in anatomy.values())
+    assert all(torch.equal(a, b) for masks in calls for a, b in zip(masks, want))  # the kernels really ran
+    assert topk_mask._guess_kernel is not None and hasattr(topk_mask._guess_kernel, "fn")  # and are restored
+
+
 def test_proof_subset_covers_every_target():
     """The subset the GPU proof runs (PRUNERL_BENCH_SUBSET=proof) measures everything `target_rows` needs."""
     mask, adam = bench_kernels.mask_params("proof"), bench_kernels.adam_params("proof")
@@ -77,6 +111,8 @@ def _fake_results(path, mask_params, adam_params, ms_of=None):
                         one_read_ms=0.05, op_bytes=10**6, ideal_ms=0.01, **facts)
             if p.startswith("triton"):
                 info.update(model_bytes=2 * 10**6, launches=6)
+                if op == "mask_selection":
+                    info.update(anatomy_us=dict(prepare=2.0, guess=30.0, cold=3.0))
             benches.append({"name": f"{op}-{case}-{s}-{p}", "extra_info": info, "stats": {}})
     for p, us in (("triton_topk", 12.0), ("triton_adam", 41.0)):
         benches.append({"name": p, "extra_info": dict(op="host_cost", case="impala_w3", sparsity=0.0, provider=p,
@@ -91,6 +127,7 @@ def test_summarize_writes_markdown_and_plot(tmp_path, capsys):
     text = (tmp_path / "out" / "fake.md").read_text()
     assert "## Mask selection" in text and "## Masked Adam" in text and "## Targets" in text
     assert "traffic model against achieved" in text and "| impala_w5 | 0.99 |" in text and "MISSED" in text
+    assert "| case | sparsity | provider | prepare | guess | cold | sum |" in text and "| 2 | 30 | 3 | 35 |" in text
     assert (tmp_path / "out" / "fake.png").stat().st_size > 10_000
     assert "Kernel benchmarks" in capsys.readouterr().out
 
