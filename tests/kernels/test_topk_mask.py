@@ -10,12 +10,14 @@ import math
 
 import pytest
 import torch
+import triton
+import triton.language as tl
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import kernels
 from kernels.reference import topk_magnitude_masks_ref
-from kernels.topk_mask import select_stats, topk_magnitude_masks_triton
+from kernels.topk_mask import _flat_prefix, select_stats, topk_magnitude_masks_triton
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -259,6 +261,27 @@ def test_topk_candidate_slots_overflow_or_not(slots):
         assert_same_masks(weights, counts, block=32, slots=slots)
         stats = select_stats(weights, block=32, slots=slots)
         assert (stats["overflowed_blocks"] > 0) == (slots == 1), stats
+
+
+@triton.jit
+def _prefix_kernel(flags_ptr, out_ptr, total_ptr, N: tl.constexpr):
+    before, total = _flat_prefix(tl.load(flags_ptr + tl.arange(0, N)), N)
+    tl.store(out_ptr + tl.arange(0, N), before)
+    tl.store(total_ptr, total)
+
+
+@pytest.mark.parametrize("n", [16, 64, 4096])
+def test_flat_prefix_packed_scan(n):
+    # The compaction's exclusive prefix sums, four rows at a time in the bytes of an int32: rows entirely of
+    # ones (a byte's prefix reaches 255, its total 256 = a carry) and of zeros, next to random ones.
+    rows = (torch.rand(16, n // 16) < torch.tensor([1.0, 0.0, 0.5, 0.02] * 4)[:, None]).to(torch.int32)
+    for flags in (rows.flatten(), torch.ones(n, dtype=torch.int32), torch.zeros(n, dtype=torch.int32)):
+        flags = flags.to(DEVICE)
+        out = torch.empty(n, dtype=torch.int32, device=DEVICE)
+        total = torch.empty(1, dtype=torch.int32, device=DEVICE)
+        _prefix_kernel[(1,)](flags, out, total, N=n)
+        assert torch.equal(out, torch.cumsum(flags, 0, dtype=torch.int32) - flags)
+        assert int(total) == int(flags.sum())
 
 
 # --- NaN / Inf / subnormals -------------------------------------------------------------------------------------
