@@ -252,15 +252,21 @@ class _AdamPlan:
 _plans = _utils.PlanCache(size=64)
 
 
+def _plan_key(params, grads, exp_avgs, exp_avg_sqs, masks, block: int) -> tuple[tuple, tuple, list]:
+    """(key, data pointers, tensors) of a call's plan. This is most of a cached call's host time: two passes
+    over every tensor (id, data_ptr), ~0.1 us per tensor, 153 tensors at Impala w3."""
+    dense = params + grads + exp_avgs + exp_avg_sqs  # lists (the public function makes them so)
+    ptrs = (*map(_data_ptr, dense), *[t.data_ptr() for t in masks if t is not None])
+    return (block, *map(id, dense), *map(id, masks)), ptrs, dense + masks
+
+
 def _masked_adam_launch(params, grads, exp_avgs, exp_avg_sqs, masks, step_t, step: int, lr: float, beta1: float,
                         beta2: float, eps: float, weight_decay: float, moments: str, pruned_are_zero: bool,
                         block: int) -> None:
     """Scalars (device steps) and the update; the plan is looked up (or built and validated) here."""
-    tensors = (*params, *grads, *exp_avgs, *exp_avg_sqs, *masks)
-    ptrs = (*map(_data_ptr, params), *map(_data_ptr, grads), *map(_data_ptr, exp_avgs), *map(_data_ptr, exp_avg_sqs),
-            *[t.data_ptr() for t in masks if t is not None])
+    key, ptrs, tensors = _plan_key(params, grads, exp_avgs, exp_avg_sqs, masks, block)
     device = params[0].device
-    plan = _utils.plan_for(_plans, (block, *map(id, tensors)), ptrs, tensors, device,
+    plan = _utils.plan_for(_plans, key, ptrs, tensors, device,
                            lambda: _AdamPlan(params, grads, exp_avgs, exp_avg_sqs, masks, block))
     if plan.n_blocks == 0:
         return
