@@ -10,9 +10,9 @@ JaxPruner does), `kthvalue` (per-layer threshold, not exact under ties), `prune_
 
 Masked Adam: every parameter of DQN-Impala at widths 1, 3, 5 (biases unmasked) and one flat 50M tensor,
 at sparsity 0 / 0.95 / 0.99. Providers: `triton_<mode>` for each moments mode, `_pz` variants with
-pruned_are_zero (pruned weights are already 0, so they are neither read nor written), `torch_fused_mask`
-(Adam(fused=True) then p *= mask), `torch_foreach_mask` (Adam(foreach=True) then p *= mask),
-`torch_fused_nomask` (Adam(fused=True) alone: the no-pruning floor).
+pruned_are_zero (pruned weights are already 0, so the weights of 8-element sectors with nothing kept are
+neither read nor written), `torch_fused_mask` (Adam(fused=True) then p *= mask), `torch_foreach_mask`
+(Adam(foreach=True) then p *= mask), `torch_fused_nomask` (Adam(fused=True) alone: the no-pruning floor).
 
 Timing: every provider eagerly (triton.testing.do_bench: CUDA events, L2 flushed before every rep; median
 and 20/80 percentiles) and captured in a CUDA graph (do_bench over graph replays), plus an L2-hot figure

@@ -195,27 +195,29 @@ def test_sector_liveness_matches_reference(moments, pruned_are_zero, grad_dtype,
     # Sizes that are not multiples of the sector or of the block; block=32 puts 4 sectors in a block, and
     # offset=1 shifts every tensor off 16-byte alignment (the unaligned path; sectors no longer match the
     # memory's). Pruned moments carry NaNs: frozen mode must keep them bit for bit, whole sectors or not.
+    # Tensor 2 has no mask (plain Adam, as a bias).
     gen = torch.Generator().manual_seed(7)
     shapes = [(45,), (3, 7, 5), (8,), (100,), (27,)]
-    masks = sector_masks(shapes, gen)
+    keeps = [mask.to(DEVICE) for mask in sector_masks(shapes, gen)]
+    keeps[2][:] = True
     params, grads, m, v, _ = make_state(shapes, grad_dtype=grad_dtype, gen=gen)
-    masks = [mask.to(DEVICE) for mask in masks]
-    for p, mm, vv, mask in zip(params, m, v, masks):
-        p.mul_(mask)  # the promise of pruned_are_zero (both runs start from it)
-        mm.masked_fill_(~mask, POISON)
-        vv.masked_fill_(~mask, POISON)
+    for p, mm, vv, keep in zip(params, m, v, keeps):
+        p.mul_(keep)  # the promise of pruned_are_zero (both runs start from it)
+        mm.masked_fill_(~keep, POISON)
+        vv.masked_fill_(~keep, POISON)
     if offset:
-        params, grads, m, v, masks = ([offset_view(t, offset) for t in seq] for seq in (params, grads, m, v, masks))
+        params, grads, m, v, keeps = ([offset_view(t, offset) for t in seq] for seq in (params, grads, m, v, keeps))
         assert all(t.data_ptr() % 16 for t in params + m + v)
+    masks = [None if i == 2 else keep for i, keep in enumerate(keeps)]
     want = clone_all(params, m, v)
     kw = dict(step=3, lr=1e-2, weight_decay=0.1, moments=moments)
     masked_adam_ref_(want[0], grads, want[1], want[2], masks, **kw)
     got = clone_all(params, m, v)
     if pruned_are_zero:  # a pruned weight's value must not matter: poison it, it must come back unchanged
-        for p, mask in zip(got[0], masks):
-            p.masked_fill_(~mask, POISON)
+        for p, keep in zip(got[0], keeps):
+            p.masked_fill_(~keep, POISON)
     masked_adam_triton_(got[0], grads, got[1], got[2], masks, pruned_are_zero=pruned_are_zero, block=32, **kw)
-    for i, mask in enumerate(masks):
+    for i, mask in enumerate(keeps):
         for name, g, w in zip(("p", "m", "v"), (got[0][i], got[1][i], got[2][i]), (want[0][i], want[1][i], want[2][i])):
             torch.testing.assert_close(g[mask], w[mask], **TOL, msg=lambda s, n=name, i=i: f"{n}[{i}] kept: {s}")
         p_pruned = got[0][i][~mask]
