@@ -235,6 +235,9 @@ class TrainConfig:
     tf32: bool = False
     """CUDA: TF32 matmuls and convolutions. Faster on Ampere and later; products round to a 10-bit mantissa
     (relative error ~1e-3), so runs are no longer bit-comparable with fp32 ones."""
+    torch_deterministic: bool = False
+    """CUDA: deterministic cuDNN algorithms, so two runs with the same seed give the same numbers (slower). Off,
+    cuDNN times its algorithms once per input shape and keeps the fastest (`cudnn.benchmark`)."""
     bf16: bool = False
     """bf16 autocast for the forward and backward passes (weights, Adam state and masks stay fp32). Faster on
     GPUs; Q-values carry ~3 significant digits, which can change learning slightly."""
@@ -332,8 +335,9 @@ class TrainConfig:
 # for the sub-configs) defines the experiment.
 # ---------------------------------------------------------------------------------------------------------
 RUNTIME_FIELDS = frozenset({
-    "device", "replay_device", "overlap_env", "cuda_graphs", "compile", "channels_last", "max_minutes", "profile",
-    "progress", "tensorboard", "log_every", "runs_dir", "run_name", "checkpoint_every", "keep_checkpoints",
+    "device", "replay_device", "overlap_env", "cuda_graphs", "compile", "channels_last", "torch_deterministic",
+    "max_minutes", "profile", "progress", "tensorboard", "log_every", "runs_dir", "run_name", "checkpoint_every",
+    "keep_checkpoints",
     "save_replay", "preset", "env.num_threads", "analysis_grad_samples",
     "offline.data", "offline.cache_dir",  # where the dataset lies (config.json records which data it was)
 })

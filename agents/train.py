@@ -195,6 +195,9 @@ class Trainer:
         self.profiler = Profiler(cfg.profile, self.device)
         if self.device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = cfg.tf32
+            # The fastest weight-gradient algorithms accumulate with atomics: fast, not reproducible.
+            torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = (cfg.torch_deterministic,
+                                                                                  not cfg.torch_deterministic)
         if cfg.channels_last:
             for net in (self.online, self.target):
                 use_channels_last(net)

@@ -17,6 +17,7 @@ import csv
 import datetime
 import json
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -52,7 +53,8 @@ def plot(episodes: list[dict], title: str, path: Path) -> None:
         smooth = [sum(returns[i - window + 1:i + 1]) / window for i in range(window - 1, len(returns))]
         ax.plot(frames[window - 1:], smooth, color="C1", label=f"mean of last {window}")
     ax.axhline(RANDOM_SCORE, color="grey", linestyle=":", label="random")
-    ax.set(xlabel="frames (millions)", ylabel="return", title=title, ylim=(-21.5, 21.5))
+    ax.set(xlabel="frames (millions)", ylabel="return", ylim=(-21.5, 21.5))
+    ax.set_title(textwrap.fill(title, 60), fontsize=9)  # preset, game, frames, time and GPU: two lines
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     fig.savefig(path)

@@ -77,7 +77,9 @@ def device_table(key: tuple, values, dtype: torch.dtype, device: torch.device) -
             raise RuntimeError(f"a {host.numel()}-entry kernel table was first needed inside a CUDA-graph capture; "
                                "run the op once before capturing (tables are cached by tensor sizes and addresses)")
         return filled_on_device(host, device)
-    table = _tables[key] = host.to(device)
+    if device.type == "cuda":  # a copy from pageable memory would wait for the GPU: stage it in pinned memory
+        host = host.pin_memory()  # (the caching host allocator keeps the block until the copy is done)
+    table = _tables[key] = host.to(device, non_blocking=True)
     if len(_tables) > _TABLES_SIZE:
         _tables.popitem(last=False)
     return table

@@ -13,6 +13,8 @@ import torch
 # kernel modules are imported: on a CPU-only machine the Triton kernels then run on numpy (slow, tiny shapes).
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+else:  # cuBLAS is deterministic only with a fixed workspace, read when its first handle is made (see
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # tests/agents/test_cuda_graphs.py)
 
 # `pytest` (unlike `python -m pytest`) does not put the repository root on sys.path.
 _ROOT = str(pathlib.Path(__file__).resolve().parents[1])

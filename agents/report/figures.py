@@ -131,13 +131,22 @@ def _save(fig, plt, path: Path) -> None:
     plt.close(fig)
 
 
-def _frames_axis(ax, fontsize=None) -> None:
-    """Data are plotted in frames; label ticks in millions (or thousands, for short smoke runs)."""
+def _frames_axis(ax, fontsize=None, quantity: str = "Frames") -> None:
+    """Data are plotted in frames (gradient updates for offline runs); ticks in millions, or thousands for
+    short runs."""
     from matplotlib.ticker import FuncFormatter
 
     scale, unit = (1e6, "millions") if ax.get_xlim()[1] >= 2e6 else (1e3, "thousands")
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v / scale:g}"))
-    ax.set_xlabel(f"Frames ({unit})", fontsize=fontsize)
+    ax.set_xlabel(f"{quantity} ({unit})", fontsize=fontsize)
+
+
+def _progress(curves: list[list[dict]]) -> tuple[str, str]:
+    """(key, axis quantity) of learning-curve points: frames, or for offline runs, which train on no frames,
+    gradient updates."""
+    if any(q["frames"] > 0 for pts in curves for q in pts) or not any(q.get("updates") for pts in curves for q in pts):
+        return "frames", "Frames"
+    return "updates", "Gradient updates"
 
 
 def _title(fig, title: str, note: str) -> None:
@@ -154,16 +163,17 @@ def plot_curves(configs: list[Config], curves: dict[str, list[dict]], path: Path
     panel_of = [(c.agent, c.arch) for c in cs]
     panels = list(dict.fromkeys(panel_of))
     titles = [_panel_title(cs[panel_of.index(p)]) for p in panels]
+    key, quantity = _progress([curves[c.label] for c in cs])
     plt = _plt()
     fig, axes = _figure(plt, len(panels), (5.0, 3.7))
     for c, line, p in zip(cs, line_styles(cs, panel_of), panel_of, strict=True):
         pts = curves[c.label]
         ax = axes[panels.index(p)]
-        line.plot(ax, [q["frames"] for q in pts], [q["iqm"] for q in pts], [q["low"] for q in pts],
+        line.plot(ax, [q[key] for q in pts], [q["iqm"] for q in pts], [q["low"] for q in pts],
                   [q["high"] for q in pts], label=line.label if c.complete else f"{line.label} (incomplete)")
     for ax, title in zip(axes, titles, strict=True):
         ax.set_title(title, fontsize=10)
-        _frames_axis(ax)
+        _frames_axis(ax, quantity=quantity)
         ax.set_ylabel("IQM human-normalized score")
     _legend(fig, axes)
     _title(fig, f"IQM learning curves ({ci}% stratified-bootstrap CIs)", note)
@@ -223,8 +233,16 @@ def plot_width(configs: list[Config], finals: dict[str, dict], path: Path, note:
 
 
 def _series(run: Run, key: str) -> tuple[np.ndarray, np.ndarray]:
+    """`key` of run's metrics against frames (gradient updates for an offline run, see _run_quantity)."""
     rows = [m for m in run.metrics() if key in m and m[key] is not None]
-    return np.array([m["frames"] for m in rows], dtype=float), np.array([m[key] for m in rows], dtype=float)
+    x = "frames" if _run_quantity(run) == "Frames" else "agent_steps"
+    return np.array([m.get(x, 0) for m in rows], dtype=float), np.array([m[key] for m in rows], dtype=float)
+
+
+def _run_quantity(run: Run) -> str:
+    rows = run.metrics()
+    offline = rows and not any(m.get("frames") for m in rows) and any(m.get("agent_steps") for m in rows)
+    return "Gradient updates" if offline else "Frames"
 
 
 def _overall_sparsity_key(run: Run) -> str:
@@ -252,7 +270,7 @@ def plot_sparsity(configs: list[Config], path: Path, note: str) -> bool:
         xt, yt = _series(run, "sparsity/target")
         if len(xt):
             ax.plot(xt, yt, color="black", lw=0.8, ls=":")
-    _frames_axis(ax)
+    _frames_axis(ax, quantity=_run_quantity(pruned[0][1]))
     ax.set_ylabel("Sparsity of the prunable weights")
     ax.set_ylim(-0.02, 1.02)
     ax.set_title("Followed (dotted: scheduled target)", fontsize=10)
@@ -267,7 +285,7 @@ def plot_sparsity(configs: list[Config], path: Path, note: str) -> bool:
         ax_l.plot(x, y, color=cmap(j / max(1, len(layers) - 1)), lw=1, label=k.removeprefix("sparsity/"))
     x, y = _series(run, _overall_sparsity_key(run))
     ax_l.plot(x, y, color="black", lw=2.2, label="all prunable")
-    _frames_axis(ax_l)
+    _frames_axis(ax_l, quantity=_run_quantity(run))
     ax_l.set_ylim(-0.02, 1.02)
     ax_l.set_title(f"Per layer: {c.label} ({run.game}, seed {run.seed})", fontsize=9)
     ax_l.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.02, 1.0), ncol=1 if len(layers) < 20 else 2)
@@ -324,7 +342,7 @@ def plot_analysis(
         for col, k in enumerate(keys):
             ax = axes[row, col]
             ax.set_title(f"{g}: {ANALYSIS_KEYS[k]}", fontsize=9)
-            _frames_axis(ax, fontsize=8)
+            _frames_axis(ax, fontsize=8, quantity=_run_quantity(next(r for c in drawn for r in c.runs)))
             ax.tick_params(labelsize=7)
     _legend(fig, axes.flat)
     _title(fig, f"Analysis metrics (mean over seeds, {round(confidence * 100)}% bootstrap CIs)", note)
@@ -366,6 +384,7 @@ def plot_methods(configs: list[Config], curves: dict[str, list[dict]], finals: d
     labels = [join_parts(p) or "baseline" for p in label_parts([methods[i] for i in firsts],
                                                                always=("pruning.final_sparsity",))]
     lines = [Line(label, PALETTE[j % len(PALETTE)], j) for j, label in enumerate(labels)]
+    key, quantity = _progress([curves[c.label] for c in cs if curves.get(c.label)])
     plt = _plt()
     fig, axes = plt.subplots(len(panels), 2, figsize=(10.5, 3.8 * len(panels) + 0.6), squeeze=False,
                              layout="constrained")
@@ -377,7 +396,7 @@ def plot_methods(configs: list[Config], curves: dict[str, list[dict]], finals: d
             j = firsts.index(first)
             if c.width == shown and curves.get(c.label):
                 pts = curves[c.label]
-                lines[j].plot(ax_c, [q["frames"] for q in pts], [q["iqm"] for q in pts], [q["low"] for q in pts],
+                lines[j].plot(ax_c, [q[key] for q in pts], [q["iqm"] for q in pts], [q["low"] for q in pts],
                               [q["high"] for q in pts])
         for j, first in enumerate(firsts):
             group = sorted((c for c, f in mine if f == first), key=lambda c: c.width)
@@ -392,7 +411,7 @@ def plot_methods(configs: list[Config], curves: dict[str, list[dict]], finals: d
                     ax_w.plot(x, y, marker="o", ms=9, mfc="white", mec=lines[j].color, zorder=3)
                     ax_w.annotate("incomplete", (x, y), xytext=(6, -12), textcoords="offset points", fontsize=7)
         ax_c.set_title(f"{title}: width ×{shown}", fontsize=10)
-        _frames_axis(ax_c)
+        _frames_axis(ax_c, quantity=quantity)
         ax_c.set_ylabel("IQM human-normalized score")
         ax_w.set_title(f"{title}: final IQM", fontsize=10)
         ax_w.set_xticks(widths)

@@ -25,7 +25,7 @@ def iqm_curve(
     iters = sorted({int(i) for r in runs for i in r.iterations["iteration"] if np.isfinite(i)})
     points, gaps = [], 0
     for it in iters:
-        cols, frames = [], []
+        cols, frames, updates = [], [], []
         for rs in c.used:
             col = []
             for r in rs:
@@ -33,6 +33,7 @@ def iqm_curve(
                 if len(idx) and np.isfinite(r.scores[idx[0]]):
                     col.append(ev.human_normalized(r.scores[idx[0]], r.game, table))
                     frames.append(r.iterations["frames"][idx[0]])
+                    updates.append(r.iterations["agent_steps"][idx[0]])  # offline runs: gradient updates
             cols.append(col)
         if any(len(col) < len(rs) for col, rs in zip(cols, c.used, strict=True)):
             gaps += 1  # a run has not reached this iteration, or no episode finished in it
@@ -45,6 +46,7 @@ def iqm_curve(
             {
                 "iteration": it,
                 "frames": float(np.median(frames)),
+                "updates": float(np.median(updates)),
                 "iqm": point,
                 "low": low,
                 "high": high,

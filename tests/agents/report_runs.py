@@ -30,10 +30,13 @@ def write_run(
     eval_columns: bool = False,
     eval_bonus: float | None = None,
     name: str | None = None,
+    offline: bool = False,
 ) -> Path:
     """A run whose final human-normalised score is final_hns(...). summary_keys: extra keys of summary.json.
     eval_columns: add the evaluation phase's columns, empty unless eval_bonus is given: then the evaluation
-    score is the training one plus eval_bonus (human-normalised). name: the run directory, under root."""
+    score is the training one plus eval_bonus (human-normalised). name: the run directory, under root.
+    offline: as agents.offline writes them: agent_steps count gradient updates, frames are 0."""
+    fps = 0 if offline else 4  # frames per agent step
     d = root / (name or f"{game}_s{seed}_{sparsity}_w{width}")
     (d / "checkpoints").mkdir(parents=True)
     (d / "tb").mkdir()
@@ -64,7 +67,7 @@ def write_run(
             hns = target * (i + 1) / ITERS  # linear ramp to the known final value
             score = "" if (nan_last and i == iters - 1) else f"{rand + hns * (human - rand)!r}"
             steps = (i + 1) * STEPS
-            f.write(f"{i},{steps},{4 * steps},{steps // 4},{score},3,1000.0,{sparsity},{i}.0")
+            f.write(f"{i},{steps},{fps * steps},{steps // 4},{score},3,1000.0,{sparsity},{i}.0")
             if eval_columns:
                 ev_score = "" if eval_bonus is None else f"{rand + (hns + eval_bonus) * (human - rand)!r}"
                 f.write(f",{ev_score},{'' if eval_bonus is None else 2}")
@@ -74,7 +77,7 @@ def write_run(
             steps = k * STEPS // 2
             row = {
                 "agent_steps": steps,
-                "frames": 4 * steps,
+                "frames": fps * steps,
                 "grad_steps": steps // 4,
                 "losses/td_loss": 0.1,
                 "charts/SPS": 500.0,

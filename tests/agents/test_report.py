@@ -164,3 +164,22 @@ def test_cli_help_and_subprocess(runs, tmp_path):
     )
     assert res.returncode == 0, res.stderr
     assert "DQN Impala ×3, dense" in res.stdout and (out / "report.md").exists()
+
+
+def test_offline_runs_are_plotted_against_gradient_updates(tmp_path, monkeypatch):
+    # Offline runs train on no env frames (frames = 0 in their logs): curves and schedules use the updates.
+    from agents.report import figures
+
+    root = tmp_path / "runs"
+    for sparsity in (0.0, 0.95):
+        for seed in SEEDS:
+            write_run(root, "Pong", seed, sparsity, offline=True)
+    labels = []
+    monkeypatch.setattr(figures, "_frames_axis", lambda ax, fontsize=None, quantity="Frames": labels.append(quantity))
+    out = tmp_path / "report"
+    assert report.main([str(root), "--out", str(out), "--reps", "200"]) == 0
+    with open(out / "curves.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert rows and all(float(r["frames"]) == 0 for r in rows)
+    assert labels and set(labels) == {"Gradient updates"}, labels
+    assert (out / "iqm_curves.png").exists() and (out / "sparsity_schedule.png").exists()

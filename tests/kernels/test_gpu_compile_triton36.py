@@ -12,6 +12,8 @@ import sys
 
 import pytest
 
+from tests.kernels.test_gpu_compile import check_masked_adam_lines
+
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 SCRIPT = pathlib.Path(__file__).with_name("_compile_for_gpu.py")
 TRITON36 = pathlib.Path(os.environ.get("PRUNERL_TRITON36_DIR", ROOT / ".venv" / "triton-3.6"))
@@ -32,3 +34,4 @@ def test_all_kernels_compile_for_sm90_with_triton_3_6():
     first = proc.stdout.splitlines()[0]
     assert first.startswith("triton 3.6.0 ") and str(TRITON36) in first, first
     assert proc.stdout.count("ok ") >= 30 and "FAIL" not in proc.stdout
+    check_masked_adam_lines(proc.stdout.splitlines())  # the GPU image's compiler vectorises every mode too

@@ -148,6 +148,107 @@ def test_frozen_mode_zeroes_unzeroed_pruned_weights():
     assert bool((params[0][~masks[0]] == 0).all())
 
 
+# --- sector granularity (frozen mode and pruned_are_zero decide per 8-element sector) -------------------------
+
+SECTOR = 8
+POISON = float("nan")
+
+
+def sector_masks(shapes, gen):
+    """Masks that stress the sector logic: random sectors that are all pruned, sectors with exactly one kept
+    element (at a random lane), fully kept ones, a partial last sector whose only kept element is the last,
+    and (the last shape) a tensor with nothing kept."""
+    masks = []
+    for i, s in enumerate(shapes):
+        n = torch.Size(s).numel()
+        flat = torch.zeros(n, dtype=torch.bool)
+        if i < len(shapes) - 1:
+            for start in range(0, n, SECTOR):
+                width = min(SECTOR, n - start)
+                kind = int(torch.randint(3, (), generator=gen))  # 0: all pruned, 1: one kept, 2: all kept
+                if kind == 1:
+                    flat[start + int(torch.randint(width, (), generator=gen))] = True
+                elif kind == 2:
+                    flat[start:start + width] = True
+            flat[n - n % SECTOR:] = False
+            flat[-1] = True
+        masks.append(flat.view(s))
+    return masks
+
+
+def offset_view(t: torch.Tensor, offset: int) -> torch.Tensor:
+    """A contiguous copy of `t` starting `offset` elements into a larger buffer (not 16-byte aligned)."""
+    buf = torch.empty(t.numel() + offset, dtype=t.dtype, device=t.device)
+    view = buf[offset:].view(t.shape)
+    view.copy_(t)
+    return view
+
+
+def bits(t: torch.Tensor) -> torch.Tensor:
+    return t.view(torch.int32)
+
+
+@pytest.mark.parametrize("moments", MOMENTS_MODES)
+@pytest.mark.parametrize("pruned_are_zero", [False, True])
+@pytest.mark.parametrize("grad_dtype, offset", [(torch.float32, 0), (torch.bfloat16, 0), (torch.float32, 1)])
+def test_sector_liveness_matches_reference(moments, pruned_are_zero, grad_dtype, offset):
+    # Sizes that are not multiples of the sector or of the block; block=32 puts 4 sectors in a block, and
+    # offset=1 shifts every tensor off 16-byte alignment (the unaligned path; sectors no longer match the
+    # memory's). Pruned moments carry NaNs: frozen mode must keep them bit for bit, whole sectors or not.
+    # Tensor 2 has no mask (plain Adam, as a bias).
+    gen = torch.Generator().manual_seed(7)
+    shapes = [(45,), (3, 7, 5), (8,), (100,), (27,)]
+    keeps = [mask.to(DEVICE) for mask in sector_masks(shapes, gen)]
+    keeps[2][:] = True
+    params, grads, m, v, _ = make_state(shapes, grad_dtype=grad_dtype, gen=gen)
+    for p, mm, vv, keep in zip(params, m, v, keeps):
+        p.mul_(keep)  # the promise of pruned_are_zero (both runs start from it)
+        mm.masked_fill_(~keep, POISON)
+        vv.masked_fill_(~keep, POISON)
+    if offset:
+        params, grads, m, v, keeps = ([offset_view(t, offset) for t in seq] for seq in (params, grads, m, v, keeps))
+        assert all(t.data_ptr() % 16 for t in params + m + v)
+    masks = [None if i == 2 else keep for i, keep in enumerate(keeps)]
+    want = clone_all(params, m, v)
+    kw = dict(step=3, lr=1e-2, weight_decay=0.1, moments=moments)
+    masked_adam_ref_(want[0], grads, want[1], want[2], masks, **kw)
+    got = clone_all(params, m, v)
+    if pruned_are_zero:  # a pruned weight's value must not matter: poison it, it must come back unchanged
+        for p, keep in zip(got[0], keeps):
+            p.masked_fill_(~keep, POISON)
+    masked_adam_triton_(got[0], grads, got[1], got[2], masks, pruned_are_zero=pruned_are_zero, block=32, **kw)
+    for i, mask in enumerate(keeps):
+        for name, g, w in zip(("p", "m", "v"), (got[0][i], got[1][i], got[2][i]), (want[0][i], want[1][i], want[2][i])):
+            torch.testing.assert_close(g[mask], w[mask], **TOL, msg=lambda s, n=name, i=i: f"{n}[{i}] kept: {s}")
+        p_pruned = got[0][i][~mask]
+        if pruned_are_zero:
+            assert bool(p_pruned.isnan().all()), f"p[{i}]: a pruned weight was changed"
+        elif moments == "frozen":
+            assert bool((p_pruned == 0).all()), f"p[{i}]: a pruned weight is not zero"
+        else:  # (p + update) * 0: NaN where the poisoned moments made the update NaN, as in the reference
+            torch.testing.assert_close(p_pruned, want[0][i][~mask], **TOL, equal_nan=True)
+        if moments == "frozen":  # bit for bit, NaN payloads included
+            for name, g, before in (("m", got[1][i], m[i]), ("v", got[2][i], v[i])):
+                assert torch.equal(bits(g[~mask]), bits(before[~mask])), f"{name}[{i}]: a pruned moment changed"
+        else:  # faithful and reset compute pruned moments like the reference (NaN stays NaN)
+            for g, w in ((got[1][i], want[1][i]), (got[2][i], want[2][i])):
+                torch.testing.assert_close(g[~mask], w[~mask], **TOL, equal_nan=True)
+
+
+@pytest.mark.parametrize("pruned_are_zero", [False, True])
+def test_frozen_all_pruned_tensor_and_block(pruned_are_zero):
+    # Every sector dead: nothing of g, m, v may change; the weights become (or stay) zero.
+    params, grads, m, v, masks = make_state([(64,), (70,)], sparsity=1.0)
+    masks[1][:] = True  # a fully live neighbour in the same launch
+    params[0].copy_(torch.randn(64, device=DEVICE) if not pruned_are_zero else torch.zeros(64, device=DEVICE))
+    m0, v0 = clone_all(m, v)
+    masked_adam_triton_(params, grads, m, v, masks, step=2, lr=1e-3, moments="frozen",
+                        pruned_are_zero=pruned_are_zero, block=16)
+    assert torch.equal(bits(m[0]), bits(m0[0])) and torch.equal(bits(v[0]), bits(v0[0]))
+    assert bool((params[0] == 0).all())
+    assert not torch.equal(m[1], m0[1])
+
+
 def test_uint8_masks_and_all_none_masks():
     params, grads, m, v, masks = make_state([(40,), (6, 6)], sparsity=0.5)
     masks_u8 = [mask.to(torch.uint8) for mask in masks]
