@@ -98,6 +98,9 @@ def main(argv: list[str] | None = None) -> int:
     result = {"preset": args.preset, "game": "Pong", "minutes_budget": args.minutes, "wall_s": round(wall, 1),
               "frames": summary["frames"], "frames_per_second": round(summary["frames"] / wall, 1),
               "grad_steps": summary["grad_steps"], "total_sparsity": summary["total_sparsity"],
+              # What the run pruned against what its schedule asked for by then (agents.train's verdict).
+              **{k: summary.get(k) for k in ("sparsity/prunable", "target_sparsity", "scheduled_sparsity",
+                                             "below_target_sparsity")},
               "final_return_last10": final_return(episodes), "episodes": episodes, "config": cfg.to_dict(),
               "device": device, "torch": torch.__version__, "git_sha": sha,
               "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")}

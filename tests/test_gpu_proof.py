@@ -170,11 +170,18 @@ def test_correctness_and_learning_rows(tmp_path):
     junit.write_text('<testsuite name="pytest" tests="3" failures="0" errors="0" skipped="0"></testsuite>')
     assert gpu_proof.correctness_rows(junit)[0]["met"] is True
     pong = {"final_return_last10": -19.5, "frames": 2_500_000, "wall_s": 130.0, "frames_per_second": 19_230.8,
-            "total_sparsity": 0.95}
-    (row,) = gpu_proof.learning_rows(pong)
+            "total_sparsity": 0.94, "sparsity/prunable": 0.95, "scheduled_sparsity": 0.95,
+            "below_target_sparsity": False}
+    row, pruned = gpu_proof.learning_rows(pong)
     assert row["met"] is True and "-19.5 after 2.50M frames" in row["measured"]
+    assert pruned["met"] is True and pruned["measured"].startswith("0.950")
     assert gpu_proof.learning_rows({**pong, "final_return_last10": -21.0})[0]["met"] is False
-    assert gpu_proof.learning_rows(None)[0]["met"] is None
+    # A run that never pruned (the first H100 run's: its schedule began after the window) is a miss, as is one
+    # that fell below its schedule; an older JSON without the verdict is no data.
+    assert gpu_proof.learning_rows({**pong, "sparsity/prunable": 0.0, "scheduled_sparsity": 0.0})[1]["met"] is False
+    assert gpu_proof.learning_rows({**pong, "below_target_sparsity": True})[1]["met"] is False
+    assert gpu_proof.learning_rows({k: v for k, v in pong.items() if k != "scheduled_sparsity"})[1]["met"] is None
+    assert [r["met"] for r in gpu_proof.learning_rows(None)] == [None, None]
 
 
 # --- the wheel list ---------------------------------------------------------------------------------------------------
