@@ -203,7 +203,7 @@ class Proof:
                 step = self.results[name] = StepResult(name)
                 planned = self.plan[name]
                 left = self.budget_s - self.reserve_s - self.elapsed()
-                if min(planned, left) < max(MIN_STEP_S, 0.5 * planned):
+                if name != "install" and min(planned, left) < max(MIN_STEP_S, 0.5 * planned):  # it is quick
                     step.status, step.note = "skipped", f"{left:.0f} s of the budget left, {planned:.0f} s planned"
                     self.say(f"{name}: SKIPPED ({step.note})")
                     continue
@@ -219,6 +219,8 @@ class Proof:
                 self.save_steps()
             summary = self.summarize()
             self.save_steps()
+            portable_paths(self.dir, {str(self.work): "<proof-tmp>", tempfile.gettempdir(): "<tmp>",
+                                      sys.prefix: "<python>", f"{_ROOT}/": ""})
             print(summary, flush=True)
             self.copy_out()
         finally:
@@ -355,6 +357,20 @@ class Proof:
                 self.say(f"WARNING: {path.name} is {path.stat().st_size / 2**20:.1f} MiB, over what comes back")
         self.say(f"copied {tar_path.name}, summary.md and proof.log to $OUT"
                  + (f" (left out of the tarball, over 8 MiB: {', '.join(left_out)})" if left_out else ""))
+
+
+def portable_paths(folder: Path, replacements: dict[str, str]) -> None:
+    """Rewrites the results' text files without this machine's paths (the checkout, temporary and Python
+    directories in commands, logs and tracebacks), in the order given, so that they can be committed."""
+    for path in sorted(folder.rglob("*")):
+        if path.is_file() and path.suffix in (".log", ".json", ".jsonl", ".xml", ".md"):
+            with open(path, newline="", errors="replace") as f:  # newline="": progress bars' \r stay as they are
+                text = original = f.read()
+            for old, new in replacements.items():
+                text = text.replace(old, new)
+            if text != original:
+                with open(path, "w", newline="") as f:
+                    f.write(text)
 
 
 # --- reading the results ----------------------------------------------------------------------------------------------

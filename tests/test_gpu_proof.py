@@ -93,10 +93,12 @@ def test_budget_too_small_skips_steps_and_says_so(tmp_path, monkeypatch, capsys)
                          str(tmp_path), "--sha", "s"])
     assert rc == 1
     steps = json.loads((tmp_path / "cpu-dry-run_s" / "steps.json").read_text())["steps"]
-    assert {name: s["status"] for name, s in steps.items()} == {"install": "skipped", "e2e": "skipped",
+    # install always runs (it is quick, and every later step needs it), even where its share of the budget is
+    # under a step's minimum, as in the default 60 s dry run
+    assert {name: s["status"] for name, s in steps.items()} == {"install": "ok", "e2e": "skipped",
                                                                "learning": "skipped"}
     summary = (tmp_path / "cpu-dry-run_s" / "summary.md").read_text()
-    assert "Skipped: install, e2e, learning." in summary
+    assert "Skipped: e2e, learning." in summary
     assert "SKIPPED" in capsys.readouterr().out
 
 
@@ -182,6 +184,21 @@ def test_correctness_and_learning_rows(tmp_path):
     assert gpu_proof.learning_rows({**pong, "below_target_sparsity": True})[1]["met"] is False
     assert gpu_proof.learning_rows({k: v for k, v in pong.items() if k != "scheduled_sparsity"})[1]["met"] is None
     assert [r["met"] for r in gpu_proof.learning_rows(None)] == [None, None]
+
+
+def test_results_are_rewritten_without_machine_paths(tmp_path):
+    results = tmp_path / "h100_abc"
+    (results / "logs").mkdir(parents=True)
+    (results / "logs" / "kernels.log").write_bytes(b"$ /opt/venv/bin/python3 /srv/repo/bench/bench_kernels.py\n"
+                                                     b"10%\r50%\r\r\n")  # a progress bar's carriage returns
+    (results / "steps.json").write_text(json.dumps({"cmd": "/tmp/proof-x1/site and /tmp/pytest-of-root/t0"}))
+    (results / "kernels.png").write_bytes(b"\x89PNG /srv/repo/")  # not text: left alone
+    gpu_proof.portable_paths(results, {"/tmp/proof-x1": "<proof-tmp>", "/tmp": "<tmp>", "/opt/venv": "<python>",
+                                       "/srv/repo/": ""})
+    assert (results / "logs" / "kernels.log").read_bytes() == (b"$ <python>/bin/python3 bench/bench_kernels.py\n"
+                                                              b"10%\r50%\r\r\n")
+    assert json.loads((results / "steps.json").read_text()) == {"cmd": "<proof-tmp>/site and <tmp>/pytest-of-root/t0"}
+    assert (results / "kernels.png").read_bytes() == b"\x89PNG /srv/repo/"
 
 
 # --- the wheel list ---------------------------------------------------------------------------------------------------
