@@ -21,7 +21,7 @@ from agents.replay import ReplayBuffer
 from agents.train import Trainer, parse_args, trainer_class
 from tests.agents.chain_env import ChainEnv
 from tests.agents.test_learning import chain_config
-from tests.agents.test_replay import expected
+from tests.agents.test_replay import expected, fill
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 H = W = 6
@@ -37,30 +37,11 @@ def source_of(frame: np.ndarray) -> tuple[int, int] | None:
     return None if not frame.any() else ((int(frame[0, 1]) - 1) * 256 + int(frame[0, 0]), int(frame[0, 2]))
 
 
-def fill_unique(buf: ReplayBuffer, steps: int, rng, end_prob=0.1):
-    """The trainer's way of filling the replay (as tests/agents/test_replay.py's `fill`), frames naming (t, env)."""
-    n = buf.num_envs
-    timeline = {k: [] for k in ("frame", "action", "reward", "terminal", "first", "executed")}
-    first, ended = np.ones(n, bool), np.zeros(n, bool)
-    for t in range(steps):
-        executed = ~ended
-        action = rng.integers(0, 4, n)
-        reward = np.where(executed, rng.choice([-3.0, 0.0, 0.5, 1.0], n), 0.0).astype(np.float32)
-        ends = executed & (rng.random(n) < end_prob)
-        terminal = ends & (rng.random(n) < 0.6)
-        frame = np.stack([unique_frame(t, e) for e in range(n)])
-        buf.add(frame, action, reward, terminal, first, executed)
-        for k, v in zip(timeline, (frame, action, reward, terminal, first, executed)):
-            timeline[k].append(v.copy())
-        first, ended = ~executed, ends
-    return {k: np.stack(v) for k, v in timeline.items()}
-
-
 @pytest.mark.parametrize("capacity", [10_000, 3 * 150])  # not wrapped, and wrapped (oldest steps overwritten)
 def test_exported_replay_loads_back_as_the_replays_transitions(tmp_path, capacity):
     rng = np.random.default_rng(capacity)
     buf = ReplayBuffer(capacity, 3, n_step=3, gamma=0.9, frame_shape=(H, W))
-    tl = fill_unique(buf, 400, rng)
+    tl = fill(buf, 400, rng, end_prob=0.1, frame=unique_frame)  # frames that name their (t, env)
     steps = export_replay(buf, tmp_path / "data")
     slot, env = dopamine_order(buf)
     assert steps == slot.size and (slot >= 0).sum() < 3 * min(400, capacity // 3)

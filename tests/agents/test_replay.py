@@ -16,8 +16,9 @@ def frame_of(t, e):
     return np.full((H, W), (t * 7 + e * 3) % 250 + 1, dtype=np.uint8)  # never 0, so padding is visible
 
 
-def fill(buf, steps, rng, end_prob=0.2):
-    """Drive `buf` like the trainer does under the next-step auto-reset contract; return the timeline."""
+def fill(buf, steps, rng, end_prob=0.2, frame=frame_of):
+    """Drive `buf` like the trainer does under the next-step auto-reset contract; return the timeline. `frame(t,
+    e)` is env e's frame at step t."""
     n = buf.num_envs
     timeline = {k: [] for k in ("frame", "action", "reward", "terminal", "first", "executed")}
     first = np.ones(n, bool)
@@ -28,9 +29,9 @@ def fill(buf, steps, rng, end_prob=0.2):
         reward = np.where(executed, rng.choice([-3.0, -1.0, 0.0, 0.5, 2.0], n), 0.0).astype(np.float32)
         ends = executed & (rng.random(n) < end_prob)
         terminal = ends & (rng.random(n) < 0.5)  # the other ends are truncations
-        frame = np.stack([frame_of(t, e) for e in range(n)])
-        buf.add(frame, action, reward, terminal, first, executed)
-        for k, v in zip(timeline, (frame, action, reward, terminal, first, executed)):
+        frames = np.stack([frame(t, e) for e in range(n)])
+        buf.add(frames, action, reward, terminal, first, executed)
+        for k, v in zip(timeline, (frames, action, reward, terminal, first, executed)):
             timeline[k].append(v.copy())
         first, ended = ~executed, ends
     return {k: np.stack(v) for k, v in timeline.items()}
