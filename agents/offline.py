@@ -120,12 +120,7 @@ class OfflineTrainer(Trainer):
                                     updates_per_s=f"{ups:.0f}", sparsity=f"{sparsity:.3f}")
                     iter_start_time, iter_start_updates = time.perf_counter(), self.agent_steps
                 bar.update(1)
-                if time.perf_counter() >= deadline and self.agent_steps < cfg.total_steps:
-                    self.stopped_early = True
-                    with prof.section("checkpoint"):
-                        self.save()
-                    print(f"stopping after --max-minutes {cfg.max_minutes:g} at update {self.agent_steps:,}; "
-                          f"continue with --resume {self.run_dir}")
+                if self._out_of_time(deadline, "update"):
                     break
         finally:
             bar.close()

@@ -520,12 +520,7 @@ class Trainer:
                     iter_start_time, iter_start_steps = time.perf_counter(), self.agent_steps
                     iter_end = (self.iteration + 1) * cfg.iteration_steps
                 bar.update(self.agent_steps - steps_before)
-                if time.perf_counter() >= deadline and self.agent_steps < cfg.total_steps:
-                    self.stopped_early = True
-                    with prof.section("checkpoint"):
-                        self.save()
-                    print(f"stopping after --max-minutes {cfg.max_minutes:g} at agent step {self.agent_steps:,}; "
-                          f"continue with --resume {self.run_dir}")
+                if self._out_of_time(deadline, "agent step"):
                     break
         finally:
             bar.close()
@@ -535,6 +530,18 @@ class Trainer:
         if cfg.profile:
             self._write_profile()
         return self._finish()
+
+    def _out_of_time(self, deadline: float, unit: str) -> bool:
+        """--max-minutes: past `deadline` (perf_counter) with steps left, checkpoint and say how to go on; True
+        means stop. `unit` names what agent_steps counts (agent steps; updates for an offline run)."""
+        if time.perf_counter() < deadline or self.agent_steps >= self.cfg.total_steps:
+            return False
+        self.stopped_early = True
+        with self.profiler.section("checkpoint"):
+            self.save()
+        print(f"stopping after --max-minutes {self.cfg.max_minutes:g} at {unit} {self.agent_steps:,}; "
+              f"continue with --resume {self.run_dir}")
+        return True
 
     def _write_profile(self) -> None:
         report = self.profiler.report(frames=(self.agent_steps) * self.cfg.env.frame_skip)

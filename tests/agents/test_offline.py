@@ -156,6 +156,19 @@ def test_offline_run_resumes_exactly(tmp_path, chain_dataset):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
+def test_offline_run_stops_at_max_minutes_with_a_checkpoint(tmp_path, chain_dataset, capsys):
+    cfg = offline_config("cql", 0.9, chain_dataset, total=200)
+    cfg.max_minutes = 1e-9  # out of time after the first update
+    trainer = OfflineTrainer(cfg, tmp_path / "run", env=ChainEnv(num_envs=2))
+    summary = trainer.run()
+    assert trainer.stopped_early and summary["finished"] is False and trainer.agent_steps == 1
+    assert "stopping after --max-minutes 1e-09 at update 1; continue with --resume" in capsys.readouterr().out
+    cfg.max_minutes = None
+    resumed = OfflineTrainer.resume(tmp_path / "run", cfg, env=ChainEnv(num_envs=2))
+    assert resumed.agent_steps == 1
+    assert resumed.run()["finished"] is True and resumed.agent_steps == 200
+
+
 def test_offline_runs_name_missing_or_foreign_data(tmp_path, chain_dataset):
     cfg = offline_config("cql", 0.0, chain_dataset)
     cfg.offline.data = None
