@@ -312,8 +312,8 @@ class Trainer:
         blockers = []
         if self.device.type != "cuda":
             blockers.append(f"the training device is {self.device}")
-        elif kernels.backend_for(self.device) != "triton":
-            blockers.append("PRUNERL_KERNELS=torch selects the reference ops, which synchronise with the host")
+        elif (backend := kernels.backend_for(self.device)) != "triton":
+            blockers.append(f"PRUNERL_KERNELS={backend} selects PyTorch ops, which synchronise with the host")
         if self.replay.device != self.device:
             blockers.append("the replay is not on the training device (use --replay-device auto)")
         if blockers and self.cfg.cuda_graphs == "on":

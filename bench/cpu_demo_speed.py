@@ -47,6 +47,8 @@ def main() -> int:
     parser.add_argument("--total-steps", type=int, default=None,
                         help="time only the first N agent steps of the preset's run (one iteration, evaluated "
                              "if the preset evaluates); the JSON says so")
+    parser.add_argument("--channels-last", action="store_true",
+                        help="run the convolutions on channels_last activations (oneDNN's preferred layout)")
     args = parser.parse_args()
 
     import torch
@@ -59,6 +61,8 @@ def main() -> int:
     preset_total_steps = cfg.total_steps
     if args.game is not None:
         cfg.env.game = args.game
+    if args.channels_last:
+        cfg.channels_last = True
     if args.total_steps is not None:
         cfg.total_steps = cfg.iteration_steps = args.total_steps
     load_before, sha = os.getloadavg(), train.git_sha() or "unknown"  # the code that runs (HEAD may move meanwhile)

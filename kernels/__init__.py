@@ -6,9 +6,11 @@
 - `graph_tables()`: hold the kernels' device tables that a CUDA-graph capture uses (keep the returned
   object next to the graph).
 
-Dispatch: tensors on CUDA use Triton, everything else the reference in `kernels.reference`. The environment
-variable `PRUNERL_KERNELS=triton|torch` forces one path (on a CPU, `triton` runs the kernels under
-`TRITON_INTERPRET=1`, which must be set before `kernels` is first imported).
+Dispatch (`backend_for`): tensors on CUDA use Triton; on the CPU, masked Adam uses PyTorch's fused Adam then
+re-masking (`kernels.fused_cpu`) and the masks come from the reference; anything else uses the reference in
+`kernels.reference`. The environment variable `PRUNERL_KERNELS=triton|fused|torch` forces one path
+(`torch` is the reference everywhere; on a CPU, `triton` runs the kernels under `TRITON_INTERPRET=1`, which
+must be set before `kernels` is first imported).
 """
 
 from __future__ import annotations
@@ -19,20 +21,21 @@ from collections.abc import Sequence
 import torch
 
 from kernels._utils import GraphTables, graph_tables
+from kernels.fused_cpu import masked_adam_fused_
 from kernels.reference import MOMENTS_MODES, masked_adam_ref_, topk_magnitude_masks_ref
 
 __all__ = ["topk_magnitude_masks", "masked_adam_", "backend_for", "graph_tables", "GraphTables", "MOMENTS_MODES"]
 
-_BACKENDS = ("auto", "triton", "torch")
+_BACKENDS = ("auto", "triton", "fused", "torch")
 
 
 def backend_for(device: torch.device) -> str:
-    """'triton' or 'torch': what the public ops use for tensors on `device`."""
+    """'triton', 'fused' or 'torch' (the reference): what the public ops use for tensors on `device`."""
     choice = os.environ.get("PRUNERL_KERNELS", "auto").strip().lower() or "auto"
     if choice not in _BACKENDS:
         raise ValueError(f"PRUNERL_KERNELS={choice!r}; expected one of {_BACKENDS}")
     if choice == "auto":
-        return "triton" if torch.device(device).type == "cuda" else "torch"
+        return {"cuda": "triton", "cpu": "fused"}.get(torch.device(device).type, "torch")
     return choice
 
 
@@ -67,11 +70,13 @@ def masked_adam_(params, grads, exp_avgs, exp_avg_sqs, masks, *, step, lr: float
     """
     if len(params) == 0:
         return
-    if backend_for(params[0].device) == "triton":
+    backend = backend_for(params[0].device)
+    if backend == "triton":
         from kernels.masked_adam import masked_adam_triton_
 
         return masked_adam_triton_(params, grads, exp_avgs, exp_avg_sqs, masks, step=step, lr=lr, beta1=beta1,
                                    beta2=beta2, eps=eps, weight_decay=weight_decay, moments=moments,
                                    pruned_are_zero=pruned_are_zero)
-    return masked_adam_ref_(params, grads, exp_avgs, exp_avg_sqs, masks, step=step, lr=lr, beta1=beta1,
-                            beta2=beta2, eps=eps, weight_decay=weight_decay, moments=moments)
+    adam = masked_adam_fused_ if backend == "fused" else masked_adam_ref_
+    return adam(params, grads, exp_avgs, exp_avg_sqs, masks, step=step, lr=lr, beta1=beta1, beta2=beta2, eps=eps,
+                weight_decay=weight_decay, moments=moments)
