@@ -53,7 +53,7 @@ gpu-wheels:  ## download into .whl/ the wheels the GPU machine lacks (cp312, x86
 gpu-proof:  ## on the GPU machine (its python3, no .venv): every GPU claim measured in 9 minutes (bench/README.md)
 	$(PYTHON) bench/gpu_proof.py $(PROOF_ARGS)
 
-gpu-proof-dry-run: install  ## the GPU proof rehearsed on the CPU: every step, tiny sizes, 60 s budget
+gpu-proof-dry-run: install  ## the GPU proof rehearsed on the CPU: every step, tiny sizes, 70 s budget
 	$(BIN)/python bench/gpu_proof.py --dry-run $(PROOF_ARGS)
 
 # triton 3.6.0 (the GPU image's version) in a folder of its own, for tests/kernels/test_gpu_compile_triton36.py.

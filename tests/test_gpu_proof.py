@@ -49,7 +49,7 @@ def test_dry_run_exercises_every_step_the_layout_and_the_copy_to_out(tmp_path):
     out = tmp_path / "out"
     env = {**os.environ, "OUT": str(out), "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     env.pop("TRITON_INTERPRET", None)  # the proof's children decide for themselves, as on the GPU machine
-    # A larger budget than the default 60 s only lengthens the steps' time limits (the dry run's sizes are
+    # A larger budget than the default 70 s only lengthens the steps' time limits (the dry run's sizes are
     # fixed), so that a loaded CI machine does not time a step out.
     proc = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_proof.py"), "--dry-run", "--budget-s", "240",
                            "--results-root", str(tmp_path / "results"), "--sha", "testsha0",
@@ -69,6 +69,8 @@ def test_dry_run_exercises_every_step_the_layout_and_the_copy_to_out(tmp_path):
                                                               ("gmp95_after", "tf32"), ("naive", "fp32")}
     assert all(r["frames_per_second"] > 0 and r["measured_agent_steps"] >= 16 for r in e2e)
     assert next(r for r in e2e if r["provider"] == "gmp95_after")["total_sparsity"] > 0.9
+    atari100k = json.loads((folder / "atari100k.json").read_text())
+    assert atari100k["learning_agent_steps_per_s"] > 0 and atari100k["updates_in_second_iteration"] == 20
     assert "components" in json.loads((folder / "profile.json").read_text())
     (pong,) = folder.glob("pong_check_cpu_*.json")
     assert json.loads(pong.read_text())["game"] == "Pong" and pong.with_suffix(".png").exists()
@@ -94,7 +96,7 @@ def test_budget_too_small_skips_steps_and_says_so(tmp_path, monkeypatch, capsys)
     assert rc == 1
     steps = json.loads((tmp_path / "cpu-dry-run_s" / "steps.json").read_text())["steps"]
     # install always runs (it is quick, and every later step needs it), even where its share of the budget is
-    # under a step's minimum, as in the default 60 s dry run
+    # under a step's minimum, as in the default 70 s dry run
     assert {name: s["status"] for name, s in steps.items()} == {"install": "ok", "e2e": "skipped",
                                                                "learning": "skipped"}
     summary = (tmp_path / "cpu-dry-run_s" / "summary.md").read_text()
@@ -184,6 +186,27 @@ def test_correctness_and_learning_rows(tmp_path):
     assert gpu_proof.learning_rows({**pong, "below_target_sparsity": True})[1]["met"] is False
     assert gpu_proof.learning_rows({k: v for k, v in pong.items() if k != "scheduled_sparsity"})[1]["met"] is None
     assert [r["met"] for r in gpu_proof.learning_rows(None)] == [None, None]
+
+
+def test_atari100k_projection_from_the_two_iterations(tmp_path):
+    # Iteration 2: 2,000 agent steps (8,000 frames) at 4,000 training frames/s = 2 s of training; its end came
+    # 7 s after iteration 1's, so its evaluation took 5 s. 100k steps at 1,000 steps/s + 10 x 5 s = 150 s.
+    csv_path = tmp_path / "iterations.csv"
+    csv_path.write_text("iteration,agent_steps,frames,grad_steps,score,episodes,eval_score,eval_episodes,fps,"
+                        "total_sparsity,wall_time\n"
+                        "1,2000,8000,400,-21.0,1,-21.0,100,9000.0,0.0,1000.0\n"
+                        "2,4000,16000,2400,,0,-20.5,100,4000.0,0.0,1007.0\n")
+    rows = gpu_proof.read_iterations(csv_path)
+    assert rows[1]["score"] is None and rows[1]["wall_time"] == 1007.0
+    record = gpu_proof.atari100k_record(rows, 2_000)
+    assert record["learning_agent_steps_per_s"] == 1000.0 and record["evaluation_s"] == 5.0
+    assert record["updates_in_second_iteration"] == 2000 and record["projected_run_minutes"] == 2.5
+    (row,) = gpu_proof.atari100k_rows(record)
+    assert row["met"] == "reported" and row["measured"] == ("2.5 min (from 4,000 agent steps: 1,000 per s with "
+                                                            "an update each, 5.0 s per evaluation of 100 episodes)")
+    assert gpu_proof.atari100k_rows(None)[0]["met"] is None
+    with pytest.raises(ValueError, match="1 iterations"):
+        gpu_proof.atari100k_record(rows[:1], 2_000)
 
 
 def test_results_are_rewritten_without_machine_paths(tmp_path):
