@@ -47,6 +47,8 @@ def main() -> int:
     parser.add_argument("--total-steps", type=int, default=None,
                         help="time only the first N agent steps of the preset's run (one iteration, evaluated "
                              "if the preset evaluates); the JSON says so")
+    parser.add_argument("--max-minutes", type=float, default=None,
+                        help="stop the run after this many minutes (the JSON says it stopped early)")
     parser.add_argument("--channels-last", action="store_true",
                         help="run the convolutions on channels_last activations (oneDNN's preferred layout)")
     args = parser.parse_args()
@@ -63,6 +65,7 @@ def main() -> int:
         cfg.env.game = args.game
     if args.channels_last:
         cfg.channels_last = True
+    cfg.max_minutes = args.max_minutes
     if args.total_steps is not None:
         cfg.total_steps = cfg.iteration_steps = args.total_steps
     load_before, sha = os.getloadavg(), train.git_sha() or "unknown"  # the code that runs (HEAD may move meanwhile)
@@ -75,10 +78,11 @@ def main() -> int:
     result = {
         "preset": args.preset, "config": cfg.to_dict(), "frames": summary["frames"],
         "grad_steps": summary["grad_steps"], "preset_total_steps": preset_total_steps,
-        "partial_run": cfg.total_steps < preset_total_steps,
+        "partial_run": cfg.total_steps < preset_total_steps or trainer.stopped_early,
         "wall_s": round(wall, 2), "process_cpu_s": round(cpu_s, 2), "fps_overall": round(summary["frames"] / wall, 1),
         "load_average_before_after": [round(x, 2) for x in (*load_before[:1], os.getloadavg()[0])],
         "final_eval_score": summary.get("final_eval_score"),
+        "eval_scores": [r.get("eval_score") for r in rows],
         # The last iteration is all learning (the first ones are mostly warm-up, which has no learner).
         "fps_per_iteration": [float(r["fps"]) for r in rows],
         "final_score": summary["final_score"], "total_sparsity": summary["total_sparsity"],

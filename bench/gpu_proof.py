@@ -507,7 +507,8 @@ def learning_rows(pong: dict | None) -> list[dict]:
 
 
 def read_iterations(path: Path) -> list[dict]:
-    """A run's iterations.csv as dicts of floats (empty cells as None)."""
+    """A run's iterations.csv as dicts of floats (empty cells as None). Not agents.train's reader: this process
+    runs before the carried wheels are installed, so it imports nothing of the project's dependencies."""
     import csv
 
     with path.open() as f:
