@@ -86,3 +86,14 @@ def test_cpu_dispatch(monkeypatch):
     masked_adam_ref_(want[0], grads, want[1], want[2], masks, step=2, lr=1e-3)
     for g, w in zip((params, m, v), want):
         assert_lists_close(g, w, **TOL)
+
+
+def test_fused_non_contiguous_tensors():
+    # Transposed params, grads, moments and masks (what a user's own state may be): same results as the reference.
+    params, grads, m, v, masks = (list(t.t() for t in ts) for ts in cpu_state([(6, 5), (3, 9)]))
+    assert not params[0].is_contiguous()
+    got, want = clone_all(params, m, v), clone_all(params, m, v)
+    masked_adam_fused_(got[0], grads, got[1], got[2], masks, step=3, lr=1e-2, moments="reset")
+    masked_adam_ref_(want[0], grads, want[1], want[2], masks, step=3, lr=1e-2, moments="reset")
+    for g, w in zip(got, want):
+        assert_lists_close(g, w, **TOL)
