@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from kernels.reference import check_adam_inputs, masked_adam_ref_
+from kernels.reference import adam_step, check_adam_inputs, masked_adam_ref_
 
 
 @torch.no_grad()
@@ -28,10 +28,7 @@ def masked_adam_fused_(params, grads, exp_avgs, exp_avg_sqs, masks, *, step, lr:
     if moments == "frozen" or any(g.dtype != torch.float32 for g in grads):
         return masked_adam_ref_(params, grads, exp_avgs, exp_avg_sqs, masks, step=step, lr=lr, beta1=beta1,
                                 beta2=beta2, eps=eps, weight_decay=weight_decay, moments=moments)
-    step_t = (step.detach().reshape(()).to(torch.float32) if isinstance(step, torch.Tensor)
-              else torch.tensor(float(step)))
-    if float(step_t) < 1:
-        raise ValueError(f"masked_adam_: step must be >= 1 (1-based, after increment); got {float(step_t)}")
+    step_t = torch.tensor(adam_step(step), dtype=torch.float32, device=params[0].device)
     # The fused op reads the step count (torch.optim.Adam increments it before the call) and does not change it.
     torch._fused_adam_(params, grads, exp_avgs, exp_avg_sqs, [], [step_t] * len(params), lr=lr, beta1=beta1,
                        beta2=beta2, weight_decay=weight_decay, eps=eps, amsgrad=False, maximize=False)

@@ -92,6 +92,14 @@ def check_adam_inputs(params, grads, exp_avgs, exp_avg_sqs, masks, moments: str)
                 raise ValueError(f"masked_adam_: {name} of tensor {i} is on {t.device}, param on {p.device}")
 
 
+def adam_step(step) -> float:
+    """The 1-based step count (an int or a one-element tensor, read on the host) as a float, checked."""
+    step = float(step.item() if isinstance(step, torch.Tensor) else step)
+    if step < 1:
+        raise ValueError(f"masked_adam_: step must be >= 1 (1-based, after increment); got {step}")
+    return step
+
+
 @torch.no_grad()
 def masked_adam_ref_(params, grads, exp_avgs, exp_avg_sqs, masks, *, step, lr: float, beta1: float = 0.9,
                      beta2: float = 0.999, eps: float = 1e-8, weight_decay: float = 0.0,
@@ -101,9 +109,7 @@ def masked_adam_ref_(params, grads, exp_avgs, exp_avg_sqs, masks, *, step, lr: f
     `step` is the 1-based step count *after* this update (as in torch.optim.Adam), an int or a 0-d tensor.
     """
     check_adam_inputs(params, grads, exp_avgs, exp_avg_sqs, masks, moments)
-    step = float(step.item() if isinstance(step, torch.Tensor) else step)
-    if step < 1:
-        raise ValueError(f"masked_adam_: step must be >= 1 (1-based, after increment); got {step}")
+    step = adam_step(step)
     bias_correction1 = 1 - beta1**step
     bias_correction2_sqrt = (1 - beta2**step) ** 0.5
     step_size = lr / bias_correction1
