@@ -26,7 +26,7 @@ def cpu_state(shapes, sparsity=0.6, grad_dtype=torch.float32, unmasked=(), seed=
 @pytest.mark.parametrize("weight_decay", [0.0, 0.1])
 @pytest.mark.parametrize("step_kind", ["int", "float_tensor", "int_tensor"])
 def test_fused_matches_reference(moments, weight_decay, step_kind):
-    params, grads, m, v, masks = cpu_state(SHAPES, unmasked=(1,), seed=hash((moments, step_kind)) % 1000)
+    params, grads, m, v, masks = cpu_state(SHAPES, unmasked=(1,))
     got, want = clone_all(params, m, v), clone_all(params, m, v)
     for step in range(1, 5):
         for g in grads:
