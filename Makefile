@@ -8,7 +8,7 @@ TORCH_VERSION ?= 2.13.0
 TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 TRITON36_DIR ?= $(VENV)/triton-3.6
 
-.PHONY: install demo test test-gpu bench pong-check gpu-wheels gpu-proof gpu-proof-dry-run triton36 lint clean
+.PHONY: install demo test test-gpu bench pong-check gpu-wheels gpu-proof gpu-proof-dry-run gpu-image-rehearsal triton36 lint clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -55,6 +55,21 @@ gpu-proof:  ## on the GPU machine (its python3, no .venv): every GPU claim measu
 
 gpu-proof-dry-run: install  ## the GPU proof rehearsed on the CPU: every step, tiny sizes, 70 s budget
 	$(BIN)/python bench/gpu_proof.py --dry-run $(PROOF_ARGS)
+
+# The dry run on the GPU image's versions (Python 3.12, torch 2.11.0, triton 3.6.0) with the carried wheels
+# installed as the proof installs them: catches what the CI versions hide. torch 2.11 from PyPI is a CUDA build
+# (~5 GB in $(GPU_IMAGE_VENV)); it runs on the CPU.
+GPU_IMAGE_PYTHON ?= python3.12
+GPU_IMAGE_VENV ?= .venv-gpu-image
+gpu-image-rehearsal:  ## the GPU proof's dry run on the GPU machine's Python, torch and triton (needs .whl/)
+	@ls .whl/*.whl >/dev/null 2>&1 || { echo "no wheels in .whl/: run make gpu-wheels first"; exit 2; }
+	test -x $(GPU_IMAGE_VENV)/bin/python || $(GPU_IMAGE_PYTHON) -m venv $(GPU_IMAGE_VENV)
+	$(GPU_IMAGE_VENV)/bin/python -m pip install -q "torch==2.11.0" "triton==3.6.0" numpy matplotlib tqdm \
+		tensorboard cloudpickle pytest pytest-benchmark hypothesis scipy
+	rm -rf $(GPU_IMAGE_VENV)/carried
+	$(GPU_IMAGE_VENV)/bin/python -m pip install -q --no-index --no-deps --no-compile --upgrade \
+		--target $(GPU_IMAGE_VENV)/carried .whl/*.whl
+	PYTHONPATH=$(GPU_IMAGE_VENV)/carried $(GPU_IMAGE_VENV)/bin/python bench/gpu_proof.py --dry-run $(PROOF_ARGS)
 
 # triton 3.6.0 (the GPU image's version) in a folder of its own, for tests/kernels/test_gpu_compile_triton36.py.
 $(TRITON36_DIR)/.installed: $(VENV)/.installed

@@ -9,6 +9,7 @@ import json
 import os
 import pathlib
 import random
+import re
 import subprocess
 import sys
 import tarfile
@@ -173,6 +174,17 @@ def test_correctness_and_learning_rows(tmp_path):
     assert row["measured"] == "9 passed, 1 failed, 2 skipped" and row["met"] is False
     junit.write_text('<testsuite name="pytest" tests="3" failures="0" errors="0" skipped="0"></testsuite>')
     assert gpu_proof.correctness_rows(junit)[0]["met"] is True
+    # Killed before pytest wrote its JUnit file: what the per-test lines of the log say, never "met".
+    junit.unlink()
+    log = tmp_path / "correctness.log"
+    log.write_text("tests/kernels/test_topk_mask.py::test_topk_realistic_sizes_gpu PASSED    [  5%]\n"
+                   "tests/kernels/test_masked_adam.py::test_masked_adam_realistic_sizes_gpu[frozen] PASSED [ 10%]\n")
+    (row,) = gpu_proof.correctness_rows(junit, log)
+    assert row["measured"] == "killed after 2 passed, 0 failed" and row["met"] is None
+    with log.open("a") as f:
+        f.write("tests/agents/test_cuda_graphs.py::test_graphed_learner_matches_eager[dqn] FAILED [ 15%]\n")
+    (row,) = gpu_proof.correctness_rows(junit, log)
+    assert row["met"] is False and "2 passed, 1 failed (tests/agents/test_cuda_graphs.py::test_graphed" in row["measured"]
     pong = {"final_return_last10": -19.5, "frames": 2_500_000, "wall_s": 130.0, "frames_per_second": 19_230.8,
             "total_sparsity": 0.94, "sparsity/prunable": 0.95, "scheduled_sparsity": 0.95,
             "below_target_sparsity": False}
@@ -364,3 +376,12 @@ def test_downloaded_wheel_folder_is_checked_against_the_list(tmp_path, monkeypat
     assert {p.name for p in tmp_path.iterdir()} == {p.name for p in wheels}
     with pytest.raises(SystemExit, match="over the 0.5 MiB limit"):
         gpu_wheels.download(tmp_path, max_mib=0.5)
+
+
+def test_every_gpu_test_is_in_the_proofs_test_dirs():
+    """The correctness step runs only GPU_TEST_DIRS (in that order): a `gpu` test elsewhere would never run."""
+    root = pathlib.Path(gpu_proof.__file__).resolve().parents[1]
+    marked = {p.relative_to(root).as_posix() for p in (root / "tests").rglob("test_*.py")
+              if re.search(r"mark\.gpu\b", p.read_text())}
+    assert marked and all(path.startswith(tuple(d + "/" for d in gpu_proof.GPU_TEST_DIRS)) for path in marked), marked
+
