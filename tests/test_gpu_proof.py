@@ -184,7 +184,8 @@ def test_correctness_and_learning_rows(tmp_path):
     with log.open("a") as f:
         f.write("tests/agents/test_cuda_graphs.py::test_graphed_learner_matches_eager[dqn] FAILED [ 15%]\n")
     (row,) = gpu_proof.correctness_rows(junit, log)
-    assert row["met"] is False and "2 passed, 1 failed (tests/agents/test_cuda_graphs.py::test_graphed" in row["measured"]
+    assert row["met"] is False
+    assert "2 passed, 1 failed (tests/agents/test_cuda_graphs.py::test_graphed" in row["measured"]
     pong = {"final_return_last10": -19.5, "frames": 2_500_000, "wall_s": 130.0, "frames_per_second": 19_230.8,
             "total_sparsity": 0.94, "sparsity/prunable": 0.95, "scheduled_sparsity": 0.95,
             "below_target_sparsity": False}
