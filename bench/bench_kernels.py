@@ -425,8 +425,9 @@ def launch_anatomy_us(fn, module, reps: int = 20, event=None) -> dict:
 
 
 def host_cost_us(op: str, device, width: int = 3, calls: int = 200, repeats: int = 7) -> float:
-    """Host microseconds per call of `op` ('topk' or 'adam') on DQN-Impala's tensors at `width`, launches
-    stubbed; the minimum over `repeats` medians-of-`calls` (robust to a busy machine)."""
+    """Host microseconds per call of `op` ('topk', 'adam', or 'adam_new_grads': new gradient tensors at every
+    call, as autograd makes them after `zero_grad(set_to_none=True)`) on DQN-Impala's tensors at `width`,
+    launches stubbed; the minimum over `repeats` medians-of-`calls` (robust to a busy machine)."""
     import kernels
 
     shapes = impala_param_shapes(width)
@@ -438,7 +439,7 @@ def host_cost_us(op: str, device, width: int = 3, calls: int = 200, repeats: int
 
         def call():
             kernels.topk_magnitude_masks(weights, keep, out=out)
-    elif op == "adam":
+    elif op in ("adam", "adam_new_grads"):
         grads = [torch.randn_like(p) for p in params]
         m, v = [torch.zeros_like(p) for p in params], [torch.zeros_like(p) for p in params]
         masks = [torch.ones(p.shape, dtype=torch.bool, device=device) if p.dim() > 1 else None for p in params]
@@ -454,6 +455,8 @@ def host_cost_us(op: str, device, width: int = 3, calls: int = 200, repeats: int
         for _ in range(repeats):
             times = []
             for _ in range(calls):
+                if op == "adam_new_grads":  # as after zero_grad(set_to_none=True): new tensors, untimed
+                    grads = [torch.empty_like(p) for p in params]
                 start = time.perf_counter()
                 call()
                 times.append(time.perf_counter() - start)
@@ -461,9 +464,10 @@ def host_cost_us(op: str, device, width: int = 3, calls: int = 200, repeats: int
     return min(results) * 1e6
 
 
-@pytest.mark.parametrize("op", ["topk", "adam"])
+@pytest.mark.parametrize("op", ["topk", "adam", "adam_new_grads"])
 def test_host_cost(benchmark, run_info, op):
-    """Host time per call at Impala w3 with the launches stubbed (target: under 30 us)."""
+    """Host time per call at Impala w3 with the launches stubbed (target: under 30 us; adam_new_grads, new
+    gradient tensors at every call, has none)."""
     us = host_cost_us(op, "cuda", width=3)
     benchmark.extra_info.update(run_info)
     benchmark.extra_info.update(op="host_cost", provider=f"triton_{op}", case="impala_w3", sparsity=0.0,

@@ -43,7 +43,7 @@ def main(argv=None) -> int:
     record = dict(label=args.label, git_sha=args.code_sha or _git_sha(), width=3,
                   date=datetime.date.today().isoformat(), cpu=_load("cpu_demo_speed").cpu_name(),
                   torch=torch.__version__, triton=triton.__version__, load_average=round(os.getloadavg()[0], 2))
-    for op in ("topk", "adam"):
+    for op in ("topk", "adam", "adam_new_grads"):
         record[f"{op}_us"] = round(bench_kernels.host_cost_us(op, "cpu", width=3), 1)
     records = json.loads(args.out.read_text()) if args.out.exists() else []
     records.append(record)

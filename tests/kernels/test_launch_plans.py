@@ -303,3 +303,55 @@ def test_a_plan_built_in_a_capture_reuses_the_warm_up_tables(fake_capture):
     assert {id(t) for t in warm} <= held_ids
     grads_table = [b for b in held._buffers.values() if b.tolist() == [t.data_ptr() for t in temporaries]]
     assert len(grads_table) == 1 and id(grads_table[0]) not in {id(t) for t in _utils._tables.values()}
+
+
+def test_new_gradient_tensors_rebind_the_plan_without_validating_it_again(monkeypatch):
+    """After `zero_grad(set_to_none=True)` autograd makes new gradient tensors at every step: the plan of the
+    same parameters, moments and masks is reused with the new gradients bound (and checked), and the results
+    stay the reference's, also when the gradients' dtype changes."""
+    builds = []
+    init = masked_adam._AdamPlan.__init__
+    monkeypatch.setattr(masked_adam._AdamPlan, "__init__", lambda self, *a: builds.append(1) or init(self, *a))
+    params, _, m, v, masks = adam_state()
+    want = [[t.clone() for t in ts] for ts in (params, m, v)]
+    for step, dtype in ((1, torch.float32), (2, torch.float32), (3, torch.bfloat16), (4, torch.float32)):
+        grads = [torch.randn(p.shape, device=DEVICE).to(dtype) for p in params]
+        masked_adam_triton_(params, grads, m, v, masks, step=step, lr=1e-2, block=16)
+        masked_adam_ref_(want[0], grads, want[1], want[2], masks, step=step, lr=1e-2)
+        for got, ref in zip((params, m, v), want):
+            for g, r in zip(got, ref):
+                torch.testing.assert_close(g, r)
+    assert len(builds) == 1
+    last = (params, grads, m, v, masks)  # the last step's plan is cached whole: its own gradient table
+    new = (params, [torch.randn(p.shape, device=DEVICE) for p in params], m, v, masks)
+    adam_step(new)
+    assert _plan_of(new).tables[1] is not _plan_of(last).tables[1]
+    assert _plan_of(new).tables[0] is _plan_of(last).tables[0] and len(builds) == 1
+
+
+def test_new_gradient_tensors_are_validated():
+    params, grads, m, v, masks = adam_state()
+    adam_step((params, grads, m, v, masks))  # the plan the later calls rebind
+    cases = [
+        ([grads[0], torch.randn(5, 4, device=DEVICE)], ValueError, "shape"),
+        ([grads[0], torch.randn(5, 4, device=DEVICE).t()], ValueError, "not contiguous"),
+        ([grads[0].half(), grads[1].half()], TypeError, "dtype"),
+        ([grads[0], grads[1].bfloat16()], TypeError, "dtype"),
+        ([grads[0], params[1]], ValueError, "overlaps params\\[1\\]"),
+        ([m[0][:30], grads[1]], ValueError, "overlaps exp_avgs\\[0\\]"),
+    ]
+    for bad, error, match in cases:
+        before = [[t.clone() for t in ts] for ts in (params, m, v)]
+        with pytest.raises(error, match=match):
+            adam_step((params, bad, m, v, masks))
+        for got, ref in zip((params, m, v), before):  # refused before anything was written
+            assert all(torch.equal(g, r) for g, r in zip(got, ref))
+
+
+def test_spans_find_overlaps_at_their_edges():
+    buf = torch.zeros(40, device=DEVICE)
+    spans = _utils.Spans([("a", buf[10:20], True), ("b", buf[30:35], True), ("none", None, True)])
+    spans.check_reads([("r", buf[0:10]), ("r", buf[20:30]), ("r", buf[35:]), ("empty", buf[15:15]), ("n", None)])
+    for lo, hi, writer in ((5, 11, "a"), (19, 25, "a"), (12, 13, "a"), (0, 40, "b"), (34, 36, "b"), (25, 31, "b")):
+        with pytest.raises(ValueError, match=f"r overlaps {writer} "):
+            spans.check_reads([("r", buf[lo:hi])])
