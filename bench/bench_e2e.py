@@ -10,7 +10,8 @@ For DQN-Impala at widths 1, 3, 5 and the Nature CNN at width 1, four setups, all
   baseline.
 
 The other three setups use the defaults: Triton kernels, replay on the GPU, and the learner step in CUDA
-graphs. Every setup runs in fp32; `dense` and `gmp95_after` also with `--bf16` and with `--tf32`.
+graphs. Every setup runs in fp32; `dense` and `gmp95_after` also with `--bf16`, with `--bf16 --channels-last`
+(precision `nhwc_bf16`: cuDNN's tensor-core convolutions want NHWC activations) and with `--tf32`.
 
 Each run warms up for `WARMUP` agent steps (the replay fills and learning starts: iteration 1), then measures
 `MEASURE` agent steps (iteration 2); the frames/s of iteration 2 is the result. The full loop is timed: env
@@ -35,10 +36,11 @@ from agents.config import get_preset
 from agents.train import Trainer, read_iterations
 
 CASES = [("impala", 1), ("impala", 3), ("impala", 5), ("nature", 1)]
+PRECISIONS = ("fp32", "bf16", "nhwc_bf16", "tf32")  # (no "bf16" prefix in the last two: -k matches substrings)
 SETUPS = ("dense", "gmp95_window", "gmp95_after", "naive")
 # Every setup in fp32 first, then the two numeric options on the setups a long run spends its time in.
 RUNS = ([(arch, width, setup, "fp32") for arch, width in CASES for setup in SETUPS]
-        + [(arch, width, setup, precision) for precision in ("bf16", "tf32") for arch, width in CASES
+        + [(arch, width, setup, precision) for precision in ("bf16", "nhwc_bf16", "tf32") for arch, width in CASES
            for setup in ("dense", "gmp95_after")])
 WARMUP = int(os.environ.get("PRUNERL_E2E_WARMUP", 15_000))  # agent steps: by default one run is 160k frames
 MEASURE = int(os.environ.get("PRUNERL_E2E_MEASURE", 25_000))
@@ -52,11 +54,12 @@ RESULTS_JSONL = os.environ.get("PRUNERL_E2E_JSONL")
 def e2e_config(arch: str, width: int, setup: str, warmup: int = WARMUP, measure: int = MEASURE,
                precision: str = "fp32", **overrides):
     """The preset of (arch, width, setup), shortened to warm-up + measurement, with logging kept out of the way;
-    `precision` is fp32, bf16 (`--bf16`) or tf32 (`--tf32`)."""
-    if precision not in ("fp32", "bf16", "tf32"):
-        raise ValueError(f"precision {precision!r}; expected fp32, bf16 or tf32")
+    `precision` is one of PRECISIONS: fp32, bf16 (`--bf16`), nhwc_bf16 (`--bf16 --channels-last`) or tf32 (`--tf32`)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision {precision!r}; expected one of {PRECISIONS}")
     cfg = get_preset(f"dqn_{arch}_w{width}_{'dense' if setup == 'dense' else 'gmp95'}")
-    cfg.bf16, cfg.tf32 = precision == "bf16", precision == "tf32"
+    cfg.bf16, cfg.tf32 = precision in ("bf16", "nhwc_bf16"), precision == "tf32"
+    cfg.channels_last = precision == "nhwc_bf16"
     cfg.total_steps, cfg.iteration_steps = warmup + measure, warmup
     cfg.agent.min_replay = min(cfg.agent.min_replay, warmup // 2)
     # Epsilon at its final 0.01 by the measurement, as for 97% of a 40M-frame run: greedy actions (a forward
@@ -103,8 +106,8 @@ def test_end_to_end(benchmark, run_info, arch, width, setup, precision):
                      **(CPU_SIZES if DEVICE == "cpu" else {}))
     result = benchmark.pedantic(measure_frames_per_second, args=(cfg, setup == "naive"), rounds=1, iterations=1)
     info = {**run_info, "provider": setup, "case": f"dqn_{arch}_w{width}", "precision": precision,
-            "sparsity": cfg.pruning.final_sparsity, "num_envs": cfg.env.num_envs, "replay_ratio": cfg.replay_ratio,
-            "warmup_agent_steps": cfg.iteration_steps, **result}
+            "channels_last": cfg.channels_last, "sparsity": cfg.pruning.final_sparsity, "num_envs": cfg.env.num_envs,
+            "replay_ratio": cfg.replay_ratio, "warmup_agent_steps": cfg.iteration_steps, **result}
     benchmark.extra_info.update(info)
     if RESULTS_JSONL:
         with open(RESULTS_JSONL, "a") as f:

@@ -59,18 +59,17 @@ DRY_RESERVE_S = 4.0
 MIN_STEP_S = 3.0  # a step gets at least half its planned time and this many seconds, or is skipped
 GRACE = 1.5  # a step sized to its plan may run over it, up to this factor, into time later steps do not need
 
-# 9 runs: width 3 in all 4 setups in fp32 and gmp95_after in bf16 and tf32 (its targets, and what the numeric
-# options buy), width 1 without the naive path (the slowest run; 3.9x slower on the first H100 run).
-E2E_SELECTION = ("(impala_w3 and (fp32 or gmp95_after)) "
-                 "or (impala_w1 and fp32 and (dense or gmp95_window or gmp95_after))")
 # Where the `gpu` tests live: the kernel tests (about a second each) first, then the graph tests (~10 s each,
 # compiles), so that a correctness step killed at its limit has the kernels' results.
 GPU_TEST_DIRS = ("tests/kernels", "tests/agents")
-E2E_RUNS = 9
-E2E_MEASURE_STEPS = 3_500  # agent steps measured per run at the planned 175 s (warm-up: half of it)
+# 10 runs: width 3 in all 4 setups in fp32 and gmp95_after in bf16, bf16 on NHWC and tf32 (its targets, and what
+# the numeric options buy), width 1 without the naive path (the slowest run; 3.9x slower on the first H100 run).
+E2E_SELECTION = ("(impala_w3 and (fp32 or gmp95_after)) "
+                 "or (impala_w1 and fp32 and (dense or gmp95_window or gmp95_after))")
+E2E_MEASURE_STEPS = 3_200  # agent steps measured per run at the planned 175 s (warm-up: half of it)
 # Every setup and every precision once.
 DRY_E2E_SELECTION = " or ".join(f"impala_w1-{s}" for s in ("dense-bf16", "gmp95_window-fp32", "gmp95_after-tf32",
-                                                             "naive-fp32"))
+                                                             "naive-fp32", "dense-nhwc_bf16"))
 LEARNING_OVERHEAD_S = 25.0  # process start, envs, replay, compilation, the final checkpoint and plot
 DRY_LEARNING_MINUTES = 0.07
 # The learning run's schedule is laid out over what its window can train (agent steps per second of training,

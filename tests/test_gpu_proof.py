@@ -67,7 +67,9 @@ def test_dry_run_exercises_every_step_the_layout_and_the_copy_to_out(tmp_path):
     assert environment["device"] == "cpu" and environment["env_backend"] in ("envpool", "ale")
     e2e = gpu_proof.read_jsonl(folder / "e2e.jsonl")
     assert {(r["provider"], r["precision"]) for r in e2e} == {("dense", "bf16"), ("gmp95_window", "fp32"),
-                                                              ("gmp95_after", "tf32"), ("naive", "fp32")}
+                                                              ("gmp95_after", "tf32"), ("naive", "fp32"),
+                                                              ("dense", "nhwc_bf16")}
+    assert [r["channels_last"] for r in e2e].count(True) == 1
     assert all(r["frames_per_second"] > 0 and r["measured_agent_steps"] >= 16 for r in e2e)
     assert next(r for r in e2e if r["provider"] == "gmp95_after")["total_sparsity"] > 0.9
     atari100k = json.loads((folder / "atari100k.json").read_text())
@@ -386,3 +388,21 @@ def test_every_gpu_test_is_in_the_proofs_test_dirs():
               if re.search(r"mark\.gpu\b", p.read_text())}
     assert marked and all(path.startswith(tuple(d + "/" for d in gpu_proof.GPU_TEST_DIRS)) for path in marked), marked
 
+
+
+def test_e2e_selection_picks_the_planned_runs():
+    """The proof's -k expressions select what their comments say (pytest -k matches substrings of test ids)."""
+    root = pathlib.Path(gpu_proof.__file__).resolve().parents[1]
+
+    def collected(selection):
+        out = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider",
+                              str(root / "bench" / "bench_e2e.py"), "-k", selection], cwd=root, capture_output=True,
+                             text=True, timeout=300)
+        return sorted(line.split("[", 1)[1].rstrip("]") for line in out.stdout.splitlines() if "::" in line)
+
+    runs = collected(gpu_proof.E2E_SELECTION)
+    assert len(runs) == 10 and {r for r in runs if r.startswith("impala_w3-gmp95_after")} == {
+        f"impala_w3-gmp95_after-{p}" for p in ("fp32", "bf16", "nhwc_bf16", "tf32")}, runs
+    assert not any("naive" in r for r in runs if r.startswith("impala_w1")) and all("nature" not in r for r in runs)
+    dry = collected(gpu_proof.DRY_E2E_SELECTION)
+    assert len(dry) == 5 and {r.rsplit("-", 1)[1] for r in dry} == {"fp32", "bf16", "nhwc_bf16", "tf32"}, dry
