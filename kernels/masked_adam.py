@@ -52,7 +52,10 @@ constants (one compile per pair; they are fixed in a run) so they keep full fp64
 Differences from the reference, by design: in frozen mode a pruned weight becomes +0.0 where the
 reference computes (p + update) * 0 (so -0.0, or NaN for a non-finite update); with `pruned_are_zero` a
 pruned weight stays 0 where the reference would give NaN for a non-finite update.
-Untuned and unmeasured on GPU: BLOCK, num_warps, programs per SM.
+Untuned on GPU: BLOCK, num_warps, programs per SM. Registers (ptxas, sm_90, triton 3.6, read on a CPU by
+tests/kernels/_compile_for_gpu.py): 212-254 per thread and no spills, so 2 programs of 4 warps are resident
+per SM and the grid of PROGRAMS_PER_SM per SM runs in waves. The kernel the first H100 proof timed had the same
+block shape and 242-247 registers, and moved 94.6% of the copy bandwidth in faithful mode.
 """
 
 from __future__ import annotations
@@ -70,8 +73,8 @@ from kernels.reference import MOMENTS_MODES, check_adam_inputs
 # Elements per block: 16 fp32 per thread at 4 warps, i.e. four 128-bit loads in flight per tensor per thread.
 ADAM_BLOCK = 2048
 NUM_WARPS = 4
-# Persistent grid: programs per SM (4 warps each: half the warp slots of an H100 SM), and under the
-# interpreter a few programs, so that the tests walk the grid-stride loop.
+# Persistent grid: programs per SM (4 warps each; at ~250 registers per thread 2 are resident, see above), and
+# under the interpreter a few programs, so that the tests walk the grid-stride loop.
 PROGRAMS_PER_SM = 8
 INTERPRETER_PROGRAMS = 3
 # Launches per call with a step tensor (scalars + update); an int step needs only the update.

@@ -3,12 +3,15 @@
 The interpreter runs kernels as Python and is more permissive than the compiler (e.g. about non-constexpr
 globals and types across branches), so CPU CI also checks that the real compile succeeds. Run by
 tests/kernels/test_gpu_compile.py in a subprocess, because TRITON_INTERPRET must be unset at import time.
-Prints one line per variant; exits 1 if any failed.
+Prints one line per variant (with ptxas's registers and local memory per thread); exits 1 if any failed.
 """
 
 import itertools
 import pathlib
+import re
+import subprocess
 import sys
+import tempfile
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
 
@@ -68,6 +71,22 @@ def variants():
                     HAS_WD=pz, ALIGNED=aligned, BLOCK=ma.ADAM_BLOCK))
 
 
+CUOBJDUMP = pathlib.Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+
+
+def resource_usage(cubin: bytes) -> str:
+    """ptxas's registers per thread and local memory (spills, stack) per thread of a compiled kernel, read from
+    its cubin with the cuobjdump that ships with triton ("regs=? local=?" where it is missing)."""
+    if not CUOBJDUMP.exists():
+        return "regs=? local=?"
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        out = subprocess.run([str(CUOBJDUMP), "-res-usage", f.name], capture_output=True, text=True).stdout
+    regs, local = re.search(r"REG:(\d+)", out), re.search(r"LOCAL:(\d+)", out)
+    return f"regs={regs.group(1) if regs else '?'} local={local.group(1) if local else '?'}"
+
+
 def main() -> int:
     failed = 0
     for name, fn, warps, sig, consts in variants():
@@ -79,7 +98,8 @@ def main() -> int:
             ptx = kernel.asm["ptx"]
             # 128-bit global loads/stores (what masked Adam's ALIGNED flag is for), and CTA barriers.
             v4 = ptx.count("ld.global.v4") + ptx.count("st.global.v4")
-            print(f"ok   {name} {consts} shared={kernel.metadata.shared} v4={v4} bar={ptx.count('bar.sync')}")
+            print(f"ok   {name} {consts} {resource_usage(kernel.asm['cubin'])} shared={kernel.metadata.shared} "
+                  f"v4={v4} bar={ptx.count('bar.sync')}")
         except Exception as e:  # report every failing variant, not just the first
             failed += 1
             print(f"FAIL {name} {consts}: {type(e).__name__}: {e}")

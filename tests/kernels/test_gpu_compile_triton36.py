@@ -10,7 +10,7 @@ import subprocess
 import sys
 
 from tests.kernels._triton36 import ROOT, is_triton36, triton36_env
-from tests.kernels.test_gpu_compile import check_masked_adam_lines
+from tests.kernels.test_gpu_compile import check_masked_adam_lines, check_no_spills
 
 SCRIPT = pathlib.Path(__file__).with_name("_compile_for_gpu.py")
 
@@ -27,3 +27,4 @@ def test_all_kernels_compile_for_sm90_with_triton_3_6():
     assert is_triton36(first), first
     assert proc.stdout.count("ok ") >= 30 and "FAIL" not in proc.stdout
     check_masked_adam_lines(proc.stdout.splitlines())  # the GPU image's compiler vectorises every mode too
+    check_no_spills(proc.stdout.splitlines())
