@@ -251,6 +251,25 @@ def test_captured_graphs_keep_their_tables_after_the_caches_forget_them():
     del junk, held
 
 
+@pytest.mark.gpu
+def test_new_gradient_tensors_at_every_step_on_the_gpu():
+    """Eager steps as after zero_grad(set_to_none=True): each step's gradients are new tensors, often at the
+    addresses the caching allocator just freed, bound to the cached plan (their tables copied without a sync)."""
+    params, _, m, v, masks = adam_state(shapes=((300, 7), (513,)))
+    want = [[t.clone() for t in ts] for ts in (params, m, v)]
+    step = torch.zeros((), device="cuda")
+    for s in range(1, 6):
+        grads = [torch.randn(p.shape, device="cuda").to(torch.bfloat16 if s == 3 else torch.float32) for p in params]
+        step.add_(1)
+        masked_adam_triton_(params, grads, m, v, masks, step=step, lr=1e-2)
+        masked_adam_ref_(want[0], grads, want[1], want[2], masks, step=s, lr=1e-2)
+        del grads
+    torch.cuda.synchronize()
+    for got, ref in zip((params, m, v), want):
+        for g, r in zip(got, ref):
+            torch.testing.assert_close(g, r)
+
+
 def guarded(shape, dtype, fill, pad=8):
     """A tensor of `shape` inside a buffer with `pad` canary elements on each side (kept aligned)."""
     n = 1
