@@ -937,6 +937,7 @@ def open_run(cfg: TrainConfig, resume_dir: Path | None = None) -> Trainer | None
         read_run_config(run_dir)  # raises: no config.json
     elif has_checkpoint:
         raise UsageError(f"{run_dir} holds checkpoints but no config.json; move it away or use another --run-name")
+    created = not run_dir.exists()
     _check_writable(run_dir, cfg)
     for name in RUN_OUTPUTS:  # a run killed before its first checkpoint (or a new directory): start afresh
         path = run_dir / name
@@ -944,7 +945,12 @@ def open_run(cfg: TrainConfig, resume_dir: Path | None = None) -> Trainer | None
             shutil.rmtree(path)
         elif path.exists():
             path.unlink()
-    trainer = trainer_class(cfg)(cfg, run_dir)
+    try:
+        trainer = trainer_class(cfg)(cfg, run_dir)
+    except BaseException:
+        if created and not any(run_dir.iterdir()):  # e.g. an unknown game: no empty run directory left behind
+            run_dir.rmdir()
+        raise
     print(f"run directory: {run_dir}")
     return trainer
 

@@ -118,6 +118,12 @@ def _error_of(capsys, argv):
 def test_unknown_game_suggests_names(tmp_path, capsys):
     code, err = _error_of(capsys, ["--env.game", "Pongg", "--runs-dir", str(tmp_path)])
     assert code == 2 and "Pong" in err and "Pongg" in err
+    assert list(tmp_path.iterdir()) == []  # no empty run directory left behind
+    existing = tmp_path / "mine"
+    (existing / "notes.txt").parent.mkdir()
+    (existing / "notes.txt").write_text("keep")
+    code, _ = _error_of(capsys, ["--env.game", "Pongg", "--runs-dir", str(tmp_path), "--run-name", "mine"])
+    assert code == 2 and (existing / "notes.txt").read_text() == "keep"  # a directory it did not make stays
 
 
 @pytest.mark.parametrize("argv,message", [
