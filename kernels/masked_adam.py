@@ -292,8 +292,8 @@ def _plan_key(params, grads, exp_avgs, exp_avg_sqs, masks, block: int) -> tuple[
 
 def _plan_for(params, grads, exp_avgs, exp_avg_sqs, masks, block: int) -> _AdamPlan:
     """The call's cached plan; else the plan of the same parameters, moments and masks with these gradients
-    bound (a step after `zero_grad(set_to_none=True)`: ~1 us per gradient instead of a whole validation);
-    else a new one."""
+    bound (a step after `zero_grad(set_to_none=True)`: only the gradients are validated, ~130 us at Impala w3
+    on a CPU core instead of ~420 us); else a new one."""
     key, ptrs, tensors = _plan_key(params, grads, exp_avgs, exp_avg_sqs, masks, block)
     device = params[0].device
 
