@@ -38,7 +38,7 @@ from agents.train import Trainer, read_iterations
 CASES = [("impala", 1), ("impala", 3), ("impala", 5), ("nature", 1)]
 PRECISIONS = ("fp32", "bf16", "nhwc_bf16", "tf32")  # (no "bf16" prefix in the last two: -k matches substrings)
 SETUPS = ("dense", "gmp95_window", "gmp95_after", "naive")
-# Every setup in fp32 first, then the two numeric options on the setups a long run spends its time in.
+# Every setup in fp32 first, then the numeric options on the setups a long run spends its time in.
 RUNS = ([(arch, width, setup, "fp32") for arch, width in CASES for setup in SETUPS]
         + [(arch, width, setup, precision) for precision in ("bf16", "nhwc_bf16", "tf32") for arch, width in CASES
            for setup in ("dense", "gmp95_after")])
