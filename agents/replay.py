@@ -90,11 +90,14 @@ class ReplayBuffer:
         the newest step (its lookahead is incomplete), so learning may run before `add_outcome`: the trainer
         uses this to step the envs while it learns, with results identical to storing the step whole."""
         slot = self.t % self.T
-        dev = self.device
-        self.frames[slot].copy_(torch.as_tensor(frame, device=dev), non_blocking=True)
-        self.actions[slot].copy_(torch.as_tensor(action, device=dev), non_blocking=True)
-        self.first[slot].copy_(torch.as_tensor(first, device=dev), non_blocking=True)
-        self.executed[slot].copy_(torch.as_tensor(executed, device=dev), non_blocking=True)
+        # Host arrays go straight into the buffers with non_blocking=True: CUDA consumes a pageable source before
+        # the call returns (so the envs may reuse it), and PyTorch adds no stream sync, which a blocking copy
+        # (`torch.as_tensor(x, device=...)`) does after a temporary device tensor and a second copy; whether the
+        # driver itself waits for the learner's queued work is up to it.
+        self.frames[slot].copy_(torch.as_tensor(frame), non_blocking=True)
+        self.actions[slot].copy_(torch.as_tensor(action), non_blocking=True)
+        self.first[slot].copy_(torch.as_tensor(first), non_blocking=True)
+        self.executed[slot].copy_(torch.as_tensor(executed), non_blocking=True)
         self.transitions_added += int(torch.as_tensor(executed).sum())  # host input: no device sync
         self.rewards[slot].zero_()
         self.terminal[slot].zero_()
@@ -105,8 +108,8 @@ class ReplayBuffer:
     def add_outcome(self, reward, terminated) -> None:
         """The other half: reward and termination of the step last given to `add_observation`."""
         slot = (self.t - 1) % self.T
-        self.rewards[slot].copy_(torch.as_tensor(reward, device=self.device), non_blocking=True)
-        self.terminal[slot].copy_(torch.as_tensor(terminated, device=self.device), non_blocking=True)
+        self.rewards[slot].copy_(torch.as_tensor(reward), non_blocking=True)  # (see add_observation)
+        self.terminal[slot].copy_(torch.as_tensor(terminated), non_blocking=True)
 
     def _on_add(self, slot: int) -> None:
         """Hook for subclasses (prioritized replay sets new priorities here)."""

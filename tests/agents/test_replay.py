@@ -130,3 +130,32 @@ def test_state_dict_roundtrip_and_errors():
         ReplayBuffer(400, 2, frame_shape=(H, W)).sample(4)
     with pytest.raises(ValueError, match="too small"):
         ReplayBuffer(4, 2)
+
+
+def _views_of_one_host_buffer(n, steps, rng):
+    """Each step's arrays, all views of one host buffer rewritten every step (as an env's output buffer is):
+    the replay must have consumed a step's arrays when `add` returns."""
+    obs = np.zeros((n, 4, H, W), np.uint8)  # frames are obs[:, -1]: a non-contiguous view
+    scalars = np.zeros((4, n), np.float64)
+    for _ in range(steps):
+        obs[:] = rng.integers(1, 250, obs.shape, dtype=np.uint8)
+        scalars[:] = rng.integers(0, 2, scalars.shape)
+        yield obs[:, -1], scalars[0].astype(np.int64), scalars[1], scalars[2] > 0, scalars[3] > 0
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_add_consumes_host_arrays_before_returning(device):
+    """A host array rewritten right after `add` (non_blocking copies into a CUDA replay) leaves what was added."""
+    n, steps = 3, 12
+    buf = ReplayBuffer(10 * n, n, frame_shape=(H, W), device=device)
+    seen = []
+    for frame, action, reward, terminal, first in _views_of_one_host_buffer(n, steps, np.random.default_rng(0)):
+        buf.add(frame, action, reward, terminal, first, np.ones(n, bool))
+        seen.append([x.copy() for x in (frame, action, reward, terminal, first)])
+    for t, (frame, action, reward, terminal, first) in enumerate(seen[-buf.T:], start=max(0, steps - buf.T)):
+        slot = t % buf.T
+        assert np.array_equal(buf.frames[slot].cpu().numpy(), frame)
+        assert np.array_equal(buf.actions[slot].cpu().numpy(), action)
+        assert np.array_equal(buf.rewards[slot].cpu().numpy(), reward.astype(np.float32))
+        assert np.array_equal(buf.terminal[slot].cpu().numpy(), terminal)
+        assert np.array_equal(buf.first[slot].cpu().numpy(), first)
