@@ -298,15 +298,16 @@ def _plan_for(params, grads, exp_avgs, exp_avg_sqs, masks, block: int) -> _AdamP
     device = params[0].device
 
     def build() -> _AdamPlan:
-        state = params + exp_avgs + exp_avg_sqs
-        state_key = (block, *map(id, state), *map(id, masks))
-        state_ptrs = (*map(_data_ptr, state), *[t.data_ptr() for t in masks if t is not None])
+        # The call's key, addresses and tensors without the gradients' (`_plan_key` lays each out as params,
+        # grads, then moments and masks).
+        n = len(params)
+        state_key, state_ptrs = key[:1 + n] + key[1 + 2 * n:], ptrs[:n] + ptrs[2 * n:]
         base = _state_plans.get(state_key, state_ptrs)
         if base is not None:
             return base.with_grads(params, grads)
         plan = _AdamPlan(params, grads, exp_avgs, exp_avg_sqs, masks, block)
         if not _utils.capturing(device):  # (a plan built inside a capture is never cached)
-            _state_plans.put(state_key, state_ptrs, copy.copy(plan), state + masks)
+            _state_plans.put(state_key, state_ptrs, copy.copy(plan), tensors[:n] + tensors[2 * n:])
         return plan
 
     return _utils.plan_for(_plans, key, ptrs, tensors, device, build)
