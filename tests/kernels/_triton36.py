@@ -22,9 +22,8 @@ def triton36_env(**extra: str) -> dict[str, str]:
             pytest.fail(message)
         pytest.skip(message)
     env = {**os.environ, **extra}
-    paths = ([] if RUNNING_IS_36 else [str(TRITON36)]) + [str(ROOT)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH")
-                                                                         else [])
-    env["PYTHONPATH"] = os.pathsep.join(paths)
+    paths = ([] if RUNNING_IS_36 else [str(TRITON36)]) + [str(ROOT)]
+    env["PYTHONPATH"] = os.pathsep.join(paths + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
     return env
 
 
