@@ -67,8 +67,7 @@ gpu-image-rehearsal:  ## the GPU proof's dry run on the GPU machine's Python, to
 	$(GPU_IMAGE_VENV)/bin/python -m pip install -q "torch==2.11.0" "triton==3.6.0" numpy matplotlib tqdm \
 		tensorboard cloudpickle pytest pytest-benchmark hypothesis scipy
 	rm -rf $(GPU_IMAGE_VENV)/carried
-	$(GPU_IMAGE_VENV)/bin/python -m pip install -q --no-index --no-deps --no-compile --upgrade \
-		--target $(GPU_IMAGE_VENV)/carried .whl/*.whl
+	$(GPU_IMAGE_VENV)/bin/python bench/gpu_wheels.py --install-into $(GPU_IMAGE_VENV)/carried
 	PYTHONPATH=$(GPU_IMAGE_VENV)/carried $(GPU_IMAGE_VENV)/bin/python bench/gpu_proof.py --dry-run $(PROOF_ARGS)
 
 # triton 3.6.0 (the GPU image's version) in a folder of its own, for tests/kernels/test_gpu_compile_triton36.py.

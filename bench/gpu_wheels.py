@@ -2,6 +2,7 @@
 
     python bench/gpu_wheels.py                 # -> .whl/ (git-ignored), prints the total size
     python bench/gpu_wheels.py --max-mib 60    # the default: fails if the wheels take more
+    python bench/gpu_wheels.py --install-into DIR   # install .whl/ into DIR as gpu_proof.py does
 
 The GPU machine (Python 3.12, x86-64, torch and triton preinstalled; its package list is
 `bench/gpu_image_packages.txt`) has no network: packages it lacks travel as wheels in the call's `carry`, at
@@ -198,7 +199,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], prog="python bench/gpu_wheels.py")
     parser.add_argument("--dest", type=Path, default=WHEEL_DIR, help="download folder (default .whl/)")
     parser.add_argument("--max-mib", type=float, default=MAX_MIB, help="fail above this total (default 60)")
+    parser.add_argument("--install-into", type=Path, default=None, metavar="DIR",
+                        help="instead of downloading, install the wheels in --dest into DIR as the GPU proof does")
     args = parser.parse_args(argv)
+    if args.install_into is not None:
+        return subprocess.run(install_command(args.dest, args.install_into)).returncode
     download(args.dest, args.max_mib)
     return 0
 

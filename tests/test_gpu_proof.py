@@ -406,3 +406,13 @@ def test_e2e_selection_picks_the_planned_runs():
     assert not any("naive" in r for r in runs if r.startswith("impala_w1")) and all("nature" not in r for r in runs)
     dry = collected(gpu_proof.DRY_E2E_SELECTION)
     assert len(dry) == 5 and {r.rsplit("-", 1)[1] for r in dry} == {"fp32", "bf16", "nhwc_bf16", "tf32"}, dry
+
+
+def test_install_into_runs_the_proofs_install_command(tmp_path, monkeypatch):
+    """`gpu_wheels.py --install-into` (make gpu-image-rehearsal) installs exactly as the proof's install step."""
+    (tmp_path / "a-1.0-py3-none-any.whl").write_bytes(b"")
+    ran = []
+    done = types.SimpleNamespace(returncode=0)
+    monkeypatch.setattr(gpu_wheels.subprocess, "run", lambda cmd: ran.append(cmd) or done)
+    assert gpu_wheels.main(["--dest", str(tmp_path), "--install-into", str(tmp_path / "site")]) == 0
+    assert ran == [gpu_wheels.install_command(tmp_path, tmp_path / "site")]
