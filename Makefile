@@ -8,7 +8,7 @@ TORCH_VERSION ?= 2.13.0
 TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 TRITON36_DIR ?= $(VENV)/triton-3.6
 
-.PHONY: install demo test test-gpu bench pong-check gpu-wheels gpu-proof gpu-proof-dry-run gpu-image-rehearsal triton36 lint clean
+.PHONY: install demo test test-gpu bench pong-check gpu-wheels gpu-proof gpu-proof-dry-run gpu-tune gpu-image-rehearsal triton36 lint clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -53,6 +53,9 @@ gpu-wheels:  ## download into .whl/ the wheels the GPU machine lacks (cp312, x86
 gpu-proof:  ## on the GPU machine (its python3, no .venv): every GPU claim measured in 9 minutes (bench/README.md)
 	$(PYTHON) bench/gpu_proof.py $(PROOF_ARGS)
 
+gpu-tune:  ## on the GPU machine (its python3): the kernels' launch knobs, one at a time, in ~2.5 minutes
+	$(PYTHON) bench/tune_kernels.py $(TUNE_ARGS)
+
 gpu-proof-dry-run: install  ## the GPU proof rehearsed on the CPU: every step, tiny sizes, 70 s budget
 	$(BIN)/python bench/gpu_proof.py --dry-run $(PROOF_ARGS)
 
@@ -61,7 +64,7 @@ gpu-proof-dry-run: install  ## the GPU proof rehearsed on the CPU: every step, t
 # (~5 GB in $(GPU_IMAGE_VENV)); it runs on the CPU.
 GPU_IMAGE_PYTHON ?= python3.12
 GPU_IMAGE_VENV ?= .venv-gpu-image
-gpu-image-rehearsal:  ## the GPU proof's dry run on the GPU machine's Python, torch and triton (needs .whl/)
+gpu-image-rehearsal:  ## the dry runs of the GPU proof and the knob sweep on the GPU machine's Python, torch, triton
 	@ls .whl/*.whl >/dev/null 2>&1 || { echo "no wheels in .whl/: run make gpu-wheels first"; exit 2; }
 	test -x $(GPU_IMAGE_VENV)/bin/python || $(GPU_IMAGE_PYTHON) -m venv $(GPU_IMAGE_VENV)
 	$(GPU_IMAGE_VENV)/bin/python -m pip install -q "torch==2.11.0" "triton==3.6.0" numpy matplotlib tqdm \
@@ -69,6 +72,7 @@ gpu-image-rehearsal:  ## the GPU proof's dry run on the GPU machine's Python, to
 	rm -rf $(GPU_IMAGE_VENV)/carried
 	$(GPU_IMAGE_VENV)/bin/python bench/gpu_wheels.py --install-into $(GPU_IMAGE_VENV)/carried
 	PYTHONPATH=$(GPU_IMAGE_VENV)/carried $(GPU_IMAGE_VENV)/bin/python bench/gpu_proof.py --dry-run $(PROOF_ARGS)
+	$(GPU_IMAGE_VENV)/bin/python bench/tune_kernels.py --dry-run  # torch and triton only, as it runs there
 
 # triton 3.6.0 (the GPU image's version) in a folder of its own, for tests/kernels/test_gpu_compile_triton36.py.
 $(TRITON36_DIR)/.installed: $(VENV)/.installed

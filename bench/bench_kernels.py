@@ -89,6 +89,22 @@ def numel(shape) -> int:
     return out
 
 
+def mask_problem(shapes, sparsity: float, device) -> tuple[list[torch.Tensor], list[int]]:
+    """Gaussian weights of these shapes and their keep counts at `sparsity`."""
+    weights = [torch.randn(s, device=device) for s in shapes]
+    return weights, [keep_count(w.numel(), sparsity) for w in weights]
+
+
+def adam_problem(case: str, shapes, sparsity: float, device):
+    """(masked, params, grads, masks) of one Adam step: random masks at `sparsity` on the prunable tensors
+    (ndim > 1; the flat 50M case is one prunable buffer, not a bias), pruned weights already 0."""
+    masked = [len(s) > 1 or case == "flat_50M" for s in shapes]
+    masks = [torch.rand(s, device=device) >= sparsity if mk else None for s, mk in zip(shapes, masked)]
+    params = [torch.randn(s, device=device) * (1 if mk is None else mk) for s, mk in zip(shapes, masks)]
+    grads = [torch.randn(s, device=device) for s in shapes]
+    return masked, params, grads, masks
+
+
 # --- traffic models: the bytes an op must move, and the bytes our kernels' design moves ------------------------
 
 
@@ -158,6 +174,17 @@ def adam_provider_bytes(numels, masked, sparsity: float, provider: str, grad_byt
         return sum(n * (full + (9 if mk else 0)) for n, mk in zip(numels, masked))
     mode = provider.removeprefix("triton_").removesuffix("_pz")
     return round(adam_model_bytes(numels, masked, sparsity, mode == "frozen", grad_bytes, provider.endswith("_pz")))
+
+
+def measure_copy_gbps() -> float:
+    """Device copy bandwidth in GB/s (bytes read + written), L2 flushed between reps: the ceiling results are
+    compared with, measured in the same run."""
+    import triton.testing
+
+    src = torch.randn(256 * 2**20, device="cuda")  # 1 GiB: far beyond any L2
+    dst = torch.empty_like(src)
+    ms = triton.testing.do_bench(lambda: dst.copy_(src), rep=500, return_mode="median")
+    return 2 * src.numel() * src.element_size() / (ms * 1e-3) / 1e9
 
 
 def one_read_ms(n: int, copy_gbps: float, weight_bytes: int = 4) -> float:
@@ -273,8 +300,7 @@ def test_mask_selection(benchmark, run_info, case, sparsity, provider):
 
     benchmark.group = f"mask_selection-{case}-s{sparsity}"
     shapes = MASK_CASES[case]
-    weights = [torch.randn(s, device="cuda") for s in shapes]
-    counts = [keep_count(w.numel(), sparsity) for w in weights]
+    weights, counts = mask_problem(shapes, sparsity, "cuda")
     n = sum(w.numel() for w in weights)
     fn = _mask_provider(provider, weights, counts)
     info = {}
@@ -329,11 +355,7 @@ def _adam_provider(name, params, grads, masks):
 def test_masked_adam(benchmark, run_info, case, sparsity, provider):
     benchmark.group = f"masked_adam-{case}-s{sparsity}"
     shapes = ADAM_CASES[case]
-    # The flat 50M case is one prunable buffer (masked), not a bias.
-    masked = [len(s) > 1 or case == "flat_50M" for s in shapes]
-    masks = [torch.rand(s, device="cuda") >= sparsity if mk else None for s, mk in zip(shapes, masked)]
-    params = [torch.randn(s, device="cuda") * (1 if mk is None else mk) for s, mk in zip(shapes, masks)]
-    grads = [torch.randn(s, device="cuda") for s in shapes]
+    masked, params, grads, masks = adam_problem(case, shapes, sparsity, "cuda")
     fn = _adam_provider(provider, params, grads, masks)
     numels = [numel(s) for s in shapes]
     info = {}

@@ -17,8 +17,9 @@ import pytest
 import torch
 
 _ROOT = pathlib.Path(__file__).resolve().parents[1]
-if str(_ROOT) not in sys.path:  # `pytest bench/` does not put the repository root on sys.path
-    sys.path.insert(0, str(_ROOT))
+for _path in (str(_ROOT), str(_ROOT / "bench")):  # `pytest bench/` puts neither on sys.path in every import mode
+    if _path not in sys.path:
+        sys.path.insert(0, _path)
 
 from agents.train import git_sha  # noqa: E402  (needs the repository root on sys.path)
 
@@ -52,13 +53,10 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(scope="session")
 def copy_gbps() -> float:
-    """Device copy bandwidth in GB/s (bytes read + written), L2 flushed between reps, measured in this run."""
-    import triton.testing
+    """Device copy bandwidth in GB/s, measured once in this run (`bench_kernels.measure_copy_gbps`)."""
+    from bench_kernels import measure_copy_gbps
 
-    src = torch.randn(256 * 2**20, device="cuda")  # 1 GiB: far beyond any L2
-    dst = torch.empty_like(src)
-    ms = triton.testing.do_bench(lambda: dst.copy_(src), rep=500, return_mode="median")
-    return 2 * src.numel() * src.element_size() / (ms * 1e-3) / 1e9
+    return measure_copy_gbps()
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,359 @@
+"""Launch-knob sweep of the two Triton kernels on a GPU: which block size, warps and grid beat the defaults.
+
+    python3 bench/tune_kernels.py                     # on the GPU machine (torch + triton only), ~2.5 minutes
+    python3 bench/tune_kernels.py --budget-s 100      # whatever fits in 100 s, most telling cases first
+    python3 bench/tune_kernels.py --dry-run           # the CPU rehearsal: interpreter, tiny sizes, seconds
+
+The kernels' knobs (kernels/topk_mask.py: block, warps of the full read, warps of the candidate passes,
+candidate slots per block; kernels/masked_adam.py: programs per SM, warps, block) were set on paper and are
+untuned on any GPU. This sweep changes one knob at a time from the current defaults, on the cases the
+targets of bench/README.md are about (mask selection on the 50M set at 95%, eagerly, and at Impala w3 in a
+CUDA graph; masked Adam on the flat 50M buffer in faithful mode at 0% and frozen mode at 95 and 99%, and at
+Impala w3 in a graph), and records for each configuration: the median device time (do_bench, L2 flushed),
+the ratio to the defaults measured in the same run, the ideal time of the bytes the op must move at the
+copy bandwidth measured in the same run, and whether the result is right. A configuration is right when its
+masks equal the reference's (kernels.reference, a stable sort) and its Adam step is bit-identical to the
+defaults' from the same state (the defaults are tested against torch.optim.Adam by `pytest -m gpu`); a wrong
+or failing one is recorded as such and never reported as the best.
+
+Writes tune.jsonl (a row per configuration, appended as it is measured, so a killed sweep keeps what it
+measured) and tune.md (a table per case, best first) into --out: by default
+bench/results/<gpu>_<sha>/tune/ beside the proof of the same commit, or $OUT/<gpu>_<sha>/tune/ when $OUT is
+set (the device machine's return folder). The defaults stay the defaults until a person reads the result
+and changes them in the kernel modules (and their docstrings), with the register check of
+tests/kernels/test_gpu_compile*.py still passing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import importlib.util
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+_ROOT = Path(__file__).resolve().parents[1]
+_BENCH = _ROOT / "bench"
+
+DEFAULT_BUDGET_S = 150.0
+DRY_BUDGET_S = 60.0
+REP_MS = 60  # do_bench's measuring window per configuration
+
+# Alternatives to each knob's current default, one knob changed at a time (the default itself is measured
+# first). Mask selection: `block` elements per program (<= 4096: a slot stores a position in 12 bits),
+# `num_warps` of the full read and the cold histogram, `cand_warps` of the candidate passes, `slots_div`
+# (candidate slots per block = block // slots_div). Masked Adam: `programs_per_sm` of the persistent grid,
+# `num_warps`, `block` elements per block.
+TOPK_ALTERNATIVES = {"block": (2048, 1024), "num_warps": (4, 16), "cand_warps": (1, 4), "slots_div": (8, 16)}
+ADAM_ALTERNATIVES = {"programs_per_sm": (2, 4, 16), "num_warps": (2, 8), "block": (1024, 4096)}
+
+# (name, case, sparsity, moments mode, timed in a CUDA graph), most telling first: a short budget measures
+# the 50M cases of both kernels before the graph cases.
+TOPK_CASES = [("topk_50M_s95", "synthetic_50M", 0.95, None, False),
+              ("topk_w3_s95_graph", "impala_w3", 0.95, None, True)]
+ADAM_CASES = [("adam_50M_faithful_s0", "flat_50M", 0.0, "faithful", False),
+              ("adam_50M_frozen_s95", "flat_50M", 0.95, "frozen", False),
+              ("adam_50M_frozen_s99", "flat_50M", 0.99, "frozen", False),
+              ("adam_w3_faithful_s95_graph", "impala_w3", 0.95, "faithful", True)]
+# The dry run's stand-ins for the cases' shapes: a few tensors of odd sizes, several blocks each at the
+# smallest knob values.
+DRY_SHAPES = {"synthetic_50M": [(48, 45), (33, 17), (7, 9)], "impala_w3": [(40, 30), (30,), (16, 3, 3, 3)],
+              "flat_50M": [(5_000,)]}
+
+
+def _load(name: str):
+    """A module of bench/ by path (bench/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(f"_tune_{name}", _BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # (dataclasses look their module up there)
+    spec.loader.exec_module(module)
+    return module
+
+
+def configs(defaults: dict, alternatives: dict) -> list[tuple[str, object, dict]]:
+    """(knob, value, config) of the defaults (knob "default") and of each alternative, one knob changed."""
+    out = [("default", None, dict(defaults))]
+    for knob, values in alternatives.items():
+        out += [(knob, v, {**defaults, knob: v}) for v in values if v != defaults[knob]]
+    return out
+
+
+@contextlib.contextmanager
+def module_knobs(module, caches, **attrs):
+    """Within the block, `module`'s constants are `attrs`; the plan caches (which hold launch grids and
+    workspaces built from them) are emptied on entry and exit."""
+    saved = {k: getattr(module, k) for k in attrs}
+    for cache in caches:
+        cache.clear()
+    for k, v in attrs.items():
+        setattr(module, k, v)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            setattr(module, k, v)
+        for cache in caches:
+            cache.clear()
+
+
+class Sweep:
+    def __init__(self, args, torch, bench_kernels):
+        self.args, self.torch, self.bk = args, torch, bench_kernels
+        self.dry = args.dry_run
+        self.device = "cpu" if self.dry else "cuda"
+        self.t0 = time.monotonic()
+        self.rows: list[dict] = []
+        self.out = args.out
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.jsonl = self.out / "tune.jsonl"
+        self.jsonl.write_text("")
+        self.copy_gbps = None if self.dry else bench_kernels.measure_copy_gbps()
+        self.skipped: list[str] = []
+
+    def left_s(self) -> float:
+        return self.args.budget_s - (time.monotonic() - self.t0)
+
+    def shapes(self, case: str):
+        table = self.bk.MASK_CASES if case in self.bk.MASK_CASES else self.bk.ADAM_CASES
+        return DRY_SHAPES[case] if self.dry else table[case]
+
+    def time_ms(self, fn, graph: bool) -> float:
+        if self.dry:  # the interpreter's time says nothing; the rehearsal only runs the machinery
+            start = time.perf_counter()
+            fn()
+            return (time.perf_counter() - start) * 1e3
+        import triton.testing
+
+        if not graph:
+            return triton.testing.do_bench(fn, warmup=10, rep=REP_MS, return_mode="median")
+        with contextlib.ExitStack() as stack:
+            replay = self.bk.graph_replay(fn, stack)
+            return triton.testing.do_bench(replay, warmup=5, rep=REP_MS, return_mode="median")
+
+    def record(self, row: dict) -> None:
+        row["elapsed_s"] = round(time.monotonic() - self.t0, 1)
+        self.rows.append(row)
+        with open(self.jsonl, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        ms = "-" if row.get("ms") is None else f"{row['ms']:.4f} ms"
+        status = "ok" if row["correct"] else f"WRONG {row.get('error') or ''}".rstrip()
+        print(f"[{row['elapsed_s']:6.1f}s] {row['name']}: {row['knob']}={row['value']} {ms} {status}", flush=True)
+
+    def measure(self, name: str, knob, value, config: dict, run) -> None:
+        """One configuration. `run()` makes the first calls and returns (fn, right, still_right, extra): the call
+        to time, whether the first calls' results are right, None or a check that they still are after the
+        timed calls, and the row's extra facts."""
+        row = dict(name=name, knob=knob, value=value, config=config, ms=None, correct=False, error=None)
+        try:
+            fn, right, still_right, extra = run()
+            row["ms"] = self.time_ms(fn, graph=name.endswith("_graph"))
+            row["correct"] = bool(right) and (still_right is None or bool(still_right()))
+            row.update(extra())
+        except Exception as e:  # a knob that can't compile or launch is a result, not the sweep's end
+            if not self.dry:
+                with contextlib.suppress(Exception):
+                    self.torch.cuda.synchronize()
+            row["error"] = f"{type(e).__name__}: {e}"[:300]
+        self.record(row)
+
+    # --- mask selection ------------------------------------------------------------------------------------------
+    def topk_case(self, name, case, sparsity) -> None:
+        from kernels import topk_mask
+        from kernels.reference import topk_magnitude_masks_ref
+
+        self.torch.manual_seed(0)
+        weights, counts = self.bk.mask_problem(self.shapes(case), sparsity, self.device)
+        want = topk_magnitude_masks_ref(weights, counts)
+        defaults = dict(block=topk_mask.TOPK_BLOCK, num_warps=topk_mask.NUM_WARPS, cand_warps=topk_mask.CAND_WARPS,
+                        slots_div=topk_mask.SLOTS_PER_BLOCK)
+        for knob, value, cfg in configs(defaults, TOPK_ALTERNATIVES):
+            if not self.fits(name):
+                return
+            w = cfg["cand_warps"]
+            knobs = dict(NUM_WARPS=cfg["num_warps"], CAND_WARPS=w, CAND_CHUNK=32 * w, CAND_PIECE=16 * 32 * w)
+            with module_knobs(topk_mask, (topk_mask._plans, topk_mask._workspaces), **knobs):
+                self.measure(name, knob, value, cfg, lambda cfg=cfg: self.topk_first_calls(weights, counts, want, cfg))
+
+    def topk_first_calls(self, weights, counts, want, cfg: dict):
+        """`measure`'s `run` for one mask-selection configuration."""
+        from kernels import topk_mask
+
+        torch = self.torch
+        block, slots = cfg["block"], cfg["block"] // cfg["slots_div"]
+        keep = torch.tensor(counts, device=self.device)
+        out = [torch.empty(x.shape, dtype=torch.bool, device=self.device) for x in weights]
+        n = sum(w.numel() for w in weights)
+
+        def fn():
+            topk_mask.topk_magnitude_masks_triton(weights, keep, out=out, block=block, slots=slots)
+
+        def right():
+            return all(torch.equal(a, b) for a, b in zip(out, want))
+
+        def extra():
+            stats = topk_mask.select_stats(weights, block=block, slots=slots)
+            return dict(candidate_frac=stats["candidates"] / n, guess_held=sum(stats["warm"]) / len(stats["warm"]),
+                        overflowed_blocks=stats["overflowed_blocks"], **self.ideal(self.bk.mask_op_bytes(n), n))
+
+        fn()  # the first call is cold; the second and the timed ones are warm, as GMP's mask updates are
+        first_right = right()
+        fn()
+        return fn, first_right and right(), right, extra
+
+    # --- masked Adam -------------------------------------------------------------------------------------------------
+    def adam_case(self, name, case, sparsity, mode) -> None:
+        from kernels import masked_adam
+
+        torch = self.torch
+        torch.manual_seed(0)
+        shapes = self.shapes(case)
+        masked, params, grads, masks = self.bk.adam_problem(case, shapes, sparsity, self.device)
+        numels = [self.bk.numel(s) for s in shapes]
+        op_bytes = self.bk.adam_op_bytes(numels, masked, sparsity, mode == "frozen")
+        defaults = dict(programs_per_sm=masked_adam.PROGRAMS_PER_SM, num_warps=masked_adam.NUM_WARPS,
+                        block=masked_adam.ADAM_BLOCK)
+        ideal = self.ideal(op_bytes, sum(numels))
+        expected: list = []  # the defaults' first step, which every other configuration must equal bit for bit
+        for knob, value, cfg in configs(defaults, ADAM_ALTERNATIVES):
+            if not self.fits(name):
+                return
+            # (The interpreter's grid is INTERPRETER_PROGRAMS whatever programs_per_sm says.)
+            knobs = dict(PROGRAMS_PER_SM=cfg["programs_per_sm"], NUM_WARPS=cfg["num_warps"])
+            with module_knobs(masked_adam, (masked_adam._plans, masked_adam._state_plans), **knobs):
+                self.measure(name, knob, value, cfg, lambda cfg=cfg, knob=knob: self.adam_first_step(
+                    params, grads, masks, mode, cfg["block"], expected, ideal, is_default=knob == "default"))
+
+    def adam_first_step(self, params, grads, masks, mode: str, block: int, expected: list, ideal: dict,
+                        is_default: bool):
+        """`measure`'s `run` for one masked-Adam configuration: a step from fresh moments and copies of the
+        weights, compared with `expected` (the defaults' step, which the defaults' call fills)."""
+        from kernels import masked_adam
+
+        torch = self.torch
+        p = [x.clone() for x in params]
+        m = [torch.zeros_like(x) for x in params]
+        v = [torch.zeros_like(x) for x in params]
+        step = torch.ones((), dtype=torch.int64, device=self.device)
+
+        def fn():
+            masked_adam.masked_adam_triton_(p, grads, m, v, masks, step=step, lr=6.25e-5, eps=1.5e-4, moments=mode,
+                                            block=block)
+
+        fn()
+        first = [x.clone() for x in (*p, *m, *v)]
+        if is_default:
+            expected.extend(first)
+        elif not expected:
+            raise RuntimeError("the defaults' step failed: nothing to compare this configuration's step with")
+        right = all(torch.equal(a, b) for a, b in zip(first, expected))
+        return fn, right, None, lambda: ideal  # (the timed steps move the state on: the first step decides)
+
+    # --- bookkeeping -------------------------------------------------------------------------------------------------
+    def ideal(self, op_bytes: int, n: int) -> dict:
+        if self.copy_gbps is None:
+            return dict(op_bytes=op_bytes, n=n)
+        return dict(op_bytes=op_bytes, n=n, ideal_ms=op_bytes / (self.copy_gbps * 1e9) * 1e3)
+
+    def fits(self, name: str) -> bool:
+        # A configuration takes a few seconds (compile, do_bench, the check); stop before the budget runs out.
+        if self.left_s() > (0.5 if self.dry else 8.0):
+            return True
+        if name not in self.skipped:
+            self.skipped.append(name)
+        return False
+
+    def run(self) -> None:
+        for name, case, sparsity, _, _ in TOPK_CASES[:1]:
+            self.topk_case(name, case, sparsity)
+        for name, case, sparsity, mode, _ in ADAM_CASES[:1]:
+            self.adam_case(name, case, sparsity, mode)
+        for name, case, sparsity, mode, _ in ADAM_CASES[1:]:
+            self.adam_case(name, case, sparsity, mode)
+        for name, case, sparsity, _, _ in TOPK_CASES[1:]:
+            self.topk_case(name, case, sparsity)
+
+
+def summary_markdown(rows: list[dict], header: dict, skipped: list[str]) -> str:
+    """A table per case, fastest right configuration first, each against the defaults of the same run."""
+    lines = ["# Kernel knob sweep", "", "; ".join(f"{k} {v}" for k, v in header.items() if v is not None), ""]
+    if header.get("dry_run"):
+        lines += ["DRY RUN on the CPU: interpreter times, which say nothing about a GPU.", ""]
+    if skipped:
+        lines += [f"Not measured in full (budget): {', '.join(skipped)}.", ""]
+    names = list(dict.fromkeys(r["name"] for r in rows))
+    for name in names:
+        case = [r for r in rows if r["name"] == name]
+        default = next((r for r in case if r["knob"] == "default" and r["correct"] and r["ms"]), None)
+        right = sorted((r for r in case if r["correct"] and r["ms"]), key=lambda r: r["ms"])
+        lines += [f"## {name}", ""]
+        if default and right:
+            best = right[0]
+            change = "the defaults" if best["knob"] == "default" else f"{best['knob']}={best['value']}"
+            lines += [f"Best: {change}, {best['ms'] / default['ms']:.3f}x the defaults' time "
+                      f"({', '.join(f'{k} {v}' for k, v in default['config'].items())}).", ""]
+        lines += ["| change | ms | vs defaults | ideal / ms | right |", "|---|---|---|---|---|"]
+        for r in right + [r for r in case if r not in right]:
+            ratio = f"{r['ms'] / default['ms']:.3f}" if default and r["ms"] else "-"
+            frac = f"{r['ideal_ms'] / r['ms']:.2f}" if r.get("ideal_ms") and r["ms"] else "-"
+            change = "defaults" if r["knob"] == "default" else f"{r['knob']}={r['value']}"
+            ms = f"{r['ms']:.4f}" if r["ms"] else "-"
+            right_text = "yes" if r["correct"] else f"NO: {r['error'] or 'results differ'}"
+            lines.append(f"| {change} | {ms} | {ratio} | {frac} | {right_text} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="Results: tune.jsonl and tune.md in --out (see the module docstring).")
+    parser.add_argument("--budget-s", type=float, default=None,
+                        help=f"seconds the sweep may take (default {DEFAULT_BUDGET_S:g}; dry run {DRY_BUDGET_S:g})")
+    parser.add_argument("--out", type=Path, default=None, help="results folder (default: see above)")
+    parser.add_argument("--sha", default=None, help="git SHA to name the results by (default: git rev-parse)")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="rehearse on the CPU: TRITON_INTERPRET=1, tiny shapes, times meaningless")
+    args = parser.parse_args(argv)
+    if args.budget_s is not None and args.budget_s <= 0:
+        parser.error(f"--budget-s must be > 0, got {args.budget_s:g}")
+    args.budget_s = args.budget_s or (DRY_BUDGET_S if args.dry_run else DEFAULT_BUDGET_S)
+    if args.dry_run:
+        os.environ["TRITON_INTERPRET"] = "1"  # read when the kernels are decorated: before `kernels` is imported
+    if str(_ROOT) not in sys.path:
+        sys.path.insert(0, str(_ROOT))
+    import torch
+    import triton
+
+    proof = _load("gpu_proof")
+    if not args.dry_run and not torch.cuda.is_available():
+        print("tune_kernels.py: no CUDA device (use --dry-run to rehearse on the CPU)", file=sys.stderr)
+        return 2
+    name = "cpu-dry-run" if args.dry_run else proof.slug(torch.cuda.get_device_name()).removeprefix("nvidia-")
+    sha = args.sha or proof.short_sha() or "nogit"
+    if args.out is None:
+        base = Path(os.environ["OUT"]) if os.environ.get("OUT") else (
+            _ROOT / "runs" / "gpu-tune" if args.dry_run else _BENCH / "results")
+        args.out = base / f"{name}_{sha}" / "tune"
+    bench_kernels = _load("bench_kernels")
+    sweep = Sweep(args, torch, bench_kernels)
+    header = dict(device=torch.cuda.get_device_name() if not args.dry_run else "cpu", dry_run=args.dry_run or None,
+                  torch=torch.__version__, triton=triton.__version__, cuda=torch.version.cuda, git=sha,
+                  date=datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+                  copy_gbps=None if sweep.copy_gbps is None else round(sweep.copy_gbps, 1))
+    print(f"kernel knob sweep: {header['device']}, git {sha}, budget {args.budget_s:g} s -> {args.out}", flush=True)
+    try:
+        sweep.run()
+    finally:
+        text = summary_markdown(sweep.rows, header, sweep.skipped)
+        (args.out / "tune.md").write_text(text + "\n")
+        (args.out / "tune_header.json").write_text(json.dumps(header, indent=1) + "\n")
+        print(text, flush=True)
+    return 0 if sweep.rows and all(r["correct"] for r in sweep.rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

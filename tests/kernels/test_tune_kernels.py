@@ -1,0 +1,127 @@
+"""CPU checks of bench/tune_kernels.py, the GPU knob sweep: its dry run end to end, and that a configuration
+whose results are wrong is recorded as wrong and never reported as the best."""
+
+import argparse
+import importlib.util
+import json
+import pathlib
+import subprocess
+import sys
+
+import pytest
+import torch
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+
+def _load(name):
+    spec = importlib.util.spec_from_file_location(f"_tune_test_{name}", ROOT / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+tune = _load("tune_kernels")
+bench_kernels = _load("bench_kernels")
+
+
+def test_configs_change_one_knob_at_a_time_from_the_defaults():
+    defaults = dict(a=1, b=2)
+    out = tune.configs(defaults, {"a": (1, 3), "b": (4,)})
+    assert out == [("default", None, dict(a=1, b=2)), ("a", 3, dict(a=3, b=2)), ("b", 4, dict(a=1, b=4))]
+
+
+def test_dry_run_measures_every_case_and_configuration(tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "tune_kernels.py"), "--dry-run", "--out",
+                           str(tmp_path), "--budget-s", "300"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = [json.loads(line) for line in (tmp_path / "tune.jsonl").read_text().splitlines()]
+    per_case = {}
+    for r in rows:
+        per_case.setdefault(r["name"], []).append(r)
+    n_topk = 1 + sum(len(v) for v in tune.TOPK_ALTERNATIVES.values())
+    n_adam = 1 + sum(len(v) for v in tune.ADAM_ALTERNATIVES.values())
+    assert {name: len(v) for name, v in per_case.items()} == {
+        **{c[0]: n_topk for c in tune.TOPK_CASES}, **{c[0]: n_adam for c in tune.ADAM_CASES}}
+    assert all(r["correct"] and r["ms"] > 0 and r["error"] is None for r in rows)
+    md = (tmp_path / "tune.md").read_text()
+    assert "DRY RUN" in md and all(f"## {name}" in md for name in per_case)
+
+
+def _sweep(tmp_path, budget_s=300.0):
+    args = argparse.Namespace(dry_run=True, budget_s=budget_s, out=tmp_path)
+    return tune.Sweep(args, torch, bench_kernels)
+
+
+def test_a_wrong_adam_configuration_is_recorded_and_never_the_best(tmp_path, monkeypatch):
+    from kernels import masked_adam
+
+    real = masked_adam.masked_adam_triton_
+
+    def off_by_one_ulp_at_block_4096(params, *args, block, **kwargs):
+        real(params, *args, block=block, **kwargs)
+        if block == 4096:  # a knob that "computes" a slightly different step
+            params[0].view(-1)[7] = torch.nextafter(params[0].view(-1)[7], torch.tensor(float("inf")))
+
+    monkeypatch.setattr(masked_adam, "masked_adam_triton_", off_by_one_ulp_at_block_4096)
+    sweep = _sweep(tmp_path)
+    sweep.adam_case("adam_case", "flat_50M", 0.95, "frozen")
+    wrong = [r for r in sweep.rows if not r["correct"]]
+    assert [(r["knob"], r["value"]) for r in wrong] == [("block", 4096)]
+    # Make the wrong one the fastest: the summary still must not pick it.
+    for r in sweep.rows:
+        r["ms"] = 0.001 if not r["correct"] else 0.5 if r["knob"] == "default" else 1.0
+    md = tune.summary_markdown(sweep.rows, {"device": "cpu"}, [])
+    assert "Best: the defaults" in md and "| block=4096 |" in md and "NO" in md
+
+
+def test_a_wrong_mask_configuration_is_recorded(tmp_path, monkeypatch):
+    from kernels import topk_mask
+
+    real = topk_mask.topk_magnitude_masks_triton
+
+    def drops_one_kept_entry_with_one_warp(weights, keep, *, out, block, slots):
+        real(weights, keep, out=out, block=block, slots=slots)
+        if topk_mask.CAND_WARPS == 1:
+            flat = out[0].view(-1)
+            flat[int(flat.nonzero()[0])] = False
+
+    monkeypatch.setattr(topk_mask, "topk_magnitude_masks_triton", drops_one_kept_entry_with_one_warp)
+    sweep = _sweep(tmp_path)
+    sweep.topk_case("topk_case", "synthetic_50M", 0.95)
+    assert [(r["knob"], r["value"]) for r in sweep.rows if not r["correct"]] == [("cand_warps", 1)]
+    assert topk_mask.CAND_WARPS == 2 and len(topk_mask._plans) == 0  # the knobs and caches are restored
+
+
+def test_a_configuration_that_raises_is_a_row_not_the_end(tmp_path, monkeypatch):
+    from kernels import masked_adam
+
+    real = masked_adam.masked_adam_triton_
+
+    def fails_at_two_warps(*args, **kwargs):
+        if masked_adam.NUM_WARPS == 2:
+            raise RuntimeError("out of resources")
+        real(*args, **kwargs)
+
+    monkeypatch.setattr(masked_adam, "masked_adam_triton_", fails_at_two_warps)
+    sweep = _sweep(tmp_path)
+    sweep.adam_case("adam_case", "flat_50M", 0.0, "faithful")
+    failed = [r for r in sweep.rows if r["error"]]
+    assert [(r["knob"], r["value"], r["correct"]) for r in failed] == [("num_warps", 2, False)]
+    assert "out of resources" in failed[0]["error"]
+    assert len(sweep.rows) == 1 + sum(len(v) for v in tune.ADAM_ALTERNATIVES.values())
+
+
+def test_the_budget_stops_the_sweep_and_says_so(tmp_path):
+    sweep = _sweep(tmp_path, budget_s=0.6)
+    sweep.run()
+    assert sweep.skipped and len(sweep.rows) < 10
+    assert "Not measured in full (budget)" in tune.summary_markdown(sweep.rows, {"device": "cpu"}, sweep.skipped)
+
+
+@pytest.mark.parametrize("bad", ["0", "-5"])
+def test_bad_budget_is_a_usage_error(bad, capsys):
+    with pytest.raises(SystemExit) as e:
+        tune.main(["--budget-s", bad, "--dry-run"])
+    assert e.value.code == 2 and "--budget-s must be > 0" in capsys.readouterr().err
