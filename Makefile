@@ -53,7 +53,7 @@ gpu-wheels:  ## download into .whl/ the wheels the GPU machine lacks (cp312, x86
 gpu-proof:  ## on the GPU machine (its python3, no .venv): every GPU claim measured in 9 minutes (bench/README.md)
 	$(PYTHON) bench/gpu_proof.py $(PROOF_ARGS)
 
-gpu-tune:  ## on the GPU machine (its python3): the kernels' launch knobs, one at a time, in ~2.5 minutes
+gpu-tune:  ## on the GPU machine (its python3): the kernels' launch knobs, one at a time (150 s budget)
 	$(PYTHON) bench/tune_kernels.py $(TUNE_ARGS)
 
 gpu-proof-dry-run: install  ## the GPU proof rehearsed on the CPU: every step, tiny sizes, 70 s budget

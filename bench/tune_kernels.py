@@ -1,6 +1,6 @@
 """Launch-knob sweep of the two Triton kernels on a GPU: which block size, warps and grid beat the defaults.
 
-    python3 bench/tune_kernels.py                     # on the GPU machine (torch + triton only), ~2.5 minutes
+    python3 bench/tune_kernels.py                     # on the GPU machine (torch + triton only), 150 s budget
     python3 bench/tune_kernels.py --budget-s 100      # whatever fits in 100 s, most telling cases first
     python3 bench/tune_kernels.py --dry-run           # the CPU rehearsal: interpreter, tiny sizes, seconds
 
