@@ -376,7 +376,7 @@ def test_masked_adam(benchmark, run_info, case, sparsity, provider):
 
 
 @contextlib.contextmanager
-def _kernels_replaced(modules, replace):
+def kernels_replaced(modules, replace):
     """Within the block, every Triton kernel `_*_kernel` of `modules` is `replace(name, kernel)`."""
     patched = []
     for module in modules:
@@ -401,7 +401,7 @@ def stubbed_launches():
         def __getitem__(self, grid):
             return lambda *args, **kwargs: None
 
-    with _kernels_replaced((topk_mask, masked_adam), lambda name, kernel: _Stub()):
+    with kernels_replaced((topk_mask, masked_adam), lambda name, kernel: _Stub()):
         yield
 
 
@@ -428,7 +428,7 @@ def timed_launches(module, event=None):
                 records.append((self.name, start, end))
             return run
 
-    with _kernels_replaced((module,), _Timed):
+    with kernels_replaced((module,), _Timed):
         yield records
 
 

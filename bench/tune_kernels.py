@@ -11,7 +11,8 @@ targets of bench/README.md are about (mask selection on the 50M set at 95%, eage
 CUDA graph; masked Adam on the flat 50M buffer in faithful mode at 0% and frozen mode at 95 and 99%, and at
 Impala w3 in a graph), and records for each configuration: the median device time (do_bench, L2 flushed),
 the ratio to the defaults measured in the same run, the ideal time of the bytes the op must move at the
-copy bandwidth measured in the same run, and whether the result is right. A configuration is right when its
+copy bandwidth measured in the same run, the registers and spills of each kernel it launched, and whether
+the result is right. A configuration is right when its
 masks equal the reference's (kernels.reference, a stable sort) and its Adam step is bit-identical to the
 defaults' from the same state (the defaults are tested against torch.optim.Adam by `pytest -m gpu`); a wrong
 or failing one is recorded as such and never reported as the best.
@@ -100,6 +101,30 @@ def module_knobs(module, caches, **attrs):
             cache.clear()
 
 
+@contextlib.contextmanager
+def compiled_kernels(bench_kernels, module):
+    """Within the block, every launch of `module`'s Triton kernels records the compiled kernel it ran (what
+    `kernel[grid](...)` returns: None under the interpreter) in the yielded dict, by kernel name."""
+    compiled: dict = {}
+
+    class _Recorded:
+        def __init__(self, name, kernel):
+            self.name, self.kernel = name.strip("_").removesuffix("_kernel"), kernel
+
+        def __getitem__(self, grid):
+            launch = self.kernel[grid]
+
+            def run(*args, **kwargs):
+                out = launch(*args, **kwargs)
+                if hasattr(out, "n_regs"):
+                    compiled[self.name] = out
+                return out
+            return run
+
+    with bench_kernels.kernels_replaced((module,), _Recorded):
+        yield compiled
+
+
 class Sweep:
     def __init__(self, args, torch, bench_kernels):
         self.args, self.torch, self.bk = args, torch, bench_kernels
@@ -143,13 +168,17 @@ class Sweep:
         status = "ok" if row["correct"] else f"WRONG {row.get('error') or ''}".rstrip()
         print(f"[{row['elapsed_s']:6.1f}s] {row['name']}: {row['knob']}={row['value']} {ms} {status}", flush=True)
 
-    def measure(self, name: str, knob, value, config: dict, run) -> None:
+    def measure(self, name: str, module, knob, value, config: dict, run) -> None:
         """One configuration. `run()` makes the first calls and returns (fn, right, still_right, extra): the call
         to time, whether the first calls' results are right, None or a check that they still are after the
-        timed calls, and the row's extra facts."""
+        timed calls, and the row's extra facts. The row also gets the registers and spills of every kernel of
+        `module` that the first calls launched (from the compiled kernels; none under the interpreter)."""
         row = dict(name=name, knob=knob, value=value, config=config, ms=None, correct=False, error=None)
         try:
-            fn, right, still_right, extra = run()
+            with compiled_kernels(self.bk, module) as compiled:
+                fn, right, still_right, extra = run()
+            row["regs"] = {k: c.n_regs for k, c in compiled.items()}
+            row["spills"] = {k: c.n_spills for k, c in compiled.items()}
             row["ms"] = self.time_ms(fn, graph=name.endswith("_graph"))
             row["correct"] = bool(right) and (still_right is None or bool(still_right()))
             row.update(extra())
@@ -176,7 +205,8 @@ class Sweep:
             w = cfg["cand_warps"]
             knobs = dict(NUM_WARPS=cfg["num_warps"], CAND_WARPS=w, CAND_CHUNK=32 * w, CAND_PIECE=16 * 32 * w)
             with module_knobs(topk_mask, (topk_mask._plans, topk_mask._workspaces), **knobs):
-                self.measure(name, knob, value, cfg, lambda cfg=cfg: self.topk_first_calls(weights, counts, want, cfg))
+                self.measure(name, topk_mask, knob, value, cfg,
+                             lambda cfg=cfg: self.topk_first_calls(weights, counts, want, cfg))
 
     def topk_first_calls(self, weights, counts, want, cfg: dict):
         """`measure`'s `run` for one mask-selection configuration."""
@@ -224,7 +254,7 @@ class Sweep:
             # (The interpreter's grid is INTERPRETER_PROGRAMS whatever programs_per_sm says.)
             knobs = dict(PROGRAMS_PER_SM=cfg["programs_per_sm"], NUM_WARPS=cfg["num_warps"])
             with module_knobs(masked_adam, (masked_adam._plans, masked_adam._state_plans), **knobs):
-                self.measure(name, knob, value, cfg, lambda cfg=cfg, knob=knob: self.adam_first_step(
+                self.measure(name, masked_adam, knob, value, cfg, lambda cfg=cfg, knob=knob: self.adam_first_step(
                     params, grads, masks, mode, cfg["block"], expected, ideal, is_default=knob == "default"))
 
     def adam_first_step(self, params, grads, masks, mode: str, block: int, expected: list, ideal: dict,
@@ -295,14 +325,17 @@ def summary_markdown(rows: list[dict], header: dict, skipped: list[str]) -> str:
             change = "the defaults" if best["knob"] == "default" else f"{best['knob']}={best['value']}"
             lines += [f"Best: {change}, {best['ms'] / default['ms']:.3f}x the defaults' time "
                       f"({', '.join(f'{k} {v}' for k, v in default['config'].items())}).", ""]
-        lines += ["| change | ms | vs defaults | ideal / ms | right |", "|---|---|---|---|---|"]
+        lines += ["| change | ms | vs defaults | ideal / ms | registers (spills) | right |",
+                  "|---|---|---|---|---|---|"]
         for r in right + [r for r in case if r not in right]:
             ratio = f"{r['ms'] / default['ms']:.3f}" if default and r["ms"] else "-"
             frac = f"{r['ideal_ms'] / r['ms']:.2f}" if r.get("ideal_ms") and r["ms"] else "-"
             change = "defaults" if r["knob"] == "default" else f"{r['knob']}={r['value']}"
             ms = f"{r['ms']:.4f}" if r["ms"] else "-"
             right_text = "yes" if r["correct"] else f"NO: {r['error'] or 'results differ'}"
-            lines.append(f"| {change} | {ms} | {ratio} | {frac} | {right_text} |")
+            regs = ", ".join(f"{k} {n}" + (f" ({r['spills'][k]})" if r["spills"].get(k) else "")
+                             for k, n in r.get("regs", {}).items()) or "-"
+            lines.append(f"| {change} | {ms} | {ratio} | {frac} | {regs} | {right_text} |")
         lines.append("")
     return "\n".join(lines)
 

@@ -125,3 +125,19 @@ def test_bad_budget_is_a_usage_error(bad, capsys):
     with pytest.raises(SystemExit) as e:
         tune.main(["--budget-s", bad, "--dry-run"])
     assert e.value.code == 2 and "--budget-s must be > 0" in capsys.readouterr().err
+
+
+def test_registers_and_spills_come_from_the_kernels_the_calls_launched():
+    import types
+
+    class FakeKernel:  # what `kernel[grid](...)` returns on a GPU: the compiled kernel, with its resources
+        fn = None
+
+        def __getitem__(self, grid):
+            return lambda *args, **kwargs: types.SimpleNamespace(n_regs=96, n_spills=4)
+
+    module = types.SimpleNamespace(_guess_kernel=FakeKernel(), _other_kernel=FakeKernel())
+    with tune.compiled_kernels(bench_kernels, module) as compiled:
+        module._guess_kernel[(1,)](0)
+    assert {k: (c.n_regs, c.n_spills) for k, c in compiled.items()} == {"guess": (96, 4)}
+    assert isinstance(module._guess_kernel, FakeKernel)  # put back
