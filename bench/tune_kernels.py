@@ -346,7 +346,9 @@ def main(argv=None) -> int:
                                      epilog="Results: tune.jsonl and tune.md in --out (see the module docstring).")
     parser.add_argument("--budget-s", type=float, default=None,
                         help=f"seconds the sweep may take (default {DEFAULT_BUDGET_S:g}; dry run {DRY_BUDGET_S:g})")
-    parser.add_argument("--out", type=Path, default=None, help="results folder (default: see above)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="results folder (default: $OUT/<gpu>_<sha>/tune when $OUT is set, else "
+                             "bench/results/<gpu>_<sha>/tune; dry run: runs/gpu-tune/cpu-dry-run_<sha>/tune)")
     parser.add_argument("--sha", default=None, help="git SHA to name the results by (default: git rev-parse)")
     parser.add_argument("--dry-run", action="store_true",
                         help="rehearse on the CPU: TRITON_INTERPRET=1, tiny shapes, times meaningless")
