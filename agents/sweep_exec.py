@@ -67,7 +67,8 @@ def is_finished(directory: Path) -> bool:
 
 
 def last_metrics(directory: Path) -> dict:
-    """The last complete row of metrics.jsonl (frames and frames/s of a run in progress), or {}."""
+    """The last complete training row of metrics.jsonl (frames and frames/s of a run in progress: a row with
+    `charts/FPS`, not an evaluation or loop-split row), or {}."""
     try:
         with open(directory / "metrics.jsonl", "rb") as f:
             f.seek(0, os.SEEK_END)
@@ -76,6 +77,8 @@ def last_metrics(directory: Path) -> dict:
     except FileNotFoundError:
         return {}
     for line in reversed(lines):
+        if b'"charts/FPS"' not in line:
+            continue
         try:
             return json.loads(line)
         except json.JSONDecodeError:  # a row being written

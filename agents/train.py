@@ -193,6 +193,10 @@ class Trainer:
         self.analysis_obs: torch.Tensor | None = None
         self.analysis_batch: Batch | None = None  # transitions of the gradient covariance (Fig. 14)
         self.profiler = Profiler(cfg.profile, self.device)
+        # Where the loop's wall time goes, without a synchronisation of its own: host seconds blocked on the envs
+        # and on the greedy actions' device-to-host copy, this iteration (see `_loop_split`).
+        self.loop_waits = {"env": 0.0, "device": 0.0}
+        self.last_loop_split: dict[str, float] | None = None
         if self.device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = cfg.tf32
             # The fastest weight-gradient algorithms accumulate with atomics: fast, not reproducible.
@@ -335,7 +339,10 @@ class Trainer:
         if not explore.all():
             obs_t = torch.from_numpy(obs).to(self.device, non_blocking=True)
             with self.autocast:
-                greedy = self.agent.greedy_actions(self.online, obs_t).cpu().numpy()
+                greedy_t = self.agent.greedy_actions(self.online, obs_t)
+            start = time.perf_counter()  # the copy waits for the device: the queued updates, then this forward
+            greedy = greedy_t.cpu().numpy()
+            self.loop_waits["device"] += time.perf_counter() - start
             actions = np.where(explore, actions, greedy)
         return actions
 
@@ -463,8 +470,9 @@ class Trainer:
                     self.replay.add_observation(obs[:, -1], actions, first, executed)
                 # The envs step while the learner runs: learning never reads the newest step's outcome.
                 with prof.section("env"):
-                    pool = self._env_pool
+                    pool, start = self._env_pool, time.perf_counter()
                     stepping = pool.submit(env.step, actions) if pool is not None else _Done(env.step(actions))
+                    self.loop_waits["env"] += time.perf_counter() - start
                 steps_before, new_steps = self.agent_steps, int(executed.sum())
                 self.agent_steps += new_steps
 
@@ -485,7 +493,9 @@ class Trainer:
                             self.sync_target()
 
                 with prof.section("env"):
+                    start = time.perf_counter()
                     obs, reward, terminated, truncated, episodes = stepping.result()
+                    self.loop_waits["env"] += time.perf_counter() - start
                 if not np.array_equal(executed, ~env.reset_mask):
                     raise RuntimeError("env auto-reset out of step with the trainer's bookkeeping")
                 with prof.section("replay_add"):
@@ -507,6 +517,7 @@ class Trainer:
                 if self.agent_steps >= iter_end or self.agent_steps >= cfg.total_steps:
                     elapsed = time.perf_counter() - iter_start_time
                     fps = (self.agent_steps - iter_start_steps) * cfg.env.frame_skip / max(elapsed, 1e-9)
+                    self._log_loop_split(elapsed)
                     score = float(np.mean(iter_returns)) if iter_returns else float("nan")
                     evaluation = None
                     if cfg.evaluate:
@@ -626,6 +637,19 @@ class Trainer:
             row.update(self.pruner.sparsity_report())
             row["sparsity/target"] = self.pruner.scheduled_sparsity(self.grad_steps)
         return row
+
+    def _log_loop_split(self, elapsed: float) -> None:
+        """The iteration's wall time (evaluation excluded) as fractions: `env_wait` (the host blocked on the envs:
+        their stepping where the learner did not hide it), `device_wait` (blocked on the greedy actions'
+        device-to-host copy, i.e. on the updates queued before them and the acting forward: GPU-bound time) and
+        `host` (the rest: Python, launches, replay adds, logging, checkpoints). Measured with no synchronisation
+        beyond the loop's own, so every run has it; `--profile` splits the time finer, synchronised."""
+        elapsed = max(elapsed, 1e-9)
+        split = {f"{k}_wait": min(v / elapsed, 1.0) for k, v in self.loop_waits.items()}
+        split["host"] = max(0.0, 1.0 - sum(split.values()))
+        self.last_loop_split = split
+        self.loop_waits = dict.fromkeys(self.loop_waits, 0.0)
+        self._log({f"speed/{k}": round(v, 4) for k, v in split.items()})
 
     def _log(self, row: dict) -> None:
         row = {"agent_steps": self.agent_steps, "frames": self.frames,

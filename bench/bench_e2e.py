@@ -15,9 +15,11 @@ graphs. Every setup runs in fp32; `dense` and `gmp95_after` also with `--bf16`, 
 
 Each run warms up for `WARMUP` agent steps (the replay fills and learning starts: iteration 1), then measures
 `MEASURE` agent steps (iteration 2); the frames/s of iteration 2 is the result. The full loop is timed: env
-stepping, acting, replay, learning, pruning. Results: `pytest bench/bench_e2e.py
---benchmark-json=bench/results/<name>.json`; each benchmark's extra_info holds the setup, frames/s, the phases
-captured in CUDA graphs and the env backend, so a run that silently took a slow path shows.
+stepping, acting, replay, learning, pruning; `loop_split` says where the measured iteration's wall time went
+(the host blocked on the envs, blocked on the GPU, or working: `Trainer._log_loop_split`). Results:
+`pytest bench/bench_e2e.py --benchmark-json=bench/results/<name>.json`; each benchmark's extra_info holds the
+setup, frames/s, the phases captured in CUDA graphs and the env backend, so a run that silently took a slow path
+shows.
 
 Environment variables (set by `bench/gpu_proof.py`): PRUNERL_E2E_WARMUP / PRUNERL_E2E_MEASURE (agent steps),
 PRUNERL_E2E_JSONL (also append each result to this JSON-lines file, which survives a killed pytest), and
@@ -97,7 +99,7 @@ def measure_frames_per_second(cfg, naive: bool = False) -> dict:
     return {"frames_per_second": float(rows[-1]["fps"]), "measured_agent_steps": int(rows[-1]["agent_steps"]) - start,
             "grad_steps": summary["grad_steps"], "total_sparsity": summary["total_sparsity"],
             "cuda_graphs": sorted(trainer.graphs.captured), "env_backend": trainer.env.backend,
-            "kernels": backend}
+            "kernels": backend, "loop_split": trainer.last_loop_split}
 
 
 @pytest.mark.parametrize("arch,width,setup,precision", RUNS, ids=[f"{a}_w{w}-{s}-{p}" for a, w, s, p in RUNS])

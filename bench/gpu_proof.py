@@ -578,6 +578,13 @@ def _table(header: list[str], rows: list[list]) -> list[str]:
             + ["| " + " | ".join(_cell(c) for c in row) + " |" for row in rows])
 
 
+def loop_split_text(split: dict | None) -> str:
+    """'12% / 70% / 18%' from a trainer's `last_loop_split` (env wait, device wait, host), or '-'."""
+    if not split:
+        return "-"
+    return " / ".join(f"{100 * split.get(k, 0.0):.0f}%" for k in ("env_wait", "device_wait", "host"))
+
+
 def render_summary(proof: Proof, env: dict, rows: list[dict], e2e: list[dict], profile: dict | None,
                    notes: list[str]) -> str:
     status = {True: "met", False: "MISSED", None: "no data", "reported": "reported"}
@@ -601,11 +608,14 @@ def render_summary(proof: Proof, env: dict, rows: list[dict], e2e: list[dict], p
     if skipped:
         lines += [f"Skipped: {', '.join(skipped)}.", ""]
     if e2e:
-        lines += ["## End to end (frames/s)", ""]
-        lines += _table(["case", "setup", "precision", "frames/s", "CUDA graphs", "kernels", "envs", "sparsity"],
+        lines += ["## End to end (frames/s)", "",
+                  "Waits: the measured iteration's wall time blocked on the envs / on the GPU (the greedy actions' "
+                  "copy, behind the queued updates) / the rest, host work (no synchronisation added).", ""]
+        lines += _table(["case", "setup", "precision", "frames/s", "waits: env / GPU / host", "CUDA graphs", "kernels",
+                         "envs", "sparsity"],
                         [[r["case"], r["provider"], r.get("precision"), float(r["frames_per_second"]),
-                          ",".join(r.get("cuda_graphs") or []) or "none", r.get("kernels"), r.get("env_backend"),
-                          float(r["total_sparsity"])] for r in e2e]) + [""]
+                          loop_split_text(r.get("loop_split")), ",".join(r.get("cuda_graphs") or []) or "none",
+                          r.get("kernels"), r.get("env_backend"), float(r["total_sparsity"])] for r in e2e]) + [""]
     if profile:
         lines += [f"## Profile ({profile.get('frames', 0):,} frames, {profile.get('frames_per_second', 0):,.0f} "
                   f"frames/s with synchronised sections)", ""]

@@ -71,6 +71,8 @@ def test_dry_run_exercises_every_step_the_layout_and_the_copy_to_out(tmp_path):
                                                               ("dense", "nhwc_bf16")}
     assert [r["channels_last"] for r in e2e].count(True) == 1
     assert all(r["frames_per_second"] > 0 and r["measured_agent_steps"] >= 16 for r in e2e)
+    # Every run says where its measured iteration's time went, and the summary's e2e table shows it.
+    assert all(sum(r["loop_split"].values()) == pytest.approx(1.0, abs=1e-3) for r in e2e)
     assert next(r for r in e2e if r["provider"] == "gmp95_after")["total_sparsity"] > 0.9
     atari100k = json.loads((folder / "atari100k.json").read_text())
     assert atari100k["learning_agent_steps_per_s"] > 0 and atari100k["updates_in_second_iteration"] == 20
@@ -79,6 +81,7 @@ def test_dry_run_exercises_every_step_the_layout_and_the_copy_to_out(tmp_path):
     assert json.loads(pong.read_text())["game"] == "Pong" and pong.with_suffix(".png").exists()
     summary = (folder / "summary.md").read_text()
     assert "DRY RUN" in summary and "## Targets" in summary and "## Steps" in summary
+    assert "waits: env / GPU / host" in summary and gpu_proof.loop_split_text(e2e[0]["loop_split"]) in summary
     for row in gpu_proof.e2e_target_rows([]):
         assert row["target"] in summary
     assert "missing wheels: " in steps["install"]["note"]  # no wheels given: said, not fatal in a dry run

@@ -214,8 +214,10 @@ def test_run_states_from_the_directory(tmp_path):
     assert inspect_run(sweep_dir, run).state == "pending"
     (directory / "checkpoints").mkdir(parents=True)
     (directory / "checkpoints" / "ckpt_000000001500.pt").write_bytes(b"")
-    (directory / "metrics.jsonl").write_text(json.dumps({"agent_steps": 1500, "frames": 6000, "charts/FPS": 120.0})
-                                             + '\n{"agent_steps": 16')  # a row being written
+    (directory / "metrics.jsonl").write_text(
+        json.dumps({"agent_steps": 1500, "frames": 6000, "charts/FPS": 120.0}) + "\n"
+        + json.dumps({"agent_steps": 1504, "frames": 6016, "speed/host": 0.2}) + "\n"  # an iteration's loop split
+        + '{"agent_steps": 16')  # a row being written
     st = inspect_run(sweep_dir, run)
     assert st.state == "partial" and st.frames == 6000 and st.fps is None
     with run_lock(state_path(sweep_dir, run, ".lock"), wait=False) as fd:

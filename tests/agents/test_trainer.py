@@ -1,7 +1,10 @@
 """Trainer mechanics on the chain MDP: overlapping env stepping with learning changes nothing."""
 
 import csv
+import json
+import time
 
+import pytest
 import torch
 
 from agents.train import Trainer, linearly_decaying_epsilon
@@ -106,3 +109,41 @@ def test_max_minutes_stops_with_a_checkpoint_and_resume_continues(tmp_path):
     resumed = Trainer(cfg, tmp_path / "run", checkpoint=state, env=ChainEnv(num_envs=2))
     assert resumed.agent_steps == summary["agent_steps"]
     assert resumed.run()["agent_steps"] > summary["agent_steps"]
+
+
+class _SlowEnv(ChainEnv):
+    def step(self, actions):
+        time.sleep(0.005)
+        return super().step(actions)
+
+
+def _loop_splits(trainer):
+    with open(trainer.run_dir / "metrics.jsonl") as f:
+        rows = [json.loads(line) for line in f]
+    return [{k.removeprefix("speed/"): v for k, v in r.items() if k.startswith("speed/")} for r in rows
+            if "speed/host" in r]
+
+
+def test_each_iteration_logs_where_the_loop_waited(tmp_path, monkeypatch):
+    """The loop's wall time splits into env waits, device waits and host work, without a sync of its own:
+    an env that sleeps shows as env wait (overlapped or not: here no learner hides it), a slow replay add as
+    host time. (On a CPU the device waits are ~0: the forward runs on the host.)"""
+    cfg = chain_config(fast_dqn(min_replay=10_000), sparsity=0.0, total_steps=240)  # acting and stepping only
+    cfg.iteration_steps = 120
+    splits = {}
+    for name, overlap, env in (("slow_env", "on", _SlowEnv(num_envs=2)), ("slow_env_seq", "off", _SlowEnv(num_envs=2)),
+                               ("slow_host", "off", ChainEnv(num_envs=2))):
+        cfg.overlap_env = overlap
+        trainer = Trainer(cfg, tmp_path / name, env=env)
+        if name == "slow_host":
+            add = trainer.replay.add_observation
+            monkeypatch.setattr(trainer.replay, "add_observation", lambda *a, add=add: (time.sleep(0.005), add(*a))[1])
+        trainer.run()
+        rows = _loop_splits(trainer)
+        assert len(rows) == 2 and rows[-1] == pytest.approx(trainer.last_loop_split, abs=1e-4)
+        for row in rows:
+            assert set(row) == {"env_wait", "device_wait", "host"} and all(0 <= v <= 1 for v in row.values())
+            assert sum(row.values()) == pytest.approx(1.0, abs=1e-3)
+        splits[name] = rows[-1]
+    assert splits["slow_env"]["env_wait"] > 0.6 and splits["slow_env_seq"]["env_wait"] > 0.6, splits
+    assert splits["slow_host"]["host"] > 0.6 and splits["slow_host"]["env_wait"] < 0.3, splits
