@@ -590,7 +590,8 @@ class Trainer:
                    "iterations": self.iteration, "final_score": float(rows[-1]["score"]) if rows else None,
                    "final_eval_score": float(rows[-1]["eval_score"]) if rows and rows[-1].get("eval_score") else None,
                    "total_sparsity": 0.0, "resumed": self.resumes,
-                   "resumed_without_replay": self.resumed_without_replay}
+                   "resumed_without_replay": self.resumed_without_replay,
+                   "last_loop_split": self.last_loop_split}
         if self.pruner is not None:
             summary.update(self.pruner.sparsity_report())
             summary["total_sparsity"] = summary["sparsity/total"]

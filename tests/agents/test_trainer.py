@@ -138,8 +138,9 @@ def test_each_iteration_logs_where_the_loop_waited(tmp_path, monkeypatch):
         if name == "slow_host":
             add = trainer.replay.add_observation
             monkeypatch.setattr(trainer.replay, "add_observation", lambda *a, add=add: (time.sleep(0.005), add(*a))[1])
-        trainer.run()
+        summary = trainer.run()
         rows = _loop_splits(trainer)
+        assert summary["last_loop_split"] == trainer.last_loop_split
         assert len(rows) == 2 and rows[-1] == pytest.approx(trainer.last_loop_split, abs=1e-4)
         for row in rows:
             assert set(row) == {"env_wait", "device_wait", "host"} and all(0 <= v <= 1 for v in row.values())
