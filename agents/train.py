@@ -25,6 +25,7 @@ import contextlib
 import copy
 import csv
 import dataclasses
+import importlib.metadata
 import json
 import math
 import os
@@ -145,6 +146,13 @@ def git_sha() -> str | None:
         return None
 
 
+def _version(distribution: str) -> str | None:
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
 def _write_json(path: Path, obj: dict) -> None:
     atomic_write_bytes(path, lambda f: f.write(json.dumps(obj, indent=2, default=str).encode()))
 
@@ -241,7 +249,8 @@ class Trainer:
         for directory in (self.run_dir, self.checkpoints.dir):  # left by a process killed while writing
             remove_temporary_files(directory)
         if not resumed:
-            meta = {"config": self.cfg.to_dict(), "torch": torch.__version__, "device": str(self.device),
+            meta = {"config": self.cfg.to_dict(), "torch": torch.__version__, "triton": _version("triton"),
+                    "device": str(self.device),
                     "device_name": torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu",
                     "git_sha": git_sha(), "started": datetime.now(UTC).isoformat(),
                     "num_actions": self.num_actions, "action_meanings": self.env.action_meanings,
@@ -591,6 +600,8 @@ class Trainer:
                    "final_eval_score": float(rows[-1]["eval_score"]) if rows and rows[-1].get("eval_score") else None,
                    "total_sparsity": 0.0, "resumed": self.resumes,
                    "resumed_without_replay": self.resumed_without_replay,
+                   # What actually ran: a run that fell back from the kernels or graphs it was meant to use says so.
+                   "kernels": kernels.backend_for(self.device), "cuda_graphs": self.graphs.captured,
                    "last_loop_split": self.last_loop_split}
         if self.pruner is not None:
             summary.update(self.pruner.sparsity_report())

@@ -355,8 +355,12 @@ def check_consistent_runs(sweep_dir: Path, runs: list[str]) -> None:
             assert 200 * i <= steps < 200 * i + 4, (run_id, r)
             assert abs(grad_steps - 0.125 * max(steps - 200, 0)) <= 1.5, (run_id, r)
         assert summary["grad_steps"] == int(rows[-1]["grad_steps"])
-        steps = [json.loads(line)["agent_steps"] for line in (d / "metrics.jsonl").read_text().splitlines()]
-        assert steps == sorted(set(steps)) and steps[-1] >= 600, (run_id, steps)
+        # No row twice (a training row and an iteration's loop-split row may share a step; a row repeated by a
+        # resume would repeat its step and its keys).
+        metric_rows = [json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines()]
+        steps = [r["agent_steps"] for r in metric_rows]
+        kinds = [(r["agent_steps"], tuple(sorted(r))) for r in metric_rows]
+        assert steps == sorted(steps) and len(kinds) == len(set(kinds)) and steps[-1] >= 600, (run_id, steps)
         episodes = [tuple(r.values()) for r in read_csv(d / "episodes.csv")]
         assert len(episodes) == len(set(episodes)), run_id
         assert [int(e[0]) for e in episodes] == sorted(int(e[0]) for e in episodes), run_id

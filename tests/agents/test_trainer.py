@@ -141,6 +141,9 @@ def test_each_iteration_logs_where_the_loop_waited(tmp_path, monkeypatch):
         summary = trainer.run()
         rows = _loop_splits(trainer)
         assert summary["last_loop_split"] == trainer.last_loop_split
+        # what ran: the CPU's fused kernels, no graphs; config.json names the Triton release
+        assert summary["kernels"] == "fused" and summary["cuda_graphs"] == []
+        assert json.loads((trainer.run_dir / "config.json").read_text())["triton"].count(".") >= 1
         assert len(rows) == 2 and rows[-1] == pytest.approx(trainer.last_loop_split, abs=1e-4)
         for row in rows:
             assert set(row) == {"env_wait", "device_wait", "host"} and all(0 <= v <= 1 for v in row.values())
