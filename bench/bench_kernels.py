@@ -406,6 +406,21 @@ def stubbed_launches():
 
 
 @contextlib.contextmanager
+def hooked_launches(module, hook):
+    """Within the block, `kernel[grid]` of every Triton kernel `_<name>_kernel` of `module` is `hook(name,
+    launch)`, where `launch` is the real `kernel[grid]`: e.g. a function that brackets it with events."""
+    class _Hooked:
+        def __init__(self, name, kernel):
+            self.name, self.kernel = name.strip("_").removesuffix("_kernel"), kernel
+
+        def __getitem__(self, grid):
+            return hook(self.name, self.kernel[grid])
+
+    with kernels_replaced((module,), _Hooked):
+        yield
+
+
+@contextlib.contextmanager
 def timed_launches(module, event=None):
     """Bracket every launch of `module`'s Triton kernels with device events; yields the list of (kernel name,
     start event, end event) the launches append to, in launch order. `event()` makes an event (default: a
@@ -413,22 +428,16 @@ def timed_launches(module, event=None):
     event = event or (lambda: torch.cuda.Event(enable_timing=True))
     records = []
 
-    class _Timed:
-        def __init__(self, name, kernel):
-            self.name, self.kernel = name.strip("_").removesuffix("_kernel"), kernel
+    def timed(name, launch):
+        def run(*args, **kwargs):
+            start, end = event(), event()
+            start.record()
+            launch(*args, **kwargs)
+            end.record()
+            records.append((name, start, end))
+        return run
 
-        def __getitem__(self, grid):
-            launch = self.kernel[grid]
-
-            def run(*args, **kwargs):
-                start, end = event(), event()
-                start.record()
-                launch(*args, **kwargs)
-                end.record()
-                records.append((self.name, start, end))
-            return run
-
-    with kernels_replaced((module,), _Timed):
+    with hooked_launches(module, timed):
         yield records
 
 

@@ -107,21 +107,15 @@ def compiled_kernels(bench_kernels, module):
     `kernel[grid](...)` returns: None under the interpreter) in the yielded dict, by kernel name."""
     compiled: dict = {}
 
-    class _Recorded:
-        def __init__(self, name, kernel):
-            self.name, self.kernel = name.strip("_").removesuffix("_kernel"), kernel
+    def recorded(name, launch):
+        def run(*args, **kwargs):
+            out = launch(*args, **kwargs)
+            if hasattr(out, "n_regs"):
+                compiled[name] = out
+            return out
+        return run
 
-        def __getitem__(self, grid):
-            launch = self.kernel[grid]
-
-            def run(*args, **kwargs):
-                out = launch(*args, **kwargs)
-                if hasattr(out, "n_regs"):
-                    compiled[self.name] = out
-                return out
-            return run
-
-    with bench_kernels.kernels_replaced((module,), _Recorded):
+    with bench_kernels.hooked_launches(module, recorded):
         yield compiled
 
 
