@@ -21,15 +21,18 @@ def _synthetic_run(
     cfg = {"preset": None, "env": {"game": game, "backend": "envpool", "num_envs": 8}, "network": net}
     cfg |= {"agent": {"name": agent}, "pruning": {"final_sparsity": sparsity, "distribution": "erk"}}
     cfg |= {"replay_ratio": 0.25, "seed": seed, "total_steps": total, "iteration_steps": steps_per_iter}
-    (d / "config.json").write_text(json.dumps(cfg, indent=2))
+    meta = {"config": cfg, "device_name": "synthetic (no device)"}
+    (d / "config.json").write_text(json.dumps(meta, indent=2))
 
     rand, human = ev.reference_scores(game)
     t = np.arange(1, iters + 1) / iters
     hns = level * (1 - np.exp(-3 * t)) * rng.lognormal(0, 0.15) + rng.normal(0, 0.08, iters)
     rows = ["iteration,agent_steps,frames,grad_steps,score,episodes,fps,total_sparsity,wall_time"]
+    speed_rng = np.random.default_rng([seed, width, round(sparsity * 100)])  # (the scores' stream stays as it was)
     for i, score in enumerate(rand + hns * (human - rand)):
         steps = (i + 1) * steps_per_iter
-        rows.append(f"{i},{steps},{4 * steps},{steps // 4},{score:.1f},10,2000.0,0.0,{i * 100.0}")
+        fps = 3000.0 / width * speed_rng.lognormal(0, 0.05)  # made up: wider is slower, pruning costs nothing
+        rows.append(f"{i},{steps},{4 * steps},{steps // 4},{score:.1f},10,{fps:.1f},0.0,{i * 100.0}")
     (d / "iterations.csv").write_text("\n".join(rows) + "\n")
 
     layers = {"conv0": 0.80, "conv1": 0.95, "conv2": 0.96, "hidden": 0.97, "out": 0.85}  # made-up ERK-like targets
@@ -50,7 +53,8 @@ def _synthetic_run(
                 row["analysis/q_norm"] = (1 + (8 if dense else 4) * u) * noise[3]
                 row["analysis/q_var"] = (0.1 + (2 if dense else 0.6) * u) * noise[4]
             f.write(json.dumps(row) + "\n")
-    (d / "summary.json").write_text(json.dumps({"finished": True, "agent_steps": total}))
+    split = dict(zip(("env_wait", "device_wait", "host"), speed_rng.dirichlet([2, 6 * width, 2]).round(4)))
+    (d / "summary.json").write_text(json.dumps({"finished": True, "agent_steps": total, "last_loop_split": split}))
 
 
 def write_synthetic_runs(

@@ -47,6 +47,8 @@ class Run:
     problems: list[str] = field(default_factory=list, repr=False)  # where metrics.jsonl reports bad lines
     flags: dict[str, str] = field(default_factory=dict)  # the trainer's verdicts: what is wrong -> details
     score_column: str = "score"  # "score" (training episodes) or "eval_score" (the evaluation phase)
+    device: str = "unknown"  # config.json's device name (a GPU model, or "cpu")
+    loop_split: dict | None = None  # summary.json's last_loop_split: where the last iteration's time went
     _metrics: list[dict] | None = field(default=None, repr=False)
 
     @property
@@ -58,6 +60,15 @@ class Run:
     def trusted(self) -> bool:
         """Finished and not flagged: what the aggregates and per-game tables count by default."""
         return self.finished and not self.flags
+
+    @property
+    def frames_per_second(self) -> float | None:
+        """The run's training speed: the median of its iterations' frames/s, the first left out when there are
+        more (it holds the warm-up, which does not learn); None without a positive value (offline runs)."""
+        fps = self.iterations.get("fps", np.zeros(0))
+        fps = fps[1:] if len(fps) > 1 else fps
+        fps = fps[np.isfinite(fps) & (fps > 0)]
+        return float(np.median(fps)) if len(fps) else None
 
     @property
     def frames_reached(self) -> float:
@@ -162,7 +173,9 @@ def _check_types(cfg: dict, path: Path) -> None:
 
 ITERATION_COLUMNS = ("iteration", "agent_steps", "frames", "score")
 EVAL_COLUMNS = ("eval_score", "eval_episodes")  # written by trainers with an evaluation phase (empty when off)
-_OPTIONAL_NUMBERS = ("score", *EVAL_COLUMNS)  # may be empty or nan: no episode finished in the iteration
+OPTIONAL_COLUMNS = (*EVAL_COLUMNS, "fps")  # read where the header has them
+# May be empty or nan: no episode finished in the iteration (scores); no speed recorded (fps).
+_OPTIONAL_NUMBERS = ("score", *OPTIONAL_COLUMNS)
 
 
 def read_iterations(path: Path) -> tuple[dict[str, np.ndarray], int | None]:
@@ -184,7 +197,7 @@ def read_iterations(path: Path) -> tuple[dict[str, np.ndarray], int | None]:
     missing = [c for c in ITERATION_COLUMNS if c not in header]
     if missing:
         raise RunError(f"{path}, line 1: the header has no column {', '.join(missing)}")
-    cols |= {c: [] for c in EVAL_COLUMNS if c in header}
+    cols |= {c: [] for c in OPTIONAL_COLUMNS if c in header}
     at = {c: header.index(c) for c in cols}
     for lineno, row in enumerate(rows, start=2):
         if len(row) != len(header):
@@ -228,7 +241,7 @@ def trainer_flags(summary: dict) -> dict[str, str]:
 
 
 def _load_run(path: Path, problems: list[str]) -> Run:
-    cfg = read_json(path / "config.json")
+    cfg = meta = read_json(path / "config.json")
     if isinstance(cfg.get("config"), dict):  # agents.train nests the config next to metadata (git SHA, device...)
         cfg = cfg["config"]
     for section, key in (("env", "game"), ("agent", "name"), ("network", "arch")):
@@ -251,4 +264,8 @@ def _load_run(path: Path, problems: list[str]) -> Run:
     flags = trainer_flags(summary)
     for flag, details in flags.items():
         warn(problems, f"{path}: {flag}" + (f", {details}" if details else "") + " (summary.json)")
-    return Run(path, cfg, game, int(cfg.get("seed", 0)), iterations, finished, problems, flags)
+    device = meta.get("device_name") or meta.get("device")
+    split = summary.get("last_loop_split")
+    return Run(path, cfg, game, int(cfg.get("seed", 0)), iterations, finished, problems, flags,
+               device=device if isinstance(device, str) else "unknown",
+               loop_split=split if isinstance(split, dict) else None)

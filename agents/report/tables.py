@@ -17,6 +17,49 @@ def _ci(d: dict, digits: int = 3) -> str:
 
 
 SCORE_NAMES = {"train": "training", "eval": "evaluation-phase"}
+WAIT_KEYS = ("env_wait", "device_wait", "host")  # a run's loop split (summary.json's last_loop_split)
+
+
+def config_speeds(config) -> dict[str, dict]:
+    """Per device a configuration's runs were trained on: how many, the median of their training frames/s
+    (`Run.frames_per_second`) and the mean of their last iterations' loop splits (None where no run has one).
+    Runs without a training speed (offline runs) are left out."""
+    by_device: dict[str, list] = {}
+    for run in config.runs:
+        if run.frames_per_second is not None:
+            by_device.setdefault(run.device, []).append(run)
+    speeds = {}
+    for device, runs in sorted(by_device.items()):
+        splits = [r.loop_split for r in runs if r.loop_split]
+        speeds[device] = {
+            "runs": len(runs),
+            "frames_per_second": float(np.median([r.frames_per_second for r in runs])),
+            "loop_split": {k: float(np.mean([s.get(k, 0.0) for s in splits])) for k in WAIT_KEYS} if splits else None,
+        }
+    return speeds
+
+
+def speed_lines(configs) -> list[str]:
+    """report.md's speed table: each configuration's training frames/s per device, against the first
+    configuration trained on the same device, and where its loop's time went."""
+    rows, first = [], {}
+    for c in configs:
+        for device, sp in config_speeds(c).items():
+            base_label, base_fps = first.setdefault(device, (c.label, sp["frames_per_second"]))
+            ratio = "1.00x (reference)" if base_label == c.label else f"{sp['frames_per_second'] / base_fps:.2f}x"
+            split = sp["loop_split"]
+            waits = " / ".join(f"{100 * split[k]:.0f}%" for k in WAIT_KEYS) if split else "-"
+            rows.append(f"| {c.label} | {device} | {sp['runs']} | {sp['frames_per_second']:,.0f} | {ratio} | {waits} |")
+    if not rows:
+        return []
+    return ["", "## Speed", "",
+            "Training frames/s: per run the median over its iterations (the first, which holds the warm-up, left "
+            "out), then the median over the configuration's runs on each device. Speeds are compared only "
+            "between configurations trained on the same device, against the first one listed. Waits: the share "
+            "of the last iteration's wall time the host spent blocked on the envs / on the GPU / working (mean "
+            "over runs; runs of trainers before this record have none).", "",
+            "| Configuration | Device | Runs | Frames/s | vs reference | Waits: env / GPU / host |",
+            "|---|---|---|---|---|---|", *rows]
 
 
 def write_markdown(
@@ -106,6 +149,7 @@ def write_markdown(
             "",
             f"No human reference score (raw scores only, not in aggregates): {', '.join(sorted(unreferenced))}.",
         ]
+    lines += speed_lines(configs)
     if sweep_lines:
         lines += ["", "## Sweep", ""] + [f"- {line}" for line in sweep_lines]
     if figures:
@@ -159,6 +203,7 @@ def write_tables(out: Path, configs, finals, curves, pairs, problems, args, swee
                 "final": finals.get(c.label),
                 "scores": c.matrix.tolist() if c.aggregated else None,
                 "experiment": c.flat,
+                "speed": config_speeds(c),
             }
             for c in configs
         ],

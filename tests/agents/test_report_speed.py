@@ -1,0 +1,67 @@
+"""agents.report's speed table: training frames/s per configuration and device, and where the loop's time went."""
+
+import json
+from itertools import product
+
+import pytest
+
+from agents import report
+from tests.agents.report_runs import GAMES, SEEDS, summary, write_run
+
+
+def _set_speed(d, fps: list[str], device: str | None, split: dict | None = None) -> None:
+    """The run's iterations' frames/s column, its device name (config.json) and loop split (summary.json)."""
+    lines = (d / "iterations.csv").read_text().splitlines()
+    col = lines[0].split(",").index("fps")
+    rows = [line.split(",") for line in lines[1:]]
+    for row, value in zip(rows, fps, strict=True):
+        row[col] = value
+    (d / "iterations.csv").write_text("\n".join([lines[0]] + [",".join(r) for r in rows]) + "\n")
+    meta = json.loads((d / "config.json").read_text())
+    if device is not None:
+        meta["device_name"] = device
+    (d / "config.json").write_text(json.dumps(meta))
+    if split is not None:
+        done = json.loads((d / "summary.json").read_text())
+        (d / "summary.json").write_text(json.dumps(done | {"last_loop_split": split}))
+
+
+def _speed_rows(md: str) -> dict[tuple[str, str], list[str]]:
+    section = md.split("## Speed", 1)[1].split("\n## ", 1)[0]
+    rows = [line.strip("|").split(" | ") for line in section.splitlines()
+            if line.startswith("| ") and "---" not in line]
+    return {(r[0].strip(), r[1].strip()): [c.strip() for c in r[2:]] for r in rows[1:]}
+
+
+def test_speed_per_configuration_and_device(tmp_path):
+    root = tmp_path / "runs"
+    split = {"env_wait": 0.1, "device_wait": 0.7, "host": 0.2}
+    for sparsity, game, seed in product((0.0, 0.95), GAMES, SEEDS):
+        d = write_run(root, game, seed, sparsity)
+        # The first iteration (the warm-up) is slow and left out; the pruned runs are 10% faster on the H100.
+        fast = "1100.0" if sparsity else "1000.0"
+        _set_speed(d, ["300.0", fast, fast, fast], "NVIDIA H100 80GB HBM3",
+                   split if seed == 0 and not sparsity else None)
+    for game, seed in product(GAMES, SEEDS):  # width 1 on another GPU: compared with nothing on the H100
+        d = write_run(root, game, seed, 0.0, width=1)
+        _set_speed(d, ["100.0", "3000.0", "3000.0", ""], "NVIDIA A100-SXM4-80GB")  # an iteration with no speed
+    out = tmp_path / "r"
+    assert report.main([str(root), "--out", str(out), "--reps", "20", "--no-figures"]) == 0
+    rows = _speed_rows((out / "report.md").read_text())
+    h100, a100 = "NVIDIA H100 80GB HBM3", "NVIDIA A100-SXM4-80GB"
+    assert rows[("×3, dense", h100)] == ["9", "1,000", "1.00x (reference)", "10% / 70% / 20%"]
+    assert rows[("×3, 95% pruned", h100)] == ["9", "1,100", "1.10x", "-"]
+    assert rows[("×1, dense", a100)] == ["9", "3,000", "1.00x (reference)", "-"]
+    assert len(rows) == 3
+    speed = summary(out)["×3, 95% pruned"]["speed"]
+    assert speed == {h100: {"runs": 9, "frames_per_second": pytest.approx(1100.0), "loop_split": None}}
+
+
+def test_runs_without_a_training_speed_add_no_speed_rows(tmp_path):
+    root = tmp_path / "runs"
+    for game, seed in product(GAMES, SEEDS):  # offline runs write frames/s 0
+        _set_speed(write_run(root, game, seed, 0.0), ["0.0"] * 4, None)
+    out = tmp_path / "r"
+    assert report.main([str(root), "--out", str(out), "--reps", "20", "--no-figures"]) == 0
+    assert "## Speed" not in (out / "report.md").read_text()
+    assert [c["speed"] for c in summary(out).values()] == [{}]
