@@ -8,8 +8,8 @@ Steps, in order, each in its own subprocess with its own time limit, so that one
 rest: install (the carried wheels into a temporary site directory), environment (GPU, driver, versions, SM
 count, copy bandwidth, which Atari backend works), correctness (`pytest -m gpu`), kernels (a ~90 s subset of
 bench_kernels.py, eager and in CUDA graphs), e2e (bench_e2e.py at Impala widths 1 and 3), profile (`--profile`
-of the width-3 GMP-95 run), learning (bench/pong_check.py: DQN-Impala x1 GMP-95 on Pong), atari100k (a slice of
-the DrQ(eps) Atari-100k preset, projected to a whole run), then the summary:
+of the width-3 GMP-95 run in bf16 on NHWC), learning (bench/pong_check.py: DQN-Impala x1 GMP-95 on Pong),
+atari100k (a slice of the DrQ(eps) Atari-100k preset, projected to a whole run), then the summary:
 one table of every target with its measured value, met or MISSED. `--budget-s` scales the steps' windows;
 a step that no longer fits is skipped, and the summary says so.
 
@@ -302,9 +302,9 @@ class Proof:
         if self.dry:
             preset, total, warmup = "dqn_impala_w1_gmp95", 32, 8
             extra = ["--device", "cpu", "--replay-device", "cpu", "--agent.batch-size", "4", "--env.num-envs", "4"]
-        else:
+        else:  # bf16 on NHWC: fp32's learner was 7.9 ms of FFMA convolutions (first H100 run); what is left?
             preset, total = "dqn_impala_w3_gmp95", max(2_000, int(8_000 * window_s / PLAN_S["profile"]) // 8 * 8)
-            warmup, extra = total // 2, []
+            warmup, extra = total // 2, ["--bf16", "--channels-last"]
         run_dir = self.work / "runs" / "profile"
         # Masks update every 1,000 gradient steps from the first: the profile covers the window's worst case.
         cmd = [sys.executable, "-m", "agents.train", "--preset", preset, "--profile", "--total-steps", str(total),
@@ -312,7 +312,7 @@ class Proof:
                str(4 * total), "--pruning.start-step", "0", "--pruning.end-step", str(total),
                "--runs-dir", str(run_dir.parent), "--run-name", run_dir.name, "--no-tensorboard", "--no-progress",
                "--log-every", str(10 * total), *extra]
-        step.note = f"{preset}, {total:,} agent steps"
+        step.note = f"{preset}{' --bf16 --channels-last' if extra[:1] == ['--bf16'] else ''}, {total:,} agent steps"
         if self.run_command(step, cmd, limit_s):
             shutil.copy(run_dir / "profile.json", self.dir / "profile.json")
 
