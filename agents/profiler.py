@@ -81,10 +81,10 @@ def format_table(report: dict) -> str:
         for op in report["learner_ops"]:
             lines.append(f"{op['name'][:43]:<44}{op['total_ms']:>10.2f}{op['calls']:>8}")
     if report.get("learner_layers"):
-        lines.append(f"\n{'learner layer (alone)':<36}{'sparsity':>9}{'fwd ms':>9}{'bwd ms':>9}")
+        lines.append(f"\n{'learner layer (alone)':<36}{'sparsity':>9}{'fwd ms':>9}{'bwd ms':>9}  dtype")
         for row in report["learner_layers"]:
             lines.append(f"{row['layer'][:35]:<36}{row['weight_sparsity']:>9.3f}{row['forward_ms']:>9.3f}"
-                         f"{row['backward_ms']:>9.3f}")
+                         f"{row['backward_ms']:>9.3f}  {row.get('compute_dtype', '')}")
     return "\n".join(lines)
 
 
@@ -106,7 +106,8 @@ def profile_learner_ops(learn_step, steps: int = 10, top: int = 15) -> list[dict
 
 def profile_learner_layers(net: torch.nn.Module, forward, obs: torch.Tensor, reps: int = 5) -> list[dict]:
     """Forward and backward time of each conv / linear layer of `net`, each timed alone on the input it gets
-    in `forward(obs)` (device-synchronised, mean of `reps` after one warm-up), with its weight sparsity."""
+    in `forward(obs)` (device-synchronised, mean of `reps` after one warm-up), with its weight sparsity and
+    the dtype it computes in (call it under the run's autocast to time the run's precision)."""
     layers = {name: m for name, m in net.named_modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))}
     inputs: dict[str, torch.Tensor] = {}
 
@@ -126,22 +127,24 @@ def profile_learner_layers(net: torch.nn.Module, forward, obs: torch.Tensor, rep
     for name, m in layers.items():
         if name not in inputs:
             continue
-        forward_ms, backward_ms = _time_layer(m, inputs[name], reps)
+        forward_ms, backward_ms, dtype = _time_layer(m, inputs[name], reps)
         rows.append({"layer": name, "type": type(m).__name__, "input_shape": list(inputs[name].shape),
+                     "compute_dtype": str(dtype).removeprefix("torch."),
                      "params": sum(p.numel() for p in m.parameters()),
                      "weight_sparsity": round(float((m.weight == 0).float().mean()), 4),
                      "forward_ms": round(forward_ms, 4), "backward_ms": round(backward_ms, 4)})
     return rows
 
 
-def _time_layer(layer: torch.nn.Module, x: torch.Tensor, reps: int) -> tuple[float, float]:
+def _time_layer(layer: torch.nn.Module, x: torch.Tensor, reps: int) -> tuple[float, float, torch.dtype]:
+    """(forward ms, backward ms, the dtype the layer computes in: its output's, under the caller's autocast)."""
     x = x.clone().requires_grad_(True)
     wrt = [x, *layer.parameters()]
     out = layer(x)
     grad = torch.ones_like(out)
     forward_ms = _mean_ms(lambda: layer(x), reps)
     backward_ms = _mean_ms(lambda: torch.autograd.grad(out, wrt, grad, retain_graph=True), reps)
-    return forward_ms, backward_ms
+    return forward_ms, backward_ms, out.dtype
 
 
 def _eager():

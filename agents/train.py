@@ -430,8 +430,9 @@ class Trainer:
             self._loss(self._sample_batch())[0].backward()
 
     def _profile_layers(self) -> list[dict]:
-        """Per-layer forward / backward times on a replay batch (changes no training state)."""
-        with self._no_training_side_effects():
+        """Per-layer forward / backward times on a replay batch, in the run's precision (its autocast: a --bf16
+        run's layers are timed in bf16); changes no training state."""
+        with self._no_training_side_effects(), self.autocast:
             obs = self._sample_batch().obs
             return profile_learner_layers(self.online, lambda x: self.agent.q_values(self.online, x), obs)
 

@@ -34,6 +34,16 @@ def test_profile_json_accounts_for_the_loop(tmp_path):
         assert row["forward_ms"] > 0 and row["backward_ms"] > 0 and row["params"] > 0
         assert row["weight_sparsity"] == pytest.approx(measured[f"sparsity/{name}.weight"], abs=1e-4)
     assert "learner" in format_table(report) and "learner layer (alone)" in format_table(report)
+    assert {row["compute_dtype"] for row in layers.values()} == {"float32"}
+
+
+def test_layer_profile_of_a_bf16_run_times_bf16_layers(tmp_path):
+    cfg = chain_config(fast_dqn(min_replay=100, batch_size=8), sparsity=0.0, total_steps=240)
+    cfg.profile, cfg.bf16 = True, True
+    Trainer(cfg, tmp_path / "run", env=ChainEnv(num_envs=2)).run()
+    layers = json.loads((tmp_path / "run" / "profile.json").read_text())["learner_layers"]
+    # under the run's autocast every conv and linear computes in bf16, as in training
+    assert layers and {row["compute_dtype"] for row in layers} == {"bfloat16"}
 
 
 def test_disabled_profiler_records_nothing():
