@@ -203,6 +203,8 @@ def compare_reports(reports: dict[str, dict]) -> str:
     lines.append("| **total** | " + cells(totals) + " |")
     lines.append("| frames/s | " + " | ".join(f"{reports[n]['frames_per_second']:,.0f}" for n in names) + " |")
     lines.append("| total sparsity | " + " | ".join(f"{reports[n].get('sparsity', 0.0):.3f}" for n in names) + " |")
+    lines.append("| device, precision | " + " | ".join(f"{reports[n].get('device', '?')}, "
+                                                    f"{reports[n].get('precision', '?')}" for n in names) + " |")
 
     layers = {n: {row["layer"]: row for row in r.get("learner_layers", [])} for n, r in reports.items()}
     layer_names = list(dict.fromkeys(name for n in names for name in layers[n]))

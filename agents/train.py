@@ -568,6 +568,9 @@ class Trainer:
         report = self.profiler.report(frames=(self.agent_steps) * self.cfg.env.frame_skip)
         report["sparsity"] = self._measured_sparsity()
         report["device"] = str(self.device)
+        cfg = self.cfg  # what the numbers depend on besides the network: compared runs should agree on it
+        report["precision"] = ("bf16" if cfg.bf16 else "tf32" if cfg.tf32 else "fp32") + (
+            ", channels-last" if cfg.channels_last else "")
         if self.replay.can_sample():
             report["learner_ops"] = profile_learner_ops(self._forward_backward)
             report["learner_layers"] = self._profile_layers()

@@ -69,5 +69,6 @@ def test_compare_dense_and_pruned_profiles(tmp_path, capsys):
     assert mask_row.split("|")[2].strip() == "-"  # the dense run has no mask updates
     assert "x) |" in next(line for line in table.splitlines() if line.startswith("| learner |"))
     assert "| encoder.1.conv |" in table and "(0.00) |" in table  # per-layer rows with sparsity
+    assert "| device, precision | cpu, fp32 | cpu, fp32 |" in table  # what the numbers were measured on
     assert main([str(tmp_path / "missing")]) == 2
     assert "no profile at" in capsys.readouterr().err
