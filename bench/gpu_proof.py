@@ -620,8 +620,8 @@ def render_summary(proof: Proof, env: dict, rows: list[dict], e2e: list[dict], p
                           loop_split_text(r.get("loop_split")), ",".join(r.get("cuda_graphs") or []) or "none",
                           r.get("kernels"), r.get("env_backend"), float(r["total_sparsity"])] for r in e2e]) + [""]
     if profile:
-        lines += [f"## Profile ({profile.get('frames', 0):,} frames, {profile.get('frames_per_second', 0):,.0f} "
-                  f"frames/s with synchronised sections)", ""]
+        lines += [f"## Profile ({profile.get('precision', 'fp32')}; {profile.get('frames', 0):,} frames, "
+                  f"{profile.get('frames_per_second', 0):,.0f} frames/s with synchronised sections)", ""]
         lines += _table(["component", "seconds", "share", "ms/call"],
                         [[k, c["seconds"], f"{100 * c['share']:.1f}%", c["ms_per_call"]]
                          for k, c in profile.get("components", {}).items()]) + [""]
