@@ -172,6 +172,7 @@ def _check_types(cfg: dict, path: Path) -> None:
 
 
 ITERATION_COLUMNS = ("iteration", "agent_steps", "frames", "score")
+LOOP_SPLIT_KEYS = ("env_wait", "device_wait", "host")  # summary.json's last_loop_split (Trainer._log_loop_split)
 EVAL_COLUMNS = ("eval_score", "eval_episodes")  # written by trainers with an evaluation phase (empty when off)
 OPTIONAL_COLUMNS = (*EVAL_COLUMNS, "fps")  # read where the header has them
 # May be empty or nan: no episode finished in the iteration (scores); no speed recorded (fps).
@@ -266,6 +267,7 @@ def _load_run(path: Path, problems: list[str]) -> Run:
         warn(problems, f"{path}: {flag}" + (f", {details}" if details else "") + " (summary.json)")
     device = meta.get("device_name") or meta.get("device")
     split = summary.get("last_loop_split")
+    numbers = isinstance(split, dict) and all(
+        isinstance(split.get(k), int | float) and not isinstance(split.get(k), bool) for k in LOOP_SPLIT_KEYS)
     return Run(path, cfg, game, int(cfg.get("seed", 0)), iterations, finished, problems, flags,
-               device=device if isinstance(device, str) else "unknown",
-               loop_split=split if isinstance(split, dict) else None)
+               device=device if isinstance(device, str) else "unknown", loop_split=split if numbers else None)

@@ -10,6 +10,7 @@ import numpy as np
 
 from agents import evaluation as ev
 from agents.report.configs import LABEL_ORDER, varying_fields
+from agents.report.runs import LOOP_SPLIT_KEYS
 
 
 def _ci(d: dict, digits: int = 3) -> str:
@@ -17,7 +18,6 @@ def _ci(d: dict, digits: int = 3) -> str:
 
 
 SCORE_NAMES = {"train": "training", "eval": "evaluation-phase"}
-WAIT_KEYS = ("env_wait", "device_wait", "host")  # a run's loop split (summary.json's last_loop_split)
 
 
 def config_speeds(config) -> dict[str, dict]:
@@ -34,7 +34,8 @@ def config_speeds(config) -> dict[str, dict]:
         speeds[device] = {
             "runs": len(runs),
             "frames_per_second": float(np.median([r.frames_per_second for r in runs])),
-            "loop_split": {k: float(np.mean([s.get(k, 0.0) for s in splits])) for k in WAIT_KEYS} if splits else None,
+            "loop_split": ({k: float(np.mean([s[k] for s in splits])) for k in LOOP_SPLIT_KEYS} if splits
+                           else None),
         }
     return speeds
 
@@ -48,7 +49,7 @@ def speed_lines(configs) -> list[str]:
             base_label, base_fps = first.setdefault(device, (c.label, sp["frames_per_second"]))
             ratio = "1.00x (reference)" if base_label == c.label else f"{sp['frames_per_second'] / base_fps:.2f}x"
             split = sp["loop_split"]
-            waits = " / ".join(f"{100 * split[k]:.0f}%" for k in WAIT_KEYS) if split else "-"
+            waits = " / ".join(f"{100 * split[k]:.0f}%" for k in LOOP_SPLIT_KEYS) if split else "-"
             rows.append(f"| {c.label} | {device} | {sp['runs']} | {sp['frames_per_second']:,.0f} | {ratio} | {waits} |")
     if not rows:
         return []

@@ -44,7 +44,9 @@ def test_speed_per_configuration_and_device(tmp_path):
                    split if seed == 0 and not sparsity else None)
     for game, seed in product(GAMES, SEEDS):  # width 1 on another GPU: compared with nothing on the H100
         d = write_run(root, game, seed, 0.0, width=1)
-        _set_speed(d, ["100.0", "3000.0", "3000.0", ""], "NVIDIA A100-SXM4-80GB")  # an iteration with no speed
+        # an iteration with no speed; a hand-edited split that is not numbers counts as none
+        _set_speed(d, ["100.0", "3000.0", "3000.0", ""], "NVIDIA A100-SXM4-80GB",
+                   {"env_wait": "a lot", "device_wait": 0.5, "host": 0.5})
     out = tmp_path / "r"
     assert report.main([str(root), "--out", str(out), "--reps", "20", "--no-figures"]) == 0
     rows = _speed_rows((out / "report.md").read_text())
