@@ -58,7 +58,9 @@ def test_array_task_requeues_itself_until_its_run_is_finished(tmp_path):
     before = digest(sweep_dir / first)
     out = array_task(tmp_path, spec, 0)
     assert out.returncode == 0 and f"{first}: done" in out.stdout and digest(sweep_dir / first) == before
-    out = array_task(tmp_path, spec, 1, SLURM_JOB_END_TIME=str(int(time.time()) + 3600))
+    # An hour left (and 30 s of slack: the template counts whole minutes from its own clock reading, which may
+    # fall a second or more after this one) minus the 10-minute margin.
+    out = array_task(tmp_path, spec, 1, SLURM_JOB_END_TIME=str(int(time.time()) + 3630))
     assert out.returncode == 0, out.stdout + out.stderr
     assert "--max-minutes 50" in (sweep_dir / "_sweep" / (second.replace("/", "__") + ".log")).read_text()
     assert requeues(tmp_path) == ["requeue 42_0"]
