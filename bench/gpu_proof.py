@@ -300,19 +300,19 @@ class Proof:
 
     def step_profile(self, step: StepResult, window_s: float, limit_s: float) -> None:
         if self.dry:
-            preset, total, warmup = "dqn_impala_w1_gmp95", 32, 8
+            preset, total, warmup, precision = "dqn_impala_w1_gmp95", 32, 8, []
             extra = ["--device", "cpu", "--replay-device", "cpu", "--agent.batch-size", "4", "--env.num-envs", "4"]
         else:  # bf16 on NHWC: fp32's learner was 7.9 ms of FFMA convolutions (first H100 run); what is left?
             preset, total = "dqn_impala_w3_gmp95", max(2_000, int(8_000 * window_s / PLAN_S["profile"]) // 8 * 8)
-            warmup, extra = total // 2, ["--bf16", "--channels-last"]
+            warmup, precision, extra = total // 2, ["--bf16", "--channels-last"], []
         run_dir = self.work / "runs" / "profile"
         # Masks update every 1,000 gradient steps from the first: the profile covers the window's worst case.
         cmd = [sys.executable, "-m", "agents.train", "--preset", preset, "--profile", "--total-steps", str(total),
                "--iteration-steps", str(total), "--agent.min-replay", str(warmup), "--replay-capacity",
                str(4 * total), "--pruning.start-step", "0", "--pruning.end-step", str(total),
                "--runs-dir", str(run_dir.parent), "--run-name", run_dir.name, "--no-tensorboard", "--no-progress",
-               "--log-every", str(10 * total), *extra]
-        step.note = f"{preset}{' --bf16 --channels-last' if extra[:1] == ['--bf16'] else ''}, {total:,} agent steps"
+               "--log-every", str(10 * total), *precision, *extra]
+        step.note = f"{' '.join([preset, *precision])}, {total:,} agent steps"
         if self.run_command(step, cmd, limit_s):
             shutil.copy(run_dir / "profile.json", self.dir / "profile.json")
 
