@@ -1,0 +1,95 @@
+"""Where the host's time goes in the training loop: cProfile over the measured iteration of an e2e run.
+
+The e2e table's loop split says how much of an iteration the host spent working rather than waiting on the
+envs or the GPU; this says on what. It runs `bench_e2e.e2e_config` (warm-up iteration, then a measured one),
+profiles only the measured iteration and writes, per case, the cProfile stats (`<case>.prof`, for snakeviz or
+`python -m pstats`) and the top functions by own time and by cumulative time (`<case>.txt`).
+
+    python bench/host_profile.py --case impala:1:gmp95_after --out /tmp/host     # a GPU
+    python bench/host_profile.py --device cpu --warmup 64 --measure 64            # the CPU rehearsal
+"""
+
+import argparse
+import cProfile
+import io
+import os
+import pstats
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench_e2e import PRECISIONS, SETUPS, e2e_config  # noqa: E402
+
+
+def parse_case(text: str) -> tuple[str, int, str, str]:
+    """`arch:width:setup[:precision]`, e.g. `impala:3:gmp95_after:bf16`."""
+    parts = text.split(":")
+    if len(parts) not in (3, 4) or parts[0] not in ("impala", "nature") or not parts[1].isdigit():
+        raise argparse.ArgumentTypeError(f"case {text!r}: expected arch:width:setup[:precision], "
+                                         "e.g. impala:1:gmp95_after")
+    precision = parts[3] if len(parts) == 4 else "fp32"
+    if parts[2] not in SETUPS or precision not in PRECISIONS:
+        raise argparse.ArgumentTypeError(f"case {text!r}: setup must be one of {SETUPS}, precision one of "
+                                         f"{PRECISIONS}")
+    return parts[0], int(parts[1]), parts[2], precision
+
+
+def profile_case(case, warmup: int, measure: int, device: str, out: Path, top: int) -> str:
+    from agents.train import Trainer, read_iterations
+
+    arch, width, setup, precision = case
+    overrides = {} if device == "cuda" else {"gpu": False, "env.num_envs": 4, "agent.batch_size": 4}
+    # As bench_e2e: the naive setup runs the plain-PyTorch reference ops.
+    if setup == "naive":
+        os.environ["PRUNERL_KERNELS"] = "torch"
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = e2e_config(arch, width, setup, warmup=warmup, measure=measure, precision=precision, **overrides)
+        trainer = Trainer(cfg, Path(tmp) / "run")
+        profiler, end_iteration = cProfile.Profile(), trainer._end_iteration
+
+        def profile_second_iteration(*args, **kwargs):
+            # The first iteration (replay fill, compilation, graph capture) is warm-up: profile only the second
+            # iteration's loop, not its end-of-iteration checkpoint.
+            profiler.disable()
+            result = end_iteration(*args, **kwargs)
+            if trainer.iteration == 1:
+                profiler.enable()
+            return result
+
+        trainer._end_iteration = profile_second_iteration
+        trainer.run()
+        split = trainer.last_loop_split
+        fps = float(read_iterations(Path(tmp) / "run" / "iterations.csv")[-1]["fps"])
+        trainer.close()
+    name = "_".join(map(str, case))
+    profiler.dump_stats(out / f"{name}.prof")
+    text = io.StringIO()
+    text.write(f"# {name}: {fps:,.0f} frames/s; loop split {split}\n\n## by own time\n")
+    pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(top)
+    text.write("\n## by cumulative time\n")
+    pstats.Stats(profiler, stream=text).sort_stats("cumulative").print_stats(top)
+    (out / f"{name}.txt").write_text(text.getvalue())
+    return text.getvalue()
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], prog="python bench/host_profile.py")
+    parser.add_argument("--case", type=parse_case, action="append", default=None,
+                        help="arch:width:setup[:precision], repeatable (default impala:1:gmp95_after)")
+    parser.add_argument("--warmup", type=int, default=1600, help="agent steps before the profiled iteration")
+    parser.add_argument("--measure", type=int, default=3200, help="agent steps profiled")
+    parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
+    parser.add_argument("--top", type=int, default=40, help="functions listed per table")
+    parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "bench/results")) / "host_profile")
+    args = parser.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    for case in args.case or [parse_case("impala:1:gmp95_after")]:
+        print(profile_case(case, args.warmup, args.measure, args.device, args.out, args.top), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
