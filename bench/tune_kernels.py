@@ -49,8 +49,8 @@ REP_MS = 60  # do_bench's measuring window per configuration
 # `num_warps` of the full read and the cold histogram, `cand_warps` of the candidate passes, `slots_div`
 # (candidate slots per block = block // slots_div). Masked Adam: `programs_per_sm` of the persistent grid,
 # `num_warps`, `block` elements per block.
-TOPK_ALTERNATIVES = {"block": (2048, 1024), "num_warps": (4, 16), "cand_warps": (1, 4), "slots_div": (8, 16)}
-ADAM_ALTERNATIVES = {"programs_per_sm": (2, 4, 16), "num_warps": (2, 8), "block": (1024, 4096)}
+TOPK_ALTERNATIVES = {"block": (2048, 1024), "num_warps": (4, 16), "cand_warps": (2, 4), "slots_div": (8, 16)}
+ADAM_ALTERNATIVES = {"programs_per_sm": (2, 4, 16), "num_warps": (2, 8), "block": (512, 2048)}
 
 # (name, case, sparsity, moments mode, timed in a CUDA graph), most telling first: a short budget measures
 # the 50M cases of both kernels before the graph cases.

@@ -52,10 +52,10 @@ constants (one compile per pair; they are fixed in a run) so they keep full fp64
 Differences from the reference, by design: in frozen mode a pruned weight becomes +0.0 where the
 reference computes (p + update) * 0 (so -0.0, or NaN for a non-finite update); with `pruned_are_zero` a
 pruned weight stays 0 where the reference would give NaN for a non-finite update.
-Untuned on GPU: BLOCK, num_warps, programs per SM. Registers (ptxas, sm_90, triton 3.6, read on a CPU by
-tests/kernels/_compile_for_gpu.py): 212-254 per thread and no spills, so 2 programs of 4 warps are resident
-per SM and the grid of PROGRAMS_PER_SM per SM runs in waves. The kernel the first H100 proof timed had the same
-block shape and 242-247 registers, and moved 94.6% of the copy bandwidth in faithful mode.
+Tuning: BLOCK from the H100 knob sweep (one knob at a time, bench/tune_kernels.py); num_warps and programs
+per SM measured within 2% of the best there. At BLOCK 2048 the kernel had 246 registers per thread (2
+programs of 4 warps resident per SM) and moved 94.7% of the copy bandwidth in faithful mode; at 1024 it has
+125-158, so the grid of PROGRAMS_PER_SM per SM runs in fewer waves.
 """
 
 from __future__ import annotations
@@ -70,8 +70,10 @@ import triton.language as tl
 from kernels import _utils
 from kernels.reference import MOMENTS_MODES, check_adam_inputs
 
-# Elements per block: 16 fp32 per thread at 4 warps, i.e. four 128-bit loads in flight per tensor per thread.
-ADAM_BLOCK = 2048
+# Elements per block: 8 fp32 per thread at 4 warps, i.e. two 128-bit loads in flight per tensor per thread. The
+# H100 knob sweep (bench/results/h100-80gb-hbm3_4ffe5cda/tune) chose 1024 over 2048: 0.85-0.88x the time in
+# frozen mode at 95-99% (125-158 registers instead of 246: more programs resident), 0.96-0.99x in faithful mode.
+ADAM_BLOCK = 1024
 NUM_WARPS = 4
 # Persistent grid: programs per SM (4 warps each; at ~250 registers per thread 2 are resident, see above), and
 # under the interpreter a few programs, so that the tests walk the grid-stride loop.

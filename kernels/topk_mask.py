@@ -61,8 +61,11 @@ path issues ~2.3 warp-instructions per element (the full read ~1.8, each digit p
 element in the time it reads one, so the full read is still issue-bound by PTX count. The warm start is a
 guess: a wrong one costs the cold path, never a wrong mask.
 Registers (ptxas, sm_90, triton 3.6, no spills): the full read 74-80 per thread (3 programs of 8 warps per
-SM), the candidate passes 128-216 (2 warps each), the cold histogram 182-186 (1 program of 8 warps per SM).
-Caveats: untuned and unmeasured on GPU (block size, warps, slots, spans); histograms are flushed with
+SM), the candidate passes 63-188 (1 warp each), the cold histogram 175-186 (1 program of 8 warps per SM).
+Tuning: block, warps and slots from the H100 knob sweep, one knob at a time (bench/tune_kernels.py; the
+guess spans are untuned). Measured there at 50M / 95%: 0.54-0.60 ms, ~8x one read of the weights, most of
+it in the full read (~240 us, issue-bound) and the two digit passes (~290 us together, eager).
+Caveats: histograms are flushed with
 global atomics; the last-block pattern relies on a barrier + acq_rel atomic (CUDA's threadfence
 reduction), which the interpreter can't exercise concurrently.
 
@@ -97,8 +100,10 @@ SLOTS_PER_BLOCK = 4
 # The passes after the full read (a few dozen candidates per block) run with few warps: a histogram costs each
 # warp the same per iteration however few slots it holds, and small programs fit many per SM (they are
 # latency-bound). They loop over the used slots CHUNK at a time (one per thread), and read a block's weights,
-# where they must, PIECE at a time (16 per thread, as the full read).
-CAND_WARPS = 2
+# where they must, PIECE at a time (16 per thread, as the full read). One warp: the H100 knob sweep
+# (bench/results/h100-80gb-hbm3_4ffe5cda/tune) timed it at 0.89x of two warps' time at 50M / 95% and 0.91x at
+# Impala w3 in a graph; four warps took 1.2-1.3x.
+CAND_WARPS = 1
 CAND_CHUNK = 32 * CAND_WARPS
 CAND_PIECE = 16 * 32 * CAND_WARPS
 # Programs of the cold path's grid-stride histogram (idle, they exit at once; at ~184 registers per thread one

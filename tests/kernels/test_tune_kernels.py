@@ -59,21 +59,21 @@ def test_a_wrong_adam_configuration_is_recorded_and_never_the_best(tmp_path, mon
 
     real = masked_adam.masked_adam_triton_
 
-    def wrong_at_block_4096(params, *args, block, **kwargs):
+    def wrong_at_block_2048(params, *args, block, **kwargs):
         real(params, *args, block=block, **kwargs)
-        if block == 4096:  # a knob that computes a different step for one weight (by a normal number: the
+        if block == 2048:  # a knob that computes a different step for one weight (by a normal number: the
             params[0].view(-1)[7] += 1e-3  # suite may run with denormals flushed, as the trainer sets them)
 
-    monkeypatch.setattr(masked_adam, "masked_adam_triton_", wrong_at_block_4096)
+    monkeypatch.setattr(masked_adam, "masked_adam_triton_", wrong_at_block_2048)
     sweep = _sweep(tmp_path)
     sweep.adam_case("adam_case", "flat_50M", 0.95, "frozen")
     wrong = [r for r in sweep.rows if not r["correct"]]
-    assert [(r["knob"], r["value"]) for r in wrong] == [("block", 4096)]
+    assert [(r["knob"], r["value"]) for r in wrong] == [("block", 2048)]
     # Make the wrong one the fastest: the summary still must not pick it.
     for r in sweep.rows:
         r["ms"] = 0.001 if not r["correct"] else 0.5 if r["knob"] == "default" else 1.0
     md = tune.summary_markdown(sweep.rows, {"device": "cpu"}, [])
-    assert "Best: the defaults" in md and "| block=4096 |" in md and "NO" in md
+    assert "Best: the defaults" in md and "| block=2048 |" in md and "NO" in md
 
 
 def test_a_wrong_mask_configuration_is_recorded(tmp_path, monkeypatch):
@@ -81,17 +81,17 @@ def test_a_wrong_mask_configuration_is_recorded(tmp_path, monkeypatch):
 
     real = topk_mask.topk_magnitude_masks_triton
 
-    def drops_one_kept_entry_with_one_warp(weights, keep, *, out, block, slots):
+    def drops_one_kept_entry_with_four_warps(weights, keep, *, out, block, slots):
         real(weights, keep, out=out, block=block, slots=slots)
-        if topk_mask.CAND_WARPS == 1:
+        if topk_mask.CAND_WARPS == 4:
             flat = out[0].view(-1)
             flat[int(flat.nonzero()[0])] = False
 
-    monkeypatch.setattr(topk_mask, "topk_magnitude_masks_triton", drops_one_kept_entry_with_one_warp)
+    monkeypatch.setattr(topk_mask, "topk_magnitude_masks_triton", drops_one_kept_entry_with_four_warps)
     sweep = _sweep(tmp_path)
     sweep.topk_case("topk_case", "synthetic_50M", 0.95)
-    assert [(r["knob"], r["value"]) for r in sweep.rows if not r["correct"]] == [("cand_warps", 1)]
-    assert topk_mask.CAND_WARPS == 2 and len(topk_mask._plans) == 0  # the knobs and caches are restored
+    assert [(r["knob"], r["value"]) for r in sweep.rows if not r["correct"]] == [("cand_warps", 4)]
+    assert topk_mask.CAND_WARPS == 1 and len(topk_mask._plans) == 0  # the knobs and caches are restored
 
 
 def test_a_configuration_that_raises_is_a_row_not_the_end(tmp_path, monkeypatch):
