@@ -1,20 +1,22 @@
-"""CUDA graphs for the learner step (`--cuda-graphs`).
+"""CUDA graphs for the learner step and the greedy actions (`--cuda-graphs`).
 
 The trainer splits a gradient update into phases (replay sample, loss forward + backward, mask selection,
-masked Adam, priority update), each a function that reads and writes only tensors at fixed addresses:
-parameters, gradients (zeroed in place, never set to None), Adam state with its step count on the device,
-masks and the keep-count buffer, the replay's storage and device step counter, and the previous phase's
-outputs. `PhaseGraphs` runs each phase eagerly `warmup` times on a side stream (cuDNN autotuning, Triton
-compilation, the kernels' cached pointer tables), captures it once, and from then on replays the graph:
-one launch instead of hundreds, and no Python on the hot path.
+masked Adam, priority update), and the greedy actions are a phase of their own (`act`: the online network's
+forward on a buffer the observations are copied into). Each is a function that reads and writes only
+tensors at fixed addresses: parameters, gradients (zeroed in place, never set to None), Adam state with its
+step count on the device, masks and the keep-count buffer, the replay's storage and device step counter, and
+the previous phase's outputs. `PhaseGraphs` runs each phase eagerly `warmup` times on a side stream (cuDNN
+autotuning, Triton compilation, the kernels' cached pointer tables), captures it once, and from then on
+replays the graph: one launch instead of hundreds, and no Python on the hot path.
 
 What stays outside the graphs, by design: host bookkeeping (step counters, the schedule's keep counts, which
 are written into their device buffer before the mask graph replays), the target-network copy (in place), and
 logging. Sampling and the IQN quantile draws use CUDA generators registered with the graph, so each replay
 draws fresh numbers.
 
-The graphs are captured in a fixed order (sample, learner, optimizer, priorities on one step; the mask
-phase at its own 4th call), so each captured phase reads the tensors the previous ones write.
+The learner's graphs are captured in a fixed order (sample, learner, optimizer, priorities on one step; the
+mask phase at its own 4th call), so each captured phase reads the tensors the previous ones write; `act`
+reads only the parameters and its observation buffer.
 """
 
 from __future__ import annotations

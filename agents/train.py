@@ -193,6 +193,7 @@ class Trainer:
                                        seed=cfg.seed + AUGMENTATION_SEED_OFFSET) if cfg.agent.augmentation else None
         self.plasticity = self._make_plasticity(obs_shape) if cfg.redo.enabled or cfg.reset.enabled else None
         self.action_rng = np.random.default_rng(cfg.seed)
+        self._act_obs = torch.zeros((self.env.num_envs, *obs_shape), dtype=torch.uint8, device=self.device)
         self.agent_steps = self.grad_steps = self.iteration = 0
         self.stopped_early = False  # by --max-minutes
         self.resumes, self.resumed_without_replay = 0, False
@@ -346,14 +347,22 @@ class Trainer:
         explore = self.action_rng.random(n) < epsilon
         actions = self.action_rng.integers(0, self.num_actions, n)
         if not explore.all():
-            obs_t = torch.from_numpy(obs).to(self.device, non_blocking=True)
-            with self.autocast:
-                greedy_t = self.agent.greedy_actions(self.online, obs_t)
+            # Into a buffer at a fixed address, so that under CUDA graphs the forward replays as one launch:
+            # eagerly its ~60 kernel launches cost more host time than a small network's whole update.
+            if obs.dtype != np.uint8 or obs.shape != self._act_obs.shape:  # copy_ would convert silently
+                raise ValueError(f"the env returned {obs.dtype} observations of shape {obs.shape}; expected uint8 "
+                                 f"{tuple(self._act_obs.shape)} (num_envs x observation_shape)")
+            self._act_obs.copy_(torch.from_numpy(obs), non_blocking=True)
+            greedy_t = self.graphs("act", self._greedy_phase)
             start = time.perf_counter()  # the copy waits for the device: the queued updates, then this forward
             greedy = greedy_t.cpu().numpy()
             self.loop_waits["device"] += time.perf_counter() - start
             actions = np.where(explore, actions, greedy)
         return actions
+
+    def _greedy_phase(self) -> torch.Tensor:
+        with self.autocast:
+            return self.agent.greedy_actions(self.online, self._act_obs)
 
     def evaluate(self) -> EvalResult:
         """One evaluation phase (`--evaluate`) in its own envs, seeds and random streams: no training state and

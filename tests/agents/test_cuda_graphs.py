@@ -1,4 +1,5 @@
-"""CUDA-graph learner steps on a GPU: same results as eager execution, and no host sync in eager steps.
+"""CUDA-graph learner steps and greedy actions on a GPU: same results as eager execution, and no host sync in
+eager learner steps.
 
 These run only where CUDA is available (`pytest -m gpu`); `test_graph_safe.py` checks the same properties
 on the CPU as far as a CPU can.
@@ -46,7 +47,7 @@ def test_graphed_learner_matches_eager(tmp_path, agent, deterministic):
     graphed = _train(tmp_path, "graphed", agent, "on")
     assert not eager.graphs.enabled and eager.graphs.captured == []
     prioritized = graphed.cfg.agent.replay == "prioritized"
-    expected = {"sample", "learner", "mask", "optimizer"} | ({"priorities"} if prioritized else set())
+    expected = {"act", "sample", "learner", "mask", "optimizer"} | ({"priorities"} if prioritized else set())
     assert set(graphed.graphs.captured) == expected
     assert graphed.grad_steps == eager.grad_steps > 250
     for name, m, n in zip(eager.pruner.layer_names, eager.pruner.masks, graphed.pruner.masks, strict=True):

@@ -8,6 +8,7 @@ read device data on the host. (b) is checked by calling the replay's sampling on
 with adds, and checking that a later call follows the device step counter.
 """
 
+import numpy as np
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -138,3 +139,16 @@ def test_cuda_graphs_on_without_a_gpu_is_a_clear_error(tmp_path):
         Trainer(cfg, tmp_path / "run", env=ChainEnv(num_envs=2))
     cfg.cuda_graphs = "auto"  # auto quietly stays eager
     assert not Trainer(cfg, tmp_path / "run2", env=ChainEnv(num_envs=2)).graphs.enabled
+
+
+def test_greedy_actions_read_a_fixed_buffer_and_refuse_observations_they_would_convert(tmp_path):
+    trainer = trainer_ready_to_learn(tmp_path, "dqn")
+    obs = trainer.env.reset()
+    buffer = trainer._act_obs.data_ptr()
+    expected = trainer.agent.greedy_actions(trainer.online, torch.from_numpy(obs)).numpy()
+    np.testing.assert_array_equal(trainer.act(obs, epsilon=0.0), expected)
+    assert trainer._act_obs.data_ptr() == buffer  # what a captured `act` graph reads
+    with pytest.raises(ValueError, match="float32 observations"):
+        trainer.act(obs.astype(np.float32), epsilon=0.0)
+    with pytest.raises(ValueError, match=r"shape \(1, 4, 12, 12\)"):
+        trainer.act(obs[:1], epsilon=0.0)
