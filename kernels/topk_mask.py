@@ -97,12 +97,16 @@ NUM_WARPS = 8
 # Candidate slots per block, as a fraction of BLOCK: a few % of the elements are candidates, so 1/4 rarely
 # overflows.
 SLOTS_PER_BLOCK = 4
-# The passes after the full read (a few dozen candidates per block) run with few warps: a histogram costs each
-# warp the same per iteration however few slots it holds, and small programs fit many per SM (they are
-# latency-bound). They loop over the used slots CHUNK at a time (one per thread), and read a block's weights,
-# where they must, PIECE at a time (16 per thread, as the full read). One warp: the H100 knob sweep
-# (bench/results/h100-80gb-hbm3_4ffe5cda/tune) timed it at 0.89x of two warps' time at 50M / 95% and 0.91x at
-# Impala w3 in a graph; four warps took 1.2-1.3x.
+# The passes after the full read (a few dozen candidates per block) run with few warps: small programs fit many
+# per SM (they are latency-bound). They loop over the used slots CHUNK at a time (one per thread), and read a
+# block's weights, where they must, PIECE at a time (16 per thread, as the full read). One warp: the H100 knob
+# sweep (bench/results/h100-80gb-hbm3_4ffe5cda/tune) timed it at 0.89x of two warps' time at 50M / 95% and
+# 0.91x at Impala w3 in a graph; four warps took 1.2-1.3x.
+# Candidate atomics: from the slots, the digit passes add each candidate to its global bin with an atomic
+# instead of a block histogram flushed bin by bin. A 1,024-bin `tl.histogram` costs a program the same
+# however few candidates it holds (ballots per bin bit, zeroing and flushing 1,024 bins): that made the two
+# digit passes 161 + 131 us of the 614 at 50M / 95% on the H100 (kernels.json `anatomy_us`, git 4ffe5cda),
+# for ~0.7% of the elements. The paths that read the weights (cold, overflowing slots) keep the histogram.
 CAND_WARPS = 1
 CAND_CHUNK = 32 * CAND_WARPS
 CAND_PIECE = 16 * 32 * CAND_WARPS
@@ -335,13 +339,12 @@ def _digit2_kernel(w_table_ptr, out_table_ptr, blk_seg_ptr, blk_start_ptr, seg_n
     warm = tl.load(st + _WARM) != 0
     count = tl.load(count_ptr + pid)
     if warm & (count <= SLOTS):
-        # The guess held: the candidates are in the slots; histogram only the used ones.
-        hist = tl.zeros([BINS2], dtype=tl.int32)
+        # The guess held: the candidates are in the slots; each used one adds to its bin (see CAND_WARPS).
         c = tl.zeros([], dtype=tl.int32)
         while c < count:
             j = c + tl.arange(0, CHUNK)
             slot = tl.load(slot_ptr + pid * SLOTS + j, mask=j < count, other=0)
-            hist += tl.histogram(_slot_key(slot) >> D2_SHIFT, BINS2, mask=j < count)
+            tl.atomic_add(h2 + (_slot_key(slot) >> D2_SHIFT), 1, mask=j < count, sem="relaxed")
             c += CHUNK
     else:  # from the weights, a piece of the block at a time
         start = tl.load(blk_start_ptr + pid)
@@ -362,7 +365,7 @@ def _digit2_kernel(w_table_ptr, out_table_ptr, blk_seg_ptr, blk_start_ptr, seg_n
             hist += tl.histogram(key >> D2_SHIFT, BINS2, mask=cand)
         if not warm:
             tl.store(count_ptr + pid, n_cand)
-    tl.atomic_add(h2 + tl.arange(0, BINS2), hist, mask=hist > 0, sem="relaxed")
+        tl.atomic_add(h2 + tl.arange(0, BINS2), hist, mask=hist > 0, sem="relaxed")
     tl.debug_barrier()
     if tl.atomic_add(st + _DONE2, 1, sem="acq_rel") == tl.load(seg_nblocks_ptr + seg) - 1:
         b2, k2, _ = _select_digit(h2, tl.load(st + _K_LEFT), BINS2)
@@ -382,12 +385,11 @@ def _digit3_kernel(w_table_ptr, blk_seg_ptr, blk_start_ptr, seg_nblocks_ptr, seg
     lo = tl.load(st + _LO)
     count = tl.load(count_ptr + pid)
     if count <= SLOTS:
-        hist = tl.zeros([BINS2], dtype=tl.int32)
         c = tl.zeros([], dtype=tl.int32)
         while c < count:
             j = c + tl.arange(0, CHUNK)
             key = _slot_key(tl.load(slot_ptr + pid * SLOTS + j, mask=j < count, other=0))
-            hist += tl.histogram(key & (BINS2 - 1), BINS2, mask=(j < count) & ((key >> D2_SHIFT) == b2))
+            tl.atomic_add(h3 + (key & (BINS2 - 1)), 1, mask=(j < count) & ((key >> D2_SHIFT) == b2), sem="relaxed")
             c += CHUNK
     else:
         start = tl.load(blk_start_ptr + pid)
@@ -402,7 +404,7 @@ def _digit3_kernel(w_table_ptr, blk_seg_ptr, blk_start_ptr, seg_nblocks_ptr, seg
             key = bits - lo
             cand = inb & (bits >= lo) & (bits <= hi) & ((key >> D2_SHIFT) == b2)
             hist += tl.histogram(key & (BINS2 - 1), BINS2, mask=cand)
-    tl.atomic_add(h3 + tl.arange(0, BINS2), hist, mask=hist > 0, sem="relaxed")
+        tl.atomic_add(h3 + tl.arange(0, BINS2), hist, mask=hist > 0, sem="relaxed")
     tl.debug_barrier()
     if tl.atomic_add(st + _DONE3, 1, sem="acq_rel") == tl.load(seg_nblocks_ptr + seg) - 1:
         k_left = tl.load(st + _K_LEFT)
