@@ -31,9 +31,9 @@ blocks of this launch are done: it alone takes the segment's decision, so no lau
      slots (one int32 each: pattern - LO above the position in the block). The last block checks the guess:
      above <= k <= above + candidates.
   2. `_cold_kernel`, only where there was no guess (first call, warm_start=False) or it was wrong: the
-     histogram of the top 11 bits of every element (a grid-stride loop over a few programs, so that it
-     costs a short launch when idle); its last block picks the bucket b1 holding rank k: [LO, HI] = b1's
-     2**20 patterns.
+     histogram of the top 11 bits of every element (a grid-stride loop over a program per SM); its last
+     block picks the bucket b1 holding rank k: [LO, HI] = b1's 2**20 patterns. Passes 0 and 1 count the
+     segments that need it, so when none does its programs exit at once; the fix-up zeroes the count.
   3. `_digit2_kernel`: the histogram of (pattern - LO) >> 10 over the candidates. Where the guess held it
      reads only the used slots; on the cold path it reads the weights again, writes the mask (kept iff
      pattern > HI) and compacts the candidates. The last block picks the digit b2.
@@ -110,9 +110,12 @@ SLOTS_PER_BLOCK = 4
 CAND_WARPS = 1
 CAND_CHUNK = 32 * CAND_WARPS
 CAND_PIECE = 16 * 32 * CAND_WARPS
-# Programs of the cold path's grid-stride histogram (idle, they exit at once; at ~184 registers per thread one
-# program of 8 warps is resident per SM, so 132 run at a time on an H100).
-COLD_PROGRAMS = 1024
+# Programs of the cold path's grid-stride histogram: at ~184 registers per thread one program of 8 warps is
+# resident per SM, so more would only queue. Idle (no segment needs it), they exit at once: on the H100 at
+# 4ffe5cda, 1,024 programs that each walked their blocks to find nothing to do took 43 us at 50M. Under the
+# interpreter a few, so that the tests walk the grid-stride loop.
+COLD_PROGRAMS_PER_SM = 1
+COLD_INTERPRETER_PROGRAMS = 3
 # The warm guess is the predicted threshold -/+ 2**span patterns (span 18: -/+ 3% of |w| at the bottom of a
 # binade, -/+ 1.6% at its top). A wrong guess widens the next by 2 (up to 19: the interval must fit two
 # 10-bit digits), T in the outer half of a held one by 1; T in its inner quarter with more than
@@ -228,7 +231,7 @@ def _slot_key(slot):
 
 
 @triton.jit
-def _prepare_kernel(seg_numel_ptr, keep_ptr, state_ptr, hist_ptr, WARM_START: tl.constexpr):
+def _prepare_kernel(seg_numel_ptr, keep_ptr, state_ptr, hist_ptr, cold_ptr, WARM_START: tl.constexpr):
     seg = tl.program_id(0)
     st = state_ptr + seg * STATE_COLS
     hs = hist_ptr + seg * SEG_HIST
@@ -251,6 +254,8 @@ def _prepare_kernel(seg_numel_ptr, keep_ptr, state_ptr, hist_ptr, WARM_START: tl
             half = tl.full([], 1, tl.int64) << span.to(tl.int64)
             lo = tl.minimum(tl.maximum(centre - half, 0), MAX_PATTERN)
             hi = tl.maximum(tl.minimum(centre + half - 1, MAX_PATTERN), 0)
+    if lo > hi:  # no guess: this segment takes the cold path
+        tl.atomic_add(cold_ptr, 1, sem="relaxed")
     tl.store(hs + tl.arange(0, SEG_HIST), tl.zeros([SEG_HIST], tl.int32))
     tl.store(st + _K, k.to(tl.int32))
     tl.store(st + _LO, lo.to(tl.int32))
@@ -263,7 +268,8 @@ def _prepare_kernel(seg_numel_ptr, keep_ptr, state_ptr, hist_ptr, WARM_START: tl
 
 @triton.jit
 def _guess_kernel(w_table_ptr, out_table_ptr, blk_seg_ptr, blk_start_ptr, seg_nblocks_ptr, seg_numel_ptr,
-                  state_ptr, slot_ptr, count_ptr, DTYPE: tl.constexpr, BLOCK: tl.constexpr, SLOTS: tl.constexpr):
+                  state_ptr, slot_ptr, count_ptr, cold_ptr, DTYPE: tl.constexpr, BLOCK: tl.constexpr,
+                  SLOTS: tl.constexpr):
     pid = tl.program_id(0)
     seg = tl.load(blk_seg_ptr + pid)
     st = state_ptr + seg * STATE_COLS
@@ -292,6 +298,7 @@ def _guess_kernel(w_table_ptr, out_table_ptr, blk_seg_ptr, blk_start_ptr, seg_nb
             held = (n_above <= k) & (k <= n_above + n_cands)
             if not held:  # widen the next guess (a held one adapts its span once T is known, in pass 4)
                 tl.store(st + _SPAN, tl.minimum(tl.load(st + _SPAN) + 2, SPAN_MAX))
+                tl.atomic_add(cold_ptr, 1, sem="relaxed")  # and take the cold path
             tl.store(st + _WARM, held.to(tl.int32))
             tl.store(st + _PREV_CANDS, n_cands)  # the density, for the next guess (the cold path rewrites it)
             tl.store(st + _PREV_WIDTH, hi - lo + 1)
@@ -300,9 +307,11 @@ def _guess_kernel(w_table_ptr, out_table_ptr, blk_seg_ptr, blk_start_ptr, seg_nb
 
 @triton.jit
 def _cold_kernel(w_table_ptr, blk_seg_ptr, blk_start_ptr, seg_nblocks_ptr, seg_numel_ptr, state_ptr, hist_ptr,
-                 n_blocks, DTYPE: tl.constexpr, BLOCK: tl.constexpr):
-    block = tl.program_id(0)
-    while block < n_blocks:  # grid-stride: a few programs, so that the launch is short where it has no work
+                 cold_ptr, n_blocks, DTYPE: tl.constexpr, BLOCK: tl.constexpr):
+    # Where no segment needs the cold path (a warm call whose guesses held), every program exits at once
+    # instead of walking its blocks to read each one's segment state.
+    block = tl.where(tl.load(cold_ptr) != 0, tl.program_id(0), n_blocks)
+    while block < n_blocks:  # grid-stride over a program per SM (see COLD_PROGRAMS_PER_SM)
         seg = tl.load(blk_seg_ptr + block)
         st = state_ptr + seg * STATE_COLS
         if tl.load(st + _WARM) == 0:  # no guess, or a wrong one
@@ -486,10 +495,12 @@ def _keep(bits, valid, threshold, tie, eq_before, need_eq):
 
 @triton.jit
 def _fixup_kernel(w_table_ptr, out_table_ptr, m_table_ptr, v_table_ptr, blk_seg_ptr, blk_start_ptr, seg_numel_ptr,
-                  state_ptr, slot_ptr, count_ptr, eq_ptr, DTYPE: tl.constexpr, ZERO_WEIGHTS: tl.constexpr,
+                  state_ptr, slot_ptr, count_ptr, eq_ptr, cold_ptr, DTYPE: tl.constexpr, ZERO_WEIGHTS: tl.constexpr,
                   ZERO_MOMENTS: tl.constexpr, BLOCK: tl.constexpr, SLOTS: tl.constexpr, SLOT_LIMIT: tl.constexpr,
                   CHUNK: tl.constexpr, PIECE: tl.constexpr):
     pid = tl.program_id(0)
+    if pid == 0:  # the cold pass of this call is over: the next call's prepare and guess count afresh
+        tl.store(cold_ptr, 0)
     seg = tl.load(blk_seg_ptr + pid)
     st = state_ptr + seg * STATE_COLS
     threshold = tl.load(st + _PREFIX)
@@ -562,7 +573,12 @@ class _Workspace:
         self.slots = torch.empty(nb * slots, dtype=torch.int32, device=device)  # see _compact
         self.counts = torch.zeros(nb, dtype=torch.int32, device=device)  # candidates per block
         self.eq = torch.zeros(nb, dtype=torch.int32, device=device)  # ties per block, then their prefix
-        self.buffers = [self.plan, self.w_table, self.hist, self.state, self.slots, self.counts, self.eq]
+        # Segments that take the cold path in this call (counted by the prepare and guess kernels, read by the
+        # cold one, zeroed by the fix-up).
+        self.cold = torch.zeros(1, dtype=torch.int32, device=device)
+        self.cold_programs = min(nb, torch.cuda.get_device_properties(device).multi_processor_count
+                                 * COLD_PROGRAMS_PER_SM if device.type == "cuda" else COLD_INTERPRETER_PROGRAMS)
+        self.buffers = [self.plan, self.w_table, self.hist, self.state, self.slots, self.counts, self.eq, self.cold]
 
 
 class _TopkPlan:
@@ -619,11 +635,12 @@ def _topk_launch(weights, keep_t, out, zero_pruned: bool, exp_avgs, exp_avg_sqs,
                 PIECE=min(CAND_PIECE, block), num_warps=CAND_WARPS)
     zeroing = zero_pruned or plan.zero_moments
     with _utils.device_guard(device):
-        _prepare_kernel[(ws.n_seg,)](ws.seg_numel, keep_t, ws.state, ws.hist, WARM_START=warm_start, num_warps=4)
+        _prepare_kernel[(ws.n_seg,)](ws.seg_numel, keep_t, ws.state, ws.hist, ws.cold, WARM_START=warm_start,
+                                     num_warps=4)
         _guess_kernel[grid](ws.w_table, plan.out_table, ws.blk_seg, ws.blk_start, ws.seg_nblocks, ws.seg_numel,
-                            ws.state, ws.slots, ws.counts, SLOTS=slots, **common)
-        _cold_kernel[(min(ws.n_blocks, COLD_PROGRAMS),)](ws.w_table, ws.blk_seg, ws.blk_start, ws.seg_nblocks,
-                                                         ws.seg_numel, ws.state, ws.hist, ws.n_blocks, **common)
+                            ws.state, ws.slots, ws.counts, ws.cold, SLOTS=slots, **common)
+        _cold_kernel[(ws.cold_programs,)](ws.w_table, ws.blk_seg, ws.blk_start, ws.seg_nblocks, ws.seg_numel,
+                                          ws.state, ws.hist, ws.cold, ws.n_blocks, **common)
         _digit2_kernel[grid](ws.w_table, plan.out_table, ws.blk_seg, ws.blk_start, ws.seg_nblocks, ws.seg_numel,
                              ws.state, ws.hist, ws.slots, ws.counts, **cand)
         _digit3_kernel[grid](ws.w_table, ws.blk_seg, ws.blk_start, ws.seg_nblocks, ws.seg_numel, ws.state, ws.hist,
@@ -631,7 +648,7 @@ def _topk_launch(weights, keep_t, out, zero_pruned: bool, exp_avgs, exp_avg_sqs,
         _tie_kernel[grid](ws.w_table, ws.blk_seg, ws.blk_start, ws.seg_first, ws.seg_nblocks, ws.seg_numel, ws.state,
                           ws.slots, ws.counts, ws.eq, SCAN=SCAN_CHUNK, **cand)
         _fixup_kernel[grid](ws.w_table, plan.out_table, *plan.moment_tables, ws.blk_seg, ws.blk_start, ws.seg_numel,
-                            ws.state, ws.slots, ws.counts, ws.eq, ZERO_WEIGHTS=zero_pruned,
+                            ws.state, ws.slots, ws.counts, ws.eq, ws.cold, ZERO_WEIGHTS=zero_pruned,
                             ZERO_MOMENTS=plan.zero_moments, SLOT_LIMIT=-1 if zeroing else slots, **cand)
 
 

@@ -34,15 +34,16 @@ def variants():
     shape = dict(BLOCK=tm.TOPK_BLOCK, SLOTS=tm.TOPK_BLOCK // tm.SLOTS_PER_BLOCK)
     for warm in (False, True):
         yield ("prepare", tm._prepare_kernel, 4,
-               dict(seg_numel_ptr=I32, keep_ptr=I64, state_ptr=I32, hist_ptr=I32), dict(WARM_START=warm))
+               dict(seg_numel_ptr=I32, keep_ptr=I64, state_ptr=I32, hist_ptr=I32, cold_ptr=I32),
+               dict(WARM_START=warm))
     slots = dict(slot_ptr=I32, count_ptr=I32)
     chunk = dict(CHUNK=min(tm.CAND_CHUNK, shape["SLOTS"]), PIECE=tm.CAND_PIECE)
     for dtype in (tl.float32, tl.float16, tl.bfloat16):
         yield ("guess", tm._guess_kernel, tm.NUM_WARPS,
-               dict(w_table_ptr=I64, out_table_ptr=I64, **blocks, **segs, state_ptr=I32, **slots),
+               dict(w_table_ptr=I64, out_table_ptr=I64, **blocks, **segs, state_ptr=I32, **slots, cold_ptr=I32),
                dict(DTYPE=dtype, **shape))
         yield ("cold", tm._cold_kernel, tm.NUM_WARPS,
-               dict(w_table_ptr=I64, **blocks, **segs, state_ptr=I32, hist_ptr=I32, n_blocks="i32"),
+               dict(w_table_ptr=I64, **blocks, **segs, state_ptr=I32, hist_ptr=I32, cold_ptr=I32, n_blocks="i32"),
                dict(DTYPE=dtype, BLOCK=tm.TOPK_BLOCK))
         yield ("digit2", tm._digit2_kernel, tm.CAND_WARPS,
                dict(w_table_ptr=I64, out_table_ptr=I64, **blocks, **segs, state_ptr=I32, hist_ptr=I32, **slots),
@@ -56,7 +57,7 @@ def variants():
         for zero in (False, True):
             yield ("fixup", tm._fixup_kernel, tm.CAND_WARPS,
                    dict(w_table_ptr=I64, out_table_ptr=I64, m_table_ptr=I64, v_table_ptr=I64, **blocks,
-                        seg_numel_ptr=I32, state_ptr=I32, **slots, eq_ptr=I32),
+                        seg_numel_ptr=I32, state_ptr=I32, **slots, eq_ptr=I32, cold_ptr=I32),
                    dict(DTYPE=dtype, ZERO_WEIGHTS=zero, ZERO_MOMENTS=zero, **shape,
                         SLOT_LIMIT=-1 if zero else shape["SLOTS"], **chunk))
     for step_type in ("*fp32", "*i64"):  # torch.optim.Adam's float step counts, or integer ones

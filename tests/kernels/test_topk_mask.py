@@ -203,15 +203,20 @@ def test_topk_guess_span_narrows_when_candidates_crowd():
 
 
 def test_topk_cold_path_grid_stride(monkeypatch):
-    # The cold histogram runs on fewer programs than blocks (a grid-stride loop), cold and after a wrong guess.
+    # The cold histogram runs on fewer programs than blocks (a grid-stride loop), cold and after a wrong guess;
+    # it runs only when the prepare or guess kernel counted a segment that needs it, and the count is reset.
     from kernels import topk_mask
 
-    monkeypatch.setattr(topk_mask, "COLD_PROGRAMS", 3)
+    monkeypatch.setattr(topk_mask, "COLD_INTERPRETER_PROGRAMS", 2)
     weights = [torch.randn(s, device=DEVICE) for s in [(500,), (7, 9), (40,)]]
     assert_same_masks(weights, [60, 10, 40], block=16)
+    ws = topk_mask._workspaces.get((16, 4, *map(id, weights)), tuple(w.data_ptr() for w in weights))
+    assert ws.cold_programs == 2 and int(ws.cold) == 0
     weights[1].mul_(1e3)
     assert_same_masks(weights, [60, 10, 40], block=16)
     assert select_stats(weights, block=16)["warm"] == [True, False, True]
+    assert_same_masks(weights, [61, 11, 39], block=16)  # every guess holds: the cold pass has nothing to do
+    assert select_stats(weights, block=16)["warm"] == [True, True, True] and int(ws.cold) == 0
 
 
 def test_topk_tie_scan_carries_across_chunks(monkeypatch):
