@@ -3,9 +3,9 @@
 The e2e table's loop split says how much of an iteration the host spent working rather than waiting on the
 envs or the GPU; this says on what. It runs `bench_e2e.e2e_config` (warm-up iteration, then a measured one),
 profiles only the measured iteration and writes, per case, the cProfile stats (`<case>.prof`, for snakeviz or
-`python -m pstats`) and the top functions by own time and by cumulative time (`<case>.txt`). Own times are
-exact; on Python 3.12 the cumulative column was seen to lose most calls of `Trainer.learn` (its phases replay
-CUDA graphs), so read the learner's share as the wall time the other rows leave.
+`python -m pstats`) and the top functions by own time and by cumulative time (`<case>.txt`). On Python 3.12
+cProfile records every thread (the env-stepping thread's calls show up too) and its cumulative column was
+seen to lose most calls of `Trainer.learn`; read own times there.
 
     python bench/host_profile.py --case impala:1:gmp95_after --out /tmp/host     # a GPU
     python bench/host_profile.py --device cpu --warmup 64 --measure 64            # the CPU rehearsal
