@@ -428,7 +428,7 @@ _VERBOSE_RESULT = re.compile(r"^(\S+::\S+) (PASSED|FAILED|ERROR|SKIPPED|XFAIL|XP
 def correctness_rows(junit: Path, log: Path | None = None) -> list[dict]:
     """The row of `pytest -m gpu` from its JUnit file or, where it was killed before writing one, from the
     per-test lines of its log (what finished; never 'met')."""
-    name = "`pytest -m gpu`: kernels at realistic sizes, graph = eager for all four agents, no host sync"
+    name = "`pytest -m gpu`: kernels at realistic sizes, graphs (learning, acting) = eager, six agents, no host sync"
     try:
         suite = ET.parse(junit).getroot()
     except (OSError, ET.ParseError):
