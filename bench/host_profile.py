@@ -3,9 +3,10 @@
 The e2e table's loop split says how much of an iteration the host spent working rather than waiting on the
 envs or the GPU; this says on what. It runs `bench_e2e.e2e_config` (warm-up iteration, then a measured one),
 profiles only the measured iteration and writes, per case, the cProfile stats (`<case>.prof`, for snakeviz or
-`python -m pstats`) and the top functions by own time and by cumulative time (`<case>.txt`). On Python 3.12
-cProfile records every thread (the env-stepping thread's calls show up too) and its cumulative column was
-seen to lose most calls of `Trainer.learn`; read own times there.
+`python -m pstats`) and the top functions by own time and by cumulative time (`<case>.txt`). From Python
+3.12 on, cProfile records every thread: the env-stepping thread's calls show up beside the loop's, and the
+cumulative column was seen to lose most calls of `Trainer.learn`. `--inline-env` steps the envs on the main
+thread instead (`--overlap-env off`: no overlap, so slower), which makes every row the loop's own.
 
     python bench/host_profile.py --case impala:1:gmp95_after --out /tmp/host     # a GPU
     python bench/host_profile.py --device cpu --warmup 64 --measure 64            # the CPU rehearsal
@@ -39,11 +40,14 @@ def parse_case(text: str) -> tuple[str, int, str, str]:
     return parts[0], int(parts[1]), parts[2], precision
 
 
-def profile_case(case, warmup: int, measure: int, device: str, out: Path, top: int) -> str:
+def profile_case(case, warmup: int, measure: int, device: str, out: Path, top: int, inline_env: bool = False) -> str:
     from agents.train import Trainer, read_iterations
 
     arch, width, setup, precision = case
     overrides = {} if device == "cuda" else {"gpu": False, "env.num_envs": 4, "agent.batch_size": 4}
+    # The envs step on a thread of their own while the learner runs (the GPU default, here on any device), or
+    # inline on the main thread.
+    overrides["overlap_env"] = "off" if inline_env else "on"
     # As bench_e2e: the naive setup runs the plain-PyTorch reference ops.
     if setup == "naive":
         os.environ["PRUNERL_KERNELS"] = "torch"
@@ -66,7 +70,7 @@ def profile_case(case, warmup: int, measure: int, device: str, out: Path, top: i
         split = trainer.last_loop_split
         fps = [float(row["fps"]) for row in read_iterations(Path(tmp) / "run" / "iterations.csv")[1:]]
         trainer.close()
-    name = "_".join(map(str, case))
+    name = "_".join(map(str, case)) + ("_inline_env" if inline_env else "")
     profiler.dump_stats(out / f"{name}.prof")
     text = io.StringIO()
     text.write(f"# {name}: frames/s of the profiled iterations {', '.join(f'{f:,.0f}' for f in fps)} (under "
@@ -86,11 +90,15 @@ def main(argv=None) -> int:
     parser.add_argument("--measure", type=int, default=3200, help="agent steps profiled")
     parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
     parser.add_argument("--top", type=int, default=40, help="functions listed per table")
+    parser.add_argument("--inline-env", action="store_true",
+                        help="step the envs on the main thread (--overlap-env off): from Python 3.12 on, cProfile "
+                             "also records the env thread")
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "bench/results")) / "host_profile")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     for case in args.case or [parse_case("impala:1:gmp95_after")]:
-        print(profile_case(case, args.warmup, args.measure, args.device, args.out, args.top), flush=True)
+        print(profile_case(case, args.warmup, args.measure, args.device, args.out, args.top, args.inline_env),
+              flush=True)
     return 0
 
 

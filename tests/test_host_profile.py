@@ -33,3 +33,17 @@ def test_profiles_the_iterations_after_the_warmup(tmp_path):
     assert calls["act"] == 16
     assert calls["learn"] == 16 * 4 * 0.25
     assert (tmp_path / "impala_1_gmp95_after_fp32.txt").read_text() == text
+
+
+def test_inline_env_profiles_a_run_without_the_env_thread(tmp_path):
+    case = host_profile.parse_case("impala:1:dense")
+
+    def submits(inline_env: bool) -> int:
+        host_profile.profile_case(case, warmup=32, measure=32, device="cpu", out=tmp_path, top=5,
+                                  inline_env=inline_env)
+        name = "impala_1_dense_fp32" + ("_inline_env" if inline_env else "")
+        stats = pstats.Stats(str(tmp_path / f"{name}.prof")).stats
+        return sum(v[1] for f, v in stats.items() if f[2] == "submit" and f[0].endswith("thread.py"))
+
+    assert submits(inline_env=False) == 8  # 32 measured agent steps of 4 envs: 8 loop passes hand a step over
+    assert submits(inline_env=True) == 0
