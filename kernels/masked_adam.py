@@ -56,8 +56,9 @@ reference computes (p + update) * 0 (so -0.0, or NaN for a non-finite update); w
 pruned weight stays 0 where the reference would give NaN for a non-finite update.
 Tuning: BLOCK from the H100 knob sweep (one knob at a time, bench/tune_kernels.py); num_warps and programs
 per SM measured within 2% of the best there. At BLOCK 2048 the kernel had 246 registers per thread (2
-programs of 4 warps resident per SM) and moved 94.7% of the copy bandwidth in faithful mode; at 1024 it has
-125-158, so the grid of PROGRAMS_PER_SM per SM runs in fewer waves.
+programs of 4 warps resident per SM) and moved 94.7% of the copy bandwidth in faithful mode; at 1024, with
+the next block's mask held, 145-168 (triton 3.6, read on a CPU by tests/kernels/_compile_for_gpu.py), so 3
+are resident and the grid of PROGRAMS_PER_SM per SM runs in fewer waves.
 """
 
 from __future__ import annotations
@@ -77,7 +78,7 @@ from kernels.reference import MOMENTS_MODES, check_adam_inputs
 # frozen mode at 95-99% (125-158 registers instead of 246: more programs resident), 0.96-0.99x in faithful mode.
 ADAM_BLOCK = 1024
 NUM_WARPS = 4
-# Persistent grid: programs per SM (4 warps each; at ~250 registers per thread 2 are resident, see above), and
+# Persistent grid: programs per SM (4 warps each; at 145-168 registers per thread 3 are resident, see above), and
 # under the interpreter a few programs, so that the tests walk the grid-stride loop.
 PROGRAMS_PER_SM = 8
 INTERPRETER_PROGRAMS = 3

@@ -61,10 +61,11 @@ path issues ~2.3 warp-instructions per element (the full read ~1.8, each digit p
 element in the time it reads one, so the full read is still issue-bound by PTX count. The warm start is a
 guess: a wrong one costs the cold path, never a wrong mask.
 Registers (ptxas, sm_90, triton 3.6, no spills): the full read 74-80 per thread (3 programs of 8 warps per
-SM), the candidate passes 63-188 (1 warp each), the cold histogram 175-186 (1 program of 8 warps per SM).
+SM), the candidate passes 63-211 (1 warp each), the cold histogram 179-185 (1 program of 8 warps per SM).
 Tuning: block, warps and slots from the H100 knob sweep, one knob at a time (bench/tune_kernels.py; the
 guess spans are untuned). Measured there at 50M / 95%: 0.54-0.60 ms, ~8x one read of the weights, most of
-it in the full read (~240 us, issue-bound) and the two digit passes (~290 us together, eager).
+it in the full read (~240 us, issue-bound) and the two digit passes (~290 us together, eager, before they
+used per-candidate atomics).
 Caveats: histograms are flushed with
 global atomics; the last-block pattern relies on a barrier + acq_rel atomic (CUDA's threadfence
 reduction), which the interpreter can't exercise concurrently.
