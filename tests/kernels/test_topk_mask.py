@@ -471,6 +471,22 @@ def test_topk_realistic_sizes_gpu():
 
 
 @pytest.mark.gpu
+def test_topk_warm_calls_along_a_gmp_schedule_gpu():
+    # The warm path at realistic sizes, with thousands of programs racing on the same bins' atomics and the
+    # cold pass skipped: weights drift a little and k shrinks between calls, as between GMP's mask updates.
+    shapes = [(48, 4, 8, 8), (96, 48, 3, 3), (96, 96, 3, 3), (512, 11616), (18, 512)]
+    weights = [torch.randn(s, device="cuda") for s in shapes]
+    warm = []
+    for fraction in (0.5, 0.49, 0.48, 0.47, 0.46, 0.45):
+        for w in weights:
+            w.add_(torch.randn_like(w), alpha=1e-3)
+        assert_same_masks(weights, [max(1, round(w.numel() * fraction)) for w in weights], block=4096)
+        warm.append(select_stats(weights, block=4096)["warm"])
+    assert warm[0] == [False] * len(shapes)  # the first call has no guess
+    assert all(all(w) for w in warm[1:]), warm  # then every guess holds (as under the interpreter)
+
+
+@pytest.mark.gpu
 def test_topk_cuda_graph_capture():
     # Device keep counts and out= masks: the whole mask update replays from a graph with new weights.
     weights = [torch.randn(s, device="cuda") for s in [(64, 9), (1000,), (3,)]]
