@@ -1,4 +1,4 @@
-"""Where the host's time goes in the training loop: cProfile over the measured iteration of an e2e run.
+"""Where the host's time goes in the training loop: cProfile over the iterations of an e2e run after its warm-up.
 
 The e2e table's loop split says how much of an iteration the host spent working rather than waiting on the
 envs or the GPU; this says on what. It runs `bench_e2e.e2e_config` (warm-up iteration, then a measured one),
@@ -83,18 +83,25 @@ def profile_case(case, warmup: int, measure: int, device: str, out: Path, top: i
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], prog="python bench/host_profile.py")
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], prog="python bench/host_profile.py",
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--case", type=parse_case, action="append", default=None,
                         help="arch:width:setup[:precision], repeatable (default impala:1:gmp95_after)")
     parser.add_argument("--warmup", type=int, default=1600, help="agent steps before the profiled iteration")
     parser.add_argument("--measure", type=int, default=3200, help="agent steps profiled")
-    parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
+    parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda",
+                        help="cpu: the rehearsal, with 4 envs and batch 4 (times nothing of interest)")
     parser.add_argument("--top", type=int, default=40, help="functions listed per table")
     parser.add_argument("--inline-env", action="store_true",
                         help="step the envs on the main thread (--overlap-env off): from Python 3.12 on, cProfile "
                              "also records the env thread")
-    parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "bench/results")) / "host_profile")
+    parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "bench/results")) / "host_profile",
+                        help="folder for <case>.prof and <case>.txt")
     args = parser.parse_args(argv)
+    import torch
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("no CUDA device here: --device cpu runs the rehearsal")
     args.out.mkdir(parents=True, exist_ok=True)
     for case in args.case or [parse_case("impala:1:gmp95_after")]:
         print(profile_case(case, args.warmup, args.measure, args.device, args.out, args.top, args.inline_env),
