@@ -35,22 +35,24 @@ class PhaseGraphs:
     A phase's `fn` must be replayable: the same tensors every call, no host synchronisation, no Python state
     that changes between calls. Its return value is captured once and is the graph's static output, so a
     caller must consume it before the next replay of the same phase. With `strict=False` (the `auto`
-    setting) a capture that fails turns graphs off for the rest of the run with a warning; with `strict=True`
-    the error propagates.
+    setting) a capture that fails turns graphs off for the rest of the run with a warning, or, for one of the
+    `independent` phases (whose tensors no other phase reads, e.g. acting), only for that phase; with
+    `strict=True` the error propagates.
     """
 
     def __init__(self, enabled: bool, *, warmup: int = 3, generators: Sequence[torch.Generator] = (),
-                 strict: bool = False):
+                 strict: bool = False, independent: Sequence[str] = ()):
         if enabled and not torch.cuda.is_available():
             raise ValueError("CUDA graphs need a CUDA device")
         self.enabled, self.warmup, self.strict = enabled, warmup, strict
+        self.independent, self.eager_phases = set(independent), set()
         self.generators = [g for g in generators if g.device.type == "cuda"]
         self.graphs: dict[str, tuple[torch.cuda.CUDAGraph, Any]] = {}
         self.calls: Counter[str] = Counter()
         self._side = torch.cuda.Stream() if enabled else None
 
     def __call__(self, name: str, fn: Callable[[], Any]) -> Any:
-        if not self.enabled:
+        if not self.enabled or name in self.eager_phases:
             return fn()
         captured = self.graphs.get(name)
         if captured is not None:
@@ -67,11 +69,17 @@ class PhaseGraphs:
                 out = fn()
         except Exception as e:
             if self.strict:
-                raise RuntimeError(f"capturing the learner phase {name!r} in a CUDA graph failed: {e} "
+                raise RuntimeError(f"capturing the phase {name!r} in a CUDA graph failed: {e} "
                                    "(train without graphs: --cuda-graphs off)") from e
-            warnings.warn(f"capturing the learner phase {name!r} in a CUDA graph failed ({e}); continuing "
-                          "without CUDA graphs", RuntimeWarning, stacklevel=2)
-            self.disable()
+            if name in self.independent:
+                warnings.warn(f"capturing the phase {name!r} in a CUDA graph failed ({e}); it runs eagerly, the "
+                              "other phases keep their graphs", RuntimeWarning, stacklevel=2)
+                torch.cuda.synchronize()
+                self.eager_phases.add(name)
+            else:
+                warnings.warn(f"capturing the phase {name!r} in a CUDA graph failed ({e}); continuing without "
+                              "CUDA graphs", RuntimeWarning, stacklevel=2)
+                self.disable()
             return fn()
         self.graphs[name] = (graph, out)
         graph.replay()  # capturing records the work without running it

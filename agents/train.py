@@ -218,7 +218,7 @@ class Trainer:
             for net in (self.online, self.target):
                 net.compile()  # in place: parameter names and checkpoints are unchanged
         self.graphs = PhaseGraphs(self._wants_cuda_graphs(), generators=self._generators(),
-                                  strict=cfg.cuda_graphs == "on")
+                                  strict=cfg.cuda_graphs == "on", independent=("act",))
         # Autocast's cast cache must be off under CUDA graph capture (PyTorch's AMP + graphs rule).
         self.autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.bf16,
                                        cache_enabled=not self.graphs.enabled)
