@@ -6,7 +6,9 @@ profiles only the measured iteration and writes, per case, the cProfile stats (`
 `python -m pstats`) and the top functions by own time and by cumulative time (`<case>.txt`). From Python
 3.12 on, cProfile records every thread: the env-stepping thread's calls show up beside the loop's, and the
 cumulative column was seen to lose most calls of `Trainer.learn`. `--inline-env` steps the envs on the main
-thread instead (`--overlap-env off`: no overlap, so slower), which makes every row the loop's own.
+thread instead (`--overlap-env off`: no overlap, so slower), which makes every row the loop's own. The
+profiler's own cost (~1 us per Python call) inflates Python-heavy code, e.g. an eager forward's module calls,
+against C calls: read the shares as an upper bound and check a fix with the e2e frames/s.
 
     python bench/host_profile.py --case impala:1:gmp95_after --out /tmp/host     # a GPU
     python bench/host_profile.py --device cpu --warmup 64 --measure 64            # the CPU rehearsal
