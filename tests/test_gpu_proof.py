@@ -404,9 +404,11 @@ def test_e2e_selection_picks_the_planned_runs():
         return sorted(line.split("[", 1)[1].rstrip("]") for line in out.stdout.splitlines() if "::" in line)
 
     runs = collected(gpu_proof.E2E_SELECTION)
-    assert len(runs) == 10 and {r for r in runs if r.startswith("impala_w3-gmp95_after")} == {
+    assert len(runs) == 11 and {r for r in runs if r.startswith("impala_w3-gmp95_after")} == {
         f"impala_w3-gmp95_after-{p}" for p in ("fp32", "bf16", "nhwc_bf16", "tf32")}, runs
-    assert not any("naive" in r for r in runs if r.startswith("impala_w1")) and all("nature" not in r for r in runs)
+    assert {r for r in runs if r.startswith("impala_w1")} == {
+        f"impala_w1-{s}-fp32" for s in ("dense", "gmp95_window", "gmp95_after", "naive")}, runs
+    assert all("nature" not in r for r in runs)
     dry = collected(gpu_proof.DRY_E2E_SELECTION)
     assert len(dry) == 5 and {r.rsplit("-", 1)[1] for r in dry} == {"fp32", "bf16", "nhwc_bf16", "tf32"}, dry
 
