@@ -20,12 +20,26 @@ TARGET_US = 30.0
 # CI machines differ in speed and load: the test fails above 1.5x the target (the uncached calls cost 5-14x
 # it), and bench/host_cost.py records the measured figure against the target itself.
 CI_LIMIT_US = 1.5 * TARGET_US
+# A busy moment on a shared machine can hold for all of one measurement (~1 s; a CI run once measured 48 us
+# where 28 is usual): a cost over the limit is measured again, up to this many times in all. A regression to
+# uncached calls stays over it every time.
+ATTEMPTS = 3
+
+
+def _least_host_cost_us(op: str, limit_us: float, **kwargs) -> float:
+    """`host_cost_us` measured until it is under `limit_us`, at most ATTEMPTS times; the least measured."""
+    least = float("inf")
+    for _ in range(ATTEMPTS):
+        least = min(least, bench_kernels.host_cost_us(op, "cpu", width=3, **kwargs))
+        if least < limit_us:
+            break
+    return least
 
 
 @pytest.mark.parametrize("op", ["topk", "adam"])
 def test_host_cost_per_call_under_target(op, monkeypatch):
     monkeypatch.setenv("PRUNERL_KERNELS", "triton")  # the Triton path on the CPU (launches stubbed)
-    us = bench_kernels.host_cost_us(op, "cpu", width=3, calls=100, repeats=9)
+    us = _least_host_cost_us(op, CI_LIMIT_US, calls=100, repeats=9)
     assert us < CI_LIMIT_US, f"{op}: {us:.1f} us per call (target {TARGET_US:g} us)"
 
 
@@ -33,7 +47,7 @@ def test_new_gradient_tensors_cost_a_rebinding_not_a_new_plan(monkeypatch):
     """After zero_grad(set_to_none=True) every call has new gradients: only they are checked and tabled
     (~130 us here; validating and tabling everything again, as before, cost ~480 us on the same CPU)."""
     monkeypatch.setenv("PRUNERL_KERNELS", "triton")
-    us = bench_kernels.host_cost_us("adam_new_grads", "cpu", width=3, calls=50, repeats=5)
+    us = _least_host_cost_us("adam_new_grads", 8 * TARGET_US, calls=50, repeats=5)
     assert us < 8 * TARGET_US, f"{us:.1f} us per call with new gradient tensors"
 
 
