@@ -197,6 +197,14 @@ def all_aligned(tensors: Sequence[torch.Tensor | None], alignment: int = 16) -> 
     return all(t.data_ptr() % alignment == 0 for t in tensors if t is not None)
 
 
+def persistent_programs(device: torch.device, per_sm: int, interpreter_programs: int) -> int:
+    """Programs of a persistent grid-stride kernel: `per_sm` per SM of a CUDA device; under the interpreter a
+    few, so that the tests walk the grid-stride loop."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count * per_sm
+    return interpreter_programs
+
+
 def device_guard(device: torch.device):
     """A context that makes `device` current for the launches (Triton launches on the current device)."""
     if device.type == "cuda" and device.index is not None and device.index != torch.cuda.current_device():

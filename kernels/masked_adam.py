@@ -118,8 +118,9 @@ def _adam_scalars_kernel(step_ptr, scalars_ptr, lr, BETA1: tl.constexpr, BETA2: 
 @triton.jit
 def _mask_tile(mask_table_ptr, p_table_ptr, numel_ptr, seg, start, valid, ALIGNED: tl.constexpr,
                BLOCK: tl.constexpr):
-    """The mask bytes of one block as [BLOCK // SECTOR, SECTOR] uint8: 0 outside the tensor (or where `valid`
-    is false: past the last block), 1 everywhere inside it for a tensor without a mask (a bias)."""
+    """(the mask bytes of one block as [BLOCK // SECTOR, SECTOR] uint8: 0 outside the tensor, or everywhere
+    where `valid` is false (past the last block), 1 everywhere inside it for a tensor without a mask (a bias);
+    the tensor's element count, 0 where not `valid`)."""
     ROWS: tl.constexpr = BLOCK // SECTOR
     offs = start + tl.arange(0, ROWS)[:, None] * SECTOR + tl.arange(0, SECTOR)[None, :]
     if ALIGNED:
@@ -138,7 +139,7 @@ def _mask_tile(mask_table_ptr, p_table_ptr, numel_ptr, seg, start, valid, ALIGNE
         k = tl.load(k_ptr)
     else:
         k = tl.load(k_ptr, mask=inb, other=0)
-    return tl.where(has_mask, k, inb.to(tl.uint8))
+    return tl.where(has_mask, k, inb.to(tl.uint8)), numel
 
 
 @triton.jit
@@ -227,7 +228,7 @@ def _masked_adam_kernel(p_table_ptr, g_table_ptr, m_table_ptr, v_table_ptr, mask
     block = tl.program_id(0)
     seg = tl.load(plan_ptr + block, mask=block < n_blocks, other=0)
     start = tl.load(plan_ptr + n_blocks + block, mask=block < n_blocks, other=0)
-    k = _mask_tile(mask_table_ptr, p_table_ptr, numel_ptr, seg, start, block < n_blocks, ALIGNED, BLOCK)
+    k, numel = _mask_tile(mask_table_ptr, p_table_ptr, numel_ptr, seg, start, block < n_blocks, ALIGNED, BLOCK)
     # Grid-stride loop over the blocks of every tensor (a while loop: range() with a run-time bound does not
     # run under every Triton release's interpreter).
     while block < n_blocks:
@@ -239,9 +240,8 @@ def _masked_adam_kernel(p_table_ptr, g_table_ptr, m_table_ptr, v_table_ptr, mask
         # The next block's mask, a block ahead: the data loads of a block whose sectors are skipped (frozen
         # mode, pruned_are_zero) wait for its mask, so a mask loaded just before them would put a second DRAM
         # round trip on every block's path (the H100 timed frozen mode at 1.6x faithful's time at 95%).
-        next_k = _mask_tile(mask_table_ptr, p_table_ptr, numel_ptr, next_seg, next_start, next_block < n_blocks,
-                            ALIGNED, BLOCK)
-        numel = tl.load(numel_ptr + seg)
+        next_k, next_numel = _mask_tile(mask_table_ptr, p_table_ptr, numel_ptr, next_seg, next_start,
+                                        next_block < n_blocks, ALIGNED, BLOCK)
         p_addr, g_addr = tl.load(p_table_ptr + seg), tl.load(g_table_ptr + seg)
         m_addr, v_addr = tl.load(m_table_ptr + seg), tl.load(v_table_ptr + seg)
         if start + BLOCK <= numel:
@@ -250,7 +250,7 @@ def _masked_adam_kernel(p_table_ptr, g_table_ptr, m_table_ptr, v_table_ptr, mask
         else:
             _adam_block(p_addr, g_addr, m_addr, v_addr, k, start, numel, step_size, bc2_sqrt, eps, weight_decay,
                         BETA1, BETA2, GRAD_DTYPE, MODE, PRUNED_ARE_ZERO, HAS_WD, ALIGNED, G_ALIGN, False, BLOCK)
-        block, seg, start, k = next_block, next_seg, next_start, next_k
+        block, seg, start, k, numel = next_block, next_seg, next_start, next_k, next_numel
 
 
 # --- launch plan and launcher -----------------------------------------------------------------------------
@@ -276,8 +276,7 @@ class _AdamPlan:
         self.state_tables = [_utils.pointer_table(seq, device) for seq in (params, exp_avgs, exp_avg_sqs, masks)]
         self.state_aligned = _utils.all_aligned(itertools.chain(params, exp_avgs, exp_avg_sqs, masks))
         self.written = _utils.Spans(written)  # for checking the gradients of later calls
-        programs = (torch.cuda.get_device_properties(device).multi_processor_count * PROGRAMS_PER_SM
-                    if device.type == "cuda" else INTERPRETER_PROGRAMS)
+        programs = _utils.persistent_programs(device, PROGRAMS_PER_SM, INTERPRETER_PROGRAMS)
         self.grid = (max(1, min(self.n_blocks, programs)),)
         self.n_seg = len(params)
         self._bind_grads(params, grads)

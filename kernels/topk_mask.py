@@ -577,8 +577,8 @@ class _Workspace:
         # Segments that take the cold path in this call (counted by the prepare and guess kernels, read by the
         # cold one, zeroed by the fix-up).
         self.cold = torch.zeros(1, dtype=torch.int32, device=device)
-        self.cold_programs = min(nb, torch.cuda.get_device_properties(device).multi_processor_count
-                                 * COLD_PROGRAMS_PER_SM if device.type == "cuda" else COLD_INTERPRETER_PROGRAMS)
+        self.cold_programs = min(nb, _utils.persistent_programs(device, COLD_PROGRAMS_PER_SM,
+                                                                COLD_INTERPRETER_PROGRAMS))
         self.buffers = [self.plan, self.w_table, self.hist, self.state, self.slots, self.counts, self.eq, self.cold]
 
 
