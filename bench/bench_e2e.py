@@ -26,6 +26,7 @@ PRUNERL_E2E_JSONL (also append each result to this JSON-lines file, which surviv
 PRUNERL_E2E_DEVICE=cpu (the proof's dry run: the same runs on the CPU, with 4 envs and batch 4).
 """
 
+import contextlib
 import json
 import os
 import tempfile
@@ -81,20 +82,27 @@ def e2e_config(arch: str, width: int, setup: str, warmup: int = WARMUP, measure:
     return cfg
 
 
-def measure_frames_per_second(cfg, naive: bool = False) -> dict:
-    """Train `cfg` in a temporary run directory; frames/s of the last iteration (after the warm-up)."""
+@contextlib.contextmanager
+def kernel_backend(naive: bool):
+    """PRUNERL_KERNELS for one run, as it was afterwards: the plain-PyTorch reference ops for the naive setup,
+    the default (Triton on CUDA) for the others."""
     previous = os.environ.get("PRUNERL_KERNELS")
     os.environ["PRUNERL_KERNELS"] = "torch" if naive else "auto"
     try:
-        with tempfile.TemporaryDirectory() as tmp:
-            trainer = Trainer(cfg, Path(tmp) / "run")
-            summary = trainer.run()
-            backend = kernels.backend_for(trainer.device)
-            rows = read_iterations(Path(tmp) / "run" / "iterations.csv")
+        yield
     finally:
         os.environ.pop("PRUNERL_KERNELS")
         if previous is not None:
             os.environ["PRUNERL_KERNELS"] = previous
+
+
+def measure_frames_per_second(cfg, naive: bool = False) -> dict:
+    """Train `cfg` in a temporary run directory; frames/s of the last iteration (after the warm-up)."""
+    with kernel_backend(naive), tempfile.TemporaryDirectory() as tmp:
+        trainer = Trainer(cfg, Path(tmp) / "run")
+        summary = trainer.run()
+        backend = kernels.backend_for(trainer.device)
+        rows = read_iterations(Path(tmp) / "run" / "iterations.csv")
     start = int(rows[-2]["agent_steps"]) if len(rows) > 1 else 0
     return {"frames_per_second": float(rows[-1]["fps"]), "measured_agent_steps": int(rows[-1]["agent_steps"]) - start,
             "grad_steps": summary["grad_steps"], "total_sparsity": summary["total_sparsity"],
