@@ -228,7 +228,7 @@ class Proof:
             summary = self.summarize()
             self.save_steps()
             portable_paths(self.dir, {str(self.work): "<proof-tmp>", tempfile.gettempdir(): "<tmp>",
-                                      sys.prefix: "<python>", f"{_ROOT}/": ""})
+                                      sys.prefix: "<python>", f"{_ROOT}/": "", str(_ROOT): "<repo>"})
             print(summary, flush=True)
             self.copy_out()
             if not self.dry:  # the next call, while the machine is still warm (bench/README.md)

@@ -26,7 +26,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench_e2e import PRECISIONS, SETUPS, e2e_config  # noqa: E402
+from bench_e2e import PRECISIONS, SETUPS, e2e_config, kernel_backend  # noqa: E402
 
 
 def parse_case(text: str) -> tuple[str, int, str, str]:
@@ -50,10 +50,7 @@ def profile_case(case, warmup: int, measure: int, device: str, out: Path, top: i
     # The envs step on a thread of their own while the learner runs (the GPU default, here on any device), or
     # inline on the main thread.
     overrides["overlap_env"] = "off" if inline_env else "on"
-    # As bench_e2e: the naive setup runs the plain-PyTorch reference ops.
-    if setup == "naive":
-        os.environ["PRUNERL_KERNELS"] = "torch"
-    with tempfile.TemporaryDirectory() as tmp:
+    with kernel_backend(setup == "naive"), tempfile.TemporaryDirectory() as tmp:
         cfg = e2e_config(arch, width, setup, warmup=warmup, measure=measure, precision=precision, **overrides)
         trainer = Trainer(cfg, Path(tmp) / "run")
         profiler, end_iteration = cProfile.Profile(), trainer._end_iteration
@@ -73,14 +70,22 @@ def profile_case(case, warmup: int, measure: int, device: str, out: Path, top: i
         fps = [float(row["fps"]) for row in read_iterations(Path(tmp) / "run" / "iterations.csv")[1:]]
         trainer.close()
     name = "_".join(map(str, case)) + ("_inline_env" if inline_env else "")
-    profiler.dump_stats(out / f"{name}.prof")
+    stats = pstats.Stats(profiler).strip_dirs()  # file names without this machine's directories
+    stats.dump_stats(out / f"{name}.prof")
+    text = profile_text(stats, f"# {name}: frames/s of the profiled iterations {', '.join(f'{f:,.0f}' for f in fps)}"
+                        f" (under cProfile); loop split of the last {split}", top)
+    (out / f"{name}.txt").write_text(text)
+    return text
+
+
+def profile_text(stats: pstats.Stats, header: str, top: int) -> str:
+    """`header`, then the `top` functions by own time and by cumulative time."""
     text = io.StringIO()
-    text.write(f"# {name}: frames/s of the profiled iterations {', '.join(f'{f:,.0f}' for f in fps)} (under "
-               f"cProfile); loop split of the last {split}\n\n## by own time\n")
-    pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(top)
+    stats.stream = text
+    text.write(f"{header}\n\n## by own time\n")
+    stats.sort_stats("tottime").print_stats(top)
     text.write("\n## by cumulative time\n")
-    pstats.Stats(profiler, stream=text).sort_stats("cumulative").print_stats(top)
-    (out / f"{name}.txt").write_text(text.getvalue())
+    stats.sort_stats("cumulative").print_stats(top)
     return text.getvalue()
 
 

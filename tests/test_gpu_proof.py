@@ -93,6 +93,9 @@ def test_dry_run_exercises_every_step_the_layout_and_the_copy_to_out(tmp_path):
         members = set(tar.getnames())
     assert {f"cpu-dry-run_testsha0/{p.relative_to(folder)}" for p in folder.rglob("*") if p.is_file()} <= members
     assert (out / "summary.md").read_text() == summary
+    # Committed as they are: no text names this checkout's directory (pytest's header prints its rootdir).
+    texts = {p: p.read_text(errors="replace") for p in folder.rglob("*") if p.suffix in (".log", ".json", ".md")}
+    assert not [p.name for p, text in texts.items() if str(ROOT) in text]
 
 
 def test_budget_too_small_skips_steps_and_says_so(tmp_path, monkeypatch, capsys):

@@ -2,6 +2,7 @@
 
 import argparse
 import importlib.util
+import os
 import pathlib
 import pstats
 import sys
@@ -33,6 +34,8 @@ def test_profiles_the_iterations_after_the_warmup(tmp_path):
     assert calls["act"] == 16
     assert calls["learn"] == 16 * 4 * 0.25
     assert (tmp_path / "impala_1_gmp95_after_fp32.txt").read_text() == text
+    assert all(func[0] == "~" or "/" not in func[0] for func in stats)  # no machine's directories
+    assert str(ROOT) not in text
 
 
 def test_inline_env_profiles_a_run_without_the_env_thread(tmp_path):
@@ -47,3 +50,12 @@ def test_inline_env_profiles_a_run_without_the_env_thread(tmp_path):
 
     assert submits(inline_env=False) == 8  # 32 measured agent steps of 4 envs: 8 loop passes hand a step over
     assert submits(inline_env=True) == 0
+
+
+def test_the_naive_setup_uses_the_reference_ops_for_its_own_run_only(tmp_path, monkeypatch):
+    monkeypatch.delenv("PRUNERL_KERNELS", raising=False)
+    host_profile.profile_case(host_profile.parse_case("impala:1:naive"), warmup=32, measure=32, device="cpu",
+                              out=tmp_path, top=5)
+    stats = pstats.Stats(str(tmp_path / "impala_1_naive_fp32.prof")).stats
+    assert any(func[2] == "masked_adam_ref_" for func in stats)  # the run's optimizer: the reference
+    assert "PRUNERL_KERNELS" not in os.environ  # not left for the next case
