@@ -59,11 +59,13 @@ def main() -> None:
     seen = set()
     for name, fn, warps, sig, consts in compile_script["variants"]():
         dtype = consts.get("DTYPE")
-        if name in seen or name.startswith(("adam", "masked_adam")) or (dtype is not None and str(dtype) != "fp32"):
+        if (name in seen or name.startswith(("adam", "masked_adam")) or (dtype is not None and str(dtype) != "fp32")
+                or consts.get("ALIGNED") is False):  # what runs for tensors from torch's allocator
             continue
         seen.add(name)
         signature = {**sig, **{k: "constexpr" for k in consts}}
-        options = {"num_warps": warps, "enable_fp_fusion": False}  # as the launchers and the compile check
+        # As the launchers and the compile check.
+        options = {"num_warps": warps, "enable_fp_fusion": False, **compile_script["EXTRA_OPTIONS"].get(name, {})}
         kernel = triton.compile(ASTSource(fn=fn, signature=signature, constexprs=consts),
                                 target=compile_script["TARGET"], options=options)
         ptx = kernel.asm["ptx"]

@@ -56,12 +56,14 @@ slot written once and read three times; Gaussian weights at 50-99% sparsity and 
 / 0.4% of the elements at 50 / 90 / 95 / 99%); cold (first call, warm_start=False or a wrong guess) 8 + 1
 (+ 4 + 1 for a wrong guess's pass 1) + ~12 per candidate (the top-digit bucket of T: 4.0 / 2.4 / 1.5 /
 0.7%). Compute, from the PTX for sm_90 (triton 3.6) with ~30 candidates per 4096-element block: the warm
-path issues ~2.3 warp-instructions per element (the full read ~1.8, each digit pass ~0.2, the fix-up
-~0.07), against ~17 before this design (12 in the full read's 2048-bin histogram); an H100 issues ~1.5 per
-element in the time it reads one, so the full read is still issue-bound by PTX count. The warm start is a
-guess: a wrong one costs the cold path, never a wrong mask.
-Registers (ptxas, sm_90, triton 3.6, no spills): the full read 74-80 per thread (3 programs of 8 warps per
-SM), the candidate passes 63-211 (1 warp each), the cold histogram 179-185 (1 program of 8 warps per SM).
+path issues ~2 warp-instructions per element (the full read ~1.55 with aligned pointers, see VEC, ~1.8
+before that; each digit pass ~0.2, the fix-up ~0.07), against ~17 before this design (12 in the full
+read's 2048-bin histogram); an H100 issues ~1.5 per element in the time it reads one, so the full read is
+still issue-bound by PTX count. The warm start is a guess: a wrong one costs the cold path, never a wrong
+mask.
+Registers (ptxas, sm_90, triton 3.6, no spills): the full read 80 per thread (capped, see
+GUESS_MAX_REGISTERS: 3 programs of 8 warps per SM), the candidate passes 63-211 (1 warp each), the cold
+histogram 179-185 (1 program of 8 warps per SM).
 Tuning: block, warps and slots from the H100 knob sweep, one knob at a time (bench/tune_kernels.py; the
 guess spans are untuned). Measured there at 50M / 95%: 0.54-0.60 ms, ~8x one read of the weights, most of
 it in the full read (~240 us, issue-bound) and the two digit passes (~290 us together, eager, before they
@@ -95,6 +97,18 @@ from kernels.reference import _check_keep_counts
 # touches ~100-200 of the 2048 top-digit bins), small enough for many programs per SM.
 TOPK_BLOCK = 4096
 NUM_WARPS = 8
+# The full read's elements per thread row: 4 consecutive ones, so that where every base pointer is aligned
+# (ALIGNED, checked on the host) a thread loads them as one 128-bit vector (64-bit for 16-bit weights) and
+# stores their mask bytes as one word; the candidates' flat-order prefix is then a scan along each row (in
+# registers) plus one over the rows. Static counts for sm_90 (triton 3.6, fp32, a full block, per thread):
+# 824 SASS instructions and 9 barriers, against 1,024 and 18 for the flat block with `_flat_prefix` and 16
+# scalar loads and byte stores that the H100 timed at 242 us for 50M (unmeasured on a GPU since). Unaligned
+# weights or masks keep scalar accesses and cost more than before (1,232 instructions, 27 barriers).
+VEC = tl.constexpr(4)
+# With both the full-block and the bounds-checked accesses compiled in, the full read takes 112 registers:
+# two programs of 8 warps per SM where the measured design (80) had three. ptxas fits it in 80 without
+# spilling (the compile test checks) at +2% instructions, so the occupancy stays as measured.
+GUESS_MAX_REGISTERS = 80
 # Candidate slots per block, as a fraction of BLOCK: a few % of the elements are candidates, so 1/4 rarely
 # overflows.
 SLOTS_PER_BLOCK = 4
@@ -165,7 +179,13 @@ SEG_HIST = tl.constexpr(4096)
 @triton.jit
 def _abs_bits(w_addr, offs, inb, DTYPE: tl.constexpr):
     """Canonical 31-bit |w| patterns of one block (int32; 0 for lanes outside the tensor)."""
-    w = tl.load(w_addr.to(tl.pointer_type(DTYPE)) + offs, mask=inb, other=0.0).to(tl.float32)
+    return _pattern(tl.load(w_addr.to(tl.pointer_type(DTYPE)) + offs, mask=inb, other=0.0))
+
+
+@triton.jit
+def _pattern(w):
+    """Canonical 31-bit |w| patterns of weights (int32)."""
+    w = w.to(tl.float32)
     # Clearing the sign bit is |w| without arithmetic, so subnormals are never flushed.
     bits = w.to(tl.int32, bitcast=True) & 0x7FFFFFFF
     return tl.where(bits > 0x7F800000, CANONICAL_NAN, bits)
@@ -270,25 +290,48 @@ def _prepare_kernel(seg_numel_ptr, keep_ptr, state_ptr, hist_ptr, cold_ptr, WARM
 @triton.jit
 def _guess_kernel(w_table_ptr, out_table_ptr, blk_seg_ptr, blk_start_ptr, seg_nblocks_ptr, seg_numel_ptr,
                   state_ptr, slot_ptr, count_ptr, cold_ptr, DTYPE: tl.constexpr, BLOCK: tl.constexpr,
-                  SLOTS: tl.constexpr):
+                  SLOTS: tl.constexpr, ALIGNED: tl.constexpr, W_BYTES: tl.constexpr):
     pid = tl.program_id(0)
     seg = tl.load(blk_seg_ptr + pid)
     st = state_ptr + seg * STATE_COLS
     lo = tl.load(st + _LO)
     hi = tl.load(st + _HI)
     if lo <= hi:  # a guess: everything outside [lo, hi] is decided now, and no histogram is needed
-        local = tl.arange(0, BLOCK)
-        offs = tl.load(blk_start_ptr + pid) + local
+        # The block as [BLOCK // VEC, VEC]: VEC consecutive elements per thread (one vector access when
+        # ALIGNED), and the candidates' flat-order prefix as a scan along each thread's row plus one over
+        # the rows (see VEC).
+        local = tl.arange(0, BLOCK // VEC)[:, None] * VEC + tl.arange(0, VEC)[None, :]
+        start = tl.load(blk_start_ptr + pid)
+        offs = start + local
         numel = tl.load(seg_numel_ptr + seg)
         inb = offs < numel
-        bits = _abs_bits(tl.load(w_table_ptr + seg), offs, inb, DTYPE)
-        above = bits > hi  # 0 outside the tensor, and hi >= 0
+        full = start + BLOCK <= numel  # no bounds mask: a predicated access never vectorises
+        if ALIGNED:  # the host checked every base pointer; block starts are multiples of BLOCK
+            offs = tl.max_contiguous(tl.multiple_of(offs, [1, VEC]), [1, VEC])
+        w_ptr = tl.load(w_table_ptr + seg).to(tl.pointer_type(DTYPE)) + offs
         # Masks are written as bytes (a bool tensor's storage): an int1 store compiles to bit shuffling.
-        out = tl.load(out_table_ptr + seg).to(tl.pointer_type(tl.int8))
-        tl.store(out + offs, above.to(tl.int8), mask=inb)
-        n_cand = _compact(inb & (bits >= lo) & ~above, bits - lo, local, slot_ptr + pid * SLOTS, 0, SLOTS)
+        out_ptr = tl.load(out_table_ptr + seg).to(tl.pointer_type(tl.int8)) + offs
+        if ALIGNED:  # (pointer hints are in bytes)
+            w_ptr = tl.multiple_of(w_ptr, [1, VEC * W_BYTES])
+            out_ptr = tl.multiple_of(out_ptr, [1, VEC])
+        if full:
+            w = tl.load(w_ptr)
+        else:
+            w = tl.load(w_ptr, mask=inb, other=0.0)
+        bits = _pattern(w)
+        above = bits > hi  # 0 outside the tensor, and hi >= 0
+        if full:
+            tl.store(out_ptr, above.to(tl.int8))
+        else:
+            tl.store(out_ptr, above.to(tl.int8), mask=inb)
+        cand = inb & (bits >= lo) & ~above
+        flags = cand.to(tl.int32)
+        row_n = tl.sum(flags, 1)
+        slot = (tl.cumsum(row_n, 0) - row_n)[:, None] + tl.cumsum(flags, 1) - flags
+        tl.store(slot_ptr + pid * SLOTS + slot, ((bits - lo) << POS_BITS) | local, mask=cand & (slot < SLOTS))
+        n_cand = tl.sum(row_n, 0)
         tl.store(count_ptr + pid, n_cand)
-        tl.atomic_add(st + _ABOVE, tl.sum(above.to(tl.int32), 0), sem="relaxed")
+        tl.atomic_add(st + _ABOVE, tl.sum(tl.sum(above.to(tl.int32), 1), 0), sem="relaxed")
         tl.atomic_add(st + _CANDS, n_cand, sem="relaxed")
         tl.debug_barrier()  # all of this program's flushes before its "done" (see _select_digit)
         if tl.atomic_add(st + _DONE1, 1, sem="acq_rel") == tl.load(seg_nblocks_ptr + seg) - 1:  # the last block
@@ -599,6 +642,9 @@ class _TopkPlan:
                 ("exp_avg_sqs", exp_avg_sqs, True)) for i, t in enumerate(seq)] + [("keep_counts", keep_t, False)])
         self.ws = workspace
         self.dtype = _utils.triton_dtype(weights[0].dtype)
+        # Vector accesses in the full read (see VEC): a row of VEC weights, and of VEC mask bytes, aligned.
+        self.aligned = (_utils.all_aligned(weights, VEC.value * weights[0].element_size())
+                        and _utils.all_aligned(out, VEC.value))
         self.out_table = _utils.pointer_table(out, device)
         self.zero_moments = len(exp_avgs) > 0
         self.moment_tables = ((_utils.pointer_table(exp_avgs, device), _utils.pointer_table(exp_avg_sqs, device))
@@ -639,7 +685,8 @@ def _topk_launch(weights, keep_t, out, zero_pruned: bool, exp_avgs, exp_avg_sqs,
         _prepare_kernel[(ws.n_seg,)](ws.seg_numel, keep_t, ws.state, ws.hist, ws.cold, WARM_START=warm_start,
                                      num_warps=4)
         _guess_kernel[grid](ws.w_table, plan.out_table, ws.blk_seg, ws.blk_start, ws.seg_nblocks, ws.seg_numel,
-                            ws.state, ws.slots, ws.counts, ws.cold, SLOTS=slots, **common)
+                            ws.state, ws.slots, ws.counts, ws.cold, SLOTS=slots, ALIGNED=plan.aligned,
+                            W_BYTES=weights[0].element_size(), maxnreg=GUESS_MAX_REGISTERS, **common)
         _cold_kernel[(ws.cold_programs,)](ws.w_table, ws.blk_seg, ws.blk_start, ws.seg_nblocks, ws.seg_numel,
                                           ws.state, ws.hist, ws.cold, ws.n_blocks, **common)
         _digit2_kernel[grid](ws.w_table, plan.out_table, ws.blk_seg, ws.blk_start, ws.seg_nblocks, ws.seg_numel,

@@ -25,6 +25,8 @@ import kernels.topk_mask as tm  # noqa: E402
 
 TARGET = GPUTarget("cuda", int(sys.argv[1]) if len(sys.argv) > 1 else 90, 32)
 I64, I32 = "*i64", "*i32"
+# Launch options beyond warps that a kernel's launcher passes (the compile must check what runs).
+EXTRA_OPTIONS = {"guess": dict(maxnreg=tm.GUESS_MAX_REGISTERS)}
 
 
 def variants():
@@ -39,9 +41,10 @@ def variants():
     slots = dict(slot_ptr=I32, count_ptr=I32)
     chunk = dict(CHUNK=min(tm.CAND_CHUNK, shape["SLOTS"]), PIECE=tm.CAND_PIECE)
     for dtype in (tl.float32, tl.float16, tl.bfloat16):
-        yield ("guess", tm._guess_kernel, tm.NUM_WARPS,
-               dict(w_table_ptr=I64, out_table_ptr=I64, **blocks, **segs, state_ptr=I32, **slots, cold_ptr=I32),
-               dict(DTYPE=dtype, **shape))
+        for aligned in (False, True):
+            yield ("guess", tm._guess_kernel, tm.NUM_WARPS,
+                   dict(w_table_ptr=I64, out_table_ptr=I64, **blocks, **segs, state_ptr=I32, **slots, cold_ptr=I32),
+                   dict(DTYPE=dtype, **shape, ALIGNED=aligned, W_BYTES=dtype.primitive_bitwidth // 8))
         yield ("cold", tm._cold_kernel, tm.NUM_WARPS,
                dict(w_table_ptr=I64, **blocks, **segs, state_ptr=I32, hist_ptr=I32, cold_ptr=I32, n_blocks="i32"),
                dict(DTYPE=dtype, BLOCK=tm.TOPK_BLOCK))
@@ -95,7 +98,8 @@ def main() -> int:
         try:
             # The launchers' numerics choice (no FMA contraction), so the compile checks what runs.
             kernel = triton.compile(ASTSource(fn=fn, signature=signature, constexprs=consts), target=TARGET,
-                                    options={"num_warps": warps, "enable_fp_fusion": False})
+                                    options={"num_warps": warps, "enable_fp_fusion": False,
+                                             **EXTRA_OPTIONS.get(name, {})})
             ptx = kernel.asm["ptx"]
             # 128-bit global loads/stores (what masked Adam's ALIGNED flag is for), and CTA barriers.
             v4 = ptx.count("ld.global.v4") + ptx.count("st.global.v4")

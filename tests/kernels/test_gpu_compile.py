@@ -1,6 +1,6 @@
 """Every Triton kernel variant compiles for sm_90 (H100) even on a CPU-only machine, with no register spills,
-and the masked-Adam variants compile to what their design promises: no barrier, 128-bit accesses in every mode
-when the pointers are aligned."""
+and the masked-Adam variants and the mask selection's full read compile to what their designs promise: no
+barrier (masked Adam), 128-bit accesses when the pointers are aligned."""
 
 import os
 import pathlib
@@ -12,6 +12,8 @@ import pytest
 
 from kernels.masked_adam import ADAM_BLOCK
 from kernels.masked_adam import NUM_WARPS as ADAM_WARPS
+from kernels.topk_mask import NUM_WARPS as TOPK_WARPS
+from kernels.topk_mask import TOPK_BLOCK, VEC
 
 SCRIPT = pathlib.Path(__file__).with_name("_compile_for_gpu.py")
 
@@ -33,6 +35,7 @@ def test_all_kernels_compile_for_sm90():
     lines = proc.stdout.splitlines()
     assert len([line for line in lines if line.startswith("ok ")]) >= 40 and "FAIL" not in proc.stdout
     check_masked_adam_lines(lines)
+    check_guess_lines(lines)
     check_no_spills(lines)
 
 
@@ -61,6 +64,19 @@ def check_masked_adam_lines(lines: list[str]) -> None:
             # sectors, which keeps the accesses vectors (a per-element predicate would make them scalar).
             vectors = ADAM_BLOCK // (32 * ADAM_WARPS) // 4
             assert v4 >= (7 if "float32" in line else 6) * vectors, line
+
+
+def check_guess_lines(lines: list[str]) -> None:
+    """The mask selection's full read (fp32): one 128-bit load per row of VEC weights a thread holds when the
+    pointers are aligned, scalar loads when not (fp16/bf16 rows load as 64-bit vectors, not counted here)."""
+    guess = [line for line in lines if line.startswith("ok   guess") and "float32" in line]
+    assert len(guess) == 2
+    for line in guess:
+        v4 = int(re.search(r"v4=(\d+)", line).group(1))
+        if "'ALIGNED': True" in line:
+            assert v4 >= TOPK_BLOCK // (32 * TOPK_WARPS * VEC.value), line
+        else:
+            assert v4 == 0, line
 
 
 def test_the_spill_check_fails_on_local_memory_or_missing_counts():

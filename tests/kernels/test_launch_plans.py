@@ -180,6 +180,29 @@ def test_misaligned_tensors_run_without_the_alignment_promise():
             torch.testing.assert_close(g, r)
 
 
+def test_mask_selection_vectorises_only_aligned_weights_and_masks():
+    # The full read's ALIGNED promise: VEC weights (16 bytes of fp32, 8 of bf16) and VEC mask bytes per row.
+    def plan(weights, out, block=16):
+        keep = [w.numel() // 2 for w in weights]
+        got = topk_magnitude_masks_triton(weights, keep, out=out, block=block)
+        for g, r in zip(got, topk_magnitude_masks_ref(weights, keep)):
+            assert torch.equal(g, r)
+        tensors = (*weights, *out, topk_mask._keep_counts_tensor(weights, keep, DEVICE))
+        return topk_mask._plans.get((block, block // 4, False, *map(id, tensors)), tuple(t.data_ptr() for t in tensors))
+
+    w = torch.randn(70, device=DEVICE)
+    masks = lambda ws: [torch.empty(x.shape, dtype=torch.bool, device=DEVICE) for x in ws]  # noqa: E731
+    assert plan([w], masks([w])).aligned
+    storage = torch.randn(80, device=DEVICE)
+    assert not plan([storage[1:71]], masks([w])).aligned  # weights 4 bytes off
+    assert plan([storage[4:74]], masks([w])).aligned  # 16 bytes off: still a multiple of 16
+    mask_storage = torch.empty(80, dtype=torch.bool, device=DEVICE)
+    assert not plan([w], [mask_storage[2:72]]).aligned  # masks 2 bytes off
+    half = torch.randn(80, device=DEVICE).to(torch.bfloat16)
+    assert plan([half[4:74]], masks([w])).aligned  # bf16 rows need 8 bytes
+    assert not plan([half[2:72]], masks([w])).aligned
+
+
 def _plan_of(state):
     return masked_adam._plans.get(*_adam_key(state))
 
