@@ -13,7 +13,7 @@ import pytest
 from kernels.masked_adam import ADAM_BLOCK
 from kernels.masked_adam import NUM_WARPS as ADAM_WARPS
 from kernels.topk_mask import NUM_WARPS as TOPK_WARPS
-from kernels.topk_mask import TOPK_BLOCK, VEC
+from kernels.topk_mask import GUESS_MAX_REGISTERS, TOPK_BLOCK, VEC
 
 SCRIPT = pathlib.Path(__file__).with_name("_compile_for_gpu.py")
 
@@ -67,9 +67,12 @@ def check_masked_adam_lines(lines: list[str]) -> None:
 
 
 def check_guess_lines(lines: list[str]) -> None:
-    """The mask selection's full read (fp32): one 128-bit load per row of VEC weights a thread holds when the
-    pointers are aligned, scalar loads when not (fp16/bf16 rows load as 64-bit vectors, not counted here)."""
-    guess = [line for line in lines if line.startswith("ok   guess") and "float32" in line]
+    """The mask selection's full read: within its register cap (three programs per SM); in fp32, one 128-bit
+    load per row of VEC weights a thread holds when the pointers are aligned, scalar loads when not (fp16/bf16
+    rows load as 64-bit vectors, not counted here)."""
+    every_guess = [line for line in lines if line.startswith("ok   guess")]
+    assert all(int(re.search(r"regs=(\d+)", line).group(1)) <= GUESS_MAX_REGISTERS for line in every_guess)
+    guess = [line for line in every_guess if "float32" in line]
     assert len(guess) == 2
     for line in guess:
         v4 = int(re.search(r"v4=(\d+)", line).group(1))
