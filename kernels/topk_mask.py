@@ -56,7 +56,7 @@ slot written once and read three times; Gaussian weights at 50-99% sparsity and 
 / 0.4% of the elements at 50 / 90 / 95 / 99%); cold (first call, warm_start=False or a wrong guess) 8 + 1
 (+ 4 + 1 for a wrong guess's pass 1) + ~12 per candidate (the top-digit bucket of T: 4.0 / 2.4 / 1.5 /
 0.7%). Compute, from the PTX for sm_90 (triton 3.6) with ~30 candidates per 4096-element block: the warm
-path issues ~2 warp-instructions per element (the full read ~1.55 with aligned pointers, see VEC, ~1.8
+path issues ~2 warp-instructions per element (the full read ~1.5 with aligned pointers, see VEC, ~1.8
 before that; each digit pass ~0.2, the fix-up ~0.07), against ~17 before this design (12 in the full
 read's 2048-bin histogram); an H100 issues ~1.5 per element in the time it reads one, so the full read is
 still issue-bound by PTX count. The warm start is a guess: a wrong one costs the cold path, never a wrong
@@ -100,14 +100,15 @@ NUM_WARPS = 8
 # The full read's elements per thread row: 4 consecutive ones, so that where every base pointer is aligned
 # (ALIGNED, checked on the host) a thread loads them as one 128-bit vector (64-bit for 16-bit weights) and
 # stores their mask bytes as one word; the candidates' flat-order prefix is then a scan along each row (in
-# registers) plus one over the rows. Static counts for sm_90 (triton 3.6, fp32, a full block, per thread):
-# 824 SASS instructions and 9 barriers, against 1,024 and 18 for the flat block with `_flat_prefix` and 16
-# scalar loads and byte stores that the H100 timed at 242 us for 50M (unmeasured on a GPU since). Unaligned
-# weights or masks keep scalar accesses and cost more than before (1,232 instructions, 27 barriers).
+# registers) plus one over the rows. Static counts for sm_90 (triton 3.6, fp32, `bench/ptx_counts.py`): a
+# full block runs 772 PTX instructions per thread with 9 barriers, against 922 with 18 for the flat block
+# with `_flat_prefix` and 16 scalar loads and byte stores, which the H100 timed at 242 us for 50M
+# (unmeasured on a GPU since). Unaligned weights or masks keep scalar accesses and cost more than before
+# (27 barriers).
 VEC = tl.constexpr(4)
-# With both the full-block and the bounds-checked accesses compiled in, the full read takes 112 registers:
+# With both the full-block and the bounds-checked accesses compiled in, the full read takes 117 registers:
 # two programs of 8 warps per SM where the measured design (80) had three. ptxas fits it in 80 without
-# spilling (the compile test checks) at +2% instructions, so the occupancy stays as measured.
+# spilling (the compile test checks), so the occupancy stays as measured.
 GUESS_MAX_REGISTERS = 80
 # Candidate slots per block, as a fraction of BLOCK: a few % of the elements are candidates, so 1/4 rarely
 # overflows.
@@ -315,16 +316,15 @@ def _guess_kernel(w_table_ptr, out_table_ptr, blk_seg_ptr, blk_start_ptr, seg_nb
             w_ptr = tl.multiple_of(w_ptr, [1, VEC * W_BYTES])
             out_ptr = tl.multiple_of(out_ptr, [1, VEC])
         if full:
-            w = tl.load(w_ptr)
-        else:
-            w = tl.load(w_ptr, mask=inb, other=0.0)
-        bits = _pattern(w)
-        above = bits > hi  # 0 outside the tensor, and hi >= 0
+            bits = _pattern(tl.load(w_ptr))
+        else:  # -1 outside the tensor: below lo (>= 0), so neither above hi nor a candidate
+            bits = tl.where(inb, _pattern(tl.load(w_ptr, mask=inb, other=0.0)), -1)
+        above = bits > hi
         if full:
             tl.store(out_ptr, above.to(tl.int8))
         else:
             tl.store(out_ptr, above.to(tl.int8), mask=inb)
-        cand = inb & (bits >= lo) & ~above
+        cand = (bits >= lo) & ~above
         flags = cand.to(tl.int32)
         row_n = tl.sum(flags, 1)
         slot = (tl.cumsum(row_n, 0) - row_n)[:, None] + tl.cumsum(flags, 1) - flags

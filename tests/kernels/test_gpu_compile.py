@@ -12,8 +12,8 @@ import pytest
 
 from kernels.masked_adam import ADAM_BLOCK
 from kernels.masked_adam import NUM_WARPS as ADAM_WARPS
-from kernels.topk_mask import NUM_WARPS as TOPK_WARPS
 from kernels.topk_mask import GUESS_MAX_REGISTERS, TOPK_BLOCK, VEC
+from kernels.topk_mask import NUM_WARPS as TOPK_WARPS
 
 SCRIPT = pathlib.Path(__file__).with_name("_compile_for_gpu.py")
 

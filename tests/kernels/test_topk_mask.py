@@ -98,6 +98,16 @@ def test_topk_exact_zeros_and_negative_zeros():
         assert_same_masks([w, torch.zeros(50, device=DEVICE)], [k, min(k, 50)], block=32)
 
 
+def test_topk_lanes_past_the_end_are_never_candidates():
+    # All zeros: the threshold's pattern is 0, so the next guess starts at pattern 0, where a lane past the
+    # end of the tensor (37 elements, blocks of 16) would look like a zero weight.
+    w = torch.zeros(37, device=DEVICE)
+    for _ in range(2):
+        assert_same_masks([w], [5], block=16)
+    stats = select_stats([w], block=16)
+    assert stats["warm"] == [True] and stats["candidates"] == 37
+
+
 def test_topk_all_equal_every_count():
     w = torch.full((37,), -0.5, device=DEVICE)
     for k in range(0, 38, 3):
