@@ -4,9 +4,9 @@
     python3 bench/tune_kernels.py --budget-s 100      # whatever fits in 100 s, most telling cases first
     python3 bench/tune_kernels.py --dry-run           # the CPU rehearsal: interpreter, tiny sizes, seconds
 
-The kernels' knobs (kernels/topk_mask.py: block, warps of the full read, warps of the candidate passes,
-candidate slots per block; kernels/masked_adam.py: programs per SM, warps, block) were set on paper and are
-untuned on any GPU. This sweep changes one knob at a time from the current defaults, on the cases the
+The kernels' knobs (kernels/topk_mask.py: block, warps of the full read, warps and programs of the
+candidate passes, candidate slots per block; kernels/masked_adam.py: programs per SM, warps, block) were set
+on paper and are untuned on any GPU. This sweep changes one knob at a time from the current defaults, on the cases the
 targets of bench/README.md are about (mask selection on the 50M set at 95%, eagerly, and at Impala w3 in a
 CUDA graph; masked Adam on the flat 50M buffer in faithful mode at 0% and frozen mode at 95 and 99%, and at
 Impala w3 in a graph), and records for each configuration: the median device time (do_bench, L2 flushed),
@@ -47,9 +47,11 @@ REP_MS = 60  # do_bench's measuring window per configuration
 # Alternatives to each knob's current default, one knob changed at a time (the default itself is measured
 # first). Mask selection: `block` elements per program (<= 4096: a slot stores a position in 12 bits),
 # `num_warps` of the full read and the cold histogram, `cand_warps` of the candidate passes, `slots_div`
-# (candidate slots per block = block // slots_div). Masked Adam: `programs_per_sm` of the persistent grid,
-# `num_warps`, `block` elements per block.
-TOPK_ALTERNATIVES = {"block": (2048, 1024), "num_warps": (4, 16), "cand_warps": (2, 4), "slots_div": (8, 16)}
+# (candidate slots per block = block // slots_div), `cand_programs_per_sm` of the candidate passes (0: one
+# program per block; else a grid-stride loop over that many per SM). Masked Adam: `programs_per_sm` of the
+# persistent grid, `num_warps`, `block` elements per block.
+TOPK_ALTERNATIVES = {"block": (2048, 1024), "num_warps": (4, 16), "cand_warps": (2, 4), "slots_div": (8, 16),
+                     "cand_programs_per_sm": (8, 32)}
 ADAM_ALTERNATIVES = {"programs_per_sm": (2, 4, 16), "num_warps": (2, 8), "block": (512, 2048)}
 
 # (name, case, sparsity, moments mode, timed in a CUDA graph), most telling first: a short budget measures
@@ -192,12 +194,13 @@ class Sweep:
         weights, counts = self.bk.mask_problem(self.shapes(case), sparsity, self.device)
         want = topk_magnitude_masks_ref(weights, counts)
         defaults = dict(block=topk_mask.TOPK_BLOCK, num_warps=topk_mask.NUM_WARPS, cand_warps=topk_mask.CAND_WARPS,
-                        slots_div=topk_mask.SLOTS_PER_BLOCK)
+                        slots_div=topk_mask.SLOTS_PER_BLOCK, cand_programs_per_sm=topk_mask.CAND_PROGRAMS_PER_SM)
         for knob, value, cfg in configs(defaults, TOPK_ALTERNATIVES):
             if not self.fits(name):
                 return
             w = cfg["cand_warps"]
-            knobs = dict(NUM_WARPS=cfg["num_warps"], CAND_WARPS=w, CAND_CHUNK=32 * w, CAND_PIECE=16 * 32 * w)
+            knobs = dict(NUM_WARPS=cfg["num_warps"], CAND_WARPS=w, CAND_CHUNK=32 * w, CAND_PIECE=16 * 32 * w,
+                         CAND_PROGRAMS_PER_SM=cfg["cand_programs_per_sm"])
             with module_knobs(topk_mask, (topk_mask._plans, topk_mask._workspaces), **knobs):
                 self.measure(name, topk_mask, knob, value, cfg,
                              lambda cfg=cfg: self.topk_first_calls(weights, counts, want, cfg))

@@ -47,7 +47,8 @@ blocks of this launch are done: it alone takes the segment's decision, so no lau
      written): kept iff pattern > T, or == T with rank among equals (flat order) <= need_eq. With
      `zero_pruned` or moments to zero, it instead rewrites whole blocks from the weights (one more read)
      and zeroes the pruned entries in place.
-Passes 3-6 run with CAND_WARPS warps and loop over the used slots CAND_CHUNK at a time. A block whose
+Passes 3-6 run with CAND_WARPS warps (a program per block, or CAND_PROGRAMS_PER_SM per SM looping over
+blocks) and loop over the used slots CAND_CHUNK at a time. A block whose
 candidates overflow its slots (more than `slots` of its BLOCK elements in [LO, HI]) keeps counting them
 and, in passes 3-6, reads its weights (CAND_PIECE at a time) instead of its slots: always correct, slower.
 
@@ -126,12 +127,18 @@ SLOTS_PER_BLOCK = 4
 CAND_WARPS = 1
 CAND_CHUNK = 32 * CAND_WARPS
 CAND_PIECE = 16 * 32 * CAND_WARPS
+# Programs of the candidate passes (digits 2 and 3, tie, fix-up): 0 = one per block, the measured design
+# (~12k one-warp programs at 50M: in passes this light their dispatch may be most of the time, e.g. the tie
+# pass with no tie to break took 12 us on the H100 at 4ffe5cda); > 0 = that many per SM, each looping over
+# blocks (grid-stride). Untimed on a GPU: a knob for bench/tune_kernels.py. Under the interpreter a few
+# programs when > 0.
+CAND_PROGRAMS_PER_SM = 0
 # Programs of the cold path's grid-stride histogram: at ~184 registers per thread one program of 8 warps is
 # resident per SM, so more would only queue. Idle (no segment needs it), they exit at once: on the H100 at
 # 4ffe5cda, 1,024 programs that each walked their blocks to find nothing to do took 43 us at 50M. Under the
 # interpreter a few, so that the tests walk the grid-stride loop.
 COLD_PROGRAMS_PER_SM = 1
-COLD_INTERPRETER_PROGRAMS = 3
+COLD_INTERPRETER_PROGRAMS = CAND_INTERPRETER_PROGRAMS = 3
 # The warm guess is the predicted threshold -/+ 2**span patterns (span 18: -/+ 3% of |w| at the bottom of a
 # binade, -/+ 1.6% at its top). A wrong guess widens the next by 2 (up to 19: the interval must fit two
 # 10-bit digits), T in the outer half of a held one by 1; T in its inner quarter with more than
@@ -381,150 +388,156 @@ def _cold_kernel(w_table_ptr, blk_seg_ptr, blk_start_ptr, seg_nblocks_ptr, seg_n
 
 @triton.jit
 def _digit2_kernel(w_table_ptr, out_table_ptr, blk_seg_ptr, blk_start_ptr, seg_nblocks_ptr, seg_numel_ptr,
-                   state_ptr, hist_ptr, slot_ptr, count_ptr, DTYPE: tl.constexpr, BLOCK: tl.constexpr,
+                   state_ptr, hist_ptr, slot_ptr, count_ptr, n_blocks, DTYPE: tl.constexpr, BLOCK: tl.constexpr,
                    SLOTS: tl.constexpr, CHUNK: tl.constexpr, PIECE: tl.constexpr):
-    pid = tl.program_id(0)
-    seg = tl.load(blk_seg_ptr + pid)
-    st = state_ptr + seg * STATE_COLS
-    h2 = hist_ptr + seg * SEG_HIST + BINS1
-    lo = tl.load(st + _LO)
-    hi = tl.load(st + _HI)
-    warm = tl.load(st + _WARM) != 0
-    count = tl.load(count_ptr + pid)
-    if warm & (count <= SLOTS):
-        # The guess held: the candidates are in the slots; each used one adds to its bin (see CAND_WARPS).
-        c = tl.zeros([], dtype=tl.int32)
-        while c < count:
-            j = c + tl.arange(0, CHUNK)
-            slot = tl.load(slot_ptr + pid * SLOTS + j, mask=j < count, other=0)
-            tl.atomic_add(h2 + (_slot_key(slot) >> D2_SHIFT), 1, mask=j < count, sem="relaxed")
-            c += CHUNK
-    else:  # from the weights, a piece of the block at a time
-        start = tl.load(blk_start_ptr + pid)
-        numel = tl.load(seg_numel_ptr + seg)
-        w_addr = tl.load(w_table_ptr + seg)
-        out = tl.load(out_table_ptr + seg).to(tl.pointer_type(tl.int8))
-        hist = tl.zeros([BINS2], dtype=tl.int32)
-        n_cand = tl.zeros([], dtype=tl.int32)
-        for piece in range(0, BLOCK, PIECE):
-            local = piece + tl.arange(0, PIECE)
-            inb = start + local < numel
-            bits = _abs_bits(w_addr, start + local, inb, DTYPE)
-            cand = inb & (bits >= lo) & (bits <= hi)
-            key = tl.where(cand, bits - lo, 0)
-            if not warm:  # no guess, or a wrong one: the cold path
-                tl.store(out + start + local, (bits > hi).to(tl.int8), mask=inb)
-                n_cand += _compact(cand, key, local, slot_ptr + pid * SLOTS, n_cand, SLOTS)
-            hist += tl.histogram(key >> D2_SHIFT, BINS2, mask=cand)
-        if not warm:
-            tl.store(count_ptr + pid, n_cand)
-        tl.atomic_add(h2 + tl.arange(0, BINS2), hist, mask=hist > 0, sem="relaxed")
-    tl.debug_barrier()
-    if tl.atomic_add(st + _DONE2, 1, sem="acq_rel") == tl.load(seg_nblocks_ptr + seg) - 1:
-        b2, k2, _ = _select_digit(h2, tl.load(st + _K_LEFT), BINS2)
-        tl.store(st + _PREFIX, b2)
-        tl.store(st + _K_LEFT, k2)
+    block = tl.program_id(0)
+    while block < n_blocks:  # one turn with a program per block; a grid-stride loop with CAND_PROGRAMS_PER_SM
+        seg = tl.load(blk_seg_ptr + block)
+        st = state_ptr + seg * STATE_COLS
+        h2 = hist_ptr + seg * SEG_HIST + BINS1
+        lo = tl.load(st + _LO)
+        hi = tl.load(st + _HI)
+        warm = tl.load(st + _WARM) != 0
+        count = tl.load(count_ptr + block)
+        if warm & (count <= SLOTS):
+            # The guess held: the candidates are in the slots; each used one adds to its bin (see CAND_WARPS).
+            c = tl.zeros([], dtype=tl.int32)
+            while c < count:
+                j = c + tl.arange(0, CHUNK)
+                slot = tl.load(slot_ptr + block * SLOTS + j, mask=j < count, other=0)
+                tl.atomic_add(h2 + (_slot_key(slot) >> D2_SHIFT), 1, mask=j < count, sem="relaxed")
+                c += CHUNK
+        else:  # from the weights, a piece of the block at a time
+            start = tl.load(blk_start_ptr + block)
+            numel = tl.load(seg_numel_ptr + seg)
+            w_addr = tl.load(w_table_ptr + seg)
+            out = tl.load(out_table_ptr + seg).to(tl.pointer_type(tl.int8))
+            hist = tl.zeros([BINS2], dtype=tl.int32)
+            n_cand = tl.zeros([], dtype=tl.int32)
+            for piece in range(0, BLOCK, PIECE):
+                local = piece + tl.arange(0, PIECE)
+                inb = start + local < numel
+                bits = _abs_bits(w_addr, start + local, inb, DTYPE)
+                cand = inb & (bits >= lo) & (bits <= hi)
+                key = tl.where(cand, bits - lo, 0)
+                if not warm:  # no guess, or a wrong one: the cold path
+                    tl.store(out + start + local, (bits > hi).to(tl.int8), mask=inb)
+                    n_cand += _compact(cand, key, local, slot_ptr + block * SLOTS, n_cand, SLOTS)
+                hist += tl.histogram(key >> D2_SHIFT, BINS2, mask=cand)
+            if not warm:
+                tl.store(count_ptr + block, n_cand)
+            tl.atomic_add(h2 + tl.arange(0, BINS2), hist, mask=hist > 0, sem="relaxed")
+        tl.debug_barrier()
+        if tl.atomic_add(st + _DONE2, 1, sem="acq_rel") == tl.load(seg_nblocks_ptr + seg) - 1:
+            b2, k2, _ = _select_digit(h2, tl.load(st + _K_LEFT), BINS2)
+            tl.store(st + _PREFIX, b2)
+            tl.store(st + _K_LEFT, k2)
+        block += tl.num_programs(0)
 
 
 @triton.jit
 def _digit3_kernel(w_table_ptr, blk_seg_ptr, blk_start_ptr, seg_nblocks_ptr, seg_numel_ptr, state_ptr, hist_ptr,
-                   slot_ptr, count_ptr, DTYPE: tl.constexpr, BLOCK: tl.constexpr, SLOTS: tl.constexpr,
+                   slot_ptr, count_ptr, n_blocks, DTYPE: tl.constexpr, BLOCK: tl.constexpr, SLOTS: tl.constexpr,
                    CHUNK: tl.constexpr, PIECE: tl.constexpr):
-    pid = tl.program_id(0)
-    seg = tl.load(blk_seg_ptr + pid)
-    st = state_ptr + seg * STATE_COLS
-    h3 = hist_ptr + seg * SEG_HIST + BINS1 + BINS2
-    b2 = tl.load(st + _PREFIX)
-    lo = tl.load(st + _LO)
-    count = tl.load(count_ptr + pid)
-    if count <= SLOTS:
-        c = tl.zeros([], dtype=tl.int32)
-        while c < count:
-            j = c + tl.arange(0, CHUNK)
-            key = _slot_key(tl.load(slot_ptr + pid * SLOTS + j, mask=j < count, other=0))
-            tl.atomic_add(h3 + (key & (BINS2 - 1)), 1, mask=(j < count) & ((key >> D2_SHIFT) == b2), sem="relaxed")
-            c += CHUNK
-    else:
-        start = tl.load(blk_start_ptr + pid)
-        numel = tl.load(seg_numel_ptr + seg)
-        w_addr = tl.load(w_table_ptr + seg)
-        hi = tl.load(st + _HI)
-        hist = tl.zeros([BINS2], dtype=tl.int32)
-        for piece in range(0, BLOCK, PIECE):
-            offs = start + piece + tl.arange(0, PIECE)
-            inb = offs < numel
-            bits = _abs_bits(w_addr, offs, inb, DTYPE)
-            key = bits - lo
-            cand = inb & (bits >= lo) & (bits <= hi) & ((key >> D2_SHIFT) == b2)
-            hist += tl.histogram(key & (BINS2 - 1), BINS2, mask=cand)
-        tl.atomic_add(h3 + tl.arange(0, BINS2), hist, mask=hist > 0, sem="relaxed")
-    tl.debug_barrier()
-    if tl.atomic_add(st + _DONE3, 1, sem="acq_rel") == tl.load(seg_nblocks_ptr + seg) - 1:
-        k_left = tl.load(st + _K_LEFT)
-        b3, need_eq, in_b = _select_digit(h3, k_left, BINS2)
-        # No candidate kept (k_left == 0): T = HI + 1 keeps exactly the elements above HI, with no tie break.
-        threshold = tl.where(k_left == 0, tl.load(st + _HI) + 1, lo + ((b2 << D2_SHIFT) | b3))
-        tl.store(st + _PREFIX, threshold)
-        tl.store(st + _K_LEFT, need_eq)
-        # in_b elements equal T; need_eq of them are kept. Only a strict surplus needs the tie break.
-        tl.store(st + _TIE, ((k_left > 0) & (in_b > need_eq)).to(tl.int32))
-        tl.store(st + _PREV_T, threshold)  # the next call's guess
-        tl.store(st + _HAVE_PREV, 1)
-        if tl.load(st + _WARM) != 0:
-            # The guess held; T's distance from its centre sizes the next one: near an edge, wider; well
-            # inside, and with crowding candidates (each costs ~20 bytes of traffic), narrower.
+    block = tl.program_id(0)
+    while block < n_blocks:  # one turn with a program per block; a grid-stride loop with CAND_PROGRAMS_PER_SM
+        seg = tl.load(blk_seg_ptr + block)
+        st = state_ptr + seg * STATE_COLS
+        h3 = hist_ptr + seg * SEG_HIST + BINS1 + BINS2
+        b2 = tl.load(st + _PREFIX)
+        lo = tl.load(st + _LO)
+        count = tl.load(count_ptr + block)
+        if count <= SLOTS:
+            c = tl.zeros([], dtype=tl.int32)
+            while c < count:
+                j = c + tl.arange(0, CHUNK)
+                key = _slot_key(tl.load(slot_ptr + block * SLOTS + j, mask=j < count, other=0))
+                tl.atomic_add(h3 + (key & (BINS2 - 1)), 1, mask=(j < count) & ((key >> D2_SHIFT) == b2), sem="relaxed")
+                c += CHUNK
+        else:
+            start = tl.load(blk_start_ptr + block)
+            numel = tl.load(seg_numel_ptr + seg)
+            w_addr = tl.load(w_table_ptr + seg)
             hi = tl.load(st + _HI)
-            span = tl.load(st + _SPAN)
-            off = tl.abs(threshold - (lo + (hi - lo + 1) // 2))
-            crowded = tl.load(st + _CANDS) > tl.maximum(tl.load(seg_numel_ptr + seg) >> CROWD_SHIFT, CROWD_MIN)
-            span = tl.where(off > (1 << span) // 2, tl.minimum(span + 1, SPAN_MAX),
-                            tl.where(crowded & (off < (1 << span) // 4), tl.maximum(span - 1, SPAN_MIN), span))
-            tl.store(st + _SPAN, span)
+            hist = tl.zeros([BINS2], dtype=tl.int32)
+            for piece in range(0, BLOCK, PIECE):
+                offs = start + piece + tl.arange(0, PIECE)
+                inb = offs < numel
+                bits = _abs_bits(w_addr, offs, inb, DTYPE)
+                key = bits - lo
+                cand = inb & (bits >= lo) & (bits <= hi) & ((key >> D2_SHIFT) == b2)
+                hist += tl.histogram(key & (BINS2 - 1), BINS2, mask=cand)
+            tl.atomic_add(h3 + tl.arange(0, BINS2), hist, mask=hist > 0, sem="relaxed")
+        tl.debug_barrier()
+        if tl.atomic_add(st + _DONE3, 1, sem="acq_rel") == tl.load(seg_nblocks_ptr + seg) - 1:
+            k_left = tl.load(st + _K_LEFT)
+            b3, need_eq, in_b = _select_digit(h3, k_left, BINS2)
+            # No candidate kept (k_left == 0): T = HI + 1 keeps exactly the elements above HI, with no tie break.
+            threshold = tl.where(k_left == 0, tl.load(st + _HI) + 1, lo + ((b2 << D2_SHIFT) | b3))
+            tl.store(st + _PREFIX, threshold)
+            tl.store(st + _K_LEFT, need_eq)
+            # in_b elements equal T; need_eq of them are kept. Only a strict surplus needs the tie break.
+            tl.store(st + _TIE, ((k_left > 0) & (in_b > need_eq)).to(tl.int32))
+            tl.store(st + _PREV_T, threshold)  # the next call's guess
+            tl.store(st + _HAVE_PREV, 1)
+            if tl.load(st + _WARM) != 0:
+                # The guess held; T's distance from its centre sizes the next one: near an edge, wider; well
+                # inside, and with crowding candidates (each costs ~20 bytes of traffic), narrower.
+                hi = tl.load(st + _HI)
+                span = tl.load(st + _SPAN)
+                off = tl.abs(threshold - (lo + (hi - lo + 1) // 2))
+                crowded = tl.load(st + _CANDS) > tl.maximum(tl.load(seg_numel_ptr + seg) >> CROWD_SHIFT, CROWD_MIN)
+                span = tl.where(off > (1 << span) // 2, tl.minimum(span + 1, SPAN_MAX),
+                                tl.where(crowded & (off < (1 << span) // 4), tl.maximum(span - 1, SPAN_MIN), span))
+                tl.store(st + _SPAN, span)
+        block += tl.num_programs(0)
 
 
 @triton.jit
 def _tie_kernel(w_table_ptr, blk_seg_ptr, blk_start_ptr, seg_first_ptr, seg_nblocks_ptr, seg_numel_ptr, state_ptr,
-                slot_ptr, count_ptr, eq_ptr, DTYPE: tl.constexpr, BLOCK: tl.constexpr, SLOTS: tl.constexpr,
+                slot_ptr, count_ptr, eq_ptr, n_blocks, DTYPE: tl.constexpr, BLOCK: tl.constexpr, SLOTS: tl.constexpr,
                 CHUNK: tl.constexpr, PIECE: tl.constexpr, SCAN: tl.constexpr):
-    pid = tl.program_id(0)
-    seg = tl.load(blk_seg_ptr + pid)
-    st = state_ptr + seg * STATE_COLS
-    if tl.load(st + _TIE) != 0:
-        threshold = tl.load(st + _PREFIX)
-        count = tl.load(count_ptr + pid)
-        if count <= SLOTS:
-            t_key = threshold - tl.load(st + _LO)
-            n_eq = tl.zeros([], dtype=tl.int32)
-            c = tl.zeros([], dtype=tl.int32)
-            while c < count:
-                j = c + tl.arange(0, CHUNK)
-                key = _slot_key(tl.load(slot_ptr + pid * SLOTS + j, mask=j < count, other=0))
-                n_eq += tl.sum(((j < count) & (key == t_key)).to(tl.int32), 0)
-                c += CHUNK
-        else:
-            start = tl.load(blk_start_ptr + pid)
-            numel = tl.load(seg_numel_ptr + seg)
-            w_addr = tl.load(w_table_ptr + seg)
-            n_eq = tl.zeros([], dtype=tl.int32)
-            for piece in range(0, BLOCK, PIECE):
-                offs = start + piece + tl.arange(0, PIECE)
-                inb = offs < numel
-                n_eq += tl.sum((inb & (_abs_bits(w_addr, offs, inb, DTYPE) == threshold)).to(tl.int32), 0)
-        tl.store(eq_ptr + pid, n_eq)
-        tl.debug_barrier()
-        seg_blocks = tl.load(seg_nblocks_ptr + seg)
-        if tl.atomic_add(st + _DONE_TIE, 1, sem="acq_rel") == seg_blocks - 1:
-            # Exclusive scan of the segment's per-block counts, in block (= flat index) order, in place.
-            first = eq_ptr + tl.load(seg_first_ptr + seg)
-            running = tl.zeros([], dtype=tl.int32)
-            c = tl.zeros([], dtype=tl.int32)
-            while c < seg_blocks:
-                idx = c + tl.arange(0, SCAN)
-                ok = idx < seg_blocks
-                x = tl.load(first + idx, mask=ok, other=0, cache_modifier=".cg")
-                tl.store(first + idx, running + tl.cumsum(x, 0) - x, mask=ok)
-                running += tl.sum(x, 0)
-                c += SCAN
+    block = tl.program_id(0)
+    while block < n_blocks:  # one turn with a program per block; a grid-stride loop with CAND_PROGRAMS_PER_SM
+        seg = tl.load(blk_seg_ptr + block)
+        st = state_ptr + seg * STATE_COLS
+        if tl.load(st + _TIE) != 0:
+            threshold = tl.load(st + _PREFIX)
+            count = tl.load(count_ptr + block)
+            if count <= SLOTS:
+                t_key = threshold - tl.load(st + _LO)
+                n_eq = tl.zeros([], dtype=tl.int32)
+                c = tl.zeros([], dtype=tl.int32)
+                while c < count:
+                    j = c + tl.arange(0, CHUNK)
+                    key = _slot_key(tl.load(slot_ptr + block * SLOTS + j, mask=j < count, other=0))
+                    n_eq += tl.sum(((j < count) & (key == t_key)).to(tl.int32), 0)
+                    c += CHUNK
+            else:
+                start = tl.load(blk_start_ptr + block)
+                numel = tl.load(seg_numel_ptr + seg)
+                w_addr = tl.load(w_table_ptr + seg)
+                n_eq = tl.zeros([], dtype=tl.int32)
+                for piece in range(0, BLOCK, PIECE):
+                    offs = start + piece + tl.arange(0, PIECE)
+                    inb = offs < numel
+                    n_eq += tl.sum((inb & (_abs_bits(w_addr, offs, inb, DTYPE) == threshold)).to(tl.int32), 0)
+            tl.store(eq_ptr + block, n_eq)
+            tl.debug_barrier()
+            seg_blocks = tl.load(seg_nblocks_ptr + seg)
+            if tl.atomic_add(st + _DONE_TIE, 1, sem="acq_rel") == seg_blocks - 1:
+                # Exclusive scan of the segment's per-block counts, in block (= flat index) order, in place.
+                first = eq_ptr + tl.load(seg_first_ptr + seg)
+                running = tl.zeros([], dtype=tl.int32)
+                c = tl.zeros([], dtype=tl.int32)
+                while c < seg_blocks:
+                    idx = c + tl.arange(0, SCAN)
+                    ok = idx < seg_blocks
+                    x = tl.load(first + idx, mask=ok, other=0, cache_modifier=".cg")
+                    tl.store(first + idx, running + tl.cumsum(x, 0) - x, mask=ok)
+                    running += tl.sum(x, 0)
+                    c += SCAN
+        block += tl.num_programs(0)
 
 
 @triton.jit
@@ -539,55 +552,57 @@ def _keep(bits, valid, threshold, tie, eq_before, need_eq):
 
 @triton.jit
 def _fixup_kernel(w_table_ptr, out_table_ptr, m_table_ptr, v_table_ptr, blk_seg_ptr, blk_start_ptr, seg_numel_ptr,
-                  state_ptr, slot_ptr, count_ptr, eq_ptr, cold_ptr, DTYPE: tl.constexpr, ZERO_WEIGHTS: tl.constexpr,
-                  ZERO_MOMENTS: tl.constexpr, BLOCK: tl.constexpr, SLOTS: tl.constexpr, SLOT_LIMIT: tl.constexpr,
-                  CHUNK: tl.constexpr, PIECE: tl.constexpr):
-    pid = tl.program_id(0)
-    if pid == 0:  # the cold pass of this call is over: the next call's prepare and guess count afresh
+                  state_ptr, slot_ptr, count_ptr, eq_ptr, cold_ptr, n_blocks, DTYPE: tl.constexpr,
+                  ZERO_WEIGHTS: tl.constexpr, ZERO_MOMENTS: tl.constexpr, BLOCK: tl.constexpr, SLOTS: tl.constexpr,
+                  SLOT_LIMIT: tl.constexpr, CHUNK: tl.constexpr, PIECE: tl.constexpr):
+    if tl.program_id(0) == 0:  # the cold pass of this call is over: the next call's prepare and guess count afresh
         tl.store(cold_ptr, 0)
-    seg = tl.load(blk_seg_ptr + pid)
-    st = state_ptr + seg * STATE_COLS
-    threshold = tl.load(st + _PREFIX)
-    need_eq = tl.load(st + _K_LEFT)
-    tie = tl.load(st + _TIE) != 0
-    out = tl.load(out_table_ptr + seg).to(tl.pointer_type(tl.int8)) + tl.load(blk_start_ptr + pid)
-    eq_before = tl.load(eq_ptr + pid)  # only meaningful (and used) where tie
-    count = tl.load(count_ptr + pid)
-    if count <= SLOT_LIMIT:  # SLOTS, or -1 when zeroing (then every pruned entry must be written)
-        # Only the used slots' entries are undecided. Passes 1 and 3 wrote False for every candidate: only
-        # the kept ones need a (scattered) write.
-        t_key = threshold - tl.load(st + _LO)
-        c = tl.zeros([], dtype=tl.int32)
-        while c < count:
-            j = c + tl.arange(0, CHUNK)
-            valid = j < count
-            slot = tl.load(slot_ptr + pid * SLOTS + j, mask=valid, other=0)
-            key = _slot_key(slot)
-            kept = _keep(key, valid, t_key, tie, eq_before, need_eq)
-            tl.store(out + (slot & POS_MASK), kept.to(tl.int8), mask=kept)
-            eq_before += tl.sum((valid & (key == t_key)).to(tl.int32), 0)
-            c += CHUNK
-    else:
-        # The whole block from its weights: its candidates overflowed the slots, or pruned entries are to be
-        # zeroed (all of them must be written).
-        start = tl.load(blk_start_ptr + pid)
-        numel = tl.load(seg_numel_ptr + seg)
-        w_addr = tl.load(w_table_ptr + seg)
-        for piece in range(0, BLOCK, PIECE):
-            offs = start + piece + tl.arange(0, PIECE)
-            inb = offs < numel
-            bits = _abs_bits(w_addr, offs, inb, DTYPE)
-            keep = _keep(bits, inb, threshold, tie, eq_before, need_eq)
-            tl.store(out + piece + tl.arange(0, PIECE), keep.to(tl.int8), mask=inb)
-            eq_before += tl.sum((inb & (bits == threshold)).to(tl.int32), 0)
-            pruned = inb & ~keep
-            if ZERO_WEIGHTS:
-                # Write-only: kept weights are untouched, pruned ones become +0.0.
-                tl.store(w_addr.to(tl.pointer_type(DTYPE)) + offs, tl.zeros([PIECE], dtype=DTYPE), mask=pruned)
-            if ZERO_MOMENTS:
-                zeros = tl.zeros([PIECE], dtype=tl.float32)
-                tl.store(tl.load(m_table_ptr + seg).to(tl.pointer_type(tl.float32)) + offs, zeros, mask=pruned)
-                tl.store(tl.load(v_table_ptr + seg).to(tl.pointer_type(tl.float32)) + offs, zeros, mask=pruned)
+    block = tl.program_id(0)
+    while block < n_blocks:  # one turn with a program per block; a grid-stride loop with CAND_PROGRAMS_PER_SM
+        seg = tl.load(blk_seg_ptr + block)
+        st = state_ptr + seg * STATE_COLS
+        threshold = tl.load(st + _PREFIX)
+        need_eq = tl.load(st + _K_LEFT)
+        tie = tl.load(st + _TIE) != 0
+        out = tl.load(out_table_ptr + seg).to(tl.pointer_type(tl.int8)) + tl.load(blk_start_ptr + block)
+        eq_before = tl.load(eq_ptr + block)  # only meaningful (and used) where tie
+        count = tl.load(count_ptr + block)
+        if count <= SLOT_LIMIT:  # SLOTS, or -1 when zeroing (then every pruned entry must be written)
+            # Only the used slots' entries are undecided. Passes 1 and 3 wrote False for every candidate: only
+            # the kept ones need a (scattered) write.
+            t_key = threshold - tl.load(st + _LO)
+            c = tl.zeros([], dtype=tl.int32)
+            while c < count:
+                j = c + tl.arange(0, CHUNK)
+                valid = j < count
+                slot = tl.load(slot_ptr + block * SLOTS + j, mask=valid, other=0)
+                key = _slot_key(slot)
+                kept = _keep(key, valid, t_key, tie, eq_before, need_eq)
+                tl.store(out + (slot & POS_MASK), kept.to(tl.int8), mask=kept)
+                eq_before += tl.sum((valid & (key == t_key)).to(tl.int32), 0)
+                c += CHUNK
+        else:
+            # The whole block from its weights: its candidates overflowed the slots, or pruned entries are to be
+            # zeroed (all of them must be written).
+            start = tl.load(blk_start_ptr + block)
+            numel = tl.load(seg_numel_ptr + seg)
+            w_addr = tl.load(w_table_ptr + seg)
+            for piece in range(0, BLOCK, PIECE):
+                offs = start + piece + tl.arange(0, PIECE)
+                inb = offs < numel
+                bits = _abs_bits(w_addr, offs, inb, DTYPE)
+                keep = _keep(bits, inb, threshold, tie, eq_before, need_eq)
+                tl.store(out + piece + tl.arange(0, PIECE), keep.to(tl.int8), mask=inb)
+                eq_before += tl.sum((inb & (bits == threshold)).to(tl.int32), 0)
+                pruned = inb & ~keep
+                if ZERO_WEIGHTS:
+                    # Write-only: kept weights are untouched, pruned ones become +0.0.
+                    tl.store(w_addr.to(tl.pointer_type(DTYPE)) + offs, tl.zeros([PIECE], dtype=DTYPE), mask=pruned)
+                if ZERO_MOMENTS:
+                    zeros = tl.zeros([PIECE], dtype=tl.float32)
+                    tl.store(tl.load(m_table_ptr + seg).to(tl.pointer_type(tl.float32)) + offs, zeros, mask=pruned)
+                    tl.store(tl.load(v_table_ptr + seg).to(tl.pointer_type(tl.float32)) + offs, zeros, mask=pruned)
+        block += tl.num_programs(0)
 
 
 # --- workspace, launch plan, launcher ---------------------------------------------------------------------
@@ -622,6 +637,8 @@ class _Workspace:
         self.cold = torch.zeros(1, dtype=torch.int32, device=device)
         self.cold_programs = min(nb, _utils.persistent_programs(device, COLD_PROGRAMS_PER_SM,
                                                                 COLD_INTERPRETER_PROGRAMS))
+        self.cand_programs = nb if CAND_PROGRAMS_PER_SM == 0 else min(nb, _utils.persistent_programs(
+            device, CAND_PROGRAMS_PER_SM, CAND_INTERPRETER_PROGRAMS))
         self.buffers = [self.plan, self.w_table, self.hist, self.state, self.slots, self.counts, self.eq, self.cold]
 
 
@@ -676,7 +693,7 @@ def _topk_launch(weights, keep_t, out, zero_pruned: bool, exp_avgs, exp_avg_sqs,
     ws = plan.ws
     if ws.n_blocks == 0:  # every tensor is empty: nothing to write
         return
-    grid = (ws.n_blocks,)
+    grid, cand_grid = (ws.n_blocks,), (ws.cand_programs,)
     common = dict(DTYPE=plan.dtype, BLOCK=block, num_warps=NUM_WARPS)
     cand = dict(SLOTS=slots, DTYPE=plan.dtype, BLOCK=block, CHUNK=min(CAND_CHUNK, slots),
                 PIECE=min(CAND_PIECE, block), num_warps=CAND_WARPS)
@@ -689,15 +706,16 @@ def _topk_launch(weights, keep_t, out, zero_pruned: bool, exp_avgs, exp_avg_sqs,
                             W_BYTES=weights[0].element_size(), maxnreg=GUESS_MAX_REGISTERS, **common)
         _cold_kernel[(ws.cold_programs,)](ws.w_table, ws.blk_seg, ws.blk_start, ws.seg_nblocks, ws.seg_numel,
                                           ws.state, ws.hist, ws.cold, ws.n_blocks, **common)
-        _digit2_kernel[grid](ws.w_table, plan.out_table, ws.blk_seg, ws.blk_start, ws.seg_nblocks, ws.seg_numel,
-                             ws.state, ws.hist, ws.slots, ws.counts, **cand)
-        _digit3_kernel[grid](ws.w_table, ws.blk_seg, ws.blk_start, ws.seg_nblocks, ws.seg_numel, ws.state, ws.hist,
-                             ws.slots, ws.counts, **cand)
-        _tie_kernel[grid](ws.w_table, ws.blk_seg, ws.blk_start, ws.seg_first, ws.seg_nblocks, ws.seg_numel, ws.state,
-                          ws.slots, ws.counts, ws.eq, SCAN=SCAN_CHUNK, **cand)
-        _fixup_kernel[grid](ws.w_table, plan.out_table, *plan.moment_tables, ws.blk_seg, ws.blk_start, ws.seg_numel,
-                            ws.state, ws.slots, ws.counts, ws.eq, ws.cold, ZERO_WEIGHTS=zero_pruned,
-                            ZERO_MOMENTS=plan.zero_moments, SLOT_LIMIT=-1 if zeroing else slots, **cand)
+        _digit2_kernel[cand_grid](ws.w_table, plan.out_table, ws.blk_seg, ws.blk_start, ws.seg_nblocks, ws.seg_numel,
+                                  ws.state, ws.hist, ws.slots, ws.counts, ws.n_blocks, **cand)
+        _digit3_kernel[cand_grid](ws.w_table, ws.blk_seg, ws.blk_start, ws.seg_nblocks, ws.seg_numel, ws.state,
+                                  ws.hist, ws.slots, ws.counts, ws.n_blocks, **cand)
+        _tie_kernel[cand_grid](ws.w_table, ws.blk_seg, ws.blk_start, ws.seg_first, ws.seg_nblocks, ws.seg_numel,
+                               ws.state, ws.slots, ws.counts, ws.eq, ws.n_blocks, SCAN=SCAN_CHUNK, **cand)
+        _fixup_kernel[cand_grid](ws.w_table, plan.out_table, *plan.moment_tables, ws.blk_seg, ws.blk_start,
+                                 ws.seg_numel, ws.state, ws.slots, ws.counts, ws.eq, ws.cold, ws.n_blocks,
+                                 ZERO_WEIGHTS=zero_pruned, ZERO_MOMENTS=plan.zero_moments,
+                                 SLOT_LIMIT=-1 if zeroing else slots, **cand)
 
 
 def select_stats(weights: Sequence[torch.Tensor], *, block: int = TOPK_BLOCK, slots: int | None = None) -> dict | None:

@@ -240,16 +240,21 @@ def test_topk_tie_scan_carries_across_chunks(monkeypatch):
         assert select_stats(weights, block=16, slots=16)["tie"] == [True, True]
 
 
+@pytest.mark.parametrize("grid_stride", [False, True])
 @pytest.mark.parametrize("zero_pruned", [False, True])
-def test_topk_candidate_passes_loop_over_chunks_and_pieces(monkeypatch, zero_pruned):
+def test_topk_candidate_passes_loop_over_chunks_and_pieces(monkeypatch, zero_pruned, grid_stride):
     # The passes after the full read walk a block's used slots a chunk at a time, and its weights (overflow,
     # cold path, zeroing) a piece at a time: shrunk here so that both loops take several turns, with the tie
     # rank carried from one turn to the next. Every 7th weight of the first tensor is 0.75 and T = 0.75 keeps
     # half of them, from the slots; the second tensor has few levels, so its blocks overflow their slots.
+    # grid_stride: the candidate passes on 2 programs that loop over the 16 blocks (CAND_PROGRAMS_PER_SM).
     from kernels import topk_mask
 
     monkeypatch.setattr(topk_mask, "CAND_CHUNK", 4)
     monkeypatch.setattr(topk_mask, "CAND_PIECE", 16)
+    if grid_stride:
+        monkeypatch.setattr(topk_mask, "CAND_PROGRAMS_PER_SM", 1)
+        monkeypatch.setattr(topk_mask, "CAND_INTERPRETER_PROGRAMS", 2)
     weights = [torch.randn(700, device=DEVICE), torch.randint(-2, 3, (300,), device=DEVICE) / 2.0]
     weights[0][::7] = -0.75
     counts = [int((weights[0].abs() > 0.75).sum()) + 50, 100]
@@ -264,6 +269,8 @@ def test_topk_candidate_passes_loop_over_chunks_and_pieces(monkeypatch, zero_pru
         seen.append(select_stats(weights, block=64, slots=16))
     assert seen[0]["tie"] == [True, True] and seen[-1]["warm"] == [True, True], seen
     assert all(s["overflowed_blocks"] > 0 for s in seen), seen
+    ws = topk_mask._workspaces.get((64, 16, *map(id, weights)), tuple(w.data_ptr() for w in weights))
+    assert ws.n_blocks == 16 and ws.cand_programs == (2 if grid_stride else 16)
     if not zero_pruned:  # (zeroing leaves no surplus of ties after the first call)
         assert all(s["tie"] == [True, True] for s in seen), seen
 
