@@ -42,7 +42,8 @@ blocks of this launch are done: it alone takes the segment's decision, so no lau
      kept, e.g. k = 0), T = HI + 1: kept iff pattern >= HI + 1, with no tie break. It also sizes the next
      guess from where T fell in this one.
   5. `_tie_kernel`, only where more elements equal T than are kept: counts them per block (among the
-     candidates), and the last block turns the counts into each block's exclusive prefix.
+     candidates), and the last block turns the counts into each block's exclusive prefix. Pass 4 counts
+     the segments that need it, so when none does its programs exit at once; the fix-up zeroes the count.
   6. `_fixup_kernel`: each candidate's mask entry (written False by pass 1 or 3, so only the kept ones are
      written): kept iff pattern > T, or == T with rank among equals (flat order) <= need_eq. With
      `zero_pruned` or moments to zero, it instead rewrites whole blocks from the weights (one more read)
@@ -437,8 +438,8 @@ def _digit2_kernel(w_table_ptr, out_table_ptr, blk_seg_ptr, blk_start_ptr, seg_n
 
 @triton.jit
 def _digit3_kernel(w_table_ptr, blk_seg_ptr, blk_start_ptr, seg_nblocks_ptr, seg_numel_ptr, state_ptr, hist_ptr,
-                   slot_ptr, count_ptr, n_blocks, DTYPE: tl.constexpr, BLOCK: tl.constexpr, SLOTS: tl.constexpr,
-                   CHUNK: tl.constexpr, PIECE: tl.constexpr):
+                   slot_ptr, count_ptr, ties_ptr, n_blocks, DTYPE: tl.constexpr, BLOCK: tl.constexpr,
+                   SLOTS: tl.constexpr, CHUNK: tl.constexpr, PIECE: tl.constexpr):
     block = tl.program_id(0)
     while block < n_blocks:  # one turn with a program per block; a grid-stride loop with CAND_PROGRAMS_PER_SM
         seg = tl.load(blk_seg_ptr + block)
@@ -477,7 +478,10 @@ def _digit3_kernel(w_table_ptr, blk_seg_ptr, blk_start_ptr, seg_nblocks_ptr, seg
             tl.store(st + _PREFIX, threshold)
             tl.store(st + _K_LEFT, need_eq)
             # in_b elements equal T; need_eq of them are kept. Only a strict surplus needs the tie break.
-            tl.store(st + _TIE, ((k_left > 0) & (in_b > need_eq)).to(tl.int32))
+            tie = (k_left > 0) & (in_b > need_eq)
+            tl.store(st + _TIE, tie.to(tl.int32))
+            if tie:  # the tie pass has work (without any, its programs exit at once)
+                tl.atomic_add(ties_ptr, 1, sem="relaxed")
             tl.store(st + _PREV_T, threshold)  # the next call's guess
             tl.store(st + _HAVE_PREV, 1)
             if tl.load(st + _WARM) != 0:
@@ -495,9 +499,10 @@ def _digit3_kernel(w_table_ptr, blk_seg_ptr, blk_start_ptr, seg_nblocks_ptr, seg
 
 @triton.jit
 def _tie_kernel(w_table_ptr, blk_seg_ptr, blk_start_ptr, seg_first_ptr, seg_nblocks_ptr, seg_numel_ptr, state_ptr,
-                slot_ptr, count_ptr, eq_ptr, n_blocks, DTYPE: tl.constexpr, BLOCK: tl.constexpr, SLOTS: tl.constexpr,
-                CHUNK: tl.constexpr, PIECE: tl.constexpr, SCAN: tl.constexpr):
-    block = tl.program_id(0)
+                slot_ptr, count_ptr, eq_ptr, ties_ptr, n_blocks, DTYPE: tl.constexpr, BLOCK: tl.constexpr,
+                SLOTS: tl.constexpr, CHUNK: tl.constexpr, PIECE: tl.constexpr, SCAN: tl.constexpr):
+    # Where no segment's threshold needs the tie break (the usual case), every program exits at once.
+    block = tl.where(tl.load(ties_ptr) != 0, tl.program_id(0), n_blocks)
     while block < n_blocks:  # one turn with a program per block; a grid-stride loop with CAND_PROGRAMS_PER_SM
         seg = tl.load(blk_seg_ptr + block)
         st = state_ptr + seg * STATE_COLS
@@ -552,11 +557,12 @@ def _keep(bits, valid, threshold, tie, eq_before, need_eq):
 
 @triton.jit
 def _fixup_kernel(w_table_ptr, out_table_ptr, m_table_ptr, v_table_ptr, blk_seg_ptr, blk_start_ptr, seg_numel_ptr,
-                  state_ptr, slot_ptr, count_ptr, eq_ptr, cold_ptr, n_blocks, DTYPE: tl.constexpr,
+                  state_ptr, slot_ptr, count_ptr, eq_ptr, cold_ptr, ties_ptr, n_blocks, DTYPE: tl.constexpr,
                   ZERO_WEIGHTS: tl.constexpr, ZERO_MOMENTS: tl.constexpr, BLOCK: tl.constexpr, SLOTS: tl.constexpr,
                   SLOT_LIMIT: tl.constexpr, CHUNK: tl.constexpr, PIECE: tl.constexpr):
-    if tl.program_id(0) == 0:  # the cold pass of this call is over: the next call's prepare and guess count afresh
+    if tl.program_id(0) == 0:  # the cold and tie passes of this call are over: the next call counts afresh
         tl.store(cold_ptr, 0)
+        tl.store(ties_ptr, 0)
     block = tl.program_id(0)
     while block < n_blocks:  # one turn with a program per block; a grid-stride loop with CAND_PROGRAMS_PER_SM
         seg = tl.load(blk_seg_ptr + block)
@@ -639,7 +645,11 @@ class _Workspace:
                                                                 COLD_INTERPRETER_PROGRAMS))
         self.cand_programs = nb if CAND_PROGRAMS_PER_SM == 0 else min(nb, _utils.persistent_programs(
             device, CAND_PROGRAMS_PER_SM, CAND_INTERPRETER_PROGRAMS))
-        self.buffers = [self.plan, self.w_table, self.hist, self.state, self.slots, self.counts, self.eq, self.cold]
+        # Segments whose threshold needs the tie break in this call (counted by the digit-3 pass, read by the tie
+        # pass, zeroed by the fix-up).
+        self.ties = torch.zeros(1, dtype=torch.int32, device=device)
+        self.buffers = [self.plan, self.w_table, self.hist, self.state, self.slots, self.counts, self.eq, self.cold,
+                        self.ties]
 
 
 class _TopkPlan:
@@ -709,11 +719,11 @@ def _topk_launch(weights, keep_t, out, zero_pruned: bool, exp_avgs, exp_avg_sqs,
         _digit2_kernel[cand_grid](ws.w_table, plan.out_table, ws.blk_seg, ws.blk_start, ws.seg_nblocks, ws.seg_numel,
                                   ws.state, ws.hist, ws.slots, ws.counts, ws.n_blocks, **cand)
         _digit3_kernel[cand_grid](ws.w_table, ws.blk_seg, ws.blk_start, ws.seg_nblocks, ws.seg_numel, ws.state,
-                                  ws.hist, ws.slots, ws.counts, ws.n_blocks, **cand)
+                                  ws.hist, ws.slots, ws.counts, ws.ties, ws.n_blocks, **cand)
         _tie_kernel[cand_grid](ws.w_table, ws.blk_seg, ws.blk_start, ws.seg_first, ws.seg_nblocks, ws.seg_numel,
-                               ws.state, ws.slots, ws.counts, ws.eq, ws.n_blocks, SCAN=SCAN_CHUNK, **cand)
+                               ws.state, ws.slots, ws.counts, ws.eq, ws.ties, ws.n_blocks, SCAN=SCAN_CHUNK, **cand)
         _fixup_kernel[cand_grid](ws.w_table, plan.out_table, *plan.moment_tables, ws.blk_seg, ws.blk_start,
-                                 ws.seg_numel, ws.state, ws.slots, ws.counts, ws.eq, ws.cold, ws.n_blocks,
+                                 ws.seg_numel, ws.state, ws.slots, ws.counts, ws.eq, ws.cold, ws.ties, ws.n_blocks,
                                  ZERO_WEIGHTS=zero_pruned, ZERO_MOMENTS=plan.zero_moments,
                                  SLOT_LIMIT=-1 if zeroing else slots, **cand)
 

@@ -52,15 +52,17 @@ def variants():
                dict(w_table_ptr=I64, out_table_ptr=I64, **blocks, **segs, state_ptr=I32, hist_ptr=I32, **slots,
                     n_blocks="i32"), dict(DTYPE=dtype, **shape, **chunk))
         yield ("digit3", tm._digit3_kernel, tm.CAND_WARPS,
-               dict(w_table_ptr=I64, **blocks, **segs, state_ptr=I32, hist_ptr=I32, **slots, n_blocks="i32"),
+               dict(w_table_ptr=I64, **blocks, **segs, state_ptr=I32, hist_ptr=I32, **slots, ties_ptr=I32,
+                    n_blocks="i32"),
                dict(DTYPE=dtype, **shape, **chunk))
         yield ("tie", tm._tie_kernel, tm.CAND_WARPS,
                dict(w_table_ptr=I64, **blocks, seg_first_ptr=I32, **segs, state_ptr=I32, **slots,
-                    eq_ptr=I32, n_blocks="i32"), dict(DTYPE=dtype, **shape, **chunk, SCAN=tm.SCAN_CHUNK))
+                    eq_ptr=I32, ties_ptr=I32, n_blocks="i32"), dict(DTYPE=dtype, **shape, **chunk, SCAN=tm.SCAN_CHUNK))
         for zero in (False, True):
             yield ("fixup", tm._fixup_kernel, tm.CAND_WARPS,
                    dict(w_table_ptr=I64, out_table_ptr=I64, m_table_ptr=I64, v_table_ptr=I64, **blocks,
-                        seg_numel_ptr=I32, state_ptr=I32, **slots, eq_ptr=I32, cold_ptr=I32, n_blocks="i32"),
+                        seg_numel_ptr=I32, state_ptr=I32, **slots, eq_ptr=I32, cold_ptr=I32, ties_ptr=I32,
+                        n_blocks="i32"),
                    dict(DTYPE=dtype, ZERO_WEIGHTS=zero, ZERO_MOMENTS=zero, **shape,
                         SLOT_LIMIT=-1 if zero else shape["SLOTS"], **chunk))
     for step_type in ("*fp32", "*i64"):  # torch.optim.Adam's float step counts, or integer ones

@@ -238,6 +238,8 @@ def test_topk_tie_scan_carries_across_chunks(monkeypatch):
     for counts in ([150, 20], [260, 31]):
         assert_same_masks(weights, counts, block=16, slots=16)
         assert select_stats(weights, block=16, slots=16)["tie"] == [True, True]
+    ws = topk_mask._workspaces.get((16, 16, *map(id, weights)), tuple(w.data_ptr() for w in weights))
+    assert int(ws.ties) == 0  # the fix-up zeroed the count of segments with a tie to break
 
 
 @pytest.mark.parametrize("grid_stride", [False, True])
