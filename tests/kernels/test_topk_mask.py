@@ -506,6 +506,30 @@ def test_topk_warm_calls_along_a_gmp_schedule_gpu():
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("grid_stride", [False, True])
+@pytest.mark.parametrize("offset", [0, 1])
+def test_topk_vector_and_grid_stride_paths_gpu(monkeypatch, offset, grid_stride):
+    # The full read's two compilations (offset 0: aligned weights, 128-bit loads; offset 1: views 4 bytes off
+    # their allocation, scalar loads) and the candidate passes on a program per block or on 4 per SM looping
+    # over blocks, warm and cold, with ties and full and partial blocks, against the reference.
+    from kernels import topk_mask
+
+    if grid_stride:
+        monkeypatch.setattr(topk_mask, "CAND_PROGRAMS_PER_SM", 4)
+    shapes = [(96, 48, 3, 3), (512, 3001), (7,)]
+    buffers = [torch.randn(torch.Size(s).numel() + offset, device="cuda") for s in shapes]
+    weights = [b[offset:].view(s) for b, s in zip(buffers, shapes)]
+    weights[1][:, ::5] = 0.25  # a tie at T for some counts
+    for fraction in (0.5, 0.3, 0.1, 0.05):
+        counts = [max(1, round(w.numel() * fraction)) for w in weights]
+        counts[1] = int((weights[1].abs() > 0.25).sum()) + 700  # T = 0.25, with ties to break
+        assert_same_masks(weights, counts, block=4096)
+    assert kernels._utils.all_aligned(weights) == (offset == 0)  # (so the launches took the intended variant)
+    ws = topk_mask._workspaces.get((4096, 1024, *map(id, weights)), tuple(w.data_ptr() for w in weights))
+    assert (ws.cand_programs < ws.n_blocks) == grid_stride
+
+
+@pytest.mark.gpu
 def test_topk_cuda_graph_capture():
     # Device keep counts and out= masks: the whole mask update replays from a graph with new weights.
     weights = [torch.randn(s, device="cuda") for s in [(64, 9), (1000,), (3,)]]
