@@ -103,10 +103,10 @@ NUM_WARPS = 8
 # (ALIGNED, checked on the host) a thread loads them as one 128-bit vector (64-bit for 16-bit weights) and
 # stores their mask bytes as one word; the candidates' flat-order prefix is then a scan along each row (in
 # registers) plus one over the rows. Static counts for sm_90 (triton 3.6, fp32, `bench/ptx_counts.py`): a
-# full block runs 772 PTX instructions per thread with 9 barriers, against 922 with 18 for the flat block
+# full block runs 753 PTX instructions per thread with 6 barriers, against 922 with 18 for the flat block
 # with `_flat_prefix` and 16 scalar loads and byte stores, which the H100 timed at 242 us for 50M
 # (unmeasured on a GPU since). Unaligned weights or masks keep scalar accesses and cost more than before
-# (27 barriers).
+# (24 barriers).
 VEC = tl.constexpr(4)
 # With both the full-block and the bounds-checked accesses compiled in, the full read takes 117 registers:
 # two programs of 8 warps per SM where the measured design (80) had three. ptxas fits it in 80 without
@@ -334,12 +334,16 @@ def _guess_kernel(w_table_ptr, out_table_ptr, blk_seg_ptr, blk_start_ptr, seg_nb
             tl.store(out_ptr, above.to(tl.int8), mask=inb)
         cand = (bits >= lo) & ~above
         flags = cand.to(tl.int32)
-        row_n = tl.sum(flags, 1)
-        slot = (tl.cumsum(row_n, 0) - row_n)[:, None] + tl.cumsum(flags, 1) - flags
+        # Per row, its candidates in the high half and its elements above HI in the low half (each <= BLOCK
+        # < 2**16): one scan over the rows and one sum serve both counts.
+        row_packed = tl.sum((flags << 16) | above.to(tl.int32), 1)
+        row_before = (tl.cumsum(row_packed, 0) - row_packed) >> 16
+        slot = row_before[:, None] + tl.cumsum(flags, 1) - flags
         tl.store(slot_ptr + pid * SLOTS + slot, ((bits - lo) << POS_BITS) | local, mask=cand & (slot < SLOTS))
-        n_cand = tl.sum(row_n, 0)
+        totals = tl.sum(row_packed, 0)
+        n_cand = totals >> 16
         tl.store(count_ptr + pid, n_cand)
-        tl.atomic_add(st + _ABOVE, tl.sum(tl.sum(above.to(tl.int32), 1), 0), sem="relaxed")
+        tl.atomic_add(st + _ABOVE, totals & 0xFFFF, sem="relaxed")
         tl.atomic_add(st + _CANDS, n_cand, sem="relaxed")
         tl.debug_barrier()  # all of this program's flushes before its "done" (see _select_digit)
         if tl.atomic_add(st + _DONE1, 1, sem="acq_rel") == tl.load(seg_nblocks_ptr + seg) - 1:  # the last block
