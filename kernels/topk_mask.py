@@ -58,7 +58,7 @@ slot written once and read three times; Gaussian weights at 50-99% sparsity and 
 / 0.4% of the elements at 50 / 90 / 95 / 99%); cold (first call, warm_start=False or a wrong guess) 8 + 1
 (+ 4 + 1 for a wrong guess's pass 1) + ~12 per candidate (the top-digit bucket of T: 4.0 / 2.4 / 1.5 /
 0.7%). Compute, from the PTX for sm_90 (triton 3.6) with ~30 candidates per 4096-element block: the warm
-path issues ~2 warp-instructions per element (the full read ~1.5 with aligned pointers, see VEC, ~1.8
+path issues ~2 warp-instructions per element (the full read ~1.47 with aligned pointers, see VEC, ~1.8
 before that; each digit pass ~0.2, the fix-up ~0.07), against ~17 before this design (12 in the full
 read's 2048-bin histogram); an H100 issues ~1.5 per element in the time it reads one, so the full read is
 still issue-bound by PTX count. The warm start is a guess: a wrong one costs the cold path, never a wrong
