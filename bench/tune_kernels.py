@@ -4,18 +4,18 @@
     python3 bench/tune_kernels.py --budget-s 100      # whatever fits in 100 s, most telling cases first
     python3 bench/tune_kernels.py --dry-run           # the CPU rehearsal: interpreter, tiny sizes, seconds
 
-The kernels' knobs (kernels/topk_mask.py: block, warps of the full read, warps and programs of the
-candidate passes, candidate slots per block; kernels/masked_adam.py: programs per SM, warps, block) were set
-on paper and are untuned on any GPU. This sweep changes one knob at a time from the current defaults, on the cases the
+The kernels' knobs (kernels/topk_mask.py: block, warps of the full read, warps and programs of the candidate
+passes, candidate slots per block; kernels/masked_adam.py: programs per SM, warps, block) were set on paper
+and are untuned on any GPU. This sweep changes one knob at a time from the current defaults, on the cases the
 targets of bench/README.md are about (mask selection on the 50M set at 95%, eagerly, and at Impala w3 in a
 CUDA graph; masked Adam on the flat 50M buffer in faithful mode at 0% and frozen mode at 95 and 99%, and at
-Impala w3 in a graph), and records for each configuration: the median device time (do_bench, L2 flushed),
-the ratio to the defaults measured in the same run, the ideal time of the bytes the op must move at the
-copy bandwidth measured in the same run, the registers and spills of each kernel it launched, and whether
-the result is right. A configuration is right when its
-masks equal the reference's (kernels.reference, a stable sort) and its Adam step is bit-identical to the
-defaults' from the same state (the defaults are tested against torch.optim.Adam by `pytest -m gpu`); a wrong
-or failing one is recorded as such and never reported as the best.
+Impala w3 in a graph), and records for each configuration: the median device time (do_bench, L2 flushed), the
+ratio to the defaults measured in the same run, the ideal time of the bytes the op must move at the copy
+bandwidth measured in the same run, the registers and spills of each kernel it launched, and whether the
+result is right. A configuration is right when its masks equal the reference's (kernels.reference, a stable
+sort) and its Adam step is bit-identical to the defaults' from the same state (the defaults are tested against
+torch.optim.Adam by `pytest -m gpu`); a wrong or failing one is recorded as such and never reported as the
+best.
 
 Writes tune.jsonl (a row per configuration, appended as it is measured, so a killed sweep keeps what it
 measured) and tune.md (a table per case, best first) into --out: by default

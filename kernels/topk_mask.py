@@ -134,12 +134,13 @@ CAND_PIECE = 16 * 32 * CAND_WARPS
 # blocks (grid-stride). Untimed on a GPU: a knob for bench/tune_kernels.py. Under the interpreter a few
 # programs when > 0.
 CAND_PROGRAMS_PER_SM = 0
+CAND_INTERPRETER_PROGRAMS = 3
 # Programs of the cold path's grid-stride histogram: at ~184 registers per thread one program of 8 warps is
 # resident per SM, so more would only queue. Idle (no segment needs it), they exit at once: on the H100 at
 # 4ffe5cda, 1,024 programs that each walked their blocks to find nothing to do took 43 us at 50M. Under the
 # interpreter a few, so that the tests walk the grid-stride loop.
 COLD_PROGRAMS_PER_SM = 1
-COLD_INTERPRETER_PROGRAMS = CAND_INTERPRETER_PROGRAMS = 3
+COLD_INTERPRETER_PROGRAMS = 3
 # The warm guess is the predicted threshold -/+ 2**span patterns (span 18: -/+ 3% of |w| at the bottom of a
 # binade, -/+ 1.6% at its top). A wrong guess widens the next by 2 (up to 19: the interval must fit two
 # 10-bit digits), T in the outer half of a held one by 1; T in its inner quarter with more than
@@ -224,8 +225,9 @@ def _select_digit(hist_ptr, k, BINS: tl.constexpr):
 def _flat_prefix(flags, N: tl.constexpr):
     """(exclusive prefix sums in flat order, total) of a 0/1 int32 vector of 16 <= N <= 4096 entries.
 
-    `tl.cumsum` costs each thread a warp-shuffle scan per element it holds (16 here: half of the full read's
-    instructions). Instead: 16 rows of R = N / 16 elements, whose scans run four at a time, packed in the
+    Used by the cold path's compaction (a block's weights read CAND_PIECE at a time; the full read
+    scans rows of VEC instead). `tl.cumsum` costs each thread a warp-shuffle scan per element it holds (16
+    per piece). Instead: 16 rows of R = N / 16 elements, whose scans run four at a time, packed in the
     bytes of an int32 (an exclusive prefix within a row is < R <= 256; the int32 arithmetic wraps exactly)."""
     R: tl.constexpr = N // 16
     byte = (tl.arange(0, 4) * 8)[None, :, None]
@@ -315,12 +317,10 @@ def _guess_kernel(w_table_ptr, out_table_ptr, blk_seg_ptr, blk_start_ptr, seg_nb
         numel = tl.load(seg_numel_ptr + seg)
         inb = offs < numel
         full = start + BLOCK <= numel  # no bounds mask: a predicated access never vectorises
-        if ALIGNED:  # the host checked every base pointer; block starts are multiples of BLOCK
-            offs = tl.max_contiguous(tl.multiple_of(offs, [1, VEC]), [1, VEC])
         w_ptr = tl.load(w_table_ptr + seg).to(tl.pointer_type(DTYPE)) + offs
         # Masks are written as bytes (a bool tensor's storage): an int1 store compiles to bit shuffling.
         out_ptr = tl.load(out_table_ptr + seg).to(tl.pointer_type(tl.int8)) + offs
-        if ALIGNED:  # (pointer hints are in bytes)
+        if ALIGNED:  # the host checked every base pointer; block starts are multiples of BLOCK (hints in bytes)
             w_ptr = tl.multiple_of(w_ptr, [1, VEC * W_BYTES])
             out_ptr = tl.multiple_of(out_ptr, [1, VEC])
         if full:
@@ -687,9 +687,14 @@ _workspaces = _utils.PlanCache(size=16)  # each holds ~1 byte per weight of scra
 _plans = _utils.PlanCache(size=64)
 
 
+def _workspace_key(weights, block: int, slots: int) -> tuple[tuple, tuple]:
+    """(key, data pointers) of the workspace of these weights in `_workspaces`."""
+    return (block, slots, *map(id, weights)), tuple(map(_data_ptr, weights))
+
+
 def _workspace(weights, block: int, slots: int) -> _Workspace:
-    return _utils.plan_for(_workspaces, (block, slots, *map(id, weights)), tuple(map(_data_ptr, weights)), weights,
-                           weights[0].device, lambda: _Workspace(weights, block, slots))
+    return _utils.plan_for(_workspaces, *_workspace_key(weights, block, slots), weights, weights[0].device,
+                           lambda: _Workspace(weights, block, slots))
 
 
 _data_ptr = torch.Tensor.data_ptr
@@ -740,7 +745,7 @@ def select_stats(weights: Sequence[torch.Tensor], *, block: int = TOPK_BLOCK, sl
     device (synchronises): for tests and benchmarks. None if these weights were never seen."""
     weights = list(weights)
     slots = max(1, block // SLOTS_PER_BLOCK) if slots is None else slots
-    ws = _workspaces.get((block, slots, *map(id, weights)), tuple(map(_data_ptr, weights)))
+    ws = _workspaces.get(*_workspace_key(weights, block, slots))
     if ws is None:
         return None
     state = ws.state.cpu()

@@ -220,7 +220,7 @@ def test_topk_cold_path_grid_stride(monkeypatch):
     monkeypatch.setattr(topk_mask, "COLD_INTERPRETER_PROGRAMS", 2)
     weights = [torch.randn(s, device=DEVICE) for s in [(500,), (7, 9), (40,)]]
     assert_same_masks(weights, [60, 10, 40], block=16)
-    ws = topk_mask._workspaces.get((16, 4, *map(id, weights)), tuple(w.data_ptr() for w in weights))
+    ws = topk_mask._workspaces.get(*topk_mask._workspace_key(weights, 16, 4))
     assert ws.cold_programs == 2 and int(ws.cold) == 0
     weights[1].mul_(1e3)
     assert_same_masks(weights, [60, 10, 40], block=16)
@@ -238,7 +238,7 @@ def test_topk_tie_scan_carries_across_chunks(monkeypatch):
     for counts in ([150, 20], [260, 31]):
         assert_same_masks(weights, counts, block=16, slots=16)
         assert select_stats(weights, block=16, slots=16)["tie"] == [True, True]
-    ws = topk_mask._workspaces.get((16, 16, *map(id, weights)), tuple(w.data_ptr() for w in weights))
+    ws = topk_mask._workspaces.get(*topk_mask._workspace_key(weights, 16, 16))
     assert int(ws.ties) == 0  # the fix-up zeroed the count of segments with a tie to break
 
 
@@ -271,7 +271,7 @@ def test_topk_candidate_passes_loop_over_chunks_and_pieces(monkeypatch, zero_pru
         seen.append(select_stats(weights, block=64, slots=16))
     assert seen[0]["tie"] == [True, True] and seen[-1]["warm"] == [True, True], seen
     assert all(s["overflowed_blocks"] > 0 for s in seen), seen
-    ws = topk_mask._workspaces.get((64, 16, *map(id, weights)), tuple(w.data_ptr() for w in weights))
+    ws = topk_mask._workspaces.get(*topk_mask._workspace_key(weights, 64, 16))
     assert ws.n_blocks == 16 and ws.cand_programs == (2 if grid_stride else 16)
     if not zero_pruned:  # (zeroing leaves no surplus of ties after the first call)
         assert all(s["tie"] == [True, True] for s in seen), seen
@@ -525,7 +525,7 @@ def test_topk_vector_and_grid_stride_paths_gpu(monkeypatch, offset, grid_stride)
         counts[1] = int((weights[1].abs() > 0.25).sum()) + 700  # T = 0.25, with ties to break
         assert_same_masks(weights, counts, block=4096)
     assert kernels._utils.all_aligned(weights) == (offset == 0)  # (so the launches took the intended variant)
-    ws = topk_mask._workspaces.get((4096, 1024, *map(id, weights)), tuple(w.data_ptr() for w in weights))
+    ws = topk_mask._workspaces.get(*topk_mask._workspace_key(weights, 4096, 1024))
     assert (ws.cand_programs < ws.n_blocks) == grid_stride
 
 
