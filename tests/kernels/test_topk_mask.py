@@ -510,12 +510,13 @@ def test_topk_warm_calls_along_a_gmp_schedule_gpu():
 @pytest.mark.parametrize("offset", [0, 1])
 def test_topk_vector_and_grid_stride_paths_gpu(monkeypatch, offset, grid_stride):
     # The full read's two compilations (offset 0: aligned weights, 128-bit loads; offset 1: views 4 bytes off
-    # their allocation, scalar loads) and the candidate passes on a program per block or on 4 per SM looping
-    # over blocks, warm and cold, with ties and full and partial blocks, against the reference.
+    # their allocation, scalar loads) and the candidate passes on a program per block or on one per SM looping
+    # over blocks (388 blocks here: a few turns each on an H100's 132 SMs), warm and cold, with ties and full
+    # and partial blocks, against the reference.
     from kernels import topk_mask
 
     if grid_stride:
-        monkeypatch.setattr(topk_mask, "CAND_PROGRAMS_PER_SM", 4)
+        monkeypatch.setattr(topk_mask, "CAND_PROGRAMS_PER_SM", 1)
     shapes = [(96, 48, 3, 3), (512, 3001), (7,)]
     buffers = [torch.randn(torch.Size(s).numel() + offset, device="cuda") for s in shapes]
     weights = [b[offset:].view(s) for b, s in zip(buffers, shapes)]
