@@ -82,14 +82,31 @@ NUM_WARPS = 4
 # under the interpreter a few programs, so that the tests walk the grid-stride loop.
 PROGRAMS_PER_SM = 8
 INTERPRETER_PROGRAMS = 3
-# Launches per call with a step tensor (scalars + update); an int step needs only the update.
-LAUNCHES = 2
+# Frozen mode walks a list of its live sectors instead of every block (see `_frozen_live_kernel`): False
+# keeps it on the block kernel, whose loads of a mostly dead block are a dependent chain for little data
+# (the H100 timed that design, before the mask prefetch, at 0.90x fused Adam + mask at 95%, 0.95x at 99%).
+# A knob of bench/tune_kernels.py.
+FROZEN_LIVE_LIST = True
+# The list's build reads the mask bytes of ROWS sectors per program (8,192 elements); the update walks it
+# CHUNK sectors at a time (1,024 elements, as a block). Under the interpreter a few of each, so that the
+# tests see several programs append to the list and each program walk several chunks.
+LIVE_ROWS_PER_PROGRAM, LIVE_INTERPRETER_ROWS, LIVE_WARPS = 1024, 4, 8
+LIVE_CHUNK, LIVE_INTERPRETER_CHUNK = 128, 2
+
+
+def launches(moments: str) -> int:
+    """Launches per call with a step tensor (the scalars, then the update; frozen mode builds its live list
+    between them); an int step needs one fewer."""
+    return 3 if moments == "frozen" and FROZEN_LIVE_LIST else 2
+
+
 _MODE_ID = {mode: i for i, mode in enumerate(MOMENTS_MODES)}  # faithful 0, reset 1, frozen 2
 # (Globals read inside kernels must be tl.constexpr.)
 RESET, FROZEN = tl.constexpr(_MODE_ID["reset"]), tl.constexpr(_MODE_ID["frozen"])
 # Elements per liveness decision: one 32-byte DRAM sector of fp32 (frozen mode and pruned_are_zero load and
 # store a sector whole or not at all).
 SECTOR = tl.constexpr(8)
+HALF = tl.constexpr(4)  # a half sector: 16 bytes of fp32, one thread's vector (see `_live_rows`)
 
 # --- kernels ----------------------------------------------------------------------------------------------
 
@@ -163,16 +180,28 @@ def _adam_block(p_addr, g_addr, m_addr, v_addr, k, start, numel, step_size, bc2_
     m_ptr = m_addr.to(tl.pointer_type(tl.float32)) + offs
     v_ptr = v_addr.to(tl.pointer_type(tl.float32)) + offs
     if ALIGNED:
-        # The host checked that every base pointer is 16-byte aligned, and block starts are multiples of
-        # BLOCK. The hints promise 4 elements' worth of alignment to every tensor, so that all loads share
+        # The host checked that every base pointer is 16-byte aligned, and rows start at multiples of SECTOR
+        # elements. The hints promise 4 elements' worth of alignment to every tensor, so that all loads share
         # one layout (4 consecutive elements per thread: 128-bit fp32, 64-bit bf16, 32-bit mask accesses)
         # and no layout conversion (a trip through shared memory, with barriers) sits between them.
         p_ptr = tl.multiple_of(p_ptr, [1, 16])
         g_ptr = tl.multiple_of(g_ptr, [1, G_ALIGN])
         m_ptr = tl.multiple_of(m_ptr, [1, 16])
         v_ptr = tl.multiple_of(v_ptr, [1, 16])
-    keep = k != 0
     live_sector = tl.max(k, axis=1)[:, None] != 0  # any element of the sector kept (in bounds)
+    _adam_sectors(p_ptr, g_ptr, m_ptr, v_ptr, k, inb, live_sector, step_size, bc2_sqrt, eps, weight_decay, BETA1,
+                  BETA2, MODE, PRUNED_ARE_ZERO, HAS_WD)
+
+
+@triton.jit
+def _adam_sectors(p_ptr, g_ptr, m_ptr, v_ptr, k, inb, live_sector, step_size, bc2_sqrt, eps, weight_decay,
+                  BETA1: tl.constexpr, BETA2: tl.constexpr, MODE: tl.constexpr, PRUNED_ARE_ZERO: tl.constexpr,
+                  HAS_WD: tl.constexpr):
+    """The update of a tile of [rows, SECTOR] elements, a row per sector, at typed pointers whose rows are
+    consecutive elements: `k` their mask bytes, `inb` which exist, `live_sector` ([rows, 1]) which rows hold a
+    kept element. (Alignment hints belong with the caller's pointer arithmetic: given to the pointers here,
+    after the call, triton 3.6 drops them and compiles scalar accesses and 24 barriers.)"""
+    keep = k != 0
     # What is loaded and stored, per sector (a whole sector or nothing, so accesses stay vectors and
     # full-sector writes): `live` for g, m, v; `p_live` for the weight.
     live = inb & live_sector if MODE == FROZEN else inb
@@ -253,6 +282,142 @@ def _masked_adam_kernel(p_table_ptr, g_table_ptr, m_table_ptr, v_table_ptr, mask
         block, seg, start, k, numel = next_block, next_seg, next_start, next_k, next_numel
 
 
+@triton.jit
+def _live_sectors_kernel(p_table_ptr, mask_table_ptr, plan_ptr, n_blocks, n_seg, live_ptr, counters_ptr,
+                         ZERO_DEAD: tl.constexpr, ALIGNED: tl.constexpr, BLOCK: tl.constexpr,
+                         ROWS_PER_PROGRAM: tl.constexpr):
+    """Frozen mode's first launch: appends every live sector (one with a kept element, or any sector of a
+    tensor without a mask) to the list at `live_ptr`, as its row (block * BLOCK // SECTOR + sector in the
+    block), in no particular order, and counts them in counters[0]. ZERO_DEAD (no pruned_are_zero promise):
+    a dead sector's weights become +0.0, written without a read."""
+    ROWS: tl.constexpr = BLOCK // SECTOR
+    numel_ptr = plan_ptr + 2 * n_blocks + 2 * n_seg
+    rows = tl.program_id(0) * ROWS_PER_PROGRAM + tl.arange(0, ROWS_PER_PROGRAM)
+    block = rows // ROWS
+    valid = block < n_blocks
+    seg = tl.load(plan_ptr + block, mask=valid, other=0)
+    start = tl.load(plan_ptr + n_blocks + block, mask=valid, other=0) + (rows % ROWS) * SECTOR
+    numel = tl.load(numel_ptr + seg, mask=valid, other=0)  # 0 past the last block
+    mask_addr = tl.load(mask_table_ptr + seg, mask=valid, other=0)
+    has_mask = mask_addr != 0
+    exists = start < numel
+    whole = start + SECTOR <= numel
+    if ALIGNED:  # a whole sector's 8 mask bytes (8-byte aligned) as one int64: one load, not 8
+        word = tl.load((mask_addr + start).to(tl.pointer_type(tl.int64)), mask=has_mask & whole, other=0)
+        live = tl.where(has_mask, word != 0, exists)
+        bytewise = has_mask & exists & ~whole  # a tensor's last, partial sector
+    else:
+        live = exists & ~has_mask
+        bytewise = has_mask & exists
+    if tl.sum(bytewise.to(tl.int32)) > 0:
+        offs = start[:, None] + tl.arange(0, SECTOR)[None, :]
+        k = tl.load(mask_addr[:, None].to(tl.pointer_type(tl.uint8)) + offs,
+                    mask=bytewise[:, None] & (offs < numel[:, None]), other=0)
+        live = live | (tl.max(k, axis=1) != 0)
+    # One atomic per program reserves its span of the list; the rows go there in order.
+    n_live = live.to(tl.int32)
+    base = tl.atomic_add(counters_ptr, tl.sum(n_live, 0), sem="relaxed")
+    tl.store(live_ptr + base + tl.cumsum(n_live, 0) - n_live, rows, mask=live)
+    if ZERO_DEAD:
+        dead = exists & ~live
+        offs = start[:, None] + tl.arange(0, SECTOR)[None, :]
+        if ALIGNED:
+            offs = tl.max_contiguous(tl.multiple_of(offs, [1, SECTOR]), [1, SECTOR])
+        p_ptr = tl.load(p_table_ptr + seg, mask=valid, other=0)[:, None].to(tl.pointer_type(tl.float32)) + offs
+        if ALIGNED:
+            p_ptr = tl.multiple_of(p_ptr, [1, 16])
+        # A predicate per row, so the stores are vectors; bounds per element only for partial sectors.
+        tl.store(p_ptr, tl.zeros([ROWS_PER_PROGRAM, SECTOR], tl.float32), mask=(dead & whole)[:, None])
+        if tl.sum((dead & ~whole).to(tl.int32)) > 0:
+            tl.store(p_ptr, tl.zeros([ROWS_PER_PROGRAM, SECTOR], tl.float32),
+                     mask=(dead & ~whole)[:, None] & (offs < numel[:, None]))
+
+
+@triton.jit
+def _live_rows(live_ptr, plan_ptr, n_blocks, n_live, first, CHUNK: tl.constexpr, BLOCK: tl.constexpr):
+    """(segment, first element) of the halves of the CHUNK list entries from `first` on (2 * CHUNK rows of
+    HALF elements), and whether each exists; as [2 * CHUNK, 1] tensors. Half sectors because a row of HALF
+    fp32 is one thread's 128-bit vector: the rows' values then sit in the threads that use them, where with
+    whole sectors (two threads each) the compiler moves every pointer tile through shared memory."""
+    ROWS: tl.constexpr = BLOCK // SECTOR
+    half = tl.arange(0, 2 * CHUNK)[:, None]
+    idx = first + half // 2
+    listed = idx < n_live
+    row = tl.load(live_ptr + idx, mask=listed, other=0)
+    seg = tl.load(plan_ptr + row // ROWS, mask=listed, other=0)
+    start = tl.load(plan_ptr + n_blocks + row // ROWS, mask=listed, other=0) + (row % ROWS) * SECTOR \
+        + (half % 2) * HALF
+    return seg, start, listed
+
+
+@triton.jit
+def _live_chunk(p_table_ptr, g_table_ptr, m_table_ptr, v_table_ptr, mask_table_ptr, seg, start, listed, inb,
+                step_size, bc2_sqrt, eps, weight_decay, BETA1: tl.constexpr, BETA2: tl.constexpr,
+                GRAD_DTYPE: tl.constexpr, PRUNED_ARE_ZERO: tl.constexpr, HAS_WD: tl.constexpr, ALIGNED: tl.constexpr):
+    """Frozen mode's update of one chunk of listed sectors, as half-sector rows (`_live_rows`); `inb`: which of
+    their elements exist."""
+    offs = start + tl.arange(0, HALF)[None, :]
+    if ALIGNED:
+        offs = tl.max_contiguous(tl.multiple_of(offs, [1, HALF]), [1, HALF])
+    p_ptr = tl.load(p_table_ptr + seg, mask=listed, other=0).to(tl.pointer_type(tl.float32)) + offs
+    g_ptr = tl.load(g_table_ptr + seg, mask=listed, other=0).to(tl.pointer_type(GRAD_DTYPE)) + offs
+    m_ptr = tl.load(m_table_ptr + seg, mask=listed, other=0).to(tl.pointer_type(tl.float32)) + offs
+    v_ptr = tl.load(v_table_ptr + seg, mask=listed, other=0).to(tl.pointer_type(tl.float32)) + offs
+    mask_addr = tl.load(mask_table_ptr + seg, mask=listed, other=0)
+    k_ptr = mask_addr.to(tl.pointer_type(tl.uint8)) + offs
+    if ALIGNED:  # see _adam_sectors (the hints must be given here, with the pointer arithmetic)
+        p_ptr = tl.multiple_of(p_ptr, [1, 16])
+        g_ptr = tl.multiple_of(g_ptr, [1, 16 if GRAD_DTYPE == tl.float32 else 8])
+        m_ptr = tl.multiple_of(m_ptr, [1, 16])
+        v_ptr = tl.multiple_of(v_ptr, [1, 16])
+        k_ptr = tl.multiple_of(k_ptr, [1, 4])
+    has_mask = mask_addr != 0
+    k = tl.load(k_ptr, mask=inb & has_mask, other=0)
+    k = tl.where(has_mask, k, inb.to(tl.uint8))  # a tensor without a mask keeps everything
+    _adam_sectors(p_ptr, g_ptr, m_ptr, v_ptr, k, inb, tl.full(listed.shape, 1, tl.int1), step_size, bc2_sqrt, eps,
+                  weight_decay, BETA1, BETA2, FROZEN, PRUNED_ARE_ZERO, HAS_WD)
+
+
+@triton.jit
+def _frozen_live_kernel(p_table_ptr, g_table_ptr, m_table_ptr, v_table_ptr, mask_table_ptr, plan_ptr, n_blocks,
+                        n_seg, live_ptr, counters_ptr, scalars_ptr, step_size, bc2_sqrt, eps, weight_decay,
+                        BETA1: tl.constexpr, BETA2: tl.constexpr, GRAD_DTYPE: tl.constexpr,
+                        STEP_ON_DEVICE: tl.constexpr, PRUNED_ARE_ZERO: tl.constexpr, HAS_WD: tl.constexpr,
+                        ALIGNED: tl.constexpr, BLOCK: tl.constexpr, CHUNK: tl.constexpr):
+    """Frozen mode's update: a persistent grid walks the list of live sectors CHUNK at a time (as
+    [CHUNK, SECTOR], a gathered sector per row), so its work is the live sectors' whatever the sparsity. The
+    last program to finish resets the list's counters for the next call."""
+    if STEP_ON_DEVICE:
+        step_size = tl.load(scalars_ptr)
+        bc2_sqrt = tl.load(scalars_ptr + 1)
+    numel_ptr = plan_ptr + 2 * n_blocks + 2 * n_seg
+    n_live = tl.load(counters_ptr)
+    first = tl.program_id(0) * CHUNK
+    seg, start, listed = _live_rows(live_ptr, plan_ptr, n_blocks, n_live, first, CHUNK, BLOCK)
+    while first < n_live:
+        # The next chunk's rows a chunk ahead: the gathers below wait on two dependent loads fewer.
+        next_first = first + tl.num_programs(0) * CHUNK
+        next_seg, next_start, next_listed = _live_rows(live_ptr, plan_ptr, n_blocks, n_live, next_first, CHUNK,
+                                                       BLOCK)
+        numel = tl.load(numel_ptr + seg, mask=listed, other=0)
+        row_whole = listed & (start + HALF <= numel)
+        if tl.sum((listed & ~row_whole).to(tl.int32)) == 0:
+            # No tensor's last, partial sector in the chunk: a predicate per row, so the accesses are vectors.
+            _live_chunk(p_table_ptr, g_table_ptr, m_table_ptr, v_table_ptr, mask_table_ptr, seg, start, listed,
+                        tl.broadcast_to(row_whole, [2 * CHUNK, HALF]), step_size, bc2_sqrt, eps, weight_decay, BETA1,
+                        BETA2, GRAD_DTYPE, PRUNED_ARE_ZERO, HAS_WD, ALIGNED)
+        else:
+            _live_chunk(p_table_ptr, g_table_ptr, m_table_ptr, v_table_ptr, mask_table_ptr, seg, start, listed,
+                        listed & (start + tl.arange(0, HALF)[None, :] < numel), step_size, bc2_sqrt, eps,
+                        weight_decay, BETA1, BETA2, GRAD_DTYPE, PRUNED_ARE_ZERO, HAS_WD, ALIGNED)
+        first, seg, start, listed = next_first, next_seg, next_start, next_listed
+    # Every program read the count before its "done" (barrier + acq_rel, as kernels.topk_mask's last block).
+    tl.debug_barrier()
+    if tl.atomic_add(counters_ptr + 1, 1, sem="acq_rel") == tl.num_programs(0) - 1:
+        tl.store(counters_ptr, 0)
+        tl.store(counters_ptr + 1, 0)
+
+
 # --- launch plan and launcher -----------------------------------------------------------------------------
 
 
@@ -279,6 +444,7 @@ class _AdamPlan:
         programs = _utils.persistent_programs(device, PROGRAMS_PER_SM, INTERPRETER_PROGRAMS)
         self.grid = (max(1, min(self.n_blocks, programs)),)
         self.n_seg = len(params)
+        self.live = _LiveList(self.n_blocks * (block // SECTOR.value))  # shared with the copies of with_grads
         self._bind_grads(params, grads)
 
     def with_grads(self, params, grads) -> _AdamPlan:
@@ -303,6 +469,25 @@ class _AdamPlan:
         self.tables = [p_table, _utils.pointer_table(grads, self.device), m_table, v_table, mask_table]
         self.aligned = self.state_aligned and _utils.all_aligned(grads)
         self.buffers = [self.plan, self.scalars, *self.tables]
+
+
+class _LiveList:
+    """Frozen mode's list of live sectors (`_live_sectors_kernel`): room for every sector of a plan's tensors,
+    and [count, programs done], which the update leaves at zero. Allocated by a plan's first frozen call."""
+
+    def __init__(self, rows: int):
+        self.rows = rows
+        self.buffers: list[torch.Tensor] = []
+
+    def get(self, device: torch.device) -> list[torch.Tensor]:
+        if not self.buffers:
+            if _utils.capturing(device):  # zeros written inside a capture exist only once the graph replays
+                raise RuntimeError("masked_adam_: the first frozen-mode step on these tensors is inside a CUDA-graph "
+                                   "capture; take one frozen step before capturing (it allocates the live-sector "
+                                   "list)")
+            self.buffers = [torch.empty(max(1, self.rows), dtype=torch.int32, device=device),
+                            torch.zeros(2, dtype=torch.int32, device=device)]
+        return self.buffers
 
 
 # Plans by every tensor of a call, and by all but the gradients (see `_plan_for`).
@@ -352,14 +537,38 @@ def _masked_adam_launch(params, grads, exp_avgs, exp_avg_sqs, masks, step_t, ste
         step_size, bc2_sqrt = lr / (1.0 - beta1**step), (1.0 - beta2**step) ** 0.5
     else:
         step_size = bc2_sqrt = 1.0  # unused: the kernel reads plan.scalars
+    live_list = moments == "frozen" and FROZEN_LIVE_LIST
+    if live_list:
+        live, counters = plan.live.get(plan.device)
+        if _utils.capturing(plan.device):
+            _utils.hold_for_capture([live, counters])
+    hyper = dict(BETA1=beta1, BETA2=beta2, GRAD_DTYPE=plan.grad_dtype, STEP_ON_DEVICE=step_t is not None,
+                 PRUNED_ARE_ZERO=pruned_are_zero, HAS_WD=weight_decay != 0.0, ALIGNED=plan.aligned, BLOCK=block,
+                 num_warps=NUM_WARPS, enable_fp_fusion=False)
     with _utils.device_guard(plan.device):
         if step_t is not None:
             _adam_scalars_kernel[(1,)](step_t, plan.scalars, lr, BETA1=beta1, BETA2=beta2, num_warps=1)
-        _masked_adam_kernel[plan.grid](
-            *plan.tables, plan.plan, plan.n_blocks, plan.n_seg, plan.scalars, step_size, bc2_sqrt, eps, weight_decay,
-            BETA1=beta1, BETA2=beta2, GRAD_DTYPE=plan.grad_dtype, STEP_ON_DEVICE=step_t is not None,
-            MODE=_MODE_ID[moments], PRUNED_ARE_ZERO=pruned_are_zero, HAS_WD=weight_decay != 0.0,
-            ALIGNED=plan.aligned, BLOCK=block, num_warps=NUM_WARPS, enable_fp_fusion=False)
+        if not live_list:
+            _masked_adam_kernel[plan.grid](*plan.tables, plan.plan, plan.n_blocks, plan.n_seg, plan.scalars, step_size,
+                                           bc2_sqrt, eps, weight_decay, MODE=_MODE_ID[moments], **hyper)
+            return
+        p_table, _, _, _, mask_table = plan.tables
+        on_gpu = plan.device.type == "cuda"
+        rows = LIVE_ROWS_PER_PROGRAM if on_gpu else LIVE_INTERPRETER_ROWS
+        _live_sectors_kernel[(triton.cdiv(plan.live.rows, rows),)](
+            p_table, mask_table, plan.plan, plan.n_blocks, plan.n_seg, live, counters,
+            ZERO_DEAD=not pruned_are_zero, ALIGNED=plan.aligned, BLOCK=block, ROWS_PER_PROGRAM=rows,
+            num_warps=LIVE_WARPS)
+        try:
+            _frozen_live_kernel[plan.grid](*plan.tables, plan.plan, plan.n_blocks, plan.n_seg, live, counters,
+                                           plan.scalars, step_size, bc2_sqrt, eps, weight_decay,
+                                           CHUNK=LIVE_CHUNK if on_gpu else LIVE_INTERPRETER_CHUNK,
+                                           **hyper)
+        except BaseException:
+            # The update resets the count the build made; a next call must not append to this one's list.
+            if not _utils.capturing(plan.device):
+                counters.zero_()
+            raise
 
 
 _data_ptr = torch.Tensor.data_ptr

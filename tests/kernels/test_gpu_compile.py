@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from kernels.masked_adam import ADAM_BLOCK
+from kernels.masked_adam import ADAM_BLOCK, LIVE_CHUNK
 from kernels.masked_adam import NUM_WARPS as ADAM_WARPS
 from kernels.topk_mask import GUESS_MAX_REGISTERS, TOPK_BLOCK, VEC
 from kernels.topk_mask import NUM_WARPS as TOPK_WARPS
@@ -35,6 +35,7 @@ def test_all_kernels_compile_for_sm90():
     lines = proc.stdout.splitlines()
     assert len([line for line in lines if line.startswith("ok ")]) >= 40 and "FAIL" not in proc.stdout
     check_masked_adam_lines(lines)
+    check_frozen_live_lines(lines)
     check_guess_lines(lines)
     check_no_spills(lines)
 
@@ -64,6 +65,20 @@ def check_masked_adam_lines(lines: list[str]) -> None:
             # sectors, which keeps the accesses vectors (a per-element predicate would make them scalar).
             vectors = ADAM_BLOCK // (32 * ADAM_WARPS) // 4
             assert v4 >= (7 if "float32" in line else 6) * vectors, line
+
+
+def check_frozen_live_lines(lines: list[str]) -> None:
+    """Frozen mode's walk of its live-sector list gathers rows of HALF elements (see `_live_rows`): aligned,
+    one 128-bit vector per row for each of p, g (fp32), m, v loaded and p, m, v stored; scalar otherwise."""
+    walk = [line for line in lines if line.startswith("ok   frozen_live")]
+    assert len(walk) == 8
+    for line in walk:
+        v4 = int(re.search(r"v4=(\d+)", line).group(1))
+        if "'ALIGNED': False" in line:
+            assert v4 == 0, line
+        else:
+            rows_per_thread = 2 * LIVE_CHUNK // (32 * ADAM_WARPS)
+            assert v4 >= (7 if "float32" in line else 6) * rows_per_thread, line
 
 
 def check_guess_lines(lines: list[str]) -> None:

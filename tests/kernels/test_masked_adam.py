@@ -10,6 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import kernels
+from kernels import masked_adam
 from kernels.masked_adam import masked_adam_triton_
 from kernels.reference import MOMENTS_MODES, masked_adam_ref_
 
@@ -236,11 +237,73 @@ def test_sector_liveness_matches_reference(moments, pruned_are_zero, grad_dtype,
 
 
 @pytest.mark.parametrize("pruned_are_zero", [False, True])
+@pytest.mark.parametrize("live_list", [True, False])
+def test_frozen_list_and_block_walks_match_reference(monkeypatch, live_list, pruned_are_zero):
+    # Frozen mode walks a list of its live sectors (FROZEN_LIVE_LIST, the default: under the interpreter a
+    # few sectors per list-building program and 2 per chunk, so several programs append and each walks
+    # several chunks) or every block. Both take the reference's steps, pruned weights start non-zero unless
+    # promised, and the list's counters are left at zero for the next call.
+    monkeypatch.setattr(masked_adam, "FROZEN_LIVE_LIST", live_list)
+    gen = torch.Generator().manual_seed(11)
+    shapes = [(45,), (3, 7, 5), (8,), (100,), (27,)]
+    masks = [mask.to(DEVICE) for mask in sector_masks(shapes, gen)]
+    masks[2] = None
+    params, grads, m, v, _ = make_state(shapes, gen=gen)
+    if pruned_are_zero:
+        params = [p if mask is None else p * mask for p, mask in zip(params, masks)]
+    got, want = clone_all(params, m, v), clone_all(params, m, v)
+    for step in range(1, 4):
+        for g in grads:
+            g.copy_(torch.randn(g.shape, generator=gen).to(DEVICE))
+        kw = dict(step=step, lr=1e-2, weight_decay=0.1, moments="frozen")
+        masked_adam_triton_(got[0], grads, got[1], got[2], masks, pruned_are_zero=pruned_are_zero, block=32, **kw)
+        masked_adam_ref_(want[0], grads, want[1], want[2], masks, **kw)
+    for i, mask in enumerate(masks):
+        torch.testing.assert_close(got[0][i], want[0][i], **TOL, msg=lambda s, i=i: f"p[{i}]: {s}")
+        for name, g, w in (("m", got[1][i], want[1][i]), ("v", got[2][i], want[2][i])):
+            torch.testing.assert_close(g, w, **TOL, msg=lambda s, n=name, i=i: f"{n}[{i}]: {s}")
+            if mask is not None:
+                assert torch.equal(bits(g[~mask]), bits(w[~mask])), f"{name}[{i}]: a pruned moment changed"
+    if live_list:
+        plan = masked_adam._plan_for(got[0], grads, got[1], got[2], masks, 32)
+        assert plan.live.buffers and not plan.live.buffers[1].any(), "the list's counters were not reset"
+
+
+def test_a_failed_frozen_update_launch_leaves_no_list_behind(monkeypatch):
+    # The list is built by one launch and consumed (and its count reset) by the next: if that one fails, the
+    # count is reset on the host, or the next call would walk this call's entries as well as its own.
+    params, grads, m, v, masks = make_state([(50,), (33,)], sparsity=0.6)
+    want = clone_all(params, m, v)
+    masked_adam_ref_(want[0], grads, want[1], want[2], masks, step=1, lr=1e-2, moments="frozen")
+
+    class FailingLaunch:
+        def __getitem__(self, grid):
+            raise RuntimeError("launch failed")
+
+    real = masked_adam._frozen_live_kernel
+    monkeypatch.setattr(masked_adam, "_frozen_live_kernel", FailingLaunch())
+    with pytest.raises(RuntimeError, match="launch failed"):
+        masked_adam_triton_(params, grads, m, v, masks, step=1, lr=1e-2, moments="frozen", block=16)
+    monkeypatch.setattr(masked_adam, "_frozen_live_kernel", real)
+    masked_adam_triton_(params, grads, m, v, masks, step=1, lr=1e-2, moments="frozen", block=16)
+    for g, w in zip((params, m, v), want):
+        assert_lists_close(g, w)
+
+
+def test_first_frozen_step_inside_a_capture_is_refused(monkeypatch):
+    # The list's counters must start at zero; zeros written inside a capture exist only once the graph replays.
+    params, grads, m, v, masks = make_state([(40,)])
+    monkeypatch.setattr(masked_adam._utils, "capturing", lambda device: True)
+    with pytest.raises(RuntimeError, match="take one frozen step before capturing"):
+        masked_adam_triton_(params, grads, m, v, masks, step=1, lr=1e-2, moments="frozen", block=16)
+
+
+@pytest.mark.parametrize("pruned_are_zero", [False, True])
 def test_frozen_all_pruned_tensor_and_block(pruned_are_zero):
-    # Every sector dead: nothing of g, m, v may change; the weights become (or stay) zero.
-    params, grads, m, v, masks = make_state([(64,), (70,)], sparsity=1.0)
+    # Every sector dead, the last one partial: nothing of g, m, v may change; the weights become (or stay) zero.
+    params, grads, m, v, masks = make_state([(67,), (70,)], sparsity=1.0)
     masks[1][:] = True  # a fully live neighbour in the same launch
-    params[0].copy_(torch.randn(64, device=DEVICE) if not pruned_are_zero else torch.zeros(64, device=DEVICE))
+    params[0].copy_(torch.randn(67, device=DEVICE) if not pruned_are_zero else torch.zeros(67, device=DEVICE))
     m0, v0 = clone_all(m, v)
     masked_adam_triton_(params, grads, m, v, masks, step=2, lr=1e-3, moments="frozen",
                         pruned_are_zero=pruned_are_zero, block=16)
@@ -357,9 +420,12 @@ def test_masked_adam_op_registration_opcheck():
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("moments", MOMENTS_MODES)
-def test_masked_adam_realistic_sizes_gpu(moments):
-    params, grads, m, v, masks = make_state([(512, 3872), (512,), (32, 32, 3, 3)], sparsity=0.95, unmasked=(1,),
+@pytest.mark.parametrize("moments, live_list", [("faithful", True), ("reset", True), ("frozen", True),
+                                                ("frozen", False)])
+def test_masked_adam_realistic_sizes_gpu(monkeypatch, moments, live_list):
+    # 8M elements at 95%: ~340k live sectors, so each program of frozen mode's list walk takes a few chunks.
+    monkeypatch.setattr(masked_adam, "FROZEN_LIVE_LIST", live_list)
+    params, grads, m, v, masks = make_state([(2048, 3872), (512,), (32, 32, 3, 3)], sparsity=0.95, unmasked=(1,),
                                             grad_dtype=torch.bfloat16)
     got, want = clone_all(params, m, v), clone_all(params, m, v)
     masked_adam_triton_(got[0], grads, got[1], got[2], masks, step=7, lr=6.25e-5, eps=1.5e-4, moments=moments)
