@@ -140,26 +140,36 @@ def adam_op_bytes(numels, masked, sparsity: float, frozen: bool, grad_bytes: int
 
 
 def adam_model_bytes(numels, masked, sparsity: float, frozen: bool, grad_bytes: int = 4,
-                     pruned_are_zero: bool = False) -> float:
+                     pruned_are_zero: bool = False, live_list: bool | None = None) -> float:
     """Bytes our kernel moves: `adam_op_bytes`, but what it skips it skips per 8-element sector (a sector
     with any kept element moves whole), so at random masks a fraction 1 - s^8 of the elements counts as live
-    (34% at 95%, 7.7% at 99%). Equal to `adam_op_bytes` where nothing is skipped (faithful, no promise)."""
+    (34% at 95%, 7.7% at 99%). Equal to `adam_op_bytes` where nothing is skipped (faithful, no promise).
+    Frozen mode's list of live sectors (`live_list`, default `masked_adam.FROZEN_LIVE_LIST`) adds, per element
+    of a live sector, half a byte for its 4-byte entry written and half for it read, and the mask byte read
+    again by the update."""
+    from kernels import masked_adam
+
     live_frac = 1.0 - sparsity**ADAM_SECTOR
-    return _adam_bytes(numels, masked, lambda n: n * live_frac, frozen, grad_bytes, pruned_are_zero)
+    listed = frozen and (masked_adam.FROZEN_LIVE_LIST if live_list is None else live_list)
+    return _adam_bytes(numels, masked, lambda n: n * live_frac, frozen, grad_bytes, pruned_are_zero,
+                       list_bytes=1 if listed else 0)
 
 
-def _adam_bytes(numels, masked, live_of, frozen: bool, grad_bytes: int, pruned_are_zero: bool):
-    """Per tensor: live elements move everything, the other ones what frozen/pruned_are_zero leave them."""
+def _adam_bytes(numels, masked, live_of, frozen: bool, grad_bytes: int, pruned_are_zero: bool, list_bytes: int = 0):
+    """Per tensor: live elements move everything, the other ones what frozen/pruned_are_zero leave them;
+    `list_bytes` per element of frozen mode's live-sector list (every element of an unmasked tensor is listed),
+    plus a second read of the mask byte of the listed elements of masked tensors."""
     full = 3 * 4 + grad_bytes + 3 * 4
     total = 0
     for n, is_masked in zip(numels, masked):
         if not is_masked:
-            total += n * full
+            total += n * (full + list_bytes)
             continue
         live = live_of(n)
         pruned = n - live
         if frozen:
-            total += n + live * full + (0 if pruned_are_zero else 4 * pruned)
+            mask_again = 1 if list_bytes else 0
+            total += n + live * (full + list_bytes + mask_again) + (0 if pruned_are_zero else 4 * pruned)
         else:
             total += n + live * full + pruned * (full - (8 if pruned_are_zero else 0))
     return total
@@ -359,12 +369,12 @@ def test_masked_adam(benchmark, run_info, case, sparsity, provider):
     fn = _adam_provider(provider, params, grads, masks)
     numels = [numel(s) for s in shapes]
     info = {}
+    mode = provider.removeprefix("triton_").removesuffix("_pz")
     if provider.startswith("triton_"):
         from kernels import masked_adam
 
         info = dict(model_bytes=adam_provider_bytes(numels, masked, sparsity, provider),
-                    launches=masked_adam.LAUNCHES)
-    mode = provider.removeprefix("triton_").removesuffix("_pz")
+                    launches=masked_adam.launches(mode))
     measure(benchmark, fn, run_info=run_info,
             op_bytes=adam_op_bytes(numels, masked, sparsity, mode == "frozen",
                                    pruned_are_zero=provider.endswith("_pz")),

@@ -49,10 +49,19 @@ REP_MS = 60  # do_bench's measuring window per configuration
 # `num_warps` of the full read and the cold histogram, `cand_warps` of the candidate passes, `slots_div`
 # (candidate slots per block = block // slots_div), `cand_programs_per_sm` of the candidate passes (0: one
 # program per block; else a grid-stride loop over that many per SM). Masked Adam: `programs_per_sm` of the
-# persistent grid, `num_warps`, `block` elements per block.
+# persistent grid, `num_warps`, `block` elements per block; in frozen mode only, `frozen_live_list` (False:
+# the block walk instead of the live-sector list), `live_rows` (sectors per program of the list's build) and
+# `live_chunk` (listed sectors per turn of the list walk).
 TOPK_ALTERNATIVES = {"block": (2048, 1024), "num_warps": (4, 16), "cand_warps": (2, 4), "slots_div": (8, 16),
                      "cand_programs_per_sm": (8, 32)}
-ADAM_ALTERNATIVES = {"programs_per_sm": (2, 4, 16), "num_warps": (2, 8), "block": (512, 2048)}
+ADAM_ALTERNATIVES = {"programs_per_sm": (2, 4, 16), "num_warps": (2, 8), "block": (512, 2048),
+                     "frozen_live_list": (False,), "live_rows": (128, 1024), "live_chunk": (64, 256)}
+FROZEN_ONLY_KNOBS = ("frozen_live_list", "live_rows", "live_chunk")
+
+
+def adam_alternatives(mode: str) -> dict:
+    """The masked-Adam knobs that matter in moments mode `mode`, with their alternatives."""
+    return {k: v for k, v in ADAM_ALTERNATIVES.items() if mode == "frozen" or k not in FROZEN_ONLY_KNOBS}
 
 # (name, case, sparsity, moments mode, timed in a CUDA graph), most telling first: a short budget measures
 # the 50M cases of both kernels before the graph cases.
@@ -242,14 +251,18 @@ class Sweep:
         numels = [self.bk.numel(s) for s in shapes]
         op_bytes = self.bk.adam_op_bytes(numels, masked, sparsity, mode == "frozen")
         defaults = dict(programs_per_sm=masked_adam.PROGRAMS_PER_SM, num_warps=masked_adam.NUM_WARPS,
-                        block=masked_adam.ADAM_BLOCK)
+                        block=masked_adam.ADAM_BLOCK, frozen_live_list=masked_adam.FROZEN_LIVE_LIST,
+                        live_rows=masked_adam.LIVE_ROWS_PER_PROGRAM, live_chunk=masked_adam.LIVE_CHUNK)
         ideal = self.ideal(op_bytes, sum(numels))
         expected: list = []  # the defaults' first step, which every other configuration must equal bit for bit
-        for knob, value, cfg in configs(defaults, ADAM_ALTERNATIVES):
+        for knob, value, cfg in configs(defaults, adam_alternatives(mode)):
             if not self.fits(name):
                 return
-            # (The interpreter's grid is INTERPRETER_PROGRAMS whatever programs_per_sm says.)
-            knobs = dict(PROGRAMS_PER_SM=cfg["programs_per_sm"], NUM_WARPS=cfg["num_warps"])
+            # (The interpreter's grid is INTERPRETER_PROGRAMS, and its chunk LIVE_INTERPRETER_CHUNK, whatever the
+            # knobs say.)
+            knobs = dict(PROGRAMS_PER_SM=cfg["programs_per_sm"], NUM_WARPS=cfg["num_warps"],
+                         FROZEN_LIVE_LIST=cfg["frozen_live_list"], LIVE_ROWS_PER_PROGRAM=cfg["live_rows"],
+                         LIVE_CHUNK=cfg["live_chunk"])
             with module_knobs(masked_adam, (masked_adam._plans, masked_adam._state_plans), **knobs):
                 self.measure(name, masked_adam, knob, value, cfg, lambda cfg=cfg, knob=knob: self.adam_first_step(
                     params, grads, masks, mode, cfg["block"], expected, ideal, is_default=knob == "default"))

@@ -13,8 +13,8 @@ and for pruned entries (mask == 0) the moments option:
 Reference: `kernels.reference.masked_adam_ref_` (tests also track `torch.optim.Adam` + `p.mul_(mask)`).
 
 Layout: a persistent grid (a few programs per SM) walks the blocks of all tensors in a grid-stride loop,
-loading the next block's plan row and mask bytes while it updates this one (frozen mode's loads wait for
-the mask: loaded just before them it cost a second DRAM round trip per block); a block is BLOCK elements
+loading the next block's plan row and mask bytes while it updates this one (with `pruned_are_zero` the loads
+wait for the mask: loaded just before them it cost a second DRAM round trip per block); a block is BLOCK elements
 of one tensor, found through device pointer tables (`kernels._utils`), so a network's ~30 tensors cost one
 launch and no flattening copy. Each
 element's p, g, m, v and mask byte are read once and p, m, v written once (28 bytes + 1 per fp32 element).
@@ -30,7 +30,17 @@ predicates keep the accesses vectors and the writes full sectors (a per-element 
 accesses and partial-sector writes). At random masks a fraction 1 - s^8 of the sectors is live: 34% at 95%
 sparsity, 7.7% at 99%.
 - Frozen mode skips a dead sector's g, m and v; without the promise below its weights are still written
-  (+0.0, write-only).
+  (+0.0, write-only). It does not walk the blocks (FROZEN_LIVE_LIST): most of a block at 95-99% is dead,
+  and a walk that waits for each block's mask before loading the little it needs is latency-bound (the H100
+  timed it at 1.6x faithful mode's time at 95%, moving a third of the bytes). One launch lists the live
+  sectors, in no order (Adam's elements are independent): it reads each sector's 8 mask bytes as one int64,
+  reserves its span of the list with one atomic per program, and writes +0.0 into the dead sectors'
+  weights. The update (a persistent grid) then walks the list: a chunk of LIVE_CHUNK sectors per turn,
+  gathered as rows of 4 elements (one 128-bit vector per row and tensor when aligned), so every turn moves
+  as many bytes as a block of faithful mode whatever the sparsity; its last program to finish resets the
+  list's count. The list is rebuilt at every step because masks change on the device (a mask update inside
+  a CUDA graph) without the host knowing: it costs a read of the masks (1 byte per element) and 8 bytes per
+  live sector.
 - `pruned_are_zero=True` promises that pruned weights are already exactly 0 (true after any earlier masked
   step with the same masks, or after `topk_magnitude_masks(..., zero_pruned=True)`): then a dead sector's
   weights are neither read nor written, in every mode (faithful at 0 live sectors: 21 bytes per element
@@ -39,7 +49,7 @@ sparsity, 7.7% at 99%.
 Step: a Python int (the step size and sqrt(1 - b2^t) are computed on the host in fp64, then passed as
 fp32 arguments: one launch), or a 0-d integer/float tensor on the device: then one tiny kernel computes both
 scalars in fp64 (exact to a few ulp, by repeated squaring) once per step and the update reads them (two
-launches; a captured CUDA graph replays with whatever the tensor holds).
+launches; a captured CUDA graph replays with whatever the tensor holds); frozen mode adds the list's launch.
 Numerics: compiled with `enable_fp_fusion=False`, so every operation rounds as written (no FMA contraction,
 whatever a Triton release's default), in torch.optim.Adam's operation order; sqrt_rn/div_rn because the
 default GPU sqrt and division are approximate.
@@ -87,11 +97,13 @@ INTERPRETER_PROGRAMS = 3
 # (the H100 timed that design, before the mask prefetch, at 0.90x fused Adam + mask at 95%, 0.95x at 99%).
 # A knob of bench/tune_kernels.py.
 FROZEN_LIVE_LIST = True
-# The list's build reads the mask bytes of ROWS sectors per program (8,192 elements); the update walks it
-# CHUNK sectors at a time (1,024 elements, as a block). Under the interpreter a few of each, so that the
-# tests see several programs append to the list and each program walk several chunks.
-LIVE_ROWS_PER_PROGRAM, LIVE_INTERPRETER_ROWS, LIVE_WARPS = 1024, 4, 8
-LIVE_CHUNK, LIVE_INTERPRETER_CHUNK = 128, 2
+# The list's build reads the mask bytes of ROWS sectors per program (2,048 elements: at 4 warps, 56-92
+# registers per thread, so several programs per SM hide its chain of dependent loads; 1,024 sectors took
+# 174-255); the update walks it CHUNK sectors at a time (1,024 elements, as a block). Under the interpreter
+# a few of each, so that the tests see several programs append to the list and each program walk several
+# chunks. Untimed on a GPU: both are knobs of bench/tune_kernels.py.
+LIVE_ROWS_PER_PROGRAM, LIVE_INTERPRETER_ROWS, LIVE_WARPS = 256, 4, 4
+LIVE_CHUNK, LIVE_INTERPRETER_CHUNK = 128, 4
 
 
 def launches(moments: str) -> int:

@@ -44,12 +44,18 @@ def test_adam_bytes():
     assert prov([n], [True], 0.9, "torch_fused_nomask") == 28 * n
     # Our kernel skips per 8-element sector: at random masks a fraction 1 - s^8 of the elements is in a live one.
     live = n * (1 - 0.9**8)
-    assert prov([n], [True], 0.9, "triton_frozen_pz") == round(n + live * 28)
-    assert prov([n], [True], 0.9, "triton_frozen") == round(n + live * 28 + (n - live) * 4)
+    # Frozen mode's live-sector list: per live element, its entry's share written and read (1 byte) and the
+    # mask byte read again.
+    assert prov([n], [True], 0.9, "triton_frozen_pz") == round(n + live * (28 + 2))
+    assert prov([n], [True], 0.9, "triton_frozen") == round(n + live * (28 + 2) + (n - live) * 4)
     assert prov([n], [True], 0.9, "triton_faithful_pz") == round(n + live * 28 + (n - live) * 20)
     assert prov([n], [True], 0.9, "triton_faithful") == op([n], [True], 0.9, frozen=False)  # skips nothing
-    assert prov([n], [True], 0.0, "triton_frozen") == op([n], [True], 0.0, frozen=True)
+    assert prov([n], [True], 0.0, "triton_frozen") == op([n], [True], 0.0, frozen=True) + 2 * n
+    assert prov([n], [False], 0.9, "triton_frozen") == 29 * n  # an unmasked tensor: every sector listed
     assert bench_kernels.adam_model_bytes([n], [True], 0.99, frozen=True) == pytest.approx(
+        n + 0.0773 * n * 30 + 0.9227 * n * 4, rel=1e-3)
+    # The block walk (FROZEN_LIVE_LIST = False) moves no list.
+    assert bench_kernels.adam_model_bytes([n], [True], 0.99, frozen=True, live_list=False) == pytest.approx(
         n + 0.0773 * n * 28 + 0.9227 * n * 4, rel=1e-3)
 
 

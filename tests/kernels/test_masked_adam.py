@@ -66,10 +66,14 @@ def test_masked_adam_matches_reference(moments, grad_dtype, step_on_device):
 
 @pytest.mark.parametrize("moments, weight_decay", [("faithful", 0.0), ("faithful", 0.05), ("reset", 0.05),
                                                    ("frozen", 0.05)])
-def test_masked_adam_tracks_torch_adam_many_steps(moments, weight_decay):
+def test_masked_adam_tracks_torch_adam_many_steps(monkeypatch, moments, weight_decay):
     # 100 steps of torch.optim.Adam + p.mul_(mask) (the project's faithful recipe), with the moments
     # option applied by hand; fresh random gradients each step; the mask changes halfway (a pruning update).
     # Weight decay is torch.optim.Adam's coupled one (g + wd * p), fused into the same launch.
+    # (Frozen mode's live-sector list in large pieces: other tests walk it in small ones; here it would cost
+    # the interpreter 5x the time of the other modes.)
+    monkeypatch.setattr(masked_adam, "LIVE_INTERPRETER_ROWS", 64)
+    monkeypatch.setattr(masked_adam, "LIVE_INTERPRETER_CHUNK", 64)
     shapes = [(20, 9), (17,), (4, 3, 3)]
     params, grads, m, v, masks = make_state(shapes, sparsity=0.5, unmasked=(1,))
     ours = [p.clone() for p in params]
@@ -240,7 +244,7 @@ def test_sector_liveness_matches_reference(moments, pruned_are_zero, grad_dtype,
 @pytest.mark.parametrize("live_list", [True, False])
 def test_frozen_list_and_block_walks_match_reference(monkeypatch, live_list, pruned_are_zero):
     # Frozen mode walks a list of its live sectors (FROZEN_LIVE_LIST, the default: under the interpreter a
-    # few sectors per list-building program and 2 per chunk, so several programs append and each walks
+    # few sectors per list-building program and 4 per chunk, so several programs append and each walks
     # several chunks) or every block. Both take the reference's steps, pruned weights start non-zero unless
     # promised, and the list's counters are left at zero for the next call.
     monkeypatch.setattr(masked_adam, "FROZEN_LIVE_LIST", live_list)

@@ -41,9 +41,10 @@ def test_dry_run_measures_every_case_and_configuration(tmp_path):
     for r in rows:
         per_case.setdefault(r["name"], []).append(r)
     n_topk = 1 + sum(len(v) for v in tune.TOPK_ALTERNATIVES.values())
-    n_adam = 1 + sum(len(v) for v in tune.ADAM_ALTERNATIVES.values())
+    n_adam = {mode: 1 + sum(len(v) for v in tune.adam_alternatives(mode).values()) for mode in ("faithful", "frozen")}
+    assert n_adam["frozen"] == n_adam["faithful"] + 5  # the live-sector list: off, its build's rows, its chunks
     assert {name: len(v) for name, v in per_case.items()} == {
-        **{c[0]: n_topk for c in tune.TOPK_CASES}, **{c[0]: n_adam for c in tune.ADAM_CASES}}
+        **{c[0]: n_topk for c in tune.TOPK_CASES}, **{c[0]: n_adam[c[3]] for c in tune.ADAM_CASES}}
     assert all(r["correct"] and r["ms"] > 0 and r["error"] is None for r in rows)
     md = (tmp_path / "tune.md").read_text()
     assert "DRY RUN" in md and all(f"## {name}" in md for name in per_case)
@@ -110,7 +111,7 @@ def test_a_configuration_that_raises_is_a_row_not_the_end(tmp_path, monkeypatch)
     failed = [r for r in sweep.rows if r["error"]]
     assert [(r["knob"], r["value"], r["correct"]) for r in failed] == [("num_warps", 2, False)]
     assert "out of resources" in failed[0]["error"]
-    assert len(sweep.rows) == 1 + sum(len(v) for v in tune.ADAM_ALTERNATIVES.values())
+    assert len(sweep.rows) == 1 + sum(len(v) for v in tune.adam_alternatives("faithful").values())
 
 
 def test_the_budget_stops_the_sweep_and_says_so(tmp_path):
