@@ -209,10 +209,11 @@ def _adam_block(p_addr, g_addr, m_addr, v_addr, k, start, numel, step_size, bc2_
 def _adam_sectors(p_ptr, g_ptr, m_ptr, v_ptr, k, inb, live_sector, step_size, bc2_sqrt, eps, weight_decay,
                   BETA1: tl.constexpr, BETA2: tl.constexpr, MODE: tl.constexpr, PRUNED_ARE_ZERO: tl.constexpr,
                   HAS_WD: tl.constexpr):
-    """The update of a tile of [rows, SECTOR] elements, a row per sector, at typed pointers whose rows are
-    consecutive elements: `k` their mask bytes, `inb` which exist, `live_sector` ([rows, 1]) which rows hold a
-    kept element. (Alignment hints belong with the caller's pointer arithmetic: given to the pointers here,
-    after the call, triton 3.6 drops them and compiles scalar accesses and 24 barriers.)"""
+    """The update of a tile of [rows, width] elements at typed pointers, each row consecutive elements of one
+    sector (all of it, or half): `k` their mask bytes, `inb` which exist, `live_sector` ([rows, 1]) whether
+    the row's sector holds a kept element. (Alignment hints belong with the caller's pointer arithmetic:
+    given to the pointers here, after the call, triton 3.6 drops them and compiles scalar accesses and 24
+    barriers.)"""
     keep = k != 0
     # What is loaded and stored, per sector (a whole sector or nothing, so accesses stay vectors and
     # full-sector writes): `live` for g, m, v; `p_live` for the weight.
@@ -396,9 +397,9 @@ def _frozen_live_kernel(p_table_ptr, g_table_ptr, m_table_ptr, v_table_ptr, mask
                         BETA1: tl.constexpr, BETA2: tl.constexpr, GRAD_DTYPE: tl.constexpr,
                         STEP_ON_DEVICE: tl.constexpr, PRUNED_ARE_ZERO: tl.constexpr, HAS_WD: tl.constexpr,
                         ALIGNED: tl.constexpr, BLOCK: tl.constexpr, CHUNK: tl.constexpr):
-    """Frozen mode's update: a persistent grid walks the list of live sectors CHUNK at a time (as
-    [CHUNK, SECTOR], a gathered sector per row), so its work is the live sectors' whatever the sparsity. The
-    last program to finish resets the list's counters for the next call."""
+    """Frozen mode's update: a persistent grid walks the list of live sectors CHUNK at a time (gathered as
+    2 * CHUNK rows of HALF elements, see `_live_rows`), so its work is the live sectors' whatever the
+    sparsity. The last program to finish resets the list's counters for the next call."""
     if STEP_ON_DEVICE:
         step_size = tl.load(scalars_ptr)
         bc2_sqrt = tl.load(scalars_ptr + 1)
