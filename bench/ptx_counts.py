@@ -2,6 +2,7 @@
 
     PYTHONPATH=.venv/triton-3.6:. python bench/ptx_counts.py          # this checkout, the GPU image's triton
     PYTHONPATH=.venv/triton-3.6:/path/to/old/checkout python bench/ptx_counts.py   # an older design
+    PYTHONPATH=.venv/triton-3.6:. python bench/ptx_counts.py --adam   # the masked-Adam kernels instead
 
 Compiles the float32 variant of every `kernels.topk_mask` kernel that `tests/kernels/_compile_for_gpu.py`
 lists (from the checkout whose `kernels` is imported) and prints, per kernel, its warps, its PTX
@@ -10,6 +11,8 @@ then its basic blocks: instructions, those counts, where it branches, and for th
 segment's acq_rel "blocks done" atomic, the instructions up to the branch that every block but the last
 takes. A path through these blocks (e.g. the warm path: one turn of a slot loop) gives the instructions a
 thread executes; times the warps, over the elements of a block, the warp-instructions per element.
+With --adam: the same for the masked-Adam kernels (float32 gradients, aligned pointers, no pruned_are_zero;
+the block walk in each moments mode, frozen mode's live-sector list build and walk), with ptxas's registers.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import triton
 from triton.compiler import ASTSource
 
 KINDS = dict(popc=r"\bpopc", vote=r"\bvote", shfl=r"\bshfl", atom=r"\batom\.|\bred\.", ld_global=r"ld\.global",
-             st_global=r"st\.global", bar=r"bar\.sync")
+             st_global=r"st\.global", global_v4=r"(ld|st)\.global\S*\.v4", bar=r"bar\.sync")
 
 
 def instructions(lines: list[str]) -> list[str]:
@@ -53,16 +56,26 @@ def main() -> None:
     import kernels
 
     root = Path(kernels.__file__).resolve().parents[1]
-    sys.argv = ["_compile_for_gpu.py", "90"]
+    argv, sys.argv = sys.argv, ["_compile_for_gpu.py", "90"]
     compile_script = runpy.run_path(str(root / "tests" / "kernels" / "_compile_for_gpu.py"), run_name="variants")
     print(f"triton {triton.__version__}, sm_90, kernels from {root.name}")
+    adam = "--adam" in argv[1:]
     seen = set()
     for name, fn, warps, sig, consts in compile_script["variants"]():
-        dtype = consts.get("DTYPE")
-        if (name in seen or name.startswith(("adam", "masked_adam")) or (dtype is not None and str(dtype) != "fp32")
-                or consts.get("ALIGNED") is False):  # what runs for tensors from torch's allocator
+        if consts.get("ALIGNED") is False:  # what runs for tensors from torch's allocator
             continue
-        seen.add(name)
+        if adam:
+            key = (name, consts.get("MODE"), consts.get("ZERO_DEAD"))
+            if (name not in ("masked_adam", "live_sectors", "frozen_live") or key in seen
+                    or str(consts.get("GRAD_DTYPE", "fp32")) != "fp32" or consts.get("PRUNED_ARE_ZERO")):
+                continue
+        else:
+            key = name
+            dtype = consts.get("DTYPE")
+            if name in seen or name.startswith(("adam", "masked_adam", "live", "frozen")) or (
+                    dtype is not None and str(dtype) != "fp32"):
+                continue
+        seen.add(key)
         signature = {**sig, **{k: "constexpr" for k in consts}}
         # As the launchers and the compile check (an older checkout's compile script may have no EXTRA_OPTIONS).
         extra = compile_script.get("EXTRA_OPTIONS", {}).get(name, {})
@@ -70,8 +83,10 @@ def main() -> None:
         kernel = triton.compile(ASTSource(fn=fn, signature=signature, constexprs=consts),
                                 target=compile_script["TARGET"], options=options)
         ptx = kernel.asm["ptx"]
-        print(f"\n{name}: {warps} warps, {len(instructions(ptx.splitlines()))} PTX instructions, "
-              f"{counts(instructions(ptx.splitlines()))}")
+        shown = {k: v for k, v in consts.items() if k in ("MODE", "ZERO_DEAD")}
+        usage = compile_script["resource_usage"](kernel.asm["cubin"]) if adam else ""
+        print(f"\n{name}{' ' + str(shown) if shown else ''}: {warps} warps, {len(instructions(ptx.splitlines()))} "
+              f"PTX instructions, {counts(instructions(ptx.splitlines()))} {usage}".rstrip())
         for block, ins in basic_blocks(ptx):
             branches = [re.sub(r"\s+", " ", i) for i in ins if re.search(r"\bbra\b", i)]
             line = f"  {block}: {len(ins)} {counts(ins)} -> {branches}"

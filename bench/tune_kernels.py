@@ -55,7 +55,7 @@ REP_MS = 60  # do_bench's measuring window per configuration
 TOPK_ALTERNATIVES = {"block": (2048, 1024), "num_warps": (4, 16), "cand_warps": (2, 4), "slots_div": (8, 16),
                      "cand_programs_per_sm": (8, 32)}
 ADAM_ALTERNATIVES = {"programs_per_sm": (2, 4, 16), "num_warps": (2, 8), "block": (512, 2048),
-                     "frozen_live_list": (False,), "live_rows": (128, 1024), "live_chunk": (64, 256)}
+                     "frozen_live_list": (False,), "live_rows": (256, 4096), "live_chunk": (64, 256)}
 FROZEN_ONLY_KNOBS = ("frozen_live_list", "live_rows", "live_chunk")
 
 

@@ -97,12 +97,12 @@ INTERPRETER_PROGRAMS = 3
 # (the H100 timed that design, before the mask prefetch, at 0.90x fused Adam + mask at 95%, 0.95x at 99%).
 # A knob of bench/tune_kernels.py.
 FROZEN_LIVE_LIST = True
-# The list's build reads the mask bytes of ROWS sectors per program (2,048 elements: at 4 warps, 56-92
-# registers per thread, so several programs per SM hide its chain of dependent loads; 1,024 sectors took
-# 174-255); the update walks it CHUNK sectors at a time (1,024 elements, as a block). Under the interpreter
-# a few of each, so that the tests see several programs append to the list and each program walk several
-# chunks. Untimed on a GPU: both are knobs of bench/tune_kernels.py.
-LIVE_ROWS_PER_PROGRAM, LIVE_INTERPRETER_ROWS, LIVE_WARPS = 256, 4, 4
+# The list's build reads the mask bytes of ROWS sectors per program (8,192 elements; a thread's 8 sectors as
+# one int64 each: 0.34 warp-instructions per element, 55-70 registers per thread at 4 warps, sm_90 PTX,
+# triton 3.6); the update walks it CHUNK sectors at a time (1,024 elements, as a block). Under the
+# interpreter a few of each, so that the tests see several programs append to the list and each program walk
+# several chunks. Untimed on a GPU: both are knobs of bench/tune_kernels.py.
+LIVE_ROWS_PER_PROGRAM, LIVE_INTERPRETER_ROWS, LIVE_WARPS = 1024, 4, 4
 LIVE_CHUNK, LIVE_INTERPRETER_CHUNK = 128, 4
 
 
@@ -302,7 +302,9 @@ def _live_sectors_kernel(p_table_ptr, mask_table_ptr, plan_ptr, n_blocks, n_seg,
     """Frozen mode's first launch: appends every live sector (one with a kept element, or any sector of a
     tensor without a mask) to the list at `live_ptr`, as its row (block * BLOCK // SECTOR + sector in the
     block), in no particular order, and counts them in counters[0]. ZERO_DEAD (no pruned_are_zero promise):
-    a dead sector's weights become +0.0, written without a read."""
+    a dead sector's weights become +0.0, written without a read. All of it in 1-D tiles of sectors, a
+    thread's sectors wholly its own: 2-D [sectors, SECTOR] tiles cost layout conversions through shared
+    memory (34 barriers) and twice the registers."""
     ROWS: tl.constexpr = BLOCK // SECTOR
     numel_ptr = plan_ptr + 2 * n_blocks + 2 * n_seg
     rows = tl.program_id(0) * ROWS_PER_PROGRAM + tl.arange(0, ROWS_PER_PROGRAM)
@@ -315,36 +317,31 @@ def _live_sectors_kernel(p_table_ptr, mask_table_ptr, plan_ptr, n_blocks, n_seg,
     has_mask = mask_addr != 0
     exists = start < numel
     whole = start + SECTOR <= numel
-    if ALIGNED:  # a whole sector's 8 mask bytes (8-byte aligned) as one int64: one load, not 8
+    if ALIGNED:
+        # A whole sector's 8 mask bytes (8-byte aligned) as one int64: one load, not 8. A tensor's last, partial
+        # sector is listed unread (an int64 would read past the tensor): listing a dead sector costs its
+        # traffic, never a wrong value, since the update decides each element by its own mask byte.
         word = tl.load((mask_addr + start).to(tl.pointer_type(tl.int64)), mask=has_mask & whole, other=0)
-        live = tl.where(has_mask, word != 0, exists)
-        bytewise = has_mask & exists & ~whole  # a tensor's last, partial sector
+        live = exists & (~has_mask | ~whole | (word != 0))
     else:
         live = exists & ~has_mask
-        bytewise = has_mask & exists
-    if tl.sum(bytewise.to(tl.int32)) > 0:
-        offs = start[:, None] + tl.arange(0, SECTOR)[None, :]
-        k = tl.load(mask_addr[:, None].to(tl.pointer_type(tl.uint8)) + offs,
-                    mask=bytewise[:, None] & (offs < numel[:, None]), other=0)
-        live = live | (tl.max(k, axis=1) != 0)
+        for j in tl.static_range(SECTOR):
+            byte = tl.load(mask_addr.to(tl.pointer_type(tl.uint8)) + start + j,
+                           mask=has_mask & (start + j < numel), other=0)
+            live = live | (byte != 0)
     # One atomic per program reserves its span of the list; the rows go there in order.
     n_live = live.to(tl.int32)
     base = tl.atomic_add(counters_ptr, tl.sum(n_live, 0), sem="relaxed")
     tl.store(live_ptr + base + tl.cumsum(n_live, 0) - n_live, rows, mask=live)
     if ZERO_DEAD:
         dead = exists & ~live
-        offs = start[:, None] + tl.arange(0, SECTOR)[None, :]
-        if ALIGNED:
-            offs = tl.max_contiguous(tl.multiple_of(offs, [1, SECTOR]), [1, SECTOR])
-        p_ptr = tl.load(p_table_ptr + seg, mask=valid, other=0)[:, None].to(tl.pointer_type(tl.float32)) + offs
-        if ALIGNED:
-            p_ptr = tl.multiple_of(p_ptr, [1, 16])
-        # A predicate per row, so the stores are vectors; bounds per element only for partial sectors.
-        tl.store(p_ptr, tl.zeros([ROWS_PER_PROGRAM, SECTOR], tl.float32), mask=(dead & whole)[:, None])
-        if tl.sum((dead & ~whole).to(tl.int32)) > 0:
-            tl.store(p_ptr, tl.zeros([ROWS_PER_PROGRAM, SECTOR], tl.float32),
-                     mask=(dead & ~whole)[:, None] & (offs < numel[:, None]))
-
+        p_ptr = tl.load(p_table_ptr + seg, mask=valid, other=0).to(tl.pointer_type(tl.float32)) + start
+        if ALIGNED:  # (dead sectors are whole here) 32 bytes as 4 int64 zeros: the weights are 16-byte aligned
+            for j in tl.static_range(SECTOR // 2):
+                tl.store(p_ptr.to(tl.pointer_type(tl.int64)) + j, tl.zeros_like(mask_addr), mask=dead & whole)
+        else:
+            for j in tl.static_range(SECTOR):
+                tl.store(p_ptr + j, tl.zeros(p_ptr.shape, tl.float32), mask=dead & (start + j < numel))
 
 @triton.jit
 def _live_rows(live_ptr, plan_ptr, n_blocks, n_live, first, CHUNK: tl.constexpr, BLOCK: tl.constexpr):

@@ -200,14 +200,17 @@ def test_sector_liveness_matches_reference(moments, pruned_are_zero, grad_dtype,
     # Sizes that are not multiples of the sector or of the block; block=32 puts 4 sectors in a block, and
     # offset=1 shifts every tensor off 16-byte alignment (the unaligned path; sectors no longer match the
     # memory's). Pruned moments carry NaNs: frozen mode must keep them bit for bit, whole sectors or not.
-    # Tensor 2 has no mask (plain Adam, as a bias).
+    # Tensor 2 has no mask (plain Adam, as a bias). Without the promise, pruned weights start non-zero.
     gen = torch.Generator().manual_seed(7)
     shapes = [(45,), (3, 7, 5), (8,), (100,), (27,)]
     keeps = [mask.to(DEVICE) for mask in sector_masks(shapes, gen)]
     keeps[2][:] = True
     params, grads, m, v, _ = make_state(shapes, grad_dtype=grad_dtype, gen=gen)
     for p, mm, vv, keep in zip(params, m, v, keeps):
-        p.mul_(keep)  # the promise of pruned_are_zero (both runs start from it)
+        if pruned_are_zero:
+            p.mul_(keep)  # the promise (both runs start from it)
+        else:
+            p.copy_(torch.randn(p.shape, generator=gen).to(DEVICE))
         mm.masked_fill_(~keep, POISON)
         vv.masked_fill_(~keep, POISON)
     if offset:
