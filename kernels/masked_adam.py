@@ -98,8 +98,8 @@ INTERPRETER_PROGRAMS = 3
 # A knob of bench/tune_kernels.py.
 FROZEN_LIVE_LIST = True
 # The list's build reads the mask bytes of ROWS sectors per program (8,192 elements; a thread's 8 sectors as
-# one int64 each: 0.34 warp-instructions per element, 55-70 registers per thread at 4 warps, sm_90 PTX,
-# triton 3.6); the update walks it CHUNK sectors at a time (1,024 elements, as a block). Under the
+# one int64 each: 0.35 warp-instructions per element, 55-78 registers per thread at 4 warps; sm_90 PTX,
+# triton 3.6, bench/results/ptx_adam_sm90_triton36.md); the update walks it CHUNK sectors at a time (1,024 elements, as a block). Under the
 # interpreter a few of each, so that the tests see several programs append to the list and each program walk
 # several chunks. Untimed on a GPU: both are knobs of bench/tune_kernels.py.
 LIVE_ROWS_PER_PROGRAM, LIVE_INTERPRETER_ROWS, LIVE_WARPS = 1024, 4, 4
