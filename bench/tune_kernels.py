@@ -258,8 +258,8 @@ class Sweep:
         for knob, value, cfg in configs(defaults, adam_alternatives(mode)):
             if not self.fits(name):
                 return
-            # (The interpreter's grid is INTERPRETER_PROGRAMS, and its chunk LIVE_INTERPRETER_CHUNK, whatever the
-            # knobs say.)
+            # (Under the interpreter the grid is INTERPRETER_PROGRAMS and the list's sizes follow the tensors,
+            # whatever the knobs say.)
             knobs = dict(PROGRAMS_PER_SM=cfg["programs_per_sm"], NUM_WARPS=cfg["num_warps"],
                          FROZEN_LIVE_LIST=cfg["frozen_live_list"], LIVE_ROWS_PER_PROGRAM=cfg["live_rows"],
                          LIVE_CHUNK=cfg["live_chunk"])

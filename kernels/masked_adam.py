@@ -99,11 +99,13 @@ INTERPRETER_PROGRAMS = 3
 FROZEN_LIVE_LIST = True
 # The list's build reads the mask bytes of ROWS sectors per program (8,192 elements; a thread's 8 sectors as
 # one int64 each: 0.35 warp-instructions per element, 55-78 registers per thread at 4 warps; sm_90 PTX,
-# triton 3.6, bench/results/ptx_adam_sm90_triton36.md); the update walks it CHUNK sectors at a time (1,024 elements, as a block). Under the
-# interpreter a few of each, so that the tests see several programs append to the list and each program walk
-# several chunks. Untimed on a GPU: both are knobs of bench/tune_kernels.py.
-LIVE_ROWS_PER_PROGRAM, LIVE_INTERPRETER_ROWS, LIVE_WARPS = 1024, 4, 4
-LIVE_CHUNK, LIVE_INTERPRETER_CHUNK = 128, 4
+# triton 3.6, bench/results/ptx_adam_sm90_triton36.md); the update walks it CHUNK sectors at a time (1,024
+# elements, as a block). Untimed on a GPU: both are knobs of bench/tune_kernels.py. Under the interpreter
+# both are sized to the tensors (`_interpreter_live_sizes`): about LIVE_INTERPRETER_PROGRAMS build programs
+# and LIVE_INTERPRETER_TURNS turns per walking program, so that the tests see several programs append to the
+# list and each walk several chunks, and a network's tensors take no more turns than the block walk's.
+LIVE_ROWS_PER_PROGRAM, LIVE_WARPS, LIVE_CHUNK = 1024, 4, 128
+LIVE_INTERPRETER_PROGRAMS, LIVE_INTERPRETER_TURNS = 8, 4
 
 
 def launches(moments: str) -> int:
@@ -563,22 +565,30 @@ def _masked_adam_launch(params, grads, exp_avgs, exp_avg_sqs, masks, step_t, ste
                                            bc2_sqrt, eps, weight_decay, MODE=_MODE_ID[moments], **hyper)
             return
         p_table, _, _, _, mask_table = plan.tables
-        on_gpu = plan.device.type == "cuda"
-        rows = LIVE_ROWS_PER_PROGRAM if on_gpu else LIVE_INTERPRETER_ROWS
+        if plan.device.type == "cuda":
+            rows, chunk = LIVE_ROWS_PER_PROGRAM, LIVE_CHUNK
+        else:
+            rows, chunk = _interpreter_live_sizes(plan.live.rows, plan.grid[0])
         _live_sectors_kernel[(triton.cdiv(plan.live.rows, rows),)](
             p_table, mask_table, plan.plan, plan.n_blocks, plan.n_seg, live, counters,
             ZERO_DEAD=not pruned_are_zero, ALIGNED=plan.aligned, BLOCK=block, ROWS_PER_PROGRAM=rows,
             num_warps=LIVE_WARPS)
         try:
             _frozen_live_kernel[plan.grid](*plan.tables, plan.plan, plan.n_blocks, plan.n_seg, live, counters,
-                                           plan.scalars, step_size, bc2_sqrt, eps, weight_decay,
-                                           CHUNK=LIVE_CHUNK if on_gpu else LIVE_INTERPRETER_CHUNK,
+                                           plan.scalars, step_size, bc2_sqrt, eps, weight_decay, CHUNK=chunk,
                                            **hyper)
         except BaseException:
             # The update resets the count the build made; a next call must not append to this one's list.
             if not _utils.capturing(plan.device):
                 counters.zero_()
             raise
+
+
+def _interpreter_live_sizes(sectors: int, programs: int) -> tuple[int, int]:
+    """(sectors per build program, sectors per chunk of the walk) under the interpreter (see LIVE_CHUNK)."""
+    rows = triton.next_power_of_2(max(1, sectors // LIVE_INTERPRETER_PROGRAMS))
+    chunk = triton.next_power_of_2(max(1, sectors // (LIVE_INTERPRETER_TURNS * programs)))
+    return min(rows, LIVE_ROWS_PER_PROGRAM), min(chunk, LIVE_CHUNK)
 
 
 _data_ptr = torch.Tensor.data_ptr

@@ -70,10 +70,10 @@ def test_masked_adam_tracks_torch_adam_many_steps(monkeypatch, moments, weight_d
     # 100 steps of torch.optim.Adam + p.mul_(mask) (the project's faithful recipe), with the moments
     # option applied by hand; fresh random gradients each step; the mask changes halfway (a pruning update).
     # Weight decay is torch.optim.Adam's coupled one (g + wd * p), fused into the same launch.
-    # (Frozen mode's live-sector list in large pieces: other tests walk it in small ones; here it would cost
+    # (Frozen mode's live-sector list in one piece: other tests walk it in small ones; here it would cost
     # the interpreter 5x the time of the other modes.)
-    monkeypatch.setattr(masked_adam, "LIVE_INTERPRETER_ROWS", 64)
-    monkeypatch.setattr(masked_adam, "LIVE_INTERPRETER_CHUNK", 64)
+    monkeypatch.setattr(masked_adam, "LIVE_INTERPRETER_PROGRAMS", 1)
+    monkeypatch.setattr(masked_adam, "LIVE_INTERPRETER_TURNS", 1)
     shapes = [(20, 9), (17,), (4, 3, 3)]
     params, grads, m, v, masks = make_state(shapes, sparsity=0.5, unmasked=(1,))
     ours = [p.clone() for p in params]
@@ -246,13 +246,16 @@ def test_sector_liveness_matches_reference(moments, pruned_are_zero, grad_dtype,
 @pytest.mark.parametrize("pruned_are_zero", [False, True])
 @pytest.mark.parametrize("live_list", [True, False])
 def test_frozen_list_and_block_walks_match_reference(monkeypatch, live_list, pruned_are_zero):
-    # Frozen mode walks a list of its live sectors (FROZEN_LIVE_LIST, the default: under the interpreter a
-    # few sectors per list-building program and 4 per chunk, so several programs append and each walks
-    # several chunks) or every block. Both take the reference's steps, pruned weights start non-zero unless
-    # promised, and the list's counters are left at zero for the next call.
+    # Frozen mode walks a list of its live sectors (FROZEN_LIVE_LIST, the default: under the interpreter
+    # several programs append to it and each walks several chunks) or every block. Both take the
+    # reference's steps, pruned weights start non-zero unless promised, and the list's counters are left at
+    # zero for the next call.
     monkeypatch.setattr(masked_adam, "FROZEN_LIVE_LIST", live_list)
     gen = torch.Generator().manual_seed(11)
     shapes = [(45,), (3, 7, 5), (8,), (100,), (27,)]
+    sectors = sum(-(-torch.Size(s).numel() // 32) for s in shapes) * 32 // 8  # block=32: 4 sectors per block
+    rows, chunk = masked_adam._interpreter_live_sizes(sectors, masked_adam.INTERPRETER_PROGRAMS)
+    assert sectors // rows >= 4 and sectors // chunk >= 3 * masked_adam.INTERPRETER_PROGRAMS
     masks = [mask.to(DEVICE) for mask in sector_masks(shapes, gen)]
     masks[2] = None
     params, grads, m, v, _ = make_state(shapes, gen=gen)
