@@ -298,6 +298,16 @@ def _masked_adam_kernel(p_table_ptr, g_table_ptr, m_table_ptr, v_table_ptr, mask
 
 
 @triton.jit
+def _sector_of(plan_ptr, n_blocks, row, valid, BLOCK: tl.constexpr):
+    """(segment, first element) of sector `row` of the block plan (block * BLOCK // SECTOR + sector in the
+    block: how the list names a sector), where `valid`."""
+    ROWS: tl.constexpr = BLOCK // SECTOR
+    block = row // ROWS
+    seg = tl.load(plan_ptr + block, mask=valid, other=0)
+    return seg, tl.load(plan_ptr + n_blocks + block, mask=valid, other=0) + (row % ROWS) * SECTOR
+
+
+@triton.jit
 def _live_sectors_kernel(p_table_ptr, mask_table_ptr, plan_ptr, n_blocks, n_seg, live_ptr, counters_ptr,
                          ZERO_DEAD: tl.constexpr, ALIGNED: tl.constexpr, BLOCK: tl.constexpr,
                          ROWS_PER_PROGRAM: tl.constexpr):
@@ -307,13 +317,10 @@ def _live_sectors_kernel(p_table_ptr, mask_table_ptr, plan_ptr, n_blocks, n_seg,
     a dead sector's weights become +0.0, written without a read. All of it in 1-D tiles of sectors, a
     thread's sectors wholly its own: 2-D [sectors, SECTOR] tiles cost layout conversions through shared
     memory (34 barriers) and twice the registers."""
-    ROWS: tl.constexpr = BLOCK // SECTOR
     numel_ptr = plan_ptr + 2 * n_blocks + 2 * n_seg
     rows = tl.program_id(0) * ROWS_PER_PROGRAM + tl.arange(0, ROWS_PER_PROGRAM)
-    block = rows // ROWS
-    valid = block < n_blocks
-    seg = tl.load(plan_ptr + block, mask=valid, other=0)
-    start = tl.load(plan_ptr + n_blocks + block, mask=valid, other=0) + (rows % ROWS) * SECTOR
+    valid = rows // (BLOCK // SECTOR) < n_blocks
+    seg, start = _sector_of(plan_ptr, n_blocks, rows, valid, BLOCK)
     numel = tl.load(numel_ptr + seg, mask=valid, other=0)  # 0 past the last block
     mask_addr = tl.load(mask_table_ptr + seg, mask=valid, other=0)
     has_mask = mask_addr != 0
@@ -345,21 +352,18 @@ def _live_sectors_kernel(p_table_ptr, mask_table_ptr, plan_ptr, n_blocks, n_seg,
             for j in tl.static_range(SECTOR):
                 tl.store(p_ptr + j, tl.zeros(p_ptr.shape, tl.float32), mask=dead & (start + j < numel))
 
+
 @triton.jit
 def _live_rows(live_ptr, plan_ptr, n_blocks, n_live, first, CHUNK: tl.constexpr, BLOCK: tl.constexpr):
     """(segment, first element) of the halves of the CHUNK list entries from `first` on (2 * CHUNK rows of
     HALF elements), and whether each exists; as [2 * CHUNK, 1] tensors. Half sectors because a row of HALF
     fp32 is one thread's 128-bit vector: the rows' values then sit in the threads that use them, where with
     whole sectors (two threads each) the compiler moves every pointer tile through shared memory."""
-    ROWS: tl.constexpr = BLOCK // SECTOR
     half = tl.arange(0, 2 * CHUNK)[:, None]
     idx = first + half // 2
     listed = idx < n_live
-    row = tl.load(live_ptr + idx, mask=listed, other=0)
-    seg = tl.load(plan_ptr + row // ROWS, mask=listed, other=0)
-    start = tl.load(plan_ptr + n_blocks + row // ROWS, mask=listed, other=0) + (row % ROWS) * SECTOR \
-        + (half % 2) * HALF
-    return seg, start, listed
+    seg, start = _sector_of(plan_ptr, n_blocks, tl.load(live_ptr + idx, mask=listed, other=0), listed, BLOCK)
+    return seg, start + (half % 2) * HALF, listed
 
 
 @triton.jit
@@ -497,7 +501,7 @@ class _LiveList:
                 raise RuntimeError("masked_adam_: the first frozen-mode step on these tensors is inside a CUDA-graph "
                                    "capture; take one frozen step before capturing (it allocates the live-sector "
                                    "list)")
-            self.buffers = [torch.empty(max(1, self.rows), dtype=torch.int32, device=device),
+            self.buffers = [torch.empty(self.rows, dtype=torch.int32, device=device),  # (rows > 0: launched)
                             torch.zeros(2, dtype=torch.int32, device=device)]
         return self.buffers
 
