@@ -374,7 +374,7 @@ def test_masked_adam(benchmark, run_info, case, sparsity, provider):
         from kernels import masked_adam
 
         info = dict(model_bytes=adam_provider_bytes(numels, masked, sparsity, provider),
-                    launches=masked_adam.launches(mode))
+                    launches=masked_adam.launches(mode), anatomy_us=launch_anatomy_us(fn, masked_adam))
     measure(benchmark, fn, run_info=run_info,
             op_bytes=adam_op_bytes(numels, masked, sparsity, mode == "frozen",
                                    pruned_are_zero=provider.endswith("_pz")),

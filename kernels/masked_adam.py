@@ -64,11 +64,10 @@ constants (one compile per pair; they are fixed in a run) so they keep full fp64
 Differences from the reference, by design: in frozen mode a pruned weight becomes +0.0 where the
 reference computes (p + update) * 0 (so -0.0, or NaN for a non-finite update); with `pruned_are_zero` a
 pruned weight stays 0 where the reference would give NaN for a non-finite update.
-Tuning: BLOCK from the H100 knob sweep (one knob at a time, bench/tune_kernels.py); num_warps and programs
-per SM measured within 2% of the best there. At BLOCK 2048 the kernel had 246 registers per thread (2
-programs of 4 warps resident per SM) and moved 94.7% of the copy bandwidth in faithful mode; at 1024, with
-the next block's mask held, 145-168 (triton 3.6, read on a CPU by tests/kernels/_compile_for_gpu.py), so 3
-are resident and the grid of PROGRAMS_PER_SM per SM runs in fewer waves.
+Tuning: BLOCK from the H100 knob sweep, num_warps and the list's build size from the H200 one (one knob at a
+time, bench/tune_kernels.py; see the constants below). At BLOCK 2048 and 4 warps the kernel had 246 registers
+per thread and moved 94.7% of the copy bandwidth in faithful mode on the H100; at 1024 and 4 warps, 145-168 and
+79% on the H200 at 484c6fe7 (0.43 ms at 50M, 1.06x fused Adam), where 8 warps took 0.39 ms.
 """
 
 from __future__ import annotations
@@ -83,13 +82,15 @@ import triton.language as tl
 from kernels import _utils
 from kernels.reference import MOMENTS_MODES, check_adam_inputs
 
-# Elements per block: 8 fp32 per thread at 4 warps, i.e. two 128-bit loads in flight per tensor per thread. The
-# H100 knob sweep (bench/results/h100-80gb-hbm3_4ffe5cda/tune) chose 1024 over 2048: 0.85-0.88x the time in
-# frozen mode at 95-99% (125-158 registers instead of 246: more programs resident), 0.96-0.99x in faithful mode.
+# Elements per block: 4 fp32 per thread at 8 warps, one 128-bit load per tensor per thread. The H100 knob sweep
+# (bench/results/h100-80gb-hbm3_4ffe5cda/tune) chose 1024 over 2048: 0.85-0.88x the time in frozen mode at
+# 95-99% (125-158 registers instead of 246: more programs resident), 0.96-0.99x in faithful mode. The H200 sweep
+# (bench/results/h200_484c6fe7/tune) chose 8 warps over 4: 0.91x the time in faithful mode at 50M, 0.93x at
+# Impala w3 in a graph, 0.99-1.0x in frozen mode (76-80 registers per thread instead of 148-154).
 ADAM_BLOCK = 1024
-NUM_WARPS = 4
-# Persistent grid: programs per SM (4 warps each; at 145-168 registers per thread 3 are resident, see above), and
-# under the interpreter a few programs, so that the tests walk the grid-stride loop.
+NUM_WARPS = 8
+# Persistent grid: programs per SM (8 warps each; at 76-80 registers per thread 3 are resident), and under the
+# interpreter a few programs, so that the tests walk the grid-stride loop.
 PROGRAMS_PER_SM = 8
 INTERPRETER_PROGRAMS = 3
 # Frozen mode walks a list of its live sectors instead of every block (see `_frozen_live_kernel`): False
@@ -97,14 +98,15 @@ INTERPRETER_PROGRAMS = 3
 # (the H100 timed that design, before the mask prefetch, at 0.90x fused Adam + mask at 95%, 0.95x at 99%).
 # A knob of bench/tune_kernels.py.
 FROZEN_LIVE_LIST = True
-# The list's build reads the mask bytes of ROWS sectors per program (8,192 elements; a thread's 8 sectors as
-# one int64 each: 0.35 warp-instructions per element, 55-78 registers per thread at 4 warps; sm_90 PTX,
-# triton 3.6, bench/results/ptx_adam_sm90_triton36.md); the update walks it CHUNK sectors at a time (1,024
-# elements, as a block). Untimed on a GPU: both are knobs of bench/tune_kernels.py. Under the interpreter
+# The list's build reads the mask bytes of ROWS sectors per program (2,048 elements; a thread's 2 sectors as
+# one int64 each, 32 registers per thread at 4 warps); the update walks it CHUNK sectors at a time (1,024
+# elements, as a block). The H200 sweep (bench/results/h200_484c6fe7/tune) timed 256 sectors per program at
+# 0.93x the time of 1,024 at 50M / 95% and 0.90x at 99% (4,096: 1.19x and 1.30x); chunks of 64 or 256 were
+# within 1.5% of 128. Both are knobs of bench/tune_kernels.py. Under the interpreter
 # both are sized to the tensors (`_interpreter_live_sizes`): about LIVE_INTERPRETER_PROGRAMS build programs
 # and LIVE_INTERPRETER_TURNS turns per walking program, so that the tests see several programs append to the
 # list and each walk several chunks, and a network's tensors take no more turns than the block walk's.
-LIVE_ROWS_PER_PROGRAM, LIVE_WARPS, LIVE_CHUNK = 1024, 4, 128
+LIVE_ROWS_PER_PROGRAM, LIVE_WARPS, LIVE_CHUNK = 256, 4, 128
 LIVE_INTERPRETER_PROGRAMS, LIVE_INTERPRETER_TURNS = 8, 4
 
 

@@ -29,7 +29,20 @@ bench_kernels = _load("bench_kernels")
 def test_configs_change_one_knob_at_a_time_from_the_defaults():
     defaults = dict(a=1, b=2)
     out = tune.configs(defaults, {"a": (1, 3), "b": (4,)})
-    assert out == [("default", None, dict(a=1, b=2)), ("a", 3, dict(a=3, b=2)), ("b", 4, dict(a=1, b=4))]
+    assert out == [("default", None, dict(a=1, b=2)), ("a", 3, dict(a=3, b=2)), ("b", 4, dict(a=1, b=4)),
+                   ("default", "again", dict(a=1, b=2))]
+
+
+def test_the_baseline_is_the_faster_of_the_defaults_two_measurements():
+    # A first measurement slowed by warm-up must not make every alternative look faster.
+    def row(knob, value, ms):
+        return dict(name="case", knob=knob, value=value, config=dict(a=1), ms=ms, correct=True, error=None,
+                    regs={}, spills={})
+
+    rows = [row("default", None, 0.9), row("a", 2, 0.6), row("default", "again", 0.5)]
+    md = tune.summary_markdown(rows, {"device": "cpu"}, [])
+    assert "Best: the defaults, 1.000x" in md and "0.9000 and 0.5000 ms" in md
+    assert "| a=2 | 0.6000 | 1.200 |" in md and "| defaults (again) | 0.5000 | 1.000 |" in md
 
 
 def test_dry_run_measures_every_case_and_configuration(tmp_path):
@@ -40,9 +53,10 @@ def test_dry_run_measures_every_case_and_configuration(tmp_path):
     per_case = {}
     for r in rows:
         per_case.setdefault(r["name"], []).append(r)
-    n_topk = 1 + sum(len(v) for v in tune.TOPK_ALTERNATIVES.values())
-    n_adam = {mode: 1 + sum(len(v) for v in tune.adam_alternatives(mode).values()) for mode in ("faithful", "frozen")}
-    assert n_adam["frozen"] == n_adam["faithful"] + 5  # the live-sector list: off, its build's rows, its chunks
+    n_topk = 2 + sum(len(v) for v in tune.TOPK_ALTERNATIVES.values())  # (the defaults first and last)
+    n_adam = {mode: 2 + sum(len(v) for v in tune.adam_alternatives(mode).values()) for mode in ("faithful", "frozen")}
+    # The live-sector list: off, its build's rows and warps, its chunks.
+    assert n_adam["frozen"] == n_adam["faithful"] + 8
     assert {name: len(v) for name, v in per_case.items()} == {
         **{c[0]: n_topk for c in tune.TOPK_CASES}, **{c[0]: n_adam[c[3]] for c in tune.ADAM_CASES}}
     assert all(r["correct"] and r["ms"] > 0 and r["error"] is None for r in rows)
@@ -100,18 +114,18 @@ def test_a_configuration_that_raises_is_a_row_not_the_end(tmp_path, monkeypatch)
 
     real = masked_adam.masked_adam_triton_
 
-    def fails_at_two_warps(*args, **kwargs):
-        if masked_adam.NUM_WARPS == 2:
+    def fails_at_sixteen_warps(*args, **kwargs):
+        if masked_adam.NUM_WARPS == 16:
             raise RuntimeError("out of resources")
         real(*args, **kwargs)
 
-    monkeypatch.setattr(masked_adam, "masked_adam_triton_", fails_at_two_warps)
+    monkeypatch.setattr(masked_adam, "masked_adam_triton_", fails_at_sixteen_warps)
     sweep = _sweep(tmp_path)
     sweep.adam_case("adam_case", "flat_50M", 0.0, "faithful")
     failed = [r for r in sweep.rows if r["error"]]
-    assert [(r["knob"], r["value"], r["correct"]) for r in failed] == [("num_warps", 2, False)]
+    assert [(r["knob"], r["value"], r["correct"]) for r in failed] == [("num_warps", 16, False)]
     assert "out of resources" in failed[0]["error"]
-    assert len(sweep.rows) == 1 + sum(len(v) for v in tune.adam_alternatives("faithful").values())
+    assert len(sweep.rows) == 2 + sum(len(v) for v in tune.adam_alternatives("faithful").values())
 
 
 def test_the_budget_stops_the_sweep_and_says_so(tmp_path):
