@@ -126,6 +126,14 @@ def short_sha() -> str | None:
         return None
 
 
+def step_plan(budget_s: float, steps, dry: bool) -> dict:
+    """Seconds planned per step of `steps` within `budget_s`: their PLAN_S scaled to fill the budget less the
+    reserve (all steps in the default budget: PLAN_S itself; `--steps kernels` alone: most of it)."""
+    plan, reserve = (DRY_PLAN_S, DRY_RESERVE_S) if dry else (PLAN_S, RESERVE_S)
+    scale = max(0.0, budget_s - reserve) / sum(plan[n] for n in steps)
+    return {n: plan[n] * scale for n in steps}
+
+
 class Proof:
     def __init__(self, args: argparse.Namespace, device_name: str | None):
         self.args, self.dry = args, args.dry_run
@@ -133,8 +141,7 @@ class Proof:
         budget = args.budget_s if args.budget_s is not None else (DRY_BUDGET_S if self.dry else DEFAULT_BUDGET_S)
         self.budget_s = budget
         self.reserve_s = DRY_RESERVE_S if self.dry else RESERVE_S
-        base = DRY_BUDGET_S if self.dry else DEFAULT_BUDGET_S
-        self.plan = {k: v * budget / base for k, v in (DRY_PLAN_S if self.dry else PLAN_S).items()}
+        self.plan = step_plan(budget, STEPS, self.dry)
         self.device_name = device_name or "cpu"
         tag = "cpu-dry-run" if self.dry else slug(self.device_name).removeprefix("nvidia-")
         self.sha = args.sha or short_sha() or "nogit"
@@ -207,6 +214,7 @@ class Proof:
                  f"budget {self.budget_s:.0f} s -> {self.dir}")
         try:
             order = [n for n in STEPS if n == "install" or n in selected]
+            self.plan = step_plan(self.budget_s, order, self.dry)
             for i, name in enumerate(order):
                 step = self.results[name] = StepResult(name)
                 planned = self.plan[name]
@@ -466,7 +474,12 @@ def kernel_target_rows(json_path: Path, summarize_module=None) -> tuple[list[dic
     if not hasattr(module, "target_rows"):
         return [target(name, "see bench/README.md", "not available: bench/summarize.py has no target_rows()",
                        None)], notes
-    rows = [target(r["target"], r["goal"], r["measured"], r["met"]) for r in module.target_rows(json_path)]
+    try:
+        found = module.target_rows(json_path)
+    except Exception as e:  # e.g. an empty JSON from a step killed before pytest-benchmark wrote it
+        return [target(name, "see bench/README.md", f"kernels.json unreadable ({type(e).__name__}: {e}); the "
+                       "kernels step was killed before it wrote its results?", None)], notes
+    rows = [target(r["target"], r["goal"], r["measured"], r["met"]) for r in found]
     return rows or [target(name, "see bench/README.md", "no benchmark in the JSON", None)], notes
 
 

@@ -4,19 +4,19 @@
     python3 bench/tune_kernels.py --budget-s 100      # whatever fits in 100 s, most telling cases first
     python3 bench/tune_kernels.py --dry-run           # the CPU rehearsal: interpreter, tiny sizes, seconds
 
-The kernels' knobs (kernels/topk_mask.py: block, warps and programs of the full read, warps and programs of
-the candidate passes, candidate slots per block; kernels/masked_adam.py: programs per SM, warps, block, and
-frozen mode's live-sector list) were first set on paper, then from this sweep on an H100 and an H200
-(bench/results/*/tune/, each quoted where its constant is defined). This sweep changes one knob at a time from the current defaults, on the cases the
-targets of bench/README.md are about (mask selection on the 50M set at 95%, eagerly, and at Impala w3 in a
-CUDA graph; masked Adam on the flat 50M buffer in faithful mode at 0% and frozen mode at 95 and 99%, and at
-Impala w3 in a graph), and records for each configuration: the median device time (do_bench, L2 flushed), the
-ratio to the defaults measured in the same run, the ideal time of the bytes the op must move at the copy
-bandwidth measured in the same run, the registers and spills of each kernel it launched, and whether the
-result is right. A configuration is right when its masks equal the reference's (kernels.reference, a stable
-sort) and its Adam step is bit-identical to the defaults' from the same state (the defaults are tested against
-torch.optim.Adam by `pytest -m gpu`); a wrong or failing one is recorded as such and never reported as the
-best.
+The kernels' knobs (kernels/topk_mask.py: block, warps of the full read, warps and programs of the candidate
+passes, candidate slots per block; kernels/masked_adam.py: programs per SM, warps, block, and frozen mode's
+live-sector list) were first set on paper, then from this sweep on an H100 and an H200 (bench/results/*/tune/,
+each quoted where its constant is defined). This sweep changes one knob at a time from the current defaults,
+on the cases the targets of bench/README.md are about (mask selection on the 50M set at 95%, eagerly, and at
+Impala w3 in a CUDA graph; masked Adam on the flat 50M buffer in faithful mode at 0% and frozen mode at 95 and
+99%, and at Impala w3 in a graph), and records for each configuration: the median device time (do_bench, L2
+flushed), the ratio to the defaults measured in the same run, the ideal time of the bytes the op must move at
+the copy bandwidth measured in the same run, the registers and spills of each kernel it launched, and whether
+the result is right. A configuration is right when its masks equal the reference's (kernels.reference, a
+stable sort) and its Adam step is bit-identical to the defaults' from the same state (the defaults are tested
+against torch.optim.Adam by `pytest -m gpu`); a wrong or failing one is recorded as such and never reported as
+the best.
 
 Writes tune.jsonl (a row per configuration, appended as it is measured, so a killed sweep keeps what it
 measured) and tune.md (a table per case, best first) into --out: by default
@@ -49,16 +49,15 @@ REP_MS = 60  # do_bench's measuring window per configuration
 # first). Mask selection: `block` elements per program (<= 4096: a slot stores a position in 12 bits),
 # `num_warps` of the full read and the cold histogram, `cand_warps` of the candidate passes, `slots_div`
 # (candidate slots per block = block // slots_div), `cand_programs_per_sm` of the candidate passes (0: one
-# program per block; else a grid-stride loop over that many per SM), `guess_programs_per_sm` of the full read
-# (the same; > 0 also prefetches the next block's weights). Masked Adam: `programs_per_sm` of the
+# program per block; else a grid-stride loop over that many per SM). Masked Adam: `programs_per_sm` of the
 # persistent grid, `num_warps`, `block` elements per block; in frozen mode only, `frozen_live_list` (False:
 # the block walk instead of the live-sector list), `live_rows` (sectors per program of the list's build),
 # `live_warps` (the build's warps) and `live_chunk` (listed sectors per turn of the list walk). A value equal to
 # the default is skipped.
 TOPK_ALTERNATIVES = {"block": (2048, 1024), "num_warps": (4, 16), "cand_warps": (2, 4), "slots_div": (8, 16),
-                     "cand_programs_per_sm": (0, 16, 64), "guess_programs_per_sm": (2, 3, 6)}
+                     "cand_programs_per_sm": (0, 16, 64)}
 ADAM_ALTERNATIVES = {"programs_per_sm": (4, 16), "num_warps": (4, 16), "block": (512, 2048),
-                     "frozen_live_list": (False,), "live_rows": (128, 512, 1024), "live_warps": (2, 8),
+                     "frozen_live_list": (False,), "live_rows": (64, 256, 1024), "live_warps": (2, 8),
                      "live_chunk": (64, 256)}
 FROZEN_ONLY_KNOBS = ("frozen_live_list", "live_rows", "live_warps", "live_chunk")
 
@@ -210,15 +209,13 @@ class Sweep:
         weights, counts = self.bk.mask_problem(self.shapes(case), sparsity, self.device)
         want = topk_magnitude_masks_ref(weights, counts)
         defaults = dict(block=topk_mask.TOPK_BLOCK, num_warps=topk_mask.NUM_WARPS, cand_warps=topk_mask.CAND_WARPS,
-                        slots_div=topk_mask.SLOTS_PER_BLOCK, cand_programs_per_sm=topk_mask.CAND_PROGRAMS_PER_SM,
-                        guess_programs_per_sm=topk_mask.GUESS_PROGRAMS_PER_SM)
+                        slots_div=topk_mask.SLOTS_PER_BLOCK, cand_programs_per_sm=topk_mask.CAND_PROGRAMS_PER_SM)
         for knob, value, cfg in configs(defaults, TOPK_ALTERNATIVES):
             if not self.fits(name):
                 return
             w = cfg["cand_warps"]
             knobs = dict(NUM_WARPS=cfg["num_warps"], CAND_WARPS=w, CAND_CHUNK=32 * w, CAND_PIECE=16 * 32 * w,
-                         CAND_PROGRAMS_PER_SM=cfg["cand_programs_per_sm"],
-                         GUESS_PROGRAMS_PER_SM=cfg["guess_programs_per_sm"])
+                         CAND_PROGRAMS_PER_SM=cfg["cand_programs_per_sm"])
             with module_knobs(topk_mask, (topk_mask._plans, topk_mask._workspaces), **knobs):
                 self.measure(name, topk_mask, knob, value, cfg,
                              lambda cfg=cfg: self.topk_first_calls(weights, counts, want, cfg))

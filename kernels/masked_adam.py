@@ -98,15 +98,16 @@ INTERPRETER_PROGRAMS = 3
 # (the H100 timed that design, before the mask prefetch, at 0.90x fused Adam + mask at 95%, 0.95x at 99%).
 # A knob of bench/tune_kernels.py.
 FROZEN_LIVE_LIST = True
-# The list's build reads the mask bytes of ROWS sectors per program (2,048 elements; a thread's 2 sectors as
-# one int64 each, 32 registers per thread at 4 warps); the update walks it CHUNK sectors at a time (1,024
-# elements, as a block). The H200 sweep (bench/results/h200_484c6fe7/tune) timed 256 sectors per program at
-# 0.93x the time of 1,024 at 50M / 95% and 0.90x at 99% (4,096: 1.19x and 1.30x); chunks of 64 or 256 were
-# within 1.5% of 128. Both are knobs of bench/tune_kernels.py. Under the interpreter
+# The list's build reads the mask bytes of ROWS sectors per program (1,024 elements; a thread's sector as one
+# int64, 23 registers per thread at 4 warps); the update walks it CHUNK sectors at a time (1,024 elements, as a
+# block). The H200 sweeps timed smaller builds faster, one sector per thread best: at 50M, 256 sectors per
+# program took 0.93x the time of 1,024 at 95% and 0.90x at 99% (bench/results/h200_484c6fe7/tune), and 128
+# took 0.87x and 0.76x the time of 256 (h200_d7a7cb8b/tune; 256 at 8 warps: 0.91x and 0.85x); chunks of 64
+# or 256 were within 1.5% of 128, or slower. Both are knobs of bench/tune_kernels.py. Under the interpreter
 # both are sized to the tensors (`_interpreter_live_sizes`): about LIVE_INTERPRETER_PROGRAMS build programs
 # and LIVE_INTERPRETER_TURNS turns per walking program, so that the tests see several programs append to the
 # list and each walk several chunks, and a network's tensors take no more turns than the block walk's.
-LIVE_ROWS_PER_PROGRAM, LIVE_WARPS, LIVE_CHUNK = 256, 4, 128
+LIVE_ROWS_PER_PROGRAM, LIVE_WARPS, LIVE_CHUNK = 128, 4, 128
 LIVE_INTERPRETER_PROGRAMS, LIVE_INTERPRETER_TURNS = 8, 4
 
 

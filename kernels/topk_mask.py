@@ -112,12 +112,10 @@ VEC = tl.constexpr(4)
 # two programs of 8 warps per SM where the measured design (80) had three. ptxas fits it in 80 without
 # spilling (the compile test checks), so the occupancy stays as measured.
 GUESS_MAX_REGISTERS = 80
-# Programs of the full read: 0 = one per block (~12k at 50M), the measured design, whose every program waits
-# for its plan row, its segment's state and pointer, then its weights, in turn; > 0 = that many per SM, each
-# looping over blocks with the next block's weights in flight during this one's work. Untimed on a GPU: a
-# knob of bench/tune_kernels.py. Under the interpreter a few programs when > 0.
-GUESS_PROGRAMS_PER_SM = 0
-GUESS_INTERPRETER_PROGRAMS = 3
+# Tried and measured: the full read as a grid-stride loop over 2, 3 or 6 programs per SM with the next block's
+# weights prefetched (git d7a7cb8b). On the H200 it took 16 spilled registers under this cap and was no faster:
+# at Impala w3 in a graph 1.00-1.07x the time of a program per block, and at 50M within the sweep's noise
+# (bench/results/h200_d7a7cb8b/tune). A program per block stays.
 # Candidate slots per block, as a fraction of BLOCK: a few % of the elements are candidates, so 1/4 rarely
 # overflows.
 SLOTS_PER_BLOCK = 4
@@ -306,94 +304,65 @@ def _prepare_kernel(seg_numel_ptr, keep_ptr, state_ptr, hist_ptr, cold_ptr, WARM
 
 @triton.jit
 def _guess_kernel(w_table_ptr, out_table_ptr, blk_seg_ptr, blk_start_ptr, seg_nblocks_ptr, seg_numel_ptr,
-                  state_ptr, slot_ptr, count_ptr, cold_ptr, n_blocks, DTYPE: tl.constexpr, BLOCK: tl.constexpr,
+                  state_ptr, slot_ptr, count_ptr, cold_ptr, DTYPE: tl.constexpr, BLOCK: tl.constexpr,
                   SLOTS: tl.constexpr, ALIGNED: tl.constexpr, W_BYTES: tl.constexpr):
-    # The block as [BLOCK // VEC, VEC]: VEC consecutive elements per thread (one vector access when ALIGNED),
-    # and the candidates' flat-order prefix as a scan along each thread's row plus one over the rows (see VEC).
-    local = tl.arange(0, BLOCK // VEC)[:, None] * VEC + tl.arange(0, VEC)[None, :]
-    # Grid-stride loop (one turn per program where the grid has a program per block, see GUESS_PROGRAMS_PER_SM)
-    # with the next block's weights loaded before this block's work: the chain plan -> segment state and
-    # pointer table -> weights, and the block's compaction, overlap the next block's DRAM round trip.
-    block = tl.program_id(0)
-    seg, start, numel, lo, hi, w_ptr, full = _guess_block(w_table_ptr, blk_seg_ptr, blk_start_ptr, seg_numel_ptr,
-                                                         state_ptr, block, n_blocks, local, DTYPE, BLOCK,
-                                                         ALIGNED, W_BYTES)
-    w = tl.zeros([BLOCK // VEC, VEC], DTYPE)
-    if full:
-        w = tl.load(w_ptr)
-    while block < n_blocks:
-        next_block = block + tl.num_programs(0)
-        n_seg, n_start, n_numel, n_lo, n_hi, n_w_ptr, n_full = _guess_block(
-            w_table_ptr, blk_seg_ptr, blk_start_ptr, seg_numel_ptr, state_ptr, next_block, n_blocks, local, DTYPE,
-            BLOCK, ALIGNED, W_BYTES)
-        next_w = tl.zeros([BLOCK // VEC, VEC], DTYPE)
-        if n_full:
-            next_w = tl.load(n_w_ptr)
-        if lo <= hi:  # a guess: everything outside [lo, hi] is decided now, and no histogram is needed
-            st = state_ptr + seg * STATE_COLS
-            offs = start + local
-            inb = offs < numel
-            # Masks are written as bytes (a bool tensor's storage): an int1 store compiles to bit shuffling.
-            out_ptr = tl.load(out_table_ptr + seg).to(tl.pointer_type(tl.int8)) + offs
-            if ALIGNED:  # (hints in bytes; block starts are multiples of BLOCK)
-                out_ptr = tl.multiple_of(out_ptr, [1, VEC])
-            if full:  # no bounds mask: a predicated access never vectorises
-                bits = _pattern(w)
-            else:  # -1 outside the tensor: below lo (>= 0), so neither above hi nor a candidate
-                bits = tl.where(inb, _pattern(tl.load(w_ptr, mask=inb, other=0.0)), -1)
-            above = bits > hi
-            if full:
-                tl.store(out_ptr, above.to(tl.int8))
-            else:
-                tl.store(out_ptr, above.to(tl.int8), mask=inb)
-            cand = (bits >= lo) & ~above
-            flags = cand.to(tl.int32)
-            # Per row, its candidates in the high half and its elements above HI in the low half (each <= BLOCK
-            # < 2**16): one scan over the rows and one sum serve both counts.
-            row_packed = tl.sum((flags << 16) | above.to(tl.int32), 1)
-            row_before = (tl.cumsum(row_packed, 0) - row_packed) >> 16
-            slot = row_before[:, None] + tl.cumsum(flags, 1) - flags
-            tl.store(slot_ptr + block * SLOTS + slot, ((bits - lo) << POS_BITS) | local,
-                     mask=cand & (slot < SLOTS))
-            totals = tl.sum(row_packed, 0)
-            n_cand = totals >> 16
-            tl.store(count_ptr + block, n_cand)
-            tl.atomic_add(st + _ABOVE, totals & 0xFFFF, sem="relaxed")
-            tl.atomic_add(st + _CANDS, n_cand, sem="relaxed")
-            tl.debug_barrier()  # all of this program's flushes before its "done" (see _select_digit)
-            if tl.atomic_add(st + _DONE1, 1, sem="acq_rel") == tl.load(seg_nblocks_ptr + seg) - 1:  # the last
-                n_above = tl.load(st + _ABOVE, cache_modifier=".cg")
-                n_cands = tl.load(st + _CANDS, cache_modifier=".cg")
-                k = tl.load(st + _K)
-                # T is a candidate (or, with k == n_above, no candidate is kept): the guess held.
-                held = (n_above <= k) & (k <= n_above + n_cands)
-                if not held:  # widen the next guess (a held one adapts its span once T is known, in pass 4)
-                    tl.store(st + _SPAN, tl.minimum(tl.load(st + _SPAN) + 2, SPAN_MAX))
-                    tl.atomic_add(cold_ptr, 1, sem="relaxed")  # and take the cold path
-                tl.store(st + _WARM, held.to(tl.int32))
-                tl.store(st + _PREV_CANDS, n_cands)  # the density, for the next guess (the cold path rewrites it)
-                tl.store(st + _PREV_WIDTH, hi - lo + 1)
-                tl.store(st + _K_LEFT, k - n_above)
-        block, seg, start, numel, lo, hi, w_ptr, full, w = (next_block, n_seg, n_start, n_numel, n_lo, n_hi,
-                                                            n_w_ptr, n_full, next_w)
-
-
-@triton.jit
-def _guess_block(w_table_ptr, blk_seg_ptr, blk_start_ptr, seg_numel_ptr, state_ptr, block, n_blocks, local,
-                 DTYPE: tl.constexpr, BLOCK: tl.constexpr, ALIGNED: tl.constexpr, W_BYTES: tl.constexpr):
-    """(segment, start, numel, LO, HI, weight pointers, whether it is a whole block with a guess) of `block`
-    of the full read; past the last block, LO > HI."""
-    valid = block < n_blocks
-    seg = tl.load(blk_seg_ptr + block, mask=valid, other=0)
-    start = tl.load(blk_start_ptr + block, mask=valid, other=0)
+    pid = tl.program_id(0)
+    seg = tl.load(blk_seg_ptr + pid)
     st = state_ptr + seg * STATE_COLS
     lo = tl.load(st + _LO)
-    hi = tl.where(valid, tl.load(st + _HI), -1)
-    numel = tl.load(seg_numel_ptr + seg)
-    w_ptr = tl.load(w_table_ptr + seg).to(tl.pointer_type(DTYPE)) + start + local
-    if ALIGNED:  # the host checked every base pointer; block starts are multiples of BLOCK (hints in bytes)
-        w_ptr = tl.multiple_of(w_ptr, [1, VEC * W_BYTES])
-    return seg, start, numel, lo, hi, w_ptr, (lo <= hi) & (start + BLOCK <= numel)
+    hi = tl.load(st + _HI)
+    if lo <= hi:  # a guess: everything outside [lo, hi] is decided now, and no histogram is needed
+        # The block as [BLOCK // VEC, VEC]: VEC consecutive elements per thread (one vector access when
+        # ALIGNED), and the candidates' flat-order prefix as a scan along each thread's row plus one over
+        # the rows (see VEC).
+        local = tl.arange(0, BLOCK // VEC)[:, None] * VEC + tl.arange(0, VEC)[None, :]
+        start = tl.load(blk_start_ptr + pid)
+        offs = start + local
+        numel = tl.load(seg_numel_ptr + seg)
+        inb = offs < numel
+        full = start + BLOCK <= numel  # no bounds mask: a predicated access never vectorises
+        w_ptr = tl.load(w_table_ptr + seg).to(tl.pointer_type(DTYPE)) + offs
+        # Masks are written as bytes (a bool tensor's storage): an int1 store compiles to bit shuffling.
+        out_ptr = tl.load(out_table_ptr + seg).to(tl.pointer_type(tl.int8)) + offs
+        if ALIGNED:  # the host checked every base pointer; block starts are multiples of BLOCK (hints in bytes)
+            w_ptr = tl.multiple_of(w_ptr, [1, VEC * W_BYTES])
+            out_ptr = tl.multiple_of(out_ptr, [1, VEC])
+        if full:
+            bits = _pattern(tl.load(w_ptr))
+        else:  # -1 outside the tensor: below lo (>= 0), so neither above hi nor a candidate
+            bits = tl.where(inb, _pattern(tl.load(w_ptr, mask=inb, other=0.0)), -1)
+        above = bits > hi
+        if full:
+            tl.store(out_ptr, above.to(tl.int8))
+        else:
+            tl.store(out_ptr, above.to(tl.int8), mask=inb)
+        cand = (bits >= lo) & ~above
+        flags = cand.to(tl.int32)
+        # Per row, its candidates in the high half and its elements above HI in the low half (each <= BLOCK
+        # < 2**16): one scan over the rows and one sum serve both counts.
+        row_packed = tl.sum((flags << 16) | above.to(tl.int32), 1)
+        row_before = (tl.cumsum(row_packed, 0) - row_packed) >> 16
+        slot = row_before[:, None] + tl.cumsum(flags, 1) - flags
+        tl.store(slot_ptr + pid * SLOTS + slot, ((bits - lo) << POS_BITS) | local, mask=cand & (slot < SLOTS))
+        totals = tl.sum(row_packed, 0)
+        n_cand = totals >> 16
+        tl.store(count_ptr + pid, n_cand)
+        tl.atomic_add(st + _ABOVE, totals & 0xFFFF, sem="relaxed")
+        tl.atomic_add(st + _CANDS, n_cand, sem="relaxed")
+        tl.debug_barrier()  # all of this program's flushes before its "done" (see _select_digit)
+        if tl.atomic_add(st + _DONE1, 1, sem="acq_rel") == tl.load(seg_nblocks_ptr + seg) - 1:  # the last block
+            n_above = tl.load(st + _ABOVE, cache_modifier=".cg")
+            n_cands = tl.load(st + _CANDS, cache_modifier=".cg")
+            k = tl.load(st + _K)
+            # T is a candidate (or, with k == n_above, no candidate is kept): the guess held.
+            held = (n_above <= k) & (k <= n_above + n_cands)
+            if not held:  # widen the next guess (a held one adapts its span once T is known, in pass 4)
+                tl.store(st + _SPAN, tl.minimum(tl.load(st + _SPAN) + 2, SPAN_MAX))
+                tl.atomic_add(cold_ptr, 1, sem="relaxed")  # and take the cold path
+            tl.store(st + _WARM, held.to(tl.int32))
+            tl.store(st + _PREV_CANDS, n_cands)  # the density, for the next guess (the cold path rewrites it)
+            tl.store(st + _PREV_WIDTH, hi - lo + 1)
+            tl.store(st + _K_LEFT, k - n_above)
 
 
 @triton.jit
@@ -682,8 +651,6 @@ class _Workspace:
         self.cold = torch.zeros(1, dtype=torch.int32, device=device)
         self.cold_programs = min(nb, _utils.persistent_programs(device, COLD_PROGRAMS_PER_SM,
                                                                 COLD_INTERPRETER_PROGRAMS))
-        self.guess_programs = nb if GUESS_PROGRAMS_PER_SM == 0 else min(nb, _utils.persistent_programs(
-            device, GUESS_PROGRAMS_PER_SM, GUESS_INTERPRETER_PROGRAMS))
         self.cand_programs = nb if CAND_PROGRAMS_PER_SM == 0 else min(nb, _utils.persistent_programs(
             device, CAND_PROGRAMS_PER_SM, CAND_INTERPRETER_PROGRAMS))
         # Segments whose threshold needs the tie break in this call (counted by the digit-3 pass, read by the tie
@@ -749,7 +716,7 @@ def _topk_launch(weights, keep_t, out, zero_pruned: bool, exp_avgs, exp_avg_sqs,
     ws = plan.ws
     if ws.n_blocks == 0:  # every tensor is empty: nothing to write
         return
-    cand_grid = (ws.cand_programs,)
+    grid, cand_grid = (ws.n_blocks,), (ws.cand_programs,)
     common = dict(DTYPE=plan.dtype, BLOCK=block, num_warps=NUM_WARPS)
     cand = dict(SLOTS=slots, DTYPE=plan.dtype, BLOCK=block, CHUNK=min(CAND_CHUNK, slots),
                 PIECE=min(CAND_PIECE, block), num_warps=CAND_WARPS)
@@ -757,10 +724,9 @@ def _topk_launch(weights, keep_t, out, zero_pruned: bool, exp_avgs, exp_avg_sqs,
     with _utils.device_guard(device):
         _prepare_kernel[(ws.n_seg,)](ws.seg_numel, keep_t, ws.state, ws.hist, ws.cold, WARM_START=warm_start,
                                      num_warps=4)
-        _guess_kernel[(ws.guess_programs,)](ws.w_table, plan.out_table, ws.blk_seg, ws.blk_start, ws.seg_nblocks,
-                                            ws.seg_numel, ws.state, ws.slots, ws.counts, ws.cold, ws.n_blocks,
-                                            SLOTS=slots, ALIGNED=plan.aligned, W_BYTES=weights[0].element_size(),
-                                            maxnreg=GUESS_MAX_REGISTERS, **common)
+        _guess_kernel[grid](ws.w_table, plan.out_table, ws.blk_seg, ws.blk_start, ws.seg_nblocks, ws.seg_numel,
+                            ws.state, ws.slots, ws.counts, ws.cold, SLOTS=slots, ALIGNED=plan.aligned,
+                            W_BYTES=weights[0].element_size(), maxnreg=GUESS_MAX_REGISTERS, **common)
         _cold_kernel[(ws.cold_programs,)](ws.w_table, ws.blk_seg, ws.blk_start, ws.seg_nblocks, ws.seg_numel,
                                           ws.state, ws.hist, ws.cold, ws.n_blocks, **common)
         _digit2_kernel[cand_grid](ws.w_table, plan.out_table, ws.blk_seg, ws.blk_start, ws.seg_nblocks, ws.seg_numel,

@@ -113,6 +113,16 @@ def test_budget_too_small_skips_steps_and_says_so(tmp_path, monkeypatch, capsys)
     assert "SKIPPED" in capsys.readouterr().out
 
 
+def test_the_selected_steps_share_the_whole_budget():
+    # All steps: the plan as sized (PLAN_S fills the default budget with the reserve).
+    assert gpu_proof.step_plan(gpu_proof.DEFAULT_BUDGET_S, gpu_proof.STEPS, dry=False) == pytest.approx(
+        gpu_proof.PLAN_S)
+    # A subset gets the budget, not its share of a whole proof's (`--steps kernels --budget-s 80` once gave the
+    # kernel benchmarks 10 s, which killed them).
+    plan = gpu_proof.step_plan(80.0, ["install", "kernels"], dry=False)
+    assert sum(plan.values()) == pytest.approx(80.0 - gpu_proof.RESERVE_S) and plan["kernels"] > 50
+
+
 def test_usage_errors_exit_2(monkeypatch, capsys):
     with pytest.raises(SystemExit) as e:
         gpu_proof.main(["--steps", "e2e,kernel"])
@@ -170,6 +180,11 @@ def test_kernel_targets_come_from_summarize_or_say_they_are_not_available(tmp_pa
     older = types.SimpleNamespace(main=broken_main)  # a summarize.py without target_rows()
     (row,), notes = gpu_proof.kernel_target_rows(json_path, older)
     assert row["met"] is None and "not available" in row["measured"] and "cannot draw" in notes[0]
+    # A step killed before pytest-benchmark wrote its JSON leaves it empty: a row that says so, not a crash
+    # that loses the proof's summary and its copy to $OUT.
+    json_path.write_text("")
+    (row,), notes = gpu_proof.kernel_target_rows(json_path)
+    assert row["met"] is None and "kernels.json unreadable" in row["measured"] and "killed" in row["measured"]
 
 
 def test_correctness_and_learning_rows(tmp_path):

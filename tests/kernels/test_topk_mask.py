@@ -117,22 +117,11 @@ def test_topk_all_equal_every_count():
 # --- warm start -------------------------------------------------------------------------------------------------
 
 
-def full_read_grid_stride(monkeypatch, on: bool) -> None:
-    """The full read (`_guess_kernel`) on 2 programs that loop over the blocks, the next block's weights
-    prefetched (GUESS_PROGRAMS_PER_SM > 0), or on a program per block (0)."""
-    from kernels import topk_mask
-
-    monkeypatch.setattr(topk_mask, "GUESS_PROGRAMS_PER_SM", 1 if on else 0)
-    monkeypatch.setattr(topk_mask, "GUESS_INTERPRETER_PROGRAMS", 2)
-
-
-@pytest.mark.parametrize("guess_grid_stride", [False, True])
-def test_topk_warm_start_follows_a_gmp_schedule(monkeypatch, guess_grid_stride):
+def test_topk_warm_start_follows_a_gmp_schedule():
     """A GMP run's mask updates: keep counts shrink by a fraction of a percent of the weights (at most ~0.2%
     per update with 1,500 updates) and the surviving weights drift a little between updates; each call
     guesses an interval around the previous threshold, moved by the change of k at the density seen around
     it. Every mask is exact; the guess holds for most calls (never for the first: nothing to start from)."""
-    full_read_grid_stride(monkeypatch, guess_grid_stride)
     weights = [torch.randn(s, device=DEVICE) for s in [(50, 40), (900,), (10, 30)]]
     held = []
     for update in range(10):
@@ -148,9 +137,7 @@ def test_topk_warm_start_follows_a_gmp_schedule(monkeypatch, guess_grid_stride):
     assert sum(held) >= 0.8 * len(held), held
 
 
-@pytest.mark.parametrize("guess_grid_stride", [False, True])
-def test_topk_wrong_warm_start_guess_falls_back(monkeypatch, guess_grid_stride):
-    full_read_grid_stride(monkeypatch, guess_grid_stride)
+def test_topk_wrong_warm_start_guess_falls_back():
     weights = [torch.randn(s, device=DEVICE) for s in [(600,), (20, 20)]]
     assert_same_masks(weights, [100, 50], block=32)
     span = select_stats(weights, block=32)["span"]
@@ -270,7 +257,6 @@ def test_topk_candidate_passes_loop_over_chunks_and_pieces(monkeypatch, zero_pru
     monkeypatch.setattr(topk_mask, "CAND_PROGRAMS_PER_SM", 1 if grid_stride else 0)
     if grid_stride:
         monkeypatch.setattr(topk_mask, "CAND_INTERPRETER_PROGRAMS", 2)
-    full_read_grid_stride(monkeypatch, grid_stride)
     weights = [torch.randn(700, device=DEVICE), torch.randint(-2, 3, (300,), device=DEVICE) / 2.0]
     weights[0][::7] = -0.75
     counts = [int((weights[0].abs() > 0.75).sum()) + 50, 100]
@@ -286,7 +272,7 @@ def test_topk_candidate_passes_loop_over_chunks_and_pieces(monkeypatch, zero_pru
     assert seen[0]["tie"] == [True, True] and seen[-1]["warm"] == [True, True], seen
     assert all(s["overflowed_blocks"] > 0 for s in seen), seen
     ws = topk_mask._workspaces.get(*topk_mask._workspace_key(weights, 64, 16))
-    assert ws.n_blocks == 16 and ws.cand_programs == ws.guess_programs == (2 if grid_stride else 16)
+    assert ws.n_blocks == 16 and ws.cand_programs == (2 if grid_stride else 16)
     # The full read took each block once (a block taken twice or skipped still gives right masks, through the
     # cold path, so the masks alone would not tell): its "blocks done" counter ends at the segment's blocks.
     assert torch.equal(ws.state[:, topk_mask._DONE1.value], ws.seg_nblocks)
@@ -533,7 +519,6 @@ def test_topk_vector_and_grid_stride_paths_gpu(monkeypatch, offset, grid_stride)
     from kernels import topk_mask
 
     monkeypatch.setattr(topk_mask, "CAND_PROGRAMS_PER_SM", 1 if grid_stride else 0)
-    monkeypatch.setattr(topk_mask, "GUESS_PROGRAMS_PER_SM", 1 if grid_stride else 0)
     shapes = [(96, 48, 3, 3), (512, 3001), (7,)]
     buffers = [torch.randn(torch.Size(s).numel() + offset, device="cuda") for s in shapes]
     weights = [b[offset:].view(s) for b, s in zip(buffers, shapes)]
@@ -544,7 +529,7 @@ def test_topk_vector_and_grid_stride_paths_gpu(monkeypatch, offset, grid_stride)
         assert_same_masks(weights, counts, block=4096)
     assert kernels._utils.all_aligned(weights) == (offset == 0)  # (so the launches took the intended variant)
     ws = topk_mask._workspaces.get(*topk_mask._workspace_key(weights, 4096, 1024))
-    assert (ws.cand_programs < ws.n_blocks) == (ws.guess_programs < ws.n_blocks) == grid_stride
+    assert (ws.cand_programs < ws.n_blocks) == grid_stride
 
 
 @pytest.mark.gpu
