@@ -104,9 +104,9 @@ NUM_WARPS = 8
 # stores their mask bytes as one word; the candidates' flat-order prefix is then a scan along each row (in
 # registers) plus one over the rows. Static counts for sm_90 (triton 3.6, fp32, `bench/ptx_counts.py`): a
 # full block runs 753 PTX instructions per thread with 6 barriers, against 922 with 18 for the flat block
-# with `_flat_prefix` and 16 scalar loads and byte stores, which the H100 timed at 242 us for 50M
-# (unmeasured on a GPU since). Unaligned weights or masks keep scalar accesses and cost more than before
-# (24 barriers).
+# with `_flat_prefix` and 16 scalar loads and byte stores, which the H100 timed at 242 us for 50M (this
+# design: ~200 us on the H200 at 484c6fe7, whose one read takes 59). Unaligned weights or masks keep scalar
+# accesses and cost more than before (24 barriers).
 VEC = tl.constexpr(4)
 # With both the full-block and the bounds-checked accesses compiled in, the full read takes 117 registers:
 # two programs of 8 warps per SM where the measured design (80) had three. ptxas fits it in 80 without
