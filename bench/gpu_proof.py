@@ -648,6 +648,21 @@ def render_summary(proof: Proof, env: dict, rows: list[dict], e2e: list[dict], p
 # --- the environment probe (runs in its own process) ----------------------------------------------------------------
 
 
+def ptxas_in_use(arch: int = 90) -> str | None:
+    """The ptxas Triton compiles sm_`arch` kernels with ("path version"): its own, or one an image points it
+    at (TRITON_PTXAS_PATH). Registers and spills depend on it, so a CPU compile check that reads none may still
+    spill on the GPU machine when the two differ (the d7a7cb8b full read: 16 spills there, none here)."""
+    try:
+        from triton.backends.nvidia.compiler import get_ptxas
+
+        tool = get_ptxas(arch)
+        own_bin = Path(importlib.util.find_spec("triton").origin).parent / "backends" / "nvidia" / "bin"
+        where = f"Triton's own {Path(tool.path).name}" if Path(tool.path).parent == own_bin else tool.path
+        return f"{where} {tool.version}"
+    except Exception as e:  # (an older or newer Triton without this helper)
+        return f"unknown ({type(e).__name__}: {e})"
+
+
 def probe_environment(path: Path, dry: bool) -> int:
     import platform
 
@@ -659,6 +674,7 @@ def probe_environment(path: Path, dry: bool) -> int:
         import triton
 
         info["triton"] = triton.__version__
+        info["ptxas"] = ptxas_in_use()
     except ImportError as e:
         info["warnings"].append(f"triton: {e}")
     fields = ("gpu", "driver", "memory", "max_sm_clock")

@@ -401,7 +401,8 @@ def main(argv=None) -> int:
     bench_kernels = _load("bench_kernels")
     sweep = Sweep(args, torch, bench_kernels)
     header = dict(device=torch.cuda.get_device_name() if not args.dry_run else "cpu", dry_run=args.dry_run or None,
-                  torch=torch.__version__, triton=triton.__version__, cuda=torch.version.cuda, git=sha,
+                  torch=torch.__version__, triton=triton.__version__, ptxas=proof.ptxas_in_use(),
+                  cuda=torch.version.cuda, git=sha,
                   date=datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
                   copy_gbps=None if sweep.copy_gbps is None else round(sweep.copy_gbps, 1))
     print(f"kernel knob sweep: {header['device']}, git {sha}, budget {args.budget_s:g} s -> {args.out}", flush=True)

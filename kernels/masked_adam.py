@@ -108,7 +108,7 @@ FROZEN_LIVE_LIST = True
 # and LIVE_INTERPRETER_TURNS turns per walking program, so that the tests see several programs append to the
 # list and each walk several chunks, and a network's tensors take no more turns than the block walk's.
 LIVE_ROWS_PER_PROGRAM, LIVE_WARPS, LIVE_CHUNK = 128, 4, 128
-LIVE_INTERPRETER_PROGRAMS, LIVE_INTERPRETER_TURNS = 8, 4
+LIVE_INTERPRETER_PROGRAMS, LIVE_INTERPRETER_TURNS, LIVE_INTERPRETER_MAX_ROWS = 8, 4, 1024
 
 
 def launches(moments: str) -> int:
@@ -592,10 +592,12 @@ def _masked_adam_launch(params, grads, exp_avgs, exp_avg_sqs, masks, step_t, ste
 
 
 def _interpreter_live_sizes(sectors: int, programs: int) -> tuple[int, int]:
-    """(sectors per build program, sectors per chunk of the walk) under the interpreter (see LIVE_CHUNK)."""
+    """(sectors per build program, sectors per chunk of the walk) under the interpreter (see LIVE_CHUNK). The
+    build's tile is not capped by the GPU's LIVE_ROWS_PER_PROGRAM: at 128, a network's frozen steps took the
+    interpreter over 10 minutes in the graph-safety test (each program costs it a fixed overhead)."""
     rows = triton.next_power_of_2(max(1, sectors // LIVE_INTERPRETER_PROGRAMS))
     chunk = triton.next_power_of_2(max(1, sectors // (LIVE_INTERPRETER_TURNS * programs)))
-    return min(rows, LIVE_ROWS_PER_PROGRAM), min(chunk, LIVE_CHUNK)
+    return min(rows, LIVE_INTERPRETER_MAX_ROWS), min(chunk, LIVE_CHUNK)
 
 
 _data_ptr = torch.Tensor.data_ptr
