@@ -135,8 +135,10 @@ CAND_PIECE = 16 * 32 * CAND_WARPS
 # Programs of the candidate passes (digits 2 and 3, tie, fix-up): > 0 = that many per SM, each looping over
 # blocks (grid-stride); 0 = one per block (~12k one-warp programs at 50M, whose dispatch is most of the time of
 # passes this light). The H200 knob sweep (bench/results/h200_484c6fe7/tune) timed 32 per SM at 0.251 ms for
-# the 50M set at 95%, against 0.272 at 8 per SM and 0.275 with one per block (the proof of the same commit);
-# at Impala w3 in a graph, 0.0573 against 0.0574 ms. Under the interpreter a few programs when > 0.
+# the 50M set at 95%, against 0.272 at 8 per SM and 0.275 with one per block (the proof of the same commit):
+# one eager sample, in a case whose eager timings proved noisy (the sweep now times it in a graph); at Impala
+# w3 in a graph, neutral in both sweeps (0.0573-0.0590 ms every way). Under the interpreter a few programs
+# when > 0.
 CAND_PROGRAMS_PER_SM = 32
 CAND_INTERPRETER_PROGRAMS = 3
 # Programs of the cold path's grid-stride histogram: at ~184 registers per thread one program of 8 warps is
