@@ -16,6 +16,13 @@ if not torch.cuda.is_available():
 else:  # cuBLAS is deterministic only with a fixed workspace, read when its first handle is made (see
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # tests/agents/test_cuda_graphs.py)
 
+# Under pytest-xdist (`make test` runs a worker per core), one thread per worker and per process it starts:
+# workers that each ran PyTorch's and OpenMP's default pools oversubscribed the cores (a subprocess training
+# run took 4x its time).
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    torch.set_num_threads(1)
+
 # `pytest` (unlike `python -m pytest`) does not put the repository root on sys.path.
 _ROOT = str(pathlib.Path(__file__).resolve().parents[1])
 if _ROOT not in sys.path:
