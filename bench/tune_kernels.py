@@ -18,6 +18,10 @@ stable sort) and its Adam step is bit-identical to the defaults' from the same s
 against torch.optim.Adam by `pytest -m gpu`); a wrong or failing one is recorded as such and never reported as
 the best.
 
+Each masked-Adam case also times, first, what its target compares with (fused Adam alone at 0%, fused Adam then
+the masks' `mul_` when pruned; bench_kernels' providers): the summary gives the defaults' and the best
+configuration's time against it, from the same run.
+
 Writes tune.jsonl (a row per configuration, appended as it is measured, so a killed sweep keeps what it
 measured) and tune.md (a table per case, best first) into --out: by default
 bench/results/<gpu>_<sha>/tune/ beside the proof of the same commit, or $OUT/<gpu>_<sha>/tune/ when $OUT is
@@ -263,6 +267,7 @@ class Sweep:
                         live_rows=masked_adam.LIVE_ROWS_PER_PROGRAM, live_warps=masked_adam.LIVE_WARPS,
                         live_chunk=masked_adam.LIVE_CHUNK)
         ideal = self.ideal(op_bytes, sum(numels))
+        self.adam_baseline(name, params, grads, masks, sparsity)
         expected: list = []  # the defaults' first step, which every other configuration must equal bit for bit
         for knob, value, cfg in configs(defaults, adam_alternatives(mode)):
             if not self.fits(name):
@@ -302,6 +307,23 @@ class Sweep:
         right = all(torch.equal(a, b) for a, b in zip(first, expected))
         return fn, right, None, lambda: ideal  # (the timed steps move the state on: the first step decides)
 
+    def adam_baseline(self, name, params, grads, masks, sparsity) -> None:
+        """What the case's target compares masked Adam with, timed in this run as the configurations are:
+        `torch.optim.Adam(fused=True)` alone at 0% sparsity, then `mul_` by the masks when pruned
+        (bench_kernels' providers). A row with knob "baseline", never a candidate for the best; on the GPU only
+        (the providers are capturable CUDA optimizers)."""
+        if self.dry or not self.fits(name):
+            return
+        provider = "torch_fused_nomask" if sparsity == 0 else "torch_fused_mask"
+        row = dict(name=name, knob="baseline", value=provider, config={}, ms=None, correct=True, error=None)
+        try:
+            fn = self.bk._adam_provider(provider, [p.clone() for p in params], grads, masks)
+            fn()
+            row["ms"] = self.time_ms(fn, graph=name.endswith("_graph"))
+        except Exception as e:  # the sweep goes on without its baseline
+            row["error"] = f"{type(e).__name__}: {e}"[:300]
+        self.record(row)
+
     # --- bookkeeping -------------------------------------------------------------------------------------------------
     def ideal(self, op_bytes: int, n: int) -> dict:
         if self.copy_gbps is None:
@@ -336,7 +358,8 @@ def summary_markdown(rows: list[dict], header: dict, skipped: list[str]) -> str:
         lines += [f"Not measured in full (budget): {', '.join(skipped)}.", ""]
     names = list(dict.fromkeys(r["name"] for r in rows))
     for name in names:
-        case = [r for r in rows if r["name"] == name]
+        baseline = next((r for r in rows if r["name"] == name and r["knob"] == "baseline"), None)
+        case = [r for r in rows if r["name"] == name and r["knob"] != "baseline"]
         # The baseline: the faster of the defaults' two measurements (first and last, see `configs`).
         default = min((r for r in case if r["knob"] == "default" and r["correct"] and r["ms"]),
                       key=lambda r: r["ms"], default=None)
@@ -349,6 +372,12 @@ def summary_markdown(rows: list[dict], header: dict, skipped: list[str]) -> str:
             lines += [f"Best: {change}, {best['ms'] / default['ms']:.3f}x the defaults' time "
                       f"({', '.join(f'{k} {v}' for k, v in default['config'].items())}; the defaults measured "
                       f"first and last: {' and '.join(firsts)} ms, the faster is the baseline).", ""]
+        if baseline and baseline["ms"] and default:
+            base_ms = baseline["ms"]
+            lines += [f"Baseline `{baseline['value']}` in the same run: {base_ms:.4f} ms; the defaults take "
+                      f"{default['ms'] / base_ms:.3f}x its time, the best {right[0]['ms'] / base_ms:.3f}x.", ""]
+        elif baseline:
+            lines += [f"Baseline `{baseline['value']}`: not measured ({baseline['error'] or 'no time'}).", ""]
         lines += ["| change | ms | vs defaults | ideal / ms | registers (spills) | right |",
                   "|---|---|---|---|---|---|"]
         for r in right + [r for r in case if r not in right]:

@@ -45,6 +45,30 @@ def test_the_baseline_is_the_faster_of_the_defaults_two_measurements():
     assert "| a=2 | 0.6000 | 1.200 |" in md and "| defaults (again) | 0.5000 | 1.000 |" in md
 
 
+def test_adam_cases_time_the_targets_baseline_in_the_same_run(tmp_path, monkeypatch):
+    # On the GPU each masked-Adam case first times what its target compares with (fused Adam alone at 0%,
+    # fused Adam + mask when pruned); the summary gives the defaults and the best against it, and never ranks it.
+    sweep = _sweep(tmp_path)
+    monkeypatch.setattr(sweep, "dry", False)  # (the baseline is skipped in dry runs)
+    monkeypatch.setattr(sweep, "time_ms", lambda fn, graph: 2.0)
+    torch.manual_seed(0)
+    masked, params, grads, masks = bench_kernels.adam_problem("flat_50M", [(64,)], 0.95, "cpu")
+    before = [p.clone() for p in params]
+    sweep.adam_baseline("adam_case", params, grads, masks, 0.95)
+    (row,) = sweep.rows
+    assert (row["knob"], row["value"], row["ms"], row["error"]) == ("baseline", "torch_fused_mask", 2.0, None)
+    assert all(torch.equal(a, b) for a, b in zip(params, before))  # it steps copies, not the sweep's weights
+    sweep.adam_baseline("adam_s0", params, grads, masks, 0.0)
+    assert sweep.rows[-1]["value"] == "torch_fused_nomask"
+    rows = [row, dict(name="adam_case", knob="default", value=None, config={}, ms=1.0, correct=True, error=None,
+                      regs={}, spills={}),
+            dict(name="adam_case", knob="block", value=512, config={}, ms=0.5, correct=True, error=None,
+                 regs={}, spills={})]
+    md = tune.summary_markdown(rows, {"device": "cpu"}, [])
+    assert "Baseline `torch_fused_mask` in the same run: 2.0000 ms; the defaults take 0.500x its time, the best " \
+           "0.250x." in md and "| baseline" not in md and "Best: block=512" in md
+
+
 def test_dry_run_measures_every_case_and_configuration(tmp_path):
     proc = subprocess.run([sys.executable, str(ROOT / "bench" / "tune_kernels.py"), "--dry-run", "--out",
                            str(tmp_path), "--budget-s", "300"], capture_output=True, text=True, timeout=600)
