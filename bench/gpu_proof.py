@@ -648,7 +648,7 @@ def render_summary(proof: Proof, env: dict, rows: list[dict], e2e: list[dict], p
 # --- the environment probe (runs in its own process) ----------------------------------------------------------------
 
 
-def ptxas_in_use(arch: int = 90) -> str | None:
+def ptxas_in_use(arch: int = 90) -> str:
     """The ptxas Triton compiles sm_`arch` kernels with ("path version"): its own, or one an image points it
     at (TRITON_PTXAS_PATH). Registers and spills depend on it, so a CPU compile check that reads none may still
     spill on the GPU machine when the two differ (the d7a7cb8b full read: 16 spills there, none here)."""

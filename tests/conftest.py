@@ -17,8 +17,8 @@ else:  # cuBLAS is deterministic only with a fixed workspace, read when its firs
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # tests/agents/test_cuda_graphs.py)
 
 # Under pytest-xdist (`make test` runs a worker per core), one thread per worker and per process it starts:
-# workers that each ran PyTorch's and OpenMP's default pools oversubscribed the cores (a subprocess training
-# run took 4x its time).
+# workers that each ran PyTorch's and OpenMP's default pools oversubscribed the cores (on 2 cores the suite
+# took 11.2 minutes that way, 10.5 with one thread each).
 if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     torch.set_num_threads(1)
