@@ -141,7 +141,6 @@ class Proof:
         budget = args.budget_s if args.budget_s is not None else (DRY_BUDGET_S if self.dry else DEFAULT_BUDGET_S)
         self.budget_s = budget
         self.reserve_s = DRY_RESERVE_S if self.dry else RESERVE_S
-        self.plan = step_plan(budget, STEPS, self.dry)
         self.device_name = device_name or "cpu"
         tag = "cpu-dry-run" if self.dry else slug(self.device_name).removeprefix("nvidia-")
         self.sha = args.sha or short_sha() or "nogit"
@@ -214,17 +213,17 @@ class Proof:
                  f"budget {self.budget_s:.0f} s -> {self.dir}")
         try:
             order = [n for n in STEPS if n == "install" or n in selected]
-            self.plan = step_plan(self.budget_s, order, self.dry)
+            plan = step_plan(self.budget_s, order, self.dry)
             for i, name in enumerate(order):
                 step = self.results[name] = StepResult(name)
-                planned = self.plan[name]
+                planned = plan[name]
                 left = self.budget_s - self.reserve_s - self.elapsed()
                 if name != "install" and min(planned, left) < max(MIN_STEP_S, 0.5 * planned):  # it is quick
                     step.status, step.note = "skipped", f"{left:.0f} s of the budget left, {planned:.0f} s planned"
                     self.say(f"{name}: SKIPPED ({step.note})")
                     continue
                 # The step's work is sized to its plan (or what is left); its time limit may stretch into slack.
-                later_minimum = sum(max(MIN_STEP_S, 0.5 * self.plan[n]) for n in order[i + 1:])
+                later_minimum = sum(max(MIN_STEP_S, 0.5 * plan[n]) for n in order[i + 1:])
                 limit = min(GRACE * planned, max(left - later_minimum, min(planned, left)))
                 try:
                     getattr(self, f"step_{name}")(step, min(planned, limit), limit)

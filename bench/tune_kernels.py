@@ -70,16 +70,23 @@ def adam_alternatives(mode: str) -> dict:
     """The masked-Adam knobs that matter in moments mode `mode`, with their alternatives."""
     return {k: v for k, v in ADAM_ALTERNATIVES.items() if mode == "frozen" or k not in FROZEN_ONLY_KNOBS}
 
-# (name, case, sparsity, moments mode, timed in a CUDA graph), most telling first: a short budget measures
-# the 50M cases of both kernels before the Impala w3 cases. Mask selection at 50M is timed in a graph too: its 7
-# eager launches take nearly as long to issue as to run, and the H200 sweeps timed the same eager call at
-# 0.27 ms or 0.46-0.53 ms from one configuration to the next, whatever the knob (h200_*/tune).
-TOPK_CASES = [("topk_50M_s95_graph", "synthetic_50M", 0.95, None, True),
-              ("topk_w3_s95_graph", "impala_w3", 0.95, None, True)]
-ADAM_CASES = [("adam_50M_faithful_s0", "flat_50M", 0.0, "faithful", False),
-              ("adam_50M_frozen_s95", "flat_50M", 0.95, "frozen", False),
-              ("adam_50M_frozen_s99", "flat_50M", 0.99, "frozen", False),
-              ("adam_w3_faithful_s95_graph", "impala_w3", 0.95, "faithful", True)]
+# (name, case, sparsity, moments mode), most telling first: a short budget measures the 50M cases of both
+# kernels before the Impala w3 cases. A case whose name ends in "_graph" is timed replayed from a CUDA graph
+# (`graph_timed`). Mask selection at 50M is timed in a graph too: its 7 eager launches take nearly as long to
+# issue as to run, and the H200 sweeps timed the same eager call at 0.27 ms or 0.46-0.53 ms from one
+# configuration to the next, whatever the knob (h200_*/tune).
+TOPK_CASES = [("topk_50M_s95_graph", "synthetic_50M", 0.95, None),
+              ("topk_w3_s95_graph", "impala_w3", 0.95, None)]
+ADAM_CASES = [("adam_50M_faithful_s0", "flat_50M", 0.0, "faithful"),
+              ("adam_50M_frozen_s95", "flat_50M", 0.95, "frozen"),
+              ("adam_50M_frozen_s99", "flat_50M", 0.99, "frozen"),
+              ("adam_w3_faithful_s95_graph", "impala_w3", 0.95, "faithful")]
+
+
+def graph_timed(name: str) -> bool:
+    """Whether case `name` is timed replayed from a CUDA graph (see TOPK_CASES)."""
+    return name.endswith("_graph")
+
 # The dry run's stand-ins for the cases' shapes: a few tensors of odd sizes, several blocks each at the
 # smallest knob values.
 DRY_SHAPES = {"synthetic_50M": [(48, 45), (33, 17), (7, 9)], "impala_w3": [(40, 30), (30,), (16, 3, 3, 3)],
@@ -196,7 +203,7 @@ class Sweep:
                 fn, right, still_right, extra = run()
             row["regs"] = {k: c.n_regs for k, c in compiled.items()}
             row["spills"] = {k: c.n_spills for k, c in compiled.items()}
-            row["ms"] = self.time_ms(fn, graph=name.endswith("_graph"))
+            row["ms"] = self.time_ms(fn, graph=graph_timed(name))
             row["correct"] = bool(right) and (still_right is None or bool(still_right()))
             row.update(extra())
         except Exception as e:  # a knob that can't compile or launch is a result, not the sweep's end
@@ -319,7 +326,7 @@ class Sweep:
         try:
             fn = self.bk._adam_provider(provider, [p.clone() for p in params], grads, masks)
             fn()
-            row["ms"] = self.time_ms(fn, graph=name.endswith("_graph"))
+            row["ms"] = self.time_ms(fn, graph=graph_timed(name))
         except Exception as e:  # the sweep goes on without its baseline
             row["error"] = f"{type(e).__name__}: {e}"[:300]
         self.record(row)
@@ -339,13 +346,13 @@ class Sweep:
         return False
 
     def run(self) -> None:
-        for name, case, sparsity, _, _ in TOPK_CASES[:1]:
+        for name, case, sparsity, _ in TOPK_CASES[:1]:
             self.topk_case(name, case, sparsity)
-        for name, case, sparsity, mode, _ in ADAM_CASES[:1]:
+        for name, case, sparsity, mode in ADAM_CASES[:1]:
             self.adam_case(name, case, sparsity, mode)
-        for name, case, sparsity, mode, _ in ADAM_CASES[1:]:
+        for name, case, sparsity, mode in ADAM_CASES[1:]:
             self.adam_case(name, case, sparsity, mode)
-        for name, case, sparsity, _, _ in TOPK_CASES[1:]:
+        for name, case, sparsity, _ in TOPK_CASES[1:]:
             self.topk_case(name, case, sparsity)
 
 
