@@ -77,8 +77,9 @@ def main() -> None:
                 continue
         seen.add(key)
         signature = {**sig, **{k: "constexpr" for k in consts}}
-        # As the launchers and the compile check (an older checkout's compile script may have no EXTRA_OPTIONS).
-        extra = compile_script.get("EXTRA_OPTIONS", {}).get(name, {})
+        # As the launchers and the compile check (older checkouts' compile scripts had a dict, or nothing).
+        extra = (compile_script["extra_options"](name, consts) if "extra_options" in compile_script
+                 else compile_script.get("EXTRA_OPTIONS", {}).get(name, {}))
         options = {"num_warps": warps, "enable_fp_fusion": False, **extra}
         kernel = triton.compile(ASTSource(fn=fn, signature=signature, constexprs=consts),
                                 target=compile_script["TARGET"], options=options)

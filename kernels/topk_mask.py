@@ -28,12 +28,13 @@ blocks of this launch are done: it alone takes the segment's decision, so no lau
      workspace; see SPAN_*).
   1. `_guess_kernel`, the one full read (only with a guess): counts the elements above HI, writes the mask
      of every element (kept iff pattern > HI), and compacts the candidates, in flat order, into the block's
-     slots (one int32 each: pattern - LO above the position in the block). The last block checks the guess:
-     above <= k <= above + candidates.
-  2. `_cold_kernel`, only where there was no guess (first call, warm_start=False) or it was wrong: the
+     slots (one int32 each: pattern - LO above the position in the block). It has no last block: its
+     programs add their counts and exit without waiting (see `_guess_verdict`).
+  2. `_cold_kernel`: first the guesses' verdicts, above <= k <= above + candidates, which program 0
+     records. Then, only where there was no guess (first call, warm_start=False) or it was wrong: the
      histogram of the top 11 bits of every element (a grid-stride loop over a program per SM); its last
-     block picks the bucket b1 holding rank k: [LO, HI] = b1's 2**20 patterns. Passes 0 and 1 count the
-     segments that need it, so when none does its programs exit at once; the fix-up zeroes the count.
+     block picks the bucket b1 holding rank k: [LO, HI] = b1's 2**20 patterns. When no segment needs it,
+     its programs exit after the verdicts.
   3. `_digit2_kernel`: the histogram of (pattern - LO) >> 10 over the candidates. Where the guess held it
      reads only the used slots; on the cold path it reads the weights again, writes the mask (kept iff
      pattern > HI) and compacts the candidates. The last block picks the digit b2.
@@ -58,13 +59,15 @@ slot written once and read three times; Gaussian weights at 50-99% sparsity and 
 / 0.4% of the elements at 50 / 90 / 95 / 99%); cold (first call, warm_start=False or a wrong guess) 8 + 1
 (+ 4 + 1 for a wrong guess's pass 1) + ~12 per candidate (the top-digit bucket of T: 4.0 / 2.4 / 1.5 /
 0.7%). Compute, from the PTX for sm_90 (triton 3.6) with ~30 candidates per 4096-element block: the warm
-path issues ~2 warp-instructions per element (the full read ~1.47 with aligned pointers, see VEC, ~1.8
-before that; each digit pass ~0.2, the fix-up ~0.07), against ~17 before this design (12 in the full
-read's 2048-bin histogram); an H100 issues ~1.5 per element in the time it reads one, so the full read is
-still issue-bound by PTX count. The warm start is a guess: a wrong one costs the cold path, never a wrong
-mask.
-Registers (ptxas, sm_90, triton 3.6, no spills): the full read 80 per thread (capped, see
-GUESS_MAX_REGISTERS: 3 programs of 8 warps per SM), the candidate passes 63-211 (1 warp each), the cold
+path issues ~2 warp-instructions per element (the full read ~1.44 with aligned pointers, see VEC, 1.47
+with the last-block check it had until git aa9e7ba, ~1.8 before rows of VEC; each digit pass ~0.2, the
+fix-up ~0.07), against ~17 before this design (12 in the full read's 2048-bin histogram). At that count an
+H200 (132 SMs x 4 schedulers x 1.98 GHz) would issue the full read of 50M in ~70 us, against 202 us
+measured (git 484c6fe7) and 59 us for one read: it is latency-bound, not issue-bound, with 3 programs per
+SM that each wait on their loads, their scans and (until git aa9e7ba) the last-block atomic. The warm
+start is a guess: a wrong one costs the cold path, never a wrong mask.
+Registers (ptxas, sm_90, triton 3.6, no local memory): the full read 72 per thread (fp32, aligned; capped
+at GUESS_MAX_REGISTERS: 3 programs of 8 warps per SM), the candidate passes 63-211 (1 warp each), the cold
 histogram 179-185 (1 program of 8 warps per SM).
 Tuning: block, warps and slots from the H100 knob sweep, one knob at a time (bench/tune_kernels.py; the
 guess spans are untuned). Measured there at 50M / 95%: 0.54-0.60 ms, ~8x one read of the weights, most of
@@ -108,10 +111,18 @@ NUM_WARPS = 8
 # design: ~200 us on the H200 at 484c6fe7, whose one read takes 59). Unaligned weights or masks keep scalar
 # accesses and cost more than before (24 barriers).
 VEC = tl.constexpr(4)
-# With both the full-block and the bounds-checked accesses compiled in, the full read takes 117 registers:
-# two programs of 8 warps per SM where the measured design (80) had three. ptxas fits it in 80 without
-# spilling (the compile test checks), so the occupancy stays as measured.
+# With both the full-block and the bounds-checked accesses compiled in, the full read takes 112-116 registers:
+# two programs of 8 warps per SM where the measured design (80) had three. For fp32 weights with aligned
+# pointers (what torch's allocator gives, and what was measured) ptxas fits it in 80 without local memory
+# (72 with triton 3.6, 79 with 3.9; the compile test checks); the other variants spill under the cap with
+# triton 3.9 (16-32 bytes), so they run uncapped.
 GUESS_MAX_REGISTERS = 80
+
+
+def guess_max_registers(aligned: bool, w_bytes: int) -> int | None:
+    """The full read's register cap (`maxnreg`) for its variant; None: ptxas's choice."""
+    return GUESS_MAX_REGISTERS if aligned and w_bytes == 4 else None
+
 # Tried and measured: the full read as a grid-stride loop over 2, 3 or 6 programs per SM with the next block's
 # weights prefetched (git d7a7cb8b). On the H200 it took 16 spilled registers under this cap and was no faster:
 # at Impala w3 in a graph 1.00-1.07x the time of a program per block, and at 50M within the sweep's noise
@@ -147,6 +158,8 @@ CAND_INTERPRETER_PROGRAMS = 3
 # interpreter a few, so that the tests walk the grid-stride loop.
 COLD_PROGRAMS_PER_SM = 1
 COLD_INTERPRETER_PROGRAMS = 3
+# Segments per turn of the cold kernel's loop over the guesses' verdicts (a network has a few dozen).
+VERDICT_SEGS = 128
 # The warm guess is the predicted threshold -/+ 2**span patterns (span 18: -/+ 3% of |w| at the bottom of a
 # binade, -/+ 1.6% at its top). A wrong guess widens the next by 2 (up to 19: the interval must fit two
 # 10-bit digits), T in the outer half of a held one by 1; T in its inner quarter with more than
@@ -172,11 +185,13 @@ MAX_BLOCK = 2**12
 # Columns of the int32 per-segment state (one row per segment): keep count; candidate interval [LO, HI]
 # (LO > HI: no guess); whether the guess held; the threshold's digit b2, then T; count still to keep among
 # the candidates (need_eq at the end); whether T has more equal elements than are kept; elements above HI
-# and candidates (pass 1's counts); one "blocks done" counter per pass with a last block. Then the columns
+# and candidates (pass 1's counts); whether there was a guess (the guess's verdict reads it, not LO > HI,
+# which the cold pass rewrites); one "blocks done" counter per pass with a last block. Then the columns
 # that outlive a call: whether a previous threshold exists, the previous threshold, the guess's span, and
 # the previous keep count and density (candidates over the width of their interval) that predict T's move.
 _K, _LO, _HI, _WARM, _PREFIX, _K_LEFT, _TIE, _ABOVE, _CANDS = (tl.constexpr(i) for i in range(9))
-_DONE1, _DONE_COLD, _DONE2, _DONE3, _DONE_TIE = (tl.constexpr(i) for i in range(9, 14))
+_GUESSED = tl.constexpr(9)
+_DONE_COLD, _DONE2, _DONE3, _DONE_TIE = (tl.constexpr(i) for i in range(10, 14))
 _HAVE_PREV, _PREV_T, _SPAN, _PREV_K, _PREV_CANDS, _PREV_WIDTH = (tl.constexpr(i) for i in range(14, 20))
 STATE_COLS = tl.constexpr(20)
 # Fewer candidates than this make the density too noisy to predict T's move from.
@@ -269,7 +284,7 @@ def _slot_key(slot):
 
 
 @triton.jit
-def _prepare_kernel(seg_numel_ptr, keep_ptr, state_ptr, hist_ptr, cold_ptr, WARM_START: tl.constexpr):
+def _prepare_kernel(seg_numel_ptr, keep_ptr, state_ptr, hist_ptr, WARM_START: tl.constexpr):
     seg = tl.program_id(0)
     st = state_ptr + seg * STATE_COLS
     hs = hist_ptr + seg * SEG_HIST
@@ -292,8 +307,6 @@ def _prepare_kernel(seg_numel_ptr, keep_ptr, state_ptr, hist_ptr, cold_ptr, WARM
             half = tl.full([], 1, tl.int64) << span.to(tl.int64)
             lo = tl.minimum(tl.maximum(centre - half, 0), MAX_PATTERN)
             hi = tl.maximum(tl.minimum(centre + half - 1, MAX_PATTERN), 0)
-    if lo > hi:  # no guess: this segment takes the cold path
-        tl.atomic_add(cold_ptr, 1, sem="relaxed")
     tl.store(hs + tl.arange(0, SEG_HIST), tl.zeros([SEG_HIST], tl.int32))
     tl.store(st + _K, k.to(tl.int32))
     tl.store(st + _LO, lo.to(tl.int32))
@@ -302,12 +315,13 @@ def _prepare_kernel(seg_numel_ptr, keep_ptr, state_ptr, hist_ptr, cold_ptr, WARM
     tl.store(st + _PREV_K, k.to(tl.int32))
     for col in tl.static_range(_WARM, _HAVE_PREV):  # the later columns outlive a call
         tl.store(st + col, 0)
+    tl.store(st + _GUESSED, (lo <= hi).to(tl.int32))
 
 
 @triton.jit
 def _guess_kernel(w_table_ptr, out_table_ptr, blk_seg_ptr, blk_start_ptr, seg_nblocks_ptr, seg_numel_ptr,
-                  state_ptr, slot_ptr, count_ptr, cold_ptr, DTYPE: tl.constexpr, BLOCK: tl.constexpr,
-                  SLOTS: tl.constexpr, ALIGNED: tl.constexpr, W_BYTES: tl.constexpr):
+                  state_ptr, slot_ptr, count_ptr, DTYPE: tl.constexpr, BLOCK: tl.constexpr, SLOTS: tl.constexpr,
+                  ALIGNED: tl.constexpr, W_BYTES: tl.constexpr):
     pid = tl.program_id(0)
     seg = tl.load(blk_seg_ptr + pid)
     st = state_ptr + seg * STATE_COLS
@@ -349,34 +363,56 @@ def _guess_kernel(w_table_ptr, out_table_ptr, blk_seg_ptr, blk_start_ptr, seg_nb
         totals = tl.sum(row_packed, 0)
         n_cand = totals >> 16
         tl.store(count_ptr + pid, n_cand)
+        # Fire and forget: the guess is judged in the next launch (`_guess_verdict`), so no program waits for
+        # its flushes to land (a barrier, a release fence and an atomic's round trip per program, to find the
+        # last block).
         tl.atomic_add(st + _ABOVE, totals & 0xFFFF, sem="relaxed")
         tl.atomic_add(st + _CANDS, n_cand, sem="relaxed")
-        tl.debug_barrier()  # all of this program's flushes before its "done" (see _select_digit)
-        if tl.atomic_add(st + _DONE1, 1, sem="acq_rel") == tl.load(seg_nblocks_ptr + seg) - 1:  # the last block
-            n_above = tl.load(st + _ABOVE, cache_modifier=".cg")
-            n_cands = tl.load(st + _CANDS, cache_modifier=".cg")
-            k = tl.load(st + _K)
-            # T is a candidate (or, with k == n_above, no candidate is kept): the guess held.
-            held = (n_above <= k) & (k <= n_above + n_cands)
-            if not held:  # widen the next guess (a held one adapts its span once T is known, in pass 4)
-                tl.store(st + _SPAN, tl.minimum(tl.load(st + _SPAN) + 2, SPAN_MAX))
-                tl.atomic_add(cold_ptr, 1, sem="relaxed")  # and take the cold path
-            tl.store(st + _WARM, held.to(tl.int32))
-            tl.store(st + _PREV_CANDS, n_cands)  # the density, for the next guess (the cold path rewrites it)
-            tl.store(st + _PREV_WIDTH, hi - lo + 1)
-            tl.store(st + _K_LEFT, k - n_above)
+
+
+@triton.jit
+def _guess_verdict(st):
+    """Whether each segment's guess held (T is a candidate, or with k == above no candidate is kept), from
+    pass 1's counts; False where there was no guess. `st`: the segments' state rows (a scalar or a block).
+    Its inputs are not written again in this call (the cold pass rewrites LO and HI, so they are not used)."""
+    above = tl.load(st + _ABOVE)
+    k = tl.load(st + _K)
+    return (tl.load(st + _GUESSED) != 0) & (above <= k) & (k <= above + tl.load(st + _CANDS))
 
 
 @triton.jit
 def _cold_kernel(w_table_ptr, blk_seg_ptr, blk_start_ptr, seg_nblocks_ptr, seg_numel_ptr, state_ptr, hist_ptr,
-                 cold_ptr, n_blocks, DTYPE: tl.constexpr, BLOCK: tl.constexpr):
-    # Where no segment needs the cold path (a warm call whose guesses held), every program exits at once
-    # instead of walking its blocks to read each one's segment state.
-    block = tl.where(tl.load(cold_ptr) != 0, tl.program_id(0), n_blocks)
+                 n_blocks, n_seg, DTYPE: tl.constexpr, BLOCK: tl.constexpr, SEGS: tl.constexpr):
+    # First the guesses' verdicts (pass 1's counts are complete: it was the previous launch). Every program
+    # reads them for all segments, SEGS at a time, to learn whether any segment needs this pass; program 0
+    # records them: whether the guess held, a wider span after a wrong one, and where it held, the count left
+    # to keep among the candidates and the density (candidates over the interval's width) for the next
+    # guess. (Where it did not, this pass's last block of the segment writes those.)
+    n_cold = tl.zeros([], tl.int32)
+    first = tl.zeros([], tl.int32)
+    while first < n_seg:
+        segs = first + tl.arange(0, SEGS)
+        ok = segs < n_seg
+        st = state_ptr + tl.where(ok, segs, 0) * STATE_COLS
+        held = _guess_verdict(st)
+        n_cold += tl.sum((ok & ~held).to(tl.int32), 0)
+        if tl.program_id(0) == 0:
+            lo = tl.load(st + _LO)
+            hi = tl.load(st + _HI)
+            tl.store(st + _WARM, held.to(tl.int32), mask=ok)
+            wrong = ok & (tl.load(st + _GUESSED) != 0) & ~held
+            tl.store(st + _SPAN, tl.minimum(tl.load(st + _SPAN) + 2, SPAN_MAX), mask=wrong)
+            tl.store(st + _K_LEFT, tl.load(st + _K) - tl.load(st + _ABOVE), mask=ok & held)
+            tl.store(st + _PREV_CANDS, tl.load(st + _CANDS), mask=ok & held)
+            tl.store(st + _PREV_WIDTH, hi - lo + 1, mask=ok & held)
+        first += SEGS
+    # Where no segment needs the cold path (a warm call whose guesses held), every program exits now instead
+    # of walking its blocks to read each one's segment state.
+    block = tl.where(n_cold != 0, tl.program_id(0), n_blocks)
     while block < n_blocks:  # grid-stride over a program per SM (see COLD_PROGRAMS_PER_SM)
         seg = tl.load(blk_seg_ptr + block)
         st = state_ptr + seg * STATE_COLS
-        if tl.load(st + _WARM) == 0:  # no guess, or a wrong one
+        if ~_guess_verdict(st):  # no guess, or a wrong one
             hs = hist_ptr + seg * SEG_HIST
             offs = tl.load(blk_start_ptr + block) + tl.arange(0, BLOCK)
             inb = offs < tl.load(seg_numel_ptr + seg)
@@ -567,11 +603,10 @@ def _keep(bits, valid, threshold, tie, eq_before, need_eq):
 
 @triton.jit
 def _fixup_kernel(w_table_ptr, out_table_ptr, m_table_ptr, v_table_ptr, blk_seg_ptr, blk_start_ptr, seg_numel_ptr,
-                  state_ptr, slot_ptr, count_ptr, eq_ptr, cold_ptr, ties_ptr, n_blocks, DTYPE: tl.constexpr,
+                  state_ptr, slot_ptr, count_ptr, eq_ptr, ties_ptr, n_blocks, DTYPE: tl.constexpr,
                   ZERO_WEIGHTS: tl.constexpr, ZERO_MOMENTS: tl.constexpr, BLOCK: tl.constexpr, SLOTS: tl.constexpr,
                   SLOT_LIMIT: tl.constexpr, CHUNK: tl.constexpr, PIECE: tl.constexpr):
-    if tl.program_id(0) == 0:  # the cold and tie passes of this call are over: the next call counts afresh
-        tl.store(cold_ptr, 0)
+    if tl.program_id(0) == 0:  # the tie pass of this call is over: the next call counts afresh
         tl.store(ties_ptr, 0)
     block = tl.program_id(0)
     while block < n_blocks:  # one turn with a program per block; a grid-stride loop with CAND_PROGRAMS_PER_SM
@@ -648,9 +683,6 @@ class _Workspace:
         self.slots = torch.empty(nb * slots, dtype=torch.int32, device=device)  # see _compact
         self.counts = torch.zeros(nb, dtype=torch.int32, device=device)  # candidates per block
         self.eq = torch.zeros(nb, dtype=torch.int32, device=device)  # ties per block, then their prefix
-        # Segments that take the cold path in this call (counted by the prepare and guess kernels, read by the
-        # cold one, zeroed by the fix-up).
-        self.cold = torch.zeros(1, dtype=torch.int32, device=device)
         self.cold_programs = min(nb, _utils.persistent_programs(device, COLD_PROGRAMS_PER_SM,
                                                                 COLD_INTERPRETER_PROGRAMS))
         self.cand_programs = nb if CAND_PROGRAMS_PER_SM == 0 else min(nb, _utils.persistent_programs(
@@ -658,8 +690,7 @@ class _Workspace:
         # Segments whose threshold needs the tie break in this call (counted by the digit-3 pass, read by the tie
         # pass, zeroed by the fix-up).
         self.ties = torch.zeros(1, dtype=torch.int32, device=device)
-        self.buffers = [self.plan, self.w_table, self.hist, self.state, self.slots, self.counts, self.eq, self.cold,
-                        self.ties]
+        self.buffers = [self.plan, self.w_table, self.hist, self.state, self.slots, self.counts, self.eq, self.ties]
 
 
 class _TopkPlan:
@@ -724,13 +755,13 @@ def _topk_launch(weights, keep_t, out, zero_pruned: bool, exp_avgs, exp_avg_sqs,
                 PIECE=min(CAND_PIECE, block), num_warps=CAND_WARPS)
     zeroing = zero_pruned or plan.zero_moments
     with _utils.device_guard(device):
-        _prepare_kernel[(ws.n_seg,)](ws.seg_numel, keep_t, ws.state, ws.hist, ws.cold, WARM_START=warm_start,
-                                     num_warps=4)
+        _prepare_kernel[(ws.n_seg,)](ws.seg_numel, keep_t, ws.state, ws.hist, WARM_START=warm_start, num_warps=4)
         _guess_kernel[grid](ws.w_table, plan.out_table, ws.blk_seg, ws.blk_start, ws.seg_nblocks, ws.seg_numel,
-                            ws.state, ws.slots, ws.counts, ws.cold, SLOTS=slots, ALIGNED=plan.aligned,
-                            W_BYTES=weights[0].element_size(), maxnreg=GUESS_MAX_REGISTERS, **common)
+                            ws.state, ws.slots, ws.counts, SLOTS=slots, ALIGNED=plan.aligned,
+                            W_BYTES=weights[0].element_size(),
+                            maxnreg=guess_max_registers(plan.aligned, weights[0].element_size()), **common)
         _cold_kernel[(ws.cold_programs,)](ws.w_table, ws.blk_seg, ws.blk_start, ws.seg_nblocks, ws.seg_numel,
-                                          ws.state, ws.hist, ws.cold, ws.n_blocks, **common)
+                                          ws.state, ws.hist, ws.n_blocks, ws.n_seg, SEGS=VERDICT_SEGS, **common)
         _digit2_kernel[cand_grid](ws.w_table, plan.out_table, ws.blk_seg, ws.blk_start, ws.seg_nblocks, ws.seg_numel,
                                   ws.state, ws.hist, ws.slots, ws.counts, ws.n_blocks, **cand)
         _digit3_kernel[cand_grid](ws.w_table, ws.blk_seg, ws.blk_start, ws.seg_nblocks, ws.seg_numel, ws.state,
@@ -738,7 +769,7 @@ def _topk_launch(weights, keep_t, out, zero_pruned: bool, exp_avgs, exp_avg_sqs,
         _tie_kernel[cand_grid](ws.w_table, ws.blk_seg, ws.blk_start, ws.seg_first, ws.seg_nblocks, ws.seg_numel,
                                ws.state, ws.slots, ws.counts, ws.eq, ws.ties, ws.n_blocks, SCAN=SCAN_CHUNK, **cand)
         _fixup_kernel[cand_grid](ws.w_table, plan.out_table, *plan.moment_tables, ws.blk_seg, ws.blk_start,
-                                 ws.seg_numel, ws.state, ws.slots, ws.counts, ws.eq, ws.cold, ws.ties, ws.n_blocks,
+                                 ws.seg_numel, ws.state, ws.slots, ws.counts, ws.eq, ws.ties, ws.n_blocks,
                                  ZERO_WEIGHTS=zero_pruned, ZERO_MOMENTS=plan.zero_moments,
                                  SLOT_LIMIT=-1 if zeroing else slots, **cand)
 

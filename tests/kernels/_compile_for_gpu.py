@@ -25,8 +25,13 @@ import kernels.topk_mask as tm  # noqa: E402
 
 TARGET = GPUTarget("cuda", int(sys.argv[1]) if len(sys.argv) > 1 else 90, 32)
 I64, I32 = "*i64", "*i32"
-# Launch options beyond warps that a kernel's launcher passes (the compile must check what runs).
-EXTRA_OPTIONS = {"guess": dict(maxnreg=tm.GUESS_MAX_REGISTERS)}
+
+
+def extra_options(name: str, consts: dict) -> dict:
+    """Launch options beyond warps that a kernel's launcher passes (the compile must check what runs)."""
+    if name == "guess":
+        return dict(maxnreg=tm.guess_max_registers(consts["ALIGNED"], consts["W_BYTES"]))
+    return {}
 
 
 def variants():
@@ -36,18 +41,18 @@ def variants():
     shape = dict(BLOCK=tm.TOPK_BLOCK, SLOTS=tm.TOPK_BLOCK // tm.SLOTS_PER_BLOCK)
     for warm in (False, True):
         yield ("prepare", tm._prepare_kernel, 4,
-               dict(seg_numel_ptr=I32, keep_ptr=I64, state_ptr=I32, hist_ptr=I32, cold_ptr=I32),
+               dict(seg_numel_ptr=I32, keep_ptr=I64, state_ptr=I32, hist_ptr=I32),
                dict(WARM_START=warm))
     slots = dict(slot_ptr=I32, count_ptr=I32)
     chunk = dict(CHUNK=min(tm.CAND_CHUNK, shape["SLOTS"]), PIECE=tm.CAND_PIECE)
     for dtype in (tl.float32, tl.float16, tl.bfloat16):
         for aligned in (False, True):
             yield ("guess", tm._guess_kernel, tm.NUM_WARPS,
-                   dict(w_table_ptr=I64, out_table_ptr=I64, **blocks, **segs, state_ptr=I32, **slots, cold_ptr=I32),
+                   dict(w_table_ptr=I64, out_table_ptr=I64, **blocks, **segs, state_ptr=I32, **slots),
                    dict(DTYPE=dtype, **shape, ALIGNED=aligned, W_BYTES=dtype.primitive_bitwidth // 8))
         yield ("cold", tm._cold_kernel, tm.NUM_WARPS,
-               dict(w_table_ptr=I64, **blocks, **segs, state_ptr=I32, hist_ptr=I32, cold_ptr=I32, n_blocks="i32"),
-               dict(DTYPE=dtype, BLOCK=tm.TOPK_BLOCK))
+               dict(w_table_ptr=I64, **blocks, **segs, state_ptr=I32, hist_ptr=I32, n_blocks="i32", n_seg="i32"),
+               dict(DTYPE=dtype, BLOCK=tm.TOPK_BLOCK, SEGS=tm.VERDICT_SEGS))
         yield ("digit2", tm._digit2_kernel, tm.CAND_WARPS,
                dict(w_table_ptr=I64, out_table_ptr=I64, **blocks, **segs, state_ptr=I32, hist_ptr=I32, **slots,
                     n_blocks="i32"), dict(DTYPE=dtype, **shape, **chunk))
@@ -61,7 +66,7 @@ def variants():
         for zero in (False, True):
             yield ("fixup", tm._fixup_kernel, tm.CAND_WARPS,
                    dict(w_table_ptr=I64, out_table_ptr=I64, m_table_ptr=I64, v_table_ptr=I64, **blocks,
-                        seg_numel_ptr=I32, state_ptr=I32, **slots, eq_ptr=I32, cold_ptr=I32, ties_ptr=I32,
+                        seg_numel_ptr=I32, state_ptr=I32, **slots, eq_ptr=I32, ties_ptr=I32,
                         n_blocks="i32"),
                    dict(DTYPE=dtype, ZERO_WEIGHTS=zero, ZERO_MOMENTS=zero, **shape,
                         SLOT_LIMIT=-1 if zero else shape["SLOTS"], **chunk))
@@ -94,15 +99,23 @@ CUOBJDUMP = pathlib.Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
 
 def resource_usage(cubin: bytes) -> str:
     """ptxas's registers per thread and local memory (spills, stack) per thread of a compiled kernel, read from
-    its cubin with the cuobjdump that ships with triton ("regs=? local=?" where it is missing)."""
+    its cubin with the cuobjdump that ships with triton ("regs=? local=?" where it is missing). Spilled
+    registers show as STACK, not LOCAL (cuobjdump 12.8: a full read capped at 64 registers reads "REG:64
+    STACK:8 LOCAL:0"), so local counts both."""
     if not CUOBJDUMP.exists():
         return "regs=? local=?"
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(cubin)
         f.flush()
         out = subprocess.run([str(CUOBJDUMP), "-res-usage", f.name], capture_output=True, text=True).stdout
-    regs, local = re.search(r"REG:(\d+)", out), re.search(r"LOCAL:(\d+)", out)
-    return f"regs={regs.group(1) if regs else '?'} local={local.group(1) if local else '?'}"
+    return parse_resource_usage(out)
+
+
+def parse_resource_usage(out: str) -> str:
+    """`resource_usage`'s summary of cuobjdump's -res-usage output."""
+    regs, local, stack = (re.search(rf"{field}:(\d+)", out) for field in ("REG", "LOCAL", "STACK"))
+    local = int(local.group(1)) + int(stack.group(1)) if local and stack else "?"
+    return f"regs={regs.group(1) if regs else '?'} local={local}"
 
 
 def main() -> int:
@@ -113,7 +126,7 @@ def main() -> int:
             # The launchers' numerics choice (no FMA contraction), so the compile checks what runs.
             kernel = triton.compile(ASTSource(fn=fn, signature=signature, constexprs=consts), target=TARGET,
                                     options={"num_warps": warps, "enable_fp_fusion": False,
-                                             **EXTRA_OPTIONS.get(name, {})})
+                                             **extra_options(name, consts)})
             ptx = kernel.asm["ptx"]
             # 128-bit global loads/stores (what masked Adam's ALIGNED flag is for), and CTA barriers.
             v4 = ptx.count("ld.global.v4") + ptx.count("st.global.v4")

@@ -213,20 +213,24 @@ def test_topk_guess_span_narrows_when_candidates_crowd():
 
 
 def test_topk_cold_path_grid_stride(monkeypatch):
-    # The cold histogram runs on fewer programs than blocks (a grid-stride loop), cold and after a wrong guess;
-    # it runs only when the prepare or guess kernel counted a segment that needs it, and the count is reset.
+    # The cold histogram runs on fewer programs than blocks (a grid-stride loop), cold and after a wrong guess,
+    # for the segments whose guess's verdict (read 2 segments at a time here) says so.
     from kernels import topk_mask
 
     monkeypatch.setattr(topk_mask, "COLD_INTERPRETER_PROGRAMS", 2)
+    monkeypatch.setattr(topk_mask, "VERDICT_SEGS", 2)
     weights = [torch.randn(s, device=DEVICE) for s in [(500,), (7, 9), (40,)]]
     assert_same_masks(weights, [60, 10, 40], block=16)
     ws = topk_mask._workspaces.get(*topk_mask._workspace_key(weights, 16, 4))
-    assert ws.cold_programs == 2 and int(ws.cold) == 0
+    assert ws.cold_programs == 2
+    span = select_stats(weights, block=16)["span"]
     weights[1].mul_(1e3)
     assert_same_masks(weights, [60, 10, 40], block=16)
-    assert select_stats(weights, block=16)["warm"] == [True, False, True]
+    stats = select_stats(weights, block=16)
+    assert stats["warm"] == [True, False, True]
+    assert stats["span"][1] == min(span[1] + 2, topk_mask.SPAN_MAX.value)  # a wrong guess widens the next
     assert_same_masks(weights, [61, 11, 39], block=16)  # every guess holds: the cold pass has nothing to do
-    assert select_stats(weights, block=16)["warm"] == [True, True, True] and int(ws.cold) == 0
+    assert select_stats(weights, block=16)["warm"] == [True, True, True]
 
 
 def test_topk_tie_scan_carries_across_chunks(monkeypatch):
@@ -274,8 +278,13 @@ def test_topk_candidate_passes_loop_over_chunks_and_pieces(monkeypatch, zero_pru
     ws = topk_mask._workspaces.get(*topk_mask._workspace_key(weights, 64, 16))
     assert ws.n_blocks == 16 and ws.cand_programs == (2 if grid_stride else 16)
     # The full read took each block once (a block taken twice or skipped still gives right masks, through the
-    # cold path, so the masks alone would not tell): its "blocks done" counter ends at the segment's blocks.
-    assert torch.equal(ws.state[:, topk_mask._DONE1.value], ws.seg_nblocks)
+    # cold path, so the masks alone would not tell): its counts of elements above HI and in [LO, HI] are exact.
+    state = ws.state.cpu()
+    for i, w in enumerate(weights):
+        bits = w.abs().view(torch.int32)
+        lo, hi = (int(state[i, c.value]) for c in (topk_mask._LO, topk_mask._HI))
+        assert int(state[i, topk_mask._ABOVE.value]) == int((bits > hi).sum())
+        assert int(state[i, topk_mask._CANDS.value]) == int(((bits >= lo) & (bits <= hi)).sum())
     if not zero_pruned:  # (zeroing leaves no surplus of ties after the first call)
         assert all(s["tie"] == [True, True] for s in seen), seen
 
