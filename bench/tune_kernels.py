@@ -53,13 +53,14 @@ REP_MS = 60  # do_bench's measuring window per configuration
 # first). Mask selection: `block` elements per program (<= 4096: a slot stores a position in 12 bits),
 # `num_warps` of the full read and the cold histogram, `cand_warps` of the candidate passes, `slots_div`
 # (candidate slots per block = block // slots_div), `cand_programs_per_sm` of the candidate passes (0: one
-# program per block; else a grid-stride loop over that many per SM). Masked Adam: `programs_per_sm` of the
+# program per block; else a grid-stride loop over that many per SM), `guess_regs` the full read's register cap
+# (64: four programs of 8 warps per SM instead of three, for 8 bytes of spills with triton 3.6). Masked Adam: `programs_per_sm` of the
 # persistent grid, `num_warps`, `block` elements per block; in frozen mode only, `frozen_live_list` (False:
 # the block walk instead of the live-sector list), `live_rows` (sectors per program of the list's build),
 # `live_warps` (the build's warps) and `live_chunk` (listed sectors per turn of the list walk). A value equal to
 # the default is skipped.
 TOPK_ALTERNATIVES = {"block": (2048, 1024), "num_warps": (4, 16), "cand_warps": (2, 4), "slots_div": (8, 16),
-                     "cand_programs_per_sm": (0, 16, 64)}
+                     "cand_programs_per_sm": (0, 16, 64), "guess_regs": (64,)}
 ADAM_ALTERNATIVES = {"programs_per_sm": (4, 16), "num_warps": (4, 16), "block": (512, 2048),
                      "frozen_live_list": (False,), "live_rows": (64, 256, 1024), "live_warps": (2, 8),
                      "live_chunk": (64, 256)}
@@ -222,13 +223,14 @@ class Sweep:
         weights, counts = self.bk.mask_problem(self.shapes(case), sparsity, self.device)
         want = topk_magnitude_masks_ref(weights, counts)
         defaults = dict(block=topk_mask.TOPK_BLOCK, num_warps=topk_mask.NUM_WARPS, cand_warps=topk_mask.CAND_WARPS,
-                        slots_div=topk_mask.SLOTS_PER_BLOCK, cand_programs_per_sm=topk_mask.CAND_PROGRAMS_PER_SM)
+                        slots_div=topk_mask.SLOTS_PER_BLOCK, cand_programs_per_sm=topk_mask.CAND_PROGRAMS_PER_SM,
+                        guess_regs=topk_mask.GUESS_MAX_REGISTERS)
         for knob, value, cfg in configs(defaults, TOPK_ALTERNATIVES):
             if not self.fits(name):
                 return
             w = cfg["cand_warps"]
             knobs = dict(NUM_WARPS=cfg["num_warps"], CAND_WARPS=w, CAND_CHUNK=32 * w, CAND_PIECE=16 * 32 * w,
-                         CAND_PROGRAMS_PER_SM=cfg["cand_programs_per_sm"])
+                         CAND_PROGRAMS_PER_SM=cfg["cand_programs_per_sm"], GUESS_MAX_REGISTERS=cfg["guess_regs"])
             with module_knobs(topk_mask, (topk_mask._plans, topk_mask._workspaces), **knobs):
                 self.measure(name, topk_mask, knob, value, cfg,
                              lambda cfg=cfg: self.topk_first_calls(weights, counts, want, cfg))
