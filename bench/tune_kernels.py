@@ -53,18 +53,19 @@ REP_MS = 60  # do_bench's measuring window per configuration
 # first). Mask selection: `block` elements per program (<= 4096: a slot stores a position in 12 bits),
 # `num_warps` of the full read and the cold histogram, `cand_warps` of the candidate passes, `slots_div`
 # (candidate slots per block = block // slots_div), `cand_programs_per_sm` of the candidate passes (0: one
-# program per block; else a grid-stride loop over that many per SM), `guess_regs` the full read's register cap
-# (64: four programs of 8 warps per SM instead of three, for 8 bytes of spills with triton 3.6). Masked Adam: `programs_per_sm` of the
-# persistent grid, `num_warps`, `block` elements per block; in frozen mode only, `frozen_live_list` (False:
-# the block walk instead of the live-sector list), `live_rows` (sectors per program of the list's build),
-# `live_warps` (the build's warps) and `live_chunk` (listed sectors per turn of the list walk). A value equal to
-# the default is skipped.
+# program per block; else a grid-stride loop over that many per SM), `guess_regs` the full read's register
+# cap (64: four programs of 8 warps per SM instead of three, for 8 bytes of spills with triton 3.6). Masked
+# Adam: `programs_per_sm` of the persistent grid, `num_warps`, `block` elements per block; in frozen mode
+# only, `frozen_live_list` (False: the block walk instead of the live-sector list), `live_rows` (sectors per
+# program of the list's build), `live_warps` (the build's warps), `live_build_per_sm` (0: a build program
+# per tile; else a grid-stride loop over that many per SM, each loading the next tile ahead) and
+# `live_chunk` (listed sectors per turn of the list walk). A value equal to the default is skipped.
 TOPK_ALTERNATIVES = {"block": (2048, 1024), "num_warps": (4, 16), "cand_warps": (2, 4), "slots_div": (8, 16),
                      "cand_programs_per_sm": (0, 16, 64), "guess_regs": (64,)}
 ADAM_ALTERNATIVES = {"programs_per_sm": (4, 16), "num_warps": (4, 16), "block": (512, 2048),
                      "frozen_live_list": (False,), "live_rows": (64, 256, 1024), "live_warps": (2, 8),
-                     "live_chunk": (64, 256)}
-FROZEN_ONLY_KNOBS = ("frozen_live_list", "live_rows", "live_warps", "live_chunk")
+                     "live_build_per_sm": (8, 16), "live_chunk": (64, 256)}
+FROZEN_ONLY_KNOBS = ("frozen_live_list", "live_rows", "live_warps", "live_build_per_sm", "live_chunk")
 
 
 def adam_alternatives(mode: str) -> dict:
@@ -274,6 +275,7 @@ class Sweep:
         defaults = dict(programs_per_sm=masked_adam.PROGRAMS_PER_SM, num_warps=masked_adam.NUM_WARPS,
                         block=masked_adam.ADAM_BLOCK, frozen_live_list=masked_adam.FROZEN_LIVE_LIST,
                         live_rows=masked_adam.LIVE_ROWS_PER_PROGRAM, live_warps=masked_adam.LIVE_WARPS,
+                        live_build_per_sm=masked_adam.LIVE_BUILD_PROGRAMS_PER_SM,
                         live_chunk=masked_adam.LIVE_CHUNK)
         ideal = self.ideal(op_bytes, sum(numels))
         self.adam_baseline(name, params, grads, masks, sparsity)
@@ -285,7 +287,8 @@ class Sweep:
             # whatever the knobs say.)
             knobs = dict(PROGRAMS_PER_SM=cfg["programs_per_sm"], NUM_WARPS=cfg["num_warps"],
                          FROZEN_LIVE_LIST=cfg["frozen_live_list"], LIVE_ROWS_PER_PROGRAM=cfg["live_rows"],
-                         LIVE_WARPS=cfg["live_warps"], LIVE_CHUNK=cfg["live_chunk"])
+                         LIVE_WARPS=cfg["live_warps"], LIVE_BUILD_PROGRAMS_PER_SM=cfg["live_build_per_sm"],
+                         LIVE_CHUNK=cfg["live_chunk"])
             with module_knobs(masked_adam, (masked_adam._plans, masked_adam._state_plans), **knobs):
                 self.measure(name, masked_adam, knob, value, cfg, lambda cfg=cfg, knob=knob: self.adam_first_step(
                     params, grads, masks, mode, cfg["block"], expected, ideal, is_default=knob == "default"

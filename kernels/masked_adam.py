@@ -109,6 +109,13 @@ FROZEN_LIVE_LIST = True
 # list and each walk several chunks, and a network's tensors take no more turns than the block walk's.
 LIVE_ROWS_PER_PROGRAM, LIVE_WARPS, LIVE_CHUNK = 128, 4, 128
 LIVE_INTERPRETER_PROGRAMS, LIVE_INTERPRETER_TURNS, LIVE_INTERPRETER_MAX_ROWS = 8, 4, 1024
+# The build's grid: 0 = a program per tile of LIVE_ROWS_PER_PROGRAM sectors (what the sweeps timed); > 0 = that
+# many programs per SM in a grid-stride loop that loads the next tile's masks before it appends this one's
+# rows (`_live_sectors_kernel`, PERSISTENT). Smaller tiles were faster, which suggests the build is
+# latency-bound (a tile waits on three dependent loads, then its atomic): the loop overlaps one tile's wait
+# with the next. Unmeasured on a GPU: a knob of bench/tune_kernels.py. Under the interpreter, a few programs.
+LIVE_BUILD_PROGRAMS_PER_SM = 0
+LIVE_INTERPRETER_BUILD_PROGRAMS = 3
 
 
 def launches(moments: str) -> int:
@@ -311,20 +318,41 @@ def _sector_of(plan_ptr, n_blocks, row, valid, BLOCK: tl.constexpr):
 
 
 @triton.jit
-def _live_sectors_kernel(p_table_ptr, mask_table_ptr, plan_ptr, n_blocks, n_seg, live_ptr, counters_ptr,
+def _live_sectors_kernel(p_table_ptr, mask_table_ptr, plan_ptr, n_blocks, n_seg, n_tiles, live_ptr, counters_ptr,
                          ZERO_DEAD: tl.constexpr, ALIGNED: tl.constexpr, BLOCK: tl.constexpr,
-                         ROWS_PER_PROGRAM: tl.constexpr):
+                         ROWS_PER_PROGRAM: tl.constexpr, PERSISTENT: tl.constexpr):
     """Frozen mode's first launch: appends every live sector (one with a kept element, or any sector of a
     tensor without a mask) to the list at `live_ptr`, as its row (block * BLOCK // SECTOR + sector in the
     block), in no particular order, and counts them in counters[0]. ZERO_DEAD (no pruned_are_zero promise):
-    a dead sector's weights become +0.0, written without a read. All of it in 1-D tiles of sectors, a
-    thread's sectors wholly its own: 2-D [sectors, SECTOR] tiles cost layout conversions through shared
-    memory (34 barriers) and twice the registers."""
+    a dead sector's weights become +0.0, written without a read. All of it in 1-D tiles of ROWS_PER_PROGRAM
+    sectors, a thread's sectors wholly its own: 2-D [sectors, SECTOR] tiles cost layout conversions through
+    shared memory (34 barriers) and twice the registers. A program per tile; or PERSISTENT: a grid-stride
+    loop over the tiles (LIVE_BUILD_PROGRAMS_PER_SM) that loads the next tile's masks before it reserves this
+    one's span of the list, so that a tile's chain of dependent loads overlaps the previous one's atomic."""
     numel_ptr = plan_ptr + 2 * n_blocks + 2 * n_seg
-    rows = tl.program_id(0) * ROWS_PER_PROGRAM + tl.arange(0, ROWS_PER_PROGRAM)
+    tile = tl.program_id(0)
+    rows, seg, start, numel, live = _live_tile(mask_table_ptr, plan_ptr, numel_ptr, n_blocks, tile, ALIGNED, BLOCK,
+                                               ROWS_PER_PROGRAM)
+    if PERSISTENT:
+        while tile < n_tiles:
+            next_tile = tile + tl.num_programs(0)
+            next_rows, next_seg, next_start, next_numel, next_live = _live_tile(
+                mask_table_ptr, plan_ptr, numel_ptr, n_blocks, next_tile, ALIGNED, BLOCK, ROWS_PER_PROGRAM)
+            _live_append(p_table_ptr, live_ptr, counters_ptr, rows, seg, start, numel, live, ZERO_DEAD, ALIGNED)
+            tile, rows, seg, start, numel, live = next_tile, next_rows, next_seg, next_start, next_numel, next_live
+    else:
+        _live_append(p_table_ptr, live_ptr, counters_ptr, rows, seg, start, numel, live, ZERO_DEAD, ALIGNED)
+
+
+@triton.jit
+def _live_tile(mask_table_ptr, plan_ptr, numel_ptr, n_blocks, tile, ALIGNED: tl.constexpr, BLOCK: tl.constexpr,
+               ROWS_PER_PROGRAM: tl.constexpr):
+    """The build's loads for one tile of sectors: (rows, segment, first element, the tensor's element count
+    (0 past the last block: nothing exists there), whether each sector is live)."""
+    rows = tile * ROWS_PER_PROGRAM + tl.arange(0, ROWS_PER_PROGRAM)
     valid = rows // (BLOCK // SECTOR) < n_blocks
     seg, start = _sector_of(plan_ptr, n_blocks, rows, valid, BLOCK)
-    numel = tl.load(numel_ptr + seg, mask=valid, other=0)  # 0 past the last block
+    numel = tl.load(numel_ptr + seg, mask=valid, other=0)
     mask_addr = tl.load(mask_table_ptr + seg, mask=valid, other=0)
     has_mask = mask_addr != 0
     exists = start < numel
@@ -341,16 +369,26 @@ def _live_sectors_kernel(p_table_ptr, mask_table_ptr, plan_ptr, n_blocks, n_seg,
             byte = tl.load(mask_addr.to(tl.pointer_type(tl.uint8)) + start + j,
                            mask=has_mask & (start + j < numel), other=0)
             live = live | (byte != 0)
-    # One atomic per program reserves its span of the list; the rows go there in order.
+    return rows, seg, start, numel, live
+
+
+@triton.jit
+def _live_append(p_table_ptr, live_ptr, counters_ptr, rows, seg, start, numel, live, ZERO_DEAD: tl.constexpr,
+                 ALIGNED: tl.constexpr):
+    """The build's writes for one tile (`_live_tile`): its live rows into the list, and with ZERO_DEAD +0.0 into
+    its dead sectors' weights."""
+    # One atomic per tile reserves its span of the list; the rows go there in order.
     n_live = live.to(tl.int32)
     base = tl.atomic_add(counters_ptr, tl.sum(n_live, 0), sem="relaxed")
     tl.store(live_ptr + base + tl.cumsum(n_live, 0) - n_live, rows, mask=live)
     if ZERO_DEAD:
+        exists = start < numel
         dead = exists & ~live
-        p_ptr = tl.load(p_table_ptr + seg, mask=valid, other=0).to(tl.pointer_type(tl.float32)) + start
+        p_ptr = tl.load(p_table_ptr + seg, mask=exists, other=0).to(tl.pointer_type(tl.float32)) + start
         if ALIGNED:  # (dead sectors are whole here) 32 bytes as 4 int64 zeros: the weights are 16-byte aligned
+            whole = start + SECTOR <= numel
             for j in tl.static_range(SECTOR // 2):
-                tl.store(p_ptr.to(tl.pointer_type(tl.int64)) + j, tl.zeros_like(mask_addr), mask=dead & whole)
+                tl.store(p_ptr.to(tl.pointer_type(tl.int64)) + j, tl.zeros(p_ptr.shape, tl.int64), mask=dead & whole)
         else:
             for j in tl.static_range(SECTOR):
                 tl.store(p_ptr + j, tl.zeros(p_ptr.shape, tl.float32), mask=dead & (start + j < numel))
@@ -576,10 +614,14 @@ def _masked_adam_launch(params, grads, exp_avgs, exp_avg_sqs, masks, step_t, ste
             rows, chunk = LIVE_ROWS_PER_PROGRAM, LIVE_CHUNK
         else:
             rows, chunk = _interpreter_live_sizes(plan.live.rows, plan.grid[0])
-        _live_sectors_kernel[(triton.cdiv(plan.live.rows, rows),)](
-            p_table, mask_table, plan.plan, plan.n_blocks, plan.n_seg, live, counters,
+        n_tiles = triton.cdiv(plan.live.rows, rows)
+        persistent = LIVE_BUILD_PROGRAMS_PER_SM > 0
+        build_grid = n_tiles if not persistent else min(n_tiles, _utils.persistent_programs(
+            plan.device, LIVE_BUILD_PROGRAMS_PER_SM, LIVE_INTERPRETER_BUILD_PROGRAMS))
+        _live_sectors_kernel[(build_grid,)](
+            p_table, mask_table, plan.plan, plan.n_blocks, plan.n_seg, n_tiles, live, counters,
             ZERO_DEAD=not pruned_are_zero, ALIGNED=plan.aligned, BLOCK=block, ROWS_PER_PROGRAM=rows,
-            num_warps=LIVE_WARPS)
+            PERSISTENT=persistent, num_warps=LIVE_WARPS)
         try:
             _frozen_live_kernel[plan.grid](*plan.tables, plan.plan, plan.n_blocks, plan.n_seg, live, counters,
                                            plan.scalars, step_size, bc2_sqrt, eps, weight_decay, CHUNK=chunk,

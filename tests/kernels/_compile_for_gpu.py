@@ -82,10 +82,12 @@ def variants():
                     HAS_WD=pz, ALIGNED=aligned, BLOCK=ma.ADAM_BLOCK))
     live = dict(plan_ptr=I32, **table, live_ptr=I32, counters_ptr=I32)
     rows = ma.LIVE_ROWS_PER_PROGRAM
-    for zero_dead, aligned in itertools.product((False, True), (False, True)):
+    for zero_dead, aligned, persistent in itertools.product((False, True), (False, True), (False, True)):
         yield ("live_sectors", ma._live_sectors_kernel, ma.LIVE_WARPS,
-               dict(p_table_ptr=I64, mask_table_ptr=I64, **live),
-               dict(ZERO_DEAD=zero_dead, ALIGNED=aligned, BLOCK=ma.ADAM_BLOCK, ROWS_PER_PROGRAM=rows))
+               dict(p_table_ptr=I64, mask_table_ptr=I64, plan_ptr=I32, **table, n_tiles="i32", live_ptr=I32,
+                    counters_ptr=I32),
+               dict(ZERO_DEAD=zero_dead, ALIGNED=aligned, BLOCK=ma.ADAM_BLOCK, ROWS_PER_PROGRAM=rows,
+                    PERSISTENT=persistent))
     for pz, aligned, gdt in itertools.product((False, True), (False, True), (tl.float32, tl.bfloat16)):
         yield ("frozen_live", ma._frozen_live_kernel, ma.NUM_WARPS,
                dict(p_table_ptr=I64, g_table_ptr=I64, m_table_ptr=I64, v_table_ptr=I64, mask_table_ptr=I64, **live,

@@ -244,18 +244,21 @@ def test_sector_liveness_matches_reference(moments, pruned_are_zero, grad_dtype,
 
 
 @pytest.mark.parametrize("pruned_are_zero", [False, True])
-@pytest.mark.parametrize("live_list", [True, False])
+@pytest.mark.parametrize("live_list", ["tiles", "persistent", False])
 def test_frozen_list_and_block_walks_match_reference(monkeypatch, live_list, pruned_are_zero):
     # Frozen mode walks a list of its live sectors (FROZEN_LIVE_LIST, the default: under the interpreter
-    # several programs append to it and each walks several chunks) or every block. Both take the
+    # several programs append to it and each walks several chunks; the list built by a program per tile, or
+    # by a few that loop over the tiles, LIVE_BUILD_PROGRAMS_PER_SM) or every block. Both take the
     # reference's steps, pruned weights start non-zero unless promised, and the list's counters are left at
     # zero for the next call.
-    monkeypatch.setattr(masked_adam, "FROZEN_LIVE_LIST", live_list)
+    monkeypatch.setattr(masked_adam, "FROZEN_LIVE_LIST", bool(live_list))
+    monkeypatch.setattr(masked_adam, "LIVE_BUILD_PROGRAMS_PER_SM", int(live_list == "persistent"))
     gen = torch.Generator().manual_seed(11)
     shapes = [(45,), (3, 7, 5), (8,), (100,), (27,)]
     sectors = sum(-(-torch.Size(s).numel() // 32) for s in shapes) * 32 // 8  # block=32: 4 sectors per block
     rows, chunk = masked_adam._interpreter_live_sizes(sectors, masked_adam.INTERPRETER_PROGRAMS)
     assert sectors // rows >= 4 and sectors // chunk >= 3 * masked_adam.INTERPRETER_PROGRAMS
+    assert sectors // rows > masked_adam.LIVE_INTERPRETER_BUILD_PROGRAMS  # (the persistent build loops)
     masks = [mask.to(DEVICE) for mask in sector_masks(shapes, gen)]
     masks[2] = None
     params, grads, m, v, _ = make_state(shapes, gen=gen)

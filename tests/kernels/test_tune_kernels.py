@@ -79,8 +79,8 @@ def test_dry_run_measures_every_case_and_configuration(tmp_path):
         per_case.setdefault(r["name"], []).append(r)
     n_topk = 2 + sum(len(v) for v in tune.TOPK_ALTERNATIVES.values())  # (the defaults first and last)
     n_adam = {mode: 2 + sum(len(v) for v in tune.adam_alternatives(mode).values()) for mode in ("faithful", "frozen")}
-    # The live-sector list: off, its build's rows and warps, its chunks.
-    assert n_adam["frozen"] == n_adam["faithful"] + 8
+    # The live-sector list: off, its build's rows, warps and persistent grids, its chunks.
+    assert n_adam["frozen"] == n_adam["faithful"] + 10
     assert {name: len(v) for name, v in per_case.items()} == {
         **{c[0]: n_topk for c in tune.TOPK_CASES}, **{c[0]: n_adam[c[3]] for c in tune.ADAM_CASES}}
     assert all(r["correct"] and r["ms"] > 0 and r["error"] is None for r in rows)
