@@ -7,8 +7,8 @@
 The kernels' knobs (kernels/topk_mask.py: block, warps of the full read, warps and programs of the candidate
 passes, candidate slots per block; kernels/masked_adam.py: programs per SM, warps, block, and frozen mode's
 live-sector list) were first set on paper, then from this sweep on an H100 and an H200 (bench/results/*/tune/,
-each quoted where its constant is defined). This sweep changes one knob at a time from the current defaults,
-on the cases the targets of bench/README.md are about (mask selection on the 50M set at 95% and at Impala w3,
+each quoted where its constant is defined). This sweep changes one knob at a time from the current defaults
+(then tries every knob's best alternative at once, `combined_config`), on the cases the targets of bench/README.md are about (mask selection on the 50M set at 95% and at Impala w3,
 in a CUDA graph; masked Adam on the flat 50M buffer in faithful mode at 0% and frozen mode at 95 and
 99%, and at Impala w3 in a graph), and records for each configuration: the median device time (do_bench, L2
 flushed), the ratio to the defaults measured in the same run, the ideal time of the bytes the op must move at
@@ -113,6 +113,31 @@ def configs(defaults: dict, alternatives: dict) -> list[tuple[str, object, dict]
     for knob, values in alternatives.items():
         out += [(knob, v, {**defaults, knob: v}) for v in values if v != defaults[knob]]
     return out + [("default", "again", dict(defaults))]
+
+
+# Last in each case, every knob's best alternative at once: the sweep changes one knob at a time, and two
+# knobs that each beat the defaults need not add up. An alternative counts when it was right and at least
+# COMBINE_MARGIN faster than the defaults; with fewer than two such knobs nothing is combined. The dry run
+# combines every knob's first alternative instead (the interpreter's times mean nothing), so that the
+# rehearsal runs it.
+COMBINE_MARGIN = 0.02
+
+
+def combined_config(rows: list[dict], name: str, defaults: dict, alternatives: dict,
+                    dry: bool = False) -> tuple[str, dict] | None:
+    """(its label, the configuration) of case `name`'s combination of best alternatives, or None."""
+    if dry:
+        best = {k: v[0] for k, v in alternatives.items() if v and v[0] != defaults[k]}
+    else:
+        right = sorted((r for r in rows if r["name"] == name and r["correct"] and r["ms"]), key=lambda r: r["ms"])
+        base = min((r["ms"] for r in right if r["knob"] == "default"), default=None)
+        best = {}
+        for r in right:
+            if base and r["knob"] in defaults and r["knob"] not in best and r["ms"] < base * (1 - COMBINE_MARGIN):
+                best[r["knob"]] = r["value"]
+    if len(best) < 2:
+        return None
+    return ", ".join(f"{k}={v}" for k, v in best.items()), {**defaults, **best}
 
 
 @contextlib.contextmanager
@@ -226,15 +251,16 @@ class Sweep:
         defaults = dict(block=topk_mask.TOPK_BLOCK, num_warps=topk_mask.NUM_WARPS, cand_warps=topk_mask.CAND_WARPS,
                         slots_div=topk_mask.SLOTS_PER_BLOCK, cand_programs_per_sm=topk_mask.CAND_PROGRAMS_PER_SM,
                         guess_regs=topk_mask.GUESS_MAX_REGISTERS)
-        for knob, value, cfg in configs(defaults, TOPK_ALTERNATIVES):
-            if not self.fits(name):
-                return
+
+        def run(knob, value, cfg):
             w = cfg["cand_warps"]
             knobs = dict(NUM_WARPS=cfg["num_warps"], CAND_WARPS=w, CAND_CHUNK=32 * w, CAND_PIECE=16 * 32 * w,
                          CAND_PROGRAMS_PER_SM=cfg["cand_programs_per_sm"], GUESS_MAX_REGISTERS=cfg["guess_regs"])
             with module_knobs(topk_mask, (topk_mask._plans, topk_mask._workspaces), **knobs):
                 self.measure(name, topk_mask, knob, value, cfg,
-                             lambda cfg=cfg: self.topk_first_calls(weights, counts, want, cfg))
+                             lambda: self.topk_first_calls(weights, counts, want, cfg))
+
+        self.sweep_case(name, defaults, TOPK_ALTERNATIVES, run)
 
     def topk_first_calls(self, weights, counts, want, cfg: dict):
         """`measure`'s `run` for one mask-selection configuration."""
@@ -280,9 +306,8 @@ class Sweep:
         ideal = self.ideal(op_bytes, sum(numels))
         self.adam_baseline(name, params, grads, masks, sparsity)
         expected: list = []  # the defaults' first step, which every other configuration must equal bit for bit
-        for knob, value, cfg in configs(defaults, adam_alternatives(mode)):
-            if not self.fits(name):
-                return
+
+        def run(knob, value, cfg):
             # (Under the interpreter the grid is INTERPRETER_PROGRAMS and the list's sizes follow the tensors,
             # whatever the knobs say.)
             knobs = dict(PROGRAMS_PER_SM=cfg["programs_per_sm"], NUM_WARPS=cfg["num_warps"],
@@ -290,9 +315,11 @@ class Sweep:
                          LIVE_WARPS=cfg["live_warps"], LIVE_BUILD_PROGRAMS_PER_SM=cfg["live_build_per_sm"],
                          LIVE_CHUNK=cfg["live_chunk"])
             with module_knobs(masked_adam, (masked_adam._plans, masked_adam._state_plans), **knobs):
-                self.measure(name, masked_adam, knob, value, cfg, lambda cfg=cfg, knob=knob: self.adam_first_step(
+                self.measure(name, masked_adam, knob, value, cfg, lambda: self.adam_first_step(
                     params, grads, masks, mode, cfg["block"], expected, ideal, is_default=knob == "default"
                     and not expected))
+
+        self.sweep_case(name, defaults, adam_alternatives(mode), run)
 
     def adam_first_step(self, params, grads, masks, mode: str, block: int, expected: list, ideal: dict,
                         is_default: bool):
@@ -337,6 +364,18 @@ class Sweep:
         self.record(row)
 
     # --- bookkeeping -------------------------------------------------------------------------------------------------
+    def sweep_case(self, name: str, defaults: dict, alternatives: dict, run) -> None:
+        """Case `name`: `run(knob, value, config)` for the defaults, each alternative and the defaults again
+        (`configs`), then for the combination of the best alternatives (`combined_config`), while the budget
+        lasts."""
+        for knob, value, cfg in configs(defaults, alternatives):
+            if not self.fits(name):
+                return
+            run(knob, value, cfg)
+        combined = combined_config(self.rows, name, defaults, alternatives, self.dry)
+        if combined is not None and self.fits(name):
+            run("combined", *combined)
+
     def ideal(self, op_bytes: int, n: int) -> dict:
         if self.copy_gbps is None:
             return dict(op_bytes=op_bytes, n=n)
@@ -361,6 +400,10 @@ class Sweep:
             self.topk_case(name, case, sparsity)
 
 
+def _change(row: dict) -> str:
+    return f"combined: {row['value']}" if row["knob"] == "combined" else f"{row['knob']}={row['value']}"
+
+
 def summary_markdown(rows: list[dict], header: dict, skipped: list[str]) -> str:
     """A table per case, fastest right configuration first, each against the defaults of the same run."""
     lines = ["# Kernel knob sweep", "", "; ".join(f"{k} {v}" for k, v in header.items() if v is not None), ""]
@@ -379,7 +422,7 @@ def summary_markdown(rows: list[dict], header: dict, skipped: list[str]) -> str:
         lines += [f"## {name}", ""]
         if default and right:
             best = right[0]
-            change = "the defaults" if best["knob"] == "default" else f"{best['knob']}={best['value']}"
+            change = "the defaults" if best["knob"] == "default" else _change(best)
             firsts = [f"{r['ms']:.4f}" for r in case if r["knob"] == "default" and r["ms"]]
             lines += [f"Best: {change}, {best['ms'] / default['ms']:.3f}x the defaults' time "
                       f"({', '.join(f'{k} {v}' for k, v in default['config'].items())}; the defaults measured "
@@ -395,8 +438,7 @@ def summary_markdown(rows: list[dict], header: dict, skipped: list[str]) -> str:
         for r in right + [r for r in case if r not in right]:
             ratio = f"{r['ms'] / default['ms']:.3f}" if default and r["ms"] else "-"
             frac = f"{r['ideal_ms'] / r['ms']:.2f}" if r.get("ideal_ms") and r["ms"] else "-"
-            change = ("defaults" + (" (again)" if r["value"] else "") if r["knob"] == "default"
-                      else f"{r['knob']}={r['value']}")
+            change = "defaults" + (" (again)" if r["value"] else "") if r["knob"] == "default" else _change(r)
             ms = f"{r['ms']:.4f}" if r["ms"] else "-"
             right_text = "yes" if r["correct"] else f"NO: {r['error'] or 'results differ'}"
             regs = ", ".join(f"{k} {n}" + (f" ({r['spills'][k]})" if r["spills"].get(k) else "")

@@ -33,6 +33,27 @@ def test_configs_change_one_knob_at_a_time_from_the_defaults():
                    ("default", "again", dict(a=1, b=2))]
 
 
+def test_the_combination_takes_each_knobs_best_alternative_that_beat_the_defaults():
+    def row(knob, value, ms, correct=True, name="case"):
+        return dict(name=name, knob=knob, value=value, ms=ms, correct=correct)
+
+    defaults = dict(a=1, b=2, c=3)
+    alternatives = {"a": (4, 5), "b": (6,), "c": (7,)}
+    rows = [row("default", None, 1.2), row("a", 4, 0.9), row("a", 5, 0.8), row("b", 6, 0.97),
+            row("c", 7, 0.5, correct=False), row("default", "again", 1.0), row("b", 6, 0.1, name="other")]
+    # a=5 (the faster of a's two), b=6 (3% faster than the defaults' faster time); c=7 was wrong.
+    assert tune.combined_config(rows, "case", defaults, alternatives) == ("a=5, b=6", dict(a=5, b=6, c=3))
+    # One knob that beats the defaults by more than the margin is not a combination.
+    rows[3] = row("b", 6, 0.99)
+    assert tune.combined_config(rows, "case", defaults, alternatives) is None
+    # The dry run combines every knob's first alternative.
+    assert tune.combined_config([], "case", defaults, alternatives, dry=True)[1] == dict(a=4, b=6, c=7)
+    md = tune.summary_markdown([dict(row("default", None, 1.0), config={}, error=None, regs={}, spills={}),
+                                dict(row("combined", "a=5, b=6", 0.7), config={}, error=None, regs={}, spills={})],
+                               {"device": "cpu"}, [])
+    assert "Best: combined: a=5, b=6, 0.700x" in md and "| combined: a=5, b=6 | 0.7000 |" in md
+
+
 def test_the_baseline_is_the_faster_of_the_defaults_two_measurements():
     # A first measurement slowed by warm-up must not make every alternative look faster.
     def row(knob, value, ms):
@@ -77,8 +98,9 @@ def test_dry_run_measures_every_case_and_configuration(tmp_path):
     per_case = {}
     for r in rows:
         per_case.setdefault(r["name"], []).append(r)
-    n_topk = 2 + sum(len(v) for v in tune.TOPK_ALTERNATIVES.values())  # (the defaults first and last)
-    n_adam = {mode: 2 + sum(len(v) for v in tune.adam_alternatives(mode).values()) for mode in ("faithful", "frozen")}
+    # The defaults first and last, and (in a dry run, always) the combination of alternatives.
+    n_topk = 3 + sum(len(v) for v in tune.TOPK_ALTERNATIVES.values())
+    n_adam = {mode: 3 + sum(len(v) for v in tune.adam_alternatives(mode).values()) for mode in ("faithful", "frozen")}
     # The live-sector list: off, its build's rows, warps and persistent grids, its chunks.
     assert n_adam["frozen"] == n_adam["faithful"] + 10
     assert {name: len(v) for name, v in per_case.items()} == {
@@ -149,7 +171,7 @@ def test_a_configuration_that_raises_is_a_row_not_the_end(tmp_path, monkeypatch)
     failed = [r for r in sweep.rows if r["error"]]
     assert [(r["knob"], r["value"], r["correct"]) for r in failed] == [("num_warps", 16, False)]
     assert "out of resources" in failed[0]["error"]
-    assert len(sweep.rows) == 2 + sum(len(v) for v in tune.adam_alternatives("faithful").values())
+    assert len(sweep.rows) == 3 + sum(len(v) for v in tune.adam_alternatives("faithful").values())  # (+ combined)
 
 
 def test_the_budget_stops_the_sweep_and_says_so(tmp_path):
