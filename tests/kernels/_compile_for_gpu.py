@@ -48,7 +48,7 @@ def variants():
     for dtype in (tl.float32, tl.float16, tl.bfloat16):
         for aligned in (False, True):
             yield ("guess", tm._guess_kernel, tm.NUM_WARPS,
-                   dict(w_table_ptr=I64, out_table_ptr=I64, **blocks, **segs, state_ptr=I32, **slots),
+                   dict(w_table_ptr=I64, out_table_ptr=I64, **blocks, seg_numel_ptr=I32, state_ptr=I32, **slots),
                    dict(DTYPE=dtype, **shape, ALIGNED=aligned, W_BYTES=dtype.primitive_bitwidth // 8))
         yield ("cold", tm._cold_kernel, tm.NUM_WARPS,
                dict(w_table_ptr=I64, **blocks, **segs, state_ptr=I32, hist_ptr=I32, n_blocks="i32", n_seg="i32"),
