@@ -58,14 +58,16 @@ REP_MS = 60  # do_bench's measuring window per configuration
 # of a piece where a candidate pass reads a block's weights (cold path, overflowing slots): that path sets the
 # passes' registers (digit 2: 184 at 16, 128 at 4, sm_90, triton 3.6), and so how many programs fit per SM,
 # also on the warm path, which reads only slots; `guess_regs` the full read's register cap (64: four
-# programs of 8 warps per SM instead of three, for 8 bytes of spills with triton 3.6). Masked
+# programs of 8 warps per SM instead of three, for 8 bytes of spills with triton 3.6); `thread_major` its
+# rows as a thread holds them (GUESS_THREAD_MAJOR: a scan on one value per thread). Masked
 # Adam: `programs_per_sm` of the persistent grid, `num_warps`, `block` elements per block; in frozen mode
 # only, `frozen_live_list` (False: the block walk instead of the live-sector list), `live_rows` (sectors per
 # program of the list's build), `live_warps` (the build's warps), `live_build_per_sm` (0: a build program
 # per tile; else a grid-stride loop over that many per SM, each loading the next tile ahead) and
 # `live_chunk` (listed sectors per turn of the list walk). A value equal to the default is skipped.
 TOPK_ALTERNATIVES = {"block": (2048, 1024), "num_warps": (4, 16), "cand_warps": (2, 4), "slots_div": (8, 16),
-                     "cand_programs_per_sm": (0, 16, 64), "cand_piece": (8, 4), "guess_regs": (64,)}
+                     "cand_programs_per_sm": (0, 16, 64), "cand_piece": (8, 4), "guess_regs": (64,),
+                     "thread_major": (True,)}
 ADAM_ALTERNATIVES = {"programs_per_sm": (4, 16), "num_warps": (4, 16), "block": (512, 2048),
                      "frozen_live_list": (False,), "live_rows": (64, 256, 1024), "live_warps": (2, 8),
                      "live_build_per_sm": (8, 16), "live_chunk": (64, 256)}
@@ -255,13 +257,13 @@ class Sweep:
         defaults = dict(block=topk_mask.TOPK_BLOCK, num_warps=topk_mask.NUM_WARPS, cand_warps=topk_mask.CAND_WARPS,
                         slots_div=topk_mask.SLOTS_PER_BLOCK, cand_programs_per_sm=topk_mask.CAND_PROGRAMS_PER_SM,
                         cand_piece=topk_mask.CAND_PIECE // (32 * topk_mask.CAND_WARPS),
-                        guess_regs=topk_mask.GUESS_MAX_REGISTERS)
+                        guess_regs=topk_mask.GUESS_MAX_REGISTERS, thread_major=topk_mask.GUESS_THREAD_MAJOR)
 
         def run(knob, value, cfg):
             w = cfg["cand_warps"]
             knobs = dict(NUM_WARPS=cfg["num_warps"], CAND_WARPS=w, CAND_CHUNK=32 * w,
                          CAND_PIECE=cfg["cand_piece"] * 32 * w, CAND_PROGRAMS_PER_SM=cfg["cand_programs_per_sm"],
-                         GUESS_MAX_REGISTERS=cfg["guess_regs"])
+                         GUESS_MAX_REGISTERS=cfg["guess_regs"], GUESS_THREAD_MAJOR=cfg["thread_major"])
             with module_knobs(topk_mask, (topk_mask._plans, topk_mask._workspaces), **knobs):
                 self.measure(name, topk_mask, knob, value, cfg,
                              lambda: self.topk_first_calls(weights, counts, want, cfg))

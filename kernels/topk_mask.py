@@ -119,6 +119,28 @@ VEC = tl.constexpr(4)
 GUESS_MAX_REGISTERS = 80
 
 
+# Off (what was measured): the full read's row q is elements VEC*q.., and a thread holds rows t, t + 256, ...,
+# so its flat-order scan over 1,024 rows costs each thread four warp scans and their cross-warp step. On: a
+# thread's rows are consecutive in flat order (rows 4t..4t+3 = its 16 elements), so the scan runs on one value
+# per thread: 626 PTX instructions per thread to the exit instead of 736 and 9 shuffles instead of 27 (sm_90,
+# triton 3.6, fp32, aligned), 1.22 warp-instructions per element. Its loads are still 128-bit vectors, but a
+# warp's lanes read 64 bytes apart (each instruction touches 16 lines, not 4; the bytes read are the same).
+# Unmeasured on a GPU: a knob of bench/tune_kernels.py. Only with aligned pointers: the scalar accesses of the
+# unaligned variant then go through shared memory (26 barriers). Under the interpreter, GUESS_INTERPRETER_THREADS
+# stands for the threads, so that the tests' small blocks hold several rows per "thread".
+GUESS_THREAD_MAJOR = False
+GUESS_INTERPRETER_THREADS = 4
+
+
+def guess_threads(block: int, aligned: bool, device: torch.device) -> int:
+    """The full read's THREADS: how many threads share its BLOCK // VEC rows (each holding that many over
+    THREADS consecutive ones); BLOCK // VEC: a row each, the measured layout (see GUESS_THREAD_MAJOR)."""
+    rows = block // VEC.value
+    if not (GUESS_THREAD_MAJOR and aligned):
+        return rows
+    return min(rows, 32 * NUM_WARPS if device.type == "cuda" else GUESS_INTERPRETER_THREADS)
+
+
 def guess_max_registers(aligned: bool, w_bytes: int) -> int | None:
     """The full read's register cap (`maxnreg`) for its variant; None: ptxas's choice."""
     return GUESS_MAX_REGISTERS if aligned and w_bytes == 4 else None
@@ -321,7 +343,7 @@ def _prepare_kernel(seg_numel_ptr, keep_ptr, state_ptr, hist_ptr, WARM_START: tl
 @triton.jit
 def _guess_kernel(w_table_ptr, out_table_ptr, blk_seg_ptr, blk_start_ptr, seg_numel_ptr, state_ptr, slot_ptr,
                   count_ptr, DTYPE: tl.constexpr, BLOCK: tl.constexpr, SLOTS: tl.constexpr, ALIGNED: tl.constexpr,
-                  W_BYTES: tl.constexpr):
+                  W_BYTES: tl.constexpr, THREADS: tl.constexpr):
     pid = tl.program_id(0)
     seg = tl.load(blk_seg_ptr + pid)
     st = state_ptr + seg * STATE_COLS
@@ -331,7 +353,13 @@ def _guess_kernel(w_table_ptr, out_table_ptr, blk_seg_ptr, blk_start_ptr, seg_nu
         # The block as [BLOCK // VEC, VEC]: VEC consecutive elements per thread (one vector access when
         # ALIGNED), and the candidates' flat-order prefix as a scan along each thread's row plus one over
         # the rows (see VEC).
-        local = tl.arange(0, BLOCK // VEC)[:, None] * VEC + tl.arange(0, VEC)[None, :]
+        R: tl.constexpr = BLOCK // VEC
+        J: tl.constexpr = R // THREADS  # rows per thread, consecutive in flat order where > 1 (GUESS_THREAD_MAJOR)
+        q = tl.arange(0, R)
+        if J > 1:  # row q: thread q % THREADS's (q // THREADS)-th row, as a thread holds them
+            local = ((q % THREADS) * J + q // THREADS)[:, None] * VEC + tl.arange(0, VEC)[None, :]
+        else:
+            local = q[:, None] * VEC + tl.arange(0, VEC)[None, :]
         start = tl.load(blk_start_ptr + pid)
         offs = start + local
         numel = tl.load(seg_numel_ptr + seg)
@@ -357,10 +385,21 @@ def _guess_kernel(w_table_ptr, out_table_ptr, blk_seg_ptr, blk_start_ptr, seg_nu
         # Per row, its candidates in the high half and its elements above HI in the low half (each <= BLOCK
         # < 2**16): one scan over the rows and one sum serve both counts.
         row_packed = tl.sum((flags << 16) | above.to(tl.int32), 1)
-        row_before = (tl.cumsum(row_packed, 0) - row_packed) >> 16
+        if J > 1:
+            # Flat order is thread by thread: the scan over threads runs on one value per thread (a thread's
+            # J rows summed in its registers), then each row adds its thread's rows before it.
+            per_thread = tl.reshape(row_packed, [J, THREADS])
+            thread_sum = tl.sum(per_thread, 0)
+            before = (tl.cumsum(thread_sum, 0) - thread_sum)[None, :] + tl.cumsum(per_thread, 0) - per_thread
+            row_before = tl.reshape(before, [R]) >> 16
+        else:
+            row_before = (tl.cumsum(row_packed, 0) - row_packed) >> 16
         slot = row_before[:, None] + tl.cumsum(flags, 1) - flags
         tl.store(slot_ptr + pid * SLOTS + slot, ((bits - lo) << POS_BITS) | local, mask=cand & (slot < SLOTS))
-        totals = tl.sum(row_packed, 0)
+        if J > 1:
+            totals = tl.sum(thread_sum, 0)
+        else:
+            totals = tl.sum(row_packed, 0)
         n_cand = totals >> 16
         tl.store(count_ptr + pid, n_cand)
         # Fire and forget: the guess is judged in the next launch (`_guess_verdict`), so no program waits for
@@ -709,6 +748,7 @@ class _TopkPlan:
                 ("weights", weights, zero_pruned), ("out", out, True), ("exp_avgs", exp_avgs, True),
                 ("exp_avg_sqs", exp_avg_sqs, True)) for i, t in enumerate(seq)] + [("keep_counts", keep_t, False)])
         self.ws = workspace
+        self.device = device
         self.dtype = _utils.triton_dtype(weights[0].dtype)
         # Vector accesses in the full read (see VEC): a row of VEC weights, and of VEC mask bytes, aligned.
         self.aligned = (_utils.all_aligned(weights, VEC.value * weights[0].element_size())
@@ -775,8 +815,9 @@ def _launch_list(plan: _TopkPlan, block: int, slots: int, zero_pruned: bool, war
          dict(WARM_START=warm_start, num_warps=4)),
         ("_guess_kernel", grid, (ws.w_table, plan.out_table, ws.blk_seg, ws.blk_start, ws.seg_numel, ws.state,
                                  ws.slots, ws.counts),
-         dict(SLOTS=slots, ALIGNED=plan.aligned, W_BYTES=w_bytes, maxnreg=guess_max_registers(plan.aligned, w_bytes),
-              **common)),
+         dict(SLOTS=slots, ALIGNED=plan.aligned, W_BYTES=w_bytes,
+              THREADS=guess_threads(block, plan.aligned, plan.device),
+              maxnreg=guess_max_registers(plan.aligned, w_bytes), **common)),
         ("_cold_kernel", (ws.cold_programs,), (ws.w_table, ws.blk_seg, ws.blk_start, ws.seg_nblocks, ws.seg_numel,
                                                ws.state, ws.hist, ws.n_blocks, ws.n_seg),
          dict(SEGS=VERDICT_SEGS, **common)),

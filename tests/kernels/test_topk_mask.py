@@ -77,11 +77,14 @@ def test_topk_many_segments_of_very_different_sizes():
 # --- ties ----------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("thread_major", [False, True])
 @pytest.mark.parametrize("levels, slots", [(1, 4), (2, 16), (5, 4), (33, 8)])
-def test_topk_heavy_ties_quantised(levels, slots):
+def test_topk_heavy_ties_quantised(monkeypatch, levels, slots, thread_major):
     # Few distinct magnitudes (and both signs of each): the threshold value is shared by many elements
     # spread over many blocks, so the tie break by flat index decides most of the mask. With few slots most
     # blocks overflow (and re-read their weights); with all 16, the candidates are ranked from the slots.
+    # thread_major: the full read's rows as a thread holds them (GUESS_THREAD_MAJOR, 2 rows per "thread").
+    _thread_major(monkeypatch, thread_major, threads=2)
     weights = [(torch.randint(-levels, levels + 1, s, device=DEVICE) / 4.0) for s in [(700,), (13, 17), (40,)]]
     for _ in range(3):
         assert_same_masks(weights, random_counts(weights), block=16, slots=slots)
@@ -246,15 +249,28 @@ def test_topk_tie_scan_carries_across_chunks(monkeypatch):
     assert int(ws.ties) == 0  # the fix-up zeroed the count of segments with a tie to break
 
 
+def _thread_major(monkeypatch, on: bool, threads: int) -> None:
+    """The full read's thread-major rows (GUESS_THREAD_MAJOR) with `threads` standing for the threads."""
+    from kernels import topk_mask
+
+    monkeypatch.setattr(topk_mask, "GUESS_THREAD_MAJOR", on)
+    monkeypatch.setattr(topk_mask, "GUESS_INTERPRETER_THREADS", threads)
+
+
+@pytest.mark.parametrize("thread_major", [False, True])
 @pytest.mark.parametrize("grid_stride", [False, True])
 @pytest.mark.parametrize("zero_pruned", [False, True])
-def test_topk_candidate_passes_loop_over_chunks_and_pieces(monkeypatch, zero_pruned, grid_stride):
+def test_topk_candidate_passes_loop_over_chunks_and_pieces(monkeypatch, zero_pruned, grid_stride, thread_major):
     # The passes after the full read walk a block's used slots a chunk at a time, and its weights (overflow,
     # cold path, zeroing) a piece at a time: shrunk here so that both loops take several turns, with the tie
     # rank carried from one turn to the next. Every 7th weight of the first tensor is 0.75 and T = 0.75 keeps
     # half of them, from the slots; the second tensor has few levels, so its blocks overflow their slots.
     # grid_stride: the candidate passes on 2 programs that loop over the 16 blocks (CAND_PROGRAMS_PER_SM).
+    # thread_major: the full read's 16 rows of a block as 4 "threads" of 4 consecutive rows (GUESS_THREAD_MAJOR).
     from kernels import topk_mask
+
+    _thread_major(monkeypatch, thread_major, threads=4)
+    assert topk_mask.guess_threads(64, True, torch.device(DEVICE)) == (4 if thread_major and DEVICE == "cpu" else 16)
 
     monkeypatch.setattr(topk_mask, "CAND_CHUNK", 4)
     monkeypatch.setattr(topk_mask, "CAND_PIECE", 16)
