@@ -396,6 +396,7 @@ def _guess_kernel(w_table_ptr, out_table_ptr, blk_seg_ptr, blk_start_ptr, seg_nu
             row_before = (tl.cumsum(row_packed, 0) - row_packed) >> 16
         slot = row_before[:, None] + tl.cumsum(flags, 1) - flags
         tl.store(slot_ptr + pid * SLOTS + slot, ((bits - lo) << POS_BITS) | local, mask=cand & (slot < SLOTS))
+        # The totals after the slots' stores: summed before them, ptxas gave the full read 80 registers, not 72.
         if J > 1:
             totals = tl.sum(thread_sum, 0)
         else:
