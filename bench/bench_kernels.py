@@ -466,9 +466,10 @@ def launch_anatomy_us(fn, module, reps: int = 20, event=None) -> dict:
 
 
 def host_cost_us(op: str, device, width: int = 3, calls: int = 200, repeats: int = 7) -> float:
-    """Host microseconds per call of `op` ('topk', 'adam', or 'adam_new_grads': new gradient tensors at every
-    call, as autograd makes them after `zero_grad(set_to_none=True)`) on DQN-Impala's tensors at `width`,
-    launches stubbed; the minimum over `repeats` medians-of-`calls` (robust to a busy machine)."""
+    """Host microseconds per call of `op` ('topk', 'adam', 'adam_new_grads': new gradient tensors at every
+    call, as autograd makes them after `zero_grad(set_to_none=True)`, or 'adam_new_plan': every tensor new, so
+    every call validates and tables them all) on DQN-Impala's tensors at `width`, launches stubbed; the minimum
+    over `repeats` medians-of-`calls` (robust to a busy machine)."""
     import kernels
 
     shapes = impala_param_shapes(width)
@@ -480,7 +481,7 @@ def host_cost_us(op: str, device, width: int = 3, calls: int = 200, repeats: int
 
         def call():
             kernels.topk_magnitude_masks(weights, keep, out=out)
-    elif op in ("adam", "adam_new_grads"):
+    elif op in ("adam", "adam_new_grads", "adam_new_plan"):
         grads = [torch.randn_like(p) for p in params]
         m, v = [torch.zeros_like(p) for p in params], [torch.zeros_like(p) for p in params]
         masks = [torch.ones(p.shape, dtype=torch.bool, device=device) if p.dim() > 1 else None for p in params]
@@ -498,6 +499,9 @@ def host_cost_us(op: str, device, width: int = 3, calls: int = 200, repeats: int
             for _ in range(calls):
                 if op == "adam_new_grads":  # as after zero_grad(set_to_none=True): new tensors, untimed
                     grads = [torch.empty_like(p) for p in params]
+                elif op == "adam_new_plan":
+                    params, grads, m, v = [[torch.zeros_like(p) for p in params] for _ in range(4)]
+                    masks = [None if k is None else torch.ones_like(k) for k in masks]
                 start = time.perf_counter()
                 call()
                 times.append(time.perf_counter() - start)

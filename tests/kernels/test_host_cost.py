@@ -45,10 +45,13 @@ def test_host_cost_per_call_under_target(op, monkeypatch):
 
 def test_new_gradient_tensors_cost_a_rebinding_not_a_new_plan(monkeypatch):
     """After zero_grad(set_to_none=True) every call has new gradients: only they are checked and tabled
-    (~130 us here; validating and tabling everything again, as before, cost ~480 us on the same CPU)."""
+    (125 us on an idle CPU here, against 910 us for a call whose tensors are all new, which validates and
+    tables everything; a plan rebuilt for new gradients took 946). Against that new plan timed in the same
+    test, since under CI's load the time alone varies ~2x (a bound of 240 us once failed at 248)."""
     monkeypatch.setenv("PRUNERL_KERNELS", "triton")
-    us = _least_host_cost_us("adam_new_grads", 8 * TARGET_US, calls=50, repeats=5)
-    assert us < 8 * TARGET_US, f"{us:.1f} us per call with new gradient tensors"
+    new_grads = bench_kernels.host_cost_us("adam_new_grads", "cpu", width=3, calls=50, repeats=5)
+    new_plan = bench_kernels.host_cost_us("adam_new_plan", "cpu", width=3, calls=20, repeats=5)
+    assert new_grads < 0.6 * new_plan, f"new gradients {new_grads:.1f} us per call, a new plan {new_plan:.1f} us"
 
 
 def test_stubbed_launches_launch_nothing(monkeypatch):
