@@ -17,9 +17,10 @@ bench_kernels = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(bench_kernels)
 
 TARGET_US = 30.0
-# CI machines differ in speed and load: the test fails above 1.5x the target (the uncached calls cost 5-14x
-# it), and bench/host_cost.py records the measured figure against the target itself.
-CI_LIMIT_US = 1.5 * TARGET_US
+# CI machines differ in speed and load: the test fails above 2.5x the target (the uncached calls cost 5-14x
+# it; a loaded 2-core run slows the cached ones ~1.7x: masked Adam's 28 us to ~48), and bench/host_cost.py
+# records the measured figure against the target itself.
+CI_LIMIT_US = 2.5 * TARGET_US
 # A busy moment on a shared machine can hold for all of one measurement (~1 s; a CI run once measured 48 us
 # where 28 is usual): a cost over the limit is measured again, up to this many times in all. A regression to
 # uncached calls stays over it every time.
