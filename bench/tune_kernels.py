@@ -137,9 +137,11 @@ def combined_config(rows: list[dict], name: str, defaults: dict, alternatives: d
     else:
         right = sorted((r for r in rows if r["name"] == name and r["correct"] and r["ms"]), key=lambda r: r["ms"])
         base = min((r["ms"] for r in right if r["knob"] == "default"), default=None)
+        if base is None:
+            return None
         best = {}
-        for r in right:
-            if base and r["knob"] in defaults and r["knob"] not in best and r["ms"] < base * (1 - COMBINE_MARGIN):
+        for r in right:  # fastest first: a knob's first row that beats the defaults is its best alternative
+            if r["knob"] in defaults and r["knob"] not in best and r["ms"] < base * (1 - COMBINE_MARGIN):
                 best[r["knob"]] = r["value"]
     if len(best) < 2:
         return None

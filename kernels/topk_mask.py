@@ -133,8 +133,9 @@ GUESS_INTERPRETER_THREADS = 4
 
 
 def guess_threads(block: int, aligned: bool, device: torch.device) -> int:
-    """The full read's THREADS: how many threads share its BLOCK // VEC rows (each holding that many over
-    THREADS consecutive ones); BLOCK // VEC: a row each, the measured layout (see GUESS_THREAD_MAJOR)."""
+    """The full read's THREADS: among how many threads its BLOCK // VEC rows are shared, each thread holding
+    (BLOCK // VEC) // THREADS consecutive ones; THREADS = BLOCK // VEC is a row each, the measured layout
+    (see GUESS_THREAD_MAJOR)."""
     rows = block // VEC.value
     if not (GUESS_THREAD_MAJOR and aligned):
         return rows
@@ -833,6 +834,7 @@ def _launch_list(plan: _TopkPlan, block: int, slots: int, zero_pruned: bool, war
                                       ws.seg_numel, ws.state, ws.slots, ws.counts, ws.eq, ws.ties, ws.n_blocks),
          dict(ZERO_WEIGHTS=zero_pruned, ZERO_MOMENTS=plan.zero_moments, SLOT_LIMIT=-1 if zeroing else slots, **cand)),
     ]
+
 
 def select_stats(weights: Sequence[torch.Tensor], *, block: int = TOPK_BLOCK, slots: int | None = None) -> dict | None:
     """What the last call on these weights did: per segment, whether the warm-start guess held (`warm`),

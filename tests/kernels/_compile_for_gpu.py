@@ -45,11 +45,11 @@ def variants():
                dict(WARM_START=warm))
     slots = dict(slot_ptr=I32, count_ptr=I32)
     chunk = dict(CHUNK=min(tm.CAND_CHUNK, shape["SLOTS"]), PIECE=tm.CAND_PIECE)
-    rows = tm.TOPK_BLOCK // tm.VEC.value
+    guess_rows = tm.TOPK_BLOCK // tm.VEC.value
     for dtype in (tl.float32, tl.float16, tl.bfloat16):
         # A row per thread's row (the measured layout), and with aligned pointers a thread's rows consecutive
         # (GUESS_THREAD_MAJOR).
-        for aligned, threads in ((False, rows), (True, rows), (True, 32 * tm.NUM_WARPS)):
+        for aligned, threads in ((False, guess_rows), (True, guess_rows), (True, 32 * tm.NUM_WARPS)):
             yield ("guess", tm._guess_kernel, tm.NUM_WARPS,
                    dict(w_table_ptr=I64, out_table_ptr=I64, **blocks, seg_numel_ptr=I32, state_ptr=I32, **slots),
                    dict(DTYPE=dtype, **shape, ALIGNED=aligned, W_BYTES=dtype.primitive_bitwidth // 8, THREADS=threads))
