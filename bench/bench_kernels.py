@@ -323,7 +323,7 @@ def test_mask_selection(benchmark, run_info, case, sparsity, provider):
         stats = topk_mask.select_stats(weights)
         frac = stats["candidates"] / n
         info = dict(candidate_frac=frac, launches=topk_mask.LAUNCHES, anatomy_us=anatomy,
-                    guess_held=sum(stats["warm"]) / len(stats["warm"]),
+                    call_host_us=call_host_us(fn), guess_held=sum(stats["warm"]) / len(stats["warm"]),
                     model_bytes=mask_model_bytes(n, frac, warm=provider == "triton"))
     measure(benchmark, fn, run_info=run_info, op_bytes=mask_op_bytes(n), op="mask_selection", provider=provider,
             case=case, sparsity=sparsity, n_params=n, n_tensors=len(shapes),
@@ -374,7 +374,8 @@ def test_masked_adam(benchmark, run_info, case, sparsity, provider):
         from kernels import masked_adam
 
         info = dict(model_bytes=adam_provider_bytes(numels, masked, sparsity, provider),
-                    launches=masked_adam.launches(mode), anatomy_us=launch_anatomy_us(fn, masked_adam))
+                    launches=masked_adam.launches(mode), anatomy_us=launch_anatomy_us(fn, masked_adam),
+                    call_host_us=call_host_us(fn))
     measure(benchmark, fn, run_info=run_info,
             op_bytes=adam_op_bytes(numels, masked, sparsity, mode == "frozen",
                                    pruned_are_zero=provider.endswith("_pz")),
@@ -451,18 +452,59 @@ def timed_launches(module, event=None):
         yield records
 
 
-def launch_anatomy_us(fn, module, reps: int = 20, event=None) -> dict:
-    """Median device microseconds of each launch of `module`'s kernels over `reps` calls of `fn` (eager, with
-    an event between launches: the anatomy of one call, for the next GPU run to see where the time goes)."""
+_SLEEP_CYCLES_PER_S: list[float] = []
+
+
+def device_delay(seconds: float) -> None:
+    """Queue `seconds` of busy-waiting on the current CUDA stream (`torch.cuda._sleep`, calibrated once), so that
+    the host can queue what follows before the device reaches it."""
+    if not _SLEEP_CYCLES_PER_S:
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        torch.cuda._sleep(10**7)
+        end.record()
+        end.synchronize()
+        _SLEEP_CYCLES_PER_S.append(1e7 / (start.elapsed_time(end) * 1e-3))
+    torch.cuda._sleep(int(seconds * _SLEEP_CYCLES_PER_S[0]))
+
+
+def launch_anatomy_us(fn, module, reps: int = 20, event=None, delay=None) -> dict:
+    """Median device microseconds of each launch of `module`'s kernels over `reps` calls of `fn`, an event
+    between launches: the anatomy of one call, for the next GPU run to see where the time goes.
+
+    Each call is queued behind `delay(seconds)` (on CUDA: `device_delay`) of twice a call's host time, so the
+    device reaches the call's launches only once the host has queued them all: the events then time the device
+    alone. Without it, every launch was timed with the host's launch cost (~85 us per Triton launch on the
+    H200 machine's host, more than any kernel at Impala w3 takes). L2 is not flushed between calls."""
+    if delay is None and torch.cuda.is_available():
+        delay = device_delay
     times: dict = {}
     with timed_launches(module, event) as records:
+        fn()  # warm, and the host time of a timed call
+        start = time.perf_counter()
+        fn()
+        host_s = time.perf_counter() - start
+        del records[:]
         for _ in range(reps):
+            if delay is not None:
+                delay(2 * host_s)
             fn()
     if torch.cuda.is_available():
         torch.cuda.synchronize()
     for name, start, end in records:
         times.setdefault(name, []).append(start.elapsed_time(end) * 1e3)
     return {name: sorted(us)[len(us) // 2] for name, us in times.items()}
+
+
+def call_host_us(fn, reps: int = 20) -> float:
+    """Median host microseconds of one eager call of `fn`, its launches real (asynchronous: the host's side of
+    the eager times, which exceed the device's where this is the larger)."""
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1e6
 
 
 def host_cost_us(op: str, device, width: int = 3, calls: int = 200, repeats: int = 7) -> float:

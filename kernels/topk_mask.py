@@ -62,9 +62,10 @@ slot written once and read three times; Gaussian weights at 50-99% sparsity and 
 path issues ~2 warp-instructions per element (the full read ~1.44 with aligned pointers, see VEC, 1.47
 with the last-block check it had until git aa9e7ba, ~1.8 before rows of VEC; each digit pass ~0.2, the
 fix-up ~0.07), against ~17 before this design (12 in the full read's 2048-bin histogram). At that count an
-H200 (132 SMs x 4 schedulers x 1.98 GHz) would issue the full read of 50M in ~70 us, against 202 us
-measured (git 484c6fe7) and 59 us for one read: it is latency-bound, not issue-bound, with 3 programs per
-SM that each wait on their loads, their scans and (until git aa9e7ba) the last-block atomic. The warm
+H200 (132 SMs x 4 schedulers x 1.98 GHz) would issue the full read of 50M in ~70 us, against at most 202
+us measured (git 484c6fe7; an upper bound: that anatomy's events also timed the host's launch cost) and 59
+us for one read: it looks latency-bound, not issue-bound, with 3 programs per SM that each wait on their
+loads, their scans and (until git aa9e7ba) the last-block atomic. The warm
 start is a guess: a wrong one costs the cold path, never a wrong mask.
 Registers (ptxas, sm_90, triton 3.6, no local memory): the full read 72 per thread (fp32, aligned; capped
 at GUESS_MAX_REGISTERS: 3 programs of 8 warps per SM), the candidate passes 63-211 (1 warp each), the cold

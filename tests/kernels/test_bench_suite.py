@@ -96,8 +96,16 @@ def test_launch_anatomy_times_each_launch_of_a_call():
         fn()
     assert [name for name, _, _ in records] == ["prepare", "guess", "cold", "digit2", "digit3", "tie", "fixup"]
     assert len(records) == topk_mask.LAUNCHES
-    anatomy = bench_kernels.launch_anatomy_us(fn, topk_mask, reps=3, event=FakeEvent)
+    delays = []  # (seconds, the clock then): each call must be queued behind a delay of twice its host time
+
+    def delay(seconds):
+        delays.append((seconds, clock[0]))
+
+    anatomy = bench_kernels.launch_anatomy_us(fn, topk_mask, reps=3, event=FakeEvent, delay=delay)
     assert list(anatomy) == [name for name, _, _ in records] and all(us == 1.0 for us in anatomy.values())
+    assert len(delays) == 3 and all(seconds > 0 for seconds, _ in delays)
+    # the two untimed calls first (warm, host time), then each timed call's 14 records right after its delay
+    assert [tick for _, tick in delays] == [clock[0] - 14 * (3 - i) for i in range(3)]
     assert all(torch.equal(a, b) for masks in calls for a, b in zip(masks, want))  # the kernels really ran
     assert topk_mask._guess_kernel is not None and hasattr(topk_mask._guess_kernel, "fn")  # and are restored
 
@@ -115,7 +123,7 @@ def test_proof_subset_covers_every_target():
         assert ("flat_50M", s, p) in adam
 
 
-def _fake_results(path, mask_params, adam_params, ms_of=None):
+def _fake_results(path, mask_params, adam_params, ms_of=None, call_host_us=None):
     benches = []
     facts = dict(device="fake GPU", copy_gbps=3000.0)
     for op, params in (("mask_selection", mask_params), ("masked_adam", adam_params)):
@@ -127,6 +135,8 @@ def _fake_results(path, mask_params, adam_params, ms_of=None):
                 info.update(model_bytes=2 * 10**6, launches=6)
                 if op == "mask_selection":
                     info.update(anatomy_us=dict(prepare=2.0, guess=30.0, cold=3.0))
+                    if call_host_us is not None:
+                        info.update(call_host_us=call_host_us)
             benches.append({"name": f"{op}-{case}-{s}-{p}", "extra_info": info, "stats": {}})
     for p, us in (("triton_topk", 12.0), ("triton_adam", 41.0)):
         benches.append({"name": p, "extra_info": dict(op="host_cost", case="impala_w3", sparsity=0.0, provider=p,
@@ -144,6 +154,20 @@ def test_summarize_writes_markdown_and_plot(tmp_path, capsys):
     assert "| case | sparsity | provider | prepare | guess | cold | sum |" in text and "| 2 | 30 | 3 | 35 |" in text
     assert (tmp_path / "out" / "fake.png").stat().st_size > 10_000
     assert "Kernel benchmarks" in capsys.readouterr().out
+
+
+def test_summarize_says_how_the_anatomy_was_timed(tmp_path):
+    """Results with the host's time per call come from anatomies queued behind a device delay (device time
+    alone); older ones timed the host's launch cost too, and their table says so."""
+    for host, how, header in ((None, "the host's launch cost included", "| cold | sum |"),
+                              (480.0, "each call queued behind a device delay", "| cold | sum | host per call |")):
+        src = tmp_path / f"r{host}.json"
+        _fake_results(src, bench_kernels.mask_params("proof"), bench_kernels.adam_params("proof"),
+                      call_host_us=host)
+        summarize.main([str(src), "--out-dir", str(tmp_path / f"out{host}")])
+        text = (tmp_path / f"out{host}" / f"r{host}.md").read_text()
+        assert how in text and header in text
+        assert host is None or "| 2 | 30 | 3 | 35 | 480 |" in text
 
 
 def test_target_rows_judge_each_target(tmp_path):
