@@ -1,7 +1,7 @@
 """The GPU proof: one command that measures every GPU claim of the project within one short GPU loan.
 
     python3 bench/gpu_proof.py                        # on the GPU machine, with .whl/ from `make gpu-wheels`
-    python3 bench/gpu_proof.py --dry-run              # the rehearsal: every step on the CPU, tiny, in 70 s
+    python3 bench/gpu_proof.py --dry-run              # the rehearsal: every step on the CPU, tiny, in 150 s at most
     python3 bench/gpu_proof.py --steps e2e,learning --budget-s 240    # rerun some steps
 
 Steps, in order, each in its own subprocess with its own time limit, so that one broken step cannot cost the
@@ -52,7 +52,7 @@ DEFAULT_BUDGET_S = 540.0
 PLAN_S = {"install": 10, "environment": 15, "correctness": 125, "kernels": 45, "e2e": 160, "profile": 35,
           "learning": 100, "atari100k": 40}
 RESERVE_S = 10.0  # kept for the summary and the copies to $OUT
-DRY_BUDGET_S = 70.0
+DRY_BUDGET_S = 150.0  # generous: a slow or busy 2-core machine took over 70 s (steps killed)
 DRY_PLAN_S = {"install": 1, "environment": 5, "correctness": 8, "kernels": 5, "e2e": 15, "profile": 7, "learning": 9,
               "atari100k": 12}
 DRY_RESERVE_S = 4.0

@@ -50,7 +50,7 @@ def test_dry_run_exercises_every_step_the_layout_and_the_copy_to_out(tmp_path):
     out = tmp_path / "out"
     env = {**os.environ, "OUT": str(out), "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     env.pop("TRITON_INTERPRET", None)  # the proof's children decide for themselves, as on the GPU machine
-    # A larger budget than the default 70 s only lengthens the steps' time limits (the dry run's sizes are
+    # A larger budget than the default 150 s only lengthens the steps' time limits (the dry run's sizes are
     # fixed), so that a loaded CI machine does not time a step out.
     proc = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_proof.py"), "--dry-run", "--budget-s", "240",
                            "--results-root", str(tmp_path / "results"), "--sha", "testsha0",
@@ -105,7 +105,7 @@ def test_budget_too_small_skips_steps_and_says_so(tmp_path, monkeypatch, capsys)
     assert rc == 1
     steps = json.loads((tmp_path / "cpu-dry-run_s" / "steps.json").read_text())["steps"]
     # install always runs (it is quick, and every later step needs it), even where its share of the budget is
-    # under a step's minimum, as in the default 70 s dry run
+    # under a step's minimum, as in the default 150 s dry run
     assert {name: s["status"] for name, s in steps.items()} == {"install": "ok", "e2e": "skipped",
                                                                "learning": "skipped"}
     summary = (tmp_path / "cpu-dry-run_s" / "summary.md").read_text()
