@@ -601,6 +601,8 @@ class Trainer:
         if evaluation is not None:
             self._log({"charts/eval_score": evaluation.score, "charts/eval_episodes": evaluation.episodes,
                        "charts/eval_steps": evaluation.steps})
+        # The iteration is over: its episodes must not count in the next one's score after a resume from here.
+        self.iteration_returns = []
         if self.iteration % self.cfg.checkpoint_every == 0 or self.agent_steps >= self.cfg.total_steps:
             self.save()
         return row["total_sparsity"]

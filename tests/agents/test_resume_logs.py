@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import agents.train as train_module
-from agents.checkpoint import load_latest_checkpoint
+from agents.checkpoint import latest_checkpoint, load_checkpoint, load_latest_checkpoint
 from agents.train import Trainer
 from tests.agents.chain_env import ChainEnv
 from tests.agents.test_learning import chain_config, fast_dqn
@@ -75,6 +75,27 @@ def test_an_iteration_interrupted_by_max_minutes_scores_every_episode_logged_in_
         assert float(row["score"]) == pytest.approx(np.mean(returns)), row
         previous = int(row["agent_steps"])
     assert sum(int(r["episodes"]) for r in iterations) == len(episodes)
+
+
+def test_a_run_resumed_from_an_iteration_end_scores_only_the_episodes_after_it(tmp_path):
+    """A kill right after an iteration's checkpoint: the next iteration's score must not count the finished
+    iteration's episodes again (its checkpoint once held them)."""
+    cfg, run = config(), tmp_path / "run"
+    cfg.keep_checkpoints = 3
+    assert Trainer(cfg, run, env=ChainEnv(num_envs=2)).run()["finished"]
+    for ckpt in sorted((run / "checkpoints").glob("ckpt_*.pt")):
+        assert load_checkpoint(ckpt)["iteration_returns"] == [], ckpt.name
+    first = read_csv(run / "iterations.csv")
+    latest_checkpoint(run / "checkpoints").unlink()  # as if killed before the last checkpoint
+    (run / "summary.json").unlink()
+    assert resume(cfg, run).run()["finished"]
+
+    iterations, episodes = read_csv(run / "iterations.csv"), read_csv(run / "episodes.csv")
+    assert [int(r["iteration"]) for r in iterations] == [1, 2, 3] and iterations[:2] == first[:2]
+    start = int(iterations[1]["agent_steps"])
+    returns = [float(e["return"]) for e in episodes if int(e["agent_steps"]) > start]
+    assert returns and int(iterations[2]["episodes"]) == len(returns)
+    assert float(iterations[2]["score"]) == pytest.approx(np.mean(returns))
 
 
 def _tensorboard_scalars(tb_dir):
