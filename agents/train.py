@@ -622,6 +622,11 @@ class Trainer:
             summary.update(self.pruner.sparsity_report())
             summary["total_sparsity"] = summary["sparsity/total"]
         summary.update(self._sparsity_verdict(summary.get("sparsity/prunable", 0.0)))
+        if summary.get("schedule_short_of_target"):
+            print(f"warning: the run finished at prunable sparsity {summary['sparsity/prunable']:.3f}: its pruning "
+                  f"schedule ends at {summary['scheduled_sparsity']:.3f}, short of its final sparsity "
+                  f"{summary['target_sparsity']:g} (summary.json flags it; agents.report leaves it out of the "
+                  "aggregates)", file=sys.stderr)
         _write_json(self.run_dir / "summary.json", summary)
         self.close()
         return summary
@@ -647,6 +652,11 @@ class Trainer:
             expected = cfg.min_grad_steps(self.env.num_envs, self.agent_steps)
             verdict["scheduled_sparsity"] = self.pruner.scheduled_sparsity(expected)
             verdict["below_target_sparsity"] = measured < verdict["scheduled_sparsity"]
+            # A finished run whose own schedule stopped short of where the whole schedule ends (a window set
+            # beyond the run): not the experiment its config names, though it followed its schedule.
+            whole_schedule = self.pruner.scheduled_sparsity(sys.maxsize)  # the final keep counts, rounded
+            verdict["schedule_short_of_target"] = (not self.stopped_early
+                                                   and verdict["scheduled_sparsity"] < whole_schedule)
         return verdict
 
     def _measured_sparsity(self) -> float:

@@ -238,6 +238,11 @@ def trainer_flags(summary: dict) -> dict[str, str]:
         target = summary.get("scheduled_sparsity", summary.get("target_sparsity"))
         numbers = [f"{x:.3g}" for x in (measured, target) if isinstance(x, int | float) and not isinstance(x, bool)]
         flags["below target sparsity"] = f"sparsity {' < target '.join(numbers)}" if len(numbers) == 2 else ""
+    if summary.get("schedule_short_of_target") is True:
+        scheduled, target = summary.get("scheduled_sparsity"), summary.get("target_sparsity")
+        numbers = [f"{x:.3g}" for x in (scheduled, target) if isinstance(x, int | float) and not isinstance(x, bool)]
+        flags["pruning schedule short of its target"] = (f"schedule ends at {' < target '.join(numbers)}"
+                                                         if len(numbers) == 2 else "")
     return flags
 
 

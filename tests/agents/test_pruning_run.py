@@ -37,6 +37,7 @@ def test_short_run_with_a_late_window_reaches_its_final_sparsity(tmp_path, capsy
     assert summary["sparsity/prunable"] == pytest.approx(0.9, abs=0.005)
     assert summary == _summary(tmp_path, "run")
     assert summary["target_sparsity"] == 0.9 and summary["below_target_sparsity"] is False
+    assert summary["schedule_short_of_target"] is False
     assert summary["scheduled_sparsity"] == trainer.pruner.scheduled_sparsity(125) == summary["sparsity/prunable"]
 
 
@@ -46,6 +47,18 @@ def test_run_stopped_by_its_own_schedule_is_not_below_target(tmp_path, capsys):
     summary = trainer.run()
     assert 0.05 < summary["sparsity/prunable"] < 0.5  # the schedule at step 125 of [45, 400]
     assert summary["below_target_sparsity"] is False and summary["target_sparsity"] == 0.9
+    # ... but it is not the 90% run its config names: flagged, and said at the end
+    assert summary["schedule_short_of_target"] is True
+    assert "the run finished at prunable sparsity" in capsys.readouterr().err
+
+
+def test_run_that_never_prunes_is_flagged(tmp_path, capsys):
+    trainer = Trainer(_short_run_config(start_step=300, end_step=400, update_freq=20), tmp_path / "run",
+                      env=ChainEnv(num_envs=3))
+    assert "it never prunes" in capsys.readouterr().err
+    summary = trainer.run()
+    assert summary["sparsity/prunable"] == 0.0 and summary["schedule_short_of_target"] is True
+    assert "short of its final sparsity 0.9" in capsys.readouterr().err
 
 
 def test_run_resumed_without_its_replay_ends_below_target(tmp_path):

@@ -54,6 +54,17 @@ def test_flagged_runs_are_named_and_left_out_unless_allowed(tmp_path, capsys):
     assert "partial (--allow-incomplete): resumed without its replay" in (out / "report.md").read_text()
 
 
+def test_a_finished_run_whose_schedule_never_reached_its_target_is_left_out(tmp_path, capsys):
+    short = {**CLEAN, "schedule_short_of_target": True, "scheduled_sparsity": 0.0, "sparsity/prunable": 0.0}
+    root = _runs(tmp_path / "runs", {(0.95, "Pong", 0): short})
+    out = tmp_path / "r"
+    assert report.main([str(root), "--out", str(out), "--reps", "50", "--no-figures"]) == 0
+    pruned = summary(out)["95% pruned"]
+    assert "pruning schedule short of its target: Pong seed 0 (schedule ends at 0 < target 0.95)" in pruned["flags"]
+    assert pruned["final"] is None and summary(out)["dense"]["final"] is not None
+    assert "schedule ends at 0 < target 0.95 (summary.json)" in capsys.readouterr().err
+
+
 def test_runs_without_flags_or_with_false_flags_are_trusted(tmp_path):
     root = tmp_path / "runs"
     for sparsity, game, seed in product((0.0, 0.95), GAMES, SEEDS):  # an older trainer: no such keys at all
