@@ -151,7 +151,7 @@ def _progress(curves: list[list[dict]]) -> tuple[str, str]:
 
 def _title(fig, title: str, note: str) -> None:
     width = int(fig.get_figwidth() * 11)  # about 11 characters per inch at this font size
-    text = title + ("\n" + textwrap.fill(f"[{note}]", width) if note else "")
+    text = textwrap.fill(title, width) + ("\n" + textwrap.fill(f"[{note}]", width) if note else "")
     fig.suptitle(text, fontsize=11)
 
 

@@ -183,3 +183,20 @@ def test_offline_runs_are_plotted_against_gradient_updates(tmp_path, monkeypatch
     assert rows and all(float(r["frames"]) == 0 for r in rows)
     assert labels and set(labels) == {"Gradient updates"}, labels
     assert (out / "iqm_curves.png").exists() and (out / "sparsity_schedule.png").exists()
+
+
+def test_figure_titles_wrap_to_the_figure_width():
+    """A one-panel figure is narrow: its title wraps rather than running off both sides (it once did)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from agents.report.figures import _title
+
+    fig = plt.figure(figsize=(3.8, 3.7))
+    _title(fig, "Gradient covariance (per-sample TD-loss gradients on a fixed batch)", "a note " * 12)
+    lines = fig._suptitle.get_text().splitlines()
+    plt.close(fig)
+    assert len(lines) > 2 and max(len(line) for line in lines) <= int(3.8 * 11)
+    assert " ".join(lines).startswith("Gradient covariance (per-sample TD-loss gradients on a fixed batch)")
