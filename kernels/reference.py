@@ -20,6 +20,7 @@ Ops
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 
 import torch
@@ -28,16 +29,45 @@ MOMENTS_MODES = ("faithful", "reset", "frozen")
 
 
 def _check_keep_counts(weights: Sequence[torch.Tensor], keep_counts) -> list[int]:
+    if isinstance(keep_counts, torch.Tensor) and (keep_counts.dtype.is_floating_point or keep_counts.dtype.is_complex
+                                                  or keep_counts.dtype == torch.bool):
+        raise TypeError(f"keep_counts must be an integer tensor, got {keep_counts.dtype}")
     counts = keep_counts.tolist() if isinstance(keep_counts, torch.Tensor) else list(keep_counts)
     if len(counts) != len(weights):
         raise ValueError(f"got {len(weights)} weight tensors but {len(counts)} keep counts")
     for i, (w, k) in enumerate(zip(weights, counts)):
+        if isinstance(k, bool | float | complex) or not isinstance(k, numbers.Integral):  # 2.5 would become 2
+            raise TypeError(f"keep_counts[{i}] = {k!r} ({type(k).__name__}); keep counts must be integers (round "
+                            "them first, e.g. agents.pruning.keep_count)")
         if not (0 <= int(k) <= w.numel()):
             raise ValueError(f"keep_counts[{i}] = {k} is outside [0, {w.numel()}] for a tensor of shape "
                              f"{tuple(w.shape)}")
         if w.is_complex() or not w.is_floating_point():
             raise TypeError(f"weights[{i}] has dtype {w.dtype}; magnitude pruning needs a real floating tensor")
     return [int(k) for k in counts]
+
+
+def check_mask_outputs(weights: Sequence[torch.Tensor], out, exp_avgs, exp_avg_sqs) -> None:
+    """The optional in-place outputs of the mask ops: as many as the weights, each of its weight's shape and
+    device, bool masks and float32 moments (the Triton launcher adds its own layout checks)."""
+    if (exp_avgs is None) != (exp_avg_sqs is None):
+        raise ValueError("give both exp_avgs and exp_avg_sqs, or neither")
+    for name, seq, dtype in (("out", out, torch.bool), ("exp_avgs", exp_avgs, torch.float32),
+                             ("exp_avg_sqs", exp_avg_sqs, torch.float32)):
+        if seq is None:
+            continue
+        seq = list(seq)
+        if len(seq) != len(weights):
+            raise ValueError(f"got {len(weights)} weights but {len(seq)} {'out masks' if name == 'out' else name}")
+        for i, (t, w) in enumerate(zip(seq, weights)):
+            if not isinstance(t, torch.Tensor):
+                raise TypeError(f"{name}[{i}] must be a tensor, got {type(t).__name__}")
+            if t.dtype != dtype:
+                raise TypeError(f"{name}[{i}] has dtype {t.dtype}; expected {dtype}")
+            if t.shape != w.shape:
+                raise ValueError(f"{name}[{i}] has shape {tuple(t.shape)}, weights[{i}] has {tuple(w.shape)}")
+            if t.device != w.device:
+                raise ValueError(f"{name}[{i}] is on {t.device}, weights[{i}] on {w.device}")
 
 
 @torch.no_grad()
@@ -49,6 +79,7 @@ def topk_magnitude_masks_ref(weights: Sequence[torch.Tensor], keep_counts, *, ou
     `exp_avgs` / `exp_avg_sqs` (Adam moments) are set to 0 at pruned entries (the "reset" option).
     """
     counts = _check_keep_counts(weights, keep_counts)
+    check_mask_outputs(weights, out, exp_avgs, exp_avg_sqs)
     masks = []
     for w, k in zip(weights, counts):
         score = w.detach().abs().flatten().float()
@@ -82,6 +113,8 @@ def check_adam_inputs(params, grads, exp_avgs, exp_avg_sqs, masks, moments: str)
                             f"exp_avg {m.dtype}, exp_avg_sq {v.dtype})")
         if g.dtype not in (torch.float32, torch.bfloat16):
             raise TypeError(f"masked_adam_: grads[{i}] has dtype {g.dtype}; expected float32 or bfloat16")
+        if mask is not None and mask.dtype not in (torch.bool, torch.uint8):
+            raise TypeError(f"masked_adam_: masks[{i}] has dtype {mask.dtype}; expected bool (or uint8 0/1)")
         for name, t in (("grad", g), ("exp_avg", m), ("exp_avg_sq", v), ("mask", mask)):
             if t is None:
                 continue

@@ -97,7 +97,7 @@ import triton
 import triton.language as tl
 
 from kernels import _utils
-from kernels.reference import _check_keep_counts
+from kernels.reference import _check_keep_counts, check_mask_outputs
 
 # Elements per program: large enough to amortise the sparse histogram flush (a block of Gaussian weights
 # touches ~100-200 of the 2048 top-digit bins), small enough for many programs per SM.
@@ -742,10 +742,9 @@ class _TopkPlan:
         device = weights[0].device
         for name, seq, dtype in (("out", out, torch.bool), ("exp_avgs", exp_avgs, torch.float32),
                                  ("exp_avg_sqs", exp_avg_sqs, torch.float32)):
-            for i, (t, w) in enumerate(zip(seq, weights)):
+            for i, t in enumerate(seq):
                 _utils.check_tensor(t, f"{name}[{i}]", device, (dtype,))
-                if t.shape != w.shape:
-                    raise ValueError(f"{name}[{i}] has shape {tuple(t.shape)}, weights[{i}] has {tuple(w.shape)}")
+        check_mask_outputs(weights, out, exp_avgs or None, exp_avg_sqs or None)  # shapes (and again the rest)
         _utils.check_no_aliasing(
             [(f"{name}[{i}]", t, written) for name, seq, written in (
                 ("weights", weights, zero_pruned), ("out", out, True), ("exp_avgs", exp_avgs, True),

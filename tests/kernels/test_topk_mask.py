@@ -436,6 +436,35 @@ def test_topk_clear_errors():
     assert topk_magnitude_masks_triton([], []) == []
 
 
+@pytest.mark.parametrize("backend", ["triton", "fused", "torch"])
+def test_every_backend_refuses_what_the_kernels_refuse(monkeypatch, backend):
+    """The CPU paths once truncated fractional keep counts, returned float "masks" into float `out` tensors and
+    raised raw broadcast errors: every backend now names the problem, as the Triton launcher does."""
+    monkeypatch.setenv("PRUNERL_KERNELS", backend)
+    w = [torch.randn(4, 5, device=DEVICE), torch.randn(10, device=DEVICE)]
+    bools = [torch.empty(t.shape, dtype=torch.bool, device=DEVICE) for t in w]
+    with pytest.raises(TypeError, match=r"keep_counts\[0\] = 2.5 \(float\); keep counts must be integers"):
+        kernels.topk_magnitude_masks(w, [2.5, 5])
+    with pytest.raises(TypeError, match="integer tensor"):
+        kernels.topk_magnitude_masks(w, torch.tensor([2.0, 5.0]))
+    with pytest.raises(TypeError, match=r"out\[0\] has dtype torch.float32"):
+        kernels.topk_magnitude_masks(w, [2, 5], out=[torch.zeros(4, 5, device=DEVICE), bools[1]])
+    with pytest.raises(ValueError, match=r"out\[0\] has shape \(4, 4\), weights\[0\] has \(4, 5\)"):
+        kernels.topk_magnitude_masks(w, [2, 5], out=[torch.empty(4, 4, dtype=torch.bool, device=DEVICE), bools[1]])
+    with pytest.raises(ValueError, match="got 2 weights but 1 out masks"):
+        kernels.topk_magnitude_masks(w, [2, 5], out=bools[:1])
+    with pytest.raises(ValueError, match=r"exp_avgs\[0\] has shape \(3,\)"):
+        kernels.topk_magnitude_masks(w, [2, 5], exp_avgs=[torch.zeros(3, device=DEVICE), torch.zeros_like(w[1])],
+                                     exp_avg_sqs=[torch.zeros_like(t) for t in w])
+    p, g = [torch.randn(4, 5, device=DEVICE)], [torch.randn(4, 5, device=DEVICE)]
+    with pytest.raises(TypeError, match=r"masks\[0\] has dtype torch.float32"):
+        kernels.masked_adam_(p, g, [torch.zeros_like(p[0])], [torch.zeros_like(p[0])], [torch.ones_like(p[0])],
+                             step=1, lr=1e-3)
+    want = topk_magnitude_masks_ref(w, [2, 5])  # integer counts of any integer type still work
+    for counts in ([2, 5], torch.tensor([2, 5], dtype=torch.int32), __import__("numpy").array([2, 5])):
+        assert all(torch.equal(a, b) for a, b in zip(kernels.topk_magnitude_masks(w, counts), want))
+
+
 # --- properties --------------------------------------------------------------------------------------------------
 
 
