@@ -55,7 +55,7 @@ from agents.checkpoint import (
 )
 from agents.config import PRESETS, RUNTIME_FIELDS, TrainConfig, experiment_fields, get_preset
 from agents.cuda_graphs import PhaseGraphs
-from agents.envs import make_env
+from agents.envs import make_env, resolve_game
 from agents.eval_phase import EvalResult, run_eval_episodes, run_eval_phase
 from agents.networks import use_channels_last
 from agents.profiler import Profiler, format_table, profile_learner_layers, profile_learner_ops
@@ -977,12 +977,18 @@ def open_run(cfg: TrainConfig, resume_dir: Path | None = None) -> Trainer | None
     checkpoint resumes, and a run killed before its first checkpoint starts afresh. So a requeued job can
     simply run its command again.
     """
+    # One spelling per game ('breakout', 'ALE/Breakout-v5' -> 'Breakout'): in the run's name and config.json, so
+    # that the same command spelled otherwise is the same experiment (and an unknown game fails before any write).
+    cfg.env.game = resolve_game(cfg.env.game)
     run_dir = Path(resume_dir) if resume_dir is not None else Path(cfg.runs_dir) / (cfg.run_name or
                                                                                      default_run_name(cfg))
     has_checkpoint = bool(list_checkpoints(run_dir / "checkpoints"))
     resolve_device(cfg.device)  # an unusable --device is an error before anything is written
     if (run_dir / "config.json").is_file():
-        differences = experiment_differences(read_run_config(run_dir), cfg)
+        saved = read_run_config(run_dir)
+        if saved.env.game != cfg.env.game and resolve_game(saved.env.game) == cfg.env.game:
+            cfg.env.game = saved.env.game  # a run started before names were made canonical keeps its spelling
+        differences = experiment_differences(saved, cfg)
         if differences:
             raise UsageError(f"{run_dir} holds a run of a different experiment: {'; '.join(differences)}. Use "
                              f"another --run-name, or the run's own options to continue it")

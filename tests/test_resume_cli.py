@@ -101,3 +101,33 @@ def test_resume_names_its_run_directory(tmp_path, capsys):
     assert run_main(capsys, command(tmp_path, *STOP_AT_ONCE))[0] == 0
     code, _, err = run_main(capsys, ["--resume", str(run), "--run-name", "other"])
     assert code == 2 and "--run-name" in err
+
+
+def test_a_game_has_one_spelling_in_runs_and_commands(tmp_path, monkeypatch):
+    """'breakout' and 'ALE/Breakout-v5' name the same experiment as 'Breakout' (once, a run of 'breakout' refused
+    its own command spelled 'Breakout'); a run started before this keeps its own spelling."""
+    import agents.train as train_module
+    from tests.agents.chain_env import ChainEnv
+    from tests.agents.test_learning import chain_config, fast_dqn
+
+    monkeypatch.setattr(train_module, "make_env", lambda cfg, seed: ChainEnv(num_envs=2))
+
+    def config(game, name="n"):
+        cfg = chain_config(fast_dqn(min_replay=200), sparsity=0.0, total_steps=400)
+        cfg.env.game, cfg.runs_dir, cfg.run_name = game, str(tmp_path), name
+        return cfg
+
+    train_module.open_run(config("breakout")).close()
+    saved = json.loads((tmp_path / "n" / "config.json").read_text())["config"]
+    assert saved["env"]["game"] == "Breakout"
+    train_module.open_run(config("ALE/Breakout-v5")).close()  # the same experiment: no error
+    unnamed = train_module.open_run(config("space_invaders", name=None))
+    assert unnamed.run_dir.name.startswith("SpaceInvaders__") and unnamed.cfg.env.game == "SpaceInvaders"
+    unnamed.close()
+
+    saved["env"]["game"] = "breakout"  # as an older trainer wrote it
+    path = tmp_path / "n" / "config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "config": saved}))
+    trainer = train_module.open_run(config("Breakout"))
+    assert trainer.cfg.env.game == "breakout"
+    trainer.close()
