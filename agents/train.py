@@ -49,6 +49,7 @@ from agents.checkpoint import (
     CheckpointError,
     CheckpointStore,
     atomic_write_bytes,
+    latest_checkpoint,
     list_checkpoints,
     load_latest_checkpoint,
     remove_temporary_files,
@@ -1051,6 +1052,14 @@ def main(argv: list[str] | None = None) -> int:
             trainer.close()
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # no checkpoint here: the interrupted step may be half done
+        with contextlib.suppress(OSError):
+            trainer.close()
+        last = latest_checkpoint(trainer.checkpoints.dir)
+        since = f"its last checkpoint, agent step {int(last.stem.split('_')[1]):,}" if last else "the start"
+        print(f"\ninterrupted at agent step {trainer.agent_steps:,}; the same command (or --resume "
+              f"{trainer.run_dir}) continues from {since}", file=sys.stderr)
+        return 130
     status = "done" if summary["finished"] else "stopped"
     print(f"{status}: {summary['frames']:,} frames, last iteration's score {_fmt_score(summary['final_score'])}, "
           f"total sparsity {summary['total_sparsity']:.3f} -> {trainer.run_dir}")

@@ -131,3 +131,27 @@ def test_a_game_has_one_spelling_in_runs_and_commands(tmp_path, monkeypatch):
     trainer = train_module.open_run(config("Breakout"))
     assert trainer.cfg.env.game == "breakout"
     trainer.close()
+
+
+def test_ctrl_c_says_how_to_continue_without_a_traceback(tmp_path, monkeypatch, capsys):
+    import agents.train as train_module
+    from tests.agents.chain_env import ChainEnv
+    from tests.agents.test_learning import chain_config, fast_dqn
+
+    cfg = chain_config(fast_dqn(min_replay=200), sparsity=0.0, total_steps=400)
+    cfg.runs_dir, cfg.run_name = str(tmp_path), "r"
+    trainer = train_module.Trainer(cfg, tmp_path / "r", env=ChainEnv(num_envs=2))
+    trainer.run()  # a checkpoint at step 400 to continue from
+
+    def interrupted():
+        trainer.agent_steps = 450
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer, "run", interrupted)
+    monkeypatch.setattr(train_module, "open_run", lambda cfg, resume_dir: trainer)
+    monkeypatch.setattr(train_module, "parse_args", lambda argv: (cfg, None))
+    assert main([]) == 130
+    err = capsys.readouterr().err
+    assert (f"interrupted at agent step 450; the same command (or --resume {tmp_path / 'r'}) continues from its "
+            "last checkpoint, agent step 400") in err and "Traceback" not in err
+    assert trainer.iterations_csv.closed
