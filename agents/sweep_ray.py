@@ -42,7 +42,14 @@ def run_ray(sweep, sweep_dir: Path, todo: list[Run], statuses, args) -> dict:
         raise SweepError("--backend ray needs Ray: pip install 'prunerl[ray]'") from None
     from agents.sweep import Progress, runtime_options
 
-    ray.init(address=args.address, logging_level="WARNING", log_to_driver=False)
+    if not todo:
+        print(f"sweep {sweep.name}: nothing to do ({len(sweep.runs)} runs done or failed for good) -> {sweep_dir}")
+        return {}
+    try:
+        ray.init(address=args.address, logging_level="WARNING", log_to_driver=False)
+    except ConnectionError as e:  # e.g. --address auto with no cluster started on this machine
+        raise SweepError(f"cannot reach a Ray cluster at --address {args.address!r}: {str(e).splitlines()[0]} "
+                         "(start one with `ray start --head`, or give its address)") from None
     try:
         gpus = ray.cluster_resources().get("GPU", 0)
         cpus = args.cpus_per_run or 1

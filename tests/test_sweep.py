@@ -412,3 +412,30 @@ def test_killed_sweep_restarts_and_completes_every_run(tmp_path):
     status = subprocess.run([sys.executable, "-m", "agents.sweep", "status", str(spec), "--sweeps-dir",
                              str(tmp_path / "sweeps")], cwd=ROOT, env=sweep_env(), capture_output=True, text=True)
     assert status.returncode == 0 and "4 done" in status.stdout, status.stdout + status.stderr
+
+
+def test_ray_backend_without_a_cluster_is_a_usage_error(tmp_path, capsys, monkeypatch):
+    """No Ray cluster at --address: one line and exit 2 (it was a traceback and exit 1, which reads as "a run
+    failed"); with nothing left to run, Ray is not even contacted."""
+    ray = pytest.importorskip("ray")
+
+    def no_cluster(**kwargs):
+        raise ConnectionError("Could not find any running Ray instance. Please specify the one to connect to.")
+
+    monkeypatch.setattr(ray, "init", no_cluster)
+    spec = tiny_spec(tmp_path / "s.toml", "noray", seeds="1")
+    argv = [str(spec), "--sweeps-dir", str(tmp_path / "sweeps"), "--backend", "ray", "--address", "auto"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "error: cannot reach a Ray cluster at --address 'auto': Could not find any running Ray instance" in err
+    assert "Traceback" not in err
+
+    monkeypatch.setattr("agents.sweep.inspect_run", lambda sweep_dir, run: _done(run))
+    assert main(argv) == 0
+    assert "nothing to do" in capsys.readouterr().out
+
+
+def _done(run):
+    from agents.sweep_exec import RunStatus
+
+    return RunStatus(run, "done", frames=0, fps=None, launches=1, failures=0, last_error=None)
