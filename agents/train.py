@@ -1061,8 +1061,12 @@ def main(argv: list[str] | None = None) -> int:
               f"{trainer.run_dir}) continues from {since}", file=sys.stderr)
         return 130
     status = "done" if summary["finished"] else "stopped"
-    print(f"{status}: {summary['frames']:,} frames, last iteration's score {_fmt_score(summary['final_score'])}, "
-          f"total sparsity {summary['total_sparsity']:.3f} -> {trainer.run_dir}")
+    offline = trainer.cfg.offline.enabled  # an offline run plays only in its evaluation phases
+    scores = [] if offline else [f"last iteration's score {_fmt_score(summary['final_score'])}"]
+    if offline or summary.get("final_eval_score") is not None:
+        scores.append(f"evaluation score {_fmt_score(summary.get('final_eval_score'))}")
+    print(f"{status}: {summary['frames']:,} frames, {', '.join(scores)}, total sparsity "
+          f"{summary['total_sparsity']:.3f} -> {trainer.run_dir}")
     return 0
 
 

@@ -229,11 +229,14 @@ def test_command_line_train_export_and_train_offline_on_pong(tmp_path, capsys):
     offline = ["--preset", "cql_impala_w1_gmp95", "--env.num-envs", "1", "--offline.data",
                str(tmp_path / "data" / "dataset"), "--offline.fraction", "0.5", "--offline.chunk", "50",
                "--total-steps", "40", "--iteration-steps", "20", "--eval-episodes", "1", "--log-every", "20", *common]
+    capsys.readouterr()
     assert train_main([*offline, "--env.game", "Pong", "--run-name", "cql"]) == 0
     with open(tmp_path / "cql" / "iterations.csv") as f:
         rows = list(csv.DictReader(f))
     assert [r["grad_steps"] for r in rows] == ["20", "40"] and all(r["eval_episodes"] == "1" for r in rows)
     assert -21 <= float(rows[-1]["eval_score"]) <= 21
+    # its last line gives the evaluation's score (it once said "none": an offline run ends no training episode)
+    assert f"evaluation score {float(rows[-1]['eval_score']):.2f}, total sparsity" in capsys.readouterr().out
     meta = json.loads((tmp_path / "cql" / "config.json").read_text())
     assert meta["config"]["offline"]["fraction"] == 0.5 and 0 < meta["offline_dataset"]["transitions"] < 2500
     assert train_main([*offline, "--env.game", "Breakout", "--run-name", "wrong"]) == 2
