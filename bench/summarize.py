@@ -183,7 +183,9 @@ def report(results: dict, facts: dict) -> str:
              {None: "no data", True: "met", False: "MISSED"}[r["met"]]]
             for r in ({"target": n, "goal": f"{o} {g:g}", "measured": v, "met": _met(o, g, v)}
                       for n, o, g, v in _targets(results))]
-    lines += ["## Targets (H100)", ""] + _table(["target", "goal", "measured", "status"], rows) + [""]
+    device = facts.get("device") if facts else None
+    lines += [f"## Targets (set for an H100; measured on {device or 'an unrecorded device'})", ""]
+    lines += _table(["target", "goal", "measured", "status"], rows) + [""]
     return "\n".join(lines)
 
 
@@ -195,12 +197,13 @@ def plot(results: dict, path: pathlib.Path) -> None:
     import matplotlib.ticker
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-    panels = [(axes[0], "mask_selection", "triton", [("topk_loop", "-", "vs per-layer topk"),
-                                                     ("sort", "--", "vs sort (reference)")],
+    # A marker per provider as well as a line style: a provider measured at one sparsity is a lone point.
+    panels = [(axes[0], "mask_selection", "triton", [("topk_loop", "-", "o", "vs per-layer topk"),
+                                                     ("sort", "--", "s", "vs sort (reference)")],
                "Mask selection: Triton speedup"),
-              (axes[1], "masked_adam", "torch_fused_mask", [("triton_frozen", "-", "frozen"),
-                                                            ("triton_frozen_pz", "--", "frozen, pruned_are_zero"),
-                                                            ("triton_faithful", ":", "faithful")],
+              (axes[1], "masked_adam", "torch_fused_mask", [("triton_frozen", "-", "o", "frozen"),
+                                                            ("triton_frozen_pz", "--", "s", "frozen, pruned_are_zero"),
+                                                            ("triton_faithful", ":", "^", "faithful")],
                "Masked Adam: speedup over fused Adam + mask")]
     for ax, op, ref, lines, title in panels:
         by_case = defaultdict(dict)
@@ -208,7 +211,7 @@ def plot(results: dict, path: pathlib.Path) -> None:
             by_case[case][s] = row
         for i, (case, rows) in enumerate(sorted(by_case.items())):
             xs = sorted(rows)
-            for provider, style, label in lines:
+            for provider, style, marker, label in lines:
                 def ms(x, p, rows=rows):
                     return rows[x][p]["ms"] if p in rows[x] else None
 
@@ -218,7 +221,7 @@ def plot(results: dict, path: pathlib.Path) -> None:
                     ys = [_ratio(ms(x, ref), ms(x, provider)) for x in xs]
                 pts = [(x, y) for x, y in zip(xs, ys) if y is not None]
                 if pts:
-                    ax.plot(*zip(*pts), style, marker="o", color=f"C{i}", label=f"{case} {label}")
+                    ax.plot(*zip(*pts), style, marker=marker, markersize=7, color=f"C{i}", label=f"{case} {label}")
         ax.axhline(1.0, color="gray", lw=0.8)
         ax.set(title=title, xlabel="sparsity", ylabel="speedup (x)", yscale="log")
         # Plain "0.7x, 2x, 6x" ticks, not 6x10^0.
