@@ -189,7 +189,12 @@ def summary_line(sweep: Sweep, statuses: list[RunStatus]) -> str:
     done = sum(min(st.frames, st.run.total_frames) for st in statuses)
     fps = sum(st.fps or 0 for st in statuses if st.state == "running")
     remaining = sum(max(st.run.total_frames - st.frames, 0) for st in statuses if st.state != "failed")
-    eta = format_eta(remaining / fps) if fps else "unknown (nothing running)"
+    if not remaining:
+        eta = "none (nothing left to run)"
+    elif fps:
+        eta = format_eta(remaining / fps)
+    else:
+        eta = "unknown (no speed logged yet)" if counts["running"] else "unknown (nothing running)"
     return (f"sweep {sweep.name}: " + ", ".join(f"{n} {s}" for s, n in counts.items()) + f" of {len(statuses)}"
             f" | frames {format_frames(done)} / {format_frames(total)} ({100 * done / max(total, 1):.0f}%)"
             f" | {fps:,.0f} frames/s | ETA {eta}")

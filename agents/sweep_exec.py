@@ -11,6 +11,7 @@ Per run, next to the run directories: SWEEP_DIR/_sweep/<game>__<preset>__s<seed>
 from __future__ import annotations
 
 import contextlib
+import csv
 import errno
 import fcntl
 import json
@@ -86,6 +87,22 @@ def last_metrics(directory: Path) -> dict:
     return {}
 
 
+def checkpointed_frames(directory: Path) -> int:
+    """Frames up to the run's last finished iteration (iterations.csv), or 0: where a run stands before its first
+    metrics row (logged every `log_every` agent steps, 10k by default)."""
+    try:
+        with open(directory / "iterations.csv", newline="") as f:
+            rows = list(csv.DictReader(f))
+    except FileNotFoundError:
+        return 0
+    for row in reversed(rows):
+        try:
+            return int(float(row["frames"]))
+        except (KeyError, TypeError, ValueError):  # a row being written
+            continue
+    return 0
+
+
 def lock_is_held(path: Path) -> bool:
     """True when some process holds the run's lock, i.e. trains the run right now."""
     try:
@@ -118,7 +135,7 @@ def inspect_run(sweep_dir: Path, run: Run) -> RunStatus:
     directory = run_dir(sweep_dir, run)
     st = read_json(state_path(sweep_dir, run, ".json")) or {}
     row = last_metrics(directory)
-    frames, fps = int(row.get("frames", 0)), row.get("charts/FPS")
+    frames, fps = max(int(row.get("frames", 0)), checkpointed_frames(directory)), row.get("charts/FPS")
     if is_finished(directory):
         state, frames, fps = "done", run.total_frames, None
     elif lock_is_held(state_path(sweep_dir, run, ".lock")):

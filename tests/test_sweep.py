@@ -237,6 +237,23 @@ def test_run_states_from_the_directory(tmp_path):
     assert inspect_run(sweep_dir, run).state == "done"
 
 
+def test_status_counts_frames_before_the_first_metrics_row(tmp_path):
+    """Metrics rows come every log_every agent steps (10k): before the first, a stopped or running run showed 0
+    frames however many iterations it had finished; iterations.csv says where it stands."""
+    sweep, sweep_dir, run = _one_run(tmp_path)
+    directory = sweep_dir / run.run_id
+    (directory / "checkpoints").mkdir(parents=True)
+    (directory / "checkpoints" / "ckpt_000000000569.pt").write_bytes(b"")
+    (directory / "iterations.csv").write_text("iteration,agent_steps,frames,score\n1,300,1200,1.0\n2,569,2276,")
+    st = inspect_run(sweep_dir, run)
+    assert st.state == "partial" and st.frames == 2276
+    with run_lock(state_path(sweep_dir, run, ".lock"), wait=False):
+        line = summary_line(sweep, [inspect_run(sweep_dir, run)])
+    assert "2.28k / 24.00k" in line and "ETA unknown (no speed logged yet)" in line
+    (directory / "summary.json").write_text(json.dumps({"finished": True}))
+    assert "ETA none (nothing left to run)" in summary_line(sweep, [inspect_run(sweep_dir, run)])
+
+
 def test_a_status_probe_does_not_make_a_run_look_busy(tmp_path):
     # The progress display and `agents.sweep status` probe a run's lock by taking it for a moment; a sweep that
     # starts the run during a probe must still get the lock (it once reported the run "busy" and skipped it).
