@@ -17,6 +17,7 @@ the block walk in each moments mode, frozen mode's live-sector list build and wa
 
 from __future__ import annotations
 
+import argparse
 import re
 import runpy
 import sys
@@ -55,11 +56,14 @@ def counts(ins: list[str]) -> str:
 def main() -> None:
     import kernels
 
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=__doc__.split("\n\n", 1)[1],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--adam", action="store_true", help="the masked-Adam kernels instead of mask selection's")
+    adam = parser.parse_args().adam
     root = Path(kernels.__file__).resolve().parents[1]
-    argv, sys.argv = sys.argv, ["_compile_for_gpu.py", "90"]
+    sys.argv = ["_compile_for_gpu.py", "90"]
     compile_script = runpy.run_path(str(root / "tests" / "kernels" / "_compile_for_gpu.py"), run_name="variants")
     print(f"triton {triton.__version__}, sm_90, kernels from {root.name}")
-    adam = "--adam" in argv[1:]
     seen = set()
     for name, fn, warps, sig, consts in compile_script["variants"]():
         if consts.get("ALIGNED") is False:  # what runs for tensors from torch's allocator
