@@ -233,16 +233,17 @@ def trainer_flags(summary: dict) -> dict[str, str]:
     flags = {}
     if summary.get("resumed_without_replay") is True:
         flags["resumed without its replay"] = ""
+    def below(what: str, value, target) -> str:  # "what 0.288 < target 0.95", or "" where a number is missing
+        numbers = [f"{x:.3g}" for x in (value, target) if isinstance(x, int | float) and not isinstance(x, bool)]
+        return f"{what} {' < target '.join(numbers)}" if len(numbers) == 2 else ""
+
     if summary.get("below_target_sparsity") is True:
-        measured = summary.get("sparsity/prunable", summary.get("total_sparsity"))
-        target = summary.get("scheduled_sparsity", summary.get("target_sparsity"))
-        numbers = [f"{x:.3g}" for x in (measured, target) if isinstance(x, int | float) and not isinstance(x, bool)]
-        flags["below target sparsity"] = f"sparsity {' < target '.join(numbers)}" if len(numbers) == 2 else ""
+        flags["below target sparsity"] = below(
+            "sparsity", summary.get("sparsity/prunable", summary.get("total_sparsity")),
+            summary.get("scheduled_sparsity", summary.get("target_sparsity")))
     if summary.get("schedule_short_of_target") is True:
-        scheduled, target = summary.get("scheduled_sparsity"), summary.get("target_sparsity")
-        numbers = [f"{x:.3g}" for x in (scheduled, target) if isinstance(x, int | float) and not isinstance(x, bool)]
-        flags["pruning schedule short of its target"] = (f"schedule ends at {' < target '.join(numbers)}"
-                                                         if len(numbers) == 2 else "")
+        flags["pruning schedule short of its target"] = below(
+            "schedule ends at", summary.get("scheduled_sparsity"), summary.get("target_sparsity"))
     return flags
 
 
