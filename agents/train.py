@@ -703,7 +703,7 @@ class Trainer:
         from agents.metrics import analysis_metrics
 
         if self.analysis_obs is None:  # one fixed batch of replay states for the whole run
-            self.analysis_obs = self.replay.sample(256).obs.to(self.device)
+            self.analysis_obs = self._sample_aside(256).obs.to(self.device)
         self.online.eval()
         with torch.no_grad():
             row = analysis_metrics(self.online, self.analysis_obs, q_fn=self.agent.q_values)
@@ -712,17 +712,22 @@ class Trainer:
             row.update(self._log_gradient_covariance())
         self._log(row)
 
+    def _sample_aside(self, n: int) -> Batch:
+        """A replay sample for the analysis that leaves the replay's random stream where it was: a run with
+        --analysis-every trains exactly as the same run without it."""
+        state = self.replay.generator.get_state()
+        batch = self.replay.sample(n)
+        self.replay.generator.set_state(state)
+        return batch
+
     def _log_gradient_covariance(self) -> dict:
         """Fig. 14: the normalised covariance of per-sample TD-loss gradients on a fixed batch of transitions,
         over the network's active weights; the matrix goes to grad_covariance.jsonl, two summaries to the log."""
         from agents.metrics import covariance_summary, gradient_covariance, per_sample_gradients
 
         k = self.cfg.analysis_grad_samples
-        if self.analysis_batch is None or len(self.analysis_batch.actions) != k:  # without moving the replay's stream
-            state = self.replay.generator.get_state()
-            batch = self.replay.sample(k)
-            self.replay.generator.set_state(state)
-            self.analysis_batch = Batch(**{f: v.to(self.device) for f, v in vars(batch).items()})
+        if self.analysis_batch is None or len(self.analysis_batch.actions) != k:
+            self.analysis_batch = Batch(**{f: v.to(self.device) for f, v in vars(self._sample_aside(k)).items()})
         b = self.analysis_batch
         params = [p for p in self.online.parameters() if p.requires_grad]
         masks = self.pruner.mask_for() if self.pruner is not None else {}

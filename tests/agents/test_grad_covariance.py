@@ -46,9 +46,9 @@ def test_normalised_covariance_is_the_cosine_similarity():
     assert abs(s["analysis/grad_cos_abs_mean"] - off.abs().mean().item()) < 1e-7
 
 
-def _run(tmp_path, name, samples, total_steps=500):
+def _run(tmp_path, name, samples, total_steps=500, every=25):
     cfg = chain_config(fast_dqn(min_replay=200), sparsity=0.9, total_steps=total_steps)
-    cfg.analysis_every, cfg.analysis_grad_samples = 25, samples
+    cfg.analysis_every, cfg.analysis_grad_samples = every, samples
     cfg.pruning.start_step, cfg.pruning.end_step, cfg.pruning.update_freq = 0, 40, 10
     trainer = Trainer(cfg, tmp_path / name, env=ChainEnv(num_envs=2))
     trainer.run()
@@ -58,8 +58,10 @@ def _run(tmp_path, name, samples, total_steps=500):
 def test_trainer_logs_one_matrix_per_analysis_step_without_changing_training(tmp_path):
     with_cov, _ = _run(tmp_path, "cov", samples=6)
     without, _ = _run(tmp_path, "plain", samples=0)
-    for p, q in zip(with_cov.online.parameters(), without.online.parameters(), strict=True):
-        assert torch.equal(p, q)  # the analysis draws and computes nothing that training sees
+    no_analysis, _ = _run(tmp_path, "none", samples=0, every=0)
+    for p, q, r in zip(with_cov.online.parameters(), without.online.parameters(), no_analysis.online.parameters(),
+                       strict=True):
+        assert torch.equal(p, q) and torch.equal(p, r)  # the analysis draws and computes nothing training sees
     lines = [json.loads(x) for x in (tmp_path / "cov" / "grad_covariance.jsonl").read_text().splitlines()]
     assert [r["grad_steps"] for r in lines] == list(range(25, with_cov.grad_steps + 1, 25))
     assert not (tmp_path / "plain" / "grad_covariance.jsonl").exists()
