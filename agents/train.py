@@ -975,6 +975,24 @@ def trainer_class(cfg: TrainConfig) -> type[Trainer]:
     return Trainer
 
 
+def _canonical_spellings(cfg: TrainConfig) -> None:
+    """One spelling per game ('breakout', 'ALE/Breakout-v5' -> 'Breakout') and per lottery-ticket source (an
+    absolute path), in the run's name and config.json: the same command spelled otherwise, or started in another
+    directory, is the same experiment. An unknown game fails here, before anything is written."""
+    cfg.env.game = resolve_game(cfg.env.game)
+    if cfg.pruning.fixed_mask is not None:
+        cfg.pruning.fixed_mask = str(Path(cfg.pruning.fixed_mask).resolve())
+
+
+def _keep_saved_spellings(saved: TrainConfig, cfg: TrainConfig) -> None:
+    """A run started before spellings were made canonical keeps its own spelling of the same game and source."""
+    if saved.env.game != cfg.env.game and resolve_game(saved.env.game) == cfg.env.game:
+        cfg.env.game = saved.env.game
+    source, now = saved.pruning.fixed_mask, cfg.pruning.fixed_mask
+    if source is not None and now is not None and source != now and Path(source).resolve() == Path(now):
+        cfg.pruning.fixed_mask = source
+
+
 def open_run(cfg: TrainConfig, resume_dir: Path | None = None) -> Trainer | None:
     """The trainer for this command: a resumed run, a fresh one, or None if the run has already finished.
 
@@ -983,17 +1001,14 @@ def open_run(cfg: TrainConfig, resume_dir: Path | None = None) -> Trainer | None
     checkpoint resumes, and a run killed before its first checkpoint starts afresh. So a requeued job can
     simply run its command again.
     """
-    # One spelling per game ('breakout', 'ALE/Breakout-v5' -> 'Breakout'): in the run's name and config.json, so
-    # that the same command spelled otherwise is the same experiment (and an unknown game fails before any write).
-    cfg.env.game = resolve_game(cfg.env.game)
+    _canonical_spellings(cfg)
     run_dir = Path(resume_dir) if resume_dir is not None else Path(cfg.runs_dir) / (cfg.run_name or
                                                                                      default_run_name(cfg))
     has_checkpoint = bool(list_checkpoints(run_dir / "checkpoints"))
     resolve_device(cfg.device)  # an unusable --device is an error before anything is written
     if (run_dir / "config.json").is_file():
         saved = read_run_config(run_dir)
-        if saved.env.game != cfg.env.game and resolve_game(saved.env.game) == cfg.env.game:
-            cfg.env.game = saved.env.game  # a run started before names were made canonical keeps its spelling
+        _keep_saved_spellings(saved, cfg)
         differences = experiment_differences(saved, cfg)
         if differences:
             raise UsageError(f"{run_dir} holds a run of a different experiment: {'; '.join(differences)}. Use "

@@ -155,3 +155,25 @@ def test_ctrl_c_says_how_to_continue_without_a_traceback(tmp_path, monkeypatch, 
     assert (f"interrupted at agent step 450; the same command (or --resume {tmp_path / 'r'}) continues from its "
             "last checkpoint, agent step 400") in err and "Traceback" not in err
     assert trainer.iterations_csv.closed
+
+
+def test_a_lottery_ticket_source_is_the_same_from_any_directory(tmp_path, monkeypatch):
+    """--pruning.fixed-mask compared as text made 'runs/gmp' and '/abs/runs/gmp' two experiments: a requeued job
+    started elsewhere could not continue its run. It is stored absolute; an older run's relative path is kept."""
+    import copy
+
+    from agents.train import _canonical_spellings, _keep_saved_spellings
+    from tests.agents.test_learning import chain_config, fast_dqn
+
+    monkeypatch.chdir(tmp_path)
+    cfg = chain_config(fast_dqn(min_replay=200), sparsity=0.9)
+    cfg.env.game, cfg.pruning.fixed_mask = "Pong", "runs/gmp/"
+    older = copy.deepcopy(cfg)  # as an older trainer saved it
+    _canonical_spellings(cfg)
+    assert cfg.pruning.fixed_mask == str(tmp_path / "runs" / "gmp")
+    _keep_saved_spellings(older, cfg)
+    assert cfg.pruning.fixed_mask == "runs/gmp/"
+    other = copy.deepcopy(cfg)
+    other.pruning.fixed_mask = str(tmp_path / "runs" / "other")
+    _keep_saved_spellings(older, other)
+    assert other.pruning.fixed_mask == str(tmp_path / "runs" / "other")  # a different source stays different
