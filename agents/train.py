@@ -154,8 +154,21 @@ def _version(distribution: str) -> str | None:
         return None
 
 
+def _json_safe(obj):
+    """NaN and infinities as null (a score where no episode ended): strict JSON, which jq and other non-Python
+    readers accept."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_json_safe(v) for v in obj]
+    return obj
+
+
 def _write_json(path: Path, obj: dict) -> None:
-    atomic_write_bytes(path, lambda f: f.write(json.dumps(obj, indent=2, default=str).encode()))
+    text = json.dumps(_json_safe(obj), indent=2, default=str, allow_nan=False)
+    atomic_write_bytes(path, lambda f: f.write(text.encode()))
 
 
 class Trainer:

@@ -151,3 +151,17 @@ def test_each_iteration_logs_where_the_loop_waited(tmp_path, monkeypatch):
         splits[name] = rows[-1]
     assert splits["slow_env"]["env_wait"] > 0.6 and splits["slow_env_seq"]["env_wait"] > 0.6, splits
     assert splits["slow_host"]["host"] > 0.6 and splits["slow_host"]["env_wait"] < 0.3, splits
+
+
+def test_run_json_files_are_strict_json(tmp_path):
+    """A score where no episode ended is NaN in Python; summary.json says null (NaN is not JSON: jq refuses it)."""
+    from agents.train import _write_json
+
+    _write_json(tmp_path / "s.json", {"final_score": float("nan"), "split": {"env": float("inf"), "host": 0.5},
+                                      "scores": [1.0, float("-inf")], "name": "x"})
+
+    def refuse(constant):
+        raise ValueError(f"not strict JSON: {constant}")
+
+    data = json.loads((tmp_path / "s.json").read_text(), parse_constant=refuse)
+    assert data == {"final_score": None, "split": {"env": None, "host": 0.5}, "scores": [1.0, None], "name": "x"}
