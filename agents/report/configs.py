@@ -180,7 +180,9 @@ def label_parts(
     label names the `always` fields."""
     if not flats:
         return []
-    order = lambda k: (LABEL_ORDER.index(k) if k in LABEL_ORDER else len(LABEL_ORDER), k)
+    # The paper's axes first, then the methods (named wherever one is on, and before e.g. an analysis option that
+    # happens to tell the same runs apart), then the other fields alphabetically.
+    order = lambda k: (LABEL_ORDER.index(k) if k in LABEL_ORDER else len(LABEL_ORDER) + (k not in METHOD_SWITCHES), k)
     value = lambda i, k: json.dumps(flats[i].get(k, "(absent)"), sort_keys=True)
     panels = [0] * len(flats) if panels is None else panels
     # blocks: configurations that the fields named so far cannot tell apart
@@ -189,7 +191,9 @@ def label_parts(
     named = {k: set(range(len(flats))) for k in axes}  # field -> the configurations whose label names it
     for k in sorted(set().union(*flats), key=order):
         split = [[i for i in b if value(i, k) == v] for b in blocks for v in dict.fromkeys(value(i, k) for i in b)]
-        if k not in named and len(split) > len(blocks):
+        if k in METHOD_SWITCHES and len({value(i, k) for i in range(len(flats))}) > 1:
+            named[k] = set(range(len(flats)))  # a method is named wherever it is on (its text is empty where off)
+        elif k not in named and len(split) > len(blocks):
             named[k] = {i for b in blocks if len({value(i, k) for i in b}) > 1 for i in b}
         blocks = split
     if not named:

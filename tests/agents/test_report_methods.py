@@ -98,3 +98,17 @@ def test_no_method_figure_without_a_baseline_method(tmp_path, capsys):
     assert not (tmp_path / "out" / "grad_covariance.png").exists()
     err = capsys.readouterr().err
     assert "methods.png not drawn" in err and "grad_covariance.png not drawn" in err
+
+
+def test_a_method_is_named_before_an_option_that_tells_the_same_runs_apart():
+    """An analysis option on the L2 and WD runs once labelled L2 "analysis_every=25" (alphabetical order put it
+    before network.feature_norm), and the analysis figure called it "baseline"."""
+    from agents.report.configs import join_parts, label_parts
+
+    base = {"agent.name": "dqn", "pruning.final_sparsity": 0.0, "network.feature_norm": False,
+            "agent.weight_decay": 0.0, "reset.enabled": False, "reset.period": 100, "analysis_every": 0}
+    flats = [base | {"network.feature_norm": True, "analysis_every": 25},
+             base | {"agent.weight_decay": 1e-5, "analysis_every": 25},
+             base | {"reset.enabled": True, "reset.period": 40}]
+    labels = [join_parts(p) for p in label_parts(flats)]
+    assert labels == ["L2", "WD 1e-05", "Reset"], labels
