@@ -287,10 +287,11 @@ def plot_sparsity(configs: list[Config], path: Path, note: str) -> bool:
     ax_l.plot(x, y, color="black", lw=2.2, label="all prunable")
     _frames_axis(ax_l, quantity=_run_quantity(run))
     ax_l.set_ylim(-0.02, 1.02)
-    ax_l.set_title(f"Per layer: {c.label} ({run.game}, seed {run.seed})", fontsize=9)
+    ax_l.set_title(textwrap.fill(f"Per layer: {c.label} ({run.game}, seed {run.seed})", 50), fontsize=9)
     ax_l.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.02, 1.0), ncol=1 if len(layers) < 20 else 2)
     _figure_legend(fig, *ax.get_legend_handles_labels())
-    _title(fig, "Gradual magnitude pruning schedule", note)
+    gmp_only = all(c.flat.get("pruning.method", "gmp") == "gmp" for c, _ in pruned)  # RigL's sparsity is constant
+    _title(fig, "Gradual magnitude pruning schedule" if gmp_only else "Pruning schedules", note)
     _save(fig, plt, path)
     return True
 
