@@ -28,10 +28,15 @@ import torch
 MOMENTS_MODES = ("faithful", "reset", "frozen")
 
 
-def _check_keep_counts(weights: Sequence[torch.Tensor], keep_counts) -> list[int]:
-    if isinstance(keep_counts, torch.Tensor) and (keep_counts.dtype.is_floating_point or keep_counts.dtype.is_complex
-                                                  or keep_counts.dtype == torch.bool):
+def check_count_dtype(keep_counts: torch.Tensor) -> None:
+    """Keep counts in a tensor must be integers (a float tensor's 2.5 would become 2); host or device."""
+    if keep_counts.dtype.is_floating_point or keep_counts.dtype.is_complex or keep_counts.dtype == torch.bool:
         raise TypeError(f"keep_counts must be an integer tensor, got {keep_counts.dtype}")
+
+
+def _check_keep_counts(weights: Sequence[torch.Tensor], keep_counts) -> list[int]:
+    if isinstance(keep_counts, torch.Tensor):
+        check_count_dtype(keep_counts)
     counts = keep_counts.tolist() if isinstance(keep_counts, torch.Tensor) else list(keep_counts)
     if len(counts) != len(weights):
         raise ValueError(f"got {len(weights)} weight tensors but {len(counts)} keep counts")

@@ -97,7 +97,7 @@ import triton
 import triton.language as tl
 
 from kernels import _utils
-from kernels.reference import _check_keep_counts, check_mask_outputs
+from kernels.reference import _check_keep_counts, check_count_dtype, check_mask_outputs
 
 # Elements per program: large enough to amortise the sparse histogram flush (a block of Gaussian weights
 # touches ~100-200 of the 2048 top-digit bins), small enough for many programs per SM.
@@ -880,8 +880,7 @@ def _keep_counts_tensor(weights: Sequence[torch.Tensor], keep_counts, device: to
         if keep_counts.dim() != 1 or keep_counts.numel() != len(weights):
             raise ValueError(f"keep_counts must be a 1-D tensor of {len(weights)} counts, got shape "
                              f"{tuple(keep_counts.shape)}")
-        if keep_counts.dtype.is_floating_point or keep_counts.dtype in (torch.bool, torch.complex64, torch.complex128):
-            raise TypeError(f"keep_counts must be an integer tensor, got {keep_counts.dtype}")
+        check_count_dtype(keep_counts)
         return keep_counts if keep_counts.is_contiguous() else keep_counts.contiguous()
     # Host counts are free to validate (and raise exactly like the reference).
     counts = tuple(_check_keep_counts(weights, keep_counts))
