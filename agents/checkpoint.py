@@ -88,11 +88,17 @@ def _load(path: Path, what: str, mmap: bool = False):
         raise UnreadableCheckpoint(f"{what} {path} is corrupt or unreadable ({type(e).__name__}: {e})") from e
 
 
+def checkpoint_step(path: Path) -> int | None:
+    """The agent step in a checkpoint's name (`ckpt_<agent_steps>.pt`), or None for any other file."""
+    m = _NAME.match(Path(path).name)
+    return int(m.group(1)) if m else None
+
+
 def list_checkpoints(ckpt_dir: Path) -> list[Path]:
     ckpt_dir = Path(ckpt_dir)
     if not ckpt_dir.is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in ckpt_dir.iterdir() if (m := _NAME.match(p.name))]
+    found = [(step, p) for p in ckpt_dir.iterdir() if (step := checkpoint_step(p)) is not None]
     return [p for _, p in sorted(found)]
 
 

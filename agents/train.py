@@ -49,6 +49,7 @@ from agents.checkpoint import (
     CheckpointError,
     CheckpointStore,
     atomic_write_bytes,
+    checkpoint_step,
     latest_checkpoint,
     list_checkpoints,
     load_latest_checkpoint,
@@ -1089,7 +1090,7 @@ def main(argv: list[str] | None = None) -> int:
         with contextlib.suppress(OSError):
             trainer.close()
         last = latest_checkpoint(trainer.checkpoints.dir)
-        since = f"its last checkpoint, agent step {int(last.stem.split('_')[1]):,}" if last else "the start"
+        since = f"its last checkpoint, agent step {checkpoint_step(last):,}" if last else "the start"
         print(f"\ninterrupted at agent step {trainer.agent_steps:,}; the same command (or --resume "
               f"{trainer.run_dir}) continues from {since}", file=sys.stderr)
         return 130
