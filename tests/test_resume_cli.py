@@ -1,11 +1,15 @@
 """Requeue and resume through the real CLI (`main`) on Atari: a few dozen agent steps each, no learning."""
 
+import copy
 import csv
 import json
 
 import pytest
 
-from agents.train import Trainer, main, parse_args
+import agents.train as train_module
+from agents.train import Trainer, _canonical_spellings, _keep_saved_spellings, main, parse_args
+from tests.agents.chain_env import ChainEnv
+from tests.agents.test_learning import chain_config, fast_dqn
 
 # Two iterations of 32 agent steps; min_replay above the budget, so the agent only explores (no network calls).
 TINY = ["--preset", "demo", "--env.num-envs", "2", "--total-steps", "64", "--iteration-steps", "32",
@@ -106,10 +110,6 @@ def test_resume_names_its_run_directory(tmp_path, capsys):
 def test_a_game_has_one_spelling_in_runs_and_commands(tmp_path, monkeypatch):
     """'breakout' and 'ALE/Breakout-v5' name the same experiment as 'Breakout' (once, a run of 'breakout' refused
     its own command spelled 'Breakout'); a run started before this keeps its own spelling."""
-    import agents.train as train_module
-    from tests.agents.chain_env import ChainEnv
-    from tests.agents.test_learning import chain_config, fast_dqn
-
     monkeypatch.setattr(train_module, "make_env", lambda cfg, seed: ChainEnv(num_envs=2))
 
     def config(game, name="n"):
@@ -134,10 +134,6 @@ def test_a_game_has_one_spelling_in_runs_and_commands(tmp_path, monkeypatch):
 
 
 def test_ctrl_c_says_how_to_continue_without_a_traceback(tmp_path, monkeypatch, capsys):
-    import agents.train as train_module
-    from tests.agents.chain_env import ChainEnv
-    from tests.agents.test_learning import chain_config, fast_dqn
-
     cfg = chain_config(fast_dqn(min_replay=200), sparsity=0.0, total_steps=400)
     cfg.runs_dir, cfg.run_name = str(tmp_path), "r"
     trainer = train_module.Trainer(cfg, tmp_path / "r", env=ChainEnv(num_envs=2))
@@ -160,11 +156,6 @@ def test_ctrl_c_says_how_to_continue_without_a_traceback(tmp_path, monkeypatch, 
 def test_a_lottery_ticket_source_is_the_same_from_any_directory(tmp_path, monkeypatch):
     """--pruning.fixed-mask compared as text made 'runs/gmp' and '/abs/runs/gmp' two experiments: a requeued job
     started elsewhere could not continue its run. It is stored absolute; an older run's relative path is kept."""
-    import copy
-
-    from agents.train import _canonical_spellings, _keep_saved_spellings
-    from tests.agents.test_learning import chain_config, fast_dqn
-
     monkeypatch.chdir(tmp_path)
     cfg = chain_config(fast_dqn(min_replay=200), sparsity=0.9)
     cfg.env.game, cfg.pruning.fixed_mask = "Pong", "runs/gmp/"

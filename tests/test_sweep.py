@@ -19,6 +19,7 @@ from agents.envs import resolve_game
 from agents.sweep import format_frames, main, plan_resources, summary_line
 from agents.sweep_exec import (
     Launcher,
+    RunStatus,
     child_env,
     execute_run,
     inspect_run,
@@ -453,6 +454,4 @@ def test_ray_backend_without_a_cluster_is_a_usage_error(tmp_path, capsys, monkey
 
 
 def _done(run):
-    from agents.sweep_exec import RunStatus
-
     return RunStatus(run, "done", frames=0, fps=None, launches=1, failures=0, last_error=None)
