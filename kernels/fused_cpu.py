@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from kernels.reference import adam_step, check_adam_inputs, masked_adam_ref_
+from kernels.reference import adam_step, check_adam_hyperparameters, check_adam_inputs, masked_adam_ref_
 
 
 @torch.no_grad()
@@ -25,6 +25,7 @@ def masked_adam_fused_(params, grads, exp_avgs, exp_avg_sqs, masks, *, step, lr:
     """`kernels.reference.masked_adam_ref_`'s contract (same arguments, same results to fp32 rounding)."""
     params, grads, exp_avgs, exp_avg_sqs, masks = map(list, (params, grads, exp_avgs, exp_avg_sqs, masks))
     check_adam_inputs(params, grads, exp_avgs, exp_avg_sqs, masks, moments)
+    check_adam_hyperparameters(lr, beta1, beta2, eps, weight_decay)
     if moments == "frozen" or any(g.dtype != torch.float32 for g in grads):
         return masked_adam_ref_(params, grads, exp_avgs, exp_avg_sqs, masks, step=step, lr=lr, beta1=beta1,
                                 beta2=beta2, eps=eps, weight_decay=weight_decay, moments=moments)

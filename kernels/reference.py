@@ -20,6 +20,7 @@ Ops
 
 from __future__ import annotations
 
+import math
 import numbers
 from collections.abc import Sequence
 
@@ -130,6 +131,17 @@ def check_adam_inputs(params, grads, exp_avgs, exp_avg_sqs, masks, moments: str)
                 raise ValueError(f"masked_adam_: {name} of tensor {i} is on {t.device}, param on {p.device}")
 
 
+def check_adam_hyperparameters(lr, beta1, beta2, eps, weight_decay) -> None:
+    """The ranges torch.optim.Adam accepts (a negative lr would ascend the loss; beta = 1 divides by zero in the
+    bias correction), and finite values. Checked by every backend."""
+    for name, value, low, high in (("lr", lr, 0.0, math.inf), ("beta1", beta1, 0.0, 1.0),
+                                   ("beta2", beta2, 0.0, 1.0), ("eps", eps, 0.0, math.inf),
+                                   ("weight_decay", weight_decay, 0.0, math.inf)):
+        if not (math.isfinite(value) and low <= value < high):
+            bounds = f"[{low:g}, {high:g})" if high < math.inf else f">= {low:g} and finite"
+            raise ValueError(f"masked_adam_: {name} = {value!r}; expected {bounds}")
+
+
 def adam_step(step) -> float:
     """The 1-based step count (an int or a one-element tensor, read on the host) as a float, checked."""
     step = float(step.item() if isinstance(step, torch.Tensor) else step)
@@ -147,6 +159,7 @@ def masked_adam_ref_(params, grads, exp_avgs, exp_avg_sqs, masks, *, step, lr: f
     `step` is the 1-based step count *after* this update (as in torch.optim.Adam), an int or a 0-d tensor.
     """
     check_adam_inputs(params, grads, exp_avgs, exp_avg_sqs, masks, moments)
+    check_adam_hyperparameters(lr, beta1, beta2, eps, weight_decay)
     step = adam_step(step)
     bias_correction1 = 1 - beta1**step
     bias_correction2_sqrt = (1 - beta2**step) ** 0.5

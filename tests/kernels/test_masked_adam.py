@@ -370,6 +370,23 @@ def test_masked_adam_clear_errors():
         masked_adam_triton_(params2, [grads2[0], grads2[1].bfloat16()], m2, v2, masks2, **call)
 
 
+@pytest.mark.parametrize("backend", ["triton", "fused", "torch"])
+@pytest.mark.parametrize("name, value", [("lr", -1e-3), ("lr", float("nan")), ("beta1", 1.0), ("beta2", -0.1),
+                                         ("eps", -1e-8), ("weight_decay", -0.01), ("eps", float("inf"))])
+def test_every_backend_refuses_adam_hyperparameters_torch_adam_refuses(monkeypatch, backend, name, value):
+    """The kernel ops accepted a negative lr (gradient ascent) and beta = 1 (a division by zero in the bias
+    correction); torch.optim.Adam refuses both. Nothing is written before the error."""
+    monkeypatch.setenv("PRUNERL_KERNELS", backend)
+    params, grads, m, v, masks = make_state([(8, 6)])
+    before = clone_all(params, m, v)
+    call = dict(step=1, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0)
+    call[name] = value
+    with pytest.raises(ValueError, match=f"masked_adam_: {name} = {value!r}; expected"):
+        kernels.masked_adam_(params, grads, m, v, masks, **call)
+    assert_lists_close([params, m, v], before, rtol=0, atol=0)
+    kernels.masked_adam_(params, grads, m, v, masks, step=1, lr=0.0, beta1=0.0, eps=0.0)  # the edges are allowed
+
+
 @st.composite
 def adam_cases(draw):
     n_seg = draw(st.integers(1, 4))
