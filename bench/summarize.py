@@ -126,26 +126,28 @@ def _traffic_rows(rows_by_key: dict, providers: list[str]) -> list[list[str]]:
 
 
 def _anatomy_lines(title: str, rows_by_key: dict, providers: list[str]) -> list[str]:
-    """The median device time of each launch of one call (`anatomy_us`), where the results have it, and the
-    host's time per eager call (`call_host_us`), where they have that: results without it (before 2026-11-28)
-    timed each launch with the host's launch cost in it, and say so."""
+    """The median device time of each launch of one call (`anatomy_us`), where the results have it, next to
+    the whole call's time replayed from a CUDA graph (device time alone: the sum should come close to it), and
+    the host's time per eager call (`call_host_us`), where they have that: results without it (before
+    2026-11-28) timed each launch with the host's launch cost in it, and say so."""
     rows, names = [], []
     for (case, s), row in sorted(rows_by_key.items()):
         for p in providers:
             anatomy = row.get(p, {}).get("anatomy_us")
             if anatomy:
                 names += [n for n in anatomy if n not in names]
-                rows.append((case, s, p, anatomy, row[p].get("call_host_us")))
+                graph_ms = row[p].get("ms_graph")
+                rows.append((case, s, p, anatomy, None if graph_ms is None else graph_ms * 1e3,
+                             row[p].get("call_host_us")))
     if not rows:
         return []
     queued = any(host is not None for *_, host in rows)
-    table = [[case, f"{s:g}", p] + [_fmt(a.get(n)) for n in names] + [_fmt(sum(a.values()))]
-             + ([_fmt(host)] if queued else []) for case, s, p, a, host in rows]
+    table = [[case, f"{s:g}", p] + [_fmt(a.get(n)) for n in names] + [_fmt(sum(a.values())), _fmt(graph)]
+             + ([_fmt(host)] if queued else []) for case, s, p, a, graph, host in rows]
     how = ("device time, each call queued behind a device delay; host per call: the host's time for one eager "
            "call" if queued else "eager, an event between launches: the host's launch cost included")
-    return ([f"### {title}: time per launch (us; {how})", ""]
-            + _table(["case", "sparsity", "provider", *names, "sum", *(["host per call"] if queued else [])], table)
-            + [""])
+    header = ["case", "sparsity", "provider", *names, "sum", "graph", *(["host per call"] if queued else [])]
+    return [f"### {title}: time per launch (us; {how})", ""] + _table(header, table) + [""]
 
 
 TRAFFIC_HEADER = ["case", "sparsity", "provider", "op MB (must move)", "design MB", "launches", "ideal ms",
