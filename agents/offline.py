@@ -88,6 +88,7 @@ class OfflineTrainer(Trainer):
         log_next = (self.agent_steps // cfg.log_every + 1) * cfg.log_every
         iter_start_time, iter_start_updates = time.perf_counter(), self.agent_steps
         run_start, run_start_updates = time.perf_counter(), self.agent_steps
+        self.launch_start_steps = run_start_updates  # a resumed run's profile counts this launch's updates only
         sums: dict[str, float] = {}
         count = 0
         bar = _progress_bar(cfg, self.agent_steps)

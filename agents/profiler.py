@@ -40,11 +40,13 @@ class Profiler:
         self.calls: dict[str, int] = defaultdict(int)
         self.start = time.perf_counter()
 
-    def section(self, name: str):
-        return self._timed(name) if self.enabled else _OFF
+    def section(self, name: str, first_half: bool = False):
+        """Time a block under `name`. `first_half`: the block is the first of two that together make one call
+        (an env step's submit and its result): its time counts, its call does not, so ms/call is per call."""
+        return self._timed(name, not first_half) if self.enabled else _OFF
 
     @contextlib.contextmanager
-    def _timed(self, name: str):
+    def _timed(self, name: str, counts_a_call: bool):
         if self.sync:
             torch.cuda.synchronize()
         t0 = time.perf_counter()
@@ -54,7 +56,7 @@ class Profiler:
             if self.sync:
                 torch.cuda.synchronize()
             self.seconds[name] += time.perf_counter() - t0
-            self.calls[name] += 1
+            self.calls[name] += counts_a_call
 
     def report(self, frames: int) -> dict:
         wall = time.perf_counter() - self.start

@@ -487,6 +487,7 @@ class Trainer:
         iter_returns = self.iteration_returns  # an iteration interrupted by --max-minutes goes on after resume
         iter_start_time, iter_start_steps = time.perf_counter(), self.agent_steps
         run_start, run_start_steps = time.perf_counter(), self.agent_steps
+        self.launch_start_steps = run_start_steps  # a resumed run's profile counts this launch's frames only
         sums: dict[str, float] = {}
         count = 0
         bar = _progress_bar(cfg, self.agent_steps)
@@ -500,10 +501,10 @@ class Trainer:
                 executed = ~pending_reset  # an env whose episode just ended ignores this action and resets
                 with prof.section("act"):
                     actions = self.act(obs, epsilon)
-                with prof.section("replay_add"):
+                with prof.section("replay_add", first_half=True):  # the outcome's add below completes it
                     self.replay.add_observation(obs[:, -1], actions, first, executed)
                 # The envs step while the learner runs: learning never reads the newest step's outcome.
-                with prof.section("env"):
+                with prof.section("env", first_half=True):  # the wait for the result below completes it
                     pool, start = self._env_pool, time.perf_counter()
                     stepping = pool.submit(env.step, actions) if pool is not None else _Done(env.step(actions))
                     self.loop_waits["env"] += time.perf_counter() - start
@@ -589,7 +590,7 @@ class Trainer:
         return True
 
     def _write_profile(self) -> None:
-        report = self.profiler.report(frames=(self.agent_steps) * self.cfg.env.frame_skip)
+        report = self.profiler.report(frames=(self.agent_steps - self.launch_start_steps) * self.cfg.env.frame_skip)
         report["sparsity"] = self._measured_sparsity()
         report["device"] = str(self.device)
         cfg = self.cfg  # what the numbers depend on besides the network: compared runs should agree on it

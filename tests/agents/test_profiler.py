@@ -23,6 +23,8 @@ def test_profile_json_accounts_for_the_loop(tmp_path):
     for name in ("env", "act", "replay_add", "replay_sample", "learner", "optimizer", "mask_update", "checkpoint"):
         assert comps[name]["calls"] > 0, name
     assert comps["learner"]["calls"] == comps["optimizer"]["calls"] == trainer.grad_steps
+    # One env step and one replay add per loop pass, each timed in two halves (before and after the learner).
+    assert comps["env"]["calls"] == comps["replay_add"]["calls"] == comps["act"]["calls"]
     updates = [t for t in range(trainer.grad_steps) if trainer.pruner.is_update_step(t)]
     assert comps["mask_update"]["calls"] == len(updates) >= 5  # grad steps 0, 20, 40, ...
     assert sum(c["share"] for c in comps.values()) == pytest.approx(1.0, abs=0.01)
@@ -35,6 +37,28 @@ def test_profile_json_accounts_for_the_loop(tmp_path):
         assert row["weight_sparsity"] == pytest.approx(measured[f"sparsity/{name}.weight"], abs=1e-4)
     assert "learner" in format_table(report) and "learner layer (alone)" in format_table(report)
     assert {row["compute_dtype"] for row in layers.values()} == {"float32"}
+
+
+def test_profile_of_a_resumed_run_counts_the_frames_of_its_launch(tmp_path):
+    """A resumed run's profile divided the frames of the whole run by the wall time of its launch alone: its
+    frames/s, and every component per million frames in `agents.profiler`'s comparison, were wrong."""
+    from agents.checkpoint import load_latest_checkpoint
+
+    cfg = chain_config(fast_dqn(min_replay=100), sparsity=0.0, total_steps=400)
+    cfg.iteration_steps = 200
+    first = Trainer(cfg, tmp_path / "run", env=ChainEnv(num_envs=4))
+    first.cfg.total_steps = 200  # stop after the first iteration's checkpoint, as a killed run would
+    first.run()
+    first.close()
+    cfg.total_steps, cfg.profile = 400, True
+    resumed = Trainer(cfg, tmp_path / "run", env=ChainEnv(num_envs=4),
+                      checkpoint=load_latest_checkpoint(tmp_path / "run" / "checkpoints", cfg.to_dict()))
+    start = resumed.agent_steps
+    assert start >= 200
+    resumed.run()
+    report = json.loads((tmp_path / "run" / "profile.json").read_text())
+    assert resumed.agent_steps >= 400 and report["frames"] == (resumed.agent_steps - start) * 4
+    assert report["frames_per_second"] == pytest.approx(report["frames"] / report["wall_seconds"], rel=1e-3)
 
 
 def test_layer_profile_of_a_bf16_run_times_bf16_layers(tmp_path):
