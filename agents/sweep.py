@@ -89,6 +89,7 @@ def plan_resources(parallel: int | None, runs_per_gpu: int, cpus_per_run: int | 
 
 
 # --- progress -------------------------------------------------------------------------------------------------
+ELSEWHERE_REFRESH_S = 5.0  # how often the progress re-reads the runs that other processes train
 class Progress:
     """One line per running run and one bar for the sweep on a terminal; event lines and a periodic summary
     otherwise (logs of batch jobs)."""
@@ -98,7 +99,7 @@ class Progress:
         self.status = {s.run.run_id: s for s in statuses}
         self.started_at: dict[str, float] = {}
         self.tty = sys.stderr.isatty()
-        self._last_summary = time.monotonic()
+        self._last_summary = self._last_elsewhere = time.monotonic()
         self._lock = threading.Lock()
         if self.tty:
             from tqdm.auto import tqdm
@@ -142,9 +143,21 @@ class Progress:
     def tick(self) -> None:
         with self._lock:
             running = [self.status[i] for i in self.started_at]
+            # Runs another process trains (a killed sweep's training processes, another sweep): re-inspected
+            # too, else their first state, speed and frames would stay in the counts and the ETA until the end.
+            elsewhere = [st for i, st in self.status.items() if st.state == "running" and i not in self.started_at]
         for st in running:
             fresh = inspect_run(self.sweep_dir, st.run)
             st.frames, st.fps = fresh.frames, fresh.fps
+        if time.monotonic() - self._last_elsewhere >= ELSEWHERE_REFRESH_S:
+            self._last_elsewhere = time.monotonic()
+            for st in elsewhere:
+                fresh = inspect_run(self.sweep_dir, st.run)
+                with self._lock:
+                    if st.run.run_id not in self.started_at:
+                        self.status[st.run.run_id] = fresh
+        mine = {st.run.run_id for st in running}
+        running += [st for st in self.status.values() if st.state == "running" and st.run.run_id not in mine]
         line = summary_line(self.sweep, list(self.status.values()))
         if self.tty:
             self.bar.n = self._frames_done()
@@ -157,6 +170,8 @@ class Progress:
             print(line, flush=True)
 
     def close(self) -> None:
+        self.status = {run.run_id: inspect_run(self.sweep_dir, run) for run in self.sweep.runs
+                       if run.run_id in self.status}
         line = summary_line(self.sweep, list(self.status.values()))
         if self.tty:
             self.bar.n = self._frames_done()
@@ -417,6 +432,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"sweep {sweep.name}: {len(todo)} of {len(runs)} runs to do, {res.parallel} at once, "
                   f"{res.cpus_per_run} cores each" + (f", GPUs {sorted(set(res.gpu_slots))}" if res.gpus_per_run
                                                       else "") + f" -> {sweep_dir}", flush=True)
+            elsewhere = sum(st.state == "running" for st in statuses)
+            if elsewhere:
+                print(f"note: {elsewhere} run(s) of this sweep are being trained by other processes (a killed sweep's "
+                      "training processes, which outlive it, or another sweep): skipped here, and not counted in "
+                      f"--parallel {res.parallel}", flush=True)
             progress = Progress(sweep, sweep_dir, statuses, lines=min(res.parallel, 16), interval=args.log_interval)
             try:
                 run_local(sweep, sweep_dir, todo, res, args, progress)

@@ -135,7 +135,9 @@ def inspect_run(sweep_dir: Path, run: Run) -> RunStatus:
     directory = run_dir(sweep_dir, run)
     st = read_json(state_path(sweep_dir, run, ".json")) or {}
     row = last_metrics(directory)
-    frames, fps = max(int(row.get("frames", 0)), checkpointed_frames(directory)), row.get("charts/FPS")
+    # The speed since the trainer's previous row: the speed since the launch counts the fast warm-up for long.
+    fps = row.get("charts/FPS_recent", row.get("charts/FPS"))  # (rows written before FPS_recent existed)
+    frames = max(int(row.get("frames", 0)), checkpointed_frames(directory))
     if is_finished(directory):
         state, frames, fps = "done", run.total_frames, None
     elif lock_is_held(state_path(sweep_dir, run, ".lock")):

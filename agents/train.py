@@ -488,6 +488,7 @@ class Trainer:
         iter_start_time, iter_start_steps = time.perf_counter(), self.agent_steps
         run_start, run_start_steps = time.perf_counter(), self.agent_steps
         self.launch_start_steps = run_start_steps  # a resumed run's profile counts this launch's frames only
+        last_log_time, last_log_steps = run_start, run_start_steps
         sums: dict[str, float] = {}
         count = 0
         bar = _progress_bar(cfg, self.agent_steps)
@@ -545,9 +546,13 @@ class Trainer:
                 # TRY NOT TO MODIFY: logging, iteration scores and checkpoints.
                 if self.agent_steps >= log_next:
                     log_next = (self.agent_steps // cfg.log_every + 1) * cfg.log_every
-                    sps = (self.agent_steps - run_start_steps) / max(time.perf_counter() - run_start, 1e-9)
+                    now = time.perf_counter()
+                    sps = (self.agent_steps - run_start_steps) / max(now - run_start, 1e-9)
+                    # Since the previous row: what a sweep's ETA needs (`sps` counts the fast warm-up for long).
+                    recent_sps = (self.agent_steps - last_log_steps) / max(now - last_log_time, 1e-9)
+                    last_log_time, last_log_steps = now, self.agent_steps
                     with prof.section("logging"):
-                        self._log_training(sums, count, epsilon, sps)
+                        self._log_training(sums, count, epsilon, sps, recent_sps)
                     sums, count = {}, 0
                 if self.agent_steps >= iter_end or self.agent_steps >= cfg.total_steps:
                     elapsed = time.perf_counter() - iter_start_time
@@ -678,10 +683,12 @@ class Trainer:
     def _measured_sparsity(self) -> float:
         return self.pruner.sparsity_report()["sparsity/total"] if self.pruner is not None else 0.0
 
-    def _log_training(self, sums: dict, count: int, epsilon: float, sps: float) -> None:
-        """Means of the learner's scalars since the last row, exploration, speed and sparsity."""
+    def _log_training(self, sums: dict, count: int, epsilon: float, sps: float, recent_sps: float) -> None:
+        """Means of the learner's scalars since the last row, exploration, speed (agent steps and frames per
+        second since this launch started, and frames per second since the previous row) and sparsity."""
         self._log({**self._learner_row(sums, count), "charts/epsilon": epsilon, "charts/SPS": sps,
-                   "charts/FPS": sps * self.cfg.env.frame_skip})
+                   "charts/FPS": sps * self.cfg.env.frame_skip,
+                   "charts/FPS_recent": recent_sps * self.cfg.env.frame_skip})
 
     def _learner_row(self, sums: dict, count: int) -> dict:
         """Means of the learner's scalars over `count` updates, and the measured and scheduled sparsity."""

@@ -255,6 +255,43 @@ def test_status_counts_frames_before_the_first_metrics_row(tmp_path):
     assert "ETA none (nothing left to run)" in summary_line(sweep, [inspect_run(sweep_dir, run)])
 
 
+def test_eta_uses_the_speed_since_the_previous_row(tmp_path):
+    """charts/FPS averages since the launch started, fast warm-up included: the sweep's ETA read it and said
+    "ETA 0m01s" for runs with most of their learning ahead. charts/FPS_recent is the speed since the last row."""
+    sweep, sweep_dir, run = _one_run(tmp_path)
+    directory = sweep_dir / run.run_id
+    directory.mkdir(parents=True)
+    (directory / "metrics.jsonl").write_text(
+        json.dumps({"agent_steps": 1500, "frames": 6000, "charts/FPS": 5000.0, "charts/FPS_recent": 100.0}) + "\n")
+    with run_lock(state_path(sweep_dir, run, ".lock"), wait=False):
+        st = inspect_run(sweep_dir, run)
+    assert st.fps == 100.0 and "ETA 3m00s" in summary_line(sweep, [st])  # 18,000 frames left at 100 frames/s
+
+
+def test_progress_follows_runs_that_other_processes_train(tmp_path, monkeypatch, capsys):
+    """A run that an earlier sweep's orphaned training process was training when the sweep restarted kept its
+    first state, frames and speed in the progress and in the final line ("1 running" after it had finished)."""
+    from agents import sweep as sweep_module
+
+    monkeypatch.setattr(sweep_module, "ELSEWHERE_REFRESH_S", 0.0)
+    sweep, sweep_dir, run = _one_run(tmp_path)
+    directory = sweep_dir / run.run_id
+    directory.mkdir(parents=True)
+    metrics = directory / "metrics.jsonl"
+    row = {"charts/FPS": 900.0}  # (the trainer's rows have both speeds)
+    metrics.write_text(json.dumps({"agent_steps": 1500, "frames": 6000, "charts/FPS_recent": 100.0, **row}) + "\n")
+    with run_lock(state_path(sweep_dir, run, ".lock"), wait=False):  # the orphan
+        progress = sweep_module.Progress(sweep, sweep_dir, [inspect_run(sweep_dir, run)], lines=1, interval=0.0)
+        with metrics.open("a") as f:
+            f.write(json.dumps({"agent_steps": 3000, "frames": 12000, "charts/FPS_recent": 150.0, **row}) + "\n")
+        progress.tick()
+        assert "12.00k / 24.00k" in capsys.readouterr().out
+        assert progress.status[run.run_id].fps == 150.0
+    (directory / "summary.json").write_text(json.dumps({"finished": True}))  # it finished after the restart
+    progress.close()
+    assert "1 done, 0 running" in capsys.readouterr().out
+
+
 def test_a_status_probe_does_not_make_a_run_look_busy(tmp_path):
     # The progress display and `agents.sweep status` probe a run's lock by taking it for a moment; a sweep that
     # starts the run during a probe must still get the lock (it once reported the run "busy" and skipped it).

@@ -76,6 +76,18 @@ def test_resume_without_saved_replay_refills_min_replay_before_learning(tmp_path
     assert summary["resumed"] == 1 and summary["resumed_without_replay"] is True
 
 
+def test_training_rows_log_the_speed_since_the_previous_row(tmp_path):
+    import json
+
+    cfg = chain_config(fast_dqn(min_replay=200), sparsity=0.0, total_steps=500)
+    cfg.log_every = 100
+    Trainer(cfg, tmp_path / "run", env=ChainEnv(num_envs=2)).run()
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    rows = [r for r in rows if "charts/FPS" in r]
+    assert len(rows) >= 4 and all(r["charts/FPS_recent"] > 0 for r in rows)
+    assert rows[0]["charts/FPS_recent"] == rows[0]["charts/FPS"]  # the first row's window is the launch so far
+
+
 def test_analysis_metrics_are_logged_on_a_fixed_batch(tmp_path):
     import json
 
