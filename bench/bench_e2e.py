@@ -14,8 +14,8 @@ graphs. Every setup runs in fp32; `dense` and `gmp95_after` also with `--bf16`, 
 (precision `nhwc_bf16`: cuDNN's tensor-core convolutions want NHWC activations) and with `--tf32`.
 
 Each run warms up for `WARMUP` agent steps (the replay fills and learning starts: iteration 1), then measures
-`MEASURE` agent steps (iteration 2); the frames/s of iteration 2 is the result. The full loop is timed: env
-stepping, acting, replay, learning, pruning; `loop_split` says where the measured iteration's wall time went
+`MEASURE` agent steps (the iterations after it, each `WARMUP` long); their frames/s is the result. The full loop
+is timed: env stepping, acting, replay, learning, pruning; `loop_split` says where the last iteration's time went
 (the host blocked on the envs, blocked on the GPU, or working: `Trainer._log_loop_split`). Results:
 `pytest bench/bench_e2e.py --benchmark-json=bench/results/<name>.json`; each benchmark's extra_info holds the
 setup, frames/s, the phases captured in CUDA graphs and the env backend, so a run that silently took a slow path
@@ -103,11 +103,23 @@ def measure_frames_per_second(cfg, naive: bool = False) -> dict:
         summary = trainer.run()
         backend = kernels.backend_for(trainer.device)
         rows = read_iterations(Path(tmp) / "run" / "iterations.csv")
-    start = int(rows[-2]["agent_steps"]) if len(rows) > 1 else 0
-    return {"frames_per_second": float(rows[-1]["fps"]), "measured_agent_steps": int(rows[-1]["agent_steps"]) - start,
+    fps, measured_steps = measured_speed(rows)
+    return {"frames_per_second": fps, "measured_agent_steps": measured_steps,
             "grad_steps": summary["grad_steps"], "total_sparsity": summary["total_sparsity"],
             "cuda_graphs": sorted(trainer.graphs.captured), "env_backend": trainer.env.backend,
             "kernels": backend, "loop_split": trainer.last_loop_split}
+
+
+def measured_speed(rows: list[dict]) -> tuple[float, int]:
+    """(frames/s, agent steps) of every iteration after the first (the warm-up). Iterations are `warmup` agent
+    steps long, so a measurement longer than the warm-up spans several; each one's frames/s excludes the
+    checkpoint between them. (Only the last one was once taken: half the stated window at the proof's sizes.)"""
+    ends = [0] + [int(r["frames"]) for r in rows]
+    iterations = [(end - begin, float(r["fps"])) for begin, end, r in zip(ends, ends[1:], rows)]
+    measured = iterations[1:] or iterations
+    seconds = sum(frames / fps for frames, fps in measured)
+    start = int(rows[0]["agent_steps"]) if len(rows) > 1 else 0
+    return sum(frames for frames, _ in measured) / seconds, int(rows[-1]["agent_steps"]) - start
 
 
 @pytest.mark.parametrize("arch,width,setup,precision", RUNS, ids=[f"{a}_w{w}-{s}-{p}" for a, w, s, p in RUNS])

@@ -212,6 +212,18 @@ def test_end_to_end_bench_measures_a_tiny_cpu_run():
     assert result["total_sparsity"] > 0.9  # pruned to 95% at gradient step 0 (biases stay dense)
 
 
+def test_end_to_end_speed_spans_every_measured_iteration():
+    """Iterations are the warm-up's length: a measurement twice as long is two iterations, and both count (only
+    the last one did, so the proof timed half the window its summary stated)."""
+    bench_e2e = _load("bench_e2e")
+    rows = [{"agent_steps": "1600", "frames": "6400", "fps": "5000"},  # the warm-up, not measured
+            {"agent_steps": "3200", "frames": "12800", "fps": "1000"},  # 6.4 s
+            {"agent_steps": "4800", "frames": "19200", "fps": "4000"}]  # 1.6 s
+    fps, steps = bench_e2e.measured_speed(rows)
+    assert steps == 3200 and fps == pytest.approx(12800 / 8.0)
+    assert bench_e2e.measured_speed(rows[:1]) == (5000.0, 1600)  # no warm-up iteration to leave out
+
+
 def test_pong_check_writes_curve_json_and_plot(tmp_path, monkeypatch):
     """The GPU learning check's pipeline on the CPU: a few seconds of Pong against the time budget."""
     pong_check = _load("pong_check")
