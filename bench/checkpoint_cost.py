@@ -84,12 +84,15 @@ def disk_bytes(directory: Path) -> int:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], prog="python bench/checkpoint_cost.py")
-    parser.add_argument("--preset", default="dqn_impala_w3_gmp95")
+    parser.add_argument("--preset", default="dqn_impala_w3_gmp95", help="the preset whose networks, Adam state, "
+                        "masks and replay are checkpointed (default: dqn_impala_w3_gmp95)")
     parser.add_argument("--iterations", type=int, default=6, help="iterations of 250k agent steps (4 fill 1M)")
     parser.add_argument("--replay-capacity", type=int, default=None, help="override (a quick check: 40000)")
     parser.add_argument("--iteration-steps", type=int, default=None, help="override (a quick check: 10000)")
     parser.add_argument("--dir", type=Path, default=None, help="where to write (default: a temporary directory)")
-    parser.add_argument("--out", type=Path, default=_ROOT / "bench" / "results" / "checkpoint_cost_cpu.json")
+    parser.add_argument("--out", type=Path, default=_ROOT / "bench" / "results" / "checkpoint_cost_cpu.json",
+                        help="JSON file the measurements are written to (default: "
+                        "bench/results/checkpoint_cost_cpu.json)")
     args = parser.parse_args()
 
     import torch
