@@ -459,6 +459,8 @@ def device_delay(seconds: float) -> None:
     """Queue `seconds` of busy-waiting on the current CUDA stream (`torch.cuda._sleep`, calibrated once), so that
     the host can queue what follows before the device reaches it."""
     if not _SLEEP_CYCLES_PER_S:
+        # Warm first: a first launch's lazy module load would sit between the events and make delays too short.
+        torch.cuda._sleep(1000)
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
         torch.cuda._sleep(10**7)
