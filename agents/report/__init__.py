@@ -7,7 +7,8 @@ Protocol (paper section 4.1, Agarwal et al. 2021):
   40M frames" for a full-budget run; it is human-normalised with the Atari-57 human_at30 table
   (agents/data/atari_scores.csv);
 - per configuration, the [seeds, games] matrix of final scores gives the IQM, median, mean and
-  optimality gap with 95% stratified-bootstrap percentile intervals (agents/evaluation.py);
+  optimality gap with 95% stratified-bootstrap percentile intervals (agents/evaluation.py), or none ("n/a",
+  null) where a game has a single run: resampling runs within a game then always gives that run back;
 - learning curves are the same IQM per iteration (one point per iteration, 1M frames by default).
 
 Runs are grouped by the options that change the experiment (agents.config.experiment_fields: everything

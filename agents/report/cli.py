@@ -20,7 +20,7 @@ from agents.report.figures import (
     plot_width,
 )
 from agents.report.runs import ReportError, find_run_dirs, load_run, warn
-from agents.report.stats import final_aggregates, iqm_curve, probability_of_improvement_pairs
+from agents.report.stats import MIN_RUNS_FOR_CI, final_aggregates, has_ci, iqm_curve, probability_of_improvement_pairs
 from agents.report.sweep import expect, is_sweep, read_sweep, sweep_status
 from agents.report.tables import write_markdown, write_tables
 
@@ -156,6 +156,11 @@ def report(args: argparse.Namespace) -> int:
     not_started = expect(sweeps, runs, configs, problems)
     build_matrices(configs, games, args.allow_incomplete, problems, args.normalization, required=bool(args.games))
     sweep_lines = [sweep_status(s, runs) for s in sweeps] + not_started
+    without_ci = [c.label for c in configs if c.aggregated and not has_ci(c.matrix)]
+    if without_ci:
+        warn(problems, f"no confidence interval for {', '.join(without_ci)}: a stratified bootstrap needs at least "
+                       f"{MIN_RUNS_FOR_CI} runs per game (it resamples runs within each game); n/a in the tables "
+                       "(also for P(improvement) against them), no error bars or bands in the figures")
     finals = {c.label: final_aggregates(c, args.reps, args.confidence, args.seed) for c in configs if c.aggregated}
     curves = {
         c.label: iqm_curve(c, args.reps, args.confidence, args.seed, problems, args.normalization)

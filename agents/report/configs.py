@@ -304,5 +304,3 @@ def build_matrices(
         c.matrix = np.array(
             [[ev.human_normalized(r.final_score(problems), r.game, table) for r in rs] for rs in c.used]
         ).T
-        if n == 1:
-            warn(problems, f"{c.label}: a single seed per game; its confidence interval only reflects game-wise spread")

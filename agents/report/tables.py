@@ -14,6 +14,9 @@ from agents.report.runs import LOOP_SPLIT_KEYS
 
 
 def _ci(d: dict, digits: int = 3) -> str:
+    """'1.234 [1.100, 1.300]', or '1.234 [n/a]' where there is no CI (one run per game)."""
+    if d["low"] is None:
+        return f"{d['value']:.{digits}f} [n/a]"
     return f"{d['value']:.{digits}f} [{d['low']:.{digits}f}, {d['high']:.{digits}f}]"
 
 
