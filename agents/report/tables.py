@@ -98,7 +98,7 @@ def write_markdown(
                 status = "partial (--allow-incomplete): " + "; ".join(c.flags)
             n_seeds = str(c.matrix.shape[0])
         else:
-            cells, n_seeds = ["excluded", "", "", ""], str(len(c.seeds))
+            cells, n_seeds = ["excluded", "", "", ""], str(len(c.expected_seeds))
         n_games = len(c.games) if c.aggregated else len({g for g, _ in c.cells})
         lines.append(f"| {c.label} | {n_games} | {n_seeds} | " + " | ".join(cells) + f" | {status} |")
     shared = [(k, configs[0].flat[k]) for k in LABEL_ORDER if all(k in c.flat for c in configs)]
@@ -206,6 +206,7 @@ def write_tables(out: Path, configs, finals, curves, pairs, problems, args, swee
                 "seeds": c.seeds,
                 "final": finals.get(c.label),
                 "scores": c.matrix.tolist() if c.aggregated else None,
+                "score_seeds": c.score_seeds.tolist() if c.aggregated else None,
                 "experiment": c.flat,
                 "speed": config_speeds(c),
             }

@@ -200,3 +200,22 @@ def test_figure_titles_wrap_to_the_figure_width():
     plt.close(fig)
     assert len(lines) > 2 and max(len(line) for line in lines) <= int(3.8 * 11)
     assert " ".join(lines).startswith("Gradient covariance (per-sample TD-loss gradients on a fixed batch)")
+
+
+def test_allow_incomplete_writes_the_seed_of_every_score(tmp_path):
+    """Each game keeps its own first seeds, so a row of `scores` can hold different seeds in different games;
+    `score_seeds` says which, and `seeds` lists the seeds found, not the rows."""
+    root = tmp_path / "runs"
+    for game, seeds in (("Pong", (0, 1, 2)), ("Breakout", (1, 2)), ("Enduro", (0, 2))):
+        for seed in seeds:
+            write_run(root, game, seed, 0.0)
+    out = tmp_path / "r"
+    report.main([str(root), "--out", str(out), "--reps", "20", "--no-figures", "--allow-incomplete"])
+    (c,) = summary(out).values()
+    assert c["seeds"] == [0, 1, 2]
+    scores, seeds = np.array(c["scores"]), np.array(c["score_seeds"])
+    assert seeds.shape == scores.shape == (2, 3)
+    first = {"Pong": [0, 1], "Breakout": [1, 2], "Enduro": [0, 2]}
+    assert {g: seeds[:, j].tolist() for j, g in enumerate(c["games"])} == first
+    for (r, j), s in np.ndenumerate(seeds):
+        assert scores[r, j] == pytest.approx(final_hns(0.0, GAMES.index(c["games"][j]), s))
