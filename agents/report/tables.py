@@ -76,7 +76,7 @@ def write_markdown(
     lines += [
         f"Human-normalised scores ({args.normalization} human_at30 table), final score = last iteration's mean "
         f"{SCORE_NAMES[args.score]} return; IQM, median, mean and optimality gap over runs x games with {ci}% "
-        f"stratified-bootstrap percentile CIs ({args.reps} reps, seed {args.seed}). "
+        f"stratified-bootstrap percentile CIs ({args.reps} reps, learning curves {args.curve_reps}, seed {args.seed}). "
         f"Games: {', '.join(games) or 'none'}.",
         "",
         f"| Configuration | Games | Seeds | IQM [{ci}% CI] | Median | Mean | Optimality gap | Status |",
@@ -190,6 +190,7 @@ def write_tables(out: Path, configs, finals, curves, pairs, problems, args, swee
         "normalization": args.normalization,
         "confidence": args.confidence,
         "reps": args.reps,
+        "curve_reps": args.curve_reps,
         "seed": args.seed,
         "configs": [
             {

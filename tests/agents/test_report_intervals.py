@@ -53,3 +53,14 @@ def test_figures_draw_no_error_bar_or_band_without_an_interval():
     mean, low, high = figures._mean_band(np.array([[1.0, 2.0]]), reps=20, confidence=0.95, seed=0)
     assert mean.tolist() == [1.0, 2.0] and low is None and high is None
     plt.close(fig)
+
+
+def test_bootstrap_replications_default_to_rliables(tmp_path):
+    """2,000 replications left the CI bounds visibly dependent on --seed; the curves, one bootstrap per
+    iteration, get fewer unless asked (never more than --reps)."""
+    args = report.parse_args([str(tmp_path), "--out", str(tmp_path)])
+    assert (args.reps, args.curve_reps) == (50_000, 5_000)
+    args = report.parse_args([str(tmp_path), "--out", str(tmp_path), "--reps", "300"])
+    assert (args.reps, args.curve_reps) == (300, 300)
+    args = report.parse_args([str(tmp_path), "--out", str(tmp_path), "--reps", "300", "--curve-reps", "400"])
+    assert (args.reps, args.curve_reps) == (300, 400)
