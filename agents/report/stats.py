@@ -42,7 +42,7 @@ def iqm_curve(
     iters = sorted({int(i) for r in runs for i in r.iterations["iteration"] if np.isfinite(i)})
     points, gaps = [], 0
     for it in iters:
-        cols, frames, updates = [], [], []
+        cols, frames, updates, overshoot = [], [], [], 0
         for rs in c.used:
             col = []
             for r in rs:
@@ -51,12 +51,15 @@ def iqm_curve(
                     col.append(ev.human_normalized(r.scores[idx[0]], r.game, table))
                     frames.append(r.iterations["frames"][idx[0]])
                     updates.append(r.iterations["agent_steps"][idx[0]])  # offline runs: gradient updates
+                    overshoot = max(overshoot, r.iteration_overshoot)
             cols.append(col)
         if any(len(col) < len(rs) for col, rs in zip(cols, c.used, strict=True)):
             gaps += 1  # a run has not reached this iteration, or no episode finished in it
             continue
-        if len(set(frames)) > 1:
-            warn(problems, f"{c.label}: runs disagree on the frame count of iteration {it}: {sorted(set(frames))}")
+        if max(frames) - min(frames) >= overshoot:  # more than envs that finish the iteration at different steps
+            warn(problems, f"{c.label}: runs disagree on the frame count of iteration {it}: {int(min(frames)):,} to "
+                           f"{int(max(frames)):,}, {overshoot:,} or more apart (runs can end an iteration up to "
+                           "num_envs x frame_skip frames apart)")
         m = np.array(cols).T
         point, low, high = with_ci(m, ev.iqm, reps, confidence, seed)
         points.append(
