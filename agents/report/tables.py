@@ -124,7 +124,7 @@ def write_markdown(
 
     all_games = list(games) + sorted(unreferenced)
     for title, norm in (
-        ("Per-game mean raw score ± std over seeds (final iteration)", False),
+        ("Per-game mean raw score ± sample std over seeds (final iteration)", False),
         ("Per-game mean human-normalised score (final iteration)", True),
     ):
         lines += [
@@ -143,8 +143,10 @@ def write_markdown(
                     row.append("—")
                 elif norm:
                     row.append(f"{np.mean(ev.human_normalized(scores, g, args.normalization)):.3f} (n={len(scores)})")
+                elif len(scores) == 1:  # no spread to estimate from one run
+                    row.append(f"{scores[0]:.1f} (n=1)")
                 else:
-                    row.append(f"{scores.mean():.1f} ± {scores.std():.1f} (n={len(scores)})")
+                    row.append(f"{scores.mean():.1f} ± {scores.std(ddof=1):.1f} (n={len(scores)})")
             lines.append(f"| {g} | " + " | ".join(row) + " |")
     lines += ["", "Per-game tables count finished runs that the trainer did not flag, and no (game, seed) pair "
               "that has several runs."]

@@ -255,3 +255,17 @@ def test_iterations_may_end_up_to_num_envs_agent_steps_apart(tmp_path, capsys, n
     else:
         assert not disagree
 
+
+def test_per_game_spread_is_the_sample_std(runs, tmp_path):
+    write_run(runs / "w1", "Pong", 0, 0.0, width=1)  # one run: no spread to show
+    out = tmp_path / "r"
+    report.main([str(runs), "--out", str(out), "--reps", "20", "--no-figures", "--allow-incomplete"])
+    md = (out / "report.md").read_text()
+    assert "Per-game mean raw score ± sample std over seeds" in md
+    rand, human = ev.reference_scores("Pong")
+    pong = np.array([rand + final_hns(0.0, 0, s) * (human - rand) for s in SEEDS])
+    header, _, *rows = md.split("Per-game mean raw score")[1].split("\n\n")[1].splitlines()
+    cells = lambda row: [c.strip() for c in row.strip("|").split("|")]
+    pong_row = dict(zip(cells(header), cells(next(r for r in rows if r.startswith("| Pong"))), strict=True))
+    assert pong_row["×3, dense"] == f"{pong.mean():.1f} ± {pong.std(ddof=1):.1f} (n=3)"
+    assert pong_row["×1, dense"] == f"{pong[0]:.1f} (n=1)"
