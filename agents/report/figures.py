@@ -85,9 +85,16 @@ def line_styles(configs: list[Config], panels: list | None = None) -> list[Line]
     prunes, rests = list(dict.fromkeys(prune)), list(dict.fromkeys(rest))
     if len(prunes) > 1:
         sparsity = {t: c.sparsity for t, c in zip(prune, configs, strict=True)}
-        fixed = len(set(sparsity.values())) == len(prunes)  # else pruning differs in more than the sparsity
-        spare = iter([c for c in PALETTE if not fixed or c not in SPARSITY_COLORS.values()] * 2)
-        colors = {t: (SPARSITY_COLORS.get(round(sparsity[t], 4)) if fixed else None) or next(spare) for t in prunes}
+        # The sparsity's colour (dense blue, 95% orange) wherever the sparsity is all that its pruning text says
+        # (RigL, a lottery ticket or another distribution add to it) or tells it apart; other colours otherwise.
+        plain = {t for t, ps in zip(prune, parts, strict=True)
+                 if not any(text for k, text in ps if k.startswith("pruning.") and k != "pruning.final_sparsity")}
+        by_sparsity = set(prunes) if len(set(sparsity.values())) == len(prunes) else plain
+        colors = {t: SPARSITY_COLORS.get(round(sparsity[t], 4)) for t in prunes if t in by_sparsity}
+        # other pruning texts take the colours no sparsity has first, then the sparsities' unused ones
+        spare = sorted((c for c in PALETTE if c not in colors.values()), key=lambda c: c in SPARSITY_COLORS.values())
+        spare = iter(spare * 2)
+        colors = {t: colors.get(t) or next(spare) for t in prunes}
         color = lambda i: colors[prune[i]]
     else:
         color = lambda i: PALETTE[rests.index(rest[i]) % len(PALETTE)]
@@ -412,7 +419,8 @@ def plot_methods(configs: list[Config], curves: dict[str, list[dict]], finals: d
     firsts = [method_of.index(x) for x in dict.fromkeys(method_of)]
     labels = [join_parts(p) or "baseline" for p in label_parts([methods[i] for i in firsts],
                                                                always=("pruning.final_sparsity",))]
-    lines = [Line(label, PALETTE[j % len(PALETTE)], j) for j, label in enumerate(labels)]
+    styles = line_styles([cs[i] for i in firsts])  # one configuration, one colour: the other figures' colours
+    lines = [Line(label, style.color, j) for j, (label, style) in enumerate(zip(labels, styles, strict=True))]
     key, quantity = _progress([curves[c.label] for c in cs if curves.get(c.label)])
     plt = _plt()
     fig, axes = plt.subplots(len(panels), 2, figsize=(10.5, 3.8 * len(panels) + 0.6), squeeze=False,
