@@ -6,8 +6,9 @@ Protocol (paper section 4.1, Agarwal et al. 2021):
   finished in that iteration, or with --score eval of the evaluation phase after it), i.e. "IQM after
   40M frames" for a full-budget run; it is human-normalised with the Atari-57 human_at30 table
   (agents/data/atari_scores.csv);
-- per configuration, the [seeds, games] matrix of final scores gives the IQM, median, mean and
-  optimality gap with 95% stratified-bootstrap percentile intervals (agents/evaluation.py);
+- per configuration, the [runs, games] matrix of final scores gives the IQM, median, mean and
+  optimality gap with 95% stratified-bootstrap percentile intervals (agents/evaluation.py), or none ("n/a",
+  null) where a game has a single run: resampling runs within a game then always gives that run back;
 - learning curves are the same IQM per iteration (one point per iteration, 1M frames by default).
 
 Runs are grouped by the options that change the experiment (agents.config.experiment_fields: everything
@@ -16,17 +17,17 @@ batch size, budget, ...) are never averaged together, and runs that differ only 
 (--max-minutes, --device, speed flags, paths, logging) always are. Labels name what differs between
 configurations; report.md lists every differing field.
 
-Nothing is silently averaged. A configuration is complete when it has exactly one finished run, not flagged by
-its trainer (summary.json: resumed without its replay, below its target sparsity, schedule short of it), for
-every (game, seed) it expects: those its sweep lists (a sweep directory's sweep.json), or else every game
-(found in any run, or --games) with every seed that appears anywhere in that configuration. Otherwise it is
-flagged in report.md and on stderr and left out of the IQM table, the IQM curves and the width figure, unless
---allow-incomplete: then each game keeps its first n seeds (n = the smallest count over games), unfinished and
-flagged runs count with the score of their last iteration, and the configuration is marked "partial" /
-"incomplete" everywhere. A (game, seed) pair with two runs is an error: that configuration is never
-aggregated. The sparsity and analysis figures plot whatever runs logged. Games without a human reference score
-are reported with raw scores only. A run whose files cannot be read is skipped with a warning naming the file
-and line.
+Nothing is silently averaged. A configuration is complete when it has exactly one finished run, not flagged by its
+trainer (summary.json: resumed without its replay, below its target sparsity, schedule short of it), for every
+(game, seed) it expects: those its sweep lists (a sweep directory's sweep.json), or else every game (found in any
+run, or --games) with every seed that appears anywhere in that configuration. Otherwise it is flagged in report.md
+and on stderr and left out of the IQM table, the IQM curves and the width figure, unless --allow-incomplete: then
+each game keeps its first n seeds (n = the smallest count over games; summary.json's score_seeds says which seed
+each score is), unfinished and flagged runs count with the score of their last iteration, and the configuration is
+marked "partial" / "incomplete" everywhere. A (game, seed) pair with two runs is an error: that configuration is
+never aggregated. The sparsity and analysis figures plot whatever runs logged. Games without a human reference score
+are reported with raw scores only. A run whose files cannot be read is skipped with a warning naming the file and
+line.
 
 Outputs in --out: report.md, summary.json, final_scores.csv, curves.csv and PNG figures
 (iqm_curves.png, iqm_vs_width.png, sparsity_schedule.png, analysis.png), all drawn with matplotlib's

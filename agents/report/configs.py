@@ -47,8 +47,8 @@ class Config:
     flags: list[str] = field(default_factory=list)  # why it is incomplete, shown in report.md
     errors: list[str] = field(default_factory=list)  # data that cannot be aggregated at all (repeated runs)
     games: list[str] = field(default_factory=list)  # games of the score matrix
-    seeds: list[int] = field(default_factory=list)
-    matrix: np.ndarray | None = None  # [seeds, games] human-normalised final scores
+    expected_seeds: list[int] = field(default_factory=list)  # the seeds every game must have to be complete
+    matrix: np.ndarray | None = None  # [runs, games] human-normalised final scores
     cells: dict[tuple[str, int], Run] = field(default_factory=dict)
     used: list[list[Run]] = field(default_factory=list)  # per game, the runs in the matrix
     expected: set[tuple[str, int]] | None = None  # the (game, seed) pairs a sweep expects; None: not from a sweep
@@ -80,6 +80,17 @@ class Config:
     @property
     def aggregated(self) -> bool:
         return self.matrix is not None
+
+    @property
+    def seeds(self) -> list[int]:
+        """The seeds of the runs found (whether they enter the matrix or not)."""
+        return sorted({r.seed for r in self.runs})
+
+    @property
+    def score_seeds(self) -> np.ndarray | None:
+        """[runs, games]: the seed of each cell of the matrix. A row holds one seed in every game only when the
+        configuration is complete; with --allow-incomplete each game keeps its own first seeds."""
+        return np.array([[r.seed for r in rs] for rs in self.used]).T if self.aggregated else None
 
 
 @cache
@@ -238,12 +249,12 @@ def build_matrices(
     referenced games, unless `required` says `games` were asked for explicitly (--games)."""
     for c in configs:
         if c.expected is not None and not required:
-            c.seeds = sorted({s for _, s in c.expected})
+            c.expected_seeds = sorted({s for _, s in c.expected})
             expected = {(g, s) for g, s in c.expected if ev.has_reference(g)}
             c_games = sorted({g for g, _ in expected})
         else:
-            c.seeds = sorted({s for _, s in c.expected} if c.expected is not None else {r.seed for r in c.runs})
-            expected = {(g, s) for g in games for s in c.seeds}
+            c.expected_seeds = sorted({s for _, s in c.expected} if c.expected is not None else c.seeds)
+            expected = {(g, s) for g in games for s in c.expected_seeds}
             c_games = list(games)
         by_cell: dict[tuple[str, int], list[Run]] = {}
         for r in c.runs:
@@ -255,7 +266,7 @@ def build_matrices(
         c.cells = {cell: rs[0] for cell, rs in by_cell.items() if len(rs) == 1}
         present = {cell for cell in by_cell if cell in expected}
         cells = [r for cell, r in sorted(c.cells.items()) if cell in expected]
-        missing = [(g, s) for g in c_games for s in c.seeds if (g, s) in expected and (g, s) not in present]
+        missing = [(g, s) for g in c_games for s in c.expected_seeds if (g, s) in expected and (g, s) not in present]
         unfinished = [r for r in cells if not r.finished]
         no_score = [r for r in cells if not np.isfinite(r.scores).any()]
         flagged: dict[str, list[Run]] = {}  # the trainer's own verdicts (summary.json): flag -> runs
@@ -263,7 +274,7 @@ def build_matrices(
             for flag in r.flags:
                 flagged.setdefault(flag, []).append(r)
         if missing:
-            absent = [g for g in c_games if not any((g, s) in present for s in c.seeds)]
+            absent = [g for g in c_games if not any((g, s) in present for s in c.expected_seeds)]
             partial = [f"{g} seed {s}" for g, s in missing if g not in absent]
             if absent:
                 c.flags.append(f"missing games: {', '.join(absent)}")
@@ -284,7 +295,8 @@ def build_matrices(
             warn(problems, f"{c.label}: {flag}" + ("" if allow_incomplete else " -> left out of the aggregates"))
 
         # the runs that enter the matrix, per game
-        per_game = {g: [c.cells[(g, s)] for s in c.seeds if (g, s) in c.cells and (g, s) in expected] for g in c_games}
+        per_game = {g: [c.cells[(g, s)] for s in c.expected_seeds if (g, s) in c.cells and (g, s) in expected]
+                    for g in c_games}
         if c.errors:
             continue
         if allow_incomplete:
@@ -304,5 +316,3 @@ def build_matrices(
         c.matrix = np.array(
             [[ev.human_normalized(r.final_score(problems), r.game, table) for r in rs] for rs in c.used]
         ).T
-        if n == 1:
-            warn(problems, f"{c.label}: a single seed per game; its confidence interval only reflects game-wise spread")

@@ -13,6 +13,7 @@ import numpy as np
 
 from agents.report.configs import METHOD_SWITCHES, METHOD_TEXT, Config, describe, join_parts, label_parts
 from agents.report.runs import Run
+from agents.report.stats import MIN_RUNS_FOR_CI
 
 ANALYSIS_KEYS = {  # Fig. 11 panels: metrics.jsonl key -> axis label
     "analysis/q_var": "Q-value variance",
@@ -84,9 +85,16 @@ def line_styles(configs: list[Config], panels: list | None = None) -> list[Line]
     prunes, rests = list(dict.fromkeys(prune)), list(dict.fromkeys(rest))
     if len(prunes) > 1:
         sparsity = {t: c.sparsity for t, c in zip(prune, configs, strict=True)}
-        fixed = len(set(sparsity.values())) == len(prunes)  # else pruning differs in more than the sparsity
-        spare = iter([c for c in PALETTE if not fixed or c not in SPARSITY_COLORS.values()] * 2)
-        colors = {t: (SPARSITY_COLORS.get(round(sparsity[t], 4)) if fixed else None) or next(spare) for t in prunes}
+        # The sparsity's colour (dense blue, 95% orange) wherever the sparsity is all that its pruning text says
+        # (RigL, a lottery ticket or another distribution add to it) or tells it apart; other colours otherwise.
+        plain = {t for t, ps in zip(prune, parts, strict=True)
+                 if not any(text for k, text in ps if k.startswith("pruning.") and k != "pruning.final_sparsity")}
+        by_sparsity = set(prunes) if len(set(sparsity.values())) == len(prunes) else plain
+        colors = {t: SPARSITY_COLORS.get(round(sparsity[t], 4)) for t in prunes if t in by_sparsity}
+        # other pruning texts take the colours no sparsity has first, then the sparsities' unused ones
+        spare = sorted((c for c in PALETTE if c not in colors.values()), key=lambda c: c in SPARSITY_COLORS.values())
+        spare = iter(spare * 2)
+        colors = {t: colors.get(t) or next(spare) for t in prunes}
         color = lambda i: colors[prune[i]]
     else:
         color = lambda i: PALETTE[rests.index(rest[i]) % len(PALETTE)]
@@ -169,8 +177,8 @@ def plot_curves(configs: list[Config], curves: dict[str, list[dict]], path: Path
     for c, line, p in zip(cs, line_styles(cs, panel_of), panel_of, strict=True):
         pts = curves[c.label]
         ax = axes[panels.index(p)]
-        line.plot(ax, [q[key] for q in pts], [q["iqm"] for q in pts], [q["low"] for q in pts],
-                  [q["high"] for q in pts], label=line.label if c.complete else f"{line.label} (incomplete)")
+        line.plot(ax, [q[key] for q in pts], [q["iqm"] for q in pts], *_band(pts),
+                  label=line.label + "".join(f" ({n})" for n in _notes(c, pts[0]["low"] is not None)))
     for ax, title in zip(axes, titles, strict=True):
         ax.set_title(title, fontsize=10)
         _frames_axis(ax, quantity=quantity)
@@ -179,6 +187,38 @@ def plot_curves(configs: list[Config], curves: dict[str, list[dict]], path: Path
     _title(fig, f"IQM learning curves ({ci}% stratified-bootstrap CIs)", note)
     _save(fig, plt, path)
     return True
+
+
+def _band(pts: list[dict]) -> tuple[list | None, list | None]:
+    """A learning curve's CI band, or (None, None) where it has none (one run per game: see stats.has_ci)."""
+    if pts[0]["low"] is None:
+        return None, None
+    return [q["low"] for q in pts], [q["high"] for q in pts]
+
+
+def _notes(c: Config, has_ci: bool) -> list[str]:
+    """What a line or point must say about itself: incomplete (only reachable with --allow-incomplete), no CI."""
+    return ["incomplete"] * (not c.complete) + ["no CI: 1 run per game"] * (not has_ci)
+
+
+def _final_iqm_line(ax, group: list[Config], finals: dict[str, dict], line: Line) -> None:
+    """Final IQM against width for `group` (one configuration per width), with CI bars where there are CIs;
+    configurations that are incomplete or have no CI are circled and say so, impossible to miss."""
+    w = np.array([c.width for c in group], dtype=float)
+    iqm = [finals[c.label]["iqm"] for c in group]
+    y = np.array([f["value"] for f in iqm])
+    ax.plot(w, y, color=line.color, ls=DASHES[line.variant % len(DASHES)], marker=MARKERS[line.variant % len(MARKERS)],
+            lw=1.6, label=line.label)
+    bars = [i for i, f in enumerate(iqm) if f["low"] is not None]
+    if bars:
+        lo, hi = (np.array([iqm[i][k] for i in bars]) for k in ("low", "high"))
+        ax.errorbar(w[bars], y[bars], yerr=[y[bars] - lo, hi - y[bars]], fmt="none", ecolor=line.color, capsize=4,
+                    lw=1.6)
+    for c, x, v in zip(group, w, y, strict=True):
+        notes = _notes(c, finals[c.label]["iqm"]["low"] is not None)
+        if notes:
+            ax.plot(x, v, marker="o", ms=9, mfc="white", mec=line.color, zorder=3)
+            ax.annotate(", ".join(notes), (x, v), xytext=(6, -12), textcoords="offset points", fontsize=7)
 
 
 def _panel_title(c: Config, parts: list[tuple[str, str]] = ()) -> str:
@@ -213,15 +253,7 @@ def plot_width(configs: list[Config], finals: dict[str, dict], path: Path, note:
                             if q == p and x == line_of[first]), key=lambda c: c.width)
             if not group:
                 continue
-            line = Line(join_parts(labels[j]) or "baseline", styles[j].color, j)
-            w = np.array([c.width for c in group], dtype=float)
-            iq, lo, hi = (np.array([finals[c.label]["iqm"][k] for c in group]) for k in ("value", "low", "high"))
-            ax.errorbar(w, iq, yerr=[iq - lo, hi - iq], color=line.color, ls=DASHES[j % len(DASHES)],
-                        marker=MARKERS[j % len(MARKERS)], capsize=4, lw=1.6, label=line.label)
-            for c, x, y in zip(group, w, iq, strict=True):
-                if not c.complete:  # only reachable with --allow-incomplete: make it impossible to miss
-                    ax.plot(x, y, marker="o", ms=9, mfc="white", mec=line.color, zorder=3)
-                    ax.annotate("incomplete", (x, y), xytext=(6, -12), textcoords="offset points", fontsize=7)
+            _final_iqm_line(ax, group, finals, Line(join_parts(labels[j]) or "baseline", styles[j].color, j))
         ax.set_title(title, fontsize=10)
         ax.set_xticks(sorted({c.width for c, q in zip(cs, panel_of, strict=True) if q == p}))
         ax.set_xlabel("Width multiplier")
@@ -297,7 +329,10 @@ def plot_sparsity(configs: list[Config], path: Path, note: str) -> bool:
 
 
 def _mean_band(values: np.ndarray, reps: int, confidence: float, seed: int):
-    """Mean over runs and a bootstrap percentile CI of it, for every column of [runs, T]."""
+    """Mean over runs and a bootstrap percentile CI of it, for every column of [runs, T]; no CI (None, None) from
+    a single run, which resamples to itself."""
+    if len(values) < MIN_RUNS_FOR_CI:
+        return values.mean(axis=0), None, None
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, len(values), size=(reps, len(values)))
     means = values[idx].mean(axis=1)
@@ -384,7 +419,8 @@ def plot_methods(configs: list[Config], curves: dict[str, list[dict]], finals: d
     firsts = [method_of.index(x) for x in dict.fromkeys(method_of)]
     labels = [join_parts(p) or "baseline" for p in label_parts([methods[i] for i in firsts],
                                                                always=("pruning.final_sparsity",))]
-    lines = [Line(label, PALETTE[j % len(PALETTE)], j) for j, label in enumerate(labels)]
+    styles = line_styles([cs[i] for i in firsts])  # one configuration, one colour: the other figures' colours
+    lines = [Line(label, style.color, j) for j, (label, style) in enumerate(zip(labels, styles, strict=True))]
     key, quantity = _progress([curves[c.label] for c in cs if curves.get(c.label)])
     plt = _plt()
     fig, axes = plt.subplots(len(panels), 2, figsize=(10.5, 3.8 * len(panels) + 0.6), squeeze=False,
@@ -397,20 +433,12 @@ def plot_methods(configs: list[Config], curves: dict[str, list[dict]], finals: d
             j = firsts.index(first)
             if c.width == shown and curves.get(c.label):
                 pts = curves[c.label]
-                lines[j].plot(ax_c, [q[key] for q in pts], [q["iqm"] for q in pts], [q["low"] for q in pts],
-                              [q["high"] for q in pts])
+                lines[j].plot(ax_c, [q[key] for q in pts], [q["iqm"] for q in pts], *_band(pts))
         for j, first in enumerate(firsts):
             group = sorted((c for c, f in mine if f == first), key=lambda c: c.width)
             if not group:
                 continue
-            w = np.array([c.width for c in group], dtype=float)
-            iq, lo, hi = (np.array([finals[c.label]["iqm"][k] for c in group]) for k in ("value", "low", "high"))
-            ax_w.errorbar(w, iq, yerr=[iq - lo, hi - iq], color=lines[j].color, ls=DASHES[j % len(DASHES)],
-                          marker=MARKERS[j % len(MARKERS)], capsize=4, lw=1.6, label=lines[j].label)
-            for c, x, y in zip(group, w, iq, strict=True):
-                if not c.complete:
-                    ax_w.plot(x, y, marker="o", ms=9, mfc="white", mec=lines[j].color, zorder=3)
-                    ax_w.annotate("incomplete", (x, y), xytext=(6, -12), textcoords="offset points", fontsize=7)
+            _final_iqm_line(ax_w, group, finals, lines[j])
         ax_c.set_title(f"{title}: width ×{shown}", fontsize=10)
         _frames_axis(ax_c, quantity=quantity)
         ax_c.set_ylabel("IQM human-normalized score")

@@ -71,6 +71,17 @@ class Run:
         return float(np.median(fps)) if len(fps) else None
 
     @property
+    def iteration_overshoot(self) -> int:
+        """Frames that two runs' counts of one iteration can differ by, exclusive: an iteration ends at the first
+        step of the envs that reaches its budget, a step of up to num_envs agent steps (an env that auto-resets
+        counts none), so it ends 0 to num_envs - 1 agent steps of frame_skip frames late."""
+        flat, default = flatten_config(self.config), _config_defaults()
+        # a config.json without these fields comes from an older trainer; today's defaults are the best guess
+        num_envs = flat.get("env.num_envs", default["env.num_envs"])
+        frame_skip = flat.get("env.frame_skip", flat.get("frame_skip", default["env.frame_skip"]))
+        return int(num_envs * frame_skip)
+
+    @property
     def frames_reached(self) -> float:
         return float(self.iterations["frames"][-1]) if len(self.iterations["frames"]) else 0.0
 
@@ -154,9 +165,15 @@ def read_json(path: Path) -> dict:
 
 
 @cache
+def _config_defaults() -> dict:
+    """Flattened config field -> this trainer's default."""
+    return flatten_config(TrainConfig().to_dict())
+
+
+@cache
 def _field_types() -> dict[str, type]:
     """Flattened config field -> the type of its default (fields that default to None can hold more)."""
-    return {k: type(v) for k, v in flatten_config(TrainConfig().to_dict()).items() if v is not None}
+    return {k: type(v) for k, v in _config_defaults().items() if v is not None}
 
 
 def _check_types(cfg: dict, path: Path) -> None:

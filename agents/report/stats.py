@@ -8,11 +8,27 @@ from agents import evaluation as ev
 from agents.report.configs import Config
 from agents.report.runs import warn
 
+# The stratified bootstrap resamples runs within each game: a game with one run resamples to itself, so a matrix
+# with one row would give a zero-width interval that reflects nothing.
+MIN_RUNS_FOR_CI = 2
+
+
+def has_ci(matrix: np.ndarray) -> bool:
+    """Whether a [runs, games] matrix has enough runs per game for a stratified-bootstrap CI."""
+    return matrix.shape[0] >= MIN_RUNS_FOR_CI
+
+
+def with_ci(matrix: np.ndarray, statistic, reps: int, confidence: float, seed: int) -> tuple:
+    """(point, low, high); low and high are None where the matrix has too few runs per game for a CI."""
+    if not has_ci(matrix):
+        return float(statistic(matrix)), None, None
+    return ev.aggregate_with_ci(matrix, statistic, reps=reps, confidence=confidence, seed=seed)
+
 
 def final_aggregates(c: Config, reps: int, confidence: float, seed: int) -> dict:
     out = {}
     for name, fn in ev.AGGREGATES.items():
-        point, low, high = ev.aggregate_with_ci(c.matrix, fn, reps=reps, confidence=confidence, seed=seed)
+        point, low, high = with_ci(c.matrix, fn, reps, confidence, seed)
         out[name] = {"value": point, "low": low, "high": high}
     return out
 
@@ -20,12 +36,13 @@ def final_aggregates(c: Config, reps: int, confidence: float, seed: int) -> dict
 def iqm_curve(
     c: Config, reps: int, confidence: float, seed: int, problems: list[str], table: str = "dqn_zoo"
 ) -> list[dict]:
-    """IQM with CI at every iteration for which every run in the matrix has a score."""
+    """IQM with CI (None with one run per game) at every iteration for which every run in the matrix has a
+    score."""
     runs = [r for rs in c.used for r in rs]
     iters = sorted({int(i) for r in runs for i in r.iterations["iteration"] if np.isfinite(i)})
     points, gaps = [], 0
     for it in iters:
-        cols, frames, updates = [], [], []
+        cols, frames, updates, overshoot = [], [], [], 0
         for rs in c.used:
             col = []
             for r in rs:
@@ -34,14 +51,17 @@ def iqm_curve(
                     col.append(ev.human_normalized(r.scores[idx[0]], r.game, table))
                     frames.append(r.iterations["frames"][idx[0]])
                     updates.append(r.iterations["agent_steps"][idx[0]])  # offline runs: gradient updates
+                    overshoot = max(overshoot, r.iteration_overshoot)
             cols.append(col)
         if any(len(col) < len(rs) for col, rs in zip(cols, c.used, strict=True)):
             gaps += 1  # a run has not reached this iteration, or no episode finished in it
             continue
-        if len(set(frames)) > 1:
-            warn(problems, f"{c.label}: runs disagree on the frame count of iteration {it}: {sorted(set(frames))}")
+        if max(frames) - min(frames) >= overshoot:  # more than envs that finish the iteration at different steps
+            warn(problems, f"{c.label}: runs disagree on the frame count of iteration {it}: {int(min(frames)):,} to "
+                           f"{int(max(frames)):,}, {overshoot:,} or more apart (runs can end an iteration up to "
+                           "num_envs x frame_skip frames apart)")
         m = np.array(cols).T
-        point, low, high = ev.aggregate_with_ci(m, ev.iqm, reps=reps, confidence=confidence, seed=seed)
+        point, low, high = with_ci(m, ev.iqm, reps, confidence, seed)
         points.append(
             {
                 "iteration": it,
@@ -76,8 +96,10 @@ def probability_of_improvement_pairs(configs: list[Config], reps: int, confidenc
             x = c.matrix[:, [c.games.index(g) for g in common]]
             y = d.matrix[:, [d.games.index(g) for g in common]]
             p = float(ev.probability_of_improvement(x, y))
-            low, high = ev.bootstrap_ci(
-                (x, y), ev.probability_of_improvement, reps=reps, confidence=confidence, seed=seed
-            )
+            low = high = None  # each side is resampled within games: both need the runs for a CI
+            if has_ci(x) and has_ci(y):
+                low, high = ev.bootstrap_ci(
+                    (x, y), ev.probability_of_improvement, reps=reps, confidence=confidence, seed=seed
+                )
             out.append({"x": c.label, "y": d.label, "games": len(common), "value": p, "low": low, "high": high})
     return out

@@ -14,6 +14,9 @@ from agents.report.runs import LOOP_SPLIT_KEYS
 
 
 def _ci(d: dict, digits: int = 3) -> str:
+    """'1.234 [1.100, 1.300]', or '1.234 [n/a]' where there is no CI (one run per game)."""
+    if d["low"] is None:
+        return f"{d['value']:.{digits}f} [n/a]"
     return f"{d['value']:.{digits}f} [{d['low']:.{digits}f}, {d['high']:.{digits}f}]"
 
 
@@ -73,7 +76,7 @@ def write_markdown(
     lines += [
         f"Human-normalised scores ({args.normalization} human_at30 table), final score = last iteration's mean "
         f"{SCORE_NAMES[args.score]} return; IQM, median, mean and optimality gap over runs x games with {ci}% "
-        f"stratified-bootstrap percentile CIs ({args.reps} reps, seed {args.seed}). "
+        f"stratified-bootstrap percentile CIs ({args.reps} reps, learning curves {args.curve_reps}, seed {args.seed}). "
         f"Games: {', '.join(games) or 'none'}.",
         "",
         f"| Configuration | Games | Seeds | IQM [{ci}% CI] | Median | Mean | Optimality gap | Status |",
@@ -95,7 +98,7 @@ def write_markdown(
                 status = "partial (--allow-incomplete): " + "; ".join(c.flags)
             n_seeds = str(c.matrix.shape[0])
         else:
-            cells, n_seeds = ["excluded", "", "", ""], str(len(c.seeds))
+            cells, n_seeds = ["excluded", "", "", ""], str(len(c.expected_seeds))
         n_games = len(c.games) if c.aggregated else len({g for g, _ in c.cells})
         lines.append(f"| {c.label} | {n_games} | {n_seeds} | " + " | ".join(cells) + f" | {status} |")
     shared = [(k, configs[0].flat[k]) for k in LABEL_ORDER if all(k in c.flat for c in configs)]
@@ -121,7 +124,7 @@ def write_markdown(
 
     all_games = list(games) + sorted(unreferenced)
     for title, norm in (
-        ("Per-game mean raw score ± std over seeds (final iteration)", False),
+        ("Per-game mean raw score ± sample std over seeds (final iteration)", False),
         ("Per-game mean human-normalised score (final iteration)", True),
     ):
         lines += [
@@ -140,8 +143,10 @@ def write_markdown(
                     row.append("—")
                 elif norm:
                     row.append(f"{np.mean(ev.human_normalized(scores, g, args.normalization)):.3f} (n={len(scores)})")
+                elif len(scores) == 1:  # no spread to estimate from one run
+                    row.append(f"{scores[0]:.1f} (n=1)")
                 else:
-                    row.append(f"{scores.mean():.1f} ± {scores.std():.1f} (n={len(scores)})")
+                    row.append(f"{scores.mean():.1f} ± {scores.std(ddof=1):.1f} (n={len(scores)})")
             lines.append(f"| {g} | " + " | ".join(row) + " |")
     lines += ["", "Per-game tables count finished runs that the trainer did not flag, and no (game, seed) pair "
               "that has several runs."]
@@ -187,6 +192,7 @@ def write_tables(out: Path, configs, finals, curves, pairs, problems, args, swee
         "normalization": args.normalization,
         "confidence": args.confidence,
         "reps": args.reps,
+        "curve_reps": args.curve_reps,
         "seed": args.seed,
         "configs": [
             {
@@ -203,6 +209,7 @@ def write_tables(out: Path, configs, finals, curves, pairs, problems, args, swee
                 "seeds": c.seeds,
                 "final": finals.get(c.label),
                 "scores": c.matrix.tolist() if c.aggregated else None,
+                "score_seeds": c.score_seeds.tolist() if c.aggregated else None,
                 "experiment": c.flat,
                 "speed": config_speeds(c),
             }

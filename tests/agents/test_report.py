@@ -4,6 +4,7 @@ import csv
 import json
 import subprocess
 import sys
+from itertools import product
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,7 @@ import pytest
 
 from agents import evaluation as ev
 from agents import report
-from tests.agents.report_runs import GAMES, ITERS, SEEDS, STEPS, final_hns, summary, write_run
+from tests.agents.report_runs import GAMES, ITERS, SEEDS, STEPS, edit_config, final_hns, summary, write_run
 
 
 @pytest.fixture
@@ -200,3 +201,71 @@ def test_figure_titles_wrap_to_the_figure_width():
     plt.close(fig)
     assert len(lines) > 2 and max(len(line) for line in lines) <= int(3.8 * 11)
     assert " ".join(lines).startswith("Gradient covariance (per-sample TD-loss gradients on a fixed batch)")
+
+
+def test_allow_incomplete_writes_the_seed_of_every_score(tmp_path):
+    """Each game keeps its own first seeds, so a row of `scores` can hold different seeds in different games;
+    `score_seeds` says which, and `seeds` lists the seeds found, not the rows."""
+    root = tmp_path / "runs"
+    for game, seeds in (("Pong", (0, 1, 2)), ("Breakout", (1, 2)), ("Enduro", (0, 2))):
+        for seed in seeds:
+            write_run(root, game, seed, 0.0)
+    out = tmp_path / "r"
+    report.main([str(root), "--out", str(out), "--reps", "20", "--no-figures", "--allow-incomplete"])
+    (c,) = summary(out).values()
+    assert c["seeds"] == [0, 1, 2]
+    scores, seeds = np.array(c["scores"]), np.array(c["score_seeds"])
+    assert seeds.shape == scores.shape == (2, 3)
+    first = {"Pong": [0, 1], "Breakout": [1, 2], "Enduro": [0, 2]}
+    assert {g: seeds[:, j].tolist() for j, g in enumerate(c["games"])} == first
+    for (r, j), s in np.ndenumerate(seeds):
+        assert scores[r, j] == pytest.approx(final_hns(0.0, GAMES.index(c["games"][j]), s))
+
+
+def _shift_frames(d, by: int) -> None:
+    """Make every iteration of a fake run end `by` frames later, as envs that overshoot the budget do."""
+    lines = (d / "iterations.csv").read_text().splitlines()
+    col = lines[0].split(",").index("frames")
+    rows = [line.split(",") for line in lines[1:]]
+    for row in rows:
+        row[col] = str(int(row[col]) + by)
+    (d / "iterations.csv").write_text("\n".join([lines[0]] + [",".join(r) for r in rows]) + "\n")
+
+
+@pytest.mark.parametrize("num_envs, late, warned", [(8, 28, False), (8, 32, True), (1, 4, True), (None, 28, False)])
+def test_iterations_may_end_up_to_num_envs_agent_steps_apart(tmp_path, capsys, num_envs, late, warned):
+    """8 envs, frame skip 4: an iteration ends 0 to 7 agent steps late, so runs' frame counts can differ by up to
+    28 frames; 32 means something else. A config.json without env.num_envs counts as the default (8)."""
+    root = tmp_path / "runs"
+    for game, seed in product(GAMES, SEEDS):
+        d = write_run(root, game, seed, 0.0)
+        if num_envs is None:
+            meta = json.loads((d / "config.json").read_text())
+            del meta["config"]["env"]["num_envs"]
+            (d / "config.json").write_text(json.dumps(meta))
+        else:
+            edit_config(d, **{"env.num_envs": num_envs})
+        if seed == 1:
+            _shift_frames(d, late)
+    assert report.main([str(root), "--out", str(tmp_path / "r"), "--reps", "20", "--no-figures"]) == 0
+    disagree = [line for line in capsys.readouterr().err.splitlines() if "disagree on the frame count" in line]
+    if warned:
+        assert len(disagree) == ITERS and "4,000 to " + f"{4000 + late:,}" in disagree[0]
+        assert "np.float64" not in disagree[0]
+    else:
+        assert not disagree
+
+
+def test_per_game_spread_is_the_sample_std(runs, tmp_path):
+    write_run(runs / "w1", "Pong", 0, 0.0, width=1)  # one run: no spread to show
+    out = tmp_path / "r"
+    report.main([str(runs), "--out", str(out), "--reps", "20", "--no-figures", "--allow-incomplete"])
+    md = (out / "report.md").read_text()
+    assert "Per-game mean raw score ± sample std over seeds" in md
+    rand, human = ev.reference_scores("Pong")
+    pong = np.array([rand + final_hns(0.0, 0, s) * (human - rand) for s in SEEDS])
+    header, _, *rows = md.split("Per-game mean raw score")[1].split("\n\n")[1].splitlines()
+    cells = lambda row: [c.strip() for c in row.strip("|").split("|")]
+    pong_row = dict(zip(cells(header), cells(next(r for r in rows if r.startswith("| Pong"))), strict=True))
+    assert pong_row["×3, dense"] == f"{pong.mean():.1f} ± {pong.std(ddof=1):.1f} (n=3)"
+    assert pong_row["×1, dense"] == f"{pong[0]:.1f} (n=1)"

@@ -112,3 +112,24 @@ def test_a_method_is_named_before_an_option_that_tells_the_same_runs_apart():
              base | {"reset.enabled": True, "reset.period": 40}]
     labels = [join_parts(p) for p in label_parts(flats)]
     assert labels == ["L2", "WD 1e-05", "Reset"], labels
+
+
+def test_the_methods_figure_colours_each_configuration_as_the_other_figures_do(method_runs, tmp_path, monkeypatch):
+    """The methods figure once coloured its lines by their order (95% pruned purple, orange everywhere else)."""
+    from agents.report import figures
+
+    legends = []  # (figure, {legend label: colour})
+    real_legend = figures._figure_legend
+
+    def record(fig, handles, labels):
+        legends.append((fig, {label: h.get_color() for h, label in zip(handles, labels, strict=True)}))
+        real_legend(fig, handles, labels)
+
+    monkeypatch.setattr(figures, "_figure_legend", record)
+    assert main([str(method_runs), "--out", str(tmp_path / "r"), "--reps", "20"]) == 0
+    drawn = {" ".join(fig.get_suptitle().split()).split(" (")[0]: colors for fig, colors in legends}
+    methods, curves = drawn["Pruning and the other methods"], drawn["IQM learning curves"]
+    assert methods["95% pruned"] == curves["×3, 95% pruned"] == "tab:orange"
+    assert methods["dense"] == curves["×3, dense"] == "tab:blue"
+    for label, color in methods.items():
+        assert curves[f"×3, {label}"] == color, label
