@@ -2,8 +2,8 @@
 
 The CPU has no Triton, so this is what a CPU run's optimizer step is (the `fused` backend, chosen by
 default for CPU tensors; see `kernels.backend_for`). The reference loops over tensors with one op per
-Adam term and costs ~15 ms per step on a 2-core CPU for the 4M weights of Dopamine's Nature CNN, ~20% of
-an Atari-100k update; `torch._fused_adam_` does the same step in ~1 ms and matches the reference to fp32
+Adam term and costs ~19 ms per step on a 2-core CPU for the 4M weights of Dopamine's Nature CNN, ~22% of
+an Atari-100k update; this path (`torch._fused_adam_`, then re-masking) takes ~3 ms and matches the reference to fp32
 rounding (its vectorised loop orders some terms differently). The reference stays the oracle:
 `PRUNERL_KERNELS=torch` selects it.
 
