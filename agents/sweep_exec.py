@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import errno
-import fcntl
 import json
 import os
 import signal
@@ -21,13 +19,12 @@ import socket
 import subprocess
 import sys
 import threading
-import time
-import warnings
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 from agents.checkpoint import atomic_write_bytes, list_checkpoints
+from agents.locks import lock_is_held, run_lock
 from agents.sweep_grid import Run
 
 STATE_DIR = "_sweep"
@@ -101,23 +98,6 @@ def checkpointed_frames(directory: Path) -> int:
         except (KeyError, TypeError, ValueError):  # a row being written
             continue
     return 0
-
-
-def lock_is_held(path: Path) -> bool:
-    """True when some process holds the run's lock, i.e. trains the run right now."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return False
-    except BlockingIOError:
-        return True
-    except OSError:  # a filesystem without flock: nothing to tell
-        return False
-    finally:
-        os.close(fd)
 
 
 @dataclass
@@ -204,50 +184,6 @@ class Launcher:
             for proc in self._procs:
                 with contextlib.suppress(ProcessLookupError):
                     proc.send_signal(signal.SIGTERM)
-
-
-_warned_no_flock = False
-
-
-@contextlib.contextmanager
-def run_lock(path: Path, wait: bool):
-    """Yields the lock's file descriptor, or None when another process holds it (and `wait` is False)."""
-    global _warned_no_flock
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            _acquire(fd, wait)
-        except BlockingIOError:
-            yield None
-            return
-        except OSError as e:
-            if e.errno not in (errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP):
-                raise
-            if not _warned_no_flock:
-                warnings.warn(f"{path.parent} does not support flock; runs are not protected against being "
-                              "trained by two sweeps at once", stacklevel=2)
-                _warned_no_flock = True
-        yield fd
-    finally:
-        os.close(fd)
-
-
-def _acquire(fd: int, wait: bool, grace_s: float = 1.0) -> None:
-    """flock the run's lock. Without `wait`, a holder is only believed after `grace_s`: `lock_is_held` (the
-    progress display, `agents.sweep status`) takes the lock for a moment to probe it, a trainer for minutes."""
-    if wait:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        return
-    deadline = time.monotonic() + grace_s
-    while True:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return
-        except BlockingIOError:
-            if time.monotonic() >= deadline:
-                raise
-            time.sleep(0.02)
 
 
 def _tail(path: Path, start: int, lines: int = 25) -> str:

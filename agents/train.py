@@ -59,6 +59,7 @@ from agents.config import PRESETS, RUNTIME_FIELDS, TrainConfig, experiment_field
 from agents.cuda_graphs import PhaseGraphs
 from agents.envs import make_env, resolve_game
 from agents.eval_phase import EvalResult, run_eval_episodes, run_eval_phase
+from agents.locks import run_lock
 from agents.networks import use_channels_last
 from agents.profiler import Profiler, format_table, profile_learner_layers, profile_learner_ops
 from agents.pruning import FixedMask, MaskedAdam, Pruner, load_lottery_ticket
@@ -179,6 +180,7 @@ class Trainer:
         """`env` (and `eval_env`, for --evaluate) replace the Atari envs with any object of the `AtariVecEnv`
         interface (tests use a tiny MDP)."""
         self.cfg, self.run_dir = cfg, Path(run_dir)
+        self.run_lock = contextlib.ExitStack()  # open_run puts the run directory's lock here
         self.device = resolve_device(cfg.device)
         _fast_cpu_math()
         _seed_everything(cfg.seed)
@@ -655,6 +657,7 @@ class Trainer:
     def close(self) -> None:
         for f in (self.iterations_csv, self.episodes_csv, self.metrics_file):
             f.close()
+        self.run_lock.close()  # (open_run's lock on the run directory, if it took one)
         if self.tb is not None:
             self.tb.close()
         self.env.close()
@@ -895,6 +898,7 @@ def default_run_name(cfg: TrainConfig) -> str:
 
 
 # Files a run writes into its directory; starting afresh in a directory without a checkpoint removes them.
+RUN_LOCK = ".lock"  # held (flock) by the process training the run: agents.locks
 RUN_OUTPUTS = ("config.json", "initial_weights.pt", "iterations.csv", "episodes.csv", "metrics.jsonl",
                "grad_covariance.jsonl", "summary.json", "profile.json", "tb", "checkpoints")
 
@@ -1026,8 +1030,34 @@ def open_run(cfg: TrainConfig, resume_dir: Path | None = None) -> Trainer | None
     _canonical_spellings(cfg)
     run_dir = Path(resume_dir) if resume_dir is not None else Path(cfg.runs_dir) / (cfg.run_name or
                                                                                      default_run_name(cfg))
-    has_checkpoint = bool(list_checkpoints(run_dir / "checkpoints"))
     resolve_device(cfg.device)  # an unusable --device is an error before anything is written
+    if resume_dir is not None and not (run_dir / "config.json").is_file():
+        read_run_config(run_dir)  # raises: no run there (and no lock file left in a mistyped directory)
+    created = not run_dir.exists()
+    lock = contextlib.ExitStack()
+    try:
+        trainer = _open_locked_run(cfg, run_dir, resume_dir, lock)
+    except BaseException:
+        lock.close()
+        if created and run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= {RUN_LOCK}:
+            shutil.rmtree(run_dir)  # e.g. an unknown game: no empty run directory left behind
+        raise
+    if trainer is None:
+        lock.close()
+    else:
+        trainer.run_lock = lock  # released by Trainer.close()
+    return trainer
+
+
+def _open_locked_run(cfg: TrainConfig, run_dir: Path, resume_dir: Path | None,
+                     lock: contextlib.ExitStack) -> Trainer | None:
+    """`open_run` once it holds the run directory's lock (taken here): no other process trains this run."""
+    _check_writable(run_dir, cfg)
+    if lock.enter_context(run_lock(run_dir / RUN_LOCK, wait=False)) is None:
+        raise UsageError(f"{run_dir} is being trained by another process right now (it holds {run_dir / RUN_LOCK});"
+                         " two processes training one run would interleave its logs. Wait for it to end, or stop "
+                         "it (its last checkpoint is where the same command continues)")
+    has_checkpoint = bool(list_checkpoints(run_dir / "checkpoints"))
     if (run_dir / "config.json").is_file():
         saved = read_run_config(run_dir)
         _keep_saved_spellings(saved, cfg)
@@ -1039,28 +1069,18 @@ def open_run(cfg: TrainConfig, resume_dir: Path | None = None) -> Trainer | None
             print(f"{run_dir} already finished (summary.json); nothing to do")
             return None
         if has_checkpoint or resume_dir is not None:
-            _check_writable(run_dir, cfg)
             trainer = trainer_class(cfg).resume(run_dir, cfg)
             print(f"resuming {run_dir} at agent step {trainer.agent_steps:,} (grad step {trainer.grad_steps:,})")
             return trainer
-    elif resume_dir is not None:
-        read_run_config(run_dir)  # raises: no config.json
     elif has_checkpoint:
         raise UsageError(f"{run_dir} holds checkpoints but no config.json; move it away or use another --run-name")
-    created = not run_dir.exists()
-    _check_writable(run_dir, cfg)
     for name in RUN_OUTPUTS:  # a run killed before its first checkpoint (or a new directory): start afresh
         path = run_dir / name
         if path.is_dir():
             shutil.rmtree(path)
         elif path.exists():
             path.unlink()
-    try:
-        trainer = trainer_class(cfg)(cfg, run_dir)
-    except BaseException:
-        if created and not any(run_dir.iterdir()):  # e.g. an unknown game: no empty run directory left behind
-            run_dir.rmdir()
-        raise
+    trainer = trainer_class(cfg)(cfg, run_dir)
     print(f"run directory: {run_dir}")
     return trainer
 

@@ -81,6 +81,38 @@ def test_the_same_run_name_with_another_experiment_is_an_error(tmp_path, capsys)
     assert {p: p.stat().st_mtime_ns for p in run.rglob("*")} == before
 
 
+def test_a_run_another_process_trains_is_refused(tmp_path, capsys):
+    """A second launch of a run (an orphaned trainer still running when its job is requeued) trained alongside
+    the first: both appended iterations 4-6 to the same logs. Now the first holds RUN_DIR/.lock."""
+    from agents.locks import run_lock
+
+    run = tmp_path / "r"
+    assert run_main(capsys, command(tmp_path, *STOP_AT_ONCE))[0] == 0
+    before = {p: p.stat().st_mtime_ns for p in run.rglob("*")}
+    with run_lock(run / ".lock", wait=False) as fd:  # the other process
+        assert fd is not None
+        for argv in (command(tmp_path), ["--resume", str(run)]):
+            code, _, err = run_main(capsys, argv)
+            assert code == 2 and "is being trained by another process" in err and str(run / ".lock") in err
+    assert {p: p.stat().st_mtime_ns for p in run.rglob("*")} == before
+    code, out, _ = run_main(capsys, command(tmp_path))  # released: the same command continues the run
+    assert code == 0 and "resuming" in out and summary(run)["finished"] is True
+    with run_lock(run / ".lock", wait=False) as fd:
+        assert fd is not None, "a finished launch kept its run's lock"
+
+
+def test_a_run_that_fails_to_start_leaves_no_run_directory(tmp_path, capsys, monkeypatch):
+    def failing(cfg):
+        def build(*args, **kwargs):
+            raise ValueError("no such thing")
+        return build
+
+    monkeypatch.setattr(train_module, "trainer_class", failing)
+    code, _, err = run_main(capsys, command(tmp_path))
+    assert code == 2 and "no such thing" in err
+    assert not (tmp_path / "r").exists()  # not even its lock file
+
+
 def test_resume_accepts_runtime_options(tmp_path, capsys):
     run = tmp_path / "r"
     assert run_main(capsys, command(tmp_path, *STOP_AT_ONCE))[0] == 0
