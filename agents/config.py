@@ -109,6 +109,24 @@ class AgentConfig:
                              f"{self.augmentation_pad}, {self.augmentation_intensity}")
         if self.cql_coefficient < 0:
             raise ValueError(f"agent.cql_coefficient must be >= 0, got {self.cql_coefficient}")
+        ignored = [f"agent.{f.name} = {getattr(self, f.name)!r} (read by {', '.join(FIELD_READERS[f.name])})"
+                   for f in dataclasses.fields(self) if f.name in FIELD_READERS
+                   and self.name not in FIELD_READERS[f.name] and getattr(self, f.name) != f.default]
+        if not self.augmentation:
+            ignored += [f"agent.{f.name} = {getattr(self, f.name)!r} (read with agent.augmentation on)"
+                        for f in dataclasses.fields(self) if f.name.startswith("augmentation_")
+                        and getattr(self, f.name) != f.default]
+        if ignored:  # the run would not do what its config says
+            raise ValueError(f"agent {self.name} does not read {'; '.join(ignored)}: drop the option(s), or choose "
+                             "an agent that reads them")
+
+
+# Agent fields only some agents read (a changed value anywhere else would be a silent no-op).
+_C51, _IQN = ("rainbow", "der", "cql_c51"), ("iqn", "miqn")
+FIELD_READERS = {"num_atoms": _C51, "v_max": _C51, "num_tau_samples": _IQN, "num_tau_prime_samples": _IQN,
+                 "num_quantile_samples": _IQN, "quantile_embedding_dim": _IQN, "kappa": _IQN,
+                 "munchausen_tau": ("miqn",), "munchausen_alpha": ("miqn",), "munchausen_clip": ("miqn",),
+                 "loss": ("dqn", "drq_eps", "cql"), "cql_coefficient": ("cql", "cql_c51")}
 
 
 def paper_agent(name: AgentName) -> AgentConfig:

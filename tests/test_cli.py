@@ -136,6 +136,11 @@ def test_unknown_game_suggests_names(tmp_path, capsys):
     (["--agent.gamma", "0"], "agent.gamma (the discount) must be in (0, 1], got 0"),
     (["--agent.epsilon-train", "2"], "agent.epsilon_train (a probability) must be in [0, 1], got 2"),
     (["--agent.epsilon-train", "-0.1"], "agent.epsilon_train (a probability) must be in [0, 1]"),
+    # Options the agent does not read: the run would not do what its config says.
+    (["--agent.num-atoms", "11"], "agent dqn does not read agent.num_atoms = 11 (read by rainbow, der, cql_c51)"),
+    (["--preset", "iqn_impala_w1_gmp95", "--agent.munchausen-tau", "0.1"], "agent.munchausen_tau = 0.1 (read by miqn)"),
+    (["--preset", "rainbow_impala_w1_gmp95", "--agent.loss", "huber"], "agent rainbow does not read agent.loss"),
+    (["--agent.augmentation-pad", "2"], "agent.augmentation_pad = 2 (read with agent.augmentation on)"),
     (["--device", "gpu"], "--device 'gpu' is not a device; use auto, cpu, cuda or cuda:N"),
     (["--device", "cuda:x"], "is not a device"),
     (["--device", "xpu"], "prunerl trains on auto, cpu, cuda[:N] or mps"),

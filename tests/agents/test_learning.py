@@ -65,7 +65,9 @@ def fast_agent(name: str) -> AgentConfig:
         return fast_dqn(name="rainbow", n_step=3, replay="prioritized")
     if name in ("der", "drq_eps", "cql", "cql_c51"):  # their own settings (n-step, double DQN, augmentation, ...)
         return dataclasses.replace(paper_agent(name), lr=1e-3, min_replay=400, epsilon_decay_steps=1500, gamma=0.9)
-    return fast_dqn(name=name, n_step=3, num_tau_samples=16, num_tau_prime_samples=24, num_quantile_samples=8)
+    if name in ("iqn", "miqn"):
+        return fast_dqn(name=name, n_step=3, num_tau_samples=16, num_tau_prime_samples=24, num_quantile_samples=8)
+    return fast_dqn(name=name)
 
 
 @pytest.mark.slow

@@ -34,7 +34,8 @@ OBS = (4, 12, 12)
 
 def _net(arch: str, agent: str = "dqn", seed: int = 0):
     torch.manual_seed(seed)
-    cfg = AgentConfig(name=agent, num_tau_samples=8, num_tau_prime_samples=8, num_quantile_samples=8)
+    small = dict(num_tau_samples=8, num_tau_prime_samples=8, num_quantile_samples=8) if agent == "iqn" else {}
+    cfg = AgentConfig(name=agent, **small)
     a = IQN(cfg, 3) if agent == "iqn" else DQN(cfg, 3)
     return a.build_network(NetworkConfig(arch=arch, width=1), OBS)
 
