@@ -179,6 +179,10 @@ AGGREGATES: dict[str, Callable] = {"iqm": iqm, "mean": mean, "median": median, "
 # --- stratified bootstrap ---------------------------------------------------------------------
 
 
+# rliable's default (`get_interval_estimates`): at 2,000 the bounds moved visibly with the seed.
+DEFAULT_REPS = 50_000
+
+
 def stratified_resample(scores: np.ndarray, reps: int, rng: np.random.Generator) -> np.ndarray:
     """[runs, games] -> [reps, runs, games]; each slot draws a run of the same game with replacement."""
     runs, games = scores.shape
@@ -189,7 +193,7 @@ def stratified_resample(scores: np.ndarray, reps: int, rng: np.random.Generator)
 def bootstrap_ci(
     scores: np.ndarray | tuple[np.ndarray, ...],
     statistic: Callable = iqm,
-    reps: int = 2000,
+    reps: int = DEFAULT_REPS,
     confidence: float = 0.95,
     seed: int = 0,
 ) -> tuple[float, float]:
@@ -222,7 +226,8 @@ def bootstrap_ci(
     return float(low), float(high)
 
 
-def aggregate_with_ci(scores, statistic: Callable = iqm, reps: int = 2000, confidence: float = 0.95, seed: int = 0):
+def aggregate_with_ci(scores, statistic: Callable = iqm, reps: int = DEFAULT_REPS, confidence: float = 0.95,
+                      seed: int = 0):
     """(point estimate, low, high) for one [runs, games] matrix."""
     point = float(statistic(scores))
     low, high = bootstrap_ci(scores, statistic, reps=reps, confidence=confidence, seed=seed)

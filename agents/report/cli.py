@@ -63,8 +63,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="which iteration score counts: train (default; mean return of the training episodes that "
         "finished in the iteration) or eval (the evaluation phase after each iteration, when the runs had one)",
     )
-    p.add_argument("--reps", type=int, default=50_000, help="bootstrap replications of the final aggregates and "
-                   "P(improvement) (default 50000, rliable's: with fewer, the CI bounds move visibly with --seed)")
+    p.add_argument("--reps", type=int, default=ev.DEFAULT_REPS, help="bootstrap replications of the final aggregates "
+                   "and P(improvement) (default 50000, rliable's: with fewer, the CI bounds move visibly with --seed)")
     p.add_argument("--curve-reps", type=int, default=None, help="bootstrap replications at each point of the learning "
                    f"curves (default: --reps, at most {CURVE_REPS}; 50000 at each of 40 iterations of every "
                    "configuration takes tens of seconds, and the curves' bands are drawn, not quoted)")
