@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import statistics
 import sys
 import time
 from collections import defaultdict
@@ -83,10 +84,12 @@ def format_table(report: dict) -> str:
         for op in report["learner_ops"]:
             lines.append(f"{op['name'][:43]:<44}{op['total_ms']:>10.2f}{op['calls']:>8}")
     if report.get("learner_layers"):
-        lines.append(f"\n{'learner layer (alone)':<36}{'sparsity':>9}{'fwd ms':>9}{'bwd ms':>9}  dtype")
+        lines.append(f"\n{'learner layer (alone, median)':<36}{'sparsity':>9}{'fwd ms':>9}{'bwd ms':>9}"
+                     f"{'spread':>8}  dtype")
         for row in report["learner_layers"]:
+            spread = f"{100 * row['spread']:.0f}%" if "spread" in row else "-"
             lines.append(f"{row['layer'][:35]:<36}{row['weight_sparsity']:>9.3f}{row['forward_ms']:>9.3f}"
-                         f"{row['backward_ms']:>9.3f}  {row.get('compute_dtype', '')}")
+                         f"{row['backward_ms']:>9.3f}{spread:>8}  {row.get('compute_dtype', '')}")
     return "\n".join(lines)
 
 
@@ -106,10 +109,12 @@ def profile_learner_ops(learn_step, steps: int = 10, top: int = 15) -> list[dict
             for e in events if not e.key.startswith("ProfilerStep")][:top]
 
 
-def profile_learner_layers(net: torch.nn.Module, forward, obs: torch.Tensor, reps: int = 5) -> list[dict]:
+def profile_learner_layers(net: torch.nn.Module, forward, obs: torch.Tensor, reps: int = 11) -> list[dict]:
     """Forward and backward time of each conv / linear layer of `net`, each timed alone on the input it gets
-    in `forward(obs)` (device-synchronised, mean of `reps` after one warm-up), with its weight sparsity and
-    the dtype it computes in (call it under the run's autocast to time the run's precision)."""
+    in `forward(obs)` (the median of `reps` device-synchronised calls after one warm-up, and `spread`: the
+    interquartile range of the calls over the median, the larger of forward's and backward's, so that a table
+    says how far to trust a difference), with its weight sparsity and the dtype it computes in (call it under the run's
+    autocast to time the run's precision)."""
     layers = {name: m for name, m in net.named_modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))}
     inputs: dict[str, torch.Tensor] = {}
 
@@ -129,24 +134,26 @@ def profile_learner_layers(net: torch.nn.Module, forward, obs: torch.Tensor, rep
     for name, m in layers.items():
         if name not in inputs:
             continue
-        forward_ms, backward_ms, dtype = _time_layer(m, inputs[name], reps)
+        (forward_ms, forward_spread), (backward_ms, backward_spread), dtype = _time_layer(m, inputs[name], reps)
         rows.append({"layer": name, "type": type(m).__name__, "input_shape": list(inputs[name].shape),
                      "compute_dtype": str(dtype).removeprefix("torch."),
                      "params": sum(p.numel() for p in m.parameters()),
                      "weight_sparsity": round(float((m.weight == 0).float().mean()), 4),
-                     "forward_ms": round(forward_ms, 4), "backward_ms": round(backward_ms, 4)})
+                     "forward_ms": round(forward_ms, 4), "backward_ms": round(backward_ms, 4),
+                     "spread": round(max(forward_spread, backward_spread), 3)})
     return rows
 
 
-def _time_layer(layer: torch.nn.Module, x: torch.Tensor, reps: int) -> tuple[float, float, torch.dtype]:
-    """(forward ms, backward ms, the dtype the layer computes in: its output's, under the caller's autocast)."""
+def _time_layer(layer: torch.nn.Module, x: torch.Tensor, reps: int) -> tuple[tuple, tuple, torch.dtype]:
+    """((forward ms, spread), (backward ms, spread), the dtype the layer computes in: its output's, under the
+    caller's autocast)."""
     x = x.clone().requires_grad_(True)
     wrt = [x, *layer.parameters()]
     out = layer(x)
     grad = torch.ones_like(out)
-    forward_ms = _mean_ms(lambda: layer(x), reps)
-    backward_ms = _mean_ms(lambda: torch.autograd.grad(out, wrt, grad, retain_graph=True), reps)
-    return forward_ms, backward_ms, out.dtype
+    forward = _median_ms(lambda: layer(x), reps)
+    backward = _median_ms(lambda: torch.autograd.grad(out, wrt, grad, retain_graph=True), reps)
+    return forward, backward, out.dtype
 
 
 def _eager():
@@ -155,15 +162,19 @@ def _eager():
     return set_stance("force_eager") if set_stance is not None else contextlib.nullcontext()
 
 
-def _mean_ms(fn, reps: int) -> float:
+def _median_ms(fn, reps: int) -> tuple[float, float]:
+    """(median ms of `reps` synchronised calls after a warm-up, interquartile range / median)."""
     sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
     fn()
     sync()
-    start = time.perf_counter()
+    times = []
     for _ in range(reps):
+        start = time.perf_counter()
         fn()
-    sync()
-    return 1000 * (time.perf_counter() - start) / reps
+        sync()
+        times.append(1000 * (time.perf_counter() - start))
+    q1, median, q3 = statistics.quantiles(times, n=4)
+    return median, (q3 - q1) / max(median, 1e-9)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -211,11 +222,12 @@ def compare_reports(reports: dict[str, dict]) -> str:
     layers = {n: {row["layer"]: row for row in r.get("learner_layers", [])} for n, r in reports.items()}
     layer_names = list(dict.fromkeys(name for n in names for name in layers[n]))
     if layer_names:
-        lines += ["", "| layer (fwd + bwd ms, sparsity) | " + " | ".join(names) + " |",
+        lines += ["", "| layer (fwd + bwd ms, ± half its spread, sparsity) | " + " | ".join(names) + " |",
                   "|---" * (len(names) + 1) + "|"]
         for layer in layer_names:
             rows = [layers[n].get(layer) for n in names]
-            texts = ["-" if r is None else f"{r['forward_ms'] + r['backward_ms']:.3f} ({r['weight_sparsity']:.2f})"
+            texts = ["-" if r is None else f"{r['forward_ms'] + r['backward_ms']:.3f}"
+                     + (f" ±{50 * r['spread']:.0f}%" if "spread" in r else "") + f" ({r['weight_sparsity']:.2f})"
                      for r in rows]
             lines.append(f"| {layer} | " + " | ".join(texts) + " |")
     return "\n".join(lines)

@@ -34,8 +34,9 @@ def test_profile_json_accounts_for_the_loop(tmp_path):
     measured = trainer.pruner.sparsity_report()
     for name, row in layers.items():
         assert row["forward_ms"] > 0 and row["backward_ms"] > 0 and row["params"] > 0
+        assert row["spread"] >= 0  # interquartile range / median of the timed calls: how far to trust a difference
         assert row["weight_sparsity"] == pytest.approx(measured[f"sparsity/{name}.weight"], abs=1e-4)
-    assert "learner" in format_table(report) and "learner layer (alone)" in format_table(report)
+    assert "learner" in format_table(report) and "learner layer (alone" in format_table(report)
     assert {row["compute_dtype"] for row in layers.values()} == {"float32"}
 
 
