@@ -275,13 +275,29 @@ class Pruner(nn.Module):
     @torch.no_grad()
     def select_masks(self) -> None:
         """Masks from the current weights and `keep_counts`: device work only, no host synchronisation."""
+        weights = self._selection_inputs()
         if self.cfg.scope == "global":
-            flat = torch.cat([w.detach().flatten() for w in self.weights])
-            (mask,) = kernels.topk_magnitude_masks([flat], self.keep_counts)
-            for m, part in zip(self.masks, torch.split(mask, [w.numel() for w in self.weights])):
+            flat, flat_mask = self._flat
+            torch.cat([w.flatten() for w in weights], out=flat)
+            kernels.topk_magnitude_masks([flat], self.keep_counts, out=[flat_mask])
+            for m, part in zip(self.masks, torch.split(flat_mask, [w.numel() for w in weights])):
                 m.copy_(part.view_as(m))
             return
-        kernels.topk_magnitude_masks([w.detach() for w in self.weights], self.keep_counts, out=self.masks)
+        kernels.topk_magnitude_masks(weights, self.keep_counts, out=self.masks)
+
+    def _selection_inputs(self) -> list[torch.Tensor]:
+        """Detached views of the weights (and the global scope's flat copy and mask), the same tensor objects at
+        every call: the kernels keep each weight set's workspace, and with it the previous threshold that the
+        next mask update starts from, by the identity of its tensors. New views at every call made every
+        update of a training run take the cold path. Rebuilt if a weight's storage moved."""
+        views = getattr(self, "_views", None)
+        if views is None or any(v.data_ptr() != w.data_ptr() for v, w in zip(views, self.weights)):
+            views = self._views = [w.detach() for w in self.weights]
+            if self.cfg.scope == "global":
+                numel, like = sum(w.numel() for w in views), views[0]
+                self._flat = (torch.empty(numel, dtype=like.dtype, device=like.device),
+                              torch.empty(numel, dtype=torch.bool, device=like.device))
+        return views
 
     @torch.no_grad()
     def apply_masks(self) -> None:

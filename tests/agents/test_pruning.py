@@ -213,6 +213,39 @@ def test_pruner_global_scope_uses_one_threshold():
     assert all(float(w[~m].abs().max()) <= threshold for w, m in zip(weights, pruner.masks) if (~m).any())
 
 
+@pytest.mark.parametrize("scope", ["layer", "global"])
+def test_pruner_mask_updates_warm_start_from_the_previous_threshold(monkeypatch, scope):
+    """The top-k kernels keep a weight set's previous threshold by the identity of its tensors; the pruner
+    passed new detached views at every update, so every mask update of a training run took the cold path (a
+    second read of the weights and the full histogram). Its inputs are now the same tensors at every call."""
+    from kernels import topk_mask
+
+    monkeypatch.setenv("PRUNERL_KERNELS", "triton")  # (under TRITON_INTERPRET on a CPU)
+    built, init = [], topk_mask._Workspace.__init__
+
+    def counted_init(workspace, *args, **kwargs):
+        built.append(workspace)
+        init(workspace, *args, **kwargs)
+
+    monkeypatch.setattr(topk_mask._Workspace, "__init__", counted_init)
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(40, 30), nn.Linear(30, 20))
+    pruner = Pruner(net, PruningConfig(final_sparsity=0.9, scope=scope, update_freq=10), start=0, end=100)
+    for step in range(0, 60, 10):
+        with torch.no_grad():  # training moves the weights a little between mask updates
+            for w in pruner.weights:
+                w.add_(0.01 * torch.randn_like(w))
+        pruner.update_masks(step)
+        assert sum(int(m.sum()) for m in pruner.masks) == sum(pruner.keep_counts_at(step))
+        pruner.apply_masks()
+    inputs = [pruner._flat[0]] if scope == "global" else pruner._selection_inputs()
+    assert len(built) == 1 and all(topk_mask.select_stats(inputs)["warm"])
+    # And still exact: the global copy holds the weights as selected; masking kept the layers' selections.
+    reference = kernels.reference.topk_magnitude_masks_ref(inputs, pruner.keep_counts)
+    got = [pruner._flat[1]] if scope == "global" else pruner.masks
+    assert all(torch.equal(a, b) for a, b in zip(got, reference))
+
+
 def test_sparsity_report_counts_biases_in_total():
     net = nn.Linear(10, 10)
     pruner = Pruner(net, PruningConfig(final_sparsity=0.9, distribution="uniform"), start=0, end=0)
