@@ -341,29 +341,49 @@ class MaskedAdam(torch.optim.Optimizer):
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, capturable=True))
         self.masks = masks or {}
         self.moments, self.mask_gradients = moments, mask_gradients
+        # A host copy of each parameter's step count (read once from a loaded state), so that parameters whose
+        # counts differ (one got its first gradient later) are updated with their own bias correction without
+        # reading the device counters at every step. One call per distinct count; in training, one call.
+        self._steps_taken: dict[torch.Tensor, int] = {}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        super().load_state_dict(state_dict)
+        self._steps_taken.clear()
 
     @torch.no_grad()
     def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
         for group in self.param_groups:
             params = [p for p in group["params"] if p.grad is not None]
             if not params:
                 continue
+            cohorts: dict[int, list[torch.Tensor]] = {}
             for p in params:
                 state = self.state[p]
                 if not state:
                     state["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
                     state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                     state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            steps = [self.state[p]["step"] for p in params]
-            torch._foreach_add_(steps, 1.0)
-            masks = [self.masks.get(p) for p in params]
-            grads = [p.grad if m is None or not self.mask_gradients else p.grad * m for p, m in zip(params, masks)]
+                    self._steps_taken[p] = 0
+                elif p not in self._steps_taken:  # a loaded state: read its count once
+                    self._steps_taken[p] = int(state["step"])
+                self._steps_taken[p] += 1
+                cohorts.setdefault(self._steps_taken[p], []).append(p)
+            torch._foreach_add_([self.state[p]["step"] for p in params], 1.0)
             beta1, beta2 = group["betas"]
-            kernels.masked_adam_(params, grads, [self.state[p]["exp_avg"] for p in params],
-                                 [self.state[p]["exp_avg_sq"] for p in params], masks, step=steps[0],
-                                 lr=group["lr"], beta1=beta1, beta2=beta2, eps=group["eps"],
-                                 weight_decay=group.get("weight_decay", 0.0), moments=self.moments)
-        return None
+            for members in cohorts.values():
+                masks = [self.masks.get(p) for p in members]
+                grads = [p.grad if m is None or not self.mask_gradients else p.grad * m
+                         for p, m in zip(members, masks)]
+                kernels.masked_adam_(members, grads, [self.state[p]["exp_avg"] for p in members],
+                                     [self.state[p]["exp_avg_sq"] for p in members], masks,
+                                     step=self.state[members[0]]["step"], lr=group["lr"], beta1=beta1, beta2=beta2,
+                                     eps=group["eps"], weight_decay=group.get("weight_decay", 0.0),
+                                     moments=self.moments)
+        return loss
 
 
 # ---------------------------------------------------------------------------------------------------------
