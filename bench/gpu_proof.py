@@ -37,6 +37,7 @@ import sys
 import tarfile
 import tempfile
 import time
+import traceback
 import xml.etree.ElementTree as ET
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -232,7 +233,13 @@ class Proof:
                 self.say(f"{name}: {step.status.upper()} in {step.seconds:.1f} s"
                          + (f" ({step.note})" if step.note else ""))
                 self.save_steps()
-            summary = self.summarize()
+            try:
+                summary = self.summarize()
+            except Exception:  # a results file it cannot read must not keep every result from coming back
+                summary = f"# GPU proof\n\nWriting the summary failed; the results are in the tarball.\n\n```\n" \
+                          f"{traceback.format_exc()}```\n"
+                (self.dir / "summary.md").write_text(summary)
+                self.say("summary: FAILED (the traceback is in summary.md)")
             self.save_steps()
             portable_paths(self.dir, {str(self.work): "<proof-tmp>", tempfile.gettempdir(): "<tmp>",
                                       sys.prefix: "<python>", f"{_ROOT}/": "", str(_ROOT): "<repo>"})
@@ -395,7 +402,9 @@ class Proof:
 
 def portable_paths(folder: Path, replacements: dict[str, str]) -> None:
     """Rewrites the results' text files without this machine's paths (the checkout, temporary and Python
-    directories in commands, logs and tracebacks), in the order given, so that they can be committed."""
+    directories in commands, logs and tracebacks), longest path first (a checkout under the temporary
+    directory is named as the checkout), so that they can be committed."""
+    replacements = dict(sorted(replacements.items(), key=lambda kv: -len(kv[0])))
     for path in sorted(folder.rglob("*")):
         if path.is_file() and path.suffix in (".log", ".json", ".jsonl", ".xml", ".md"):
             with open(path, newline="", errors="replace") as f:  # newline="": progress bars' \r stay as they are
@@ -418,9 +427,16 @@ def _read_json(path: Path | None) -> dict | None:
 
 
 def read_jsonl(path: Path) -> list[dict]:
+    """The rows of a JSON-lines file; a line that does not parse (a write cut short by a time limit) is left out."""
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            continue
+    return rows
 
 
 def target(name: str, goal: str, measured, met: bool | str | None) -> dict:

@@ -113,6 +113,30 @@ def test_budget_too_small_skips_steps_and_says_so(tmp_path, monkeypatch, capsys)
     assert "SKIPPED" in capsys.readouterr().out
 
 
+def test_a_failing_summary_still_copies_every_result_to_out(tmp_path, monkeypatch, capsys):
+    """The summary ran outside any guard: one results file it could not read, and nothing reached $OUT (the
+    device machine's files are gone once it is given back)."""
+    monkeypatch.setenv("OUT", str(tmp_path / "out"))
+
+    def broken(*args, **kwargs):
+        raise KeyError("frames_per_second")
+
+    monkeypatch.setattr(gpu_proof, "e2e_target_rows", broken)
+    rc = gpu_proof.main(["--dry-run", "--budget-s", "5", "--steps", "e2e", "--results-root", str(tmp_path),
+                         "--sha", "s"])
+    assert rc == 1
+    summary = (tmp_path / "out" / "summary.md").read_text()
+    assert "Writing the summary failed" in summary and "frames_per_second" in summary
+    assert (tmp_path / "out" / "cpu-dry-run_s.tar.gz").stat().st_size > 0 and (tmp_path / "out" / "proof.log").exists()
+    assert "summary: FAILED" in capsys.readouterr().out
+
+
+def test_a_jsonl_line_cut_short_is_left_out(tmp_path):
+    path = tmp_path / "e2e.jsonl"
+    path.write_text('{"a": 1}\n{"a": 2}\n{"a": 3, "fram')
+    assert gpu_proof.read_jsonl(path) == [{"a": 1}, {"a": 2}]
+
+
 def test_the_selected_steps_share_the_whole_budget():
     # All steps: the plan as sized (PLAN_S fills the default budget with the reserve).
     assert gpu_proof.step_plan(gpu_proof.DEFAULT_BUDGET_S, gpu_proof.STEPS, dry=False) == pytest.approx(
@@ -258,6 +282,10 @@ def test_results_are_rewritten_without_machine_paths(tmp_path):
                                                               b"10%\r50%\r\r\n")
     assert json.loads((results / "steps.json").read_text()) == {"cmd": "<proof-tmp>/site and <tmp>/pytest-of-root/t0"}
     assert (results / "kernels.png").read_bytes() == b"\x89PNG /srv/repo/"
+    # A checkout under the temporary directory is named as the checkout, whatever the order given.
+    (results / "proof.log").write_text("/tmp/co/.venv/bin/python /tmp/co/bench/x.py /tmp/other")
+    gpu_proof.portable_paths(results, {"/tmp": "<tmp>", "/tmp/co/.venv": "<python>", "/tmp/co/": ""})
+    assert (results / "proof.log").read_text() == "<python>/bin/python bench/x.py <tmp>/other"
 
 
 # --- the wheel list ---------------------------------------------------------------------------------------------------
