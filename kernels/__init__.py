@@ -46,6 +46,9 @@ def topk_magnitude_masks(weights: Sequence[torch.Tensor], keep_counts, *, out=No
     Ties are broken by lower flat index; a keep count of 0 gives an all-False mask. See
     `kernels.reference` for the NaN rule. Optional, in place: `out` masks to write into (returned),
     `zero_pruned` zeroes the pruned weights, `exp_avgs` / `exp_avg_sqs` get zeroed at pruned entries.
+    The Triton path (CUDA) needs contiguous tensors of one dtype and raises otherwise; the CPU paths accept
+    any layout. A repeated call on the same tensor objects starts from the previous threshold (pass the same
+    list of tensors, not new views, at every call).
     """
     if len(weights) == 0:
         return []
@@ -62,11 +65,14 @@ def masked_adam_(params, grads, exp_avgs, exp_avg_sqs, masks, *, step, lr: float
                  pruned_are_zero: bool = False) -> None:
     """In-place Adam (torch.optim.Adam semantics, bias-corrected) on every tensor, then `param *= mask`.
 
-    `masks[i]` may be None for tensors that are never pruned. `step` is the 1-based step count after this
-    update: an int, or a 0-d tensor on the parameters' device (CUDA-graph capturable on the Triton path).
-    `weight_decay` is coupled L2 as in torch.optim.Adam (g + wd * p enters the moments).
-    `pruned_are_zero=True` promises that pruned weights are already exactly 0, which lets the Triton kernel
-    skip them (the result is the same when the promise holds; the reference ignores it).
+    `masks[i]` may be None for tensors that are never pruned; a uint8 mask keeps where it is nonzero. `step` is
+    the 1-based step count after this update: an int, or a 0-d tensor on the parameters' device (CUDA-graph
+    capturable on the Triton path, which reads it on the device and so cannot check it: it must hold an integer
+    >= 1, else the update is wrong, e.g. NaN at 0). `weight_decay` is coupled L2 as in torch.optim.Adam (g + wd
+    * p enters the moments). `pruned_are_zero=True` promises that pruned weights are already exactly 0, which
+    lets the Triton kernel skip them: the result is the same when the promise holds; when it does not, the
+    Triton path leaves the skipped pruned weights as they were (unmasked) where the CPU paths, which ignore the
+    flag, zero them. The Triton path needs contiguous tensors, one gradient dtype per call.
     """
     if len(params) == 0:
         return

@@ -15,7 +15,14 @@ from __future__ import annotations
 
 import torch
 
-from kernels.reference import adam_step, check_adam_hyperparameters, check_adam_inputs, masked_adam_ref_
+from kernels.reference import (
+    adam_step,
+    as_keep,
+    check_adam_aliasing,
+    check_adam_hyperparameters,
+    check_adam_inputs,
+    masked_adam_ref_,
+)
 
 
 @torch.no_grad()
@@ -26,6 +33,7 @@ def masked_adam_fused_(params, grads, exp_avgs, exp_avg_sqs, masks, *, step, lr:
     params, grads, exp_avgs, exp_avg_sqs, masks = map(list, (params, grads, exp_avgs, exp_avg_sqs, masks))
     check_adam_inputs(params, grads, exp_avgs, exp_avg_sqs, masks, moments)
     check_adam_hyperparameters(lr, beta1, beta2, eps, weight_decay)
+    check_adam_aliasing(params, grads, exp_avgs, exp_avg_sqs, masks)
     if moments == "frozen" or any(g.dtype != torch.float32 for g in grads):
         return masked_adam_ref_(params, grads, exp_avgs, exp_avg_sqs, masks, step=step, lr=lr, beta1=beta1,
                                 beta2=beta2, eps=eps, weight_decay=weight_decay, moments=moments)
@@ -36,7 +44,7 @@ def masked_adam_fused_(params, grads, exp_avgs, exp_avg_sqs, masks, *, step, lr:
     masked = [i for i, mask in enumerate(masks) if mask is not None]
     if not masked:
         return
-    keep = [masks[i] for i in masked]
+    keep = [as_keep(masks[i]) for i in masked]
     torch._foreach_mul_([params[i] for i in masked], keep)
     if moments == "reset":
         torch._foreach_mul_([exp_avgs[i] for i in masked], keep)

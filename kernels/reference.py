@@ -26,6 +26,8 @@ from collections.abc import Sequence
 
 import torch
 
+from kernels._utils import check_no_aliasing
+
 MOMENTS_MODES = ("faithful", "reset", "frozen")
 
 
@@ -86,6 +88,9 @@ def topk_magnitude_masks_ref(weights: Sequence[torch.Tensor], keep_counts, *, ou
     """
     counts = _check_keep_counts(weights, keep_counts)
     check_mask_outputs(weights, out, exp_avgs, exp_avg_sqs)
+    check_no_aliasing([(f"{name}[{i}]", t, written) for name, seq, written in (
+        ("weights", weights, zero_pruned), ("out", out or [], True), ("exp_avgs", exp_avgs or [], True),
+        ("exp_avg_sqs", exp_avg_sqs or [], True)) for i, t in enumerate(seq)])  # as the Triton launcher
     masks = []
     for w, k in zip(weights, counts):
         score = w.detach().abs().flatten().float()
@@ -142,6 +147,19 @@ def check_adam_hyperparameters(lr, beta1, beta2, eps, weight_decay) -> None:
             raise ValueError(f"masked_adam_: {name} = {value!r}; expected {bounds}")
 
 
+def check_adam_aliasing(params, grads, exp_avgs, exp_avg_sqs, masks) -> None:
+    """The tensors an update writes (params, moments) must not overlap any other tensor of the call."""
+    written = [(f"{name}[{i}]", t, True) for name, seq in (
+        ("params", params), ("exp_avgs", exp_avgs), ("exp_avg_sqs", exp_avg_sqs)) for i, t in enumerate(seq)]
+    read = [(f"{name}[{i}]", t, False) for name, seq in (("grads", grads), ("masks", masks)) for i, t in enumerate(seq)]
+    check_no_aliasing(written + read)
+
+
+def as_keep(mask: torch.Tensor) -> torch.Tensor:
+    """A mask as bool: any nonzero uint8 keeps, as in the Triton kernels (multiplying by a uint8 2 doubled)."""
+    return mask if mask.dtype == torch.bool else mask != 0
+
+
 def adam_step(step) -> float:
     """The 1-based step count (an int or a one-element tensor, read on the host) as a float, checked."""
     step = float(step.item() if isinstance(step, torch.Tensor) else step)
@@ -160,6 +178,7 @@ def masked_adam_ref_(params, grads, exp_avgs, exp_avg_sqs, masks, *, step, lr: f
     """
     check_adam_inputs(params, grads, exp_avgs, exp_avg_sqs, masks, moments)
     check_adam_hyperparameters(lr, beta1, beta2, eps, weight_decay)
+    check_adam_aliasing(params, grads, exp_avgs, exp_avg_sqs, masks)
     step = adam_step(step)
     bias_correction1 = 1 - beta1**step
     bias_correction2_sqrt = (1 - beta2**step) ** 0.5
@@ -168,8 +187,9 @@ def masked_adam_ref_(params, grads, exp_avgs, exp_avg_sqs, masks, *, step, lr: f
         g = g.float()
         if weight_decay != 0:
             g = g.add(p, alpha=weight_decay)  # torch.optim.Adam(weight_decay=...): coupled L2
+        if mask is not None:
+            mask = as_keep(mask)
         if mask is not None and moments == "frozen":
-            keep = mask.bool()
             old_m, old_v = m.clone(), v.clone()
         # Same operation order as torch.optim.Adam's single-tensor path.
         m.lerp_(g, 1 - beta1)
@@ -183,5 +203,5 @@ def masked_adam_ref_(params, grads, exp_avgs, exp_avg_sqs, masks, *, step, lr: f
             m.mul_(mask)
             v.mul_(mask)
         elif moments == "frozen":
-            m.copy_(torch.where(keep, m, old_m))
-            v.copy_(torch.where(keep, v, old_v))
+            m.copy_(torch.where(mask, m, old_m))
+            v.copy_(torch.where(mask, v, old_v))

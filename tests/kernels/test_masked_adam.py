@@ -387,6 +387,24 @@ def test_every_backend_refuses_adam_hyperparameters_torch_adam_refuses(monkeypat
     kernels.masked_adam_(params, grads, m, v, masks, step=1, lr=0.0, beta1=0.0, eps=0.0)  # the edges are allowed
 
 
+@pytest.mark.parametrize("backend", ["triton", "fused", "torch"])
+def test_every_backend_keeps_nonzero_uint8_masks_and_refuses_aliases(monkeypatch, backend):
+    """The CPU paths multiplied by a uint8 mask, so a 2 doubled the weight (the kernels keep any nonzero), and
+    wrote through outputs that overlap inputs (the kernels refuse)."""
+    monkeypatch.setenv("PRUNERL_KERNELS", backend)
+    params, grads, m, v, masks = make_state([(8, 6)], sparsity=0.5)
+    uint8 = [masks[0].to(torch.uint8) * 2]
+    p_ref, m_ref, v_ref = clone_all(params, m, v)
+    masked_adam_ref_(p_ref, grads, m_ref, v_ref, masks, step=3, lr=1e-2)
+    kernels.masked_adam_(params, grads, m, v, uint8, step=3, lr=1e-2)
+    assert_lists_close(params, p_ref)
+    with pytest.raises(ValueError, match="overlaps"):
+        kernels.masked_adam_(params, [params[0]], m, v, masks, step=4, lr=1e-2)  # the gradient is the weight
+    w = torch.randn(64, device=DEVICE)
+    with pytest.raises(ValueError, match="overlaps"):
+        kernels.topk_magnitude_masks([w], [9], out=[w.view(torch.bool)[:64]])  # the output is the weight
+
+
 @st.composite
 def adam_cases(draw):
     n_seg = draw(st.integers(1, 4))
