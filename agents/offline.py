@@ -46,6 +46,12 @@ class OfflineTrainer(Trainer):
     def frames(self) -> int:
         return 0
 
+    @staticmethod
+    def resumed_env_seed(cfg: TrainConfig, iteration: int) -> int:
+        """An offline run's one env is its evaluation env: after a resume it is seeded as an online run's
+        evaluation env is (apart from any training env), not with the training envs' formula."""
+        return cfg.seed + EVAL_SEED_OFFSET + 7919 * iteration
+
     def _make_replay(self, device, obs_shape):
         cfg, off = self.cfg, self.cfg.offline
         _check_dataset_game(resolve_data_dir(off.data), cfg.env.game, self.num_actions)
@@ -134,13 +140,25 @@ class OfflineTrainer(Trainer):
 def _check_dataset_game(data_dir: Path, game: str, num_actions: int) -> None:
     """A dataset written by agents.export_dataset names its game and action count: they must be the run's."""
     path = data_dir / DATASET_INFO
-    if not path.is_file():  # the DQN Replay Dataset itself names its game only in its path
+    if not path.is_file():  # the DQN Replay Dataset names its game only in its path: $GAME/$RUN/replay_logs
+        named = data_dir.parent.parent.name if data_dir.name == "replay_logs" else ""
+        if _is_game(named) and not _same_game(named, game):
+            raise DatasetError(f"{data_dir} is the DQN Replay Dataset's {named} data (its path says so), but the "
+                               f"run plays {game}: use --env.game {named}, or that game's folder")
         return
     info = json.loads(path.read_text())
     if not _same_game(info["game"], game) or info["num_actions"] != num_actions:
         raise DatasetError(f"{data_dir} holds {info['game']} data ({info['num_actions']} actions), but the run plays "
                            f"{game} ({num_actions} actions): use --env.game {info['game']}")
 
+
+
+def _is_game(name: str) -> bool:
+    try:
+        resolve_game(name)
+        return True
+    except ValueError:
+        return False
 
 
 def _same_game(a: str, b: str) -> bool:

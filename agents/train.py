@@ -259,8 +259,13 @@ class Trainer:
             raise CheckpointError(f"cannot resume {run_dir}: {e}") from e
         # Envs cannot be snapshotted: they restart, with a seed offset so the trajectories are new ones.
         if env is None:
-            env = make_env(cfg.env, seed=cfg.seed + 7919 * (int(state["iteration"]) + 1))
+            env = make_env(cfg.env, seed=cls.resumed_env_seed(cfg, int(state["iteration"])))
         return cls(cfg, run_dir, checkpoint=state, env=env)
+
+    @staticmethod
+    def resumed_env_seed(cfg: TrainConfig, iteration: int) -> int:
+        """The training envs' seed after a resume at `iteration`: new trajectories, apart from the first ones."""
+        return cfg.seed + 7919 * (iteration + 1)
 
     def _open_logs(self, resumed: bool) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)

@@ -193,6 +193,18 @@ def test_offline_runs_name_missing_or_foreign_data(tmp_path, chain_dataset):
     with pytest.raises(DatasetError, match="holds action 1, but Pong has 1 actions"):
         OfflineTrainer(offline_config("cql", 0.0, foreign), tmp_path / "d", env=OneAction(num_envs=2))
 
+    # The DQN Replay Dataset names its game only in its path ($GAME/$RUN/replay_logs): Breakout's data for a Pong
+    # run was caught only if an action went past Pong's count.
+    published = tmp_path / "dqn_replay" / "Breakout" / "1" / "replay_logs"
+    published.mkdir(parents=True)
+    for f in foreign.iterdir():
+        (published / f.name).write_bytes(f.read_bytes())
+    with pytest.raises(DatasetError, match="Dataset's Breakout data .* but the run plays Pong"):
+        OfflineTrainer(offline_config("cql", 0.0, published.parent), tmp_path / "e", env=ChainEnv(num_envs=2))
+    cfg = offline_config("cql", 0.0, published)
+    cfg.env.game = "breakout"  # the same game, spelled otherwise
+    OfflineTrainer(cfg, tmp_path / "f", env=ChainEnv(num_envs=2)).close()
+
 
 def test_offline_presets_and_command_line(tmp_path):
     cfg = get_preset("cql_c51_impala_w3_gmp99")
