@@ -32,6 +32,7 @@ STATES = ("done", "running", "partial", "failed", "pending")
 # Exit codes of a sweep (and of one --index run): every run done, some failed, some not finished yet.
 EXIT_DONE, EXIT_FAILED, EXIT_UNFINISHED = 0, 1, 3
 USAGE_ERROR = 2  # agents.train's exit code for a bad command line or config
+RUN_BUSY = 75  # agents.train's exit code when another process trains the run (agents.train.EXIT_BUSY)
 
 
 class SweepError(RuntimeError):
@@ -225,6 +226,10 @@ def execute_run(sweep_dir: Path, run: Run, *, runtime: list[str], env: dict, ret
             if launcher.stopping and code != 0:  # killed by the sweep's own shutdown: not the run's failure
                 write_json(state_file, st)
                 return "interrupted"
+            if code == RUN_BUSY:  # trained by hand next to the sweep, say: not this run's failure
+                st.update(last_error=f"exit code {code}:\n{_tail(log_file, start)}")
+                write_json(state_file, st)
+                return "busy"
             if code != 0:
                 # Exit code 2 is a usage error (e.g. the directory holds another experiment): retrying cannot help.
                 failures = retries + 1 if code == USAGE_ERROR else st["failures"] + 1

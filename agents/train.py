@@ -969,6 +969,13 @@ class UsageError(ValueError):
     """A bad command line or config: printed without a traceback, exit code 2."""
 
 
+class RunBusy(RuntimeError):
+    """Another process trains the run right now: exit code EXIT_BUSY (a sweep counts it as busy, not failed)."""
+
+
+EXIT_BUSY = 75  # sysexits' EX_TEMPFAIL: the same command may succeed later
+
+
 def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, Path | None]:
     """(config, None) for the run in runs_dir/run_name, or (config, run_dir) for --resume RUN_DIR, where the
     config is the run's saved one with the runtime options given on the command line."""
@@ -1059,7 +1066,7 @@ def _open_locked_run(cfg: TrainConfig, run_dir: Path, resume_dir: Path | None,
     """`open_run` once it holds the run directory's lock (taken here): no other process trains this run."""
     _check_writable(run_dir, cfg)
     if lock.enter_context(run_lock(run_dir / RUN_LOCK, wait=False)) is None:
-        raise UsageError(f"{run_dir} is being trained by another process right now (it holds {run_dir / RUN_LOCK});"
+        raise RunBusy(f"{run_dir} is being trained by another process right now (it holds {run_dir / RUN_LOCK});"
                          " two processes training one run would interleave its logs. Wait for it to end, or stop "
                          "it (its last checkpoint is where the same command continues)")
     has_checkpoint = bool(list_checkpoints(run_dir / "checkpoints"))
@@ -1104,6 +1111,9 @@ def _check_writable(run_dir: Path, cfg: TrainConfig) -> None:
 def main(argv: list[str] | None = None) -> int:
     try:
         trainer = open_run(*parse_args(argv))
+    except RunBusy as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_BUSY
     except (ValueError, CheckpointError) as e:  # usage errors
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -93,7 +93,7 @@ def test_a_run_another_process_trains_is_refused(tmp_path, capsys):
         assert fd is not None
         for argv in (command(tmp_path), ["--resume", str(run)]):
             code, _, err = run_main(capsys, argv)
-            assert code == 2 and "is being trained by another process" in err and str(run / ".lock") in err
+            assert code == 75 and "is being trained by another process" in err and str(run / ".lock") in err
     assert {p: p.stat().st_mtime_ns for p in run.rglob("*")} == before
     code, out, _ = run_main(capsys, command(tmp_path))  # released: the same command continues the run
     assert code == 0 and "resuming" in out and summary(run)["finished"] is True

@@ -377,6 +377,20 @@ def test_a_directory_with_another_experiment_fails_without_retries(tmp_path, cap
     assert (tmp_path / "x" / "Pong" / "demo" / "s1" / "config.json").read_text() == saved
 
 
+@pytest.mark.slow
+def test_a_run_trained_outside_the_sweep_is_busy_not_failed(tmp_path, capsys):
+    """agents.train refuses a run another process trains (exit 75): the sweep skips it as busy, with no failure
+    counted (as exit 2 it would have been refused for good)."""
+    axes = ["--name", "b", "--presets", "demo", "--games", "Pong", "--seeds", "1", "--sweeps-dir", str(tmp_path)]
+    with run_lock(tmp_path / "b" / "Pong" / "demo" / "s1" / ".lock", wait=False) as fd:  # trained by hand
+        assert fd is not None
+        assert main([*axes, "--retries", "0"]) == 3  # unfinished, not failed
+    state = json.loads((tmp_path / "b" / "_sweep" / "Pong__demo__s1.json").read_text())
+    assert state["launches"] == 1 and state["failures"] == 0 and state["last_exit"] == 75
+    assert "being trained by another process" in state["last_error"]
+    assert "[busy] Pong/demo/s1" in capsys.readouterr().out
+
+
 # --- a real sweep, killed and restarted ------------------------------------------------------------------------------
 def read_csv(path):
     with open(path, newline="") as f:
