@@ -15,6 +15,8 @@ import time
 import warnings
 from pathlib import Path
 
+RUN_LOCK = ".lock"  # the file in a run directory that agents.train holds while it trains the run
+
 
 def lock_is_held(path: Path) -> bool:
     """True when some process holds the run's lock, i.e. trains the run right now."""
@@ -38,26 +40,43 @@ _warned_no_flock = False
 
 @contextlib.contextmanager
 def run_lock(path: Path, wait: bool):
-    """Yields the lock's file descriptor, or None when another process holds it (and `wait` is False)."""
+    """Yields the lock's file descriptor, or None when another process holds it (and `wait` is False).
+
+    A lock is only good on the file that `path` names once it is held: a file removed (or replaced) while
+    this process waited for it locks nothing that the next process would see, so then it starts again."""
     global _warned_no_flock
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
+    while True:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             _acquire(fd, wait)
         except BlockingIOError:
+            os.close(fd)
             yield None
             return
         except OSError as e:
             if e.errno not in (errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP):
+                os.close(fd)
                 raise
             if not _warned_no_flock:
                 warnings.warn(f"{path.parent} does not support flock; runs are not protected against being "
                               "trained by two processes at once", stacklevel=2)
                 _warned_no_flock = True
+        if _names(path, fd):
+            break
+        os.close(fd)
+    try:
         yield fd
     finally:
         os.close(fd)
+
+
+def _names(path: Path, fd: int) -> bool:
+    """Whether `path` still names the file open at `fd`."""
+    try:
+        return os.stat(path).st_ino == os.fstat(fd).st_ino
+    except FileNotFoundError:
+        return False
 
 
 def _acquire(fd: int, wait: bool, grace_s: float = 1.0) -> None:

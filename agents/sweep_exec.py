@@ -24,7 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from agents.checkpoint import atomic_write_bytes, list_checkpoints
-from agents.locks import lock_is_held, run_lock
+from agents.locks import RUN_LOCK, lock_is_held, run_lock
 from agents.sweep_grid import Run
 
 STATE_DIR = "_sweep"
@@ -121,8 +121,8 @@ def inspect_run(sweep_dir: Path, run: Run) -> RunStatus:
     frames = max(int(row.get("frames", 0)), checkpointed_frames(directory))
     if is_finished(directory):
         state, frames, fps = "done", run.total_frames, None
-    elif lock_is_held(state_path(sweep_dir, run, ".lock")):
-        state = "running"
+    elif lock_is_held(state_path(sweep_dir, run, ".lock")) or lock_is_held(directory / RUN_LOCK):
+        state = "running"  # by a sweep, or by agents.train started by hand
     elif st.get("failures") and st.get("last_exit") not in (0, None):
         state = "failed"
     elif list_checkpoints(directory / "checkpoints") or (directory / "summary.json").exists():
@@ -222,14 +222,14 @@ def execute_run(sweep_dir: Path, run: Run, *, runtime: list[str], env: dict, ret
                 log.flush()
                 start = log.tell()
                 code = launcher.run(argv, env, log, lock_fd)
+            if code == RUN_BUSY:  # trained by hand next to the sweep, say: not this run's failure (nor its exit)
+                st.update(ended=_now(), busy=f"exit code {code}:\n{_tail(log_file, start)}")
+                write_json(state_file, st)
+                return "busy"
             st.update(ended=_now(), last_exit=code)
             if launcher.stopping and code != 0:  # killed by the sweep's own shutdown: not the run's failure
                 write_json(state_file, st)
                 return "interrupted"
-            if code == RUN_BUSY:  # trained by hand next to the sweep, say: not this run's failure
-                st.update(last_error=f"exit code {code}:\n{_tail(log_file, start)}")
-                write_json(state_file, st)
-                return "busy"
             if code != 0:
                 # Exit code 2 is a usage error (e.g. the directory holds another experiment): retrying cannot help.
                 failures = retries + 1 if code == USAGE_ERROR else st["failures"] + 1

@@ -59,7 +59,7 @@ from agents.config import PRESETS, RUNTIME_FIELDS, TrainConfig, experiment_field
 from agents.cuda_graphs import PhaseGraphs
 from agents.envs import make_env, resolve_game
 from agents.eval_phase import EvalResult, run_eval_episodes, run_eval_phase
-from agents.locks import run_lock
+from agents.locks import RUN_LOCK, run_lock
 from agents.networks import use_channels_last
 from agents.profiler import Profiler, format_table, profile_learner_layers, profile_learner_ops
 from agents.pruning import FixedMask, MaskedAdam, Pruner, load_lottery_ticket
@@ -903,7 +903,6 @@ def default_run_name(cfg: TrainConfig) -> str:
 
 
 # Files a run writes into its directory; starting afresh in a directory without a checkpoint removes them.
-RUN_LOCK = ".lock"  # held (flock) by the process training the run: agents.locks
 RUN_OUTPUTS = ("config.json", "initial_weights.pt", "iterations.csv", "episodes.csv", "metrics.jsonl",
                "grad_covariance.jsonl", "summary.json", "profile.json", "tb", "checkpoints")
 
@@ -1046,13 +1045,20 @@ def open_run(cfg: TrainConfig, resume_dir: Path | None = None) -> Trainer | None
     if resume_dir is not None and not (run_dir / "config.json").is_file():
         read_run_config(run_dir)  # raises: no run there (and no lock file left in a mistyped directory)
     created = not run_dir.exists()
+    _check_writable(run_dir, cfg)
     lock = contextlib.ExitStack()
+    if lock.enter_context(run_lock(run_dir / RUN_LOCK, wait=False)) is None:  # (the directory is not ours)
+        raise RunBusy(f"{run_dir} is being trained by another process right now (it holds {run_dir / RUN_LOCK});"
+                      " two processes training one run would interleave its logs. Wait for it to end, or stop it "
+                      "(its last checkpoint is where the same command continues)")
     try:
-        trainer = _open_locked_run(cfg, run_dir, resume_dir, lock)
+        trainer = _open_locked_run(cfg, run_dir, resume_dir)
     except BaseException:
-        lock.close()
+        # e.g. an unknown game: no empty run directory left behind (removed while still holding its lock; a
+        # process waiting for that lock then finds its file gone and starts again, see agents.locks.run_lock)
         if created and run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= {RUN_LOCK}:
-            shutil.rmtree(run_dir)  # e.g. an unknown game: no empty run directory left behind
+            shutil.rmtree(run_dir)
+        lock.close()
         raise
     if trainer is None:
         lock.close()
@@ -1061,14 +1067,8 @@ def open_run(cfg: TrainConfig, resume_dir: Path | None = None) -> Trainer | None
     return trainer
 
 
-def _open_locked_run(cfg: TrainConfig, run_dir: Path, resume_dir: Path | None,
-                     lock: contextlib.ExitStack) -> Trainer | None:
-    """`open_run` once it holds the run directory's lock (taken here): no other process trains this run."""
-    _check_writable(run_dir, cfg)
-    if lock.enter_context(run_lock(run_dir / RUN_LOCK, wait=False)) is None:
-        raise RunBusy(f"{run_dir} is being trained by another process right now (it holds {run_dir / RUN_LOCK});"
-                         " two processes training one run would interleave its logs. Wait for it to end, or stop "
-                         "it (its last checkpoint is where the same command continues)")
+def _open_locked_run(cfg: TrainConfig, run_dir: Path, resume_dir: Path | None) -> Trainer | None:
+    """`open_run` once it holds the run directory's lock: no other process trains this run."""
     has_checkpoint = bool(list_checkpoints(run_dir / "checkpoints"))
     if (run_dir / "config.json").is_file():
         saved = read_run_config(run_dir)

@@ -378,17 +378,26 @@ def test_a_directory_with_another_experiment_fails_without_retries(tmp_path, cap
 
 
 @pytest.mark.slow
-def test_a_run_trained_outside_the_sweep_is_busy_not_failed(tmp_path, capsys):
-    """agents.train refuses a run another process trains (exit 75): the sweep skips it as busy, with no failure
-    counted (as exit 2 it would have been refused for good)."""
+def test_a_run_trained_outside_the_sweep_is_running_then_busy_never_failed(tmp_path, capsys):
+    """A run agents.train trains by hand holds RUN_DIR/.lock: the sweep shows it running and leaves it alone. One
+    that starts between the sweep's look and its launch makes agents.train exit 75: busy, with no failure
+    counted and the run's last exit kept (as exit 2 it was refused for good; as a last exit, an earlier
+    recovered failure turned it "failed")."""
     axes = ["--name", "b", "--presets", "demo", "--games", "Pong", "--seeds", "1", "--sweeps-dir", str(tmp_path)]
-    with run_lock(tmp_path / "b" / "Pong" / "demo" / "s1" / ".lock", wait=False) as fd:  # trained by hand
-        assert fd is not None
-        assert main([*axes, "--retries", "0"]) == 3  # unfinished, not failed
-    state = json.loads((tmp_path / "b" / "_sweep" / "Pong__demo__s1.json").read_text())
-    assert state["launches"] == 1 and state["failures"] == 0 and state["last_exit"] == 75
-    assert "being trained by another process" in state["last_error"]
-    assert "[busy] Pong/demo/s1" in capsys.readouterr().out
+    sweep = build_sweep({"name": "b", "presets": "demo", "games": "Pong", "seeds": 1}, "t")
+    run, sweep_dir = sweep.runs[0], tmp_path / "b"
+    with run_lock(sweep_dir / "Pong" / "demo" / "s1" / ".lock", wait=False) as fd:  # trained by hand
+        assert fd is not None and inspect_run(sweep_dir, run).state == "running"
+        assert main([*axes, "--retries", "0"]) == 3  # unfinished, not failed; nothing launched
+        assert "1 run(s) of this sweep are being trained by other processes" in capsys.readouterr().out
+        assert not state_path(sweep_dir, run, ".json").exists()
+        write_json(state_path(sweep_dir, run, ".json"), {"launches": 2, "failures": 1, "last_exit": 0})
+        outcome = execute_run(sweep_dir, run, runtime=["--no-progress"], env=sweep_env(), retries=0, launches=1,
+                              launcher=Launcher())
+    state = json.loads(state_path(sweep_dir, run, ".json").read_text())
+    assert outcome == "busy" and state["launches"] == 3 and state["failures"] == 1 and state["last_exit"] == 0
+    assert "being trained by another process" in state["busy"]
+    assert inspect_run(sweep_dir, run).state == "pending"
 
 
 # --- a real sweep, killed and restarted ------------------------------------------------------------------------------
