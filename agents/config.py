@@ -109,16 +109,19 @@ class AgentConfig:
                              f"{self.augmentation_pad}, {self.augmentation_intensity}")
         if self.cql_coefficient < 0:
             raise ValueError(f"agent.cql_coefficient must be >= 0, got {self.cql_coefficient}")
-        ignored = [f"agent.{f.name} = {getattr(self, f.name)!r} (read by {', '.join(FIELD_READERS[f.name])})"
-                   for f in dataclasses.fields(self) if f.name in FIELD_READERS
-                   and self.name not in FIELD_READERS[f.name] and getattr(self, f.name) != f.default]
+
+    def unread_options(self) -> str | None:
+        """The changed fields this agent does not read, in words (None if all are read): a run with them would
+        not do what its config says. agents.train refuses them on its command line; a run saved before that
+        check is read with a warning."""
+        unread = [f"agent.{f.name} = {getattr(self, f.name)!r} (read by {', '.join(FIELD_READERS[f.name])})"
+                  for f in dataclasses.fields(self) if f.name in FIELD_READERS
+                  and self.name not in FIELD_READERS[f.name] and getattr(self, f.name) != f.default]
         if not self.augmentation:
-            ignored += [f"agent.{f.name} = {getattr(self, f.name)!r} (read with agent.augmentation on)"
-                        for f in dataclasses.fields(self) if f.name.startswith("augmentation_")
-                        and getattr(self, f.name) != f.default]
-        if ignored:  # the run would not do what its config says
-            raise ValueError(f"agent {self.name} does not read {'; '.join(ignored)}: drop the option(s), or choose "
-                             "an agent that reads them")
+            unread += [f"agent.{f.name} = {getattr(self, f.name)!r} (read with agent.augmentation on)"
+                       for f in dataclasses.fields(self) if f.name.startswith("augmentation_")
+                       and getattr(self, f.name) != f.default]
+        return f"agent {self.name} does not read {'; '.join(unread)}" if unread else None
 
 
 # Agent fields only some agents read (a changed value anywhere else would be a silent no-op).

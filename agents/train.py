@@ -34,6 +34,7 @@ import shutil
 import subprocess
 import sys
 import time
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
@@ -951,9 +952,13 @@ def read_run_config(run_dir: Path) -> TrainConfig:
     if not path.is_file():
         raise CheckpointError(f"cannot resume {run_dir}: it has no config.json (is it a run directory?)")
     try:
-        return TrainConfig.from_dict(json.loads(path.read_text())["config"])
+        cfg = TrainConfig.from_dict(json.loads(path.read_text())["config"])
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"cannot read the config of {run_dir} from {path}: {e}") from e
+    unread = cfg.agent.unread_options()
+    if unread:  # started before agents.train refused such options: it continues as it was configured
+        warnings.warn(f"{run_dir}: {unread}; the run was started with it and continues so", stacklevel=2)
+    return cfg
 
 
 def run_finished(run_dir: Path) -> bool:
@@ -992,6 +997,10 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, Path | None]
     default = get_preset(known.preset) if known.preset else saved or TrainConfig()
     cfg = tyro.cli(_cli(default), args=rest, description=DESCRIPTION, prog="python -m agents.train")
     if saved is None:
+        unread = cfg.agent.unread_options()
+        if unread:  # the run would not do what its config says
+            raise UsageError(f"{unread}: drop the option(s), or choose an agent that reads them (a run started "
+                             "with such an option before this check continues with --resume RUN_DIR)")
         return cfg, None
     differences = experiment_differences(saved, cfg)
     if differences:

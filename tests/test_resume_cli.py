@@ -113,6 +113,20 @@ def test_a_run_that_fails_to_start_leaves_no_run_directory(tmp_path, capsys, mon
     assert not (tmp_path / "r").exists()  # not even its lock file
 
 
+def test_a_run_saved_with_an_option_its_agent_does_not_read_still_resumes(tmp_path, capsys):
+    """The command line refuses such options now; a run started with one before must not be stranded."""
+    run = tmp_path / "r"
+    cfg, _ = parse_args(command(tmp_path, *STOP_AT_ONCE))
+    cfg.agent.num_atoms = 11  # DQN reads no atoms (as an older trainer accepted)
+    Trainer(cfg, run).run()
+    code, _, err = run_main(capsys, command(tmp_path, "--agent.num-atoms", "11"))
+    assert code == 2 and "agent dqn does not read agent.num_atoms = 11" in err and "--resume RUN_DIR" in err
+    with pytest.warns(UserWarning, match="does not read agent.num_atoms = 11"):
+        code, out, err = run_main(capsys, ["--resume", str(run), "--max-minutes", "30"])
+    assert code == 0, err
+    assert "resuming" in out and summary(run)["finished"] is True
+
+
 def test_resume_accepts_runtime_options(tmp_path, capsys):
     run = tmp_path / "r"
     assert run_main(capsys, command(tmp_path, *STOP_AT_ONCE))[0] == 0
