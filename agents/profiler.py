@@ -173,6 +173,8 @@ def _median_ms(fn, reps: int) -> tuple[float, float]:
         fn()
         sync()
         times.append(1000 * (time.perf_counter() - start))
+    if len(times) < 2:  # (quartiles need two)
+        return times[0], 0.0
     q1, median, q3 = statistics.quantiles(times, n=4)
     return median, (q3 - q1) / max(median, 1e-9)
 

@@ -233,9 +233,11 @@ class Proof:
                 self.say(f"{name}: {step.status.upper()} in {step.seconds:.1f} s"
                          + (f" ({step.note})" if step.note else ""))
                 self.save_steps()
+            summary_failed = False
             try:
                 summary = self.summarize()
             except Exception:  # a results file it cannot read must not keep every result from coming back
+                summary_failed = True
                 summary = f"# GPU proof\n\nWriting the summary failed; the results are in the tarball.\n\n```\n" \
                           f"{traceback.format_exc()}```\n"
                 (self.dir / "summary.md").write_text(summary)
@@ -251,7 +253,7 @@ class Proof:
         finally:
             shutil.rmtree(self.work, ignore_errors=True)
         done = [self.results[n] for n in STEPS if n in self.results and (n == "install" or n in selected)]
-        return 0 if all(s.status == "ok" for s in done) else 1
+        return 0 if all(s.status == "ok" for s in done) and not summary_failed else 1
 
     # --- steps -----------------------------------------------------------------------------------------------------
     def step_install(self, step: StepResult, window_s: float, limit_s: float) -> None:

@@ -47,8 +47,9 @@ def topk_magnitude_masks(weights: Sequence[torch.Tensor], keep_counts, *, out=No
     `kernels.reference` for the NaN rule. Optional, in place: `out` masks to write into (returned),
     `zero_pruned` zeroes the pruned weights, `exp_avgs` / `exp_avg_sqs` get zeroed at pruned entries.
     The Triton path (CUDA) needs contiguous tensors of one dtype and raises otherwise; the CPU paths accept
-    any layout. A repeated call on the same tensor objects starts from the previous threshold (pass the same
-    list of tensors, not new views, at every call).
+    any layout. No backend writes into an output that overlaps another tensor of the call (strided views
+    that interleave within one storage count as overlapping). A repeated call on the same tensor objects
+    starts from the previous threshold (pass the same list of tensors, not new views, at every call).
     """
     if len(weights) == 0:
         return []

@@ -149,9 +149,11 @@ def check_tensor(t: torch.Tensor, what: str, device: torch.device, dtypes: tuple
 def check_no_aliasing(named: Sequence[tuple[str, torch.Tensor | None, bool]]) -> None:
     """Raise if a tensor the kernel writes overlaps in memory with any other tensor of the call.
 
-    `named`: (name, tensor, written) triples. Read-only tensors may share memory with each other.
+    `named`: (name, tensor, written) triples. Read-only tensors may share memory with each other. A tensor's
+    span runs from its first element to its last by its strides (a strided view's whole extent, so views that
+    interleave within one storage count as overlapping).
     """
-    spans = sorted((t.data_ptr(), t.data_ptr() + t.numel() * t.element_size(), name, written)
+    spans = sorted((t.data_ptr(), t.data_ptr() + _extent(t) * t.element_size(), name, written)
                    for name, t, written in named if t is not None and t.numel() > 0)
     # Sweep in address order, remembering the span reaching furthest so far and the furthest written one.
     reach = reach_written = None
@@ -167,12 +169,19 @@ def check_no_aliasing(named: Sequence[tuple[str, torch.Tensor | None, bool]]) ->
             reach_written = (hi, name)
 
 
+def _extent(t: torch.Tensor) -> int:
+    """Elements from a non-empty tensor's first to its last, plus one (its numel when contiguous)."""
+    if t.is_contiguous():  # (every tensor of the Triton path: the cheap case)
+        return t.numel()
+    return 1 + sum((size - 1) * stride for size, stride in zip(t.shape, t.stride()))
+
+
 class Spans:
     """The memory spans of the tensors a kernel writes (already checked not to overlap one another), for checking
     later inputs it only reads against them in ~1 us per tensor (`check_no_aliasing` sorts everything again)."""
 
     def __init__(self, written: Sequence[tuple[str, torch.Tensor | None, bool]]):
-        spans = sorted((t.data_ptr(), t.data_ptr() + t.numel() * t.element_size(), name)
+        spans = sorted((t.data_ptr(), t.data_ptr() + _extent(t) * t.element_size(), name)
                        for name, t, _ in written if t is not None and t.numel() > 0)
         # Disjoint and sorted by start, so the ends are sorted too: the one span that can reach past a read's
         # start is the last one that starts before the read ends.
@@ -185,7 +194,7 @@ class Spans:
             if t is None or t.numel() == 0:
                 continue
             lo = t.data_ptr()
-            i = bisect.bisect_left(self._starts, lo + t.numel() * t.element_size()) - 1
+            i = bisect.bisect_left(self._starts, lo + _extent(t) * t.element_size()) - 1
             if i >= 0 and self._spans[i][1] > lo:
                 writer = self._spans[i][2]
                 raise ValueError(f"{name} overlaps {writer} in memory; the kernel writes {writer} in place, so "

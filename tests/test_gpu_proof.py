@@ -122,12 +122,14 @@ def test_a_failing_summary_still_copies_every_result_to_out(tmp_path, monkeypatc
         raise KeyError("frames_per_second")
 
     monkeypatch.setattr(gpu_proof, "e2e_target_rows", broken)
-    rc = gpu_proof.main(["--dry-run", "--budget-s", "5", "--steps", "e2e", "--results-root", str(tmp_path),
-                         "--sha", "s"])
-    assert rc == 1
+    rc = gpu_proof.main(["--dry-run", "--budget-s", "60", "--steps", "environment", "--results-root",
+                         str(tmp_path), "--sha", "s"])
+    steps = json.loads((tmp_path / "cpu-dry-run_s" / "steps.json").read_text())["steps"]
+    assert {s["status"] for s in steps.values()} == {"ok"} and rc == 1  # every step ran: the summary's failure
     summary = (tmp_path / "out" / "summary.md").read_text()
     assert "Writing the summary failed" in summary and "frames_per_second" in summary
-    assert (tmp_path / "out" / "cpu-dry-run_s.tar.gz").stat().st_size > 0 and (tmp_path / "out" / "proof.log").exists()
+    assert (tmp_path / "out" / "cpu-dry-run_s.tar.gz").stat().st_size > 0
+    assert (tmp_path / "out" / "proof.log").exists()
     assert "summary: FAILED" in capsys.readouterr().out
 
 

@@ -397,3 +397,18 @@ def test_spans_find_overlaps_at_their_edges():
     for lo, hi, writer in ((5, 11, "a"), (19, 25, "a"), (12, 13, "a"), (0, 40, "b"), (34, 36, "b"), (25, 31, "b")):
         with pytest.raises(ValueError, match=f"r overlaps {writer} "):
             spans.check_reads([("r", buf[lo:hi])])
+
+
+def test_alias_check_spans_strided_views_by_their_strides():
+    """A transposed or sliced view's memory runs by its strides: a numel-long span missed the end of a column
+    slice (an overlap let through) and could not tell disjoint row blocks of a transposed tensor apart."""
+    from kernels._utils import check_no_aliasing
+
+    big = torch.randn(8, 6)
+    col = big[:, 5:]  # 8 elements spread over the whole storage
+    with pytest.raises(ValueError, match="overlaps"):
+        check_no_aliasing([("a", col, True), ("b", big[7:, :5], False)])  # the last row's first five
+    t = torch.randn(6, 8).t()  # non-contiguous, rows of t are columns of the storage
+    check_no_aliasing([("a", big[:4], True), ("b", big[4:], True), ("c", t, False)])  # disjoint: fine
+    with pytest.raises(ValueError, match="overlaps"):  # interleaved columns count as overlapping (documented)
+        check_no_aliasing([("a", big[:, :3], True), ("b", big[:, 3:], True)])
