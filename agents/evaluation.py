@@ -181,6 +181,8 @@ AGGREGATES: dict[str, Callable] = {"iqm": iqm, "mean": mean, "median": median, "
 
 # rliable's default (`get_interval_estimates`): at 2,000 the bounds moved visibly with the seed.
 DEFAULT_REPS = 50_000
+# Replications resampled at once: P(improvement) of 10 seeds x 57 games held ~0.8 GB at 50,000 in one piece.
+BOOTSTRAP_CHUNK = 5_000
 
 
 def stratified_resample(scores: np.ndarray, reps: int, rng: np.random.Generator) -> np.ndarray:
@@ -214,13 +216,18 @@ def bootstrap_ci(
         if a.ndim != 2:
             raise ValueError(f"bootstrap_ci wants [runs, games] matrices, got shape {a.shape}")
     rng = np.random.default_rng(seed)
-    samples = [stratified_resample(a, reps, rng) for a in arrays]
-    stats = np.asarray(statistic(*samples), dtype=np.float64)
-    if stats.shape != (reps,):
-        raise ValueError(
-            f"statistic must reduce [reps, runs, games] to [reps], got shape {stats.shape}; "
-            "write it with axis=(-2, -1) like agents.evaluation.iqm"
-        )
+    stats = []
+    # In chunks, so that memory is bounded whatever reps (one chunk draws what an unchunked bootstrap draws).
+    for start in range(0, reps, BOOTSTRAP_CHUNK):
+        n = min(BOOTSTRAP_CHUNK, reps - start)
+        chunk = np.asarray(statistic(*[stratified_resample(a, n, rng) for a in arrays]), dtype=np.float64)
+        if chunk.shape != (n,):
+            raise ValueError(
+                f"statistic must reduce [reps, runs, games] to [reps], got shape {chunk.shape}; "
+                "write it with axis=(-2, -1) like agents.evaluation.iqm"
+            )
+        stats.append(chunk)
+    stats = np.concatenate(stats)
     alpha = 1.0 - confidence
     low, high = np.quantile(stats, [alpha / 2, 1 - alpha / 2])
     return float(low), float(high)
