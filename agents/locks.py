@@ -16,6 +16,9 @@ import warnings
 from pathlib import Path
 
 RUN_LOCK = ".lock"  # the file in a run directory that agents.train holds while it trains the run
+# agents.train's exit code when another process holds RUN_LOCK (sysexits' EX_TEMPFAIL: the same command may
+# succeed later); a sweep counts such a launch as busy, not as a failure
+EXIT_BUSY = 75
 
 
 def lock_is_held(path: Path) -> bool:

@@ -232,6 +232,8 @@ class Pruner(nn.Module):
         counts = [sum(sizes)] if cfg.scope == "global" else sizes  # one global top-k, or one per layer
         self.register_buffer("keep_counts", torch.tensor(counts, dtype=torch.long), persistent=False)
         self._all_params = list(model.parameters())
+        self._views: list[torch.Tensor] | None = None  # see _selection_inputs
+        self._flat: tuple[torch.Tensor, torch.Tensor] | None = None
 
     @property
     def masks(self) -> list[torch.Tensor]:
@@ -290,7 +292,7 @@ class Pruner(nn.Module):
         every call: the kernels keep each weight set's workspace, and with it the previous threshold that the
         next mask update starts from, by the identity of its tensors. New views at every call made every
         update of a training run take the cold path. Rebuilt if a weight's storage moved."""
-        views = getattr(self, "_views", None)
+        views = self._views
         if views is None or any(v.data_ptr() != w.data_ptr() for v, w in zip(views, self.weights)):
             views = self._views = [w.detach() for w in self.weights]
             if self.cfg.scope == "global":

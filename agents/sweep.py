@@ -90,6 +90,8 @@ def plan_resources(parallel: int | None, runs_per_gpu: int, cpus_per_run: int | 
 
 # --- progress -------------------------------------------------------------------------------------------------
 ELSEWHERE_REFRESH_S = 5.0  # how often the progress re-reads the runs that other processes train
+
+
 class Progress:
     """One line per running run and one bar for the sweep on a terminal; event lines and a periodic summary
     otherwise (logs of batch jobs)."""

@@ -24,7 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from agents.checkpoint import atomic_write_bytes, list_checkpoints
-from agents.locks import RUN_LOCK, lock_is_held, run_lock
+from agents.locks import EXIT_BUSY, RUN_LOCK, lock_is_held, run_lock
 from agents.sweep_grid import Run
 
 STATE_DIR = "_sweep"
@@ -32,7 +32,6 @@ STATES = ("done", "running", "partial", "failed", "pending")
 # Exit codes of a sweep (and of one --index run): every run done, some failed, some not finished yet.
 EXIT_DONE, EXIT_FAILED, EXIT_UNFINISHED = 0, 1, 3
 USAGE_ERROR = 2  # agents.train's exit code for a bad command line or config
-RUN_BUSY = 75  # agents.train's exit code when another process trains the run (agents.train.EXIT_BUSY)
 
 
 class SweepError(RuntimeError):
@@ -222,7 +221,7 @@ def execute_run(sweep_dir: Path, run: Run, *, runtime: list[str], env: dict, ret
                 log.flush()
                 start = log.tell()
                 code = launcher.run(argv, env, log, lock_fd)
-            if code == RUN_BUSY:  # trained by hand next to the sweep, say: not this run's failure (nor its exit)
+            if code == EXIT_BUSY:  # trained by hand next to the sweep, say: not this run's failure (nor its exit)
                 st.update(ended=_now(), busy=f"exit code {code}:\n{_tail(log_file, start)}")
                 write_json(state_file, st)
                 return "busy"

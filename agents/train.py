@@ -60,7 +60,7 @@ from agents.config import PRESETS, RUNTIME_FIELDS, TrainConfig, experiment_field
 from agents.cuda_graphs import PhaseGraphs
 from agents.envs import make_env, resolve_game
 from agents.eval_phase import EvalResult, run_eval_episodes, run_eval_phase
-from agents.locks import RUN_LOCK, run_lock
+from agents.locks import EXIT_BUSY, RUN_LOCK, run_lock
 from agents.networks import use_channels_last
 from agents.profiler import Profiler, format_table, profile_learner_layers, profile_learner_ops
 from agents.pruning import FixedMask, MaskedAdam, Pruner, load_lottery_ticket
@@ -975,9 +975,6 @@ class UsageError(ValueError):
 
 class RunBusy(RuntimeError):
     """Another process trains the run right now: exit code EXIT_BUSY (a sweep counts it as busy, not failed)."""
-
-
-EXIT_BUSY = 75  # sysexits' EX_TEMPFAIL: the same command may succeed later
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, Path | None]:

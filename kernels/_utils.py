@@ -153,8 +153,7 @@ def check_no_aliasing(named: Sequence[tuple[str, torch.Tensor | None, bool]]) ->
     span runs from its first element to its last by its strides (a strided view's whole extent, so views that
     interleave within one storage count as overlapping).
     """
-    spans = sorted((t.data_ptr(), t.data_ptr() + _extent(t) * t.element_size(), name, written)
-                   for name, t, written in named if t is not None and t.numel() > 0)
+    spans = sorted((*_span(t), name, written) for name, t, written in named if t is not None and t.numel() > 0)
     # Sweep in address order, remembering the span reaching furthest so far and the furthest written one.
     reach = reach_written = None
     for lo, hi, name, written in spans:
@@ -169,11 +168,13 @@ def check_no_aliasing(named: Sequence[tuple[str, torch.Tensor | None, bool]]) ->
             reach_written = (hi, name)
 
 
-def _extent(t: torch.Tensor) -> int:
-    """Elements from a non-empty tensor's first to its last, plus one (its numel when contiguous)."""
+def _span(t: torch.Tensor) -> tuple[int, int]:
+    """(first byte, one past the last) of a non-empty tensor's memory, by its strides."""
     if t.is_contiguous():  # (every tensor of the Triton path: the cheap case)
-        return t.numel()
-    return 1 + sum((size - 1) * stride for size, stride in zip(t.shape, t.stride()))
+        elements = t.numel()
+    else:
+        elements = 1 + sum((size - 1) * stride for size, stride in zip(t.shape, t.stride()))
+    return t.data_ptr(), t.data_ptr() + elements * t.element_size()
 
 
 class Spans:
@@ -181,8 +182,7 @@ class Spans:
     later inputs it only reads against them in ~1 us per tensor (`check_no_aliasing` sorts everything again)."""
 
     def __init__(self, written: Sequence[tuple[str, torch.Tensor | None, bool]]):
-        spans = sorted((t.data_ptr(), t.data_ptr() + _extent(t) * t.element_size(), name)
-                       for name, t, _ in written if t is not None and t.numel() > 0)
+        spans = sorted((*_span(t), name) for name, t, _ in written if t is not None and t.numel() > 0)
         # Disjoint and sorted by start, so the ends are sorted too: the one span that can reach past a read's
         # start is the last one that starts before the read ends.
         self._starts = [lo for lo, _, _ in spans]
@@ -193,8 +193,8 @@ class Spans:
         for name, t in named:
             if t is None or t.numel() == 0:
                 continue
-            lo = t.data_ptr()
-            i = bisect.bisect_left(self._starts, lo + _extent(t) * t.element_size()) - 1
+            lo, hi = _span(t)
+            i = bisect.bisect_left(self._starts, hi) - 1
             if i >= 0 and self._spans[i][1] > lo:
                 writer = self._spans[i][2]
                 raise ValueError(f"{name} overlaps {writer} in memory; the kernel writes {writer} in place, so "

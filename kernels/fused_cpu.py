@@ -31,12 +31,12 @@ def masked_adam_fused_(params, grads, exp_avgs, exp_avg_sqs, masks, *, step, lr:
                        moments: str = "faithful") -> None:
     """`kernels.reference.masked_adam_ref_`'s contract (same arguments, same results to fp32 rounding)."""
     params, grads, exp_avgs, exp_avg_sqs, masks = map(list, (params, grads, exp_avgs, exp_avg_sqs, masks))
+    if moments == "frozen" or any(g.dtype != torch.float32 for g in grads):  # (the reference checks the call)
+        return masked_adam_ref_(params, grads, exp_avgs, exp_avg_sqs, masks, step=step, lr=lr, beta1=beta1,
+                                beta2=beta2, eps=eps, weight_decay=weight_decay, moments=moments)
     check_adam_inputs(params, grads, exp_avgs, exp_avg_sqs, masks, moments)
     check_adam_hyperparameters(lr, beta1, beta2, eps, weight_decay)
     check_adam_aliasing(params, grads, exp_avgs, exp_avg_sqs, masks)
-    if moments == "frozen" or any(g.dtype != torch.float32 for g in grads):
-        return masked_adam_ref_(params, grads, exp_avgs, exp_avg_sqs, masks, step=step, lr=lr, beta1=beta1,
-                                beta2=beta2, eps=eps, weight_decay=weight_decay, moments=moments)
     step_t = torch.tensor(adam_step(step), dtype=torch.float32, device=params[0].device)
     # The fused op reads the step count (torch.optim.Adam increments it before the call) and does not change it.
     torch._fused_adam_(params, grads, exp_avgs, exp_avg_sqs, [], [step_t] * len(params), lr=lr, beta1=beta1,

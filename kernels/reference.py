@@ -88,9 +88,7 @@ def topk_magnitude_masks_ref(weights: Sequence[torch.Tensor], keep_counts, *, ou
     """
     counts = _check_keep_counts(weights, keep_counts)
     check_mask_outputs(weights, out, exp_avgs, exp_avg_sqs)
-    check_no_aliasing([(f"{name}[{i}]", t, written) for name, seq, written in (
-        ("weights", weights, zero_pruned), ("out", out or [], True), ("exp_avgs", exp_avgs or [], True),
-        ("exp_avg_sqs", exp_avg_sqs or [], True)) for i, t in enumerate(seq)])  # as the Triton launcher
+    check_mask_aliasing(weights, out, exp_avgs, exp_avg_sqs, zero_pruned)
     masks = []
     for w, k in zip(weights, counts):
         score = w.detach().abs().flatten().float()
@@ -134,6 +132,14 @@ def check_adam_inputs(params, grads, exp_avgs, exp_avg_sqs, masks, moments: str)
                                  f"param has {tuple(p.shape)}")
             if t.device != p.device:
                 raise ValueError(f"masked_adam_: {name} of tensor {i} is on {t.device}, param on {p.device}")
+
+
+def check_mask_aliasing(weights, out, exp_avgs, exp_avg_sqs, zero_pruned: bool, keep_counts=None) -> None:
+    """What a mask selection writes (`out`, the moments, the weights with `zero_pruned`) must not overlap any
+    other tensor of the call. Shared by the reference and the Triton launcher."""
+    check_no_aliasing([(f"{name}[{i}]", t, written) for name, seq, written in (
+        ("weights", weights, zero_pruned), ("out", out or [], True), ("exp_avgs", exp_avgs or [], True),
+        ("exp_avg_sqs", exp_avg_sqs or [], True)) for i, t in enumerate(seq)] + [("keep_counts", keep_counts, False)])
 
 
 def check_adam_hyperparameters(lr, beta1, beta2, eps, weight_decay) -> None:

@@ -97,7 +97,7 @@ import triton
 import triton.language as tl
 
 from kernels import _utils
-from kernels.reference import _check_keep_counts, check_count_dtype, check_mask_outputs
+from kernels.reference import _check_keep_counts, check_count_dtype, check_mask_aliasing, check_mask_outputs
 
 # Elements per program: large enough to amortise the sparse histogram flush (a block of Gaussian weights
 # touches ~100-200 of the 2048 top-digit bins), small enough for many programs per SM.
@@ -745,10 +745,7 @@ class _TopkPlan:
             for i, t in enumerate(seq):
                 _utils.check_tensor(t, f"{name}[{i}]", device, (dtype,))
         check_mask_outputs(weights, out, exp_avgs or None, exp_avg_sqs or None)  # shapes (and again the rest)
-        _utils.check_no_aliasing(
-            [(f"{name}[{i}]", t, written) for name, seq, written in (
-                ("weights", weights, zero_pruned), ("out", out, True), ("exp_avgs", exp_avgs, True),
-                ("exp_avg_sqs", exp_avg_sqs, True)) for i, t in enumerate(seq)] + [("keep_counts", keep_t, False)])
+        check_mask_aliasing(weights, out, exp_avgs, exp_avg_sqs, zero_pruned, keep_t)
         self.ws = workspace
         self.device = device
         self.dtype = _utils.triton_dtype(weights[0].dtype)
