@@ -111,7 +111,7 @@ class OfflineTrainer(Trainer):
                 if self.agent_steps % cfg.agent.target_update_period == 0:  # Dopamine: after the update
                     with prof.section("target_sync"):
                         self.sync_target()
-                if self.agent_steps >= log_next:
+                if self.agent_steps >= log_next or self.agent_steps >= cfg.total_steps:  # (a last row at the end)
                     log_next = (self.agent_steps // cfg.log_every + 1) * cfg.log_every
                     ups = (self.agent_steps - run_start_updates) / max(time.perf_counter() - run_start, 1e-9)
                     with prof.section("logging"):

@@ -552,7 +552,9 @@ class Trainer:
                                             f"{ep.env_id},{ep.episode_return},{ep.length}\n")
 
                 # TRY NOT TO MODIFY: logging, iteration scores and checkpoints.
-                if self.agent_steps >= log_next:
+                # (and a last row at the end: a run shorter than --log-every still logs its sparsity and losses)
+                if self.agent_steps >= log_next or (self.agent_steps >= cfg.total_steps
+                                                    and self.agent_steps > last_log_steps):
                     log_next = (self.agent_steps // cfg.log_every + 1) * cfg.log_every
                     now = time.perf_counter()
                     sps = (self.agent_steps - run_start_steps) / max(now - run_start, 1e-9)
@@ -956,9 +958,14 @@ def read_run_config(run_dir: Path) -> TrainConfig:
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"cannot read the config of {run_dir} from {path}: {e}") from e
     unread = cfg.agent.unread_options()
-    if unread:  # started before agents.train refused such options: it continues as it was configured
+    key = (str(Path(run_dir).resolve()), unread)
+    if unread and key not in _warned_unread:  # started before agents.train refused such options: it continues
+        _warned_unread.add(key)               # as it was configured (said once: a command reads config.json twice)
         warnings.warn(f"{run_dir}: {unread}; the run was started with it and continues so", stacklevel=2)
     return cfg
+
+
+_warned_unread: set[tuple[str, str]] = set()  # (run directory, unread options) already warned of in this process
 
 
 def run_finished(run_dir: Path) -> bool:

@@ -121,8 +121,9 @@ def test_a_run_saved_with_an_option_its_agent_does_not_read_still_resumes(tmp_pa
     Trainer(cfg, run).run()
     code, _, err = run_main(capsys, command(tmp_path, "--agent.num-atoms", "11"))
     assert code == 2 and "agent dqn does not read agent.num_atoms = 11" in err and "--resume RUN_DIR" in err
-    with pytest.warns(UserWarning, match="does not read agent.num_atoms = 11"):
+    with pytest.warns(UserWarning, match="does not read agent.num_atoms = 11") as caught:
         code, out, err = run_main(capsys, ["--resume", str(run), "--max-minutes", "30"])
+    assert sum("agent.num_atoms" in str(w.message) for w in caught) == 1  # once, though config.json is read twice
     assert code == 0, err
     assert "resuming" in out and summary(run)["finished"] is True
 

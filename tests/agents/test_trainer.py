@@ -88,6 +88,19 @@ def test_training_rows_log_the_speed_since_the_previous_row(tmp_path):
     assert rows[0]["charts/FPS_recent"] == rows[0]["charts/FPS"]  # the first row's window is the launch so far
 
 
+def test_a_run_shorter_than_log_every_logs_its_last_row(tmp_path):
+    """Else its metrics hold no sparsity (agents.report draws no schedule) and its last losses are lost."""
+    cfg = chain_config(fast_dqn(min_replay=200), sparsity=0.9, total_steps=500)
+    cfg.pruning.start_step, cfg.pruning.end_step, cfg.pruning.update_freq = 0, 40, 10
+    cfg.log_every = 10_000
+    trainer = Trainer(cfg, tmp_path / "run", env=ChainEnv(num_envs=2))
+    trainer.run()
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    rows = [r for r in rows if "charts/FPS" in r]
+    assert len(rows) == 1 and rows[0]["agent_steps"] == trainer.agent_steps >= 500
+    assert rows[0]["sparsity/prunable"] == pytest.approx(0.9, abs=0.01) and "losses/td_loss" in rows[0]
+
+
 def test_analysis_metrics_are_logged_on_a_fixed_batch(tmp_path):
     import json
 
