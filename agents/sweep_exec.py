@@ -228,7 +228,8 @@ def execute_run(sweep_dir: Path, run: Run, *, runtime: list[str], env: dict, ret
             st.update(ended=_now(), last_exit=code)
             if launcher.stopping and code != 0:  # killed by the sweep's own shutdown: not the run's failure
                 write_json(state_file, st)
-                return "interrupted"
+                # (a run that finished as the sweep stopped is killed on its way out: it is done all the same)
+                return "done" if is_finished(directory) else "interrupted"
             if code != 0:
                 # Exit code 2 is a usage error (e.g. the directory holds another experiment): retrying cannot help.
                 failures = retries + 1 if code == USAGE_ERROR else st["failures"] + 1

@@ -360,6 +360,35 @@ def test_failed_runs_are_retried_and_keep_their_last_error(tmp_path, capsys, mon
     assert json.loads(state_file.read_text())["launches"] == 5
 
 
+def _stop_once_launched(launcher: Launcher, marker: Path) -> None:
+    """Stop the sweep (as on Ctrl-C) once the launched command has written `marker`."""
+    import threading
+
+    def stop():
+        deadline = time.monotonic() + 60
+        while not marker.exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        launcher.stop()
+
+    threading.Thread(target=stop, daemon=True).start()
+
+
+def test_a_run_that_finished_as_the_sweep_stopped_is_done(tmp_path, monkeypatch):
+    """A run killed by the sweep's shutdown after writing its final summary (on its way out) was reported
+    "[interrupted]" although it had finished."""
+    import agents.sweep_exec
+
+    _, sweep_dir, run = _one_run(tmp_path)
+    summary, marker = sweep_dir / run.run_id / "summary.json", tmp_path / "launched"
+    finishing = [sys.executable, "-c", f"import json, pathlib, time; pathlib.Path({str(summary)!r}).write_text("
+                 f"json.dumps({{'finished': True}})); pathlib.Path({str(marker)!r}).touch(); time.sleep(60)"]
+    monkeypatch.setattr(agents.sweep_exec, "train_command", lambda *a: finishing)
+    summary.parent.mkdir(parents=True)
+    launcher = Launcher()
+    _stop_once_launched(launcher, marker)
+    assert execute_run(sweep_dir, run, runtime=[], env={}, retries=0, launches=1, launcher=launcher) == "done"
+
+
 @pytest.mark.slow
 def test_a_directory_with_another_experiment_fails_without_retries(tmp_path, capsys):
     # The run's directory holds a run of another experiment: agents.train refuses it (exit 2), naming the field.
