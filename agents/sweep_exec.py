@@ -212,8 +212,11 @@ def execute_run(sweep_dir: Path, run: Run, *, runtime: list[str], env: dict, ret
             if launcher.stopping:
                 return "interrupted"
             argv = train_command(sweep_dir, run, runtime)
+            last_exit = st.get("last_exit")
+            # No exit code until this launch ends with one: a launch killed with its sweep (SIGKILL, a lost node)
+            # or stopped by it kept the one before, and after a failure the run looked "failed" while it resumed.
             st.update(launches=st["launches"] + 1, where=where or f"{socket.gethostname()} pid {os.getpid()}",
-                      command=argv, started=_now(), ended=None)
+                      command=argv, started=_now(), ended=None, last_exit=None)
             write_json(state_file, st)
             with open(log_file, "ab") as log:
                 log.write(f"\n=== launch {st['launches']} at {st['started']} on {st['where']}: "
@@ -222,14 +225,15 @@ def execute_run(sweep_dir: Path, run: Run, *, runtime: list[str], env: dict, ret
                 start = log.tell()
                 code = launcher.run(argv, env, log, lock_fd)
             if code == EXIT_BUSY:  # trained by hand next to the sweep, say: not this run's failure (nor its exit)
-                st.update(ended=_now(), busy=f"exit code {code}:\n{_tail(log_file, start)}")
+                st.update(ended=_now(), last_exit=last_exit, busy=f"exit code {code}:\n{_tail(log_file, start)}")
                 write_json(state_file, st)
                 return "busy"
-            st.update(ended=_now(), last_exit=code)
-            if launcher.stopping and code != 0:  # killed by the sweep's own shutdown: not the run's failure
+            st.update(ended=_now())
+            if launcher.stopping and code != 0:  # killed by the sweep's own shutdown: not the run's failure (nor exit)
                 write_json(state_file, st)
                 # (a run that finished as the sweep stopped is killed on its way out: it is done all the same)
                 return "done" if is_finished(directory) else "interrupted"
+            st.update(last_exit=code)
             if code != 0:
                 # Exit code 2 is a usage error (e.g. the directory holds another experiment): retrying cannot help.
                 failures = retries + 1 if code == USAGE_ERROR else st["failures"] + 1

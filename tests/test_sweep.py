@@ -389,6 +389,26 @@ def test_a_run_that_finished_as_the_sweep_stopped_is_done(tmp_path, monkeypatch)
     assert execute_run(sweep_dir, run, runtime=[], env={}, retries=0, launches=1, launcher=launcher) == "done"
 
 
+def test_a_stopped_or_killed_launch_after_a_failure_does_not_make_the_run_failed(tmp_path, monkeypatch):
+    """A run that failed once and was relaunched kept that failure's exit code while the relaunch trained: the
+    sweep stopped (Ctrl-C) or killed (SIGKILL, a lost node) then showed it "failed", with the old error, exit 1."""
+    import agents.sweep_exec
+
+    sweep, sweep_dir, run = _one_run(tmp_path)
+    state_file, marker = state_path(sweep_dir, run, ".json"), tmp_path / "state during the launch"
+    write_json(state_file, {"launches": 1, "failures": 1, "last_exit": 1, "last_error": "exit code 1:\nboom"})
+    training = [sys.executable, "-c", f"import shutil, time; shutil.copy({str(state_file)!r}, {str(marker)!r}); "
+                "time.sleep(60)"]
+    monkeypatch.setattr(agents.sweep_exec, "train_command", lambda *a: training)
+    launcher = Launcher()
+    _stop_once_launched(launcher, marker)
+    assert execute_run(sweep_dir, run, runtime=[], env={}, retries=2, launches=1, launcher=launcher) == "interrupted"
+    assert json.loads(marker.read_text())["last_exit"] is None  # what a sweep killed mid-launch leaves
+    st = inspect_run(sweep_dir, run)
+    assert st.state == "pending" and st.launches == 2 and st.failures == 1
+    assert "0 failed, 1 pending" in summary_line(sweep, [st])
+
+
 @pytest.mark.slow
 def test_a_directory_with_another_experiment_fails_without_retries(tmp_path, capsys):
     # The run's directory holds a run of another experiment: agents.train refuses it (exit 2), naming the field.
