@@ -125,6 +125,16 @@ def test_overrides_that_change_the_experiment_get_their_own_directory():
     assert run_id("--network.width 1").run_id == plain.run_id
 
 
+def test_a_lottery_tickets_spellings_are_one_run(tmp_path, monkeypatch):
+    """agents.train records --pruning.fixed-mask as an absolute path; the run ID hashed it as typed, so its
+    spellings were separate directories of one experiment (and the report's duplicate runs)."""
+    monkeypatch.chdir(tmp_path)
+    ids = {build_sweep({"name": "s", "presets": "demo", "games": "Pong", "seeds": 1,
+                        "overrides": [f"--pruning.fixed-mask {mask}"]}, "t").runs[0].run_id
+           for mask in ("ticket", "./ticket/", str(tmp_path / "ticket"))}
+    assert len(ids) == 1, ids
+
+
 def test_bad_specs_are_clear_errors(tmp_path, capsys):
     good = {"name": "s", "presets": "demo", "games": "Pong", "seeds": 1}
     for spec, message in [
