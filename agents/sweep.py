@@ -329,7 +329,8 @@ def build_parser(status: bool) -> argparse.ArgumentParser:
                    "nothing")
     p.add_argument("--count", action="store_true", help="print the number of runs (for a Slurm --array) and exit")
     p.add_argument("--index", type=int, metavar="I", help="run only the I-th run (from 0, in --dry-run order) in "
-                   "this process: one task of a Slurm array")
+                   "this process: one task of a Slurm array; one launch, exit 3 while the run is unfinished "
+                   "(stopped by --max-minutes, or failed with retries left)")
     p.add_argument("--backend", choices=("local", "ray"), default="local", help="local worker processes (default) "
                    "or tasks on a Ray cluster (pip install 'prunerl[ray]')")
     p.add_argument("--address", default="auto", help="Ray cluster: 'auto' (the cluster this machine belongs to) or "
@@ -451,16 +452,21 @@ def main(argv: list[str] | None = None) -> int:
     failed = [st for st in final if st.state == "failed"]
     for st in failed:
         print(f"failed: {st.run.run_id} after {st.launches} launches; last error:\n{st.last_error}", file=sys.stderr)
+    if args.index is not None and failed and failed[0].failures <= args.retries:
+        print(f"{failed[0].run.run_id} has retries left: the next launch (a requeued task) retries it", file=sys.stderr)
+        return EXIT_UNFINISHED
     return exit_code(final)
 
 
 def run_one(sweep_dir: Path, run: Run, args) -> str:
-    """One run in this process (a Slurm array task): the cores and GPUs of the job are the run's."""
+    """One launch of one run in this process (a Slurm array task): the cores and GPUs of the job are the run's.
+    One launch: a retry in the same job would get another --max-minutes, past the job's time limit, and be
+    killed there without a requeue; a failure with retries left exits 3 instead, and the requeued task retries."""
     launcher = Launcher()
     signal.signal(signal.SIGTERM, lambda *_: launcher.stop())
     cpus = args.cpus_per_run or usable_cores()
     return execute_run(sweep_dir, run, runtime=runtime_options(args), env=child_env(cpus, None),
-                       retries=args.retries, launches=args.retries + 1, launcher=launcher)
+                       retries=args.retries, launches=1, launcher=launcher)
 
 
 if __name__ == "__main__":

@@ -370,6 +370,22 @@ def test_failed_runs_are_retried_and_keep_their_last_error(tmp_path, capsys, mon
     assert json.loads(state_file.read_text())["launches"] == 5
 
 
+def test_an_array_task_launches_its_run_once(tmp_path, monkeypatch):
+    """--index (a Slurm array task) retried a failed launch in the same job with a fresh --max-minutes, past the
+    job's time limit, where Slurm kills the task without a requeue. One launch per task; a failure with retries
+    left exits 3, so the task requeues itself and the next job retries the run."""
+    import agents.sweep_exec
+
+    failing = [sys.executable, "-c", "import sys; sys.exit(1)"]
+    monkeypatch.setattr(agents.sweep_exec, "train_command", lambda *a: failing)
+    task = ["--name", "a", "--presets", "demo", "--games", "Pong", "--seeds", "1", "--sweeps-dir", str(tmp_path),
+            "--index", "0", "--retries", "2", "--max-minutes", "60"]
+    state_file = tmp_path / "a" / "_sweep" / "Pong__demo__s1.json"
+    for launches, code in ((1, 3), (2, 3), (3, 1), (3, 1)):  # two retries, then failed for good
+        assert main(task) == code
+        assert json.loads(state_file.read_text())["launches"] == launches
+
+
 def _stop_once_launched(launcher: Launcher, marker: Path) -> None:
     """Stop the sweep (as on Ctrl-C) once the launched command has written `marker`."""
     import threading
