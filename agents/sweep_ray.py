@@ -40,10 +40,10 @@ def run_ray(sweep, sweep_dir: Path, todo: list[Run], statuses, args) -> dict:
         import ray
     except ImportError:
         raise SweepError("--backend ray needs Ray: pip install 'prunerl[ray]'") from None
-    from agents.sweep import Progress, runtime_options
+    from agents.sweep import Progress, runtime_options, summary_line
 
-    if not todo:
-        print(f"sweep {sweep.name}: nothing to do ({len(sweep.runs)} runs done or failed for good) -> {sweep_dir}")
+    if not todo:  # (done, failed for good, or trained by other processes: the counts say which)
+        print(f"nothing to do here -> {sweep_dir}\n{summary_line(sweep, statuses)}")
         return {}
     try:
         ray.init(address=args.address, logging_level="WARNING", log_to_driver=False)

@@ -583,10 +583,15 @@ def test_ray_backend_without_a_cluster_is_a_usage_error(tmp_path, capsys, monkey
     assert "error: cannot reach a Ray cluster at --address 'auto': Could not find any running Ray instance" in err
     assert "Traceback" not in err
 
-    monkeypatch.setattr("agents.sweep.inspect_run", lambda sweep_dir, run: _done(run))
+    monkeypatch.setattr("agents.sweep.inspect_run", lambda sweep_dir, run: _status(run, "done"))
     assert main(argv) == 0
     assert "nothing to do" in capsys.readouterr().out
+    # A run that another process trains is not "done or failed for good", as this line once said.
+    monkeypatch.setattr("agents.sweep.inspect_run", lambda sweep_dir, run: _status(run, "running"))
+    assert main(argv) == 3
+    out = capsys.readouterr().out
+    assert "nothing to do here" in out and "0 done, 1 running" in out and "failed for good" not in out
 
 
-def _done(run):
-    return RunStatus(run, "done", frames=0, fps=None, launches=1, failures=0, last_error=None)
+def _status(run, state):
+    return RunStatus(run, state, frames=0, fps=None, launches=1, failures=0, last_error=None)
