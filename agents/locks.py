@@ -24,7 +24,9 @@ EXIT_BUSY = 75
 def lock_is_held(path: Path) -> bool:
     """True when some process holds the run's lock, i.e. trains the run right now."""
     try:
-        fd = os.open(path, os.O_RDONLY)
+        # Read-write where allowed: NFS emulates flock with POSIX locks, whose exclusive kind needs a file open
+        # for writing (EBADF otherwise, and a held lock would never show). Nothing is written.
+        fd = os.open(path, os.O_RDWR if os.access(path, os.W_OK) else os.O_RDONLY)
     except FileNotFoundError:
         return False
     try:
