@@ -117,6 +117,8 @@ def inspect_run(sweep_dir: Path, run: Run) -> RunStatus:
     row = last_metrics(directory)
     # The speed since the trainer's previous row: the speed since the launch counts the fast warm-up for long.
     fps = row.get("charts/FPS_recent", row.get("charts/FPS"))  # (rows written before FPS_recent existed)
+    if row.get("grad_steps") == 0:  # the warm-up fills the replay without learning, many times faster than the run
+        fps = None
     frames = max(int(row.get("frames", 0)), checkpointed_frames(directory))
     if is_finished(directory):
         state, frames, fps = "done", run.total_frames, None

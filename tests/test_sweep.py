@@ -278,6 +278,22 @@ def test_eta_uses_the_speed_since_the_previous_row(tmp_path):
     assert st.fps == 100.0 and "ETA 3m00s" in summary_line(sweep, [st])  # 18,000 frames left at 100 frames/s
 
 
+def test_no_eta_from_the_replay_warm_up(tmp_path):
+    """Rows logged before learning starts ran at the warm-up's speed: the ETA said 0m00s at paper scale."""
+    sweep, sweep_dir, run = _one_run(tmp_path)
+    directory = sweep_dir / run.run_id
+    directory.mkdir(parents=True)
+    row = {"agent_steps": 1500, "frames": 6000, "charts/FPS": 9000.0, "charts/FPS_recent": 9000.0}
+    (directory / "metrics.jsonl").write_text(json.dumps({**row, "grad_steps": 0}) + "\n")
+    with run_lock(state_path(sweep_dir, run, ".lock"), wait=False):
+        st = inspect_run(sweep_dir, run)
+        assert st.fps is None and "ETA unknown" in summary_line(sweep, [st])
+        with (directory / "metrics.jsonl").open("a") as f:
+            f.write(json.dumps({**row, "agent_steps": 3000, "frames": 12000, "charts/FPS_recent": 100.0,
+                                "grad_steps": 10}) + "\n")
+        assert inspect_run(sweep_dir, run).fps == 100.0
+
+
 def test_progress_follows_runs_that_other_processes_train(tmp_path, monkeypatch, capsys):
     """A run that an earlier sweep's orphaned training process was training when the sweep restarted kept its
     first state, frames and speed in the progress and in the final line ("1 running" after it had finished)."""
