@@ -23,6 +23,14 @@ with the kernel launches stubbed out (what tests/kernels/test_host_cost.py check
 
 `PRUNERL_BENCH_SUBSET=proof` runs only what the issue's targets need (Impala w3 and the 50M sets, at the
 target sparsities, the baselines the targets compare with): about 90 s on an H100.
+
+`PRUNERL_BENCH_SUBSET=rehearsal` is the CPU rehearsal of that subset (the kernels step of `bench/gpu_proof.py
+--dry-run`; bench/conftest.py runs it without CUDA, the Triton kernels interpreted): the proof's cases, plus every
+other provider once, on a few small tensors of odd sizes under the proof's case names (the summary's targets
+read cases by name), through the same code with a few calls each. Without CUDA, the CUDA-only timing has CPU
+stand-ins (a wall-clock `do_bench` and events, no CUDA graph: `graph_error` says so, no device delay): every
+result field is there, but no time it holds is a speed of anything. (With CUDA the rehearsal subset runs the GPU
+code on its small stand-ins; the other subsets run as they always did, on the GPU only.)
 """
 
 import contextlib
@@ -43,8 +51,11 @@ MASK_SPARSITIES = (0.5, 0.95, 0.99)
 ADAM_SPARSITIES = (0.0, 0.95, 0.99)
 MOMENTS_MODES = ("faithful", "reset", "frozen")
 SUBSET = os.environ.get("PRUNERL_BENCH_SUBSET", "all").strip().lower() or "all"
-if SUBSET not in ("all", "proof"):
-    raise ValueError(f"PRUNERL_BENCH_SUBSET={SUBSET!r}; expected 'all' or 'proof'")
+if SUBSET not in ("all", "proof", "rehearsal"):
+    raise ValueError(f"PRUNERL_BENCH_SUBSET={SUBSET!r}; expected 'all', 'proof' or 'rehearsal'")
+REHEARSAL = SUBSET == "rehearsal"
+CUDA = torch.cuda.is_available()
+DEVICE = "cuda" if CUDA else "cpu"  # where every problem lives (the CPU only in the rehearsal: conftest.py)
 
 
 def impala_param_shapes(width: int, n_actions: int = 18) -> list[tuple[int, ...]]:
@@ -58,6 +69,10 @@ SYNTHETIC_50M = [(5000, 5000), (5000, 2500), (2500, 2500), (2500, 1250), (1250, 
 MASK_CASES = {**{f"impala_w{w}": [s for s in impala_param_shapes(w) if len(s) > 1] for w in WIDTHS},
               "synthetic_50M": SYNTHETIC_50M}
 ADAM_CASES = {**{f"impala_w{w}": impala_param_shapes(w) for w in WIDTHS}, "flat_50M": [(50_000_000,)]}
+# The rehearsal's stand-ins for the proof's cases: the interpreter runs a few small tensors in seconds; odd sizes,
+# a keep count of 1 at 95% (3 x 5), biases next to their weights as in the network.
+REHEARSAL_MASK_CASES = {"impala_w3": [(8, 3, 3, 3), (19, 13), (3, 5)], "synthetic_50M": [(37, 29), (13, 11)]}
+REHEARSAL_ADAM_CASES = {"impala_w3": [(8, 3, 3, 3), (8,), (19, 13), (19,), (3, 5), (3,)], "flat_50M": [(1001,)]}
 MASK_PROVIDERS = ["triton", "triton_cold", "topk_loop", "sort", "kthvalue", "prune_l1"]
 ADAM_PROVIDERS = ([f"triton_{m}" for m in MOMENTS_MODES] + ["triton_faithful_pz", "triton_frozen_pz",
                                                             "torch_fused_mask", "torch_foreach_mask",
@@ -69,6 +84,8 @@ def mask_params(subset: str = SUBSET) -> list[tuple[str, float, str]]:
     if subset == "proof":  # the targets: 50M at 95% vs one read, topk loop and sort; w3 at 95% in a graph
         return [(case, 0.95, p) for case in ("impala_w3", "synthetic_50M")
                 for p in ("triton", "triton_cold", "topk_loop", "sort")]
+    if subset == "rehearsal":
+        return _with_every_provider(mask_params("proof"), MASK_PROVIDERS)
     return [(c, s, p) for c in MASK_CASES for s in MASK_SPARSITIES for p in MASK_PROVIDERS]
 
 
@@ -79,7 +96,21 @@ def adam_params(subset: str = SUBSET) -> list[tuple[str, float, str]]:
         sparse = ["triton_frozen", "triton_frozen_pz", "triton_faithful_pz", "torch_fused_mask"]
         return [(case, s, p) for case in ("impala_w3", "flat_50M") for s in ADAM_SPARSITIES
                 for p in (dense if s == 0 else sparse)]
+    if subset == "rehearsal":
+        return _with_every_provider(adam_params("proof"), ADAM_PROVIDERS)
     return [(c, s, p) for c in ADAM_CASES for s in ADAM_SPARSITIES for p in ADAM_PROVIDERS]
+
+
+def _with_every_provider(params, providers):
+    """`params`, then every provider they lack at Impala w3 and 95% (the rehearsal runs each one's code once)."""
+    return params + [("impala_w3", 0.95, p) for p in providers if ("impala_w3", 0.95, p) not in params]
+
+
+def case_shapes(op: str, case: str) -> list[tuple[int, ...]]:
+    """The tensor shapes of `case` of `op` ('mask' or 'adam'): the rehearsal's stand-ins in the rehearsal."""
+    if op == "mask":
+        return (REHEARSAL_MASK_CASES if REHEARSAL else MASK_CASES)[case]
+    return (REHEARSAL_ADAM_CASES if REHEARSAL else ADAM_CASES)[case]
 
 
 def numel(shape) -> int:
@@ -197,25 +228,81 @@ def measure_copy_gbps() -> float:
     return 2 * src.numel() * src.element_size() / (ms * 1e-3) / 1e9
 
 
-def one_read_ms(n: int, copy_gbps: float, weight_bytes: int = 4) -> float:
-    """Time of one read of n weights at the measured copy bandwidth."""
-    return n * weight_bytes / (copy_gbps * 1e9) * 1e3
+def one_read_ms(n: int, copy_gbps: float | None, weight_bytes: int = 4) -> float | None:
+    """Time of one read of n weights at the measured copy bandwidth (None without one: the CPU rehearsal)."""
+    return None if copy_gbps is None else n * weight_bytes / (copy_gbps * 1e9) * 1e3
+
+
+# --- timing ---------------------------------------------------------------------------------------------------
+
+REP_MS = 100 if SUBSET == "proof" else 200
+# Calls per per-call figure (L2-hot time, launch anatomy, host time) and pytest-benchmark rounds: the rehearsal
+# only needs each path to run, and an interpreted mask selection takes ~0.1-0.3 s per call.
+REPS = 1 if REHEARSAL else 20
+ROUNDS = {"proof": 5, "rehearsal": 1}.get(SUBSET, 10)
+
+
+# --- CUDA timing, and the CPU rehearsal's stand-ins for it (without CUDA; no time they give is a speed) --------
+
+
+class WallClockEvent:
+    """`torch.cuda.Event`'s record / elapsed_time (ms) from the host's clock: an interpreted launch runs before
+    it returns, so the host's clock brackets it."""
+
+    def record(self) -> None:
+        self.t = time.perf_counter()
+
+    def elapsed_time(self, end: "WallClockEvent") -> float:
+        return (end.t - self.t) * 1e3
+
+
+def wall_clock_do_bench(fn, warmup=None, rep=None, quantiles=None, return_mode="mean"):
+    """`triton.testing.do_bench`'s results (ms) from one warm-up and REPS wall-clock calls (warmup and rep, in
+    ms there, are ignored)."""
+    fn()
+    times = []
+    for _ in range(REPS):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1e3)
+    if quantiles is not None:
+        out = torch.quantile(torch.tensor(times, dtype=torch.float64), torch.tensor(quantiles, dtype=torch.float64))
+        return out.tolist() if len(quantiles) > 1 else out.item()
+    return {"mean": statistics.mean, "median": statistics.median, "min": min, "max": max}[return_mode](times)
+
+
+def do_bench(fn, **kwargs):
+    """`triton.testing.do_bench` (CUDA events, L2 flushed) on a GPU, `wall_clock_do_bench` without one."""
+    if not CUDA:
+        return wall_clock_do_bench(fn, **kwargs)
+    import triton.testing
+
+    return triton.testing.do_bench(fn, **kwargs)
+
+
+def timing_event():
+    """A timing CUDA event on a GPU, a `WallClockEvent` without one."""
+    return torch.cuda.Event(enable_timing=True) if CUDA else WallClockEvent()
+
+
+def synchronize() -> None:
+    """Wait for the GPU (nothing to wait for on the CPU: every op has run when it returns)."""
+    if CUDA:
+        torch.cuda.synchronize()
 
 
 # --- measurement ------------------------------------------------------------------------------------------
 
-REP_MS = 100 if SUBSET == "proof" else 200
 
-
-def _l2_hot_ms(fn, reps: int = 20) -> float:
+def _l2_hot_ms(fn, reps: int = REPS) -> float:
     fn()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    torch.cuda.synchronize()
+    start, end = timing_event(), timing_event()
+    synchronize()
     start.record()
     for _ in range(reps):
         fn()
     end.record()
-    torch.cuda.synchronize()
+    synchronize()
     return start.elapsed_time(end) / reps
 
 
@@ -238,31 +325,35 @@ def graph_replay(fn, stack: contextlib.ExitStack):
 
 
 def measure(benchmark, fn, *, run_info: dict, op_bytes: int, **info) -> None:
-    """Time `fn` eagerly and as a CUDA graph (device time via do_bench), host time via pytest-benchmark."""
-    import triton.testing
-
-    median, p20, p80 = triton.testing.do_bench(fn, warmup=25, rep=REP_MS, quantiles=[0.5, 0.2, 0.8])
-    with contextlib.ExitStack() as stack:
-        try:
-            replay = graph_replay(fn, stack)
-            graph_ms, graph_error = triton.testing.do_bench(replay, warmup=10, rep=REP_MS, return_mode="median"), None
-        except Exception as e:  # a provider that can't be captured says so in its result
-            torch.cuda.synchronize()
-            graph_ms, graph_error = None, f"{type(e).__name__}: {e}"[:300]
+    """Time `fn` eagerly and as a CUDA graph (device time via do_bench), host time via pytest-benchmark. Without
+    a measured copy bandwidth (the CPU rehearsal) the fractions of it are None."""
+    median, p20, p80 = do_bench(fn, warmup=25, rep=REP_MS, quantiles=[0.5, 0.2, 0.8])
+    if not CUDA:  # the CPU rehearsal: no graph to capture
+        graph_ms, graph_error = None, "no CUDA (CPU rehearsal)"
+    else:
+        with contextlib.ExitStack() as stack:
+            try:
+                replay = graph_replay(fn, stack)
+                graph_ms, graph_error = do_bench(replay, warmup=10, rep=REP_MS, return_mode="median"), None
+            except Exception as e:  # a provider that can't be captured says so in its result
+                torch.cuda.synchronize()
+                graph_ms, graph_error = None, f"{type(e).__name__}: {e}"[:300]
+    copy_gbps = run_info["copy_gbps"]
     gbps = op_bytes / (median * 1e-3) / 1e9
     benchmark.extra_info.update(run_info)
     benchmark.extra_info.update(info)
     benchmark.extra_info.update(
         ms=median, ms_p20=p20, ms_p80=p80, ms_graph=graph_ms, graph_error=graph_error, ms_l2_hot=_l2_hot_ms(fn),
-        op_bytes=op_bytes, ideal_ms=op_bytes / (run_info["copy_gbps"] * 1e9) * 1e3, gbps=gbps,
-        frac_of_copy=gbps / run_info["copy_gbps"],
-        frac_of_copy_graph=None if graph_ms is None else op_bytes / (graph_ms * 1e-3) / 1e9 / run_info["copy_gbps"])
+        op_bytes=op_bytes, ideal_ms=None if copy_gbps is None else op_bytes / (copy_gbps * 1e9) * 1e3, gbps=gbps,
+        frac_of_copy=None if copy_gbps is None else gbps / copy_gbps,
+        frac_of_copy_graph=None if graph_ms is None or copy_gbps is None
+        else op_bytes / (graph_ms * 1e-3) / 1e9 / copy_gbps)
 
     def synced():
         fn()
-        torch.cuda.synchronize()
+        synchronize()
 
-    benchmark.pedantic(synced, rounds=5 if SUBSET == "proof" else 10, iterations=1, warmup_rounds=1)
+    benchmark.pedantic(synced, rounds=ROUNDS, iterations=1, warmup_rounds=1)
 
 
 # --- mask selection -------------------------------------------------------------------------------------------
@@ -309,8 +400,8 @@ def test_mask_selection(benchmark, run_info, case, sparsity, provider):
     from kernels.reference import topk_magnitude_masks_ref
 
     benchmark.group = f"mask_selection-{case}-s{sparsity}"
-    shapes = MASK_CASES[case]
-    weights, counts = mask_problem(shapes, sparsity, "cuda")
+    shapes = case_shapes("mask", case)
+    weights, counts = mask_problem(shapes, sparsity, DEVICE)
     n = sum(w.numel() for w in weights)
     fn = _mask_provider(provider, weights, counts)
     info = {}
@@ -318,12 +409,12 @@ def test_mask_selection(benchmark, run_info, case, sparsity, provider):
         want = topk_magnitude_masks_ref(weights, counts)
         assert all(torch.equal(a, b) for a, b in zip(fn(), want))
         # The warm path from here on (for `triton`); the anatomy's calls also let the guess's span settle.
-        anatomy = launch_anatomy_us(fn, topk_mask)
+        anatomy = launch_anatomy_us(fn, topk_mask, reps=REPS)
         assert all(torch.equal(a, b) for a, b in zip(fn(), want))
         stats = topk_mask.select_stats(weights)
         frac = stats["candidates"] / n
         info = dict(candidate_frac=frac, launches=topk_mask.LAUNCHES, anatomy_us=anatomy,
-                    call_host_us=call_host_us(fn), guess_held=sum(stats["warm"]) / len(stats["warm"]),
+                    call_host_us=call_host_us(fn, reps=REPS), guess_held=sum(stats["warm"]) / len(stats["warm"]),
                     model_bytes=mask_model_bytes(n, frac, warm=provider == "triton"))
     measure(benchmark, fn, run_info=run_info, op_bytes=mask_op_bytes(n), op="mask_selection", provider=provider,
             case=case, sparsity=sparsity, n_params=n, n_tensors=len(shapes),
@@ -341,14 +432,15 @@ def _adam_provider(name, params, grads, masks):
         mode = name.removeprefix("triton_").removesuffix("_pz")
         m = [torch.zeros_like(p) for p in params]
         v = [torch.zeros_like(p) for p in params]
-        step = torch.ones((), dtype=torch.int64, device="cuda")
+        step = torch.ones((), dtype=torch.int64, device=params[0].device)
         return lambda: masked_adam_triton_(params, grads, m, v, masks, step=step, moments=mode,
                                            pruned_are_zero=name.endswith("_pz"), **hyper)
     for p, g in zip(params, grads):
         p.grad = g
-    # capturable: the step count and bias corrections on the device, so the step can be graph-captured.
+    # capturable: the step count and bias corrections on the device, so the step can be graph-captured (on a
+    # GPU; the CPU rehearsal's foreach Adam refuses it, and there is no graph to capture there).
     opt = torch.optim.Adam(params, fused=name != "torch_foreach_mask", foreach=name == "torch_foreach_mask",
-                           capturable=True, **hyper)
+                           capturable=params[0].is_cuda, **hyper)
     pairs = [(p, mk) for p, mk in zip(params, masks) if mk is not None]
     masked_params, mask_list = [p for p, _ in pairs], [mk for _, mk in pairs]
     if name == "torch_fused_nomask":
@@ -364,8 +456,8 @@ def _adam_provider(name, params, grads, masks):
 @pytest.mark.parametrize("case, sparsity, provider", adam_params())
 def test_masked_adam(benchmark, run_info, case, sparsity, provider):
     benchmark.group = f"masked_adam-{case}-s{sparsity}"
-    shapes = ADAM_CASES[case]
-    masked, params, grads, masks = adam_problem(case, shapes, sparsity, "cuda")
+    shapes = case_shapes("adam", case)
+    masked, params, grads, masks = adam_problem(case, shapes, sparsity, DEVICE)
     fn = _adam_provider(provider, params, grads, masks)
     numels = [numel(s) for s in shapes]
     info = {}
@@ -374,8 +466,8 @@ def test_masked_adam(benchmark, run_info, case, sparsity, provider):
         from kernels import masked_adam
 
         info = dict(model_bytes=adam_provider_bytes(numels, masked, sparsity, provider),
-                    launches=masked_adam.launches(mode), anatomy_us=launch_anatomy_us(fn, masked_adam),
-                    call_host_us=call_host_us(fn))
+                    launches=masked_adam.launches(mode), anatomy_us=launch_anatomy_us(fn, masked_adam, reps=REPS),
+                    call_host_us=call_host_us(fn, reps=REPS))
     measure(benchmark, fn, run_info=run_info,
             op_bytes=adam_op_bytes(numels, masked, sparsity, mode == "frozen",
                                    pruned_are_zero=provider.endswith("_pz")),
@@ -435,8 +527,8 @@ def hooked_launches(module, hook):
 def timed_launches(module, event=None):
     """Bracket every launch of `module`'s Triton kernels with device events; yields the list of (kernel name,
     start event, end event) the launches append to, in launch order. `event()` makes an event (default: a
-    timing CUDA event)."""
-    event = event or (lambda: torch.cuda.Event(enable_timing=True))
+    timing CUDA event; without CUDA, a `WallClockEvent`)."""
+    event = event or timing_event
     records = []
 
     def timed(name, launch):
@@ -557,7 +649,8 @@ def host_cost_us(op: str, device, width: int = 3, calls: int = 200, repeats: int
 def test_host_cost(benchmark, run_info, op):
     """Host time per call at Impala w3 with the launches stubbed (target: under 30 us; adam_new_grads, new
     gradient tensors at every call, has none)."""
-    us = host_cost_us(op, "cuda", width=3)
+    calls, repeats = (20, 2) if REHEARSAL else (200, 7)
+    us = host_cost_us(op, DEVICE, width=3, calls=calls, repeats=repeats)
     benchmark.extra_info.update(run_info)
     benchmark.extra_info.update(op="host_cost", provider=f"triton_{op}", case="impala_w3", sparsity=0.0,
                                 us_per_call=us, ms=us * 1e-3)

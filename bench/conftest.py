@@ -1,8 +1,9 @@
 """pytest setup for the GPU benchmarks in bench/ (see bench/README.md).
 
 - collects `bench_*.py` files (pytest's default pattern is `test_*.py`), once each;
-- skips everything without a CUDA device, so `pytest bench/` is a clean no-op on CPU machines (except the
-  end-to-end runs when PRUNERL_E2E_DEVICE=cpu: the tiny CPU rehearsal of `bench/gpu_proof.py --dry-run`);
+- skips everything without a CUDA device, so `pytest bench/` is a clean no-op on CPU machines, except the tiny
+  CPU rehearsals of `bench/gpu_proof.py --dry-run`: the end-to-end runs when PRUNERL_E2E_DEVICE=cpu, the kernel
+  benchmarks when PRUNERL_BENCH_SUBSET=rehearsal (their Triton kernels interpreted: see below);
 - re-enables pytest-benchmark when results were asked for: pyproject's addopts carry `--benchmark-disable`
   for the CPU test suite, which would otherwise make `pytest bench/ --benchmark-json=...` record nothing;
 - provides the session facts every result carries: device, versions, git SHA, date, copy bandwidth.
@@ -17,6 +18,13 @@ import pytest
 import torch
 
 _ROOT = pathlib.Path(__file__).resolve().parents[1]
+_CPU_KERNEL_REHEARSAL = (not torch.cuda.is_available()
+                         and os.environ.get("PRUNERL_BENCH_SUBSET", "").strip().lower() == "rehearsal")
+if _CPU_KERNEL_REHEARSAL:
+    # Triton decides at `@triton.jit` time whether to interpret, so before anything imports `kernels` (the import
+    # of agents.train below does). The public ops take the Triton path too: test_host_cost times it.
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+    os.environ.setdefault("PRUNERL_KERNELS", "triton")
 for _path in (str(_ROOT), str(_ROOT / "bench")):  # `pytest bench/` puts neither on sys.path in every import mode
     if _path not in sys.path:
         sys.path.insert(0, _path)
@@ -44,10 +52,11 @@ def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="benchmarks need a CUDA device")
-    e2e_on_cpu = os.environ.get("PRUNERL_E2E_DEVICE") == "cpu"
+    on_cpu = {"bench_e2e.py": os.environ.get("PRUNERL_E2E_DEVICE") == "cpu",
+              "bench_kernels.py": _CPU_KERNEL_REHEARSAL}
     for item in items:
         path = pathlib.Path(str(item.fspath)).resolve()
-        if path.is_relative_to(_ROOT / "bench") and not (e2e_on_cpu and path.name == "bench_e2e.py"):
+        if path.is_relative_to(_ROOT / "bench") and not on_cpu.get(path.name, False):
             item.add_marker(skip)
 
 

@@ -5,7 +5,9 @@
 Writes <name>.md (tables, the traffic model against what was achieved, and the issue's targets with their
 measured values) and <name>.png (speedup vs sparsity, one line per case), and prints the markdown. Times
 are do_bench medians (device time, L2 flushed) stored in each benchmark's extra_info: `ms` eager, `ms_graph`
-replayed from a CUDA graph. `target_rows(json_path)` gives the targets as data.
+replayed from a CUDA graph. `target_rows(json_path)` gives the targets as data. A CPU rehearsal's results
+(`PRUNERL_BENCH_SUBSET=rehearsal` without CUDA, device "cpu": interpreted kernels on tiny stand-ins, wall-clock
+times, no copy bandwidth) are tabulated the same way under a heading that says none of their numbers is a speed.
 """
 
 from __future__ import annotations
@@ -32,6 +34,11 @@ def load(path: pathlib.Path) -> tuple[dict, dict]:
         results[info["op"]][(info["case"], float(info["sparsity"]))][info["provider"]] = info
         facts = facts or info
     return results, facts
+
+
+def is_cpu_rehearsal(facts: dict) -> bool:
+    """Results of the CPU rehearsal: benchmarks only run on the CPU there (bench/conftest.py)."""
+    return facts.get("device") == "cpu"
 
 
 def _get(results: dict, op: str, case: str, sparsity: float, provider: str, key: str = "ms"):
@@ -116,8 +123,8 @@ def _traffic_rows(rows_by_key: dict, providers: list[str]) -> list[list[str]]:
             if not info or not p.startswith("triton"):
                 continue
             ideal = info.get("ideal_ms")
-            model = info.get("model_bytes")
-            model_ms = model / (info["copy_gbps"] * 1e9) * 1e3 if model else None
+            model, copy_gbps = info.get("model_bytes"), info.get("copy_gbps")
+            model_ms = model / (copy_gbps * 1e9) * 1e3 if model and copy_gbps else None
             out.append([case, f"{s:g}", p, _fmt(info.get("op_bytes", 0) / 1e6, ".1f"),
                         _fmt(model / 1e6 if model else None, ".1f"), _fmt(info.get("launches"), "d"),
                         _fmt(ideal), _fmt(model_ms), _fmt(info["ms"]), _fmt(info.get("ms_graph")),
@@ -125,7 +132,7 @@ def _traffic_rows(rows_by_key: dict, providers: list[str]) -> list[list[str]]:
     return out
 
 
-def _anatomy_lines(title: str, rows_by_key: dict, providers: list[str]) -> list[str]:
+def _anatomy_lines(title: str, rows_by_key: dict, providers: list[str], rehearsal: bool = False) -> list[str]:
     """The median device time of each launch of one call (`anatomy_us`), where the results have it, next to
     the whole call's time replayed from a CUDA graph (device time alone: the sum should come close to it), and
     the host's time per eager call (`call_host_us`), where they have that: results without it (before
@@ -146,6 +153,8 @@ def _anatomy_lines(title: str, rows_by_key: dict, providers: list[str]) -> list[
              + ([_fmt(host)] if queued else []) for case, s, p, a, graph, host in rows]
     how = ("device time, each call queued behind a device delay; host per call: the host's time for one eager "
            "call" if queued else "eager, an event between launches: the host's launch cost included")
+    if rehearsal:
+        how = "CPU rehearsal: the host's clock around each interpreted launch, not a device time"
     header = ["case", "sparsity", "provider", *names, "sum", "graph", *(["host per call"] if queued else [])]
     return [f"### {title}: time per launch (us; {how})", ""] + _table(header, table) + [""]
 
@@ -156,11 +165,17 @@ TRAFFIC_HEADER = ["case", "sparsity", "provider", "op MB (must move)", "design M
 
 def report(results: dict, facts: dict) -> str:
     lines = ["# Kernel benchmarks", ""]
+    rehearsal = is_cpu_rehearsal(facts)
+    if rehearsal:
+        lines += ["**CPU REHEARSAL, not a measurement:** the benchmarks' code run on the CPU on tiny stand-ins "
+                  "under the proof's case names, the Triton kernels interpreted, times from the host's clock, no "
+                  "copy bandwidth and no CUDA graph. No number below is a speed; the verdicts are meaningless.", ""]
     if facts:
         lines += [f"{facts.get('device')} | torch {facts.get('torch')} | triton {facts.get('triton')} | "
                   f"git {str(facts.get('git_sha'))[:10]} | {facts.get('date')} | copy bandwidth "
-                  f"{facts.get('copy_gbps')} GB/s", "",
-                  "Times are device-time medians in ms, eager / replayed from a CUDA graph; `-` = not measured. "
+                  f"{_fmt(facts.get('copy_gbps'))} GB/s", "",
+                  f"Times are {'wall-clock' if rehearsal else 'device-time'} medians in ms, eager / replayed from a "
+                  "CUDA graph; `-` = not measured. "
                   "Ideal = the bytes the op must move at the measured copy bandwidth; design = the bytes our "
                   "kernels move by their traffic model.", ""]
     for op, title, providers in (("mask_selection", "Mask selection", MASK_PROVIDERS),
@@ -175,7 +190,7 @@ def report(results: dict, facts: dict) -> str:
         lines += [f"## {title} (ms eager / graph)", ""] + _table(["case", "sparsity"] + present, rows) + [""]
         lines += [f"### {title}: traffic model against achieved", ""]
         lines += _table(TRAFFIC_HEADER, _traffic_rows(rows_by_key, present)) + [""]
-        lines += _anatomy_lines(title, rows_by_key, present)
+        lines += _anatomy_lines(title, rows_by_key, present, rehearsal)
     host = results.get("host_cost", {})
     if host:
         rows = [[p, _fmt(info.get("us_per_call"), ".1f")] for row in host.values() for p, info in sorted(row.items())]
@@ -186,12 +201,13 @@ def report(results: dict, facts: dict) -> str:
             for r in ({"target": n, "goal": f"{o} {g:g}", "measured": v, "met": _met(o, g, v)}
                       for n, o, g, v in _targets(results))]
     device = facts.get("device") if facts else None
-    lines += [f"## Targets (set for an H100; measured on {device or 'an unrecorded device'})", ""]
+    where = "a CPU rehearsal, not measured" if rehearsal else f"measured on {device or 'an unrecorded device'}"
+    lines += [f"## Targets (set for an H100; {where})", ""]
     lines += _table(["target", "goal", "measured", "status"], rows) + [""]
     return "\n".join(lines)
 
 
-def plot(results: dict, path: pathlib.Path) -> None:
+def plot(results: dict, path: pathlib.Path, rehearsal: bool = False) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -231,6 +247,8 @@ def plot(results: dict, path: pathlib.Path) -> None:
         ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda y, _: f"{y:g}x"))
         ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.legend(fontsize=7)
+    if rehearsal:
+        fig.suptitle("CPU rehearsal (interpreted kernels, tiny stand-ins): not speeds", color="C3")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -246,7 +264,7 @@ def main(argv=None) -> None:
     results, facts = load(args.json)
     text = report(results, facts)
     (out_dir / f"{args.json.stem}.md").write_text(text + "\n")
-    plot(results, out_dir / f"{args.json.stem}.png")
+    plot(results, out_dir / f"{args.json.stem}.png", is_cpu_rehearsal(facts))
     print(text)
 
 

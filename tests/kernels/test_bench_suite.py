@@ -124,14 +124,49 @@ def test_proof_subset_covers_every_target():
         assert ("flat_50M", s, p) in adam
 
 
-def _fake_results(path, mask_params, adam_params, ms_of=None, call_host_us=None):
+def test_rehearsal_subset_runs_the_proofs_benchmarks_and_every_provider_on_small_stand_ins():
+    """PRUNERL_BENCH_SUBSET=rehearsal (the dry run's kernels step): every (case, sparsity, provider) of the proof,
+    under the same case names (the summary's targets read them), and each other provider once."""
+    for params, providers, stand_ins in (
+            (bench_kernels.mask_params, bench_kernels.MASK_PROVIDERS, bench_kernels.REHEARSAL_MASK_CASES),
+            (bench_kernels.adam_params, bench_kernels.ADAM_PROVIDERS, bench_kernels.REHEARSAL_ADAM_CASES)):
+        rehearsal = params("rehearsal")
+        assert rehearsal[:len(params("proof"))] == params("proof") and len(set(rehearsal)) == len(rehearsal)
+        assert {p for _, _, p in rehearsal} == set(providers)
+        assert {c for c, _, _ in rehearsal} == set(stand_ins)
+        assert all(sum(bench_kernels.numel(s) for s in shapes) < 2_000 for shapes in stand_ins.values())
+    assert any(s == (3, 5) for s in bench_kernels.REHEARSAL_MASK_CASES["impala_w3"])  # a keep count of 1 at 95%
+
+
+def test_wall_clock_stand_ins_answer_as_the_cuda_timing_does():
+    """The CPU rehearsal's do_bench and events give what the measurement reads from triton's and CUDA's."""
+    calls = []
+
+    def fn():
+        calls.append(1)
+
+    median, p20, p80 = bench_kernels.wall_clock_do_bench(fn, warmup=25, rep=100, quantiles=[0.5, 0.2, 0.8])
+    assert all(isinstance(x, float) and x >= 0 for x in (median, p20, p80)) and p20 <= median <= p80
+    assert isinstance(bench_kernels.wall_clock_do_bench(fn, quantiles=[0.5]), float)
+    assert isinstance(bench_kernels.wall_clock_do_bench(fn, return_mode="median"), float)
+    assert len(calls) == 3 * (1 + bench_kernels.REPS)  # one warm-up call each
+    start, end = bench_kernels.WallClockEvent(), bench_kernels.WallClockEvent()
+    start.record()
+    end.record()
+    assert 0 <= start.elapsed_time(end) < 1e3  # ms
+
+
+def _fake_results(path, mask_params, adam_params, ms_of=None, call_host_us=None, cpu_rehearsal=False):
     benches = []
-    facts = dict(device="fake GPU", copy_gbps=3000.0)
+    facts = dict(device="cpu", copy_gbps=None) if cpu_rehearsal else dict(device="fake GPU", copy_gbps=3000.0)
     for op, params in (("mask_selection", mask_params), ("masked_adam", adam_params)):
         for i, (case, s, p) in enumerate(params):
             ms = ms_of(op, case, s, p) if ms_of else 0.1 * (i % 7 + 1)
             info = dict(op=op, case=case, sparsity=s, provider=p, ms=ms, ms_graph=ms * 0.9, frac_of_copy=0.8,
                         one_read_ms=0.05, op_bytes=10**6, ideal_ms=0.01, **facts)
+            if cpu_rehearsal:  # what bench_kernels.measure records without CUDA
+                info.update(ms_graph=None, graph_error="no CUDA (CPU rehearsal)", frac_of_copy=None, one_read_ms=None,
+                            ideal_ms=None, frac_of_copy_graph=None)
             if p.startswith("triton"):
                 info.update(model_bytes=2 * 10**6, launches=6)
                 if op == "mask_selection":
@@ -153,7 +188,7 @@ def test_summarize_writes_markdown_and_plot(tmp_path, capsys):
     assert "## Mask selection" in text and "## Masked Adam" in text and "## Targets" in text
     assert "traffic model against achieved" in text and "| impala_w5 | 0.99 |" in text and "MISSED" in text
     assert "| case | sparsity | provider | prepare | guess | cold | sum | graph |" in text
-    assert "| 2 | 30 | 3 | 35 |" in text
+    assert "| 2 | 30 | 3 | 35 |" in text and "CPU REHEARSAL" not in text
     assert (tmp_path / "out" / "fake.png").stat().st_size > 10_000
     assert "Kernel benchmarks" in capsys.readouterr().out
 
@@ -171,6 +206,22 @@ def test_summarize_says_how_the_anatomy_was_timed(tmp_path):
         text = (tmp_path / f"out{host}" / f"r{host}.md").read_text()
         assert how in text and header in text
         assert host is None or re.search(r"\| 2 \| 30 \| 3 \| 35 \| [0-9.]+ \| 480 \|", text)
+
+
+def test_summarize_labels_a_cpu_rehearsal_and_reads_its_missing_values(tmp_path):
+    """A CPU rehearsal's results (no copy bandwidth, no graph) are tabulated under a heading saying they are no
+    speed; the targets that need what it lacks have no data."""
+    src = tmp_path / "cpu.json"
+    _fake_results(src, bench_kernels.mask_params("rehearsal"), bench_kernels.adam_params("rehearsal"),
+                  call_host_us=480.0, cpu_rehearsal=True)
+    summarize.main([str(src), "--out-dir", str(tmp_path / "out")])
+    text = (tmp_path / "out" / "cpu.md").read_text()
+    assert "CPU REHEARSAL, not a measurement" in text and "copy bandwidth - GB/s" in text
+    assert "the host's clock around each interpreted launch" in text and "a CPU rehearsal, not measured" in text
+    assert "| impala_w3 | 0.95 | triton_cold | 1.0 | 2.0 | 6 | - | - |" in text  # no ideal or design time
+    rows = {r["target"]: r for r in summarize.target_rows(src)}
+    assert rows["mask selection, 50M at 95%: time / one fp32 read of the weights"]["met"] is None
+    assert rows["mask selection, 50M at 95%: speedup over the per-layer torch.topk loop"]["measured"] is not None
 
 
 def test_target_rows_judge_each_target(tmp_path):
