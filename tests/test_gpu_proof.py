@@ -50,12 +50,14 @@ def test_dry_run_exercises_every_step_the_layout_and_the_copy_to_out(tmp_path):
     out = tmp_path / "out"
     env = {**os.environ, "OUT": str(out), "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     env.pop("TRITON_INTERPRET", None)  # the proof's children decide for themselves, as on the GPU machine
-    # A larger budget than the default 150 s only lengthens the steps' time limits (the dry run's sizes are
+    for name in [n for n in env if n.startswith("PYTEST_XDIST_")]:  # under `pytest -n`, pytest-benchmark in the
+        env.pop(name)  # children would see a worker's variables, disable itself and write no JSON
+    # A larger budget than the default 210 s only lengthens the steps' time limits (the dry run's sizes are
     # fixed), so that a loaded CI machine does not time a step out.
-    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_proof.py"), "--dry-run", "--budget-s", "240",
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_proof.py"), "--dry-run", "--budget-s", "340",
                            "--results-root", str(tmp_path / "results"), "--sha", "testsha0",
                            "--wheels", str(tmp_path / "no-wheels")],
-                          env=env, capture_output=True, text=True, timeout=400, cwd=tmp_path)
+                          env=env, capture_output=True, text=True, timeout=500, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
     folder = tmp_path / "results" / "cpu-dry-run_testsha0"
     steps = json.loads((folder / "steps.json").read_text())["steps"]
@@ -84,6 +86,7 @@ def test_dry_run_exercises_every_step_the_layout_and_the_copy_to_out(tmp_path):
     assert "waits: env / GPU / host" in summary and gpu_proof.loop_split_text(e2e[0]["loop_split"]) in summary
     for row in gpu_proof.e2e_target_rows([]):
         assert row["target"] in summary
+    _check_the_kernel_rehearsal(folder, summary)
     assert "missing wheels: " in steps["install"]["note"]  # no wheels given: said, not fatal in a dry run
     # $OUT: a flat folder of at most 8 files, names the device tool can bring back, the tarball holding it all.
     names = sorted(p.name for p in out.iterdir())
@@ -98,6 +101,53 @@ def test_dry_run_exercises_every_step_the_layout_and_the_copy_to_out(tmp_path):
     assert not [p.name for p, text in texts.items() if str(ROOT) in text]
 
 
+# Fields a CPU rehearsal leaves None where a GPU run has a number: no copy bandwidth, no CUDA graph, no CUDA.
+CPU_NONE = {"copy_gbps", "cuda", "one_read_ms", "ideal_ms", "frac_of_copy", "frac_of_copy_graph", "ms_graph"}
+
+
+def _last_gpu_kernel_results() -> list[dict]:
+    """extra_info of every benchmark of the newest committed GPU proof (bench/results/<gpu>_<sha>/kernels.json)."""
+    runs = [json.loads(p.read_text())["benchmarks"] for p in (ROOT / "bench" / "results").glob("*/kernels.json")]
+    runs = [[b["extra_info"] for b in run if "op" in b["extra_info"]] for run in runs]
+    return max((run for run in runs if run), key=lambda run: run[0]["date"])
+
+
+def _check_the_kernel_rehearsal(folder, summary):
+    """The kernels step ran every benchmark of the rehearsal subset on the CPU, each result has the fields of a GPU
+    run's with their types (None where the CPU has no such number), and both summaries read them as a rehearsal."""
+    bench_kernels = _load("bench_kernels")
+    infos = [b["extra_info"] for b in json.loads((folder / "kernels.json").read_text())["benchmarks"]]
+    ran = {(i["op"], i["case"], i["sparsity"], i["provider"]) for i in infos}
+    want = ({("mask_selection", *p) for p in bench_kernels.mask_params("rehearsal")}
+            | {("masked_adam", *p) for p in bench_kernels.adam_params("rehearsal")}
+            | {("host_cost", "impala_w3", 0.0, f"triton_{op}") for op in ("topk", "adam", "adam_new_grads")})
+    assert ran == want and len(infos) == len(want)
+    assert all(i["device"] == "cpu" and i["copy_gbps"] is None for i in infos)
+    assert all(i["graph_error"] == "no CUDA (CPU rehearsal)" for i in infos if i["op"] != "host_cost")
+    gpu = _last_gpu_kernel_results()
+    for info in infos:
+        kind = (info["op"], info["provider"].startswith("triton"))
+        like = [g for g in gpu if (g["op"], g["provider"].startswith("triton")) == kind]
+        exact = [g for g in like if g["provider"] == info["provider"]]
+        for g in (exact or like)[:1]:
+            assert set(g) <= set(info), (info["provider"], set(g) - set(info))
+            for key, value in g.items():
+                if info[key] is None and (key in CPU_NONE or value is None):
+                    continue
+                if key == "graph_error":
+                    assert isinstance(info[key], str)
+                    continue
+                assert type(info[key]) is type(value) or {type(info[key]), type(value)} <= {int, float}, (
+                    info["provider"], key, info[key], value)
+    assert all(i["ms"] > 0 and isinstance(i.get("anatomy_us", {}), dict) for i in infos)
+    kernels_md = (folder / "kernels.md").read_text()
+    assert "CPU REHEARSAL" in kernels_md and "## Mask selection" in kernels_md and "## Masked Adam" in kernels_md
+    assert "## Host cost per call" in kernels_md and (folder / "kernels.png").stat().st_size > 10_000
+    assert f"kernels: {len(want)} benchmarks" in summary and "kernels.md tabulates them" in summary
+    assert "no kernels.json" not in summary and "unreadable" not in summary
+    assert "| frozen masked Adam at 95%: speedup over fused Adam + mask (worst case) | >= 2 | - |" not in summary
+
+
 def test_budget_too_small_skips_steps_and_says_so(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("OUT", str(tmp_path / "out"))
     rc = gpu_proof.main(["--dry-run", "--budget-s", "5", "--steps", "e2e,learning", "--results-root",
@@ -105,7 +155,7 @@ def test_budget_too_small_skips_steps_and_says_so(tmp_path, monkeypatch, capsys)
     assert rc == 1
     steps = json.loads((tmp_path / "cpu-dry-run_s" / "steps.json").read_text())["steps"]
     # install always runs (it is quick, and every later step needs it), even where its share of the budget is
-    # under a step's minimum, as in the default 150 s dry run
+    # under a step's minimum, as in the default 210 s dry run
     assert {name: s["status"] for name, s in steps.items()} == {"install": "ok", "e2e": "skipped",
                                                                "learning": "skipped"}
     summary = (tmp_path / "cpu-dry-run_s" / "summary.md").read_text()
