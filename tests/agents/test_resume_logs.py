@@ -140,3 +140,30 @@ def test_tensorboard_agrees_with_the_csv_logs_after_kills_and_stops(tmp_path, mo
     assert any(r["agent_steps"] == first_checkpoint for r in rows), "no point at the first checkpoint's step"
     for tag in ("charts/epsilon", "charts/SPS", "losses/td_loss"):
         _same(scalars[tag], [(r["agent_steps"], r[tag]) for r in rows if tag in r])
+
+
+def test_a_log_line_cut_short_by_a_kill_or_a_full_disk_is_dropped_on_resume(tmp_path, monkeypatch):
+    """The process died (or hit ENOSPC) in the middle of a log row: the resume drops the cut row rather than
+    failing on it (metrics.jsonl) or keeping it as a row of empty fields (the CSVs: the report then skips the run)."""
+    cfg, run = config(), tmp_path / "run"
+    stop_at(monkeypatch, cfg, run, 450)
+    for name, cut in (("metrics.jsonl", '{"agent_steps": 4'), ("iterations.csv", "2,3"), ("episodes.csv", "4")):
+        with open(run / name, "a") as f:
+            f.write(cut)
+    assert resume(cfg, run).run()["finished"]
+
+    iterations, episodes = read_csv(run / "iterations.csv"), read_csv(run / "episodes.csv")
+    assert [int(r["iteration"]) for r in iterations] == [1, 2, 3]
+    assert all(all(v not in ("", None) for k, v in e.items()) for e in episodes), "a cut row was kept"
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["agent_steps"] for r in rows] == sorted(r["agent_steps"] for r in rows)
+    assert all(int(r["agent_steps"]) > 4 for r in episodes)
+
+
+def test_a_malformed_log_row_is_an_error_naming_the_file(tmp_path, monkeypatch):
+    cfg, run = config(), tmp_path / "run"
+    stop_at(monkeypatch, cfg, run, 450)
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write("not json\n")
+    with pytest.raises(ValueError, match="metrics.jsonl holds a malformed row"):
+        resume(cfg, run)
