@@ -55,6 +55,12 @@ def atomic_write_bytes(path: Path, write) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except RuntimeError as e:
+        # torch.save's zip writer reports a failed write (a full disk) as a RuntimeError ("unexpected pos")
+        # raised while handling the OSError: pass the OSError on, which names the error (ENOSPC).
+        if isinstance(e.__context__, OSError):
+            raise e.__context__ from e
+        raise
     finally:
         if tmp.exists():
             tmp.unlink()

@@ -240,6 +240,44 @@ def test_a_full_disk_during_a_checkpoint_is_a_clear_error_and_keeps_the_previous
     assert load_latest_checkpoint(ckpt_dir)["agent_steps"] == trainer.agent_steps - 10
 
 
+class FillsUp:
+    """A file on a disk that fills up after `room` bytes: write raises ENOSPC, as a real full disk does."""
+
+    def __init__(self, f, room):
+        self.f, self.room = f, room
+
+    def write(self, data):
+        self.room -= len(data)
+        if self.room < 0:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return self.f.write(data)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.f.close()
+
+    def __getattr__(self, name):
+        return getattr(self.f, name)
+
+
+def test_a_disk_filling_up_inside_torch_save_is_the_same_clear_error(tmp_path, monkeypatch):
+    """torch.save turns the OSError of a failed write into a RuntimeError ('unexpected pos'): the error must still
+    be the CheckpointError naming ENOSPC and the file, not a traceback."""
+    cfg = config(total_steps=300)
+    trainer = Trainer(cfg, tmp_path / "run", env=ChainEnv(num_envs=NUM_ENVS))
+    trainer.run()
+    ckpt_dir = tmp_path / "run" / "checkpoints"
+    before = {p.name: p.read_bytes() for p in ckpt_dir.iterdir()}
+    monkeypatch.setattr(checkpoint_module, "open", lambda path, mode: FillsUp(open(path, mode), 10_000),
+                        raising=False)
+    trainer.agent_steps += 10
+    with pytest.raises(CheckpointError, match="ENOSPC: No space left on device"):
+        trainer.save()
+    assert {p.name: p.read_bytes() for p in ckpt_dir.iterdir()} == before
+
+
 def test_temporary_files_of_killed_writes_are_removed_on_start(tmp_path):
     run = tmp_path / "run"
     (run / "checkpoints").mkdir(parents=True)
