@@ -25,6 +25,8 @@ from pathlib import Path
 
 import torch
 
+from agents.config import experiment_fields
+
 FORMAT = "prunerl-checkpoint-v2"  # v2: the replay in chunks of rows
 _NAME = re.compile(r"^ckpt_(\d+)\.pt$")
 _CHUNK = re.compile(r"^replay_(\d+)_(\d+)\.pt$")
@@ -231,3 +233,11 @@ def check_compatible(saved: dict, current: dict, path: Path | str = "checkpoint"
         if a != b:
             raise CheckpointError(f"{path} is incompatible with this run: {'.'.join(keys)} is {a!r} in the "
                                   f"checkpoint but {b!r} in the config")
+    # Every other experiment option too: a checkpoint copied from another run, or a config.json edited by hand,
+    # would otherwise train on silently under options (seed, lr, pruning window...) it was not trained with.
+    # (A field only one of them has comes from another version of the trainer: nothing to compare.)
+    a, b = experiment_fields(saved), experiment_fields(current)
+    differ = [f"{k} is {a[k]!r} in the checkpoint but {b[k]!r} in the config" for k in sorted(a.keys() & b.keys())
+              if a[k] != b[k]]
+    if differ:
+        raise CheckpointError(f"{path} was written by another experiment than this run's: {'; '.join(differ)}")

@@ -6,11 +6,13 @@ import csv
 import dataclasses
 import json
 import math
+import shutil
 
 import numpy as np
 import pytest
 import torch
 
+from agents.checkpoint import latest_checkpoint
 from agents.config import OfflineConfig, get_preset, paper_agent
 from agents.export_dataset import dopamine_order, export_replay
 from agents.export_dataset import main as export_main
@@ -147,7 +149,9 @@ def test_offline_run_resumes_exactly(tmp_path, chain_dataset):
 
     whole = OfflineTrainer(config(200), tmp_path / "whole", env=ChainEnv(num_envs=2))
     whole.run()
-    OfflineTrainer(config(100), tmp_path / "part", env=ChainEnv(num_envs=2)).run()
+    shutil.copytree(tmp_path / "whole", tmp_path / "part")
+    for path in (latest_checkpoint(tmp_path / "part" / "checkpoints"), tmp_path / "part" / "summary.json"):
+        path.unlink()  # as if killed after the first iteration's checkpoint
     resumed = OfflineTrainer.resume(tmp_path / "part", config(200), env=ChainEnv(num_envs=2))
     assert resumed.agent_steps == resumed.grad_steps == 100
     summary = resumed.run()
