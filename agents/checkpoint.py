@@ -138,12 +138,17 @@ def load_checkpoint(path: Path, config: dict | None = None) -> dict:
 
 
 def _chunks_named_in(path: Path) -> set[str] | None:
-    """The replay chunks a checkpoint needs (its tensors memory-mapped, not read), or None if unreadable."""
+    """The replay chunks a checkpoint needs (its tensors memory-mapped, not read), or None if it is corrupt. An
+    I/O error (EIO, a network filesystem's hiccup) proves nothing about the file: it is raised."""
     try:
         state = _load(path, "checkpoint", mmap=True)
         replay = state.get("replay") if isinstance(state, dict) else None
         return set(replay["chunks"]) if replay else set()
-    except (UnreadableCheckpoint, KeyError, TypeError):
+    except UnreadableCheckpoint as e:
+        if isinstance(e.__cause__, OSError):
+            raise e.__cause__ from e
+        return None
+    except (KeyError, TypeError):
         return None
 
 
@@ -196,11 +201,17 @@ def remove_unneeded_files(ckpt_dir: Path) -> None:
     if not ckpt_dir.is_dir():
         return
     needed = set()
-    for path in list_checkpoints(ckpt_dir):
-        needed |= _chunks_named_in(path) or set()  # an unreadable checkpoint can never be used
-    for chunk in ckpt_dir.iterdir():
-        if _CHUNK.match(chunk.name) and chunk.name not in needed:
-            chunk.unlink()
+    try:
+        for path in list_checkpoints(ckpt_dir):
+            needed |= _chunks_named_in(path) or set()  # a corrupt checkpoint can never be used
+    except OSError as e:
+        # Deleting the chunks of a checkpoint that could not be read this once would break it, and every later
+        # checkpoint too (they name the same chunks): keep them all until the next checkpoint.
+        warnings.warn(f"kept every replay chunk in {ckpt_dir}: a checkpoint could not be read ({e})", stacklevel=2)
+    else:
+        for chunk in ckpt_dir.iterdir():
+            if _CHUNK.match(chunk.name) and chunk.name not in needed:
+                chunk.unlink()
     remove_temporary_files(ckpt_dir)
 
 
