@@ -597,6 +597,7 @@ class Trainer:
         if time.perf_counter() < deadline or self.agent_steps >= self.cfg.total_steps:
             return False
         self.stopped_early = True
+        self._flush()  # the logs first (as at an iteration's end): a resume keeps the rows up to the checkpoint
         with self.profiler.section("checkpoint"):
             self.save()
         print(f"stopping after --max-minutes {self.cfg.max_minutes:g} at {unit} {self.agent_steps:,}; "

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import agents.train as train_module
-from agents.checkpoint import latest_checkpoint, load_checkpoint, load_latest_checkpoint
+from agents.checkpoint import CheckpointStore, latest_checkpoint, load_checkpoint, load_latest_checkpoint
 from agents.train import Trainer
 from tests.agents.chain_env import ChainEnv
 from tests.agents.test_learning import chain_config, fast_dqn
@@ -75,6 +75,24 @@ def test_an_iteration_interrupted_by_max_minutes_scores_every_episode_logged_in_
         assert float(row["score"]) == pytest.approx(np.mean(returns)), row
         previous = int(row["agent_steps"])
     assert sum(int(r["episodes"]) for r in iterations) == len(episodes)
+
+
+def test_a_checkpoint_is_written_after_the_logs_it_covers(tmp_path, monkeypatch):
+    """A --max-minutes stop checkpointed before flushing the episodes of its last steps: killed right after (or
+    out of disk when flushing), the resumed iteration's score counted episodes that episodes.csv never got."""
+    cfg, run = config(), tmp_path / "run"
+    on_disk = {}
+    save = CheckpointStore.save
+
+    def recording_save(store, agent_steps, state, replay=None):
+        on_disk[agent_steps] = (read_csv(run / "episodes.csv"), list(state["iteration_returns"]))
+        return save(store, agent_steps, state, replay)
+
+    monkeypatch.setattr(CheckpointStore, "save", recording_save)
+    stop_at(monkeypatch, cfg, run, 489)  # (metrics rows, every 50 steps, flush the logs)
+    for steps, (episodes, returns) in on_disk.items():
+        logged = [float(e["return"]) for e in episodes if int(e["agent_steps"]) > steps // 300 * 300]
+        assert logged == returns, steps
 
 
 def test_a_run_resumed_from_an_iteration_end_scores_only_the_episodes_after_it(tmp_path):
