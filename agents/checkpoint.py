@@ -25,6 +25,8 @@ from pathlib import Path
 
 import torch
 
+from agents.config import experiment_fields
+
 FORMAT = "prunerl-checkpoint-v2"  # v2: the replay in chunks of rows
 _NAME = re.compile(r"^ckpt_(\d+)\.pt$")
 _CHUNK = re.compile(r"^replay_(\d+)_(\d+)\.pt$")
@@ -55,6 +57,12 @@ def atomic_write_bytes(path: Path, write) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except RuntimeError as e:
+        # torch.save's zip writer reports a failed write (a full disk) as a RuntimeError ("unexpected pos")
+        # raised while handling the OSError: pass the OSError on, which names the error (ENOSPC).
+        if isinstance(e.__context__, OSError):
+            raise e.__context__ from e
+        raise
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -130,12 +138,17 @@ def load_checkpoint(path: Path, config: dict | None = None) -> dict:
 
 
 def _chunks_named_in(path: Path) -> set[str] | None:
-    """The replay chunks a checkpoint needs (its tensors memory-mapped, not read), or None if unreadable."""
+    """The replay chunks a checkpoint needs (its tensors memory-mapped, not read), or None if it is corrupt. An
+    I/O error (EIO, a network filesystem's hiccup) proves nothing about the file: it is raised."""
     try:
         state = _load(path, "checkpoint", mmap=True)
         replay = state.get("replay") if isinstance(state, dict) else None
         return set(replay["chunks"]) if replay else set()
-    except (UnreadableCheckpoint, KeyError, TypeError):
+    except UnreadableCheckpoint as e:
+        if isinstance(e.__cause__, OSError):
+            raise e.__cause__ from e
+        return None
+    except (KeyError, TypeError):
         return None
 
 
@@ -188,11 +201,17 @@ def remove_unneeded_files(ckpt_dir: Path) -> None:
     if not ckpt_dir.is_dir():
         return
     needed = set()
-    for path in list_checkpoints(ckpt_dir):
-        needed |= _chunks_named_in(path) or set()  # an unreadable checkpoint can never be used
-    for chunk in ckpt_dir.iterdir():
-        if _CHUNK.match(chunk.name) and chunk.name not in needed:
-            chunk.unlink()
+    try:
+        for path in list_checkpoints(ckpt_dir):
+            needed |= _chunks_named_in(path) or set()  # a corrupt checkpoint can never be used
+    except OSError as e:
+        # Deleting the chunks of a checkpoint that could not be read this once would break it, and every later
+        # checkpoint too (they name the same chunks): keep them all until the next checkpoint.
+        warnings.warn(f"kept every replay chunk in {ckpt_dir}: a checkpoint could not be read ({e})", stacklevel=2)
+    else:
+        for chunk in ckpt_dir.iterdir():
+            if _CHUNK.match(chunk.name) and chunk.name not in needed:
+                chunk.unlink()
     remove_temporary_files(ckpt_dir)
 
 
@@ -225,3 +244,11 @@ def check_compatible(saved: dict, current: dict, path: Path | str = "checkpoint"
         if a != b:
             raise CheckpointError(f"{path} is incompatible with this run: {'.'.join(keys)} is {a!r} in the "
                                   f"checkpoint but {b!r} in the config")
+    # Every other experiment option too: a checkpoint copied from another run, or a config.json edited by hand,
+    # would otherwise train on silently under options (seed, lr, pruning window...) it was not trained with.
+    # (A field only one of them has comes from another version of the trainer: nothing to compare.)
+    a, b = experiment_fields(saved), experiment_fields(current)
+    differ = [f"{k} is {a[k]!r} in the checkpoint but {b[k]!r} in the config" for k in sorted(a.keys() & b.keys())
+              if a[k] != b[k]]
+    if differ:
+        raise CheckpointError(f"{path} was written by another experiment than this run's: {'; '.join(differ)}")

@@ -27,8 +27,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from agents.checkpoint import CheckpointError, load_latest_checkpoint
-from agents.offline import DATASET_INFO
+from agents.checkpoint import CheckpointError, atomic_write_bytes, load_latest_checkpoint
+from agents.offline import DATASET_INFO, _same_game
 from agents.offline_data import write_checkpoint
 from agents.replay import ReplayBuffer
 from agents.train import make_replay, read_run_config
@@ -109,6 +109,22 @@ def _frame_shape(replay_state: dict) -> tuple[int, int]:
     return tuple(frames.shape[2:])
 
 
+def _check_same_game(out: Path, game: str, num_actions: int | None) -> None:
+    """A folder already exported to (another --suffix) holds one game's data: an export of another game there would
+    relabel it all, and an offline run of that game would train on both games' checkpoints."""
+    path = out / DATASET_INFO
+    if not path.is_file():
+        return
+    try:
+        info = json.loads(path.read_text())
+        theirs = (info["game"], info["num_actions"])
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise ValueError(f"{path} cannot be read ({e}); export into another --out") from e
+    if not _same_game(theirs[0], game) or theirs[1] != num_actions:
+        raise ValueError(f"{out} holds {theirs[0]} data ({theirs[1]} actions; {path}), not {game}'s "
+                         f"({num_actions} actions): export into another --out")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m agents.export_dataset", description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dir", type=Path, help="a run directory whose checkpoints hold the replay")
@@ -118,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or args.run_dir / "dataset"
     try:
         replay, meta = load_run_replay(args.run_dir)
+        _check_same_game(out, meta["config"]["env"]["game"], meta.get("num_actions"))
         steps = export_replay(replay, out, args.suffix)
     except (CheckpointError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -125,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     info = {"game": meta["config"]["env"]["game"], "num_actions": meta.get("num_actions"),
             "source_run": str(Path(args.run_dir).resolve()), "git_sha": meta.get("git_sha"),
             "rewards": "raw (unclipped)"}
-    (out / DATASET_INFO).write_text(json.dumps(info, indent=2) + "\n")
+    atomic_write_bytes(out / DATASET_INFO, lambda f: f.write((json.dumps(info, indent=2) + "\n").encode()))
     print(f"wrote {steps:,} steps (checkpoint {args.suffix}) of {info['game']} to {out}")
     return 0
 

@@ -31,6 +31,7 @@ truncated or inconsistent file is a `DatasetError` that names it.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import json
@@ -42,6 +43,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from agents.checkpoint import atomic_write_bytes
+from agents.locks import run_lock
 from agents.replay import Batch
 
 STORE = ("observation", "action", "reward", "terminal")
@@ -369,10 +372,23 @@ def load_fixed_replay(data: str | Path, checkpoints: str, fraction: float, chunk
     info = {"data_dir": str(data_dir.resolve()), "checkpoints": suffixes, "fraction": fraction, "chunk": chunk,
             "seed": seed, "stack": stack, "n_step": n_step, "gamma": gamma, "reward_clip": reward_clip,
             "files": {s: [_fingerprint(file_path(data_dir, n, s)) for n in FILES] for s in suffixes}}
-    cached = _read_cache(cache_dir, info)
-    if cached is not None:
-        return cached
+    # One process at a time builds a sample's cache: a second run of the same sample (a sweep's dense and pruned
+    # twins) opening it to write while the first streamed into it zeroed the first's frames.
+    lock = run_lock(Path(cache_dir) / f".{_cache_key(info)}.lock", wait=True) if cache_dir is not None \
+        else contextlib.nullcontext()
+    with lock:
+        cached = _read_cache(cache_dir, info)
+        if cached is not None:
+            return cached
+        out = _read_sample(data_dir, suffixes, capacities, kept_chunks, info, cache_dir, chunk=chunk, stack=stack,
+                           n_step=n_step, gamma=gamma, frame_shape=frame_shape, reward_clip=reward_clip)
+        _write_cache(cache_dir, out)
+        return out
 
+
+def _read_sample(data_dir: Path, suffixes: list[int], capacities: list[int], kept_chunks: list[np.ndarray],
+                 info: dict, cache_dir, *, chunk: int, stack: int, n_step: int, gamma: float,
+                 frame_shape: tuple[int, int], reward_clip: float | None) -> OfflineData:
     # Pass 1: the small arrays of each checkpoint -> kept transitions and the frame rows they use.
     parts = []
     for suffix, capacity, ids in zip(suffixes, capacities, kept_chunks):
@@ -399,11 +415,9 @@ def load_fixed_replay(data: str | Path, checkpoints: str, fraction: float, chunk
         offset += rows.size
     info.update(transitions=transitions, frames=total_frames,
                 transitions_per_checkpoint={p[0]: int(p[3].shape[0]) for p in parts})
-    out = OfflineData(frames, np.concatenate(states), np.concatenate(nexts),
-                      np.concatenate([p[5] for p in parts]), np.concatenate([p[6] for p in parts]),
-                      np.concatenate([p[7] for p in parts]), info)
-    _write_cache(cache_dir, out)
-    return out
+    return OfflineData(frames, np.concatenate(states), np.concatenate(nexts),
+                       np.concatenate([p[5] for p in parts]), np.concatenate([p[6] for p in parts]),
+                       np.concatenate([p[7] for p in parts]), info)
 
 
 # --- cache: the kept frames memory-mapped on disk ----------------------------------------------------------------
@@ -430,9 +444,11 @@ def _write_cache(cache_dir, data: OfflineData) -> None:
     key = _cache_key({k: v for k, v in data.info.items() if k not in ("transitions", "frames",
                                                                        "transitions_per_checkpoint")})
     data.frames.flush()
-    np.savez(Path(cache_dir) / f"{key}.index.npz", state=data.state, next_state=data.next_state,
-             actions=data.actions, returns=data.returns, discounts=data.discounts,
-             info=np.array(json.dumps(data.info, default=str)))
+    # The index is written last and atomically: a run killed while writing the cache leaves no index, so the next
+    # one builds the cache again (a cut index made every later run with this cache fail).
+    atomic_write_bytes(Path(cache_dir) / f"{key}.index.npz", lambda f: np.savez(
+        f, state=data.state, next_state=data.next_state, actions=data.actions, returns=data.returns,
+        discounts=data.discounts, info=np.array(json.dumps(data.info, default=str))))
 
 
 def _read_cache(cache_dir, info: dict) -> OfflineData | None:

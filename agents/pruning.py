@@ -435,6 +435,11 @@ def load_lottery_ticket(run_dir, config: dict) -> tuple[dict, list[torch.Tensor]
         raise ValueError(f"{where}: not a finished run directory (summary.json / config.json: {e})") from e
     if summary.get("finished") is not True:
         raise ValueError(f"{where}: the run has not finished, so its masks are not final")
+    # Its masks would fix this run below the sparsity it names, unflagged (its own schedule is those masks).
+    for flag in ("below_target_sparsity", "schedule_short_of_target"):
+        if summary.get(flag) is True:
+            raise ValueError(f"{where}: that run's masks fell short of its target sparsity "
+                             f"{summary.get('target_sparsity')} ({flag} in its summary.json)")
     for key in LOTTERY_MUST_MATCH:
         a, b = source, config
         for part in key.split("."):

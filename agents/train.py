@@ -26,6 +26,7 @@ import copy
 import csv
 import dataclasses
 import importlib.metadata
+import io
 import json
 import math
 import os
@@ -598,6 +599,7 @@ class Trainer:
         if time.perf_counter() < deadline or self.agent_steps >= self.cfg.total_steps:
             return False
         self.stopped_early = True
+        self._flush()  # the logs first (as at an iteration's end): a resume keeps the rows up to the checkpoint
         with self.profiler.section("checkpoint"):
             self.save()
         print(f"stopping after --max-minutes {self.cfg.max_minutes:g} at {unit} {self.agent_steps:,}; "
@@ -872,23 +874,38 @@ def _progress_bar(cfg: TrainConfig, initial: int):
                 disable=not cfg.progress, desc=cfg.preset or cfg.agent.name, smoothing=0.05)
 
 
+def _complete_lines(path: Path) -> list[str]:
+    """A log's lines without a last one cut short (no newline: the process was killed, or the disk filled, while
+    writing it). Such a line comes after the last checkpoint, which is written only once the logs are flushed."""
+    text = path.read_text() if path.exists() else ""
+    return text[:text.rfind("\n") + 1].splitlines(keepends=True)
+
+
+def _rows_upto(path: Path, lines: list[str], max_steps: int, step_of) -> list:
+    """The rows of `lines` whose step_of(row) <= max_steps; a malformed row is an error naming the file."""
+    try:
+        return [row for row in lines if step_of(row) <= max_steps]
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"cannot resume: {path} holds a malformed row ({type(e).__name__}: {e}); "
+                         "fix or remove that line") from e
+
+
 def _truncate_csv(path: Path, fields: list[str], max_steps: int) -> None:
     """Keep the header and the rows with agent_steps <= max_steps (all rows when starting fresh: none)."""
-    rows = []
-    if path.exists():
-        with open(path, newline="") as f:
-            rows = [r for r in csv.DictReader(f) if int(float(r["agent_steps"])) <= max_steps]
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fields)
-        writer.writeheader()
-        writer.writerows(rows)
+    rows = _rows_upto(path, list(csv.DictReader(_complete_lines(path))), max_steps,
+                      lambda r: int(float(r["agent_steps"])))
+    out = io.StringIO(newline="")
+    writer = csv.DictWriter(out, fields)
+    writer.writeheader()
+    writer.writerows(rows)
+    # Rewritten into a new file and renamed: a kill (or a full disk) while rewriting keeps the old log whole.
+    atomic_write_bytes(path, lambda f: f.write(out.getvalue().encode()))
 
 
 def _truncate_jsonl(path: Path, max_steps: int) -> None:
-    lines = []
-    if path.exists():
-        lines = [ln for ln in path.read_text().splitlines() if ln and json.loads(ln)["agent_steps"] <= max_steps]
-    path.write_text("".join(ln + "\n" for ln in lines))
+    lines = _rows_upto(path, [ln for ln in _complete_lines(path) if ln.strip()], max_steps,
+                       lambda ln: json.loads(ln)["agent_steps"])
+    atomic_write_bytes(path, lambda f: f.write("".join(lines).encode()))
 
 
 def read_iterations(path: Path) -> list[dict]:

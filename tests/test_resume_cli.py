@@ -3,6 +3,7 @@
 import copy
 import csv
 import json
+import shutil
 
 import pytest
 
@@ -145,6 +146,29 @@ def test_resume_rejects_options_that_change_the_experiment(tmp_path, capsys, opt
     code, _, err = run_main(capsys, ["--resume", str(run), "--max-minutes", "30", option, value])
     assert code == 2 and option in err and "runtime options" in err
     assert "--max-minutes" in err  # the message lists what is accepted
+
+
+@pytest.mark.parametrize("source", ["config.json edited", "checkpoints of another run"])
+def test_a_checkpoint_of_another_experiment_is_refused(tmp_path, capsys, source):
+    """The checkpoint records the options it was trained with: a config.json edited by hand (or checkpoints copied
+    from another run) must not train on silently with another seed, learning rate or pruning window."""
+    run = tmp_path / "r"
+    if source == "config.json edited":
+        assert run_main(capsys, command(tmp_path, *STOP_AT_ONCE))[0] == 0
+        meta = json.loads((run / "config.json").read_text())
+        meta["config"]["seed"], meta["config"]["agent"]["lr"] = 7, 0.01
+        (run / "config.json").write_text(json.dumps(meta))
+    else:
+        assert run_main(capsys, command(tmp_path, *STOP_AT_ONCE, "--seed", "7", "--agent.lr", "0.01"))[0] == 0
+        other = tmp_path / "other"
+        assert run_main(capsys, [*TINY, "--runs-dir", str(tmp_path), "--run-name", "other", *STOP_AT_ONCE])[0] == 0
+        shutil.rmtree(run / "checkpoints")
+        shutil.copytree(other / "checkpoints", run / "checkpoints")
+    before = {p: p.read_bytes() for p in (run / "checkpoints").iterdir()}
+    code, _, err = run_main(capsys, ["--resume", str(run)])
+    assert code == 2 and "another experiment" in err, err
+    assert "seed is 0 in the checkpoint but 7" in err and "agent.lr is 6.25e-05 in the checkpoint but 0.01" in err
+    assert {p: p.read_bytes() for p in (run / "checkpoints").iterdir()} == before
 
 
 def test_resume_names_its_run_directory(tmp_path, capsys):

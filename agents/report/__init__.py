@@ -18,7 +18,8 @@ batch size, budget, ...) are never averaged together, and runs that differ only 
 configurations; report.md lists every differing field.
 
 Nothing is silently averaged. A configuration is complete when it has exactly one finished run, not flagged by its
-trainer (summary.json: resumed without its replay, below its target sparsity, schedule short of it), for every
+trainer (summary.json: resumed without its replay, below its target sparsity, schedule short of it; or no
+summary.json although its iterations reach the end: killed before recording it), for every
 (game, seed) it expects: those its sweep lists (a sweep directory's sweep.json), or else every game (found in any
 run, or --games) with every seed that appears anywhere in that configuration. Otherwise it is flagged in report.md
 and on stderr and left out of the IQM table, the IQM curves and the width figure, unless --allow-incomplete: then

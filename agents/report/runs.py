@@ -288,6 +288,11 @@ def _load_run(path: Path, problems: list[str]) -> Run:
     flags = trainer_flags(summary)
     for flag, details in flags.items():
         warn(problems, f"{path}: {flag}" + (f", {details}" if details else "") + " (summary.json)")
+    if finished and not (path / "summary.json").exists():
+        # The trainer writes summary.json last, with its verdicts (below target sparsity, resumed without the
+        # replay): a run killed, or out of disk, after its last iteration has none and cannot be trusted.
+        flags["no summary.json"] = "its last iteration was logged but not its end: its command writes it"
+        warn(problems, f"{path}: no summary.json; {flags['no summary.json']}")
     device = meta.get("device_name") or meta.get("device")
     split = summary.get("last_loop_split")
     numbers = isinstance(split, dict) and all(

@@ -5,6 +5,7 @@ a full disk lose nothing that a kept checkpoint holds."""
 import copy
 import errno
 import random
+import warnings
 
 import numpy as np
 import pytest
@@ -238,6 +239,67 @@ def test_a_full_disk_during_a_checkpoint_is_a_clear_error_and_keeps_the_previous
     assert {p.name: p.read_bytes() for p in ckpt_dir.iterdir()} == before  # no temporary file, nothing lost
     monkeypatch.undo()
     assert load_latest_checkpoint(ckpt_dir)["agent_steps"] == trainer.agent_steps - 10
+
+
+class FillsUp:
+    """A file on a disk that fills up after `room` bytes: write raises ENOSPC, as a real full disk does."""
+
+    def __init__(self, f, room):
+        self.f, self.room = f, room
+
+    def write(self, data):
+        self.room -= len(data)
+        if self.room < 0:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return self.f.write(data)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.f.close()
+
+    def __getattr__(self, name):
+        return getattr(self.f, name)
+
+
+def test_a_disk_filling_up_inside_torch_save_is_the_same_clear_error(tmp_path, monkeypatch):
+    """torch.save turns the OSError of a failed write into a RuntimeError ('unexpected pos'): the error must still
+    be the CheckpointError naming ENOSPC and the file, not a traceback."""
+    cfg = config(total_steps=300)
+    trainer = Trainer(cfg, tmp_path / "run", env=ChainEnv(num_envs=NUM_ENVS))
+    trainer.run()
+    ckpt_dir = tmp_path / "run" / "checkpoints"
+    before = {p.name: p.read_bytes() for p in ckpt_dir.iterdir()}
+    monkeypatch.setattr(checkpoint_module, "open", lambda path, mode: FillsUp(open(path, mode), 10_000),
+                        raising=False)
+    trainer.agent_steps += 10
+    with pytest.raises(CheckpointError, match="ENOSPC: No space left on device"):
+        trainer.save()
+    assert {p.name: p.read_bytes() for p in ckpt_dir.iterdir()} == before
+
+
+def test_an_io_error_reading_a_checkpoint_back_deletes_none_of_its_replay(tmp_path, monkeypatch):
+    """One EIO (a network filesystem's hiccup) while the store read back the checkpoint it had just written made
+    it delete that checkpoint's newest replay chunk, which every later checkpoint also names: two iterations later
+    no checkpoint could be read and the run could not be resumed at all."""
+    cfg = config(total_steps=900, capacity=900)
+    cfg.agent.min_replay = 10_000  # no learning: only the checkpoints matter here
+    load = torch.load
+
+    def hiccup(path, *args, **kwargs):
+        if str(path).endswith("ckpt_000000000300.pt") and kwargs.get("mmap"):
+            raise OSError(errno.EIO, "Input/output error")
+        return load(path, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", hiccup)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        Trainer(cfg, tmp_path / "run", env=ChainEnv(num_envs=NUM_ENVS)).run()
+    monkeypatch.undo()
+    assert load_latest_checkpoint(tmp_path / "run" / "checkpoints", cfg.to_dict())["agent_steps"] >= 900
+    assert any("kept every replay chunk" in str(w.message) and "Input/output error" in str(w.message)
+               for w in caught)
 
 
 def test_temporary_files_of_killed_writes_are_removed_on_start(tmp_path):

@@ -98,6 +98,8 @@ def test_bad_tickets_are_clear_errors(tmp_path, source, capsys):
     wider = _config(fixed_mask=str(source))
     wider.network.width = 2
     assert "network is" in error_of(wider)
+    below = _unfinished(source, tmp_path, below_target_sparsity=True, finished=True)
+    assert "short of its target sparsity 0.9 (below_target_sparsity" in error_of(_config(fixed_mask=str(below)))
     sparser = _config(fixed_mask=str(source), final_sparsity=0.95)
     assert "pruning.final_sparsity is 0.9 in that run but 0.95 here" in error_of(sparser)
     with pytest.raises(ValueError, match="--pruning.method gmp"):
@@ -109,11 +111,12 @@ def test_bad_tickets_are_clear_errors(tmp_path, source, capsys):
     assert code == 2 and "--pruning.fixed-mask" in capsys.readouterr().err
 
 
-def _unfinished(source, tmp_path):
+def _unfinished(source, tmp_path, **summary_keys):
+    """A copy of the source run whose summary.json says it did not finish, or what summary_keys say."""
     import shutil
 
-    copy = tmp_path / "unfinished"
+    copy = tmp_path / f"unfinished{len(summary_keys)}"
     shutil.copytree(source, copy)
     summary = json.loads((copy / "summary.json").read_text())
-    (copy / "summary.json").write_text(json.dumps({**summary, "finished": False}))
+    (copy / "summary.json").write_text(json.dumps({**summary, "finished": False, **summary_keys}))
     return copy

@@ -6,11 +6,13 @@ import csv
 import dataclasses
 import json
 import math
+import shutil
 
 import numpy as np
 import pytest
 import torch
 
+from agents.checkpoint import latest_checkpoint
 from agents.config import OfflineConfig, get_preset, paper_agent
 from agents.export_dataset import dopamine_order, export_replay
 from agents.export_dataset import main as export_main
@@ -112,6 +114,19 @@ def test_exported_run_names_its_game(chain_dataset):
     assert info["game"] == "Pong" and info["num_actions"] == 2  # chain_config keeps the default game name
 
 
+def test_an_export_into_a_folder_of_another_game_is_refused(tmp_path, chain_dataset, capsys):
+    """Several runs export into one folder as its checkpoints (--suffix): one of another game relabelled the whole
+    folder, so an offline run of that game trained on both games' data, and one of the first game was refused."""
+    cfg = chain_config(paper_agent("dqn"), 0.0, total_steps=600)
+    cfg.agent.min_replay, cfg.iteration_steps, cfg.env.game = 10**6, 600, "Breakout"
+    Trainer(cfg, tmp_path / "breakout", env=ChainEnv(num_envs=2)).run()
+    shutil.copytree(chain_dataset, tmp_path / "data")
+    before = {p.name: p.read_bytes() for p in (tmp_path / "data").iterdir()}
+    assert export_main([str(tmp_path / "breakout"), "--out", str(tmp_path / "data"), "--suffix", "1"]) == 2
+    assert "holds Pong data" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in (tmp_path / "data").iterdir()} == before
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("sparsity", [0.0, 0.9])
 @pytest.mark.parametrize("name", ["cql", "cql_c51"])
@@ -147,7 +162,9 @@ def test_offline_run_resumes_exactly(tmp_path, chain_dataset):
 
     whole = OfflineTrainer(config(200), tmp_path / "whole", env=ChainEnv(num_envs=2))
     whole.run()
-    OfflineTrainer(config(100), tmp_path / "part", env=ChainEnv(num_envs=2)).run()
+    shutil.copytree(tmp_path / "whole", tmp_path / "part")
+    for path in (latest_checkpoint(tmp_path / "part" / "checkpoints"), tmp_path / "part" / "summary.json"):
+        path.unlink()  # as if killed after the first iteration's checkpoint
     resumed = OfflineTrainer.resume(tmp_path / "part", config(200), env=ChainEnv(num_envs=2))
     assert resumed.agent_steps == resumed.grad_steps == 100
     summary = resumed.run()

@@ -4,11 +4,13 @@ files), and every loaded transition against a brute-force re-implementation of D
 
 import gzip
 import pickle
+import threading
 
 import numpy as np
 import pytest
 import torch
 
+from agents import offline_data
 from agents.offline_data import (
     DatasetError,
     FixedReplay,
@@ -214,6 +216,65 @@ def test_cache_memory_maps_the_frames_and_reloads_them(tmp_path):
         np.testing.assert_array_equal(np.asarray(x.frames), np.asarray(first.frames))
         for name in ("state", "next_state", "actions", "returns", "discounts"):
             np.testing.assert_array_equal(getattr(x, name), getattr(first, name))
+
+
+def test_a_second_run_of_the_same_sample_never_overwrites_a_cache_being_built(tmp_path, monkeypatch):
+    """A sweep's dense and pruned twins read the same sample into one cache. The second, started while the first
+    streamed its frames, opened the cache file to write it again: the first's frames read so far became zeros
+    (and stayed so when the second was killed), and the first trained on them and wrote them as the cache."""
+    data_dir, cache = tmp_path / "data", tmp_path / "cache"
+    data_dir.mkdir()
+    write_checkpoints(data_dir)
+    expected = load(data_dir, fraction=0.5, chunk=20)
+    stream, first_streaming, second_done = offline_data.stream_frames, threading.Event(), threading.Event()
+
+    def stream_frames(*args):
+        if threading.current_thread().name == "second":
+            raise KeyboardInterrupt  # killed while building the cache
+        stream(*args)
+        first_streaming.set()
+        second_done.wait(timeout=0.5)  # (with the cache's lock the second run waits for this one instead)
+
+    monkeypatch.setattr(offline_data, "stream_frames", stream_frames)
+    results = {}
+
+    def run(name):
+        try:
+            results[name] = load(data_dir, cache_dir=cache, fraction=0.5, chunk=20)
+        except KeyboardInterrupt:
+            results[name] = None
+        finally:
+            if name == "second":
+                second_done.set()
+
+    first = threading.Thread(target=run, args=("first",), name="first")
+    first.start()
+    assert first_streaming.wait(timeout=30)
+    second = threading.Thread(target=run, args=("second",), name="second")
+    second.start()
+    first.join()
+    second.join()
+    for data in (results["first"], load(data_dir, cache_dir=cache, fraction=0.5, chunk=20)):
+        np.testing.assert_array_equal(np.asarray(data.frames), expected.frames)
+
+
+def test_a_run_killed_while_writing_the_cache_index_leaves_no_index(tmp_path, monkeypatch):
+    data_dir, cache = tmp_path / "data", tmp_path / "cache"
+    data_dir.mkdir()
+    write_checkpoints(data_dir)
+    savez = np.savez
+
+    def killed_while_writing(f, **arrays):
+        savez(f, **arrays)
+        f.truncate(100)  # what a kill in the middle leaves
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(np, "savez", killed_while_writing)
+        with pytest.raises(KeyboardInterrupt):
+            load(data_dir, cache_dir=cache)
+    assert not list(cache.glob("*.index.npz"))
+    np.testing.assert_array_equal(load(data_dir, cache_dir=cache).frames, load(data_dir).frames)
 
 
 # --- errors ----------------------------------------------------------------------------------------------------------

@@ -43,15 +43,15 @@ def test_profile_json_accounts_for_the_loop(tmp_path):
 def test_profile_of_a_resumed_run_counts_the_frames_of_its_launch(tmp_path):
     """A resumed run's profile divided the frames of the whole run by the wall time of its launch alone: its
     frames/s, and every component per million frames in `agents.profiler`'s comparison, were wrong."""
-    from agents.checkpoint import load_latest_checkpoint
+    from agents.checkpoint import latest_checkpoint, load_latest_checkpoint
 
     cfg = chain_config(fast_dqn(min_replay=100), sparsity=0.0, total_steps=400)
     cfg.iteration_steps = 200
-    first = Trainer(cfg, tmp_path / "run", env=ChainEnv(num_envs=4))
-    first.cfg.total_steps = 200  # stop after the first iteration's checkpoint, as a killed run would
-    first.run()
-    first.close()
-    cfg.total_steps, cfg.profile = 400, True
+    Trainer(cfg, tmp_path / "run", env=ChainEnv(num_envs=4)).run()
+    # as if killed after the first iteration's checkpoint
+    for path in (latest_checkpoint(tmp_path / "run" / "checkpoints"), tmp_path / "run" / "summary.json"):
+        path.unlink()
+    cfg.profile = True
     resumed = Trainer(cfg, tmp_path / "run", env=ChainEnv(num_envs=4),
                       checkpoint=load_latest_checkpoint(tmp_path / "run" / "checkpoints", cfg.to_dict()))
     start = resumed.agent_steps

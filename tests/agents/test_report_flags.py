@@ -65,6 +65,19 @@ def test_a_finished_run_whose_schedule_never_reached_its_target_is_left_out(tmp_
     assert "schedule ends at 0 < target 0.95 (summary.json)" in capsys.readouterr().err
 
 
+def test_a_run_without_its_summary_is_left_out(tmp_path, capsys):
+    """Killed (or out of disk) between its last iteration and summary.json: the trainer's verdicts are missing (it
+    may have ended below its target sparsity), so it is not trusted even though its iterations reach the end."""
+    root = _runs(tmp_path / "runs", {})
+    (root / "Pong_s0_0.95_w3" / "summary.json").unlink()
+    out = tmp_path / "r"
+    assert report.main([str(root), "--out", str(out), "--reps", "50", "--no-figures"]) == 0
+    pruned = summary(out)["95% pruned"]
+    assert any(f.startswith("no summary.json: Pong seed 0") for f in pruned["flags"]), pruned["flags"]
+    assert pruned["final"] is None and summary(out)["dense"]["final"] is not None
+    assert f"{root / 'Pong_s0_0.95_w3'}: no summary.json" in capsys.readouterr().err
+
+
 def test_runs_without_flags_or_with_false_flags_are_trusted(tmp_path):
     root = tmp_path / "runs"
     for sparsity, game, seed in product((0.0, 0.95), GAMES, SEEDS):  # an older trainer: no such keys at all

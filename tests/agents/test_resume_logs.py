@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import agents.train as train_module
-from agents.checkpoint import latest_checkpoint, load_checkpoint, load_latest_checkpoint
+from agents.checkpoint import CheckpointStore, latest_checkpoint, load_checkpoint, load_latest_checkpoint
 from agents.train import Trainer
 from tests.agents.chain_env import ChainEnv
 from tests.agents.test_learning import chain_config, fast_dqn
@@ -77,6 +77,24 @@ def test_an_iteration_interrupted_by_max_minutes_scores_every_episode_logged_in_
     assert sum(int(r["episodes"]) for r in iterations) == len(episodes)
 
 
+def test_a_checkpoint_is_written_after_the_logs_it_covers(tmp_path, monkeypatch):
+    """A --max-minutes stop checkpointed before flushing the episodes of its last steps: killed right after (or
+    out of disk when flushing), the resumed iteration's score counted episodes that episodes.csv never got."""
+    cfg, run = config(), tmp_path / "run"
+    on_disk = {}
+    save = CheckpointStore.save
+
+    def recording_save(store, agent_steps, state, replay=None):
+        on_disk[agent_steps] = (read_csv(run / "episodes.csv"), list(state["iteration_returns"]))
+        return save(store, agent_steps, state, replay)
+
+    monkeypatch.setattr(CheckpointStore, "save", recording_save)
+    stop_at(monkeypatch, cfg, run, 489)  # (metrics rows, every 50 steps, flush the logs)
+    for steps, (episodes, returns) in on_disk.items():
+        logged = [float(e["return"]) for e in episodes if int(e["agent_steps"]) > steps // 300 * 300]
+        assert logged == returns, steps
+
+
 def test_a_run_resumed_from_an_iteration_end_scores_only_the_episodes_after_it(tmp_path):
     """A kill right after an iteration's checkpoint: the next iteration's score must not count the finished
     iteration's episodes again (its checkpoint once held them)."""
@@ -140,3 +158,30 @@ def test_tensorboard_agrees_with_the_csv_logs_after_kills_and_stops(tmp_path, mo
     assert any(r["agent_steps"] == first_checkpoint for r in rows), "no point at the first checkpoint's step"
     for tag in ("charts/epsilon", "charts/SPS", "losses/td_loss"):
         _same(scalars[tag], [(r["agent_steps"], r[tag]) for r in rows if tag in r])
+
+
+def test_a_log_line_cut_short_by_a_kill_or_a_full_disk_is_dropped_on_resume(tmp_path, monkeypatch):
+    """The process died (or hit ENOSPC) in the middle of a log row: the resume drops the cut row rather than
+    failing on it (metrics.jsonl) or keeping it as a row of empty fields (the CSVs: the report then skips the run)."""
+    cfg, run = config(), tmp_path / "run"
+    stop_at(monkeypatch, cfg, run, 450)
+    for name, cut in (("metrics.jsonl", '{"agent_steps": 4'), ("iterations.csv", "2,3"), ("episodes.csv", "4")):
+        with open(run / name, "a") as f:
+            f.write(cut)
+    assert resume(cfg, run).run()["finished"]
+
+    iterations, episodes = read_csv(run / "iterations.csv"), read_csv(run / "episodes.csv")
+    assert [int(r["iteration"]) for r in iterations] == [1, 2, 3]
+    assert all(all(v not in ("", None) for k, v in e.items()) for e in episodes), "a cut row was kept"
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["agent_steps"] for r in rows] == sorted(r["agent_steps"] for r in rows)
+    assert all(int(r["agent_steps"]) > 4 for r in episodes)
+
+
+def test_a_malformed_log_row_is_an_error_naming_the_file(tmp_path, monkeypatch):
+    cfg, run = config(), tmp_path / "run"
+    stop_at(monkeypatch, cfg, run, 450)
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write("not json\n")
+    with pytest.raises(ValueError, match="metrics.jsonl holds a malformed row"):
+        resume(cfg, run)
