@@ -20,6 +20,7 @@ from __future__ import annotations
 import errno
 import os
 import re
+import secrets
 import warnings
 from pathlib import Path
 
@@ -30,7 +31,7 @@ from agents.config import experiment_fields
 FORMAT = "prunerl-checkpoint-v2"  # v2: the replay in chunks of rows
 _NAME = re.compile(r"^ckpt_(\d+)\.pt$")
 _CHUNK = re.compile(r"^replay_(\d+)_(\d+)\.pt$")
-_TEMPORARY = re.compile(r"^\..+\.tmp-(\d+)$")
+_TEMPORARY = re.compile(r"^\..+\.tmp-\d+(-[0-9a-f]+)?$")  # .<name>.tmp-<pid>-<random> (-<random>: since 2026-11)
 # Config fields that fix the shapes of saved tensors or the meaning of saved counters.
 _MUST_MATCH = [("env", "game"), ("env", "num_envs"), ("network", "arch"), ("network", "width"),
                ("network", "scale_dense"), ("network", "padding"), ("agent", "name"), ("agent", "num_atoms"),
@@ -50,7 +51,8 @@ def atomic_write_bytes(path: Path, write) -> None:
     """Call write(file) on a temporary sibling of `path`, fsync, then rename it over `path`. A failure
     (a full disk: ENOSPC) leaves `path` as it was and removes the temporary file."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    # (random too: processes of two nodes with one pid may write one shared file, e.g. a Slurm array's sweep.json)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
     try:
         with open(tmp, "wb") as f:
             write(f)
@@ -69,7 +71,7 @@ def atomic_write_bytes(path: Path, write) -> None:
 
 
 def remove_temporary_files(directory: Path) -> list[Path]:
-    """Delete the temporary files (`.<name>.tmp-<pid>`) that a process killed mid-write left in `directory`."""
+    """Delete the temporary files (`.<name>.tmp-<pid>-<random>`) that a process killed mid-write left in `directory`."""
     directory = Path(directory)
     if not directory.is_dir():
         return []

@@ -182,7 +182,8 @@ def test_a_kill_during_a_checkpoint_write_resumes_from_the_previous_one(tmp_path
     last = list_checkpoints(ckpt_dir)[-1]
     orphans = chunks_before - set(load_checkpoint(last)["replay"]["chunk_names"])
     assert orphans, "the killed write did not leave its new replay chunk"
-    (tmp_path / "run" / ".config.json.tmp-4243").write_bytes(b"{")
+    (tmp_path / "run" / ".config.json.tmp-4243").write_bytes(b"{")  # named as before 2026-11
+    (tmp_path / "run" / ".summary.json.tmp-4243-0a1b2c3d").write_bytes(b"{")
 
     resumed = resume(cfg, tmp_path / "run")
     assert_same(resumed.state_dict(with_replay=True), recorder.states[last.name])
@@ -190,6 +191,16 @@ def test_a_kill_during_a_checkpoint_write_resumes_from_the_previous_one(tmp_path
     assert not left, left
     assert not orphans & {p.name for p in ckpt_dir.glob("replay_*.pt")}
     resumed.close()
+
+
+def test_two_writers_of_one_file_with_one_pid_use_two_temporary_files(tmp_path, monkeypatch):
+    """Processes on two nodes can share a pid and write one shared file (a Slurm array's sweep.json): with one
+    temporary name, one's rename took the other's half-written file, and the other's rename failed."""
+    names = []
+    monkeypatch.setattr(checkpoint_module.os, "replace", lambda src, dst: names.append(src))
+    for _ in range(2):
+        checkpoint_module.atomic_write_bytes(tmp_path / "sweep.json", lambda f: f.write(b"{}"))
+    assert len(set(names)) == 2 and all(checkpoint_module._TEMPORARY.match(n.name) for n in names)
 
 
 @pytest.mark.parametrize("damage", ["checkpoint", "replay chunk"])
