@@ -24,6 +24,12 @@ RAY = str(Path(sys.executable).parent / "ray")
 SMALL_STORE = "--object-store-memory=100000000"  # tasks pass only small objects; leave the memory to training
 
 
+def ray_env() -> dict:
+    """The sweep's environment, with Ray's token authentication off: a token in ~/.ray (left by any earlier Ray
+    session of this user) turns it on for the test's cluster, whose clients then fail to connect."""
+    return {**sweep_env(), "RAY_AUTH_MODE": "disabled"}
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -69,7 +75,7 @@ def ray_cluster(tmp_path):
     """(address, head, worker): a head with 1 CPU and a worker node with 1 CPU on this machine."""
     # Ray's unix sockets live under its temp dir, whose path must stay short.
     temp = tempfile.mkdtemp(prefix="ray")
-    env = {**sweep_env(), "RAY_health_check_period_ms": "500", "RAY_health_check_failure_threshold": "4"}
+    env = {**ray_env(), "RAY_health_check_period_ms": "500", "RAY_health_check_failure_threshold": "4"}
     port = free_port()
     address = f"127.0.0.1:{port}"
     head = start_node(["--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=1", SMALL_STORE,
@@ -95,7 +101,7 @@ def _wait_for_nodes(address: str, count: int, proc: subprocess.Popen, log: Path)
     while time.time() < deadline:
         assert proc.poll() is None, f"ray start exited: {log.read_text()}"
         out = subprocess.run([sys.executable, "-c", script, address], capture_output=True, text=True,
-                             env=sweep_env())
+                             env=ray_env())
         if out.returncode == 0 and out.stdout.strip().isdigit() and int(out.stdout.strip()) >= count:
             return
         time.sleep(1)
@@ -122,7 +128,7 @@ def test_ray_sweep_survives_a_killed_worker_node(tmp_path, ray_cluster):
     sweep_dir = tmp_path / "sweeps" / "tiny"
     proc = subprocess.Popen([sys.executable, "-m", "agents.sweep", str(spec), "--sweeps-dir", str(tmp_path / "sweeps"),
                              "--backend", "ray", "--address", address, "--cpus-per-run", "1", "--retries", "2",
-                             "--log-interval", "5"], cwd=ROOT, env=sweep_env(), stdout=subprocess.PIPE,
+                             "--log-interval", "5"], cwd=ROOT, env=ray_env(), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     # Kill the worker node (raylet, Ray workers, the training process) once a run on it has a checkpoint.
     victim, deadline = None, time.time() + 600
