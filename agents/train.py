@@ -786,7 +786,10 @@ class Trainer:
 
     def _flush(self) -> None:
         for f in (self.iterations_csv, self.episodes_csv, self.metrics_file):
-            f.flush()
+            try:
+                f.flush()
+            except OSError as e:  # e.g. a full disk: name the log (the flush's own error names no file)
+                raise OSError(e.errno, e.strerror, f.name) from e
 
     # --- checkpoints -------------------------------------------------------------------------------------------
     def state_dict(self, with_replay: bool) -> dict:

@@ -185,3 +185,23 @@ def test_a_malformed_log_row_is_an_error_naming_the_file(tmp_path, monkeypatch):
         f.write("not json\n")
     with pytest.raises(ValueError, match="metrics.jsonl holds a malformed row"):
         resume(cfg, run)
+
+
+def test_a_full_disk_while_flushing_the_logs_names_the_log(tmp_path):
+    import errno
+
+    trainer = Trainer(config(), tmp_path / "run", env=ChainEnv(num_envs=2))
+    real = trainer.metrics_file
+
+    class FullDisk:
+        name = real.name
+
+        def flush(self):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    trainer.metrics_file = FullDisk()
+    with pytest.raises(OSError, match="No space left on device: .*metrics.jsonl") as caught:
+        trainer._flush()
+    assert caught.value.errno == errno.ENOSPC
+    trainer.metrics_file = real
+    trainer.close()
