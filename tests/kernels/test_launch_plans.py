@@ -336,6 +336,7 @@ def test_a_plan_built_in_a_capture_reuses_the_warm_up_tables(fake_capture):
     device = params[0].device
     warm = [_utils.block_plan([p.numel() for p in params], 16, device)[0]] + [
         _utils.pointer_table(seq, device) for seq in (params, m, v, masks)]  # cache hits: the warm-up's tables
+    cached_before = {id(t) for t in _utils._tables.values()}
     fake_capture["on"] = True
     with graph_tables() as held:
         temporaries = [g * 1 for g in grads]
@@ -344,7 +345,10 @@ def test_a_plan_built_in_a_capture_reuses_the_warm_up_tables(fake_capture):
     held_ids = {id(b) for b in held._buffers.values()}
     assert {id(t) for t in warm} <= held_ids
     grads_table = [b for b in held._buffers.values() if b.tolist() == [t.data_ptr() for t in temporaries]]
-    assert len(grads_table) == 1 and id(grads_table[0]) not in {id(t) for t in _utils._tables.values()}
+    assert len(grads_table) == 1
+    # Nothing made in the capture is cached. (The temporaries may sit where the warm-up's, since freed, did: their
+    # table is then the warm-up's, a cache hit with the same contents, which is right too; the old check failed.)
+    assert {id(t) for t in _utils._tables.values()} <= cached_before
 
 
 def test_new_gradient_tensors_rebind_the_plan_without_validating_it_again(monkeypatch):
