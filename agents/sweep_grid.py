@@ -170,13 +170,13 @@ def _unique(items: list, what: str) -> list:
 # --- configs and IDs ------------------------------------------------------------------------------------------
 def resolve_config(preset: str, overrides: tuple[str, ...]) -> TrainConfig:
     """The config `agents.train` builds from `--preset preset *overrides` (the same parser, so the same checks)."""
-    from agents.train import _canonical_spellings, parse_args
+    from agents.train import canonical_spellings, parse_args
 
     try:
         cfg, _ = parse_args(["--preset", preset, *overrides])
         # As agents.train records it: a lottery ticket's source by its absolute path, so that its spellings
         # (relative, ./x/, absolute) are one experiment in one directory, as its config.json says.
-        _canonical_spellings(cfg)
+        canonical_spellings(cfg)
     except SystemExit as e:  # tyro has printed what it could not parse
         raise SpecError(f"agents.train rejects the overrides {' '.join(overrides)!r} for preset {preset}") from e
     except ValueError as e:

@@ -1045,7 +1045,7 @@ def trainer_class(cfg: TrainConfig) -> type[Trainer]:
     return Trainer
 
 
-def _canonical_spellings(cfg: TrainConfig) -> None:
+def canonical_spellings(cfg: TrainConfig) -> None:
     """One spelling per game ('breakout', 'ALE/Breakout-v5' -> 'Breakout') and per lottery-ticket source (an
     absolute path), in the run's name and config.json: the same command spelled otherwise, or started in another
     directory, is the same experiment. An unknown game fails here, before anything is written."""
@@ -1071,7 +1071,7 @@ def open_run(cfg: TrainConfig, resume_dir: Path | None = None) -> Trainer | None
     checkpoint resumes, and a run killed before its first checkpoint starts afresh. So a requeued job can
     simply run its command again.
     """
-    _canonical_spellings(cfg)
+    canonical_spellings(cfg)
     run_dir = Path(resume_dir) if resume_dir is not None else Path(cfg.runs_dir) / (cfg.run_name or
                                                                                      default_run_name(cfg))
     resolve_device(cfg.device)  # an unusable --device is an error before anything is written

@@ -8,7 +8,7 @@ import shutil
 import pytest
 
 import agents.train as train_module
-from agents.train import Trainer, _canonical_spellings, _keep_saved_spellings, main, parse_args
+from agents.train import Trainer, _keep_saved_spellings, canonical_spellings, main, parse_args
 from tests.agents.chain_env import ChainEnv
 from tests.agents.test_learning import chain_config, fast_dqn
 
@@ -231,7 +231,7 @@ def test_a_lottery_ticket_source_is_the_same_from_any_directory(tmp_path, monkey
     cfg = chain_config(fast_dqn(min_replay=200), sparsity=0.9)
     cfg.env.game, cfg.pruning.fixed_mask = "Pong", "runs/gmp/"
     older = copy.deepcopy(cfg)  # as an older trainer saved it
-    _canonical_spellings(cfg)
+    canonical_spellings(cfg)
     assert cfg.pruning.fixed_mask == str(tmp_path / "runs" / "gmp")
     _keep_saved_spellings(older, cfg)
     assert cfg.pruning.fixed_mask == "runs/gmp/"
