@@ -175,7 +175,14 @@ class Launcher:
                                     pass_fds=(lock_fd,))
             self._procs.add(proc)
         try:
-            return proc.wait()
+            while True:  # (a blocking wait would never see a KeyboardInterrupt sent to this thread: ray.cancel's)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    return proc.wait(timeout=1.0)
+        except BaseException:  # interrupted while it trains (ray.cancel of a Ray task): stop it, never orphan it
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGTERM)
+            proc.wait()
+            raise
         finally:
             with self._lock:
                 self._procs.discard(proc)

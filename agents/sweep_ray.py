@@ -9,6 +9,7 @@ retried while an orphaned training process of its run still lives waits for it i
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import sys
 import time
@@ -16,6 +17,8 @@ from pathlib import Path
 
 from agents.sweep_exec import Launcher, SweepError, child_env, execute_run, inspect_run
 from agents.sweep_grid import Run
+
+STOP_TIMEOUT_S = 60  # how long a Ctrl-C'd sweep waits for its tasks' training processes to stop
 
 
 class RunFailed(RuntimeError):
@@ -79,6 +82,13 @@ def run_ray(sweep, sweep_dir: Path, todo: list[Run], statuses, args) -> dict:
                     progress.watch(list(pending.values()))
                     last_watch = time.monotonic()
                 progress.tick()
+        except KeyboardInterrupt:  # Ctrl-C: stop the sweep's tasks (each stops its training process) and say so
+            print("\nsweep: interrupted, stopping its Ray tasks (each run continues from its last checkpoint next "
+                  "time)", file=sys.stderr, flush=True)
+            for ref in pending:
+                ray.cancel(ref)
+            ray.wait(list(pending), num_returns=len(pending), timeout=STOP_TIMEOUT_S)
+            raise SystemExit(128 + signal.SIGINT) from None
         finally:
             progress.close()
         return outcomes

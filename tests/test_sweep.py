@@ -611,3 +611,45 @@ def test_ray_backend_without_a_cluster_is_a_usage_error(tmp_path, capsys, monkey
 
 def _status(run, state):
     return RunStatus(run, state, frames=0, fps=None, launches=1, failures=0, last_error=None)
+
+
+def test_an_interrupted_launch_stops_its_training_process(tmp_path):
+    """ray.cancel stops a Ray task with a KeyboardInterrupt in its thread: the launch must pass it on to the
+    training process (SIGTERM) instead of blocking in its wait until the run ends, or orphaning it."""
+    import _thread
+    import threading
+
+    timer = threading.Timer(0.5, _thread.interrupt_main)
+    launcher, started = Launcher(), time.monotonic()
+    with open(tmp_path / "log", "wb") as log, open(tmp_path / "lock", "w") as lock:
+        timer.start()
+        with pytest.raises(KeyboardInterrupt):
+            launcher.run([sys.executable, "-c", "import time; time.sleep(120)"], dict(os.environ), log, lock.fileno())
+    assert time.monotonic() - started < 10
+    assert not launcher._procs  # waited for: the child is gone
+
+
+def test_ctrl_c_on_a_ray_sweep_cancels_its_tasks(tmp_path, capsys, monkeypatch):
+    """Ctrl-C on `--backend ray` cancels every task still pending (each stops its training process, above), says
+    so in one line and exits 130; it was a traceback."""
+    import types
+
+    cancelled, waits = [], []
+
+    def wait(refs, num_returns=1, timeout=None):
+        waits.append(len(refs))
+        if len(waits) == 1:
+            raise KeyboardInterrupt
+        return refs, []
+
+    task = types.SimpleNamespace(remote=lambda sweep_dir, run, *rest: f"ref-{run.run_id}")
+    fake = types.SimpleNamespace(init=lambda **kw: None, shutdown=lambda: None, cancel=cancelled.append, wait=wait,
+                                 cluster_resources=lambda: {"CPU": 2.0},
+                                 remote=lambda fn: types.SimpleNamespace(options=lambda **kw: task))
+    monkeypatch.setitem(sys.modules, "ray", fake)
+    spec = tiny_spec(tmp_path / "s.toml", "ctrlc", seeds="1..2")
+    with pytest.raises(SystemExit) as stop:
+        main([str(spec), "--sweeps-dir", str(tmp_path / "sweeps"), "--backend", "ray", "--address", "auto"])
+    assert stop.value.code == 130
+    assert sorted(cancelled) == sorted(f"ref-{r.run_id}" for r in load_spec(spec).runs) and waits == [2, 2]
+    assert "sweep: interrupted, stopping its Ray tasks" in capsys.readouterr().err
