@@ -87,7 +87,8 @@ def run_ray(sweep, sweep_dir: Path, todo: list[Run], statuses, args) -> dict:
                   "time)", file=sys.stderr, flush=True)
             for ref in pending:
                 ray.cancel(ref)
-            ray.wait(list(pending), num_returns=len(pending), timeout=STOP_TIMEOUT_S)
+            if pending:
+                ray.wait(list(pending), num_returns=len(pending), timeout=STOP_TIMEOUT_S)
             raise SystemExit(128 + signal.SIGINT) from None
         finally:
             progress.close()
