@@ -329,6 +329,7 @@ class TrainConfig:
             (self.pruning, "pruning.", gmp_schedule, self.pruning.method == "rigl", "GMP's schedule, not RigL's"),
             (self.pruning, "pruning.", ("distribution",), self.pruning.scope == "global",
              "one global top-k has no per-layer targets"),
+            (self.network, "network.", ("padding",), self.network.arch != "nature", "read by the Nature CNN only"),
             (self, "", ("eval_steps", "eval_epsilon", "eval_episodes", "eval_num_envs"), not self.evaluate,
              "read with evaluate on"),
             (self, "", ("eval_steps",), self.evaluate and self.eval_episodes > 0, "eval_episodes replaces it"),

@@ -163,6 +163,7 @@ def test_bad_config_is_a_clear_error(tmp_path, capsys, argv, message):
      "pruning.update_freq = 500 (GMP's schedule, not RigL's)"),
     (["--preset", "dqn_impala_w1_gmp95", "--pruning.scope", "global", "--pruning.distribution", "uniform"],
      "pruning.distribution = 'uniform' (one global top-k has no per-layer targets)"),
+    (["--network.padding", "valid"], "network.padding = 'valid' (read by the Nature CNN only)"),
     (["--eval-episodes", "100"], "eval_episodes = 100 (read with evaluate on)"),
     (["--preset", "der_100k_gmp95", "--eval-steps", "5000"], "eval_steps = 5000 (eval_episodes replaces it)"),
     (["--preset", "cql_impala_w1_gmp95", "--agent.replay", "prioritized"],
@@ -181,6 +182,7 @@ def test_options_of_the_method_a_run_uses_are_accepted():
                  ["--preset", "dqn_impala_w3_reset", "--reset.layers", "both", "--reset.period", "20000"],
                  ["--preset", "dqn_impala_w1_rigl95", "--rigl.update-freq", "1000"],
                  ["--preset", "dqn_impala_w3_dense", "--pruning.start-step", "500000"],  # a sweep's common option
+                 ["--preset", "dqn_nature_w1_gmp95", "--network.padding", "valid"],
                  ["--evaluate", "--eval-steps", "5000"], ["--preset", "der_100k_gmp95", "--eval-episodes", "10"]):
         parse_args(argv)
 
