@@ -30,7 +30,9 @@ class AgentConfig:
     name: AgentName = "dqn"
     """Which agent: dqn, rainbow (compact: C51 + n-step + prioritized replay), iqn, miqn (Munchausen-IQN), the
     Atari-100k agents der (data-efficient Rainbow) and drq_eps (DrQ(eps): DQN with image augmentation), or the
-    offline agents cql (DQN + CQL regulariser) and cql_c51 (C51 + CQL regulariser)."""
+    offline agents cql (DQN + CQL regulariser) and cql_c51 (C51 + CQL regulariser). The name picks the loss and
+    network; the other agent.* fields stay as they are: a preset of the agent (--list-presets) sets the paper's,
+    while --agent.name on another preset (or none) keeps its values (DQN's: n-step 1, uniform replay, lr 6.25e-5)."""
     lr: float = 6.25e-5
     """Adam learning rate."""
     adam_eps: float = 1.5e-4
@@ -312,6 +314,35 @@ class TrainConfig:
                              f"set both), got replay_ratio {self.replay_ratio}, evaluate {self.evaluate}")
         if self.redo.enabled and self.network.dueling:  # ReDo recycles into the output layer's columns
             raise ValueError("ReDo is not implemented for the dueling head: leave out --network.dueling or --redo")
+
+    def unread_options(self) -> str | None:
+        """The changed fields this run does not read, in words (None if all are read): the agent's
+        (`AgentConfig.unread_options`), the options of a method the run does not use (--redo.* without
+        --redo.enabled, --rigl.* without --pruning.method rigl, GMP's schedule under RigL, ...),
+        and an offline run's replay and exploration. agents.train refuses them on its command line, like the
+        agent's; a run saved before that check is read with a warning."""
+        gmp_schedule = ("start_fraction", "end_fraction", "start_step", "end_step", "update_freq")
+        groups = [  # (sub-config or self, its prefix, fields, whether they are unread, what reads them)
+            (self.redo, "redo.", None, not self.redo.enabled, "read with redo.enabled on"),
+            (self.reset, "reset.", None, not self.reset.enabled, "read with reset.enabled on"),
+            (self.rigl, "rigl.", None, self.pruning.method != "rigl", "read with pruning.method rigl"),
+            (self.pruning, "pruning.", gmp_schedule, self.pruning.method == "rigl", "GMP's schedule, not RigL's"),
+            (self.pruning, "pruning.", ("distribution",), self.pruning.scope == "global",
+             "one global top-k has no per-layer targets"),
+            (self.network, "network.", ("padding",), self.network.arch != "nature", "read by the Nature CNN only"),
+            (self, "", ("eval_steps", "eval_epsilon", "eval_episodes", "eval_num_envs"), not self.evaluate,
+             "read with evaluate on"),
+            (self, "", ("eval_steps",), self.evaluate and self.eval_episodes > 0, "eval_episodes replaces it"),
+            (self.agent, "agent.", ("replay", "min_replay", "epsilon_train", "epsilon_decay_steps"),
+             self.offline.enabled, "an offline run samples its dataset uniformly and does not explore"),
+            (self, "", ("replay_capacity",), self.offline.enabled, "an offline run's replay is its dataset"),
+        ]
+        unread = [f"{prefix}{f.name} = {getattr(obj, f.name)!r} ({why})"
+                  for obj, prefix, names, is_unread, why in groups if is_unread
+                  for f in dataclasses.fields(obj) if (names is None and f.name != "enabled" or f.name in (names or ()))
+                  and getattr(obj, f.name) != f.default]
+        notes = [self.agent.unread_options()] + ([f"the run does not read {'; '.join(unread)}"] if unread else [])
+        return "; ".join(n for n in notes if n) or None
 
     @property
     def nominal_grad_steps(self) -> int:

@@ -54,8 +54,9 @@ class PruningConfig:
     """How the network reaches final_sparsity: gradual magnitude pruning (the paper's method), or RigL's dynamic
     sparse training at that sparsity from step 0 (Evci et al. 2020, Fig. 22; options under --rigl.*)."""
     fixed_mask: str | None = None
-    """RUN_DIR of a finished pruned run (same game, agent and network; final_sparsity set to its): train with its
-    final masks fixed from step 0, starting from its initial weights (the lottery ticket of Fig. 13)."""
+    """RUN_DIR of a finished GMP run (same game, agent and network; final_sparsity, distribution and scope set to
+    its): train with its final masks fixed from step 0, starting from its initial weights (the lottery ticket of
+    Fig. 13)."""
 
     def __post_init__(self):
         if not (0.0 <= self.final_sparsity < 1.0):
@@ -415,12 +416,15 @@ class FixedMask(Pruner):
         return 1.0 - sum(int(m.sum()) for m in self.masks) / sum(m.numel() for m in self.masks)
 
 
-LOTTERY_MUST_MATCH = ("env.game", "agent.name", "network", "pruning.final_sparsity")
+# The masks' own description too: a run whose config said uniform (or global) kept another run's ERK masks, and one
+# of a RigL run's masks was no lottery ticket of GMP.
+LOTTERY_MUST_MATCH = ("env.game", "agent.name", "network", "pruning.final_sparsity", "pruning.method",
+                      "pruning.distribution", "pruning.scope")
 
 
 def load_lottery_ticket(run_dir, config: dict) -> tuple[dict, list[torch.Tensor]]:
     """(initial state_dict, final masks) of the finished pruned run in `run_dir`, checked against `config` (this
-    run's config dict): the same game, agent, network and final sparsity."""
+    run's config dict): the same game, agent, network, final sparsity, method and layer allocation."""
     import json
     from pathlib import Path
 

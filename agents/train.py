@@ -977,7 +977,7 @@ def read_run_config(run_dir: Path) -> TrainConfig:
         cfg = TrainConfig.from_dict(json.loads(path.read_text())["config"])
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"cannot read the config of {run_dir} from {path}: {e}") from e
-    unread = cfg.agent.unread_options()
+    unread = cfg.unread_options()
     key = (str(Path(run_dir).resolve()), unread)
     if unread and key not in _warned_unread:  # started before agents.train refused such options: it continues
         _warned_unread.add(key)               # as it was configured (said once: a command reads config.json twice)
@@ -1021,10 +1021,10 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, Path | None]
     default = get_preset(known.preset) if known.preset else saved or TrainConfig()
     cfg = tyro.cli(_cli(default), args=rest, description=DESCRIPTION, prog="python -m agents.train")
     if saved is None:
-        unread = cfg.agent.unread_options()
+        unread = cfg.unread_options()
         if unread:  # the run would not do what its config says
-            raise UsageError(f"{unread}: drop the option(s), or choose an agent that reads them (a run started "
-                             "with such an option before this check continues with --resume RUN_DIR)")
+            raise UsageError(f"{unread}: drop the option(s), or choose an agent or method that reads them (a run "
+                             "started with such an option before this check continues with --resume RUN_DIR)")
         return cfg, None
     differences = experiment_differences(saved, cfg)
     if differences:

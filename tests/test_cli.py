@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from agents.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint
-from agents.train import Trainer, main
+from agents.train import Trainer, UsageError, main, parse_args
 
 ROOT = Path(__file__).resolve().parents[1]
 # A few thousand agent steps of Impala x1 GMP-DQN on Breakout (the demo preset), pruned to 95% between
@@ -152,6 +152,39 @@ def test_bad_config_is_a_clear_error(tmp_path, capsys, argv, message):
     captured = capsys.readouterr()
     assert exc.value.code == 2
     assert message in " ".join((captured.err + captured.out).replace("│", " ").split())  # tyro's box, unwrapped
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--preset", "dqn_impala_w3_gmp95", "--redo.tau", "0.3"], "redo.tau = 0.3 (read with redo.enabled on)"),
+    (["--reset.layers", "both"], "reset.layers = 'both' (read with reset.enabled on)"),
+    (["--preset", "dqn_impala_w1_gmp95", "--rigl.update-freq", "1000"],
+     "rigl.update_freq = 1000 (read with pruning.method rigl)"),
+    (["--preset", "dqn_impala_w1_rigl95", "--pruning.update-freq", "500"],
+     "pruning.update_freq = 500 (GMP's schedule, not RigL's)"),
+    (["--preset", "dqn_impala_w1_gmp95", "--pruning.scope", "global", "--pruning.distribution", "uniform"],
+     "pruning.distribution = 'uniform' (one global top-k has no per-layer targets)"),
+    (["--network.padding", "valid"], "network.padding = 'valid' (read by the Nature CNN only)"),
+    (["--eval-episodes", "100"], "eval_episodes = 100 (read with evaluate on)"),
+    (["--preset", "der_100k_gmp95", "--eval-steps", "5000"], "eval_steps = 5000 (eval_episodes replaces it)"),
+    (["--preset", "cql_impala_w1_gmp95", "--agent.replay", "prioritized"],
+     "agent.replay = 'prioritized' (an offline run samples its dataset uniformly and does not explore)"),
+    (["--preset", "cql_c51_impala_w1_gmp95", "--replay-capacity", "1000"], "replay_capacity = 1000 (an offline"),
+])
+def test_options_of_a_method_the_run_does_not_use_are_refused(argv, message):
+    # Each would be a silent no-op: a run that does not do what its config says.
+    with pytest.raises(UsageError) as exc:
+        parse_args(argv)
+    assert message in str(exc.value)
+
+
+def test_options_of_the_method_a_run_uses_are_accepted():
+    for argv in (["--preset", "dqn_impala_w3_redo", "--redo.tau", "0.3"],
+                 ["--preset", "dqn_impala_w3_reset", "--reset.layers", "both", "--reset.period", "20000"],
+                 ["--preset", "dqn_impala_w1_rigl95", "--rigl.update-freq", "1000"],
+                 ["--preset", "dqn_impala_w3_dense", "--pruning.start-step", "500000"],  # a sweep's common option
+                 ["--preset", "dqn_nature_w1_gmp95", "--network.padding", "valid"],
+                 ["--evaluate", "--eval-steps", "5000"], ["--preset", "der_100k_gmp95", "--eval-episodes", "10"]):
+        parse_args(argv)
 
 
 def test_resume_without_checkpoint_or_with_a_corrupt_one(tmp_path, capsys):

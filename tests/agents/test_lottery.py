@@ -102,6 +102,14 @@ def test_bad_tickets_are_clear_errors(tmp_path, source, capsys):
     assert "short of its target sparsity 0.9 (below_target_sparsity" in error_of(_config(fixed_mask=str(below)))
     sparser = _config(fixed_mask=str(source), final_sparsity=0.95)
     assert "pruning.final_sparsity is 0.9 in that run but 0.95 here" in error_of(sparser)
+    # the run's config describes its masks: not ERK masks under a uniform run's name, nor RigL's as GMP's
+    uniform = _config(fixed_mask=str(source), distribution="uniform")
+    assert "pruning.distribution is 'erk' in that run but 'uniform' here" in error_of(uniform)
+    rigl = _unfinished(source, tmp_path, finished=True)
+    config = json.loads((rigl / "config.json").read_text())
+    config["config"]["pruning"]["method"] = "rigl"
+    (rigl / "config.json").write_text(json.dumps(config))
+    assert "pruning.method is 'rigl' in that run but 'gmp' here" in error_of(_config(fixed_mask=str(rigl)))
     with pytest.raises(ValueError, match="--pruning.method gmp"):
         PruningConfig(final_sparsity=0.9, fixed_mask=str(source), method="rigl")
     # through the CLI: exit code 2 and one line naming the problem
