@@ -22,6 +22,8 @@ from agents.plasticity import ReDoConfig, ResetConfig
 from agents.pruning import PruningConfig
 from agents.rigl import RigLConfig
 
+SEED_LIMIT = 2**30  # seeds and the env seeds derived from them (+ env index, + 7919 per resume) stay in int32
+
 AgentName = Literal["dqn", "rainbow", "iqn", "miqn", "der", "drq_eps", "cql", "cql_c51"]
 
 
@@ -90,25 +92,30 @@ class AgentConfig:
     optax.add_decayed_weights then Adam, not AdamW); the WD baseline of Figs. 12 and 27 uses 1e-5."""
 
     def __post_init__(self):
-        for name in ("lr", "adam_eps"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"agent.{name} must be > 0, got {getattr(self, name)}")
+        # `not x > 0` style checks: NaN fails every comparison, and a NaN or infinite value would train on NaNs.
+        for name in ("lr", "adam_eps", "v_max", "kappa", "munchausen_tau"):
+            if not 0 < getattr(self, name) < math.inf:
+                raise ValueError(f"agent.{name} must be > 0 and finite, got {getattr(self, name)}")
+        for name in ("weight_decay", "cql_coefficient", "augmentation_intensity", "munchausen_alpha"):
+            if not 0 <= getattr(self, name) < math.inf:
+                raise ValueError(f"agent.{name} must be >= 0 and finite, got {getattr(self, name)}")
+        if not -math.inf < self.munchausen_clip <= 0:  # a clip above 0 would zero the Munchausen term
+            raise ValueError(f"agent.munchausen_clip (a log-policy bound) must be <= 0 and finite, got "
+                             f"{self.munchausen_clip}")
         if not 0 < self.gamma <= 1:
             raise ValueError(f"agent.gamma (the discount) must be in (0, 1], got {self.gamma}")
         if not 0 <= self.epsilon_train <= 1:
             raise ValueError(f"agent.epsilon_train (a probability) must be in [0, 1], got {self.epsilon_train}")
-        for name in ("batch_size", "n_step", "target_update_period"):
+        for name in ("batch_size", "n_step", "target_update_period", "num_tau_samples", "num_tau_prime_samples",
+                     "num_quantile_samples", "quantile_embedding_dim"):
             if getattr(self, name) < 1:
                 raise ValueError(f"agent.{name} must be >= 1, got {getattr(self, name)}")
-        if self.weight_decay < 0:
-            raise ValueError(f"agent.weight_decay must be >= 0, got {self.weight_decay}")
+        if self.num_atoms < 2:
+            raise ValueError(f"agent.num_atoms (the C51 support's size) must be >= 2, got {self.num_atoms}")
         if self.min_replay < 0 or self.epsilon_decay_steps < 0:
             raise ValueError("agent.min_replay and agent.epsilon_decay_steps must be >= 0")
-        if self.augmentation_pad < 1 or self.augmentation_intensity < 0:
-            raise ValueError(f"agent.augmentation_pad must be >= 1 and agent.augmentation_intensity >= 0, got "
-                             f"{self.augmentation_pad}, {self.augmentation_intensity}")
-        if self.cql_coefficient < 0:
-            raise ValueError(f"agent.cql_coefficient must be >= 0, got {self.cql_coefficient}")
+        if self.augmentation_pad < 1:
+            raise ValueError(f"agent.augmentation_pad must be >= 1, got {self.augmentation_pad}")
 
     def unread_options(self) -> str | None:
         """The changed fields this agent does not read, in words (None if all are read): a run with them would
@@ -291,8 +298,14 @@ class TrainConfig:
     def __post_init__(self):
         if self.total_steps < 1 or self.iteration_steps < 1:
             raise ValueError("total_steps and iteration_steps must be >= 1")
-        if self.replay_ratio <= 0:
-            raise ValueError(f"replay_ratio must be > 0, got {self.replay_ratio}")
+        if not 0 < self.replay_ratio < math.inf:
+            raise ValueError(f"replay_ratio must be > 0 and finite, got {self.replay_ratio}")
+        if not 0 <= self.seed < SEED_LIMIT:
+            raise ValueError(f"seed must be in [0, 2**30), got {self.seed}: envpool takes int32 seeds, and resumed "
+                             "runs and evaluation phases seed their envs with offsets from it")
+        if self.log_every < 1 or self.analysis_every < 0:
+            raise ValueError(f"log_every must be >= 1 and analysis_every >= 0 (0 turns it off), got {self.log_every}, "
+                             f"{self.analysis_every}")
         if self.max_minutes is not None and not self.max_minutes > 0:
             raise ValueError(f"max_minutes must be > 0, got {self.max_minutes}")
         if self.checkpoint_every < 1 or self.keep_checkpoints < 1:
