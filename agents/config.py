@@ -12,6 +12,8 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import types
+import typing
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Literal
@@ -359,8 +361,31 @@ class TrainConfig:
         unknown = set(d) - known
         if unknown:
             raise ValueError(f"config has unknown fields {sorted(unknown)}")
+        _check_field_types(cls, d)
+        for k in sub.keys() & d.keys():
+            if isinstance(d[k], dict):
+                _check_field_types(sub[k], d[k], f"{k}.")
         kwargs = {k: (sub[k](**v) if k in sub else v) for k, v in d.items()}
         return cls(**kwargs)
+
+
+_PLAIN_TYPES = {int: (int,), float: (int, float), bool: (bool,), str: (str,), type(None): (type(None),)}
+
+
+def _check_field_types(cls, d: dict, prefix: str = "") -> None:
+    """The plain fields (int, float, bool, str, optional or not) of a config dict read from a file hold values of
+    their type: a string where a number belongs ('500' for log_every) passes some checks and fails later with a
+    traceback. Literal and nested fields are checked by the dataclasses themselves."""
+    hints = typing.get_type_hints(cls)
+    for name, value in d.items():
+        hint = hints.get(name)
+        options = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+        if not all(o in _PLAIN_TYPES for o in options):
+            continue
+        if not isinstance(value, tuple(t for o in options for t in _PLAIN_TYPES[o])) or (
+                type(value) is bool and bool not in options):
+            expected = " or ".join("null" if o is type(None) else o.__name__ for o in options)
+            raise ValueError(f"{prefix}{name} is {value!r} ({type(value).__name__}); expected {expected}")
 
 
 # ---------------------------------------------------------------------------------------------------------

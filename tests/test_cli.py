@@ -205,6 +205,21 @@ def test_resume_without_checkpoint_or_with_a_corrupt_one(tmp_path, capsys):
         load_checkpoint(run / "checkpoints" / "ckpt_000000002000.pt")
 
 
+@pytest.mark.parametrize("section,field,value", [(None, "log_every", "500"), ("env", "game", 5),
+                                                 (None, "seed", True), ("pruning", "start_step", "0")])
+def test_a_wrongly_typed_field_of_config_json_is_named(tmp_path, capsys, section, field, value):
+    # Valid JSON, wrong type inside: '500' for log_every failed mid-run with a traceback, a number for the game
+    # failed at the start with one (AttributeError: 'int' object has no attribute 'strip').
+    from agents.config import get_preset
+
+    config = get_preset("demo").to_dict()
+    (config[section] if section else config)[field] = value
+    (tmp_path / "config.json").write_text(json.dumps({"config": config}))
+    code, err = _error_of(capsys, ["--resume", str(tmp_path)])
+    name = f"{section}.{field}" if section else field
+    assert code == 2 and f"{name} is {value!r}" in err and "Traceback" not in err
+
+
 def test_incompatible_checkpoint_is_rejected(tmp_path):
     from agents.checkpoint import check_compatible
     from agents.config import get_preset
