@@ -202,6 +202,17 @@ def test_command_line_axes_and_dry_run(tmp_path, capsys):
 
 
 # --- resources --------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("option,value", [("--max-minutes", "-1"), ("--max-minutes", "nan"), ("--log-interval", "0")])
+def test_a_bad_runtime_option_is_a_usage_error_before_any_launch(tmp_path, capsys, option, value):
+    # --max-minutes -1 went to every launch, each failed as a usage error, and the sweep ended with all its runs
+    # failed (relaunched only with --retry-failed); --log-interval 0 printed a summary at every tick.
+    with pytest.raises(SystemExit) as e:
+        main(["--name", "q", "--presets", "demo", "--games", "Pong", "--seeds", "1", "--sweeps-dir", str(tmp_path),
+              option, value, "--", "--total-steps", "8", "--iteration-steps", "8", "--device", "cpu"])
+    assert e.value.code == 2 and f"{option} must be > 0" in capsys.readouterr().err
+    assert not (tmp_path / "q").exists()
+
+
 def test_resources_fill_gpus_and_share_cores(capsys):
     res = plan_resources(None, 3, None, gpus=["2", "5"], cores=24)
     assert res.parallel == 6 and res.cpus_per_run == 4 and res.gpus_per_run == pytest.approx(1 / 3)
