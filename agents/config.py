@@ -12,6 +12,8 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import types
+import typing
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Literal
@@ -21,6 +23,8 @@ from agents.networks import NetworkConfig
 from agents.plasticity import ReDoConfig, ResetConfig
 from agents.pruning import PruningConfig
 from agents.rigl import RigLConfig
+
+SEED_LIMIT = 2**30  # seeds and the env seeds derived from them (+ env index, + 7919 per resume) stay in int32
 
 AgentName = Literal["dqn", "rainbow", "iqn", "miqn", "der", "drq_eps", "cql", "cql_c51"]
 
@@ -92,25 +96,30 @@ class AgentConfig:
     optax.add_decayed_weights then Adam, not AdamW); the WD baseline of Figs. 12 and 27 uses 1e-5."""
 
     def __post_init__(self):
-        for name in ("lr", "adam_eps"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"agent.{name} must be > 0, got {getattr(self, name)}")
+        # `not x > 0` style checks: NaN fails every comparison, and a NaN or infinite value would train on NaNs.
+        for name in ("lr", "adam_eps", "v_max", "kappa", "munchausen_tau"):
+            if not 0 < getattr(self, name) < math.inf:
+                raise ValueError(f"agent.{name} must be > 0 and finite, got {getattr(self, name)}")
+        for name in ("weight_decay", "cql_coefficient", "augmentation_intensity", "munchausen_alpha"):
+            if not 0 <= getattr(self, name) < math.inf:
+                raise ValueError(f"agent.{name} must be >= 0 and finite, got {getattr(self, name)}")
+        if not -math.inf < self.munchausen_clip <= 0:  # a clip above 0 would zero the Munchausen term
+            raise ValueError(f"agent.munchausen_clip (a log-policy bound) must be <= 0 and finite, got "
+                             f"{self.munchausen_clip}")
         if not 0 < self.gamma <= 1:
             raise ValueError(f"agent.gamma (the discount) must be in (0, 1], got {self.gamma}")
         if not 0 <= self.epsilon_train <= 1:
             raise ValueError(f"agent.epsilon_train (a probability) must be in [0, 1], got {self.epsilon_train}")
-        for name in ("batch_size", "n_step", "target_update_period"):
+        for name in ("batch_size", "n_step", "target_update_period", "num_tau_samples", "num_tau_prime_samples",
+                     "num_quantile_samples", "quantile_embedding_dim"):
             if getattr(self, name) < 1:
                 raise ValueError(f"agent.{name} must be >= 1, got {getattr(self, name)}")
-        if self.weight_decay < 0:
-            raise ValueError(f"agent.weight_decay must be >= 0, got {self.weight_decay}")
+        if self.num_atoms < 2:
+            raise ValueError(f"agent.num_atoms (the C51 support's size) must be >= 2, got {self.num_atoms}")
         if self.min_replay < 0 or self.epsilon_decay_steps < 0:
             raise ValueError("agent.min_replay and agent.epsilon_decay_steps must be >= 0")
-        if self.augmentation_pad < 1 or self.augmentation_intensity < 0:
-            raise ValueError(f"agent.augmentation_pad must be >= 1 and agent.augmentation_intensity >= 0, got "
-                             f"{self.augmentation_pad}, {self.augmentation_intensity}")
-        if self.cql_coefficient < 0:
-            raise ValueError(f"agent.cql_coefficient must be >= 0, got {self.cql_coefficient}")
+        if self.augmentation_pad < 1:
+            raise ValueError(f"agent.augmentation_pad must be >= 1, got {self.augmentation_pad}")
 
     def unread_options(self) -> str | None:
         """The changed fields this agent does not read, in words (None if all are read): a run with them would
@@ -293,8 +302,14 @@ class TrainConfig:
     def __post_init__(self):
         if self.total_steps < 1 or self.iteration_steps < 1:
             raise ValueError("total_steps and iteration_steps must be >= 1")
-        if self.replay_ratio <= 0:
-            raise ValueError(f"replay_ratio must be > 0, got {self.replay_ratio}")
+        if not 0 < self.replay_ratio < math.inf:
+            raise ValueError(f"replay_ratio must be > 0 and finite, got {self.replay_ratio}")
+        if not 0 <= self.seed < SEED_LIMIT:
+            raise ValueError(f"seed must be in [0, 2**30), got {self.seed}: envpool takes int32 seeds, and resumed "
+                             "runs and evaluation phases seed their envs with offsets from it")
+        if self.log_every < 1 or self.analysis_every < 0:
+            raise ValueError(f"log_every must be >= 1 and analysis_every >= 0 (0 turns it off), got {self.log_every}, "
+                             f"{self.analysis_every}")
         if self.max_minutes is not None and not self.max_minutes > 0:
             raise ValueError(f"max_minutes must be > 0, got {self.max_minutes}")
         if self.checkpoint_every < 1 or self.keep_checkpoints < 1:
@@ -377,8 +392,31 @@ class TrainConfig:
         unknown = set(d) - known
         if unknown:
             raise ValueError(f"config has unknown fields {sorted(unknown)}")
+        _check_field_types(cls, d)
+        for k in sub.keys() & d.keys():
+            if isinstance(d[k], dict):
+                _check_field_types(sub[k], d[k], f"{k}.")
         kwargs = {k: (sub[k](**v) if k in sub else v) for k, v in d.items()}
         return cls(**kwargs)
+
+
+_PLAIN_TYPES = {int: (int,), float: (int, float), bool: (bool,), str: (str,), type(None): (type(None),)}
+
+
+def _check_field_types(cls, d: dict, prefix: str = "") -> None:
+    """The plain fields (int, float, bool, str, optional or not) of a config dict read from a file hold values of
+    their type: a string where a number belongs ('500' for log_every) passes some checks and fails later with a
+    traceback. Literal and nested fields are checked by the dataclasses themselves."""
+    hints = typing.get_type_hints(cls)
+    for name, value in d.items():
+        hint = hints.get(name)
+        options = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+        if not all(o in _PLAIN_TYPES for o in options):
+            continue
+        if not isinstance(value, tuple(t for o in options for t in _PLAIN_TYPES[o])) or (
+                type(value) is bool and bool not in options):
+            expected = " or ".join("null" if o is type(None) else o.__name__ for o in options)
+            raise ValueError(f"{prefix}{name} is {value!r} ({type(value).__name__}); expected {expected}")
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -312,6 +312,8 @@ def make_env(cfg: EnvConfig, seed: int) -> AtariVecEnv:
     if cfg.frame_skip < 1 or cfg.max_episode_steps < 1 or cfg.noop_max < 0:
         raise ValueError(f"need frame_skip >= 1, max_episode_steps >= 1, noop_max >= 0; got {cfg.frame_skip}, "
                          f"{cfg.max_episode_steps}, {cfg.noop_max}")
+    if cfg.num_threads < 0:  # envpool aborts the process on a negative count
+        raise ValueError(f"num_threads must be >= 0 (0 lets the backend choose), got {cfg.num_threads}")
     if cfg.backend not in ("auto", "envpool", "ale"):
         raise ValueError(f"backend must be 'auto', 'envpool' or 'ale', got {cfg.backend!r}")
 

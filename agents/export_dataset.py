@@ -131,6 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: RUN_DIR/dataset)")
     parser.add_argument("--suffix", type=int, default=0, help="checkpoint number N of the files written (default 0)")
     args = parser.parse_args(argv)
+    if args.suffix < 0:  # $store$_observation_ckpt.-1.gz: no dataset reader would see the files
+        parser.error(f"--suffix must be >= 0, got {args.suffix}")
     out = args.out or args.run_dir / "dataset"
     try:
         replay, meta = load_run_replay(args.run_dir)

@@ -28,6 +28,7 @@ warm-up included, so its schedule runs 5,000 updates ahead of ours at the paper'
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
@@ -54,8 +55,8 @@ class ReDoConfig:
 
     def __post_init__(self):
         _check_schedule("redo", self.period, self.end_fraction)
-        if self.tau < 0:
-            raise ValueError(f"redo.tau must be >= 0, got {self.tau}")
+        if not 0 <= self.tau < math.inf:
+            raise ValueError(f"redo.tau must be >= 0 and finite, got {self.tau}")
         if self.batch_size < 1:
             raise ValueError(f"redo.batch_size must be >= 1, got {self.batch_size}")
 

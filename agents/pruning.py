@@ -14,6 +14,7 @@ Faithful to the project's decision 1 (`shared/spec/paper.md`):
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -23,6 +24,7 @@ import torch
 from torch import nn
 
 import kernels
+from kernels.reference import check_adam_hyperparameters
 
 
 @dataclass
@@ -197,6 +199,8 @@ def erk_sparsities(shapes: Sequence[Sequence[int]], sparsity: float) -> list[flo
 
 def keep_count(numel: int, sparsity: float) -> int:
     """Weights a layer keeps at `sparsity`: all at 0, else max(1, round-half-even(n * (1 - s)))."""
+    if not 0.0 <= sparsity <= 1.0:  # -0.1 kept 110 of 100 weights, 1.5 kept 1, NaN was a bare round() error
+        raise ValueError(f"sparsity must be in [0, 1], got {sparsity}")
     if sparsity == 0.0:
         return numel
     return max(1, round(numel * (1.0 - sparsity)))
@@ -337,8 +341,12 @@ class MaskedAdam(torch.optim.Optimizer):
     def __init__(self, params, lr: float, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
                  masks: dict[nn.Parameter, torch.Tensor] | None = None, moments: str = "faithful",
                  mask_gradients: bool = False, weight_decay: float = 0.0):
-        if lr <= 0 or eps <= 0:
-            raise ValueError(f"MaskedAdam needs lr > 0 and eps > 0, got lr={lr}, eps={eps}")
+        if not (0 < lr < math.inf and 0 < eps < math.inf):
+            raise ValueError(f"MaskedAdam needs lr > 0 and eps > 0, finite, got lr={lr}, eps={eps}")
+        # What every step would refuse, refused here (as torch.optim.Adam does) rather than at the first step.
+        check_adam_hyperparameters(lr, *betas, eps, weight_decay)
+        if moments not in kernels.MOMENTS_MODES:
+            raise ValueError(f"MaskedAdam: moments must be one of {kernels.MOMENTS_MODES}, got {moments!r}")
         # capturable=True tells Optimizer.load_state_dict to put a loaded step count on the parameters' device
         # (it keeps it on the CPU otherwise), so a resumed run's update stays on the device and capturable.
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, capturable=True))

@@ -16,6 +16,7 @@ lists them for `python -m agents.report SWEEP_DIR`.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import signal
 import sys
@@ -375,6 +376,10 @@ def parse(argv: list[str], status: bool) -> tuple[argparse.Namespace, Sweep, Pat
         raise SystemExit(2) from None
     if not status and args.retries < 0:
         p.error("--retries must be >= 0")
+    if not status and args.max_minutes is not None and not 0 < args.max_minutes < math.inf:
+        p.error(f"--max-minutes must be > 0 and finite, got {args.max_minutes:g}")  # else every launch fails
+    if not status and not 0 < args.log_interval < math.inf:
+        p.error(f"--log-interval must be > 0 and finite, got {args.log_interval:g}")
     return args, sweep, Path(args.sweeps_dir).resolve() / sweep.name
 
 

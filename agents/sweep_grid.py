@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agents import evaluation
-from agents.config import PRESETS, TrainConfig, experiment_fields, get_preset
+from agents.config import PRESETS, SEED_LIMIT, TrainConfig, experiment_fields, get_preset
 from agents.envs import resolve_game
 
 GAME_SETS = {
@@ -124,9 +124,9 @@ def expand_games(items: list[str], backend: str = "ale") -> list[str]:
 def parse_seeds(value) -> list[int]:
     """[1, 2], '1..5', '0..4,10', 3 -> a list of ints."""
     if isinstance(value, int) and not isinstance(value, bool):
-        return [value]
+        return _check_seeds([value])
     if isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
-        return _unique(list(value), "seed")
+        return _check_seeds(_unique(list(value), "seed"))
     if isinstance(value, list) and all(isinstance(v, str) for v in value):
         value = ",".join(value)
     if not isinstance(value, str):
@@ -142,7 +142,14 @@ def parse_seeds(value) -> list[int]:
             seeds.append(int(part))
         else:
             raise SpecError(f"cannot read seeds {value!r}: {part!r} is neither an integer nor a range a..b")
-    return _unique(seeds, "seed")
+    return _check_seeds(_unique(seeds, "seed"))
+
+
+def _check_seeds(seeds: list[int]) -> list[int]:
+    bad = [s for s in seeds if not 0 <= s < SEED_LIMIT]
+    if bad:  # every run of them would fail at its start
+        raise SpecError(f"seeds must be in [0, 2**30) (agents.train's --seed), got {', '.join(map(str, bad))}")
+    return seeds
 
 
 def parse_overrides(value, where: str = "overrides") -> tuple[str, ...]:
@@ -151,7 +158,10 @@ def parse_overrides(value, where: str = "overrides") -> tuple[str, ...]:
         value = [value]
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise SpecError(f"{where} must be a list of strings like '--replay-ratio 1', got {value!r}")
-    tokens = [t for v in value for t in shlex.split(v)]
+    try:
+        tokens = [t for v in value for t in shlex.split(v)]
+    except ValueError as e:  # an unbalanced quote
+        raise SpecError(f"{where}: cannot split {value!r} into options: {e}") from None
     for t in tokens:
         flag = t.split("=", 1)[0].replace("_", "-")
         if flag in MANAGED_OPTIONS:
@@ -258,6 +268,9 @@ def build_sweep(spec: dict, source: str) -> Sweep:
     for i, entry in enumerate(explicit):
         if not isinstance(entry, dict) or set(entry) - RUN_KEYS or {"preset", "game", "seed"} - set(entry):
             raise SpecError(f"{source}: runs[{i}] must have preset, game, seed and optionally overrides; got {entry!r}")
+        for key in ("preset", "game"):
+            if not isinstance(entry[key], str):
+                raise SpecError(f"{source}: runs[{i}].{key} must be a string, got {entry[key]!r}")
         seeds = parse_seeds(entry["seed"])
         overrides = common + parse_overrides(entry.get("overrides", []), f"runs[{i}].overrides")
         runs += make_runs(expand_presets([entry["preset"]]), [entry["game"]], seeds, [overrides], configs)
@@ -276,8 +289,8 @@ def load_spec(path: str | Path) -> Sweep:
     if not path.is_file():
         raise SpecError(f"no spec file {path}")
     try:
-        spec = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as e:
+        spec = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise SpecError(f"{path} is not valid TOML: {e}") from None
     spec.setdefault("name", path.stem)
     return build_sweep(spec, str(path))

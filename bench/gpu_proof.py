@@ -849,8 +849,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     unknown = sorted(set(args.steps.split(",")) - set(STEPS))
     if unknown:
         parser.error(f"unknown step(s) {', '.join(unknown)}; choose from {', '.join(STEPS[1:])}")
-    if args.budget_s is not None and args.budget_s <= 0:
-        parser.error(f"--budget-s must be > 0, got {args.budget_s:g}")
+    if args.budget_s is not None and not 0 < args.budget_s < float("inf"):  # NaN passed `<= 0`
+        parser.error(f"--budget-s must be > 0 and finite, got {args.budget_s:g}")
     return args
 
 

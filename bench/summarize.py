@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import numbers
 import pathlib
+import sys
 from collections import defaultdict
 
 MASK_PROVIDERS = ["triton", "triton_cold", "topk_loop", "sort", "kthvalue", "prune_l1"]
@@ -27,11 +29,25 @@ def load(path: pathlib.Path) -> tuple[dict, dict]:
     """(results[op][(case, sparsity)][provider] = extra_info, run facts of the first result)."""
     results: dict = defaultdict(lambda: defaultdict(dict))
     facts = {}
-    for bench in json.loads(pathlib.Path(path).read_text())["benchmarks"]:
-        info = bench.get("extra_info", {})
+    try:
+        data = json.loads(pathlib.Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"cannot read {path}: {e}") from None
+    benches = data.get("benchmarks") if isinstance(data, dict) else None
+    if not isinstance(benches, list):
+        raise ValueError(f"{path} is not a pytest-benchmark JSON (--benchmark-json): it has no list 'benchmarks'")
+    for i, bench in enumerate(benches):
+        info = bench.get("extra_info", {}) if isinstance(bench, dict) else None
+        if not isinstance(info, dict):
+            raise ValueError(f"{path}: benchmarks[{i}] is not a benchmark record: {bench!r:.80}")
         if "op" not in info or "ms" not in info:
             continue
-        results[info["op"]][(info["case"], float(info["sparsity"]))][info["provider"]] = info
+        sparsity = info.get("sparsity")
+        if not all(isinstance(x, numbers.Real) and not isinstance(x, bool) for x in (info["ms"], sparsity)) or not \
+                all(isinstance(info.get(k), str) for k in ("op", "case", "provider")):
+            raise ValueError(f"{path}: benchmarks[{i}] ({bench.get('name')}) needs numbers ms and sparsity and strings "
+                             f"op, case and provider in extra_info; got ms={info['ms']!r}, sparsity={sparsity!r}")
+        results[info["op"]][(info["case"], float(sparsity))][info["provider"]] = info
         facts = facts or info
     return results, facts
 
@@ -261,7 +277,11 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     out_dir = args.out_dir or args.json.parent
     out_dir.mkdir(parents=True, exist_ok=True)
-    results, facts = load(args.json)
+    try:
+        results, facts = load(args.json)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
     text = report(results, facts)
     (out_dir / f"{args.json.stem}.md").write_text(text + "\n")
     plot(results, out_dir / f"{args.json.stem}.png", is_cpu_rehearsal(facts))

@@ -80,7 +80,7 @@ import triton
 import triton.language as tl
 
 from kernels import _utils
-from kernels.reference import MOMENTS_MODES, check_adam_hyperparameters, check_adam_inputs
+from kernels.reference import MOMENTS_MODES, adam_step, check_adam_hyperparameters, check_adam_inputs
 
 # Elements per block: 4 fp32 per thread at 8 warps, one 128-bit load per tensor per thread. The H100 knob sweep
 # (bench/results/h100-80gb-hbm3_4ffe5cda/tune) chose 1024 over 2048: 0.85-0.88x the time in frozen mode at
@@ -698,9 +698,7 @@ def masked_adam_triton_(params, grads, exp_avgs, exp_avg_sqs, masks, *, step, lr
                              f"{tuple(step.shape)} on {step.device}")
         step_t, step = (step if step.dim() == 0 else step.reshape(())), 1
     else:
-        step_t, step = None, int(step)
-        if not 1 <= step < 2**32:
-            raise ValueError(f"masked_adam_: step must be in [1, 2**32) (1-based, after increment); got {step}")
+        step_t, step = None, int(adam_step(step))  # checked as the CPU paths check it (int() truncated 1.5)
     if block < 16 or block & (block - 1):
         raise ValueError(f"block must be a power of two >= 16, got {block}")
     check_adam_hyperparameters(lr, beta1, beta2, eps, weight_decay)

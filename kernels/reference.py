@@ -167,11 +167,21 @@ def as_keep(mask: torch.Tensor) -> torch.Tensor:
 
 
 def adam_step(step) -> float:
-    """The 1-based step count (an int or a one-element tensor, read on the host) as a float, checked."""
-    step = float(step.item() if isinstance(step, torch.Tensor) else step)
-    if step < 1:
-        raise ValueError(f"masked_adam_: step must be >= 1 (1-based, after increment); got {step}")
-    return step
+    """The 1-based step count (an int, a whole float, or a one-element tensor, read on the host) as a float,
+    checked as every backend takes it: a whole number in [1, 2**32), the range of the Triton kernel's integer
+    powers (a step of 1.5 was truncated to 1 there and used as 1.5 here; NaN made NaN weights here)."""
+    if isinstance(step, torch.Tensor):
+        if step.numel() != 1:
+            raise ValueError(f"masked_adam_: step must be an int or a one-element tensor; got shape "
+                             f"{tuple(step.shape)}")
+        value = step.item()
+    else:
+        value = step
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (
+            1 <= value < 2**32 and float(value).is_integer()):
+        raise ValueError(f"masked_adam_: step must be a whole number in [1, 2**32) (1-based, after increment); "
+                         f"got {step!r}")
+    return float(value)
 
 
 @torch.no_grad()

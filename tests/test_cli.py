@@ -187,6 +187,39 @@ def test_options_of_the_method_a_run_uses_are_accepted():
         parse_args(argv)
 
 
+@pytest.mark.parametrize("argv,message", [
+    # NaN passes `x <= 0` checks: it trained on NaNs (a NaN lr, v_max, Munchausen tau), or failed mid-run.
+    (["--agent.lr", "nan"], "agent.lr must be > 0 and finite, got nan"),
+    (["--agent.lr", "inf"], "agent.lr must be > 0 and finite, got inf"),
+    (["--agent.weight-decay", "nan"], "agent.weight_decay must be >= 0 and finite, got nan"),
+    (["--preset", "rainbow_nature_w1_gmp95", "--agent.v-max", "nan"], "agent.v_max must be > 0 and finite"),
+    (["--preset", "miqn_nature_w1_gmp95", "--agent.munchausen-tau", "0"], "agent.munchausen_tau must be > 0"),
+    (["--preset", "miqn_nature_w1_gmp95", "--agent.munchausen-clip", "0.5"], "agent.munchausen_clip"),
+    (["--preset", "iqn_nature_w1_gmp95", "--agent.quantile-embedding-dim", "0"],
+     "agent.quantile_embedding_dim must be >= 1, got 0"),
+    (["--preset", "iqn_nature_w1_gmp95", "--agent.num-quantile-samples", "0"], "agent.num_quantile_samples must be"),
+    (["--redo.tau", "nan"], "redo.tau must be >= 0 and finite, got nan"),
+    (["--replay-ratio", "nan"], "replay_ratio must be > 0 and finite, got nan"),
+    (["--replay-ratio", "inf"], "replay_ratio must be > 0 and finite, got inf"),
+    (["--log-every", "0"], "log_every must be >= 1"),
+    (["--analysis-every", "-1"], "analysis_every >= 0"),
+    (["--seed", "-1"], "seed must be in [0, 2**30), got -1"),
+    (["--seed", str(2**31)], "seed must be in [0, 2**30)"),
+    (["--env.num-threads", "-1"], "num_threads must be >= 0"),
+])
+def test_nan_infinite_and_out_of_range_numbers_are_usage_errors(tmp_path, capsys, argv, message):
+    # A run small enough to finish quickly if the value got through (as each did before it was checked).
+    tiny = ["--env.num-envs", "1", "--total-steps", "8", "--iteration-steps", "8", "--no-progress", "--device", "cpu",
+            "--no-tensorboard"]
+    try:
+        code = main([*tiny, *argv, "--runs-dir", str(tmp_path)])
+    except SystemExit as e:  # tyro's parse errors (the __post_init__ checks)
+        code = e.code
+    captured = capsys.readouterr()
+    text = " ".join((captured.err + captured.out).replace("│", " ").split())  # tyro's box, unwrapped
+    assert code == 2 and message in text and "Traceback" not in text
+
+
 def test_resume_without_checkpoint_or_with_a_corrupt_one(tmp_path, capsys):
     code, err = _error_of(capsys, ["--resume", str(tmp_path / "missing")])
     assert code == 2 and "no config.json" in err
@@ -203,6 +236,21 @@ def test_resume_without_checkpoint_or_with_a_corrupt_one(tmp_path, capsys):
     torch.save({"format": "something-else"}, run / "checkpoints" / "ckpt_000000002000.pt")
     with pytest.raises(CheckpointError, match="format"):
         load_checkpoint(run / "checkpoints" / "ckpt_000000002000.pt")
+
+
+@pytest.mark.parametrize("section,field,value", [(None, "log_every", "500"), ("env", "game", 5),
+                                                 (None, "seed", True), ("pruning", "start_step", "0")])
+def test_a_wrongly_typed_field_of_config_json_is_named(tmp_path, capsys, section, field, value):
+    # Valid JSON, wrong type inside: '500' for log_every failed mid-run with a traceback, a number for the game
+    # failed at the start with one (AttributeError: 'int' object has no attribute 'strip').
+    from agents.config import get_preset
+
+    config = get_preset("demo").to_dict()
+    (config[section] if section else config)[field] = value
+    (tmp_path / "config.json").write_text(json.dumps({"config": config}))
+    code, err = _error_of(capsys, ["--resume", str(tmp_path)])
+    name = f"{section}.{field}" if section else field
+    assert code == 2 and f"{name} is {value!r}" in err and "Traceback" not in err
 
 
 def test_incompatible_checkpoint_is_rejected(tmp_path):

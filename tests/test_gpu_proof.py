@@ -519,3 +519,11 @@ def test_install_into_runs_the_proofs_install_command(tmp_path, monkeypatch):
     monkeypatch.setattr(gpu_wheels.subprocess, "run", lambda cmd: ran.append(cmd) or done)
     assert gpu_wheels.main(["--dest", str(tmp_path), "--install-into", str(tmp_path / "site")]) == 0
     assert ran == [gpu_wheels.install_command(tmp_path, tmp_path / "site")]
+
+
+@pytest.mark.parametrize("budget", ["0", "-5", "nan", "inf"])
+def test_a_budget_that_is_not_a_positive_number_is_a_usage_error(capsys, budget):
+    # NaN passed the `<= 0` check and scaled every step's window to NaN seconds.
+    with pytest.raises(SystemExit) as e:
+        gpu_proof.parse_args(["--dry-run", "--budget-s", budget])
+    assert e.value.code == 2 and "--budget-s must be > 0 and finite" in capsys.readouterr().err

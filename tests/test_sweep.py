@@ -149,6 +149,13 @@ def test_bad_specs_are_clear_errors(tmp_path, capsys):
         ({"name": "s"}, "has no runs"),
         ({**good, "variants": [[], ["--device cpu"]]}, "appears twice"),
         ({"name": "s", "runs": [{"preset": "demo", "game": "Pong"}]}, "runs[0] must have preset, game, seed"),
+        # Tracebacks before: a number for a game or preset, an unbalanced quote in the overrides.
+        ({"name": "s", "runs": [{"preset": "demo", "game": 5, "seed": 1}]}, "runs[0].game must be a string, got 5"),
+        ({"name": "s", "runs": [{"preset": 7, "game": "Pong", "seed": 1}]}, "runs[0].preset must be a string"),
+        ({**good, "overrides": ["--agent.lr '1e-3"]}, "overrides: cannot split"),
+        # Every run of these failed at its start (agents.train's --seed).
+        ({**good, "seeds": "-2..0"}, "seeds must be in [0, 2**30) (agents.train's --seed), got -2, -1"),
+        ({**good, "seeds": [2**31]}, "seeds must be in [0, 2**30)"),
     ]:
         with pytest.raises(SpecError) as e:
             build_sweep(spec, "spec.toml")
@@ -161,6 +168,9 @@ def test_bad_specs_are_clear_errors(tmp_path, capsys):
     (tmp_path / "bad.toml").write_text("name = [")
     with pytest.raises(SpecError, match="not valid TOML"):
         load_spec(tmp_path / "bad.toml")
+    (tmp_path / "binary.toml").write_bytes(b"\xff\xfe name")  # not UTF-8: a UnicodeDecodeError traceback before
+    with pytest.raises(SpecError, match="not valid TOML"):
+        load_spec(tmp_path / "binary.toml")
     assert parse_overrides(["--a 1", "--b=2 --c"]) == ("--a", "1", "--b=2", "--c")
 
 
@@ -192,6 +202,17 @@ def test_command_line_axes_and_dry_run(tmp_path, capsys):
 
 
 # --- resources --------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("option,value", [("--max-minutes", "-1"), ("--max-minutes", "nan"), ("--log-interval", "0")])
+def test_a_bad_runtime_option_is_a_usage_error_before_any_launch(tmp_path, capsys, option, value):
+    # --max-minutes -1 went to every launch, each failed as a usage error, and the sweep ended with all its runs
+    # failed (relaunched only with --retry-failed); --log-interval 0 printed a summary at every tick.
+    with pytest.raises(SystemExit) as e:
+        main(["--name", "q", "--presets", "demo", "--games", "Pong", "--seeds", "1", "--sweeps-dir", str(tmp_path),
+              option, value, "--", "--total-steps", "8", "--iteration-steps", "8", "--device", "cpu"])
+    assert e.value.code == 2 and f"{option} must be > 0" in capsys.readouterr().err
+    assert not (tmp_path / "q").exists()
+
+
 def test_resources_fill_gpus_and_share_cores(capsys):
     res = plan_resources(None, 3, None, gpus=["2", "5"], cores=24)
     assert res.parallel == 6 and res.cpus_per_run == 4 and res.gpus_per_run == pytest.approx(1 / 3)

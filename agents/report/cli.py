@@ -100,6 +100,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.curve_reps = min(args.reps, CURVE_REPS)
     if args.reps < 1 or args.curve_reps < 1 or not 0 < args.confidence < 1:
         p.error("--reps and --curve-reps must be >= 1 and --confidence in (0, 1)")
+    if args.seed < 0:  # numpy's generators take none (a traceback from deep inside numpy)
+        p.error(f"--seed must be >= 0, got {args.seed}")
     return args
 
 

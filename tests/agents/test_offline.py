@@ -114,6 +114,14 @@ def test_exported_run_names_its_game(chain_dataset):
     assert info["game"] == "Pong" and info["num_actions"] == 2  # chain_config keeps the default game name
 
 
+def test_a_negative_suffix_is_a_usage_error(tmp_path, chain_dataset, capsys):
+    # It wrote $store$_observation_ckpt.-1.gz and the rest, files no dataset reader lists (checkpoints are N >= 0).
+    with pytest.raises(SystemExit) as e:
+        export_main([str(chain_dataset.parent), "--out", str(tmp_path / "data"), "--suffix", "-1"])
+    assert e.value.code == 2 and "--suffix must be >= 0, got -1" in capsys.readouterr().err
+    assert not (tmp_path / "data").exists()
+
+
 def test_an_export_into_a_folder_of_another_game_is_refused(tmp_path, chain_dataset, capsys):
     """Several runs export into one folder as its checkpoints (--suffix): one of another game relabelled the whole
     folder, so an offline run of that game trained on both games' data, and one of the first game was refused."""

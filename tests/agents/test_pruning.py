@@ -1,4 +1,5 @@
 import math
+import re
 
 import numpy as np
 import pytest
@@ -135,7 +136,7 @@ def test_scheduled_sparsity_is_what_the_masks_hold(scope):
     assert pruner.scheduled_sparsity(18) == pytest.approx(0.8, abs=0.01)
 
 
-@pytest.mark.parametrize("bad", [-0.1, 1.0, 1.5])
+@pytest.mark.parametrize("bad", [-0.1, 1.0, 1.5, float("nan")])
 def test_sparsity_outside_unit_interval_is_rejected(bad):
     with pytest.raises(ValueError, match="sparsity"):
         PruningConfig(final_sparsity=bad)
@@ -143,6 +144,9 @@ def test_sparsity_outside_unit_interval_is_rejected(bad):
         erk_sparsities([(3, 3)], bad)
     with pytest.raises(ValueError, match="sparsity"):
         uniform_sparsities([(3, 3)], bad)
+    if bad != 1.0:  # keep_count(n, 1.0) keeps one weight; -0.1 kept 110 of 100, 1.5 kept 1, NaN a bare round() error
+        with pytest.raises(ValueError, match=r"sparsity must be in \[0, 1\]"):
+            keep_count(100, bad)
 
 
 # --- layer targets ----------------------------------------------------------------------------------------------
@@ -311,6 +315,17 @@ def test_masked_adam_gives_each_parameter_its_own_bias_correction(resume):
     assert [float(opt.state[p]["step"]) for p in (a, b)] == [6.0, 3.0]
     torch.testing.assert_close(a, a_ref, rtol=1e-6, atol=1e-7)
     torch.testing.assert_close(b, b_ref, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("kw,message", [(dict(lr=float("nan")), "lr > 0"), (dict(lr=float("inf")), "lr > 0"),
+                                        (dict(betas=(1.0, 0.999)), "beta1 = 1.0"),
+                                        (dict(weight_decay=-1.0), "weight_decay = -1.0"),
+                                        (dict(moments="sticky"), "moments must be one of")])
+def test_masked_adam_refuses_bad_hyperparameters_when_made(kw, message):
+    # They were accepted here and refused at the first step (a NaN lr), as torch.optim.Adam refuses them at once.
+    net = nn.Linear(3, 2)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        MaskedAdam(net.parameters(), **{"lr": 1e-3, **kw})
 
 
 def test_masked_adam_step_calls_its_closure():

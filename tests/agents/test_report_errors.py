@@ -44,6 +44,12 @@ def test_empty_or_missing_directory_is_a_usage_error(tmp_path, capsys):
     assert res.returncode == 2 and "Traceback" not in res.stderr and res.stderr.startswith("error: no run dir")
 
 
+def test_a_negative_bootstrap_seed_is_a_usage_error(runs, tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:  # a ValueError traceback from inside numpy's SeedSequence before
+        _report(runs, tmp_path, "--seed", "-1")
+    assert e.value.code == 2 and "--seed must be >= 0, got -1" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("garbage", ["not,a,row", "2,3000,abc,750,1.5,3,1000.0,0.9,2.0", "<<<<<<< HEAD"])
 def test_garbage_line_skips_that_run_and_reports_the_others(runs, tmp_path, capsys, garbage):
     bad = runs / "Breakout_s1_0.95_w3" / "iterations.csv"

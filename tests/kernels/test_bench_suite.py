@@ -193,6 +193,21 @@ def test_summarize_writes_markdown_and_plot(tmp_path, capsys):
     assert "Kernel benchmarks" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("text,message", [
+    ("{}", "has no list 'benchmarks'"), ("[1, 2]", "has no list 'benchmarks'"), ('{"benchm', "cannot read"),
+    ('{"benchmarks": "x"}', "has no list 'benchmarks'"), ('{"benchmarks": [3]}', "benchmarks[0] is not a benchmark"),
+    ('{"benchmarks": [{"name": "b", "extra_info": {"op": "topk_mask", "ms": "fast", "case": "x", "sparsity": 0.9, '
+     '"provider": "triton"}}]}', "got ms='fast'")])
+def test_summarize_names_what_is_wrong_with_a_json(tmp_path, capsys, text, message):
+    # Each was a traceback (KeyError, TypeError, AttributeError, JSONDecodeError, ValueError from float()).
+    src = tmp_path / "bad.json"
+    src.write_text(text)
+    with pytest.raises(SystemExit) as e:
+        summarize.main([str(src), "--out-dir", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and message in err and str(src) in err
+
+
 def test_summarize_says_how_the_anatomy_was_timed(tmp_path):
     """Results with the host's time per call come from anatomies queued behind a device delay (device time
     alone); older ones timed the host's launch cost too, and their table says so."""

@@ -388,6 +388,20 @@ def test_every_backend_refuses_adam_hyperparameters_torch_adam_refuses(monkeypat
 
 
 @pytest.mark.parametrize("backend", ["triton", "fused", "torch"])
+@pytest.mark.parametrize("step", [1.5, float("nan"), float("inf"), 2**32, "3", True, None])
+def test_every_backend_refuses_a_step_that_is_no_whole_number_in_range(monkeypatch, backend, step):
+    """A host step of 1.5 was truncated to 1 by the Triton launcher and used as 1.5 by the CPU paths; NaN made
+    NaN weights on the CPU paths and a bare int() error on the Triton one; a string was parsed."""
+    monkeypatch.setenv("PRUNERL_KERNELS", backend)
+    params, grads, m, v, masks = make_state([(8, 6)])
+    before = clone_all(params, m, v)
+    with pytest.raises(ValueError, match=r"step must be a whole number in \[1, 2\*\*32\)"):
+        kernels.masked_adam_(params, grads, m, v, masks, step=step, lr=1e-3)
+    assert_lists_close([params, m, v], before, rtol=0, atol=0)
+    kernels.masked_adam_(params, grads, m, v, masks, step=3.0, lr=1e-3)  # a whole float (torch.optim's) is a step
+
+
+@pytest.mark.parametrize("backend", ["triton", "fused", "torch"])
 def test_every_backend_keeps_nonzero_uint8_masks_and_refuses_aliases(monkeypatch, backend):
     """The CPU paths multiplied by a uint8 mask, so a 2 doubled the weight (the kernels keep any nonzero), and
     wrote through outputs that overlap inputs (the kernels refuse)."""
