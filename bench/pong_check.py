@@ -76,16 +76,20 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from agents.config import get_preset
+    from agents.config import TrainConfig, get_preset
     from agents.train import Trainer, git_sha
 
-    cfg = get_preset(args.preset)
-    cfg.env.game, cfg.total_steps, cfg.max_minutes = "Pong", args.total_steps, args.minutes
-    cfg.iteration_steps, cfg.tensorboard = 50_000, False
-    if args.min_replay is not None:
-        cfg.agent.min_replay = args.min_replay
-    if args.replay_capacity is not None:
-        cfg.replay_capacity = args.replay_capacity
+    try:
+        cfg = get_preset(args.preset)
+        cfg.env.game, cfg.total_steps, cfg.max_minutes = "Pong", args.total_steps, args.minutes
+        cfg.iteration_steps, cfg.tensorboard = 50_000, False
+        if args.min_replay is not None:
+            cfg.agent.min_replay = args.min_replay
+        if args.replay_capacity is not None:
+            cfg.replay_capacity = args.replay_capacity
+        cfg = TrainConfig.from_dict(cfg.to_dict())  # agents.train's checks, on the fields set above
+    except ValueError as e:  # an unknown preset, a budget of 0 minutes, ...: one line, exit 2
+        parser.error(str(e))
     sha = git_sha() or "unknown"
     cfg.run_name = f"pong_check__{args.preset}__{sha[:8]}__{datetime.datetime.now():%Y%m%d-%H%M%S}"
     trainer = Trainer(cfg, args.runs_dir / cfg.run_name)

@@ -307,3 +307,15 @@ def test_pong_check_writes_curve_json_and_plot(tmp_path, monkeypatch):
     assert pong_check.final_return([]) is None
     pong_check.plot(episodes, "synthetic", tmp_path / "curve.png")
     assert (tmp_path / "curve.png").stat().st_size > 5_000
+
+
+@pytest.mark.parametrize("argv,message", [(["--preset", "nope"], "unknown preset 'nope'"),
+                                          (["--minutes", "0"], "max_minutes must be > 0"),
+                                          (["--total-steps", "0"], "total_steps and iteration_steps must be >= 1"),
+                                          (["--min-replay", "-5"], "agent.min_replay")])
+def test_pong_check_refuses_a_bad_option_in_one_line(tmp_path, capsys, argv, message):
+    # Its fields were set after the preset was built, past every check: a traceback, or a run that did not run.
+    with pytest.raises(SystemExit) as exc:
+        _load("pong_check").main([*argv, "--out-dir", str(tmp_path), "--runs-dir", str(tmp_path / "runs")])
+    assert exc.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
