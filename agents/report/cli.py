@@ -185,6 +185,11 @@ def report(args: argparse.Namespace) -> int:
         if args.analysis_games
         else None
     )
+    absent = [g for g in analysis_games or () if g not in {r.game for r in runs}]
+    if absent:  # a misspelled game was silently left out of the figures
+        warn(problems, f"--analysis-games: no run of {', '.join(absent)} (the runs' games: "
+                       f"{', '.join(sorted({r.game for r in runs}))}); left out of analysis.png and "
+                       "grad_covariance.png")
     figures = []
     for name, draw in () if args.no_figures else (
         ("iqm_curves.png", lambda p: plot_curves(configs, curves, p, args.note, ci)),

@@ -50,6 +50,13 @@ def test_a_negative_bootstrap_seed_is_a_usage_error(runs, tmp_path, capsys):
     assert e.value.code == 2 and "--seed must be >= 0, got -1" in capsys.readouterr().err
 
 
+def test_an_analysis_game_without_runs_is_named(runs, tmp_path, capsys):
+    code, out = _report(runs, tmp_path, "--analysis-games", f"{GAMES[0]},Breakuot")
+    err = capsys.readouterr().err
+    assert code == 0 and "warning: --analysis-games: no run of Breakuot (the runs' games: " in err
+    assert "no run of Breakuot" in (out / "report.md").read_text()
+
+
 @pytest.mark.parametrize("garbage", ["not,a,row", "2,3000,abc,750,1.5,3,1000.0,0.9,2.0", "<<<<<<< HEAD"])
 def test_garbage_line_skips_that_run_and_reports_the_others(runs, tmp_path, capsys, garbage):
     bad = runs / "Breakout_s1_0.95_w3" / "iterations.csv"
