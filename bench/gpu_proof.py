@@ -359,7 +359,10 @@ class Proof:
                str(run_dir.parent), "--run-name", run_dir.name, "--no-tensorboard", "--no-progress"]
         if self.dry:
             cmd += ["--device", "cpu", "--replay-device", "cpu", "--agent.min-replay", "8", "--agent.batch-size", "4",
-                    "--eval-episodes", "0", "--eval-steps", "40", "--eval-num-envs", "2"]
+                    "--eval-episodes", "0", "--eval-steps", "40", "--eval-num-envs", "2",
+                    # An evaluation plays its episodes out: two whole games of Pong took most of the step's time
+                    # on the CPU (up to 2 minutes on a busy 2-core machine, against a limit of 43 s).
+                    "--env.max-episode-steps", "50"]
         step.note = f"{ATARI100K_PRESET} on Pong, 2 iterations of {iteration:,} agent steps"
         if self.run_command(step, cmd, limit_s):
             record = atari100k_record(read_iterations(run_dir / "iterations.csv"), iteration)
