@@ -98,11 +98,9 @@ def offline_config(agent_name: str, sparsity: float, data, total: int = 600):
     return cfg
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def chain_dataset(tmp_path_factory):
-    """A run of the trainer on the chain that only explores (epsilon 1), its replay saved and exported. Built once
-    per test process (the tests copy it before changing anything): the conftest runs the slow tests first under
-    xdist, and a module-scoped one was built again for this file's other tests."""
+    """A run of the trainer on the chain that only explores (epsilon 1), its replay saved and exported."""
     root = tmp_path_factory.mktemp("chain_data")
     cfg = chain_config(paper_agent("dqn"), 0.0, total_steps=3000)
     cfg.agent.min_replay, cfg.save_replay, cfg.iteration_steps = 10**6, True, 3000
