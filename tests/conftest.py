@@ -37,12 +37,6 @@ def _seed():
 
 
 def pytest_collection_modifyitems(config, items):
-    # Under pytest-xdist the workers take the tests in this order: the long ones (marked slow: learning runs,
-    # Atari smoke runs, real sweeps; most of them in the last files collected) go first, so that the short ones
-    # fill in at the end instead of one worker finishing a long run while the other waits. A stable sort: each
-    # group keeps the collection's order. (Each worker collects alike, as xdist requires.)
-    if os.environ.get("PYTEST_XDIST_WORKER"):
-        items.sort(key=lambda item: item.get_closest_marker("slow") is None)
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA device")
