@@ -24,7 +24,9 @@ SMOKE = ["--preset", "demo", "--env.num-envs", "4", "--agent.min-replay", "400",
 
 
 def run_cli(args, **kw):
-    env = {**os.environ, "OMP_NUM_THREADS": "2", "PYTHONUNBUFFERED": "1"}
+    # One thread, as in tests/test_agents_smoke.py: with two, a run beside another test process on CI's two cores
+    # spent most of its CPU time in OpenMP's spin-waits (the smoke run took 336 CPU seconds that way).
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen([sys.executable, "-m", "agents.train", *args], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
 

@@ -68,9 +68,20 @@ def trainer_ready_to_learn(tmp_path, name: str, device: str = "cpu", **overrides
     return trainer
 
 
+def interpreted_kernels(monkeypatch) -> None:
+    """The Triton kernels a CUDA graph captures, interpreted on the CPU, with the cold path's weight reads a whole
+    block at a time: what is checked is the host's side of the step (the same launches, the same arguments but
+    one constexpr), and the interpreter's cost is per operation, so 8 pieces of 512 cost ~8x one of 4096 (the
+    mask selection's two calls took ~16 of each test's ~26 CPU seconds that way; tests/kernels walk the pieces)."""
+    from kernels import topk_mask
+
+    monkeypatch.setenv("PRUNERL_KERNELS", "triton")
+    monkeypatch.setattr(topk_mask, "CAND_PIECE", topk_mask.TOPK_BLOCK)
+
+
 @pytest.mark.parametrize("name", ["dqn", "rainbow", "iqn", "miqn", "der", "drq_eps", "cql_c51"])
 def test_learner_steps_never_read_device_values_on_the_host(tmp_path, monkeypatch, one_thread, name):
-    monkeypatch.setenv("PRUNERL_KERNELS", "triton")  # the kernels CUDA graphs capture (interpreted on the CPU)
+    interpreted_kernels(monkeypatch)
     trainer = trainer_ready_to_learn(tmp_path, name)
     for _ in range(2):  # the first step creates the Adam state, as the eager warm-up before a capture does
         trainer.learn()
@@ -84,7 +95,7 @@ def test_learner_steps_never_read_device_values_on_the_host(tmp_path, monkeypatc
 
 @pytest.mark.parametrize("variant", ["global_scope", "mask_gradients_reset", "frozen_bf16", "rigl"])
 def test_learner_step_options_never_read_device_values_on_the_host(tmp_path, monkeypatch, one_thread, variant):
-    monkeypatch.setenv("PRUNERL_KERNELS", "triton")
+    interpreted_kernels(monkeypatch)
     options = {"global_scope": {"pruning.scope": "global"},
                "mask_gradients_reset": {"pruning.mask_gradients": True, "pruning.moments": "reset"},
                "frozen_bf16": {"pruning.moments": "frozen", "bf16": True},
