@@ -36,9 +36,11 @@ demo: install  ## a few CPU minutes of GMP-DQN (Impala x1, 95% sparsity) on Brea
 	$(BIN)/python -m agents.train --preset demo
 
 # The suite runs on TEST_WORKERS processes (pytest-xdist): CI's 2 cores take ~11 minutes instead of ~18.
+# worksteal: a worker that runs out of tests takes pending ones from the other, so the end of the run is not one
+# worker finishing a long queue of slow tests alone.
 TEST_WORKERS ?= 2
 test: install $(VENV)/.installed-ray  ## the CPU test suite (Triton kernels run under TRITON_INTERPRET=1)
-	$(BIN)/python -m pytest -n $(TEST_WORKERS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist worksteal
 
 test-gpu: install  ## GPU-only tests (needs CUDA)
 	$(BIN)/python -m pytest -m gpu
