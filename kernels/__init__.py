@@ -51,14 +51,19 @@ def topk_magnitude_masks(weights: Sequence[torch.Tensor], keep_counts, *, out=No
     that interleave within one storage count as overlapping). A repeated call on the same tensor objects
     starts from the previous threshold (pass the same list of tensors, not new views, at every call).
     """
+    _refuse_bare_tensors(weights=weights, out=out, exp_avgs=exp_avgs, exp_avg_sqs=exp_avg_sqs)
     if len(weights) == 0:
         return []
     kwargs = dict(out=out, zero_pruned=zero_pruned, exp_avgs=exp_avgs, exp_avg_sqs=exp_avg_sqs)
-    if backend_for(weights[0].device) == "triton":
-        from kernels.topk_mask import topk_magnitude_masks_triton
+    try:
+        if backend_for(_first_tensor(weights, "weights").device) == "triton":
+            from kernels.topk_mask import topk_magnitude_masks_triton
 
-        return topk_magnitude_masks_triton(weights, keep_counts, **kwargs)
-    return topk_magnitude_masks_ref(weights, keep_counts, **kwargs)
+            return topk_magnitude_masks_triton(weights, keep_counts, **kwargs)
+        return topk_magnitude_masks_ref(weights, keep_counts, **kwargs)
+    except (TypeError, AttributeError):
+        _name_non_tensors(weights=weights, out=out, exp_avgs=exp_avgs, exp_avg_sqs=exp_avg_sqs)
+        raise
 
 
 def masked_adam_(params, grads, exp_avgs, exp_avg_sqs, masks, *, step, lr: float, beta1: float = 0.9,
@@ -75,15 +80,51 @@ def masked_adam_(params, grads, exp_avgs, exp_avg_sqs, masks, *, step, lr: float
     Triton path leaves the skipped pruned weights as they were (unmasked) where the CPU paths, which ignore the
     flag, zero them. The Triton path needs contiguous tensors, one gradient dtype per call.
     """
+    lists = dict(params=params, grads=grads, exp_avgs=exp_avgs, exp_avg_sqs=exp_avg_sqs, masks=masks)
+    _refuse_bare_tensors(**lists)
     if len(params) == 0:
         return
-    backend = backend_for(params[0].device)
-    if backend == "triton":
-        from kernels.masked_adam import masked_adam_triton_
+    try:
+        backend = backend_for(_first_tensor(params, "params").device)
+        if backend == "triton":
+            from kernels.masked_adam import masked_adam_triton_
 
-        return masked_adam_triton_(params, grads, exp_avgs, exp_avg_sqs, masks, step=step, lr=lr, beta1=beta1,
-                                   beta2=beta2, eps=eps, weight_decay=weight_decay, moments=moments,
-                                   pruned_are_zero=pruned_are_zero)
-    adam = masked_adam_fused_ if backend == "fused" else masked_adam_ref_
-    return adam(params, grads, exp_avgs, exp_avg_sqs, masks, step=step, lr=lr, beta1=beta1, beta2=beta2, eps=eps,
-                weight_decay=weight_decay, moments=moments)
+            return masked_adam_triton_(params, grads, exp_avgs, exp_avg_sqs, masks, step=step, lr=lr, beta1=beta1,
+                                       beta2=beta2, eps=eps, weight_decay=weight_decay, moments=moments,
+                                       pruned_are_zero=pruned_are_zero)
+        adam = masked_adam_fused_ if backend == "fused" else masked_adam_ref_
+        return adam(params, grads, exp_avgs, exp_avg_sqs, masks, step=step, lr=lr, beta1=beta1, beta2=beta2,
+                    eps=eps, weight_decay=weight_decay, moments=moments)
+    except (TypeError, AttributeError):
+        _name_non_tensors(**lists, may_be_none=("masks",))
+        raise
+
+
+# --- misuse with a clear message ---------------------------------------------------------------------------------
+# The happy path pays one isinstance per argument: the entries are examined only once a call has failed with a
+# TypeError or AttributeError (a None inside a list first fails deep in a backend, far from its cause).
+
+
+def _refuse_bare_tensors(**lists) -> None:
+    """A tensor where a list of tensors is expected would be iterated row by row: per-row masks, not one."""
+    for name, seq in lists.items():
+        if isinstance(seq, torch.Tensor):
+            raise TypeError(f"{name} must be a list of tensors, got a tensor of shape {tuple(seq.shape)} (iterating "
+                            "it would give its rows); for one tensor, pass a list of one")
+
+
+def _first_tensor(seq, name: str) -> torch.Tensor:
+    if not isinstance(seq[0], torch.Tensor):
+        raise TypeError(f"{name}[0] must be a tensor, got {type(seq[0]).__name__}")
+    return seq[0]
+
+
+def _name_non_tensors(may_be_none: tuple[str, ...] = (), **lists) -> None:
+    """Raise a TypeError naming the first entry of the lists that is not a tensor (None allowed in `may_be_none`
+    and for a list that is None); return if there is none (the caller re-raises its own error)."""
+    for name, seq in lists.items():
+        if seq is None:
+            continue
+        for i, t in enumerate(seq):
+            if not isinstance(t, torch.Tensor) and not (t is None and name in may_be_none):
+                raise TypeError(f"{name}[{i}] must be a tensor, got {type(t).__name__}") from None

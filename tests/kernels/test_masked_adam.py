@@ -402,6 +402,26 @@ def test_every_backend_refuses_a_step_that_is_no_whole_number_in_range(monkeypat
 
 
 @pytest.mark.parametrize("backend", ["triton", "fused", "torch"])
+def test_every_backend_names_an_entry_that_is_not_a_tensor(monkeypatch, backend):
+    """A None in a list failed deep in a backend (`descriptor 'data_ptr' ... doesn't apply to a 'NoneType'`), and a
+    bare tensor for a list was iterated row by row. Both name the argument now, and nothing is written."""
+    monkeypatch.setenv("PRUNERL_KERNELS", backend)
+    params, grads, m, v, masks = make_state([(8, 6), (5,)])
+    before = clone_all(params, m, v)
+    for lists, message in [
+        ((params, [grads[0], None], m, v, masks), r"grads\[1\] must be a tensor, got NoneType"),
+        (([None, params[1]], grads, m, v, masks), r"params\[0\] must be a tensor, got NoneType"),
+        ((params, grads, m, [v[0], 0.0], masks), r"exp_avg_sqs\[1\] must be a tensor, got float"),
+        ((params[0], grads[0], m[0], v[0], [masks[0]] * 8), r"params must be a list of tensors, got a tensor of "
+                                                            r"shape \(8, 6\) \(iterating it would give its rows\)"),
+    ]:
+        with pytest.raises(TypeError, match=message):
+            kernels.masked_adam_(*lists, step=1, lr=1e-3)
+    assert_lists_close([params, m, v], before, rtol=0, atol=0)
+    kernels.masked_adam_(params, grads, m, v, [masks[0], None], step=1, lr=1e-3)  # a None mask is allowed
+
+
+@pytest.mark.parametrize("backend", ["triton", "fused", "torch"])
 def test_every_backend_keeps_nonzero_uint8_masks_and_refuses_aliases(monkeypatch, backend):
     """The CPU paths multiplied by a uint8 mask, so a 2 doubled the weight (the kernels keep any nonzero), and
     wrote through outputs that overlap inputs (the kernels refuse)."""

@@ -465,6 +465,22 @@ def test_every_backend_refuses_what_the_kernels_refuse(monkeypatch, backend):
         assert all(torch.equal(a, b) for a, b in zip(kernels.topk_magnitude_masks(w, counts), want))
 
 
+@pytest.mark.parametrize("backend", ["triton", "fused", "torch"])
+def test_every_backend_names_an_entry_that_is_not_a_tensor(monkeypatch, backend):
+    """A None among the weights failed deep in a backend with an AttributeError, and one tensor passed for the
+    list was taken as a list of its rows: with as many keep counts as rows, per-row masks and no error."""
+    monkeypatch.setenv("PRUNERL_KERNELS", backend)
+    w = torch.randn(4, 5, device=DEVICE)
+    with pytest.raises(TypeError, match=r"weights\[1\] must be a tensor, got NoneType"):
+        kernels.topk_magnitude_masks([w, None], [2, 2])
+    with pytest.raises(TypeError, match=r"weights\[0\] must be a tensor, got NoneType"):
+        kernels.topk_magnitude_masks([None, w], [2, 2])
+    with pytest.raises(TypeError, match=r"out\[0\] must be a tensor, got NoneType"):
+        kernels.topk_magnitude_masks([w], [2], out=[None])
+    with pytest.raises(TypeError, match=r"weights must be a list of tensors, got a tensor of shape \(4, 5\)"):
+        kernels.topk_magnitude_masks(w, [2] * 4)
+
+
 # --- properties --------------------------------------------------------------------------------------------------
 
 
