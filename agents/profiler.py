@@ -15,6 +15,11 @@ conv / linear layer of the online network is timed on its own (forward, backward
 a replay batch, next to its measured weight sparsity. Masks are simulated on dense tensors, so a pruned
 layer costs what its dense twin costs; the table shows where the learner's time goes. All of it is written
 with the component table to run_dir/profile.json and printed as short tables.
+
+How close to the hardware: the model's FLOPs (`model_flops`: the matmuls and convolutions of one learner step
+and of one acting forward, counted by `torch.utils.flop_counter` on one eager call; a multiply-add is 2) over
+the measured times give the TFLOP/s each achieved, per component and per layer, to set against the device's
+matmul rate in the run's precision (dense FLOPs, as the run computes them: a 95%-sparse layer does all of them).
 """
 
 from __future__ import annotations
@@ -79,18 +84,61 @@ def format_table(report: dict) -> str:
                      f"{c['ms_per_call']:>10.3f}")
     lines.append(f"{report['frames']:,} frames in {report['wall_seconds']:.1f} s = "
                  f"{report['frames_per_second']:,.0f} frames/s")
+    flops = report.get("model_flops")
+    if flops:
+        lines.append(f"model FLOPs (matmul + conv): learner {flops['learner_flops'] / 1e9:.3g} GFLOP per update"
+                     f"{_rate(flops.get('learner_tflops'))}, acting {flops['act_flops'] / 1e9:.3g} GFLOP per forward"
+                     f"{_rate(flops.get('act_tflops'))}; {flops['flops_per_frame'] / 1e9:.3g} GFLOP per frame, "
+                     f"{flops['run_tflops']:.3g} TFLOP/s over the run")
     if report.get("learner_ops"):
         lines.append(f"\n{'learner operator (torch.profiler)':<44}{'total ms':>10}{'calls':>8}")
         for op in report["learner_ops"]:
             lines.append(f"{op['name'][:43]:<44}{op['total_ms']:>10.2f}{op['calls']:>8}")
     if report.get("learner_layers"):
         lines.append(f"\n{'learner layer (alone, median)':<36}{'sparsity':>9}{'fwd ms':>9}{'bwd ms':>9}"
-                     f"{'spread':>8}  dtype")
+                     f"{'spread':>8}{'fwd TFLOP/s':>12}{'bwd TFLOP/s':>12}  dtype")
         for row in report["learner_layers"]:
             spread = f"{100 * row['spread']:.0f}%" if "spread" in row else "-"
+            rates = [_tflops(row.get(f"{d}_flops"), row[f"{d}_ms"]) for d in ("forward", "backward")]
             lines.append(f"{row['layer'][:35]:<36}{row['weight_sparsity']:>9.3f}{row['forward_ms']:>9.3f}"
-                         f"{row['backward_ms']:>9.3f}{spread:>8}  {row.get('compute_dtype', '')}")
+                         f"{row['backward_ms']:>9.3f}{spread:>8}{rates[0]:>12}{rates[1]:>12}  "
+                         f"{row.get('compute_dtype', '')}")
     return "\n".join(lines)
+
+
+def count_flops(fn) -> int:
+    """Matmul and convolution FLOPs of one eager call of `fn` (torch.utils.flop_counter: 2 per multiply-add,
+    forward and backward; elementwise work is not counted). Only shapes matter, so any input values do."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with _eager(), FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
+def model_flops_report(flops: dict, components: dict, frames_per_second: float) -> dict:
+    """`flops` (Trainer.model_flops) with the TFLOP/s achieved: by the learner and the acting forward in their
+    (synchronised) sections, and by the whole run (FLOPs per frame x frames/s)."""
+    report = dict(flops)
+    for name, key in (("learner", "learner_flops"), ("act", "act_flops")):
+        ms = components.get(name, {}).get("ms_per_call", 0.0)
+        report[f"{name}_tflops"] = _sig(flops[key] / (ms * 1e-3) / 1e12) if ms > 0 else None
+    report["run_tflops"] = _sig(flops["flops_per_frame"] * frames_per_second / 1e12)
+    return report
+
+
+def _sig(x: float) -> float:
+    """`x` to 4 significant digits (a CPU run's rates are thousandths of a TFLOP/s)."""
+    return float(f"{x:.4g}")
+
+
+def _rate(tflops: float | None) -> str:
+    return "" if tflops is None else f" ({tflops:.3g} TFLOP/s in its section)"
+
+
+def _tflops(flops: int | None, ms: float) -> str:
+    """'12.3' TFLOP/s of `flops` in `ms`, or '-' (a profile written before FLOPs were counted)."""
+    return "-" if flops is None or ms <= 0 else f"{flops / (ms * 1e-3) / 1e12:.3g}"
 
 
 def profile_learner_ops(learn_step, steps: int = 10, top: int = 15) -> list[dict]:
@@ -134,26 +182,29 @@ def profile_learner_layers(net: torch.nn.Module, forward, obs: torch.Tensor, rep
     for name, m in layers.items():
         if name not in inputs:
             continue
-        (forward_ms, forward_spread), (backward_ms, backward_spread), dtype = _time_layer(m, inputs[name], reps)
+        (forward_ms, forward_spread, forward_flops), (backward_ms, backward_spread, backward_flops), dtype = \
+            _time_layer(m, inputs[name], reps)
         rows.append({"layer": name, "type": type(m).__name__, "input_shape": list(inputs[name].shape),
                      "compute_dtype": str(dtype).removeprefix("torch."),
                      "params": sum(p.numel() for p in m.parameters()),
                      "weight_sparsity": round(float((m.weight == 0).float().mean()), 4),
                      "forward_ms": round(forward_ms, 4), "backward_ms": round(backward_ms, 4),
-                     "spread": round(max(forward_spread, backward_spread), 3)})
+                     "spread": round(max(forward_spread, backward_spread), 3),
+                     "forward_flops": forward_flops, "backward_flops": backward_flops})
     return rows
 
 
 def _time_layer(layer: torch.nn.Module, x: torch.Tensor, reps: int) -> tuple[tuple, tuple, torch.dtype]:
-    """((forward ms, spread), (backward ms, spread), the dtype the layer computes in: its output's, under the
-    caller's autocast)."""
+    """((forward ms, spread, FLOPs), (backward ms, spread, FLOPs), the dtype the layer computes in: its output's,
+    under the caller's autocast). The backward takes the input's gradient too."""
     x = x.clone().requires_grad_(True)
     wrt = [x, *layer.parameters()]
     out = layer(x)
     grad = torch.ones_like(out)
-    forward = _median_ms(lambda: layer(x), reps)
-    backward = _median_ms(lambda: torch.autograd.grad(out, wrt, grad, retain_graph=True), reps)
-    return forward, backward, out.dtype
+    timed = []
+    for fn in (lambda: layer(x), lambda: torch.autograd.grad(out, wrt, grad, retain_graph=True)):
+        timed.append((*_median_ms(fn, reps), count_flops(fn)))
+    return timed[0], timed[1], out.dtype
 
 
 def _eager():

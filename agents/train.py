@@ -63,7 +63,14 @@ from agents.envs import make_env, resolve_game
 from agents.eval_phase import EvalResult, run_eval_episodes, run_eval_phase
 from agents.locks import EXIT_BUSY, RUN_LOCK, run_lock
 from agents.networks import use_channels_last
-from agents.profiler import Profiler, format_table, profile_learner_layers, profile_learner_ops
+from agents.profiler import (
+    Profiler,
+    count_flops,
+    format_table,
+    model_flops_report,
+    profile_learner_layers,
+    profile_learner_ops,
+)
 from agents.pruning import FixedMask, MaskedAdam, Pruner, load_lottery_ticket
 from agents.replay import Batch, ReplayBuffer
 from agents.rigl import RigL
@@ -462,6 +469,25 @@ class Trainer:
         with self._no_training_side_effects():
             self._loss(self._sample_batch())[0].backward()
 
+    def model_flops(self) -> dict:
+        """Matmul and convolution FLOPs (`agents.profiler.count_flops`) of one learner step (the loss's forward
+        passes, target network's included, and the backward, on a batch of the run's size) and of one acting
+        forward over all envs, and per env frame at the run's replay ratio (the evaluation phase's forwards not
+        included). Counted on a zero batch, eagerly; changes no training state."""
+        cfg, obs = self.cfg, self._act_obs
+        b = cfg.agent.batch_size
+        zeros = torch.zeros(b, device=self.device)
+        batch = Batch(obs=obs[:1].expand(b, *obs.shape[1:]).clone(), actions=zeros.long(), returns=zeros,
+                      discounts=torch.ones_like(zeros), next_obs=obs[:1].expand(b, *obs.shape[1:]).clone(),
+                      weights=torch.ones_like(zeros), indices=torch.arange(b, device=self.device))
+        with self._no_training_side_effects():
+            learner = count_flops(lambda: self._loss(batch)[0].backward())
+            with torch.no_grad():
+                act = count_flops(self._greedy_phase)
+        per_agent_step = learner * cfg.replay_ratio + act / obs.shape[0]
+        return {"learner_flops": learner, "act_flops": act, "batch_size": b, "num_envs": obs.shape[0],
+                "replay_ratio": cfg.replay_ratio, "flops_per_frame": round(per_agent_step / cfg.env.frame_skip)}
+
     def _profile_layers(self) -> list[dict]:
         """Per-layer forward / backward times on a replay batch, in the run's precision (its autocast: a --bf16
         run's layers are timed in bf16); changes no training state."""
@@ -613,6 +639,8 @@ class Trainer:
         cfg = self.cfg  # what the numbers depend on besides the network: compared runs should agree on it
         report["precision"] = ("bf16" if cfg.bf16 else "tf32" if cfg.tf32 else "fp32") + (
             ", channels-last" if cfg.channels_last else "")
+        report["model_flops"] = model_flops_report(self.model_flops(), report["components"],
+                                                   report["frames_per_second"])
         if self.replay.can_sample():
             report["learner_ops"] = profile_learner_ops(self._forward_backward)
             report["learner_layers"] = self._profile_layers()

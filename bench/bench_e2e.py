@@ -16,7 +16,9 @@ graphs. Every setup runs in fp32; `dense` and `gmp95_after` also with `--bf16`, 
 Each run warms up for `WARMUP` agent steps (the replay fills and learning starts: iteration 1), then measures
 `MEASURE` agent steps (the iterations after it, each `WARMUP` long); their frames/s is the result. The full loop
 is timed: env stepping, acting, replay, learning, pruning; `loop_split` says where the last iteration's time went
-(the host blocked on the envs, blocked on the GPU, or working: `Trainer._log_loop_split`). Results:
+(the host blocked on the envs, blocked on the GPU, or working: `Trainer._log_loop_split`), and `model_tflops`
+how close the run came to the GPU's arithmetic limit: frames/s x the matmul and convolution FLOPs per frame
+(`Trainer.model_flops`: the learner step's at the replay ratio, plus the acting forward's). Results:
 `pytest bench/bench_e2e.py --benchmark-json=bench/results/<name>.json`; each benchmark's extra_info holds the
 setup, frames/s, the phases captured in CUDA graphs and the env backend, so a run that silently took a slow path
 shows.
@@ -103,11 +105,14 @@ def measure_frames_per_second(cfg, naive: bool = False) -> dict:
         summary = trainer.run()
         backend = kernels.backend_for(trainer.device)
         rows = read_iterations(Path(tmp) / "run" / "iterations.csv")
+        flops = trainer.model_flops()  # counted on one eager call each, after the measurement
     fps, measured_steps = measured_speed(rows)
     return {"frames_per_second": fps, "measured_agent_steps": measured_steps,
             "grad_steps": summary["grad_steps"], "total_sparsity": summary["total_sparsity"],
             "cuda_graphs": sorted(trainer.graphs.captured), "env_backend": trainer.env.backend,
-            "kernels": backend, "loop_split": trainer.last_loop_split}
+            "kernels": backend, "loop_split": trainer.last_loop_split,
+            "learner_flops": flops["learner_flops"], "flops_per_frame": flops["flops_per_frame"],
+            "model_tflops": fps * flops["flops_per_frame"] / 1e12}
 
 
 def measured_speed(rows: list[dict]) -> tuple[float, int]:

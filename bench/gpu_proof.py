@@ -641,6 +641,17 @@ def loop_split_text(split: dict | None) -> str:
     return " / ".join(f"{100 * split.get(k, 0.0):.0f}%" for k in ("env_wait", "device_wait", "host"))
 
 
+def model_tflops_text(run: dict, env: dict) -> str:
+    """'21.3 (4.2% of bf16)': an e2e run's model TFLOP/s and its share of the device's matmul rate in the run's
+    precision; '-' for a run recorded before FLOPs were counted."""
+    tflops = run.get("model_tflops")
+    if tflops is None:
+        return "-"
+    precision = {"fp32": "fp32", "tf32": "tf32", "bf16": "bf16", "nhwc_bf16": "bf16"}.get(run.get("precision", "fp32"))
+    peak = env.get(f"{precision}_tflops")
+    return f"{tflops:.3g}" + (f" ({100 * tflops / peak:.1f}% of {precision})" if peak else "")
+
+
 def render_summary(proof: Proof, env: dict, rows: list[dict], e2e: list[dict], profile: dict | None,
                    notes: list[str]) -> str:
     status = {True: "met", False: "MISSED", None: "no data", "reported": "reported"}
@@ -648,7 +659,8 @@ def render_summary(proof: Proof, env: dict, rows: list[dict], e2e: list[dict], p
     if proof.dry:
         lines += ["**DRY RUN on the CPU: tiny sizes, nothing measured. Every number below is meaningless.**", ""]
     facts = [f"{k} {env[k]}" for k in ("driver", "torch", "triton", "cuda", "python", "sm_count", "copy_gbps",
-                                       "bf16_tflops", "env_backend") if env.get(k) is not None]
+                                       "bf16_tflops", "tf32_tflops", "fp32_tflops", "env_backend")
+             if env.get(k) is not None]
     lines += ["; ".join(facts) or "environment: no result", "",
               f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC, {proof.elapsed():.0f} s of a "
               f"{proof.budget_s:.0f} s budget.", "", "## Targets", ""]
@@ -666,11 +678,14 @@ def render_summary(proof: Proof, env: dict, rows: list[dict], e2e: list[dict], p
     if e2e:
         lines += ["## End to end (frames/s)", "",
                   "Waits: the measured iteration's wall time blocked on the envs / on the GPU (the greedy actions' "
-                  "copy, behind the queued updates) / the rest, host work (no synchronisation added).", ""]
-        lines += _table(["case", "setup", "precision", "frames/s", "waits: env / GPU / host", "CUDA graphs", "kernels",
-                         "envs", "sparsity"],
+                  "copy, behind the queued updates) / the rest, host work (no synchronisation added). Model TFLOP/s: "
+                  "frames/s x the matmul and convolution FLOPs per frame (learner and acting, dense as computed), "
+                  "and its share of the matmul rate measured in the run's precision (environment above).", ""]
+        lines += _table(["case", "setup", "precision", "frames/s", "waits: env / GPU / host", "model TFLOP/s",
+                         "CUDA graphs", "kernels", "envs", "sparsity"],
                         [[r["case"], r["provider"], r.get("precision"), float(r["frames_per_second"]),
-                          loop_split_text(r.get("loop_split")), ",".join(r.get("cuda_graphs") or []) or "none",
+                          loop_split_text(r.get("loop_split")), model_tflops_text(r, env),
+                          ",".join(r.get("cuda_graphs") or []) or "none",
                           r.get("kernels"), r.get("env_backend"), float(r["total_sparsity"])] for r in e2e]) + [""]
     if profile:
         lines += [f"## Profile ({profile.get('precision', 'fp32')}; {profile.get('frames', 0):,} frames, "
@@ -678,6 +693,12 @@ def render_summary(proof: Proof, env: dict, rows: list[dict], e2e: list[dict], p
         lines += _table(["component", "seconds", "share", "ms/call"],
                         [[k, c["seconds"], f"{100 * c['share']:.1f}%", c["ms_per_call"]]
                          for k, c in profile.get("components", {}).items()]) + [""]
+        flops = profile.get("model_flops")
+        if flops:
+            lines += [f"Model FLOPs: the learner step {flops['learner_flops'] / 1e9:.3g} GFLOP "
+                      f"({flops.get('learner_tflops') or 0:.3g} TFLOP/s in its synchronised section), the acting "
+                      f"forward {flops['act_flops'] / 1e9:.3g} GFLOP; {flops['run_tflops']:.3g} TFLOP/s over the "
+                      "profiled run.", ""]
     for warning in env.get("warnings", []):
         notes.append(f"environment: {warning}")
     if notes:
@@ -730,7 +751,7 @@ def probe_environment(path: Path, dry: bool) -> int:
         info.update(device=props.name, capability=f"{props.major}.{props.minor}", sm_count=props.multi_processor_count,
                     l2_mib=round(getattr(props, "L2_cache_size", 0) / 2**20, 1),
                     gpu_memory_gib=round(props.total_memory / 2**30, 1), cudnn=torch.backends.cudnn.version())
-        info["copy_gbps"], info["bf16_tflops"] = _device_ceilings(torch)
+        info.update(_device_ceilings(torch))
     else:
         info["device"] = "cpu"
         if not dry:
@@ -750,17 +771,27 @@ def probe_environment(path: Path, dry: bool) -> int:
     return 0
 
 
-def _device_ceilings(torch) -> tuple[float, float]:
-    """Copy bandwidth (GB/s, bytes read + written, 1 GiB) and bf16 matmul rate (TFLOP/s, 8192^3, random data)."""
+def _device_ceilings(torch) -> dict:
+    """Copy bandwidth (`copy_gbps`: GB/s, bytes read + written, 1 GiB) and the matmul rate (TFLOP/s, 8192^3,
+    random data) in each precision the e2e runs compute in: `bf16_tflops`, `tf32_tflops` and `fp32_tflops`
+    (TF32 off, as the trainer sets it without --tf32), the ceilings of their `model_tflops`."""
     import triton.testing
 
     src = torch.randn(256 * 2**20, device="cuda")
     dst = torch.empty_like(src)
     ms = triton.testing.do_bench(lambda: dst.copy_(src), rep=300, return_mode="median")
-    copy_gbps = 2 * src.numel() * 4 / (ms * 1e-3) / 1e9
-    a, b = (torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16) for _ in range(2))
-    ms = triton.testing.do_bench(lambda: a @ b, rep=300, return_mode="median")
-    return round(copy_gbps, 1), round(2 * 8192**3 / (ms * 1e-3) / 1e12, 1)
+    ceilings = {"copy_gbps": round(2 * src.numel() * 4 / (ms * 1e-3) / 1e9, 1)}
+    allow_tf32 = torch.backends.cuda.matmul.allow_tf32
+    try:
+        for name, dtype, tf32 in (("bf16", torch.bfloat16, False), ("tf32", torch.float32, True),
+                                  ("fp32", torch.float32, False)):
+            torch.backends.cuda.matmul.allow_tf32 = tf32
+            a, b = (torch.randn(8192, 8192, device="cuda", dtype=dtype) for _ in range(2))
+            ms = triton.testing.do_bench(lambda a=a, b=b: a @ b, rep=300, return_mode="median")
+            ceilings[f"{name}_tflops"] = round(2 * 8192**3 / (ms * 1e-3) / 1e12, 1)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = allow_tf32
+    return ceilings
 
 
 def _carried_packages() -> tuple[dict, list[str]]:

@@ -84,6 +84,10 @@ def test_dry_run_exercises_every_step_the_layout_and_the_copy_to_out(tmp_path):
     summary = (folder / "summary.md").read_text()
     assert "DRY RUN" in summary and "## Targets" in summary and "## Steps" in summary
     assert "waits: env / GPU / host" in summary and gpu_proof.loop_split_text(e2e[0]["loop_split"]) in summary
+    # ... and how close it came to the arithmetic limit: its matmul and convolution FLOPs per frame x frames/s.
+    assert all(r["flops_per_frame"] > 0 and r["model_tflops"] == pytest.approx(
+        r["frames_per_second"] * r["flops_per_frame"] / 1e12) for r in e2e)
+    assert gpu_proof.model_tflops_text(e2e[0], environment) in summary
     for row in gpu_proof.e2e_target_rows([]):
         assert row["target"] in summary
     _check_the_kernel_rehearsal(folder, summary)
@@ -209,6 +213,16 @@ def test_usage_errors_exit_2(monkeypatch, capsys):
 
 
 # --- the summary's target table -------------------------------------------------------------------------------------
+
+
+def test_model_tflops_are_set_against_the_matmul_rate_of_the_runs_precision():
+    env = {"fp32_tflops": 50.0, "tf32_tflops": 400.0, "bf16_tflops": 650.0}
+    assert gpu_proof.model_tflops_text({"precision": "fp32", "model_tflops": 15.0}, env) == "15 (30.0% of fp32)"
+    assert gpu_proof.model_tflops_text({"precision": "nhwc_bf16", "model_tflops": 26.0}, env) == "26 (4.0% of bf16)"
+    assert gpu_proof.model_tflops_text({"precision": "tf32", "model_tflops": 20.0}, env) == "20 (5.0% of tf32)"
+    # a proof that measured bf16 alone (before fp32 and TF32 were), and a row from before FLOPs were counted
+    assert gpu_proof.model_tflops_text({"precision": "fp32", "model_tflops": 15.0}, {"bf16_tflops": 650.0}) == "15"
+    assert gpu_proof.model_tflops_text({"precision": "fp32", "frames_per_second": 2e3}, env) == "-"
 
 
 def test_e2e_targets_follow_the_measured_frames_per_second():

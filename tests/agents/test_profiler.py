@@ -1,6 +1,7 @@
 import json
 
 import pytest
+import torch
 
 from agents.profiler import Profiler, format_table
 from agents.train import Trainer
@@ -38,6 +39,44 @@ def test_profile_json_accounts_for_the_loop(tmp_path):
         assert row["weight_sparsity"] == pytest.approx(measured[f"sparsity/{name}.weight"], abs=1e-4)
     assert "learner" in format_table(report) and "learner layer (alone" in format_table(report)
     assert {row["compute_dtype"] for row in layers.values()} == {"float32"}
+    # How close to the hardware: FLOPs of every layer and of the run, over the measured times.
+    flops = report["model_flops"]
+    assert flops["learner_flops"] == trainer.model_flops()["learner_flops"] > 0
+    assert flops["learner_tflops"] == pytest.approx(
+        flops["learner_flops"] / (comps["learner"]["ms_per_call"] * 1e-3) / 1e12, rel=1e-3)
+    assert flops["run_tflops"] == pytest.approx(flops["flops_per_frame"] * report["frames_per_second"] / 1e12,
+                                                rel=1e-3)
+    assert all(row["forward_flops"] > 0 and row["backward_flops"] > row["forward_flops"] for row in layers.values())
+    assert "GFLOP per update" in format_table(report)
+
+
+@pytest.mark.parametrize("double_dqn", [False, True])
+def test_model_flops_are_the_layers_multiply_adds(tmp_path, double_dqn):
+    """The learner step's FLOPs, counted by torch.utils.flop_counter, against a count by hand from each conv and
+    linear layer's shapes: the online and target forwards (and the online one on the next states for double
+    DQN), and a backward of twice the forward, less the first layer's input gradient (the observations need
+    none)."""
+    cfg = chain_config(fast_dqn(min_replay=100, batch_size=8, double_dqn=double_dqn), sparsity=0.9, total_steps=10)
+    trainer = Trainer(cfg, tmp_path / "run", env=ChainEnv(num_envs=4))
+    layer_flops = []
+
+    def count(module, args, out):
+        per_output = (module.in_channels // module.groups * module.kernel_size[0] * module.kernel_size[1]
+                      if isinstance(module, torch.nn.Conv2d) else module.in_features)
+        layer_flops.append(2 * out.numel() * per_output)
+
+    layers = [m for m in trainer.online.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    hooks = [m.register_forward_hook(count) for m in layers]
+    with torch.no_grad():
+        trainer.agent.q_values(trainer.online, torch.zeros(8, *trainer._act_obs.shape[1:], dtype=torch.uint8))
+    for hook in hooks:
+        hook.remove()
+    assert len(layer_flops) == len(layers) > 2
+    forward = sum(layer_flops)
+    flops = trainer.model_flops()
+    assert flops["learner_flops"] == (4 + double_dqn) * forward - layer_flops[0]
+    assert flops["act_flops"] == forward // 2  # 4 envs, a batch of 8
+    assert flops["flops_per_frame"] == round((flops["learner_flops"] * 0.25 + forward / 8) / 4)
 
 
 def test_profile_of_a_resumed_run_counts_the_frames_of_its_launch(tmp_path):
