@@ -473,7 +473,8 @@ class Trainer:
         """Matmul and convolution FLOPs (`agents.profiler.count_flops`) of one learner step (the loss's forward
         passes, target network's included, and the backward, on a batch of the run's size) and of one acting
         forward over all envs, and per env frame at the run's replay ratio (the evaluation phase's forwards not
-        included). Counted on a zero batch, eagerly; changes no training state."""
+        included; an offline run's "frames" are its updates x frame_skip, as in its profile). Counted on a zero
+        batch, eagerly; changes no training state."""
         cfg, obs = self.cfg, self._act_obs
         b = cfg.agent.batch_size
         zeros = torch.zeros(b, device=self.device)
@@ -484,7 +485,8 @@ class Trainer:
             learner = count_flops(lambda: self._loss(batch)[0].backward())
             with torch.no_grad():
                 act = count_flops(self._greedy_phase)
-        per_agent_step = learner * cfg.replay_ratio + act / obs.shape[0]
+        # An offline run's agent steps are its updates, and it acts only in its evaluation phase.
+        per_agent_step = learner * cfg.replay_ratio + (0 if cfg.offline.enabled else act / obs.shape[0])
         return {"learner_flops": learner, "act_flops": act, "batch_size": b, "num_envs": obs.shape[0],
                 "replay_ratio": cfg.replay_ratio, "flops_per_frame": round(per_agent_step / cfg.env.frame_skip)}
 

@@ -194,6 +194,15 @@ def test_offline_run_stops_at_max_minutes_with_a_checkpoint(tmp_path, chain_data
     assert resumed.run()["finished"] is True and resumed.agent_steps == 200
 
 
+def test_offline_profile_counts_the_updates_flops_and_no_acting(tmp_path, chain_dataset):
+    cfg = offline_config("cql", 0.0, chain_dataset, total=40)
+    cfg.profile, cfg.eval_episodes = True, 2
+    OfflineTrainer(cfg, tmp_path / "run", env=ChainEnv(num_envs=2)).run()
+    flops = json.loads((tmp_path / "run" / "profile.json").read_text())["model_flops"]
+    assert flops["learner_flops"] > 0 and flops["act_flops"] > 0
+    assert flops["flops_per_frame"] == round(flops["learner_flops"] / cfg.env.frame_skip)  # per update, no acting
+
+
 def test_offline_runs_name_missing_or_foreign_data(tmp_path, chain_dataset):
     cfg = offline_config("cql", 0.0, chain_dataset)
     cfg.offline.data = None
