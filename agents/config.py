@@ -36,7 +36,8 @@ class AgentConfig:
     Atari-100k agents der (data-efficient Rainbow) and drq_eps (DrQ(eps): DQN with image augmentation), or the
     offline agents cql (DQN + CQL regulariser) and cql_c51 (C51 + CQL regulariser). The name picks the loss and
     network; the other agent.* fields stay as they are: a preset of the agent (--list-presets) sets the paper's,
-    while --agent.name on another preset (or none) keeps its values (DQN's: n-step 1, uniform replay, lr 6.25e-5)."""
+    while --agent.name on another preset (or none) keeps its values (DQN's: n-step 1, uniform replay, lr 6.25e-5), and
+    the trainer prints a note naming those that differ from the named agent's paper values."""
     lr: float = 6.25e-5
     """Adam learning rate."""
     adam_eps: float = 1.5e-4

@@ -57,7 +57,7 @@ from agents.checkpoint import (
     load_latest_checkpoint,
     remove_temporary_files,
 )
-from agents.config import PRESETS, RUNTIME_FIELDS, TrainConfig, experiment_fields, get_preset
+from agents.config import PRESETS, RUNTIME_FIELDS, TrainConfig, experiment_fields, get_preset, paper_agent
 from agents.cuda_graphs import PhaseGraphs
 from agents.envs import make_env, resolve_game
 from agents.eval_phase import EvalResult, run_eval_episodes, run_eval_phase
@@ -1055,6 +1055,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, Path | None]
         if unread:  # the run would not do what its config says
             raise UsageError(f"{unread}: drop the option(s), or choose an agent or method that reads them (a run "
                              "started with such an option before this check continues with --resume RUN_DIR)")
+        note = agent_name_note(default, cfg)
+        if note:
+            print(f"note: {note}", file=sys.stderr)
         return cfg, None
     differences = experiment_differences(saved, cfg)
     if differences:
@@ -1064,6 +1067,24 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, Path | None]
     if (cfg.runs_dir, cfg.run_name) != (saved.runs_dir, saved.run_name):
         raise UsageError("--resume RUN_DIR names the run directory; leave out --runs-dir and --run-name")
     return cfg, known.resume
+
+
+def agent_name_note(default: TrainConfig, cfg: TrainConfig) -> str | None:
+    """What --agent.name did not change: it picks the loss and the network, and the other agent fields stay the
+    preset's (an ablation may want exactly that, so this is a note, not an error). None when the name is the
+    preset's, or when the fields are the named agent's paper values."""
+    if cfg.agent.name == default.agent.name:
+        return None
+    paper = paper_agent(cfg.agent.name)
+    kept = [f"{f.name} {getattr(cfg.agent, f.name)!r} (the paper's {getattr(paper, f.name)!r})"
+            for f in dataclasses.fields(paper)
+            if f.name != "name" and getattr(cfg.agent, f.name) != getattr(paper, f.name)]
+    if not kept:
+        return None
+    source = f"preset {default.preset}" if default.preset else "the defaults"
+    return (f"--agent.name {cfg.agent.name} changes the loss and the network only; the other agent fields keep "
+            f"their values from {source}, which differ from the paper's {cfg.agent.name}: {'; '.join(kept)}. For "
+            "the paper's configuration pick its preset (--list-presets), or set these fields.")
 
 
 def trainer_class(cfg: TrainConfig) -> type[Trainer]:

@@ -119,6 +119,24 @@ def _error_of(capsys, argv):
     return code, capsys.readouterr().err
 
 
+def test_agent_name_on_another_agents_preset_notes_what_it_kept(capsys):
+    """--agent.name switches the loss and the network only: a run that meant the paper's Rainbow and got DQN's
+    1-step uniform replay is told so (a note, not an error: an ablation may want exactly this)."""
+    parse_args(["--preset", "dqn_impala_w3_gmp95", "--agent.name", "rainbow"])
+    err = capsys.readouterr().err
+    assert "note: --agent.name rainbow changes the loss and the network only" in err
+    assert "preset dqn_impala_w3_gmp95" in err and "n_step 1 (the paper's 3); replay 'uniform' (the paper's " \
+        "'prioritized')" in err
+    parse_args(["--agent.name", "iqn"])
+    assert "from the defaults, which differ from the paper's iqn: lr 6.25e-05 (the paper's 5e-05)" in \
+        capsys.readouterr().err
+    for argv in (["--preset", "rainbow_impala_w3_gmp95"], ["--preset", "dqn_impala_w3_gmp95", "--agent.name", "dqn"],
+                 ["--preset", "dqn_impala_w3_gmp95", "--agent.name", "rainbow", "--agent.n-step", "3",
+                  "--agent.replay", "prioritized"]):
+        parse_args(argv)
+        assert "note:" not in capsys.readouterr().err, argv
+
+
 def test_unknown_game_suggests_names(tmp_path, capsys):
     code, err = _error_of(capsys, ["--env.game", "Pongg", "--runs-dir", str(tmp_path)])
     assert code == 2 and "Pong" in err and "Pongg" in err
