@@ -220,6 +220,7 @@ class Trainer:
         self.plasticity = self._make_plasticity(obs_shape) if cfg.redo.enabled or cfg.reset.enabled else None
         self.action_rng = np.random.default_rng(cfg.seed)
         self._act_obs = torch.zeros((self.env.num_envs, *obs_shape), dtype=torch.uint8, device=self.device)
+        self._model_flops: dict | None = None  # (model_flops)
         self.agent_steps = self.grad_steps = self.iteration = 0
         self.stopped_early = False  # by --max-minutes
         self.resumes, self.resumed_without_replay = 0, False
@@ -475,6 +476,8 @@ class Trainer:
         forward over all envs, and per env frame at the run's replay ratio (the evaluation phase's forwards not
         included; an offline run's "frames" are its updates x frame_skip, as in its profile). Counted on a zero
         batch, eagerly; changes no training state."""
+        if self._model_flops is not None:  # (shapes are fixed for a run: counted once)
+            return dict(self._model_flops)
         cfg, obs = self.cfg, self._act_obs
         b = cfg.agent.batch_size
         zeros = torch.zeros(b, device=self.device)
@@ -487,8 +490,20 @@ class Trainer:
                 act = count_flops(self._greedy_phase)
         # An offline run's agent steps are its updates, and it acts only in its evaluation phase.
         per_agent_step = learner * cfg.replay_ratio + (0 if cfg.offline.enabled else act / obs.shape[0])
-        return {"learner_flops": learner, "act_flops": act, "batch_size": b, "num_envs": obs.shape[0],
-                "replay_ratio": cfg.replay_ratio, "flops_per_frame": round(per_agent_step / cfg.env.frame_skip)}
+        self._model_flops = {"learner_flops": learner, "act_flops": act, "batch_size": b, "num_envs": obs.shape[0],
+                             "replay_ratio": cfg.replay_ratio,
+                             "flops_per_frame": round(per_agent_step / cfg.env.frame_skip)}
+        return dict(self._model_flops)
+
+    def _flops_per_frame(self) -> int | None:
+        """`model_flops()`'s FLOPs per frame for summary.json (agents.report's model TFLOP/s), or None with a
+        warning: a failed count must not cost the run its summary."""
+        try:
+            return self.model_flops()["flops_per_frame"]
+        except Exception as e:  # noqa: BLE001 (any failure: the summary matters more)
+            print(f"warning: could not count the model's FLOPs ({type(e).__name__}: {e}); summary.json has none",
+                  file=sys.stderr)
+            return None
 
     def _profile_layers(self) -> list[dict]:
         """Per-layer forward / backward times on a replay batch, in the run's precision (its autocast: a --bf16
@@ -680,7 +695,7 @@ class Trainer:
                    "resumed_without_replay": self.resumed_without_replay,
                    # What actually ran: a run that fell back from the kernels or graphs it was meant to use says so.
                    "kernels": kernels.backend_for(self.device), "cuda_graphs": self.graphs.captured,
-                   "last_loop_split": self.last_loop_split}
+                   "last_loop_split": self.last_loop_split, "model_flops_per_frame": self._flops_per_frame()}
         if self.pruner is not None:
             summary.update(self.pruner.sparsity_report())
             summary["total_sparsity"] = summary["sparsity/total"]

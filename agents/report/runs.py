@@ -49,6 +49,7 @@ class Run:
     score_column: str = "score"  # "score" (training episodes) or "eval_score" (the evaluation phase)
     device: str = "unknown"  # config.json's device name (a GPU model, or "cpu")
     loop_split: dict | None = None  # summary.json's last_loop_split: where the last iteration's time went
+    flops_per_frame: float | None = None  # summary.json's model_flops_per_frame (Trainer.model_flops)
     _metrics: list[dict] | None = field(default=None, repr=False)
 
     @property
@@ -297,5 +298,9 @@ def _load_run(path: Path, problems: list[str]) -> Run:
     split = summary.get("last_loop_split")
     numbers = isinstance(split, dict) and all(
         isinstance(split.get(k), int | float) and not isinstance(split.get(k), bool) for k in LOOP_SPLIT_KEYS)
+    flops = summary.get("model_flops_per_frame")
+    numeric = isinstance(flops, int | float) and not isinstance(flops, bool)
+    flops = float(flops) if numeric and 0 < flops < math.inf else None
     return Run(path, cfg, game, int(cfg.get("seed", 0)), iterations, finished, problems, flags,
-               device=device if isinstance(device, str) else "unknown", loop_split=split if numbers else None)
+               device=device if isinstance(device, str) else "unknown", loop_split=split if numbers else None,
+               flops_per_frame=flops)

@@ -25,8 +25,10 @@ SCORE_NAMES = {"train": "training", "eval": "evaluation-phase"}
 
 def config_speeds(config) -> dict[str, dict]:
     """Per device a configuration's runs were trained on: how many, the median of their training frames/s
-    (`Run.frames_per_second`) and the mean of their last iterations' loop splits (None where no run has one).
-    Runs without a training speed (offline runs) are left out."""
+    (`Run.frames_per_second`), the mean of their last iterations' loop splits (None where no run has one) and
+    the model TFLOP/s: that median x the matmul and convolution FLOPs per frame the trainer counted (None unless
+    every run has the count: trainers before it wrote none). Runs without a training speed (offline runs) are
+    left out."""
     by_device: dict[str, list] = {}
     for run in config.runs:
         if run.frames_per_second is not None:
@@ -34,11 +36,15 @@ def config_speeds(config) -> dict[str, dict]:
     speeds = {}
     for device, runs in sorted(by_device.items()):
         splits = [r.loop_split for r in runs if r.loop_split]
+        fps = float(np.median([r.frames_per_second for r in runs]))
+        flops = [r.flops_per_frame for r in runs]
         speeds[device] = {
             "runs": len(runs),
-            "frames_per_second": float(np.median([r.frames_per_second for r in runs])),
+            "frames_per_second": fps,
             "loop_split": ({k: float(np.mean([s[k] for s in splits])) for k in LOOP_SPLIT_KEYS} if splits
                            else None),
+            # One configuration computes the same FLOPs per frame in every game (the median guards a stray one).
+            "model_tflops": None if None in flops else fps * float(np.median(flops)) / 1e12,
         }
     return speeds
 
@@ -53,7 +59,9 @@ def speed_lines(configs) -> list[str]:
             ratio = "1.00x (reference)" if base_label == c.label else f"{sp['frames_per_second'] / base_fps:.2f}x"
             split = sp["loop_split"]
             waits = " / ".join(f"{100 * split[k]:.0f}%" for k in LOOP_SPLIT_KEYS) if split else "-"
-            rows.append(f"| {c.label} | {device} | {sp['runs']} | {sp['frames_per_second']:,.0f} | {ratio} | {waits} |")
+            tflops = "-" if sp["model_tflops"] is None else f"{sp['model_tflops']:.3g}"
+            rows.append(f"| {c.label} | {device} | {sp['runs']} | {sp['frames_per_second']:,.0f} | {ratio} | {waits} "
+                        f"| {tflops} |")
     if not rows:
         return []
     return ["", "## Speed", "",
@@ -61,9 +69,11 @@ def speed_lines(configs) -> list[str]:
             "out), then the median over the configuration's runs on each device. Speeds are compared only "
             "between configurations trained on the same device, against the first one listed. Waits: the share "
             "of the last iteration's wall time the host spent blocked on the envs / on the GPU / working (mean "
-            "over runs; runs of trainers before this record have none).", "",
-            "| Configuration | Device | Runs | Frames/s | vs reference | Waits: env / GPU / host |",
-            "|---|---|---|---|---|---|", *rows]
+            "over runs; runs of trainers before this record have none). Model TFLOP/s: frames/s x the network's "
+            "matmul and convolution FLOPs per frame (learner step at the replay ratio, acting forward; dense, as "
+            "computed), to set against the device's rate.", "",
+            "| Configuration | Device | Runs | Frames/s | vs reference | Waits: env / GPU / host | Model TFLOP/s |",
+            "|---|---|---|---|---|---|---|", *rows]
 
 
 def write_markdown(

@@ -136,3 +136,22 @@ def test_compare_dense_and_pruned_profiles(tmp_path, capsys):
     assert "| device, precision | cpu, fp32 | cpu, fp32 |" in table  # what the numbers were measured on
     assert main([str(tmp_path / "missing")]) == 2
     assert "no profile at" in capsys.readouterr().err
+
+
+def test_summary_records_the_flops_per_frame_and_a_failed_count_loses_nothing(tmp_path, monkeypatch, capsys):
+    """summary.json carries the FLOPs per frame, for agents.report's model TFLOP/s; a count that fails leaves
+    them out with a warning and the summary otherwise whole."""
+    cfg = chain_config(fast_dqn(min_replay=100, batch_size=8), sparsity=0.0, total_steps=200)
+    trainer = Trainer(cfg, tmp_path / "run", env=ChainEnv(num_envs=2))
+    trainer.run()
+    done = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert done["model_flops_per_frame"] == trainer.model_flops()["flops_per_frame"] > 0
+
+    def broken(self):
+        raise RuntimeError("no count")
+
+    monkeypatch.setattr(Trainer, "model_flops", broken)
+    Trainer(cfg, tmp_path / "other", env=ChainEnv(num_envs=2)).run()
+    done = json.loads((tmp_path / "other" / "summary.json").read_text())
+    assert done["finished"] and done["model_flops_per_frame"] is None
+    assert "could not count the model's FLOPs (RuntimeError: no count)" in capsys.readouterr().err

@@ -9,8 +9,9 @@ from agents import report
 from tests.agents.report_runs import GAMES, SEEDS, summary, write_run
 
 
-def _set_speed(d, fps: list[str], device: str | None, split: dict | None = None) -> None:
-    """The run's iterations' frames/s column, its device name (config.json) and loop split (summary.json)."""
+def _set_speed(d, fps: list[str], device: str | None, split: dict | None = None, flops_per_frame=None) -> None:
+    """The run's iterations' frames/s column, its device name (config.json), loop split and FLOPs per frame
+    (summary.json)."""
     lines = (d / "iterations.csv").read_text().splitlines()
     col = lines[0].split(",").index("fps")
     rows = [line.split(",") for line in lines[1:]]
@@ -21,9 +22,12 @@ def _set_speed(d, fps: list[str], device: str | None, split: dict | None = None)
     if device is not None:
         meta["device_name"] = device
     (d / "config.json").write_text(json.dumps(meta))
+    done = json.loads((d / "summary.json").read_text())
     if split is not None:
-        done = json.loads((d / "summary.json").read_text())
-        (d / "summary.json").write_text(json.dumps(done | {"last_loop_split": split}))
+        done["last_loop_split"] = split
+    if flops_per_frame is not None:
+        done["model_flops_per_frame"] = flops_per_frame
+    (d / "summary.json").write_text(json.dumps(done))
 
 
 def _speed_rows(md: str) -> dict[tuple[str, str], list[str]]:
@@ -40,23 +44,27 @@ def test_speed_per_configuration_and_device(tmp_path):
         d = write_run(root, game, seed, sparsity)
         # The first iteration (the warm-up) is slow and left out; the pruned runs are 10% faster on the H100.
         fast = "1100.0" if sparsity else "1000.0"
+        # Model TFLOP/s: 7.5 GFLOP per frame x 1,100 frames/s for the pruned runs; a dense run of an older
+        # trainer has no count, so the dense configuration shows none.
         _set_speed(d, ["300.0", fast, fast, fast], "NVIDIA H100 80GB HBM3",
-                   split if seed == 0 and not sparsity else None)
+                   split if seed == 0 and not sparsity else None,
+                   flops_per_frame=7.5e9 if sparsity or (game, seed) != (GAMES[0], SEEDS[0]) else None)
     for game, seed in product(GAMES, SEEDS):  # width 1 on another GPU: compared with nothing on the H100
         d = write_run(root, game, seed, 0.0, width=1)
         # an iteration with no speed; a hand-edited split that is not numbers counts as none
         _set_speed(d, ["100.0", "3000.0", "3000.0", ""], "NVIDIA A100-SXM4-80GB",
-                   {"env_wait": "a lot", "device_wait": 0.5, "host": 0.5})
+                   {"env_wait": "a lot", "device_wait": 0.5, "host": 0.5}, flops_per_frame="many")
     out = tmp_path / "r"
     assert report.main([str(root), "--out", str(out), "--reps", "20", "--no-figures"]) == 0
     rows = _speed_rows((out / "report.md").read_text())
     h100, a100 = "NVIDIA H100 80GB HBM3", "NVIDIA A100-SXM4-80GB"
-    assert rows[("×3, dense", h100)] == ["9", "1,000", "1.00x (reference)", "10% / 70% / 20%"]
-    assert rows[("×3, 95% pruned", h100)] == ["9", "1,100", "1.10x", "-"]
-    assert rows[("×1, dense", a100)] == ["9", "3,000", "1.00x (reference)", "-"]
+    assert rows[("×3, dense", h100)] == ["9", "1,000", "1.00x (reference)", "10% / 70% / 20%", "-"]
+    assert rows[("×3, 95% pruned", h100)] == ["9", "1,100", "1.10x", "-", "8.25"]
+    assert rows[("×1, dense", a100)] == ["9", "3,000", "1.00x (reference)", "-", "-"]  # not a number: none
     assert len(rows) == 3
     speed = summary(out)["×3, 95% pruned"]["speed"]
-    assert speed == {h100: {"runs": 9, "frames_per_second": pytest.approx(1100.0), "loop_split": None}}
+    assert speed == {h100: {"runs": 9, "frames_per_second": pytest.approx(1100.0), "loop_split": None,
+                            "model_tflops": pytest.approx(8.25)}}
 
 
 def test_runs_without_a_training_speed_add_no_speed_rows(tmp_path):
