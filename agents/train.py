@@ -495,14 +495,12 @@ class Trainer:
                              "flops_per_frame": round(per_agent_step / cfg.env.frame_skip)}
         return dict(self._model_flops)
 
-    def _flops_per_frame(self) -> int | None:
-        """`model_flops()`'s FLOPs per frame for summary.json (agents.report's model TFLOP/s), or None with a
-        warning: a failed count must not cost the run its summary."""
+    def _model_flops_or_none(self) -> dict | None:
+        """`model_flops()`, or None with a warning: a failed count must not cost the run its summary or profile."""
         try:
-            return self.model_flops()["flops_per_frame"]
-        except Exception as e:  # noqa: BLE001 (any failure: the summary matters more)
-            print(f"warning: could not count the model's FLOPs ({type(e).__name__}: {e}); summary.json has none",
-                  file=sys.stderr)
+            return self.model_flops()
+        except Exception as e:  # noqa: BLE001 (any failure: what the run wrote matters more)
+            print(f"warning: could not count the model's FLOPs ({type(e).__name__}: {e})", file=sys.stderr)
             return None
 
     def _profile_layers(self) -> list[dict]:
@@ -656,8 +654,9 @@ class Trainer:
         cfg = self.cfg  # what the numbers depend on besides the network: compared runs should agree on it
         report["precision"] = ("bf16" if cfg.bf16 else "tf32" if cfg.tf32 else "fp32") + (
             ", channels-last" if cfg.channels_last else "")
-        report["model_flops"] = model_flops_report(self.model_flops(), report["components"],
-                                                   report["frames_per_second"])
+        flops = self._model_flops_or_none()
+        if flops is not None:
+            report["model_flops"] = model_flops_report(flops, report["components"], report["frames_per_second"])
         if self.replay.can_sample():
             report["learner_ops"] = profile_learner_ops(self._forward_backward)
             report["learner_layers"] = self._profile_layers()
@@ -687,6 +686,7 @@ class Trainer:
 
     def _finish(self) -> dict:
         rows = read_iterations(self.run_dir / "iterations.csv")
+        flops = self._model_flops_or_none()  # (for agents.report's model TFLOP/s)
         summary = {"finished": not self.stopped_early, "agent_steps": self.agent_steps,
                    "frames": self.frames, "grad_steps": self.grad_steps,
                    "iterations": self.iteration, "final_score": float(rows[-1]["score"]) if rows else None,
@@ -695,7 +695,8 @@ class Trainer:
                    "resumed_without_replay": self.resumed_without_replay,
                    # What actually ran: a run that fell back from the kernels or graphs it was meant to use says so.
                    "kernels": kernels.backend_for(self.device), "cuda_graphs": self.graphs.captured,
-                   "last_loop_split": self.last_loop_split, "model_flops_per_frame": self._flops_per_frame()}
+                   "last_loop_split": self.last_loop_split,
+                   "model_flops_per_frame": None if flops is None else flops["flops_per_frame"]}
         if self.pruner is not None:
             summary.update(self.pruner.sparsity_report())
             summary["total_sparsity"] = summary["sparsity/total"]

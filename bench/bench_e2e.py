@@ -18,7 +18,8 @@ Each run warms up for `WARMUP` agent steps (the replay fills and learning starts
 is timed: env stepping, acting, replay, learning, pruning; `loop_split` says where the last iteration's time went
 (the host blocked on the envs, blocked on the GPU, or working: `Trainer._log_loop_split`), and `model_tflops`
 how close the run came to the GPU's arithmetic limit: frames/s x the matmul and convolution FLOPs per frame
-(`Trainer.model_flops`: the learner step's at the replay ratio, plus the acting forward's). Results:
+(`Trainer.model_flops`, counted at the run's end: the learner step's at the replay ratio, plus the acting
+forward's). Results:
 `pytest bench/bench_e2e.py --benchmark-json=bench/results/<name>.json`; each benchmark's extra_info holds the
 setup, frames/s, the phases captured in CUDA graphs and the env backend, so a run that silently took a slow path
 shows.
@@ -105,14 +106,13 @@ def measure_frames_per_second(cfg, naive: bool = False) -> dict:
         summary = trainer.run()
         backend = kernels.backend_for(trainer.device)
         rows = read_iterations(Path(tmp) / "run" / "iterations.csv")
-        flops = trainer.model_flops()  # counted on one eager call each, after the measurement
     fps, measured_steps = measured_speed(rows)
+    flops = summary.get("model_flops_per_frame")  # counted at the run's end (None, with a warning, if it failed)
     return {"frames_per_second": fps, "measured_agent_steps": measured_steps,
             "grad_steps": summary["grad_steps"], "total_sparsity": summary["total_sparsity"],
             "cuda_graphs": sorted(trainer.graphs.captured), "env_backend": trainer.env.backend,
             "kernels": backend, "loop_split": trainer.last_loop_split,
-            "learner_flops": flops["learner_flops"], "flops_per_frame": flops["flops_per_frame"],
-            "model_tflops": fps * flops["flops_per_frame"] / 1e12}
+            "flops_per_frame": flops, "model_tflops": None if flops is None else fps * flops / 1e12}
 
 
 def measured_speed(rows: list[dict]) -> tuple[float, int]:
