@@ -251,9 +251,14 @@ def load_report(path: Path) -> dict:
     return report
 
 
+def _learner_ms(report: dict) -> float:
+    return report["components"].get("learner", {}).get("ms_per_call", 0.0)
+
+
 def compare_reports(reports: dict[str, dict]) -> str:
     """Markdown tables: seconds per million frames of every component per run (ratio to the first run in
-    brackets), then forward + backward ms of every learner layer with its sparsity."""
+    brackets), the model TFLOP/s of each run and of its learner step, then forward + backward ms of every
+    learner layer with its sparsity."""
     names = list(reports)
     per_mframe = {n: {c: v["seconds"] * 1e6 / max(r["frames"], 1) for c, v in r["components"].items()}
                   for n, r in reports.items()}
@@ -273,6 +278,11 @@ def compare_reports(reports: dict[str, dict]) -> str:
     totals = [1e6 / max(reports[n]["frames_per_second"], 1e-9) for n in names]
     lines.append("| **total** | " + cells(totals) + " |")
     lines.append("| frames/s | " + " | ".join(f"{reports[n]['frames_per_second']:,.0f}" for n in names) + " |")
+    flops = [reports[n].get("model_flops") or {} for n in names]
+    if any(flops):  # (profiles written before FLOPs were counted have none)
+        lines.append("| model TFLOP/s: run, learner | " + " | ".join(
+            "-" if not f else f"{f['run_tflops']:.3g}, {_tflops(f['learner_flops'], _learner_ms(r))}"
+            for f, r in zip(flops, (reports[n] for n in names))) + " |")
     lines.append("| total sparsity | " + " | ".join(f"{reports[n].get('sparsity', 0.0):.3f}" for n in names) + " |")
     lines.append("| device, precision | " + " | ".join(f"{reports[n].get('device', '?')}, "
                                                     f"{reports[n].get('precision', '?')}" for n in names) + " |")

@@ -134,6 +134,9 @@ def test_compare_dense_and_pruned_profiles(tmp_path, capsys):
     assert "x) |" in next(line for line in table.splitlines() if line.startswith("| learner |"))
     assert "| encoder.1.conv |" in table and "(0.00) |" in table  # per-layer rows with sparsity
     assert "| device, precision | cpu, fp32 | cpu, fp32 |" in table  # what the numbers were measured on
+    tflops = next(line for line in table.splitlines() if line.startswith("| model TFLOP/s: run, learner |"))
+    cells = [c.strip() for c in tflops.strip("| ").split(" | ")[1:]]
+    assert len(cells) == 2 and all(float(x) > 0 for c in cells for x in c.split(", "))  # both runs, both rates
     assert main([str(tmp_path / "missing")]) == 2
     assert "no profile at" in capsys.readouterr().err
 
