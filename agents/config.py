@@ -122,17 +122,18 @@ class AgentConfig:
         if self.augmentation_pad < 1:
             raise ValueError(f"agent.augmentation_pad must be >= 1, got {self.augmentation_pad}")
 
-    def unread_options(self) -> str | None:
-        """The changed fields this agent does not read, in words (None if all are read): a run with them would
-        not do what its config says. agents.train refuses them on its command line; a run saved before that
-        check is read with a warning."""
+    def unread_options(self, baseline: AgentConfig | None = None) -> str | None:
+        """The fields changed from `baseline` (the preset's agent; default: the field defaults) that this agent
+        does not read, in words (None if all are read): a run with them would not do what its config says.
+        agents.train refuses them on its command line; a run saved before that check is read with a warning."""
+        baseline = baseline or AgentConfig()
         unread = [f"agent.{f.name} = {getattr(self, f.name)!r} (read by {', '.join(FIELD_READERS[f.name])})"
                   for f in dataclasses.fields(self) if f.name in FIELD_READERS
-                  and self.name not in FIELD_READERS[f.name] and getattr(self, f.name) != f.default]
+                  and self.name not in FIELD_READERS[f.name] and getattr(self, f.name) != getattr(baseline, f.name)]
         if not self.augmentation:
             unread += [f"agent.{f.name} = {getattr(self, f.name)!r} (read with agent.augmentation on)"
                        for f in dataclasses.fields(self) if f.name.startswith("augmentation_")
-                       and getattr(self, f.name) != f.default]
+                       and getattr(self, f.name) != getattr(baseline, f.name)]
         return f"agent {self.name} does not read {'; '.join(unread)}" if unread else None
 
 
@@ -332,17 +333,23 @@ class TrainConfig:
             raise ValueError("ReDo is not implemented for the dueling head: leave out --network.dueling or --redo")
 
     def unread_options(self) -> str | None:
-        """The changed fields this run does not read, in words (None if all are read): the agent's
-        (`AgentConfig.unread_options`), the options of a method the run does not use (--redo.* without
-        --redo.enabled, --rigl.* without --pruning.method rigl, GMP's schedule under RigL, ...),
-        and an offline run's replay and exploration. agents.train refuses them on its command line, like the
-        agent's; a run saved before that check is read with a warning."""
+        """The fields changed from the run's preset (or, without one, from the defaults) that this run does not
+        read, in words (None if all are read): the agent's (`AgentConfig.unread_options`), the options of a
+        method the run does not use (--redo.* without --redo.enabled, --rigl.* without --pruning.method rigl,
+        GMP's schedule under RigL, ...), and an offline run's replay and exploration. agents.train refuses them
+        on its command line, like the agent's; a run saved before that check is read with a warning. A preset's
+        own values are not the user's options: `--preset demo --pruning.method rigl` leaves the demo's GMP
+        schedule unread, and that is no error."""
+        base = PRESETS.get(self.preset) if self.preset else None
+        base = base if base is not None else TrainConfig()
         gmp_schedule = ("start_fraction", "end_fraction", "start_step", "end_step", "update_freq")
         groups = [  # (sub-config or self, its prefix, fields, whether they are unread, what reads them)
             (self.redo, "redo.", None, not self.redo.enabled, "read with redo.enabled on"),
             (self.reset, "reset.", None, not self.reset.enabled, "read with reset.enabled on"),
             (self.rigl, "rigl.", None, self.pruning.method != "rigl", "read with pruning.method rigl"),
             (self.pruning, "pruning.", gmp_schedule, self.pruning.method == "rigl", "GMP's schedule, not RigL's"),
+            (self.pruning, "pruning.", gmp_schedule, self.pruning.fixed_mask is not None,
+             "a lottery ticket's masks are fixed from the first step"),
             (self.pruning, "pruning.", ("distribution",), self.pruning.scope == "global",
              "one global top-k has no per-layer targets"),
             (self.network, "network.", ("padding",), self.network.arch != "nature", "read by the Nature CNN only"),
@@ -356,8 +363,9 @@ class TrainConfig:
         unread = [f"{prefix}{f.name} = {getattr(obj, f.name)!r} ({why})"
                   for obj, prefix, names, is_unread, why in groups if is_unread
                   for f in dataclasses.fields(obj) if (names is None and f.name != "enabled" or f.name in (names or ()))
-                  and getattr(obj, f.name) != f.default]
-        notes = [self.agent.unread_options()] + ([f"the run does not read {'; '.join(unread)}"] if unread else [])
+                  and getattr(obj, f.name) != getattr(_counterpart(base, prefix), f.name)]
+        notes = [self.agent.unread_options(base.agent)] + (
+            [f"the run does not read {'; '.join(unread)}"] if unread else [])
         return "; ".join(n for n in notes if n) or None
 
     @property
@@ -402,6 +410,11 @@ class TrainConfig:
 
 
 _PLAIN_TYPES = {int: (int,), float: (int, float), bool: (bool,), str: (str,), type(None): (type(None),)}
+
+
+def _counterpart(base: TrainConfig, prefix: str):
+    """The sub-config of `base` that `prefix` ('redo.', 'agent.', '' for the run's own fields) names."""
+    return getattr(base, prefix.rstrip(".")) if prefix else base
 
 
 def _check_field_types(cls, d: dict, prefix: str = "") -> None:

@@ -206,6 +206,10 @@ def test_bad_config_is_a_clear_error(tmp_path, capsys, argv, message):
      "rigl.update_freq = 1000 (read with pruning.method rigl)"),
     (["--preset", "dqn_impala_w1_rigl95", "--pruning.update-freq", "500"],
      "pruning.update_freq = 500 (GMP's schedule, not RigL's)"),
+    (["--preset", "demo", "--pruning.method", "rigl", "--pruning.update-freq", "60"],  # 50 is the demo's own
+     "pruning.update_freq = 60 (GMP's schedule, not RigL's)"),
+    (["--preset", "dqn_impala_w1_gmp95", "--pruning.fixed-mask", "runs/x", "--pruning.end-fraction", "0.5"],
+     "pruning.end_fraction = 0.5 (a lottery ticket's masks are fixed from the first step)"),
     (["--preset", "dqn_impala_w1_gmp95", "--pruning.scope", "global", "--pruning.distribution", "uniform"],
      "pruning.distribution = 'uniform' (one global top-k has no per-layer targets)"),
     (["--network.padding", "valid"], "network.padding = 'valid' (read by the Nature CNN only)"),
@@ -228,7 +232,10 @@ def test_options_of_the_method_a_run_uses_are_accepted():
                  ["--preset", "dqn_impala_w1_rigl95", "--rigl.update-freq", "1000"],
                  ["--preset", "dqn_impala_w3_dense", "--pruning.start-step", "500000"],  # a sweep's common option
                  ["--preset", "dqn_nature_w1_gmp95", "--network.padding", "valid"],
-                 ["--evaluate", "--eval-steps", "5000"], ["--preset", "der_100k_gmp95", "--eval-episodes", "10"]):
+                 ["--evaluate", "--eval-steps", "5000"], ["--preset", "der_100k_gmp95", "--eval-episodes", "10"],
+                 # a preset's own values are not the user's options: the demo sets GMP's update_freq to 50
+                 ["--preset", "demo", "--pruning.method", "rigl"],
+                 ["--preset", "demo", "--pruning.fixed-mask", "runs/x"]):
         parse_args(argv)
 
 
