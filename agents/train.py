@@ -479,19 +479,27 @@ class Trainer:
         if self._model_flops is not None:  # (shapes are fixed for a run: counted once)
             return dict(self._model_flops)
         cfg, obs = self.cfg, self._act_obs
-        b = cfg.agent.batch_size
-        zeros = torch.zeros(b, device=self.device)
-        batch = Batch(obs=obs[:1].expand(b, *obs.shape[1:]).clone(), actions=zeros.long(), returns=zeros,
-                      discounts=torch.ones_like(zeros), next_obs=obs[:1].expand(b, *obs.shape[1:]).clone(),
-                      weights=torch.ones_like(zeros), indices=torch.arange(b, device=self.device))
+
+        def learner_flops(b: int) -> int:
+            zeros = torch.zeros(b, device=self.device)
+            states = obs[:1].expand(b, *obs.shape[1:]).clone()
+            batch = Batch(obs=states, actions=zeros.long(), returns=zeros, discounts=torch.ones_like(zeros),
+                          next_obs=states.clone(), weights=torch.ones_like(zeros),
+                          indices=torch.arange(b, device=self.device))
+            return count_flops(lambda: self._loss(batch)[0].backward())
+
+        def act_flops(n: int) -> int:
+            states = obs[:1].expand(n, *obs.shape[1:]).clone()
+            with torch.no_grad(), self.autocast:
+                return count_flops(lambda: self.agent.greedy_actions(self.online, states))
+
         with self._no_training_side_effects():
-            learner = count_flops(lambda: self._loss(batch)[0].backward())
-            with torch.no_grad():
-                act = count_flops(self._greedy_phase)
+            learner = _at_batch(learner_flops, cfg.agent.batch_size)
+            act = _at_batch(act_flops, obs.shape[0])
         # An offline run's agent steps are its updates, and it acts only in its evaluation phase.
         per_agent_step = learner * cfg.replay_ratio + (0 if cfg.offline.enabled else act / obs.shape[0])
-        self._model_flops = {"learner_flops": learner, "act_flops": act, "batch_size": b, "num_envs": obs.shape[0],
-                             "replay_ratio": cfg.replay_ratio,
+        self._model_flops = {"learner_flops": learner, "act_flops": act, "batch_size": cfg.agent.batch_size,
+                             "num_envs": obs.shape[0], "replay_ratio": cfg.replay_ratio,
                              "flops_per_frame": round(per_agent_step / cfg.env.frame_skip)}
         return dict(self._model_flops)
 
@@ -1083,6 +1091,14 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, Path | None]
     if (cfg.runs_dir, cfg.run_name) != (saved.runs_dir, saved.run_name):
         raise UsageError("--resume RUN_DIR names the run directory; leave out --runs-dir and --run-name")
     return cfg, known.resume
+
+
+def _at_batch(flops_at, batch: int) -> int:
+    """`flops_at(batch)`, from batches of 1 and 2 when those show it linear in the batch (a convolution's or a
+    matmul's FLOPs are): a count runs the step on the device, and at batch 32 on a CPU core that took ~0.4 s at
+    Impala x1, at the end of every run."""
+    one = flops_at(1)
+    return batch * one if batch > 2 and flops_at(2) == 2 * one else flops_at(batch)
 
 
 def agent_name_note(default: TrainConfig, cfg: TrainConfig) -> str | None:
