@@ -1103,14 +1103,15 @@ def _at_batch(flops_at, batch: int) -> int:
 
 def agent_name_note(default: TrainConfig, cfg: TrainConfig) -> str | None:
     """What --agent.name did not change: it picks the loss and the network, and the other agent fields stay the
-    preset's (an ablation may want exactly that, so this is a note, not an error). None when the name is the
-    preset's, or when the fields are the named agent's paper values."""
+    preset's (an ablation may want exactly that, so this is a note, not an error). It names the fields kept from
+    the preset that differ from the named agent's paper values; None when the name is the preset's, or when there
+    are none."""
     if cfg.agent.name == default.agent.name:
         return None
     paper = paper_agent(cfg.agent.name)
     kept = [f"{f.name} {getattr(cfg.agent, f.name)!r} (the paper's {getattr(paper, f.name)!r})"
-            for f in dataclasses.fields(paper)
-            if f.name != "name" and getattr(cfg.agent, f.name) != getattr(paper, f.name)]
+            for f in dataclasses.fields(paper) if f.name != "name"  # (the fields given on the command line: chosen)
+            and getattr(cfg.agent, f.name) == getattr(default.agent, f.name) != getattr(paper, f.name)]
     if not kept:
         return None
     source = f"preset {default.preset}" if default.preset else "the defaults"

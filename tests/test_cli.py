@@ -127,9 +127,10 @@ def test_agent_name_on_another_agents_preset_notes_what_it_kept(capsys):
     assert "note: --agent.name rainbow changes the loss and the network only" in err
     assert "preset dqn_impala_w3_gmp95" in err and "n_step 1 (the paper's 3); replay 'uniform' (the paper's " \
         "'prioritized')" in err
-    parse_args(["--agent.name", "iqn"])
-    assert "from the defaults, which differ from the paper's iqn: lr 6.25e-05 (the paper's 5e-05)" in \
-        capsys.readouterr().err
+    parse_args(["--agent.name", "iqn", "--agent.min-replay", "20"])
+    err = capsys.readouterr().err
+    assert "from the defaults, which differ from the paper's iqn: lr 6.25e-05 (the paper's 5e-05)" in err
+    assert "min_replay" not in err  # given on the command line: chosen, not kept
     for argv in (["--preset", "rainbow_impala_w3_gmp95"], ["--preset", "dqn_impala_w3_gmp95", "--agent.name", "dqn"],
                  ["--preset", "dqn_impala_w3_gmp95", "--agent.name", "rainbow", "--agent.n-step", "3",
                   "--agent.replay", "prioritized"]):
