@@ -1,5 +1,6 @@
 """The arithmetic the end-to-end runs ask of the GPU: matmul and convolution FLOPs per frame of each e2e case,
-the TFLOP/s the issue's frames/s targets would need, and the TFLOP/s the committed GPU runs achieved.
+the TFLOP/s the issue's frames/s targets would need, the TFLOP/s the committed GPU runs achieved, and what the
+paper's four agents cost against DQN.
 
     python bench/model_flops.py                     # writes bench/results/model_flops.{md,json}
 
@@ -29,24 +30,40 @@ sys.path.insert(0, str(_ROOT))
 # The issue's end-to-end targets (frames/s on one H100 with 16 cores; bench/README.md).
 TARGETS = {"dqn_impala_w3": 11_000, "dqn_impala_w1": 22_000}
 PRECISION_RATE = {"fp32": "fp32", "tf32": "tf32", "bf16": "bf16", "nhwc_bf16": "bf16"}
+PAPER_AGENTS = ("dqn", "rainbow", "iqn", "miqn")
 
 
 def count_cases() -> dict[str, dict]:
     """Trainer.model_flops of every e2e case, on the CPU (the e2e preset with a small replay)."""
     from bench_e2e import CASES, e2e_config
 
-    from agents.train import Trainer
+    return {f"dqn_{arch}_w{width}": _count(e2e_config(arch, width, "gmp95_window", gpu=False,
+                                                      replay_capacity=10_000)) for arch, width in CASES}
+
+
+def count_presets() -> dict[str, dict]:
+    """Trainer.model_flops of the paper's four agents at Impala widths 1, 3 and 5 (their GMP-95 presets)."""
+    from agents.config import get_preset
 
     counts = {}
-    for arch, width in CASES:
-        cfg = e2e_config(arch, width, "gmp95_window", gpu=False, replay_capacity=10_000)
-        with tempfile.TemporaryDirectory() as tmp:
-            trainer = Trainer(cfg, Path(tmp) / "run")
-            try:
-                counts[f"dqn_{arch}_w{width}"] = trainer.model_flops()
-            finally:
-                trainer.close()
+    for width in (1, 3, 5):
+        for agent in PAPER_AGENTS:
+            cfg = get_preset(f"{agent}_impala_w{width}_gmp95")
+            cfg.device, cfg.replay_device, cfg.replay_capacity = "cpu", "cpu", 10_000
+            cfg.tensorboard = cfg.progress = False
+            counts[cfg.preset] = _count(cfg)
     return counts
+
+
+def _count(cfg) -> dict:
+    from agents.train import Trainer
+
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = Trainer(cfg, Path(tmp) / "run")
+        try:
+            return trainer.model_flops()
+        finally:
+            trainer.close()
 
 
 def achieved(results: Path, counts: dict[str, dict]) -> tuple[list[dict], list[str]]:
@@ -78,7 +95,8 @@ def achieved(results: Path, counts: dict[str, dict]) -> tuple[list[dict], list[s
     return rows, notes
 
 
-def render(counts: dict[str, dict], rows: list[dict], notes: list[str], meta: dict) -> str:
+def render(counts: dict[str, dict], rows: list[dict], notes: list[str], meta: dict,
+           presets: dict[str, dict] | None = None) -> str:
     lines = ["# Model FLOPs of the end-to-end cases", "",
              f"Counted on the CPU by `bench/model_flops.py` at git {meta['git_sha']} on {meta['date']} (torch "
              f"{meta['torch']}). FLOPs are counted, not timed: matmuls and convolutions, 2 per multiply-add, dense "
@@ -102,6 +120,18 @@ def render(counts: dict[str, dict], rows: list[dict], notes: list[str], meta: di
         lines.append(f"| {r['results']} | {r['case']} | {r['setup']} | {r['precision']} | "
                      f"{r['frames_per_second']:,.0f} | {r['model_tflops']:.2f} | {r['matmul_tflops'] or '-'} | "
                      f"{share} |")
+    if presets:
+        lines += ["", "## The paper's agents", "",
+                  "Their GMP-95 presets (batch, envs and replay ratio as the paper's runs have them); the last column "
+                  "is the GFLOP per frame over DQN's at the same width: what a run costs the GPU's arithmetic, "
+                  "against DQN.", "",
+                  "| preset | batch | envs | replay ratio | learner GFLOP / update | GFLOP / frame | x DQN's |",
+                  "|---|---|---|---|---|---|---|"]
+        for name, c in presets.items():
+            dqn = presets.get("dqn_" + name.split("_", 1)[1])
+            ratio = f"{c['flops_per_frame'] / dqn['flops_per_frame']:.2f}" if dqn else "-"
+            lines.append(f"| {name} | {c['batch_size']} | {c['num_envs']} | {c['replay_ratio']:g} | "
+                         f"{c['learner_flops'] / 1e9:.2f} | {c['flops_per_frame'] / 1e9:.3f} | {ratio} |")
     if notes:
         lines += ["", "## Notes", ""] + [f"- {n}" for n in notes]
     return "\n".join(lines) + "\n"
@@ -118,15 +148,15 @@ def main(argv=None) -> int:
         parser.error(f"--results {args.results} is not a folder")
     import torch
 
-    counts = count_cases()
+    counts, presets = count_cases(), count_presets()
     rows, notes = achieved(args.results, counts)
     sha = subprocess.run(["git", "rev-parse", "--short=8", "HEAD"], cwd=_ROOT, capture_output=True, text=True)
     meta = {"git_sha": sha.stdout.strip() or "unknown", "date": datetime.date.today().isoformat(),
             "torch": torch.__version__}
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps({**meta, "cases": counts, "achieved": rows, "notes": notes},
-                                                        indent=1) + "\n")
-    text = render(counts, rows, notes, meta)
+    args.out.with_suffix(".json").write_text(json.dumps({**meta, "cases": counts, "presets": presets,
+                                                         "achieved": rows, "notes": notes}, indent=1) + "\n")
+    text = render(counts, rows, notes, meta, presets)
     args.out.with_suffix(".md").write_text(text)
     print(text)
     return 0

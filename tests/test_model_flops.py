@@ -47,3 +47,11 @@ def test_results_that_are_not_a_folder_are_a_usage_error(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
         model_flops.main(["--results", str(tmp_path / "missing")])
     assert exit_.value.code == 2 and "is not a folder" in capsys.readouterr().err
+
+
+def test_the_paper_agents_are_set_against_dqn_at_their_width():
+    presets = {name: {**COUNTS["dqn_impala_w3"], "flops_per_frame": fpf} for name, fpf in
+               (("dqn_impala_w3_gmp95", 7.5e9), ("iqn_impala_w3_gmp95", 30e9), ("rainbow_impala_w5_gmp95", 1e9))}
+    text = model_flops.render(COUNTS, [], [], {"git_sha": "abc", "date": "2026-12-07", "torch": "x"}, presets)
+    assert "| iqn_impala_w3_gmp95 | 32 | 8 | 0.25 | 117.00 | 30.000 | 4.00 |" in text
+    assert "| rainbow_impala_w5_gmp95 | 32 | 8 | 0.25 | 117.00 | 1.000 | - |" in text  # no DQN at that width
