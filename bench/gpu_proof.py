@@ -641,14 +641,20 @@ def loop_split_text(split: dict | None) -> str:
     return " / ".join(f"{100 * split.get(k, 0.0):.0f}%" for k in ("env_wait", "device_wait", "host"))
 
 
+def matmul_rate(run: dict, env: dict) -> tuple[str, float | None]:
+    """(the matmul precision an e2e run computes in, the rate the proof measured for it in `env`, or None): the
+    ceiling of the run's model TFLOP/s (`bench_e2e.PRECISIONS`: nhwc_bf16 is bf16 on another layout)."""
+    precision = {"nhwc_bf16": "bf16"}.get(run.get("precision", "fp32"), run.get("precision", "fp32"))
+    return precision, env.get(f"{precision}_tflops")
+
+
 def model_tflops_text(run: dict, env: dict) -> str:
     """'21.3 (4.2% of bf16)': an e2e run's model TFLOP/s and its share of the device's matmul rate in the run's
     precision; '-' for a run recorded before FLOPs were counted."""
     tflops = run.get("model_tflops")
     if tflops is None:
         return "-"
-    precision = {"fp32": "fp32", "tf32": "tf32", "bf16": "bf16", "nhwc_bf16": "bf16"}.get(run.get("precision", "fp32"))
-    peak = env.get(f"{precision}_tflops")
+    precision, peak = matmul_rate(run, env)
     return f"{tflops:.3g}" + (f" ({100 * tflops / peak:.1f}% of {precision})" if peak else "")
 
 

@@ -27,9 +27,10 @@ _ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(_ROOT / "bench"))
 sys.path.insert(0, str(_ROOT))
 
+from gpu_proof import matmul_rate  # noqa: E402
+
 # The end-to-end targets (frames/s on one H100 with 16 cores; bench/README.md).
 TARGETS = {"dqn_impala_w3": 11_000, "dqn_impala_w1": 22_000}
-PRECISION_RATE = {"fp32": "fp32", "tf32": "tf32", "bf16": "bf16", "nhwc_bf16": "bf16"}
 PAPER_AGENTS = ("dqn", "rainbow", "iqn", "miqn")
 
 
@@ -87,7 +88,7 @@ def achieved(results: Path, counts: dict[str, dict]) -> tuple[list[dict], list[s
                 notes.append(f"{jsonl.parent.name} {run['case']} {run['provider']}: recorded {recorded:.4g} TFLOP/s, "
                              f"counted here {tflops:.4g} (the FLOP count changed since that run)")
             precision = run.get("precision", "fp32")
-            rate = env.get(f"{PRECISION_RATE.get(precision, 'fp32')}_tflops")
+            rate = matmul_rate(run, env)[1]
             rows.append({"results": jsonl.parent.name, "device": run.get("device"), "git_sha": run.get("git_sha"),
                          "case": run["case"], "setup": run["provider"], "precision": precision,
                          "frames_per_second": float(run["frames_per_second"]), "model_tflops": round(tflops, 3),

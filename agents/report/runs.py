@@ -252,7 +252,7 @@ def trainer_flags(summary: dict) -> dict[str, str]:
     if summary.get("resumed_without_replay") is True:
         flags["resumed without its replay"] = ""
     def below(what: str, value, target) -> str:  # "what 0.288 < target 0.95", or "" where a number is missing
-        numbers = [f"{x:.3g}" for x in (value, target) if isinstance(x, int | float) and not isinstance(x, bool)]
+        numbers = [f"{x:.3g}" for x in (value, target) if _is_number(x)]
         return f"{what} {' < target '.join(numbers)}" if len(numbers) == 2 else ""
 
     if summary.get("below_target_sparsity") is True:
@@ -263,6 +263,11 @@ def trainer_flags(summary: dict) -> dict[str, str]:
         flags["pruning schedule short of its target"] = below(
             "schedule ends at", summary.get("scheduled_sparsity"), summary.get("target_sparsity"))
     return flags
+
+
+def _is_number(x) -> bool:
+    """An int or float from JSON, not a bool (True is an int to isinstance)."""
+    return isinstance(x, int | float) and not isinstance(x, bool)
 
 
 def _load_run(path: Path, problems: list[str]) -> Run:
@@ -296,11 +301,9 @@ def _load_run(path: Path, problems: list[str]) -> Run:
         warn(problems, f"{path}: no summary.json; {flags['no summary.json']}")
     device = meta.get("device_name") or meta.get("device")
     split = summary.get("last_loop_split")
-    numbers = isinstance(split, dict) and all(
-        isinstance(split.get(k), int | float) and not isinstance(split.get(k), bool) for k in LOOP_SPLIT_KEYS)
+    numbers = isinstance(split, dict) and all(_is_number(split.get(k)) for k in LOOP_SPLIT_KEYS)
     flops = summary.get("model_flops_per_frame")
-    numeric = isinstance(flops, int | float) and not isinstance(flops, bool)
-    flops = float(flops) if numeric and 0 < flops < math.inf else None
+    flops = float(flops) if _is_number(flops) and 0 < flops < math.inf else None
     return Run(path, cfg, game, int(cfg.get("seed", 0)), iterations, finished, problems, flags,
                device=device if isinstance(device, str) else "unknown", loop_split=split if numbers else None,
                flops_per_frame=flops)
