@@ -529,9 +529,8 @@ class Trainer:
         self.online.zero_grad(set_to_none=not self.graphs.enabled)
 
     def sync_target(self) -> None:
-        with torch.no_grad():
-            for t, o in zip(self.target.parameters(), self.online.parameters()):
-                t.copy_(o)
+        with torch.no_grad():  # one launch on CUDA (DrQ(eps) syncs after every update)
+            torch._foreach_copy_(list(self.target.parameters()), list(self.online.parameters()))
 
     # --- the loop ------------------------------------------------------------------------------------------
     def run(self) -> dict:
@@ -574,17 +573,25 @@ class Trainer:
                 # env this is Dopamine's _train_step for the next agent step (after storing this step's
                 # observation, before acting on the next): the same updates, target syncs and replay contents.
                 if self.replay.transitions_added > cfg.agent.min_replay and self.replay.can_sample():
-                    for _ in range(cfg.updates_due(steps_before, self.agent_steps)):
-                        info = self.learn()
-                        for k, v in info.items():
-                            sums[k] = sums.get(k, 0.0) + v  # device tensors: no sync until logged
-                        count += 1
-                        if cfg.analysis_every and self.grad_steps % cfg.analysis_every == 0:
-                            self._log_analysis()
+                    # Dopamine syncs the target after the update of every period-th agent step. A vector step's
+                    # updates are split at those steps, so a period shorter than a vector step (DrQ(eps)'s 1,
+                    # with 8 envs) still syncs after each update, not once per vector step.
                     period = cfg.agent.target_update_period
-                    if self.agent_steps // period > steps_before // period:
-                        with prof.section("target_sync"):
-                            self.sync_target()
+                    first = max(steps_before, cfg.agent.min_replay)  # Dopamine: only once add_count > min_replay
+                    syncs = range((first // period + 1) * period, self.agent_steps + 1, period)
+                    start = steps_before
+                    for i, end in enumerate([*syncs, self.agent_steps]):
+                        for _ in range(cfg.updates_due(start, end)):
+                            info = self.learn()
+                            for k, v in info.items():
+                                sums[k] = sums.get(k, 0.0) + v  # device tensors: no sync until logged
+                            count += 1
+                            if cfg.analysis_every and self.grad_steps % cfg.analysis_every == 0:
+                                self._log_analysis()
+                        if i < len(syncs):
+                            with prof.section("target_sync"):
+                                self.sync_target()
+                        start = end
 
                 with prof.section("env"):
                     start = time.perf_counter()

@@ -102,3 +102,21 @@ def test_one_env_runs_dopamines_loop(tmp_path, update_period):
     assert 0 < sum(e[1] < 1 for e in expected if e[0] == "act") < len(actions), "epsilon never decayed or stuck"
     assert events == expected
     assert trainer.grad_steps == kinds.count("update")
+
+
+@pytest.mark.parametrize("target_period", [1, 3])
+def test_several_envs_sync_the_target_at_dopamines_agent_steps(tmp_path, target_period):
+    """With 8 envs a vector step's 8 updates (replay ratio 1) are split at the target's sync steps: a period of 1
+    (DrQ(eps)'s) syncs after every update, as Dopamine does, not once per vector step."""
+    agent = fast_dqn(min_replay=30, target_update_period=target_period)
+    cfg = chain_config(agent, sparsity=0.0, total_steps=160)
+    cfg.replay_ratio, cfg.iteration_steps = 1.0, 80
+    trainer = Trainer(cfg, tmp_path / "run", env=ChainEnv(num_envs=8, max_steps=6))
+    events, _ = trainer_events(trainer)
+    trainer.run()
+    kinds = "".join(e[0][0] for e in events if e[0] != "act")  # u(pdate) and s(ync), in order
+    # One update at each agent step j of the last grad_steps (replay ratio 1), each followed by a sync if
+    # j % period == 0, as in Dopamine's _train_step.
+    steps = range(trainer.agent_steps - trainer.grad_steps + 1, trainer.agent_steps + 1)
+    assert trainer.grad_steps > 100 and steps[0] > agent.min_replay
+    assert kinds == "".join("u" + "s" * (j % target_period == 0) for j in steps)
