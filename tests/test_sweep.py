@@ -642,10 +642,17 @@ def test_an_interrupted_launch_stops_its_training_process(tmp_path):
 
     timer = threading.Timer(0.5, _thread.interrupt_main)
     launcher, started = Launcher(), time.monotonic()
-    with open(tmp_path / "log", "wb") as log, open(tmp_path / "lock", "w") as lock:
-        timer.start()
-        with pytest.raises(KeyboardInterrupt):
-            launcher.run([sys.executable, "-c", "import time; time.sleep(120)"], dict(os.environ), log, lock.fileno())
+    # interrupt_main does nothing where SIGINT is ignored (a pytest started in the background by a shell without
+    # job control): Python's own handler raises the KeyboardInterrupt that ray.cancel raises in its thread.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with open(tmp_path / "log", "wb") as log, open(tmp_path / "lock", "w") as lock:
+            timer.start()
+            with pytest.raises(KeyboardInterrupt):
+                launcher.run([sys.executable, "-c", "import time; time.sleep(60)"], dict(os.environ), log,
+                             lock.fileno())
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert time.monotonic() - started < 10
     assert not launcher._procs  # waited for: the child is gone
 
