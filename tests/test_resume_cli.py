@@ -208,7 +208,8 @@ def test_ctrl_c_says_how_to_continue_without_a_traceback(tmp_path, monkeypatch, 
     cfg = chain_config(fast_dqn(min_replay=200), sparsity=0.0, total_steps=400)
     cfg.runs_dir, cfg.run_name = str(tmp_path), "r"
     trainer = train_module.Trainer(cfg, tmp_path / "r", env=ChainEnv(num_envs=2))
-    trainer.run()  # a checkpoint at step 400 to continue from
+    trainer.run()  # a checkpoint at its last step (400, or a little past it: a vector step of 2 envs) to continue from
+    last = trainer.agent_steps
 
     def interrupted():
         trainer.agent_steps = 450
@@ -220,7 +221,7 @@ def test_ctrl_c_says_how_to_continue_without_a_traceback(tmp_path, monkeypatch, 
     assert main([]) == 130
     err = capsys.readouterr().err
     assert (f"interrupted at agent step 450; the same command (or --resume {tmp_path / 'r'}) continues from its "
-            "last checkpoint, agent step 400") in err and "Traceback" not in err
+            f"last checkpoint, agent step {last}") in err and "Traceback" not in err
     assert trainer.iterations_csv.closed
 
 

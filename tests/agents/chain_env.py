@@ -3,8 +3,8 @@
 States 0..L-1, start at 2; action 0 moves left, 1 moves right. Reaching state 0 ends the episode with
 reward 0.2, reaching L-1 ends it with reward 1. The far, larger reward is only found by propagating value
 through several TD backups, so an agent with a broken TD target (or a broken mask) settles for 0.2.
-Observations are 4 stacked 12x12 uint8 frames that light one column per state; auto-reset follows the
-AtariVecEnv contract (next-step reset, `reset_mask`).
+Observations are 4 stacked 8x8 uint8 frames (`side` x `side`) that light one column per state; auto-reset follows
+the AtariVecEnv contract (next-step reset, `reset_mask`).
 """
 
 import numpy as np
@@ -14,15 +14,18 @@ from agents.envs import Episode
 
 class ChainEnv:
     backend, backend_kwargs, action_meanings = "chain", {}, ("LEFT", "RIGHT")
-    num_actions, observation_shape = 2, (4, 12, 12)
+    num_actions = 2
 
-    def __init__(self, num_envs: int = 4, length: int = 8, start: int = 2, max_steps: int = 30):
+    def __init__(self, num_envs: int = 4, length: int = 8, start: int = 2, max_steps: int = 30, side: int = 8):
+        if side < length:
+            raise ValueError(f"side {side} has no column for each of the {length} states")
         self.num_envs, self.length, self.start, self.max_steps = num_envs, length, start, max_steps
+        self.observation_shape, self.column = (4, side, side), (side - length) // 2  # state s lights column s + column
         self.reset()
 
     def _frame(self, states):
-        frames = np.zeros((len(states), 12, 12), dtype=np.uint8)
-        frames[np.arange(len(states)), :, states + 2] = 255
+        frames = np.zeros((len(states), *self.observation_shape[1:]), dtype=np.uint8)
+        frames[np.arange(len(states)), :, states + self.column] = 255
         return frames
 
     def reset(self):
@@ -30,7 +33,7 @@ class ChainEnv:
         self.state = np.full(n, self.start)
         self.steps, self.returns = np.zeros(n, int), np.zeros(n)
         self.ended, self.reset_mask = np.zeros(n, bool), np.ones(n, bool)
-        self.obs = np.zeros((n, 4, 12, 12), np.uint8)
+        self.obs = np.zeros((n, *self.observation_shape), np.uint8)
         self.obs[:, -1] = self._frame(self.state)
         return self.obs.copy()
 

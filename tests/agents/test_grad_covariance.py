@@ -71,7 +71,7 @@ def test_trainer_logs_one_matrix_per_analysis_step_without_changing_training(tmp
         assert torch.allclose(m.diagonal(), torch.ones(6), atol=1e-4)
     rows = [json.loads(x) for x in (tmp_path / "cov" / "metrics.jsonl").read_text().splitlines()]
     assert sum("analysis/grad_cos_abs_mean" in r for r in rows) == len(lines)
-    assert with_cov.analysis_batch.obs.shape == (6, 4, 12, 12)
+    assert with_cov.analysis_batch.obs.shape == (6, 4, 8, 8)
 
 
 def test_the_fixed_batch_survives_a_resume_and_late_rows_are_dropped(tmp_path):

@@ -161,5 +161,5 @@ def test_greedy_actions_read_a_fixed_buffer_and_refuse_observations_they_would_c
     assert trainer._act_obs.data_ptr() == buffer  # what a captured `act` graph reads
     with pytest.raises(ValueError, match="float32 observations"):
         trainer.act(obs.astype(np.float32), epsilon=0.0)
-    with pytest.raises(ValueError, match=r"shape \(1, 4, 12, 12\)"):
+    with pytest.raises(ValueError, match=r"shape \(1, 4, 8, 8\)"):
         trainer.act(obs[:1], epsilon=0.0)

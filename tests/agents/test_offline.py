@@ -94,7 +94,7 @@ def offline_config(agent_name: str, sparsity: float, data, total: int = 600):
     cfg.offline = OfflineConfig(data=str(data), fraction=1.0, chunk=1)
     cfg.replay_ratio, cfg.evaluate, cfg.eval_episodes, cfg.iteration_steps = 1.0, True, 40, total // 2
     cfg.pruning.start_step, cfg.pruning.end_step, cfg.pruning.update_freq = 50, 350, 50
-    cfg.log_every, cfg.seed = 100, 3  # seed 3: every initial network's greedy policy takes the near reward
+    cfg.log_every, cfg.seed = 100, 0  # seed 0: every initial network's greedy policy takes the near reward
     return cfg
 
 

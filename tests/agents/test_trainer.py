@@ -115,7 +115,7 @@ def test_analysis_metrics_are_logged_on_a_fixed_batch(tmp_path):
         assert 0.0 <= r["analysis/dormant_frac"] <= 1.0 and r["analysis/srank"] >= 1
         assert r["analysis/param_norm"] > 0 and "analysis/q_var" in r and r["grad_steps"] % 20 == 0
         assert any(k.startswith("analysis/dormant/") for k in r)
-    assert trainer.analysis_obs.shape == (256, 4, 12, 12)  # one fixed batch, kept in checkpoints
+    assert trainer.analysis_obs.shape == (256, 4, 8, 8)  # one fixed batch, kept in checkpoints
 
 
 def test_max_minutes_stops_with_a_checkpoint_and_resume_continues(tmp_path):
