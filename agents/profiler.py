@@ -116,14 +116,18 @@ def count_flops(fn) -> int:
     return counter.get_total_flops()
 
 
-def model_flops_report(flops: dict, components: dict, frames_per_second: float) -> dict:
-    """`flops` (Trainer.model_flops) with the TFLOP/s achieved: by the learner and the acting forward in their
-    (synchronised) sections, and by the whole run (FLOPs per frame x frames/s)."""
+def model_flops_report(flops: dict, components: dict, wall_seconds: float, updates: int, forwards: int) -> dict:
+    """`flops` (Trainer.model_flops) with the TFLOP/s achieved over the profiled launch's `updates` learner steps
+    and `forwards` acting forwards: by the learner and the acting forward in their (synchronised) sections, and
+    by the whole run. Counted from what ran: while epsilon is near 1 most acting calls run no forward, and
+    during the warm-up there are no updates (`flops_per_frame`, the steady state's, would overstate both)."""
     report = dict(flops)
-    for name, key in (("learner", "learner_flops"), ("act", "act_flops")):
-        ms = components.get(name, {}).get("ms_per_call", 0.0)
-        report[f"{name}_tflops"] = _sig(flops[key] / (ms * 1e-3) / 1e12) if ms > 0 else None
-    report["run_tflops"] = _sig(flops["flops_per_frame"] * frames_per_second / 1e12)
+    for name, key, done in (("learner", "learner_flops", updates), ("act", "act_flops", forwards)):
+        seconds = components.get(name, {}).get("seconds", 0.0)
+        report[f"{name}_tflops"] = _sig(flops[key] * done / seconds / 1e12) if seconds > 0 and done else None
+    report.update(updates=updates, act_forwards=forwards)
+    ran = flops["learner_flops"] * updates + flops["act_flops"] * forwards
+    report["run_tflops"] = _sig(ran / max(wall_seconds, 1e-9) / 1e12)
     return report
 
 

@@ -44,8 +44,13 @@ def test_profile_json_accounts_for_the_loop(tmp_path):
     assert flops["learner_flops"] == trainer.model_flops()["learner_flops"] > 0
     assert flops["learner_tflops"] == pytest.approx(
         flops["learner_flops"] / (comps["learner"]["ms_per_call"] * 1e-3) / 1e12, rel=1e-3)
-    assert flops["run_tflops"] == pytest.approx(flops["flops_per_frame"] * report["frames_per_second"] / 1e12,
-                                                rel=1e-3)
+    # Acting counts the forwards that ran: with epsilon near 1 many calls explore in every env and run none.
+    assert 0 < flops["act_forwards"] == trainer.act_forwards < comps["act"]["calls"]
+    assert flops["act_tflops"] == pytest.approx(
+        flops["act_flops"] * trainer.act_forwards / comps["act"]["seconds"] / 1e12, rel=1e-3)
+    ran = flops["learner_flops"] * trainer.grad_steps + flops["act_flops"] * trainer.act_forwards
+    assert flops["updates"] == trainer.grad_steps
+    assert flops["run_tflops"] == pytest.approx(ran / report["wall_seconds"] / 1e12, rel=1e-3)
     assert all(row["forward_flops"] > 0 and row["backward_flops"] > row["forward_flops"] for row in layers.values())
     assert "GFLOP per update" in format_table(report)
 
