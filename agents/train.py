@@ -2,7 +2,7 @@
 
     python -m agents.train --preset dqn_impala_w3_gmp95 --env.game Breakout
     python -m agents.train --preset demo                      # a few CPU minutes, writes runs/<name>/
-    python -m agents.train --resume runs/<name>               # continue a killed run (so does the same command)
+    python -m agents.train --resume runs/<name>  # continue a killed run (as does a command with --run-name)
     python -m agents.train --list-presets
 
 Run directory (read by `agents.report`):
@@ -232,6 +232,7 @@ class Trainer:
         # Where the loop's wall time goes, without a synchronisation of its own: host seconds blocked on the envs
         # and on the greedy actions' device-to-host copy, this iteration (see `_loop_split`).
         self.loop_waits = {"env": 0.0, "device": 0.0}
+        self.act_forwards = 0  # greedy forwards this launch (an act with every env exploring runs none)
         self.last_loop_split: dict[str, float] | None = None
         if self.device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = cfg.tf32
@@ -386,6 +387,7 @@ class Trainer:
                                  f"{tuple(self._act_obs.shape)} (num_envs x observation_shape)")
             self._act_obs.copy_(torch.from_numpy(obs), non_blocking=True)
             greedy_t = self.graphs("act", self._greedy_phase)
+            self.act_forwards += 1
             start = time.perf_counter()  # the copy waits for the device: the queued updates, then this forward
             greedy = greedy_t.cpu().numpy()
             self.loop_waits["device"] += time.perf_counter() - start
@@ -545,6 +547,7 @@ class Trainer:
         iter_start_time, iter_start_steps = time.perf_counter(), self.agent_steps
         run_start, run_start_steps = time.perf_counter(), self.agent_steps
         self.launch_start_steps = run_start_steps  # a resumed run's profile counts this launch's frames only
+        self.launch_start_grad_steps = self.grad_steps
         last_log_time, last_log_steps = run_start, run_start_steps
         sums: dict[str, float] = {}
         count = 0
@@ -671,7 +674,9 @@ class Trainer:
             ", channels-last" if cfg.channels_last else "")
         flops = self._model_flops_or_none()
         if flops is not None:
-            report["model_flops"] = model_flops_report(flops, report["components"], report["frames_per_second"])
+            report["model_flops"] = model_flops_report(flops, report["components"], report["wall_seconds"],
+                                                       updates=self.grad_steps - self.launch_start_grad_steps,
+                                                       forwards=self.act_forwards)
         if self.replay.can_sample():
             report["learner_ops"] = profile_learner_ops(self._forward_backward)
             report["learner_layers"] = self._profile_layers()
@@ -994,7 +999,8 @@ DESCRIPTION = """Train a (pruned) value-based agent on Atari. --preset NAME sele
 hyperparameters for one agent, network and sparsity; --list-presets shows them all); every option below
 overrides one field of it.
 
-Re-running the same command resumes the run: when the run directory (--runs-dir/--run-name) already holds a
+Re-running the same command resumes the run if it names it (--run-name; the default name holds the start time):
+when the run directory (--runs-dir/--run-name) already holds a
 run of the same experiment, it continues from the last checkpoint, says 'already finished' (exit 0) if the
 run is done, or starts afresh if the run was killed before its first checkpoint. A run of a different
 experiment there is an error. --resume RUN_DIR continues the run in RUN_DIR and accepts the options that do
@@ -1232,9 +1238,20 @@ def _check_writable(run_dir: Path, cfg: TrainConfig) -> None:
                          f"{e.strerror or e}") from e
 
 
+def _how_to_continue(run_dir: Path, named: bool) -> str:
+    """What continues a stopped run: the same command only if it names the run (the default name holds the
+    time the run started, so the same command without --run-name starts a new run)."""
+    if named:
+        return f"the same command (or --resume {run_dir}) continues"
+    return (f"--resume {run_dir} continues (the same command would start a new run: give --run-name to make a "
+            "command that resumes)")
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
-        trainer = open_run(*parse_args(argv))
+        cfg, resume_dir = parse_args(argv)
+        named = resume_dir is not None or bool(cfg.run_name)
+        trainer = open_run(cfg, resume_dir)
     except RunBusy as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BUSY
@@ -1258,8 +1275,8 @@ def main(argv: list[str] | None = None) -> int:
             trainer.close()
         last = latest_checkpoint(trainer.checkpoints.dir)
         since = f"its last checkpoint, agent step {checkpoint_step(last):,}" if last else "the start"
-        print(f"\ninterrupted at agent step {trainer.agent_steps:,}; the same command (or --resume "
-              f"{trainer.run_dir}) continues from {since}", file=sys.stderr)
+        print(f"\ninterrupted at agent step {trainer.agent_steps:,}; {_how_to_continue(trainer.run_dir, named)} "
+              f"from {since}", file=sys.stderr)
         return 130
     status = "done" if summary["finished"] else "stopped"
     offline = trainer.cfg.offline.enabled  # an offline run plays only in its evaluation phases
@@ -1268,6 +1285,8 @@ def main(argv: list[str] | None = None) -> int:
         scores.append(f"evaluation score {_fmt_score(summary.get('final_eval_score'))}")
     print(f"{status}: {summary['frames']:,} frames, {', '.join(scores)}, total sparsity "
           f"{summary['total_sparsity']:.3f} -> {trainer.run_dir}")
+    if not summary["finished"]:  # --max-minutes
+        print(f"{_how_to_continue(trainer.run_dir, named)} from its last checkpoint")
     return 0
 
 

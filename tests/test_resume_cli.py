@@ -204,9 +204,12 @@ def test_a_game_has_one_spelling_in_runs_and_commands(tmp_path, monkeypatch):
     trainer.close()
 
 
-def test_ctrl_c_says_how_to_continue_without_a_traceback(tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("named", [True, False])
+def test_ctrl_c_says_how_to_continue_without_a_traceback(tmp_path, monkeypatch, capsys, named):
+    """Without --run-name the run's default name holds its start time: the same command would start a new run,
+    so the message names --resume only (it said "the same command" there too)."""
     cfg = chain_config(fast_dqn(min_replay=200), sparsity=0.0, total_steps=400)
-    cfg.runs_dir, cfg.run_name = str(tmp_path), "r"
+    cfg.runs_dir, cfg.run_name = str(tmp_path), "r" if named else None
     trainer = train_module.Trainer(cfg, tmp_path / "r", env=ChainEnv(num_envs=2))
     trainer.run()  # a checkpoint at its last step (400, or a little past it: a vector step of 2 envs) to continue from
     last = trainer.agent_steps
@@ -220,8 +223,10 @@ def test_ctrl_c_says_how_to_continue_without_a_traceback(tmp_path, monkeypatch, 
     monkeypatch.setattr(train_module, "parse_args", lambda argv: (cfg, None))
     assert main([]) == 130
     err = capsys.readouterr().err
-    assert (f"interrupted at agent step 450; the same command (or --resume {tmp_path / 'r'}) continues from its "
-            f"last checkpoint, agent step {last}") in err and "Traceback" not in err
+    how = (f"the same command (or --resume {tmp_path / 'r'}) continues" if named else
+           f"--resume {tmp_path / 'r'} continues (the same command would start a new run: give --run-name")
+    assert f"interrupted at agent step 450; {how}" in err and "Traceback" not in err
+    assert f"from its last checkpoint, agent step {last}" in err
     assert trainer.iterations_csv.closed
 
 
