@@ -1285,8 +1285,6 @@ def main(argv: list[str] | None = None) -> int:
         scores.append(f"evaluation score {_fmt_score(summary.get('final_eval_score'))}")
     print(f"{status}: {summary['frames']:,} frames, {', '.join(scores)}, total sparsity "
           f"{summary['total_sparsity']:.3f} -> {trainer.run_dir}")
-    if not summary["finished"]:  # --max-minutes
-        print(f"{_how_to_continue(trainer.run_dir, named)} from its last checkpoint")
     return 0
 
 
