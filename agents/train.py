@@ -1085,7 +1085,10 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, Path | None]
                   f"sparsity {p.pruning.final_sparsity}")
         sys.exit(0)
     saved = read_run_config(known.resume) if known.resume is not None else None
-    default = get_preset(known.preset) if known.preset else saved or TrainConfig()
+    if saved is not None and known.preset and known.preset != saved.preset:
+        raise UsageError(f"--resume continues the run as it was configured, from preset {saved.preset!r}; "
+                         f"drop --preset {known.preset}")
+    default = saved or (get_preset(known.preset) if known.preset else TrainConfig())
     cfg = tyro.cli(_cli(default), args=rest, description=DESCRIPTION, prog="python -m agents.train")
     if saved is None:
         unread = cfg.unread_options()

@@ -138,6 +138,17 @@ def test_resume_accepts_runtime_options(tmp_path, capsys):
     assert "resuming" in out and summary(run)["finished"] is True
 
 
+def test_resume_takes_the_runs_own_preset_and_refuses_another(tmp_path, capsys):
+    """--preset with --resume used to replace the saved config with the preset's fields, so the run's own command
+    line options (--total-steps 64, ...) came back as six 'differences'."""
+    run = tmp_path / "r"
+    assert run_main(capsys, command(tmp_path, *STOP_AT_ONCE))[0] == 0
+    code, _, err = run_main(capsys, ["--resume", str(run), "--preset", "dqn_impala_w1_dense"])
+    assert code == 2 and "from preset 'demo'; drop --preset dqn_impala_w1_dense" in err, err
+    code, out, err = run_main(capsys, ["--resume", str(run), "--preset", "demo", "--max-minutes", "30"])
+    assert code == 0 and "resuming" in out and summary(run)["finished"] is True, err
+
+
 @pytest.mark.parametrize("option,value", [("--agent.lr", "0.001"), ("--total-steps", "128"),
                                           ("--pruning.final-sparsity", "0.5"), ("--env.game", "Pong")])
 def test_resume_rejects_options_that_change_the_experiment(tmp_path, capsys, option, value):
