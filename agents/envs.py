@@ -102,7 +102,8 @@ def _resolve_rom(game: str, backend: str) -> str:
             hint = " It is available with backend='ale'."
     close = difflib.get_close_matches(_key(name), list(roms), n=3, cutoff=0.5)
     suggestion = f" Did you mean {', '.join(repr(_rom_to_name(roms[k])) for k in close)}?" if close else ""
-    raise ValueError(f"Unknown Atari game {game!r} for backend {backend!r}.{suggestion}{hint}")
+    library = "ale-py" if backend == "ale" else "envpool"  # (names are checked against ale-py's before any env)
+    raise ValueError(f"Unknown Atari game {game!r}: {library} has no ROM of that name.{suggestion}{hint}")
 
 
 def resolve_game(game: str, backend: Literal["envpool", "ale"] = "ale") -> str:

@@ -1038,6 +1038,8 @@ def experiment_differences(saved: TrainConfig, cfg: TrainConfig) -> list[str]:
 def read_run_config(run_dir: Path) -> TrainConfig:
     """The config a run directory was started with (its config.json)."""
     path = Path(run_dir) / "config.json"
+    if not Path(run_dir).is_dir():
+        raise CheckpointError(f"cannot resume {run_dir}: no such directory")
     if not path.is_file():
         raise CheckpointError(f"cannot resume {run_dir}: it has no config.json (is it a run directory?)")
     try:

@@ -256,3 +256,11 @@ def test_a_lottery_ticket_source_is_the_same_from_any_directory(tmp_path, monkey
     other.pruning.fixed_mask = str(tmp_path / "runs" / "other")
     _keep_saved_spellings(older, other)
     assert other.pruning.fixed_mask == str(tmp_path / "runs" / "other")  # a different source stays different
+
+
+def test_resume_of_a_missing_or_non_run_directory_says_which(tmp_path, capsys):
+    code, _, err = run_main(capsys, ["--resume", str(tmp_path / "typo")])
+    assert code == 2 and f"cannot resume {tmp_path / 'typo'}: no such directory" in err, err
+    assert not (tmp_path / "typo").exists()
+    code, _, err = run_main(capsys, ["--resume", str(tmp_path)])
+    assert code == 2 and "it has no config.json (is it a run directory?)" in err, err
