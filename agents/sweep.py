@@ -6,6 +6,7 @@
     python -m agents.sweep examples/sweeps/fig1.toml --backend ray --address auto
     python -m agents.sweep examples/sweeps/fig1.toml --index 17       # one run in this process (a Slurm array task)
     python -m agents.sweep --name quick --presets demo --games Pong Breakout --seeds 1..3 -- --total-steps 3000
+    python -m agents.sweep status sweeps/quick                        # a sweep directory: the runs its sweep.json lists
 
 Running a sweep again continues it: finished runs are skipped, partial ones resume from their last checkpoint,
 failed ones are retried up to --retries times (their last error is kept in SWEEP_DIR/_sweep/). The runs live in
@@ -42,7 +43,7 @@ from agents.sweep_exec import (
     state_path,
     write_json,
 )
-from agents.sweep_grid import Run, SpecError, Sweep, build_sweep, load_spec
+from agents.sweep_grid import Run, SpecError, Sweep, build_sweep, load_listing, load_spec
 
 
 # --- resources ------------------------------------------------------------------------------------------------
@@ -315,7 +316,8 @@ def build_parser(status: bool) -> argparse.ArgumentParser:
                      "deterministic run directories; running it again continues it. `python -m agents.sweep status "
                      "SPEC` shows its state."),
         epilog="Options after `--` are agents.train overrides for every run (axes given on the command line).")
-    p.add_argument("spec", nargs="?", metavar="SPEC", help="a sweep spec (TOML); or give the axes below")
+    p.add_argument("spec", nargs="?", metavar="SPEC", help="a sweep spec (TOML), or a sweep directory (the runs its "
+                   "sweep.json lists: a sweep started with the axes); or give the axes below")
     axes = p.add_argument_group("axes (instead of SPEC)")
     axes.add_argument("--name", help="sweep name: its directory is SWEEPS_DIR/NAME")
     axes.add_argument("--presets", nargs="+", metavar="P", help="presets or patterns like dqn_impala_w{1..5}_gmp95")
@@ -365,7 +367,7 @@ def parse(argv: list[str], status: bool) -> tuple[argparse.Namespace, Sweep, Pat
         if args.spec is not None:
             if axes or cli_overrides:
                 p.error("give either SPEC or the axes (--name, --presets, --games, --seeds, -- overrides), not both")
-            sweep = load_spec(args.spec)
+            sweep = load_listing(args.spec) if Path(args.spec).is_dir() else load_spec(args.spec)
         else:
             if not axes:
                 p.error("give a SPEC file or the axes --name, --presets, --games and --seeds")
@@ -380,6 +382,8 @@ def parse(argv: list[str], status: bool) -> tuple[argparse.Namespace, Sweep, Pat
         p.error(f"--max-minutes must be > 0 and finite, got {args.max_minutes:g}")  # else every launch fails
     if not status and not 0 < args.log_interval < math.inf:
         p.error(f"--log-interval must be > 0 and finite, got {args.log_interval:g}")
+    if args.spec is not None and Path(args.spec).is_dir():
+        return args, sweep, Path(args.spec).resolve()
     return args, sweep, Path(args.sweeps_dir).resolve() / sweep.name
 
 

@@ -284,6 +284,27 @@ def build_sweep(spec: dict, source: str) -> Sweep:
     return Sweep(name, runs, source)
 
 
+def load_listing(sweep_dir: str | Path) -> Sweep:
+    """The sweep a sweep directory's sweep.json lists (a sweep started from the command line has no spec file):
+    its runs rebuilt from their presets, games, seeds and overrides, which must give the run ids listed."""
+    path = Path(sweep_dir) / "sweep.json"
+    if not path.is_file():
+        raise SpecError(f"{sweep_dir} has no sweep.json (is it a sweep directory?)")
+    try:
+        listing = json.loads(path.read_text(encoding="utf-8"))
+        entries = [{"preset": r["preset"], "game": r["game"], "seed": r["seed"],
+                    "overrides": [shlex.join(r["overrides"])]} for r in listing["runs"]]
+        listed = [r["run_id"] for r in listing["runs"]]
+        spec = {"name": listing["name"], "runs": entries}
+    except (ValueError, KeyError, TypeError) as e:  # (json.JSONDecodeError is a ValueError)
+        raise SpecError(f"{path} is not a sweep listing: {type(e).__name__}: {e}") from None
+    sweep = build_sweep(spec, str(path))
+    if [r.run_id for r in sweep.runs] != listed:
+        raise SpecError(f"{path}: its runs' presets, games, seeds and overrides no longer give the run ids it lists "
+                        "(the presets changed since?); use the sweep's spec")
+    return sweep
+
+
 def load_spec(path: str | Path) -> Sweep:
     path = Path(path)
     if not path.is_file():

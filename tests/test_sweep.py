@@ -201,6 +201,30 @@ def test_command_line_axes_and_dry_run(tmp_path, capsys):
     assert main([str(ROOT / "examples" / "sweeps" / "fig1.toml"), "--index", "1500"]) == 2
 
 
+def test_a_sweep_directory_stands_for_the_sweep_it_lists(tmp_path, capsys):
+    """A sweep started with the axes has no spec file: its directory (sweep.json) is what status and a rerun take
+    (status could not read it: 'the spec has no runs', 'no spec file', 'not valid TOML')."""
+    axes = ["--name", "q", "--presets", "demo", "--games", "Pong", "Breakout", "--seeds", "1..2"]
+    sweep = build_sweep({"name": "q", "presets": ["demo"], "games": ["Pong", "Breakout"], "seeds": "1..2",
+                         "overrides": ["--total-steps 3000"]}, "command line")
+    write_json(tmp_path / "q" / "sweep.json", sweep.to_json())  # as the sweep writes it before its first launch
+    assert main(["status", str(tmp_path / "q")]) == 3  # (unfinished)
+    out = capsys.readouterr().out
+    assert f"sweep q in {tmp_path / 'q'}" in out and "0 done" in out and "of 4" in out and "12.00k" in out
+    assert main([str(tmp_path / "q"), "--dry-run"]) == 0
+    dry = capsys.readouterr().out
+    assert main([*axes, "--sweeps-dir", str(tmp_path), "--dry-run", "--", "--total-steps", "3000"]) == 0
+    assert capsys.readouterr().out.replace("command line", str(tmp_path / "q" / "sweep.json")) == dry
+    for listing, message in (("{", "is not a sweep listing"), ('{"name": "q"}', "is not a sweep listing")):
+        (tmp_path / "q" / "sweep.json").write_text(listing)
+        with pytest.raises(SystemExit) as e:
+            main(["status", str(tmp_path / "q")])
+        assert e.value.code == 2 and message in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        main(["status", str(tmp_path)])
+    assert e.value.code == 2 and "has no sweep.json (is it a sweep directory?)" in capsys.readouterr().err
+
+
 # --- resources --------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("option,value", [("--max-minutes", "-1"), ("--max-minutes", "nan"), ("--log-interval", "0")])
 def test_a_bad_runtime_option_is_a_usage_error_before_any_launch(tmp_path, capsys, option, value):
