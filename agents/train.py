@@ -582,9 +582,9 @@ class Trainer:
                     period = cfg.agent.target_update_period
                     first = max(steps_before, cfg.agent.min_replay)  # Dopamine: only once add_count > min_replay
                     syncs = range((first // period + 1) * period, self.agent_steps + 1, period)
-                    start = steps_before
+                    learned_to = steps_before
                     for i, end in enumerate([*syncs, self.agent_steps]):
-                        for _ in range(cfg.updates_due(start, end)):
+                        for _ in range(cfg.updates_due(learned_to, end)):
                             info = self.learn()
                             for k, v in info.items():
                                 sums[k] = sums.get(k, 0.0) + v  # device tensors: no sync until logged
@@ -594,7 +594,7 @@ class Trainer:
                         if i < len(syncs):
                             with prof.section("target_sync"):
                                 self.sync_target()
-                        start = end
+                        learned_to = end
 
                 with prof.section("env"):
                     start = time.perf_counter()
@@ -1088,8 +1088,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, Path | None]
         sys.exit(0)
     saved = read_run_config(known.resume) if known.resume is not None else None
     if saved is not None and known.preset and known.preset != saved.preset:
-        raise UsageError(f"--resume continues the run as it was configured, from preset {saved.preset!r}; "
-                         f"drop --preset {known.preset}")
+        origin = f"from preset {saved.preset!r}" if saved.preset else "with no preset"
+        raise UsageError(f"--resume continues the run as it was configured, {origin}; drop --preset {known.preset}")
     default = saved or (get_preset(known.preset) if known.preset else TrainConfig())
     cfg = tyro.cli(_cli(default), args=rest, description=DESCRIPTION, prog="python -m agents.train")
     if saved is None:
