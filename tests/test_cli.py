@@ -242,7 +242,7 @@ def test_options_of_the_method_a_run_uses_are_accepted():
 
 def test_resume_without_checkpoint_or_with_a_corrupt_one(tmp_path, capsys):
     code, err = _error_of(capsys, ["--resume", str(tmp_path / "missing")])
-    assert code == 2 and "no config.json" in err
+    assert code == 2 and "missing: no such directory" in err
     run = tmp_path / "run"
     (run / "checkpoints").mkdir(parents=True)
     from agents.config import get_preset
