@@ -95,7 +95,6 @@ class OfflineTrainer(Trainer):
         iter_start_time, iter_start_updates = time.perf_counter(), self.agent_steps
         run_start, run_start_updates = time.perf_counter(), self.agent_steps
         self.launch_start_steps = run_start_updates  # a resumed run's profile counts this launch's updates only
-        self.launch_start_grad_steps = self.grad_steps
         sums: dict[str, float] = {}
         count = 0
         bar = _progress_bar(cfg, self.agent_steps)

@@ -116,11 +116,13 @@ def count_flops(fn) -> int:
     return counter.get_total_flops()
 
 
-def model_flops_report(flops: dict, components: dict, wall_seconds: float, updates: int, forwards: int) -> dict:
-    """`flops` (Trainer.model_flops) with the TFLOP/s achieved over the profiled launch's `updates` learner steps
-    and `forwards` acting forwards: by the learner and the acting forward in their (synchronised) sections, and
-    by the whole run. Counted from what ran: while epsilon is near 1 most acting calls run no forward, and
-    during the warm-up there are no updates (`flops_per_frame`, the steady state's, would overstate both)."""
+def model_flops_report(flops: dict, components: dict, wall_seconds: float, forwards: int) -> dict:
+    """`flops` (Trainer.model_flops) with the TFLOP/s achieved over the profiled launch's learner steps (its
+    "learner" section's calls) and its `forwards` acting forwards: by the learner and the acting forward in their
+    (synchronised) sections, and by the whole run. Counted from what ran: while epsilon is near 1 most acting calls
+    run no forward, and during the warm-up there are no updates (`flops_per_frame`, the steady state's, would
+    overstate both)."""
+    updates = components.get("learner", {}).get("calls", 0)
     report = dict(flops)
     for name, key, done in (("learner", "learner_flops", updates), ("act", "act_flops", forwards)):
         seconds = components.get(name, {}).get("seconds", 0.0)

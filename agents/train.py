@@ -547,7 +547,6 @@ class Trainer:
         iter_start_time, iter_start_steps = time.perf_counter(), self.agent_steps
         run_start, run_start_steps = time.perf_counter(), self.agent_steps
         self.launch_start_steps = run_start_steps  # a resumed run's profile counts this launch's frames only
-        self.launch_start_grad_steps = self.grad_steps
         last_log_time, last_log_steps = run_start, run_start_steps
         sums: dict[str, float] = {}
         count = 0
@@ -675,7 +674,6 @@ class Trainer:
         flops = self._model_flops_or_none()
         if flops is not None:
             report["model_flops"] = model_flops_report(flops, report["components"], report["wall_seconds"],
-                                                       updates=self.grad_steps - self.launch_start_grad_steps,
                                                        forwards=self.act_forwards)
         if self.replay.can_sample():
             report["learner_ops"] = profile_learner_ops(self._forward_backward)

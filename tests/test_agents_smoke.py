@@ -44,7 +44,7 @@ def run_cli(args):
     ],
 )
 def test_agent_preset_runs_on_atari(tmp_path, agent, replay, extra_layer):
-    # IQN's head runs once per quantile sample: N = 16, N' = 24, K = 8 (the presets' 64, 64, 32 took ~2/3 of the
+    # IQN's head runs once per quantile sample: N = 16, N' = 24, K = 8 (the presets' 64, 64, 32 took most of the
     # run's time on a CPU core). N != N' on purpose.
     quantiles = "--agent.num-tau-samples 16 --agent.num-tau-prime-samples 24 --agent.num-quantile-samples 8".split()
     proc = run_cli(["--preset", f"{agent}_impala_w1_gmp95", *SHORT, *(quantiles if "iqn" in agent else []),
