@@ -206,8 +206,11 @@ def report(args: argparse.Namespace) -> int:
     ):
         if draw(out / name):
             figures.append(name)
-        else:
-            print(f"note: {name} not drawn (no data for it)", file=sys.stderr)
+        else:  # an older report's figure of the same name would read as this report's
+            stale = (out / name).exists()
+            (out / name).unlink(missing_ok=True)
+            print(f"note: {name} not drawn (no data for it)" + (": removed the older one in --out" if stale else ""),
+                  file=sys.stderr)
     write_tables(out, configs, finals, curves, pairs, problems, args, sweep_lines)
     text = write_markdown(
         out / "report.md", configs, finals, pairs, games, unreferenced, problems, figures, args, sweep_lines

@@ -93,11 +93,14 @@ def test_no_method_figure_without_a_baseline_method(tmp_path, capsys):
         for seed in SEEDS:
             for s in (0.0, 0.95):
                 write_run(tmp_path / "runs", game, seed, s)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "methods.png").write_bytes(b"an older report's figure")  # would pass for this report's
     assert main([str(tmp_path / "runs"), "--out", str(tmp_path / "out"), "--reps", "20"]) == 0
     assert not (tmp_path / "out" / "methods.png").exists()
     assert not (tmp_path / "out" / "grad_covariance.png").exists()
     err = capsys.readouterr().err
-    assert "methods.png not drawn" in err and "grad_covariance.png not drawn" in err
+    assert "methods.png not drawn (no data for it): removed the older one" in err
+    assert "grad_covariance.png not drawn (no data for it)\n" in err
 
 
 def test_a_method_is_named_before_an_option_that_tells_the_same_runs_apart():
