@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 import sys
 from dataclasses import dataclass, field
 from functools import cache
@@ -136,17 +137,26 @@ class Run:
 
 
 def find_run_dirs(paths: list[str | Path]) -> list[Path]:
-    """Run dirs are dirs with a config.json; parents are searched recursively."""
-    found: set[Path] = set()
+    """Run dirs are dirs with a config.json; parents are searched recursively, through symlinked folders (a
+    folder of links to the runs to compare). A run reached twice (by a link and by its own path) counts once."""
+    found: dict[Path, Path] = {}  # real path -> the first path it was found at
     for p in map(Path, paths):
         if not p.exists():
             raise ReportError(f"{p} does not exist")
         if (p / "config.json").is_file():
-            found.add(p)
-        else:
-            found.update(c.parent for c in p.rglob("config.json"))
+            found.setdefault(p.resolve(), p)
+            continue
+        seen: set[str] = set()  # real paths walked: a link back to a parent folder is not followed again
+        for root, subdirs, files in os.walk(p, followlinks=True):
+            real = os.path.realpath(root)
+            if real in seen:
+                subdirs.clear()
+                continue
+            seen.add(real)
+            if "config.json" in files:
+                found.setdefault(Path(real), Path(root))
     # a run's own subfolders (checkpoints/, tb/) are never runs
-    runs = sorted(d for d in found if not any(a in found for a in d.parents))
+    runs = sorted(d for r, d in found.items() if not any(a in found for a in r.parents))
     if not runs:
         raise ReportError(f"no run directories (with a config.json) under {', '.join(map(str, paths))}")
     return runs

@@ -152,6 +152,23 @@ def test_find_run_dirs(runs, tmp_path):
         report.find_run_dirs([tmp_path / "nope"])
 
 
+def test_find_run_dirs_follows_links_and_counts_a_run_once(runs, tmp_path):
+    """A folder of symlinks to the runs to compare is searched; a run reached by a link and by its own path, or
+    through a link back to a parent, is one run (else the report saw the same seed twice)."""
+    dirs = report.find_run_dirs([runs])
+    compare = tmp_path / "compare"
+    (compare / "nested").mkdir(parents=True)
+    for d in dirs[:3]:
+        (compare / d.name).symlink_to(d, target_is_directory=True)
+    (compare / "nested" / "up").symlink_to(compare, target_is_directory=True)  # a cycle
+    (compare / "nested" / "all").symlink_to(runs, target_is_directory=True)
+    found = report.find_run_dirs([compare])
+    assert len(found) == 18 and {d.resolve() for d in found} == {d.resolve() for d in dirs}
+    assert sorted(report.find_run_dirs([compare / dirs[0].name, dirs[0]])) == [compare / dirs[0].name]
+    linked = report.find_run_dirs([compare / "nested" / "up"])
+    assert {d.resolve() for d in linked} == {d.resolve() for d in dirs}
+
+
 def test_cli_help_and_subprocess(runs, tmp_path):
     root = Path(__file__).resolve().parents[2]
     res = subprocess.run([sys.executable, "-m", "agents.report", "--help"], cwd=root, capture_output=True, text=True)
