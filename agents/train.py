@@ -1250,7 +1250,33 @@ def _how_to_continue(run_dir: Path, named: bool) -> str:
             "command that resumes)")
 
 
+# This package's own modules: their warnings are messages to the user of the command line
+_OWN_CODE = tuple(str(Path(__file__).resolve().parents[1] / d) + os.sep for d in ("agents", "kernels"))
+
+
+@contextlib.contextmanager
+def _warnings_as_messages():
+    """Our warnings print as `warning: ...`, not with Python's file, line and source line (a library's keep them)."""
+    python_format = warnings.formatwarning
+
+    def format_warning(message, category, filename, lineno, line=None):
+        if os.path.abspath(filename).startswith(_OWN_CODE):
+            return f"warning: {message}\n"
+        return python_format(message, category, filename, lineno, line)
+
+    warnings.formatwarning = format_warning
+    try:
+        yield
+    finally:
+        warnings.formatwarning = python_format
+
+
 def main(argv: list[str] | None = None) -> int:
+    with _warnings_as_messages():
+        return _main(argv)
+
+
+def _main(argv: list[str] | None) -> int:
     try:
         cfg, resume_dir = parse_args(argv)
         named = resume_dir is not None or bool(cfg.run_name)

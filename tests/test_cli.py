@@ -366,3 +366,20 @@ def test_a_full_disk_during_a_checkpoint_is_a_message_not_a_traceback(tmp_path, 
     assert "Traceback" not in err
     monkeypatch.undo()
     assert load_checkpoint(first)["iteration"] == 1
+
+
+def test_our_warnings_print_as_messages_on_the_command_line():
+    """A corrupt checkpoint's fallback printed Python's `file:line: UserWarning:` and the `warnings.warn(` source
+    line under it; the command line prints our warnings as `warning: ...`, and a library's as Python does."""
+    import warnings
+
+    import agents.checkpoint
+    from agents.train import _warnings_as_messages
+
+    python_format = warnings.formatwarning
+    with _warnings_as_messages():
+        ours = warnings.formatwarning("ckpt_2.pt is corrupt", UserWarning, agents.checkpoint.__file__, 235)
+        library = warnings.formatwarning("deprecated", FutureWarning, torch.__file__, 7)
+    assert ours == "warning: ckpt_2.pt is corrupt\n"
+    assert "__init__.py:7: FutureWarning: deprecated" in library
+    assert warnings.formatwarning is python_format
