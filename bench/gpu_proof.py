@@ -326,15 +326,26 @@ class Proof:
             preset, total = "dqn_impala_w3_gmp95", max(2_000, int(8_000 * window_s / PLAN_S["profile"]) // 8 * 8)
             warmup, precision, extra = total // 2, ["--bf16", "--channels-last"], []
         run_dir = self.work / "runs" / "profile"
-        # Masks update every 1,000 gradient steps from the first: the profile covers the window's worst case.
+        # The pruning window counts gradient steps (the run takes a quarter as many as agent steps after its
+        # warm-up): the sparsity reaches its target halfway, after 3 mask updates, and the second half trains the
+        # pruned network. (A window of `total` gradient steps once left the profiled network unpruned.)
+        updates = profile_gradient_steps(preset, total, warmup, extra)
+        end, freq = max(1, updates // 2), max(1, updates // 4)
         cmd = [sys.executable, "-m", "agents.train", "--preset", preset, "--profile", "--total-steps", str(total),
                "--iteration-steps", str(total), "--agent.min-replay", str(warmup), "--replay-capacity",
-               str(4 * total), "--pruning.start-step", "0", "--pruning.end-step", str(total),
-               "--runs-dir", str(run_dir.parent), "--run-name", run_dir.name, "--no-tensorboard", "--no-progress",
-               "--log-every", str(10 * total), *precision, *extra]
-        step.note = f"{' '.join([preset, *precision])}, {total:,} agent steps"
-        if self.run_command(step, cmd, limit_s):
-            shutil.copy(run_dir / "profile.json", self.dir / "profile.json")
+               str(4 * total), "--pruning.start-step", "0", "--pruning.end-step", str(end), "--pruning.update-freq",
+               str(freq), "--runs-dir", str(run_dir.parent), "--run-name", run_dir.name, "--no-tensorboard",
+               "--no-progress", "--log-every", str(10 * total), *precision, *extra]
+        step.note = (f"{' '.join([preset, *precision])}, {total:,} agent steps, {updates:,} updates; masks updated "
+                     f"every {freq:,} updates up to update {end:,} (the paper: every 1,000 in its window), then frozen")
+        if not self.run_command(step, cmd, limit_s):
+            return
+        shutil.copy(run_dir / "profile.json", self.dir / "profile.json")
+        summary = json.loads((run_dir / "summary.json").read_text())
+        pruned, target = summary.get("sparsity/prunable", 0.0), summary.get("target_sparsity", 0.0)
+        if not pruned >= 0.99 * target:  # a profile of "the pruned run" that never pruned
+            step.status = "failed"
+            step.note += f"; the profiled run ended at prunable sparsity {pruned:.3f}, not its target {target:g}"
 
     def step_learning(self, step: StepResult, window_s: float, limit_s: float) -> None:
         minutes = DRY_LEARNING_MINUTES if self.dry else (window_s - LEARNING_OVERHEAD_S) / 60
@@ -576,6 +587,18 @@ def learning_rows(pong: dict | None) -> list[dict]:
     reached = pong.get("sparsity/prunable") or 0.0
     measured = f"{reached:.3f} (schedule: {scheduled:.3f} by the last gradient step)"
     return rows + [target(pruned, ">= 0.95", measured, (not below) and reached >= 0.95 - 1e-3)]
+
+
+def profile_gradient_steps(preset: str, total: int, warmup: int, options: list[str]) -> int:
+    """Gradient steps the profile's run takes: `preset` trained `total` agent steps after `warmup`, with the
+    proof's --env.num-envs from `options` if it sets one."""
+    from agents.config import get_preset
+
+    cfg = get_preset(preset)
+    cfg.total_steps, cfg.agent.min_replay = total, warmup
+    if "--env.num-envs" in options:
+        cfg.env.num_envs = int(options[options.index("--env.num-envs") + 1])
+    return cfg.min_grad_steps(cfg.env.num_envs)
 
 
 def read_iterations(path: Path) -> list[dict]:

@@ -78,7 +78,9 @@ def test_dry_run_exercises_every_step_the_layout_and_the_copy_to_out(tmp_path):
     assert next(r for r in e2e if r["provider"] == "gmp95_after")["total_sparsity"] > 0.9
     atari100k = json.loads((folder / "atari100k.json").read_text())
     assert atari100k["learning_agent_steps_per_s"] > 0 and atari100k["updates_in_second_iteration"] == 20
-    assert "components" in json.loads((folder / "profile.json").read_text())
+    profile = json.loads((folder / "profile.json").read_text())
+    assert "components" in profile and profile["sparsity"] > 0.9  # the profile of the pruned run was pruned
+    assert profile["components"]["mask_update"]["calls"] >= 3
     (pong,) = folder.glob("pong_check_cpu_*.json")
     assert json.loads(pong.read_text())["game"] == "Pong" and pong.with_suffix(".png").exists()
     summary = (folder / "summary.md").read_text()
