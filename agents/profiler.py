@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import statistics
 import sys
 import time
@@ -45,6 +46,7 @@ class Profiler:
         self.seconds: dict[str, float] = defaultdict(float)
         self.calls: dict[str, int] = defaultdict(int)
         self.start = time.perf_counter()
+        self.cpu_start = _cpu_seconds()
 
     def section(self, name: str, first_half: bool = False):
         """Time a block under `name`. `first_half`: the block is the first of two that together make one call
@@ -74,7 +76,44 @@ class Profiler:
         components["other"] = {"seconds": round(wall - measured, 4), "calls": 0, "ms_per_call": 0.0,
                                "share": round((wall - measured) / wall, 4) if wall > 0 else 0.0}
         return {"wall_seconds": round(wall, 3), "frames": frames, "frames_per_second": round(frames / wall, 2),
-                "synchronized": self.sync, "components": components}
+                "synchronized": self.sync, "components": components, "host": self._host(wall)}
+
+    def _host(self, wall: float) -> dict:
+        """torch's CPU threads, the CPUs, and the cores other processes kept busy on average while this one ran
+        (None where /proc/stat is not there): with the cores shared, every time here is inflated, the more so for
+        multi-threaded CPU kernels (an OpenMP loop waits for its slowest thread)."""
+        end = _cpu_seconds()
+        other = None
+        if self.cpu_start[0] is not None and end[0] is not None and wall > 0:
+            other = max(0.0, (end[0] - self.cpu_start[0]) - (end[1] - self.cpu_start[1])) / wall
+        return {"torch_threads": torch.get_num_threads(), "cpus": os.cpu_count(),
+                "other_processes_cores": None if other is None else round(other, 2)}
+
+
+# Other processes' average use of the cores above this (in cores) is flagged next to the profile's times.
+SHARED_CORES_WARNING = 0.25
+
+
+def _cpu_seconds() -> tuple[float | None, float]:
+    """(busy CPU seconds of the whole machine from /proc/stat, or None; this process's own, children included)."""
+    own = time.process_time() + sum(os.times()[2:4])
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None, own
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    busy = sum(fields[:8]) - idle  # user nice system idle iowait irq softirq steal (guest is inside user)
+    return busy / os.sysconf("SC_CLK_TCK"), own
+
+
+def shared_cores_note(report: dict) -> str | None:
+    """A warning when other processes used the CPU during the profile, else None."""
+    other = (report.get("host") or {}).get("other_processes_cores")
+    if other is None or other <= SHARED_CORES_WARNING:
+        return None
+    return (f"warning: other processes kept {other:.2f} of the {report['host']['cpus']} CPUs busy on average during "
+            "this profile: its times are inflated (profile on an idle machine to compare runs)")
 
 
 def format_table(report: dict) -> str:
@@ -84,6 +123,8 @@ def format_table(report: dict) -> str:
                      f"{c['ms_per_call']:>10.3f}")
     lines.append(f"{report['frames']:,} frames in {report['wall_seconds']:.1f} s = "
                  f"{report['frames_per_second']:,.0f} frames/s")
+    if shared_cores_note(report):
+        lines.append(shared_cores_note(report))
     flops = report.get("model_flops")
     if flops:
         lines.append(f"model FLOPs (matmul + conv): learner {flops['learner_flops'] / 1e9:.3g} GFLOP per update"
@@ -292,6 +333,18 @@ def compare_reports(reports: dict[str, dict]) -> str:
     lines.append("| total sparsity | " + " | ".join(f"{reports[n].get('sparsity', 0.0):.3f}" for n in names) + " |")
     lines.append("| device, precision | " + " | ".join(f"{reports[n].get('device', '?')}, "
                                                     f"{reports[n].get('precision', '?')}" for n in names) + " |")
+    hosts = [reports[n].get("host") or {} for n in names]
+    if any(hosts):  # (profiles written before the host was recorded have none)
+        lines.append("| CPU threads / CPUs, other processes' cores | " + " | ".join(
+            "-" if not h else f"{h['torch_threads']} / {h['cpus']}, " + (
+                "?" if h["other_processes_cores"] is None else f"{h['other_processes_cores']:.2f}") for h in hosts)
+            + " |")
+    for n in names:
+        if shared_cores_note(reports[n]):
+            lines.append(f"\n{n}: {shared_cores_note(reports[n])}")
+    if len({(h.get("torch_threads"), h.get("cpus")) for h in hosts if h}) > 1:
+        lines.append("\nwarning: these runs were profiled with different CPU threads or CPUs: their CPU times do "
+                     "not compare")
 
     layers = {n: {row["layer"]: row for row in r.get("learner_layers", [])} for n, r in reports.items()}
     layer_names = list(dict.fromkeys(name for n in names for name in layers[n]))

@@ -668,6 +668,9 @@ class Trainer:
         report = self.profiler.report(frames=(self.agent_steps - self.launch_start_steps) * self.cfg.env.frame_skip)
         report["sparsity"] = self._measured_sparsity()
         report["device"] = str(self.device)
+        # what else the numbers depend on (a resumed launch may run other code than config.json's)
+        report.update(git_sha=git_sha(), date=datetime.now(UTC).isoformat(timespec="seconds"),
+                      torch=torch.__version__, triton=_version("triton"))
         cfg = self.cfg  # what the numbers depend on besides the network: compared runs should agree on it
         report["precision"] = ("bf16" if cfg.bf16 else "tf32" if cfg.tf32 else "fp32") + (
             ", channels-last" if cfg.channels_last else "")

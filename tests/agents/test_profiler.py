@@ -53,6 +53,38 @@ def test_profile_json_accounts_for_the_loop(tmp_path):
     assert flops["run_tflops"] == pytest.approx(ran / report["wall_seconds"] / 1e12, rel=1e-3)
     assert all(row["forward_flops"] > 0 and row["backward_flops"] > row["forward_flops"] for row in layers.values())
     assert "GFLOP per update" in format_table(report)
+    # What else the times depend on: the code, the versions, and the CPU's threads and competition.
+    assert report["git_sha"] and report["date"] and report["torch"] == torch.__version__
+    assert report["host"]["torch_threads"] == torch.get_num_threads() and report["host"]["cpus"] > 0
+
+
+def test_profile_says_when_other_processes_shared_the_cpus():
+    """A dense-against-pruned comparison on a loaded machine once showed the pruned run 1.5x slower in every
+    component alike: another process's load, which the profile neither recorded nor flagged."""
+    import subprocess
+    import sys
+    import time
+
+    from agents.profiler import compare_reports, shared_cores_note
+
+    prof = Profiler(True, "cpu")
+    busy = subprocess.Popen([sys.executable, "-c", "import time\nt = time.time()\nwhile time.time() - t < 3: pass"])
+    try:
+        time.sleep(1.5)  # this process idles while the other one spins a core
+        report = prof.report(frames=100)
+    finally:
+        busy.kill()
+        busy.wait()
+    assert report["host"]["other_processes_cores"] >= 0.5, report["host"]
+    assert "other processes kept" in shared_cores_note(report) and shared_cores_note(report) in format_table(report)
+    quiet = {**report, "host": {**report["host"], "other_processes_cores": 0.0}}
+    assert shared_cores_note(quiet) is None
+    table = compare_reports({"dense": quiet, "pruned": report})
+    assert f"pruned: {shared_cores_note(report)}" in table and "dense: warning" not in table
+    assert "| CPU threads / CPUs, other processes' cores |" in table
+    fewer = {**quiet, "host": {**quiet["host"], "torch_threads": quiet["host"]["torch_threads"] + 1}}
+    assert "different CPU threads" in compare_reports({"a": quiet, "b": fewer})
+    assert "different CPU threads" not in compare_reports({"a": quiet, "b": quiet})
 
 
 @pytest.mark.parametrize("double_dqn", [False, True])
