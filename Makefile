@@ -60,7 +60,7 @@ gpu-proof:  ## on the GPU machine (its python3, no .venv): every GPU claim measu
 gpu-tune:  ## on the GPU machine (its python3): the kernels' launch knobs, one at a time (150 s budget)
 	$(PYTHON) bench/tune_kernels.py $(TUNE_ARGS)
 
-gpu-proof-dry-run: install  ## the GPU proof rehearsed on the CPU: every step, tiny sizes, 210 s budget
+gpu-proof-dry-run: install  ## the GPU proof rehearsed on the CPU: every step, tiny sizes, 340 s budget
 	$(BIN)/python bench/gpu_proof.py --dry-run $(PROOF_ARGS)
 
 # The dry run on the GPU image's versions (Python 3.12, torch 2.11.0, triton 3.6.0) with the carried wheels

@@ -52,9 +52,9 @@ def test_dry_run_exercises_every_step_the_layout_and_the_copy_to_out(tmp_path):
     env.pop("TRITON_INTERPRET", None)  # the proof's children decide for themselves, as on the GPU machine
     for name in [n for n in env if n.startswith("PYTEST_XDIST_")]:  # under `pytest -n`, pytest-benchmark in the
         env.pop(name)  # children would see a worker's variables, disable itself and write no JSON
-    # A larger budget than the default 210 s only lengthens the steps' time limits (the dry run's sizes are
-    # fixed), so that a loaded CI machine does not time a step out.
-    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_proof.py"), "--dry-run", "--budget-s", "340",
+    # The default budget (340 s) only sets the steps' time limits (the dry run's sizes are fixed), with room for
+    # a loaded CI machine.
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_proof.py"), "--dry-run",
                            "--results-root", str(tmp_path / "results"), "--sha", "testsha0",
                            "--wheels", str(tmp_path / "no-wheels")],
                           env=env, capture_output=True, text=True, timeout=500, cwd=tmp_path)
@@ -85,6 +85,7 @@ def test_dry_run_exercises_every_step_the_layout_and_the_copy_to_out(tmp_path):
     assert json.loads(pong.read_text())["game"] == "Pong" and pong.with_suffix(".png").exists()
     summary = (folder / "summary.md").read_text()
     assert "DRY RUN" in summary and "## Targets" in summary and "## Steps" in summary
+    assert "| rehearsal: " in summary and "| MISSED |" not in summary and "| met |" not in summary
     assert "waits: env / GPU / host" in summary and gpu_proof.loop_split_text(e2e[0]["loop_split"]) in summary
     # ... and how close it came to the arithmetic limit: its matmul and convolution FLOPs per frame x frames/s.
     assert all(r["flops_per_frame"] > 0 and r["model_tflops"] == pytest.approx(
@@ -161,7 +162,7 @@ def test_budget_too_small_skips_steps_and_says_so(tmp_path, monkeypatch, capsys)
     assert rc == 1
     steps = json.loads((tmp_path / "cpu-dry-run_s" / "steps.json").read_text())["steps"]
     # install always runs (it is quick, and every later step needs it), even where its share of the budget is
-    # under a step's minimum, as in the default 210 s dry run
+    # under a step's minimum, as in a 210 s dry run
     assert {name: s["status"] for name, s in steps.items()} == {"install": "ok", "e2e": "skipped",
                                                                "learning": "skipped"}
     summary = (tmp_path / "cpu-dry-run_s" / "summary.md").read_text()
@@ -543,3 +544,10 @@ def test_a_budget_that_is_not_a_positive_number_is_a_usage_error(capsys, budget)
     with pytest.raises(SystemExit) as e:
         gpu_proof.parse_args(["--dry-run", "--budget-s", budget])
     assert e.value.code == 2 and "--budget-s must be > 0 and finite" in capsys.readouterr().err
+
+
+def test_a_verdict_shows_the_digits_that_decide_it():
+    """The H200 summary read "1.02 | MISSED" against "<= 1.02": the measured 1.0201 rounded onto the bound."""
+    assert gpu_proof._measured_cell(1.0201, "<= 1.02") == "1.0201"
+    assert gpu_proof._measured_cell(0.98, "<= 1.02") == "0.98" and gpu_proof._measured_cell(11.02, "<= 1.02") == "11"
+    assert gpu_proof._measured_cell("no data", "<= 1.02") == "no data"
