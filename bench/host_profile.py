@@ -11,7 +11,7 @@ profiler's own cost (~1 us per Python call) inflates Python-heavy code, e.g. an 
 against C calls: read the shares as an upper bound and check a fix with the e2e frames/s.
 
     python bench/host_profile.py --case impala:1:gmp95_after --out /tmp/host     # a GPU
-    python bench/host_profile.py --device cpu --warmup 64 --measure 64            # the CPU rehearsal
+    python bench/host_profile.py --device cpu                                     # the CPU rehearsal (~30 s)
 """
 
 import argparse
@@ -73,9 +73,25 @@ def profile_case(case, warmup: int, measure: int, device: str, out: Path, top: i
     stats = pstats.Stats(profiler).strip_dirs()  # file names without this machine's directories
     stats.dump_stats(out / f"{name}.prof")
     text = profile_text(stats, f"# {name}: frames/s of the profiled iterations {', '.join(f'{f:,.0f}' for f in fps)}"
-                        f" (under cProfile); loop split of the last {split}", top)
+                        f" (under cProfile); loop split of the last {split}\n# {provenance(device)}", top)
     (out / f"{name}.txt").write_text(text)
     return text
+
+
+def provenance(device: str) -> str:
+    """Where and when: the device, the git SHA, the date and the versions."""
+    import datetime
+    import subprocess
+
+    import torch
+
+    from agents.train import _version
+
+    name = torch.cuda.get_device_name() if device == "cuda" else "cpu"
+    sha = subprocess.run(["git", "rev-parse", "--short=8", "HEAD"], capture_output=True, text=True,
+                         cwd=Path(__file__).resolve().parent).stdout.strip() or "unknown"
+    return (f"{name}, git {sha}, {datetime.date.today().isoformat()}, torch {torch.__version__}, "
+            f"triton {_version('triton')}")
 
 
 def profile_text(stats: pstats.Stats, header: str, top: int) -> str:
@@ -90,25 +106,31 @@ def profile_text(stats: pstats.Stats, header: str, top: int) -> str:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], prog="python bench/host_profile.py",
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], prog="python bench/host_profile.py")
     parser.add_argument("--case", type=parse_case, action="append", default=None,
-                        help="arch:width:setup[:precision], repeatable (default impala:1:gmp95_after)")
-    parser.add_argument("--warmup", type=int, default=1600, help="agent steps before the profiled iteration")
-    parser.add_argument("--measure", type=int, default=3200, help="agent steps profiled")
+                        help="arch:width:setup[:precision], repeatable (default: impala:1:gmp95_after)")
+    parser.add_argument("--warmup", type=int, default=None,
+                        help="agent steps before the profiled iteration (default: 1600; 64 with --device cpu)")
+    parser.add_argument("--measure", type=int, default=None,
+                        help="agent steps profiled (default: 3200; 64 with --device cpu)")
     parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda",
-                        help="cpu: the rehearsal, with 4 envs and batch 4 (times nothing of interest)")
-    parser.add_argument("--top", type=int, default=40, help="functions listed per table")
+                        help="cpu: the rehearsal, with 4 envs and batch 4 (times nothing of interest; default: cuda)")
+    parser.add_argument("--top", type=int, default=40, help="functions listed per table (default: 40)")
     parser.add_argument("--inline-env", action="store_true",
                         help="step the envs on the main thread (--overlap-env off): from Python 3.12 on, cProfile "
                              "also records the env thread")
-    parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "bench/results")) / "host_profile",
-                        help="folder for <case>.prof and <case>.txt")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="folder for <case>.prof and <case>.txt (default: $OUT/host_profile where $OUT is set, "
+                             "as on the GPU machine; else runs/host_profile)")
     args = parser.parse_args(argv)
     import torch
 
     if args.device == "cuda" and not torch.cuda.is_available():
-        parser.error("no CUDA device here: --device cpu runs the rehearsal")
+        parser.error("no CUDA device here: --device cpu runs the rehearsal (64 + 64 agent steps)")
+    cpu = args.device == "cpu"
+    args.warmup = args.warmup if args.warmup is not None else 64 if cpu else 1600
+    args.measure = args.measure if args.measure is not None else 64 if cpu else 3200
+    args.out = args.out or Path(os.environ["OUT"] if os.environ.get("OUT") else "runs") / "host_profile"
     args.out.mkdir(parents=True, exist_ok=True)
     for case in args.case or [parse_case("impala:1:gmp95_after")]:
         print(profile_case(case, args.warmup, args.measure, args.device, args.out, args.top, args.inline_env),

@@ -8,6 +8,7 @@ import pstats
 import sys
 
 import pytest
+import torch
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("_host_profile_test", ROOT / "bench" / "host_profile.py")
@@ -28,6 +29,7 @@ def test_profiles_the_iterations_after_the_warmup(tmp_path):
     assert case == ("impala", 1, "gmp95_after", "fp32")
     text = host_profile.profile_case(case, warmup=32, measure=64, device="cpu", out=tmp_path, top=5)
     assert "frames/s of the profiled iterations" in text
+    assert "\n# cpu, git " in text and f"torch {torch.__version__}" in text  # where and when, in the file itself
     stats = pstats.Stats(str(tmp_path / "impala_1_gmp95_after_fp32.prof")).stats
     calls = {func[2]: value[1] for func, value in stats.items() if func[0].endswith("train.py")}
     # 4 envs: 64 measured agent steps are 16 loop passes (the warm-up's 8 are not profiled), 2 updates each.
@@ -59,3 +61,10 @@ def test_the_naive_setup_uses_the_reference_ops_for_its_own_run_only(tmp_path, m
     stats = pstats.Stats(str(tmp_path / "impala_1_naive_fp32.prof")).stats
     assert any(func[2] == "masked_adam_ref_" for func in stats)  # the run's optimizer: the reference
     assert "PRUNERL_KERNELS" not in os.environ  # not left for the next case
+
+
+def test_help_gives_each_default_once(capsys):
+    with pytest.raises(SystemExit):
+        host_profile.main(["--help"])
+    out = capsys.readouterr().out
+    assert "(default: None)" not in out and "64 with --device cpu" in out and "runs/host_profile" in out
