@@ -132,7 +132,8 @@ def format_table(report: dict) -> str:
                      f"{_rate(flops.get('act_tflops'))}; {flops['flops_per_frame'] / 1e9:.3g} GFLOP per frame, "
                      f"{flops['run_tflops']:.3g} TFLOP/s over the run")
     if report.get("learner_ops"):
-        lines.append(f"\n{'learner operator (torch.profiler)':<44}{'total ms':>10}{'calls':>8}")
+        lines.append(f"\n{'learner operator (torch.profiler)':<44}{'total ms':>10}{'calls':>8}  (over "
+                     f"{LEARNER_OPS_STEPS} extra learner steps; a total includes the operators it calls)")
         for op in report["learner_ops"]:
             lines.append(f"{op['name'][:43]:<44}{op['total_ms']:>10.2f}{op['calls']:>8}")
     if report.get("learner_layers"):
@@ -188,7 +189,10 @@ def _tflops(flops: int | None, ms: float) -> str:
     return "-" if flops is None or ms <= 0 else f"{flops / (ms * 1e-3) / 1e12:.3g}"
 
 
-def profile_learner_ops(learn_step, steps: int = 10, top: int = 15) -> list[dict]:
+LEARNER_OPS_STEPS = 10  # forward + backward passes recorded by torch.profiler after the run (no training state changes)
+
+
+def profile_learner_ops(learn_step, steps: int = LEARNER_OPS_STEPS, top: int = 15) -> list[dict]:
     """Run `learn_step` under torch.profiler and return the `top` operators by total time."""
     from torch.profiler import ProfilerActivity, profile
 

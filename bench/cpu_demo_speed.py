@@ -58,7 +58,10 @@ def main() -> int:
     import agents.train as train
     from agents.config import get_preset
 
-    cfg = get_preset(args.preset)
+    try:
+        cfg = get_preset(args.preset)
+    except ValueError as e:
+        parser.error(str(e).replace("--list-presets", "python -m agents.train --list-presets"))
     cfg.device, cfg.progress, cfg.tensorboard = "cpu", False, False
     preset_total_steps = cfg.total_steps
     if args.game is not None:

@@ -197,7 +197,9 @@ def test_summarize_writes_markdown_and_plot(tmp_path, capsys):
     ("{}", "has no list 'benchmarks'"), ("[1, 2]", "has no list 'benchmarks'"), ('{"benchm', "cannot read"),
     ('{"benchmarks": "x"}', "has no list 'benchmarks'"), ('{"benchmarks": [3]}', "benchmarks[0] is not a benchmark"),
     ('{"benchmarks": [{"name": "b", "extra_info": {"op": "topk_mask", "ms": "fast", "case": "x", "sparsity": 0.9, '
-     '"provider": "triton"}}]}', "got ms='fast'")])
+     '"provider": "triton"}}]}', "got ms='fast'"),
+    # bench_e2e.py's JSON: its kernel tables were silently empty
+    ('{"benchmarks": [{"name": "e2e", "extra_info": {"frames_per_second": 3000.0}}]}', "holds no kernel benchmark")])
 def test_summarize_names_what_is_wrong_with_a_json(tmp_path, capsys, text, message):
     # Each was a traceback (KeyError, TypeError, AttributeError, JSONDecodeError, ValueError from float()).
     src = tmp_path / "bad.json"
