@@ -14,7 +14,10 @@ from agents.report.runs import Run, error, warn
 
 AGENT_NAMES = {"dqn": "DQN", "rainbow": "Rainbow", "iqn": "IQN", "miqn": "M-IQN"}
 ARCH_NAMES = {"impala": "Impala", "nature": "Nature CNN"}
-NOT_GROUPED = ("env.game", "seed")  # what varies inside a configuration (besides RUNTIME_FIELDS)
+# What varies inside a configuration (besides RUNTIME_FIELDS): game, seed, and the analysis's cadence (a run with
+# --analysis-every trains exactly as without it, `test_grad_covariance`; it records more, so sweeps and --resume
+# still tell the two apart).
+NOT_GROUPED = ("env.game", "seed", "analysis_every")
 # Label order: the paper's axes first; a later field is named only where the earlier ones leave runs together.
 LABEL_ORDER = ("agent.name", "network.arch", "network.width", "pruning.final_sparsity", "replay_ratio", "total_steps")
 _HEAD = ("agent.name", "network.arch", "network.width")  # written "DQN Impala ×3", the rest comma-separated

@@ -142,6 +142,25 @@ def test_configs_differing_in_other_fields_are_not_pooled(tmp_path):
     assert labels == {"lr=6.25e-05", "lr=2.08e-05"}
 
 
+def test_a_run_with_the_analysis_on_joins_its_configuration(tmp_path):
+    """--analysis-every changes no training: a seed run with it made a configuration of its own, left out of the
+    aggregates for its missing games, and every label of its twin named analysis_every."""
+    root = tmp_path / "runs"
+    for game in GAMES:
+        for seed in SEEDS:
+            for sparsity in (0.0, 0.95):
+                d = write_run(root, game, seed, sparsity)
+                if sparsity and game == "Pong" and seed == 2:
+                    cfg = json.loads((d / "config.json").read_text())
+                    cfg["config"]["analysis_every"] = 10
+                    (d / "config.json").write_text(json.dumps(cfg))
+    out = tmp_path / "r"
+    assert report.main([str(root), "--out", str(out), "--reps", "50", "--no-figures"]) == 0
+    configs = summary(out)
+    assert set(configs) == {"dense", "95% pruned"}
+    assert configs["95% pruned"]["complete"] and len(configs["95% pruned"]["scores"]) == len(SEEDS)
+
+
 def test_find_run_dirs(runs, tmp_path):
     dirs = report.find_run_dirs([runs])
     assert len(dirs) == 18
