@@ -12,10 +12,10 @@ Protocol (paper section 4.1, Agarwal et al. 2021):
 - learning curves are the same IQM per iteration (one point per iteration, 1M frames by default).
 
 Runs are grouped by the options that change the experiment (agents.config.experiment_fields: everything
-but RUNTIME_FIELDS) except game, seed and --analysis-every (which changes no training), so runs that differ in anything that can change results (lr,
-batch size, budget, ...) are never averaged together, and runs that differ only in how they ran
-(--max-minutes, --device, speed flags, paths, logging) always are. Labels name what differs between
-configurations; report.md lists every differing field.
+but RUNTIME_FIELDS) except game, seed and --analysis-every (which changes no training), so runs that differ
+in anything that can change results (lr, batch size, budget, ...) are never averaged together, and runs
+that differ only in how they ran (--max-minutes, --device, speed flags, paths, logging) always are. Labels
+name what differs between configurations; report.md lists every differing field.
 
 Nothing is silently averaged. A configuration is complete when it has exactly one finished run, not flagged by its
 trainer (summary.json: resumed without its replay, below its target sparsity, schedule short of it; or no

@@ -360,6 +360,7 @@ def plot_analysis(
     fig, axes = plt.subplots(len(games), len(keys), figsize=(2.9 * len(keys), 2.3 * len(games) + 0.6), squeeze=False,
                              layout="constrained")
     drawn = [c for c in configs if any((c.label, g) in have for g in games)]
+    seeds = set()  # how many runs each drawn line averages
     for c, line in zip(drawn, line_styles(drawn), strict=True):
         for row, g in enumerate(games):
             runs = [r for r in c.runs if r.game == g]
@@ -368,6 +369,7 @@ def plot_analysis(
                 series = [s for s in series if len(s[0])]
                 if not series:
                     continue
+                seeds.add(len(series))
                 common = sorted(set.intersection(*(set(x.tolist()) for x, _ in series)))
                 vals = np.array(
                     [[dict(zip(x.tolist(), y.tolist(), strict=True))[f] for f in common] for x, y in series]
@@ -381,7 +383,9 @@ def plot_analysis(
             _frames_axis(ax, fontsize=8, quantity=_run_quantity(next(r for c in drawn for r in c.runs)))
             ax.tick_params(labelsize=7)
     _legend(fig, axes.flat)
-    _title(fig, f"Analysis metrics (mean over seeds, {round(confidence * 100)}% bootstrap CIs)", note)
+    n = f"{min(seeds)}" if len(seeds) == 1 else f"{min(seeds)}-{max(seeds)}"
+    ci = f"{round(confidence * 100)}% bootstrap CIs" if max(seeds) > 1 else "one seed: no CI"
+    _title(fig, f"Analysis metrics (mean over {n} seed{'s' * (n != '1')} per line, {ci})", note)
     _save(fig, plt, path)
     return True
 

@@ -36,25 +36,29 @@ def final_aggregates(c: Config, reps: int, confidence: float, seed: int) -> dict
 def iqm_curve(
     c: Config, reps: int, confidence: float, seed: int, problems: list[str], table: str = "dqn_zoo"
 ) -> list[dict]:
-    """IQM with CI (None with one run per game) at every iteration for which every run in the matrix has a
-    score."""
+    """IQM with CI (None with one run per game) at every iteration that every run in the matrix has reached. An
+    iteration in which no episode of a run finished takes that run's previous score, as its final score does
+    (`Run.final_score`), so the curve ends where the final table is."""
     runs = [r for rs in c.used for r in rs]
     iters = sorted({int(i) for r in runs for i in r.iterations["iteration"] if np.isfinite(i)})
-    points, gaps = [], 0
+    points, gaps, carried = [], [], {}  # carried: run name -> iterations that took an earlier score
     for it in iters:
         cols, frames, updates, overshoot = [], [], [], 0
         for rs in c.used:
             col = []
             for r in rs:
                 idx = np.flatnonzero(r.iterations["iteration"] == it)
-                if len(idx) and np.isfinite(r.scores[idx[0]]):
-                    col.append(ev.human_normalized(r.scores[idx[0]], r.game, table))
+                scored = np.flatnonzero(np.isfinite(r.scores[: idx[0] + 1])) if len(idx) else []
+                if len(scored):
+                    col.append(ev.human_normalized(r.scores[scored[-1]], r.game, table))
                     frames.append(r.iterations["frames"][idx[0]])
                     updates.append(r.iterations["agent_steps"][idx[0]])  # offline runs: gradient updates
                     overshoot = max(overshoot, r.iteration_overshoot)
+                    if scored[-1] != idx[0]:
+                        carried.setdefault(r.path.name, []).append(it)
             cols.append(col)
         if any(len(col) < len(rs) for col, rs in zip(cols, c.used, strict=True)):
-            gaps += 1  # a run has not reached this iteration, or no episode finished in it
+            gaps.append(it)  # a run has not reached this iteration, or has no score up to it
             continue
         if max(frames) - min(frames) >= overshoot:  # more than envs that finish the iteration at different steps
             warn(problems, f"{c.label}: runs disagree on the frame count of iteration {it}: {int(min(frames)):,} to "
@@ -73,8 +77,13 @@ def iqm_curve(
                 "runs": m.size,
             }
         )
+    if carried:
+        where = "; ".join(f"{name}: {', '.join(map(str, its))}" for name, its in sorted(carried.items()))
+        warn(problems, f"{c.label}: no episode finished in some iterations; the learning curve takes the run's "
+                       f"previous score there, as the final score does ({where})")
     if gaps:
-        warn(problems, f"{c.label}: {gaps} iteration(s) left off the learning curve (a run lacks a score there)")
+        warn(problems, f"{c.label}: iteration(s) {', '.join(map(str, gaps))} left off the learning curve (a run has "
+                       "not reached them, or has no score up to them)")
     return points
 
 

@@ -142,6 +142,24 @@ def test_configs_differing_in_other_fields_are_not_pooled(tmp_path):
     assert labels == {"lr=6.25e-05", "lr=2.08e-05"}
 
 
+def test_the_learning_curve_ends_at_the_final_score(tmp_path, capsys):
+    """A run with no episode end in its last iteration: the final table took the previous iteration's score while
+    the curve dropped the iteration, so the curve ended an iteration early at another IQM."""
+    root = tmp_path / "runs"
+    for game in GAMES:
+        for seed in SEEDS:
+            write_run(root, game, seed, 0.0, nan_last=(game, seed) == ("Breakout", 1))
+    out = tmp_path / "r"
+    assert report.main([str(root), "--out", str(out), "--reps", "50", "--no-figures"]) == 0
+    with open(out / "curves.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["iteration"]) for r in rows] == list(range(ITERS))
+    (config,) = summary(out).values()
+    assert float(rows[-1]["iqm"]) == pytest.approx(config["final"]["iqm"]["value"])
+    err = capsys.readouterr().err
+    assert f"takes the run's previous score there, as the final score does (Breakout_s1_0.0_w3: {ITERS - 1})" in err
+
+
 def test_a_run_with_the_analysis_on_joins_its_configuration(tmp_path):
     """--analysis-every changes no training: a seed run with it made a configuration of its own, left out of the
     aggregates for its missing games, and every label of its twin named analysis_every."""
