@@ -135,8 +135,7 @@ def report(args: argparse.Namespace) -> int:
     required = _games(args.games) if args.games else None
     if args.demo:
         write_synthetic_runs(out / "synthetic_runs")
-        args.run_dirs = [str(out / "synthetic_runs")]
-        args.note = args.note or "SYNTHETIC DATA: made-up runs from agents.report --demo, not results"
+        args.run_dirs = [str(out / "synthetic_runs")]  # (the runs say they are synthetic: the note follows)
     problems: list[str] = []
     sweeps = [read_sweep(d) for d in args.run_dirs if is_sweep(d)]
     try:
@@ -150,6 +149,14 @@ def report(args: argparse.Namespace) -> int:
     runs = [r for r in (load_run(d, problems, args.score) for d in dirs) if r is not None]
     if not runs:
         raise ReportError(f"none of the {len(dirs)} run directories could be read (see the warnings above)")
+    synthetic = [r for r in runs if r.synthetic]
+    if synthetic and len(synthetic) < len(runs):  # a demo's output folder under the real runs
+        where = sorted({str(r.path.parent) for r in synthetic})
+        warn(problems, f"left out {len(synthetic)} synthetic runs of agents.report --demo (made-up data, not results) "
+                       f"in {', '.join(where[:3])}{' ...' if len(where) > 3 else ''}")
+        runs = [r for r in runs if not r.synthetic]
+    elif synthetic:
+        args.note = args.note or "SYNTHETIC DATA: made-up runs from agents.report --demo, not results"
     if args.score == "eval":
         without = [r for r in runs if not np.isfinite(r.scores).any()]
         if len(without) == len(runs):

@@ -21,7 +21,7 @@ def _synthetic_run(
     cfg = {"preset": None, "env": {"game": game, "backend": "envpool", "num_envs": 8}, "network": net}
     cfg |= {"agent": {"name": agent}, "pruning": {"final_sparsity": sparsity, "distribution": "erk"}}
     cfg |= {"replay_ratio": 0.25, "seed": seed, "total_steps": total, "iteration_steps": steps_per_iter}
-    meta = {"config": cfg, "device_name": "synthetic (no device)"}
+    meta = {"config": cfg, "device_name": "synthetic (no device)", "synthetic": True}  # (the report checks it)
     (d / "config.json").write_text(json.dumps(meta, indent=2))
 
     rand, human = ev.reference_scores(game)
@@ -32,7 +32,7 @@ def _synthetic_run(
     for i, score in enumerate(rand + hns * (human - rand)):
         steps = (i + 1) * steps_per_iter
         fps = 3000.0 / width * speed_rng.lognormal(0, 0.05)  # made up: wider is slower, pruning costs nothing
-        rows.append(f"{i},{steps},{4 * steps},{steps // 4},{score:.1f},10,{fps:.1f},0.0,{i * 100.0}")
+        rows.append(f"{i + 1},{steps},{4 * steps},{steps // 4},{score:.1f},10,{fps:.1f},0.0,{i * 100.0}")
     (d / "iterations.csv").write_text("\n".join(rows) + "\n")
 
     layers = {"conv0": 0.80, "conv1": 0.95, "conv2": 0.96, "hidden": 0.97, "out": 0.85}  # made-up ERK-like targets

@@ -258,6 +258,7 @@ def plot_width(configs: list[Config], finals: dict[str, dict], path: Path, note:
         ax.set_xticks(sorted({c.width for c, q in zip(cs, panel_of, strict=True) if q == p}))
         ax.set_xlabel("Width multiplier")
         ax.set_ylabel("Final IQM human-normalized score")
+        ax.margins(x=0.08, y=0.12)  # markers at the extremes drawn whole
     _legend(fig, axes)
     _title(fig, f"Final IQM vs width ({ci}% CIs)", note)
     _save(fig, plt, path)

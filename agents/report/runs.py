@@ -51,6 +51,7 @@ class Run:
     device: str = "unknown"  # config.json's device name (a GPU model, or "cpu")
     loop_split: dict | None = None  # summary.json's last_loop_split: where the last iteration's time went
     flops_per_frame: float | None = None  # summary.json's model_flops_per_frame (Trainer.model_flops)
+    synthetic: bool = False  # made-up data of `agents.report --demo` (config.json says so)
     _metrics: list[dict] | None = field(default=None, repr=False)
 
     @property
@@ -316,4 +317,4 @@ def _load_run(path: Path, problems: list[str]) -> Run:
     flops = float(flops) if _is_number(flops) and 0 < flops < math.inf else None
     return Run(path, cfg, game, int(cfg.get("seed", 0)), iterations, finished, problems, flags,
                device=device if isinstance(device, str) else "unknown", loop_split=split if numbers else None,
-               flops_per_frame=flops)
+               flops_per_frame=flops, synthetic=meta.get("synthetic") is True)

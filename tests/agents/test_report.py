@@ -2,6 +2,7 @@
 
 import csv
 import json
+import shutil
 import subprocess
 import sys
 from itertools import product
@@ -323,3 +324,25 @@ def test_per_game_spread_is_the_sample_std(runs, tmp_path):
     pong_row = dict(zip(cells(header), cells(next(r for r in rows if r.startswith("| Pong"))), strict=True))
     assert pong_row["×3, dense"] == f"{pong.mean():.1f} ± {pong.std(ddof=1):.1f} (n=3)"
     assert pong_row["×1, dense"] == f"{pong[0]:.1f} (n=1)"
+
+
+def test_synthetic_runs_are_marked_and_never_mixed_with_real_ones(runs, tmp_path, capsys):
+    """The demo's runs, left in a folder under the real ones, were grouped with them without a word."""
+    from agents.report.demo import write_synthetic_runs
+
+    demo = tmp_path / "demo"
+    write_synthetic_runs(demo, games=GAMES, seeds=(0, 1), widths=(3,), iters=4)
+    # reported alone, even without --demo, every output says what they are
+    out = tmp_path / "alone"
+    assert report.main([str(demo), "--out", str(out), "--reps", "50", "--no-figures"]) == 0
+    assert "**SYNTHETIC DATA" in (out / "report.md").read_text()
+    with open(out / "curves.csv") as f:
+        assert [int(r["iteration"]) for r in csv.DictReader(f)][:4] == [1, 2, 3, 4]  # as the trainer numbers them
+    # beside real runs, they are left out, and said to be
+    shutil.copytree(demo, runs / "old_demo" / "synthetic_runs")
+    out = tmp_path / "mixed"
+    capsys.readouterr()
+    assert report.main([str(runs), "--out", str(out), "--reps", "50", "--no-figures"]) == 0
+    assert "left out 12 synthetic runs of agents.report --demo" in capsys.readouterr().err
+    assert sum(len(c["seeds"]) * len(c["games"]) for c in summary(out).values()) == 18
+    assert "SYNTHETIC" not in (out / "report.md").read_text().split("## Problems")[0]
