@@ -58,7 +58,8 @@ def speed_lines(configs) -> list[str]:
             base_label, base_fps = first.setdefault(device, (c.label, sp["frames_per_second"]))
             ratio = "1.00x (reference)" if base_label == c.label else f"{sp['frames_per_second'] / base_fps:.2f}x"
             split = sp["loop_split"]
-            waits = " / ".join(f"{100 * split[k]:.0f}%" for k in LOOP_SPLIT_KEYS) if split else "-"
+            waits = " / ".join("-" if k == "device_wait" and device == "cpu" else f"{100 * split[k]:.0f}%"
+                               for k in LOOP_SPLIT_KEYS) if split else "-"  # (a CPU run waits on no GPU)
             tflops = "-" if sp["model_tflops"] is None else f"{sp['model_tflops']:.3g}"
             rows.append(f"| {c.label} | {device} | {sp['runs']} | {sp['frames_per_second']:,.0f} | {ratio} | {waits} "
                         f"| {tflops} |")
@@ -67,7 +68,9 @@ def speed_lines(configs) -> list[str]:
     return ["", "## Speed", "",
             "Training frames/s: per run the median over its iterations (the first, which holds the warm-up, left "
             "out), then the median over the configuration's runs on each device. Speeds are compared only "
-            "between configurations trained on the same device, against the first one listed. Waits: the share "
+            "between configurations trained on the same device, against the first one listed, and only mean "
+            "something for runs that had their machine to themselves (a CPU shared with other work slows a run "
+            "by whatever that work takes). Waits: the share "
             "of the last iteration's wall time the host spent blocked on the envs / on the GPU / working (mean "
             "over runs; runs of trainers before this record have none). Model TFLOP/s: frames/s x the network's "
             "matmul and convolution FLOPs per frame (learner step at the replay ratio, acting forward; dense, as "

@@ -75,3 +75,15 @@ def test_runs_without_a_training_speed_add_no_speed_rows(tmp_path):
     assert report.main([str(root), "--out", str(out), "--reps", "20", "--no-figures"]) == 0
     assert "## Speed" not in (out / "report.md").read_text()
     assert [c["speed"] for c in summary(out).values()] == [{}]
+
+
+def test_a_cpu_run_waits_on_no_gpu(tmp_path):
+    """A CPU run's loop split read 'GPU 0%' in the speed table, as if it had one and never waited on it."""
+    root = tmp_path / "runs"
+    for game, seed in product(GAMES, SEEDS):
+        _set_speed(write_run(root, game, seed, 0.0), ["50.0"] * 4, "cpu",
+                   {"env_wait": 0.25, "device_wait": 0.0, "host": 0.75})
+    out = tmp_path / "r"
+    assert report.main([str(root), "--out", str(out), "--reps", "20", "--no-figures"]) == 0
+    (row,) = _speed_rows((out / "report.md").read_text()).values()
+    assert row[3] == "25% / - / 75%"
