@@ -76,13 +76,14 @@ class Profiler:
         components["other"] = {"seconds": round(wall - measured, 4), "calls": 0, "ms_per_call": 0.0,
                                "share": round((wall - measured) / wall, 4) if wall > 0 else 0.0}
         return {"wall_seconds": round(wall, 3), "frames": frames, "frames_per_second": round(frames / wall, 2),
-                "synchronized": self.sync, "components": components, "host": self._host(wall)}
+                "synchronized": self.sync, "components": components, "host": self.host()}
 
-    def _host(self, wall: float) -> dict:
-        """torch's CPU threads, the CPUs, and the cores other processes kept busy on average while this one ran
-        (None where /proc/stat is not there): with the cores shared, every time here is inflated, the more so for
-        multi-threaded CPU kernels (an OpenMP loop waits for its slowest thread)."""
-        end = _cpu_seconds()
+    def host(self) -> dict:
+        """torch's CPU threads, the CPUs, and the cores other processes kept busy on average since this profiler
+        was made, i.e. over the launch (None where /proc/stat is not there; measured whether profiling is on or
+        not): with the cores shared, every time is inflated, the more so for multi-threaded CPU kernels (an
+        OpenMP loop waits for its slowest thread)."""
+        wall, end = time.perf_counter() - self.start, _cpu_seconds()
         other = None
         if self.cpu_start[0] is not None and end[0] is not None and wall > 0:
             other = max(0.0, (end[0] - self.cpu_start[0]) - (end[1] - self.cpu_start[1])) / wall
