@@ -79,19 +79,20 @@ class Profiler:
                 "synchronized": self.sync, "components": components, "host": self.host()}
 
     def host(self) -> dict:
-        """torch's CPU threads, the CPUs, and the cores other processes kept busy on average since this profiler
-        was made, i.e. over the launch (None where /proc/stat is not there; measured whether profiling is on or
-        not): with the cores shared, every time is inflated, the more so for multi-threaded CPU kernels (an
-        OpenMP loop waits for its slowest thread)."""
+        """torch's CPU threads, the CPUs, and the cores this process and other processes kept busy on average
+        since this profiler was made, i.e. over the launch (None where /proc/stat is not there; measured whether
+        profiling is on or not). See `cpus_oversubscribed`."""
         wall, end = time.perf_counter() - self.start, _cpu_seconds()
+        own = (end[1] - self.cpu_start[1]) / wall if wall > 0 else None
         other = None
         if self.cpu_start[0] is not None and end[0] is not None and wall > 0:
             other = max(0.0, (end[0] - self.cpu_start[0]) - (end[1] - self.cpu_start[1])) / wall
         return {"torch_threads": torch.get_num_threads(), "cpus": os.cpu_count(),
+                "own_cores": None if own is None else round(own, 2),
                 "other_processes_cores": None if other is None else round(other, 2)}
 
 
-# Other processes' average use of the cores above this (in cores) is flagged next to the profile's times.
+# Other processes' average use of the cores above this (in cores) may inflate a run's times, see below.
 SHARED_CORES_WARNING = 0.25
 
 
@@ -108,13 +109,27 @@ def _cpu_seconds() -> tuple[float | None, float]:
     return busy / os.sysconf("SC_CLK_TCK"), own
 
 
+def cpus_oversubscribed(host: dict | None) -> bool:
+    """Whether other processes competed for the CPUs of a launch (`Profiler.host`): they kept more than
+    SHARED_CORES_WARNING cores busy, and with the launch's own use the CPUs were over 90% busy. Its times are then
+    inflated, the more so for multi-threaded CPU kernels (an OpenMP loop waits for its slowest thread); other work
+    on idle cores of a large machine does not count."""
+    if not isinstance(host, dict):
+        return False
+    other, own, cpus = (host.get(k) for k in ("other_processes_cores", "own_cores", "cpus"))
+    if not all(isinstance(x, (int, float)) for x in (other, cpus)) or other <= SHARED_CORES_WARNING:
+        return False
+    return not isinstance(own, (int, float)) or own + other > 0.9 * cpus
+
+
 def shared_cores_note(report: dict) -> str | None:
-    """A warning when other processes used the CPU during the profile, else None."""
-    other = (report.get("host") or {}).get("other_processes_cores")
-    if other is None or other <= SHARED_CORES_WARNING:
+    """A warning when other processes competed for the CPUs during the profile, else None."""
+    host = report.get("host")
+    if not cpus_oversubscribed(host):
         return None
-    return (f"warning: other processes kept {other:.2f} of the {report['host']['cpus']} CPUs busy on average during "
-            "this profile: its times are inflated (profile on an idle machine to compare runs)")
+    return (f"warning: other processes kept {host['other_processes_cores']:.2f} of the {host['cpus']} CPUs busy on "
+            "average during this profile, beside its own use: its times are inflated (profile on an idle machine to "
+            "compare runs)")
 
 
 def format_table(report: dict) -> str:

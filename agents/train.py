@@ -717,8 +717,8 @@ class Trainer:
                    # What actually ran: a run that fell back from the kernels or graphs it was meant to use says so.
                    "kernels": kernels.backend_for(self.device), "cuda_graphs": self.graphs.captured,
                    "last_loop_split": self.last_loop_split,
-                   # whether its speed can be compared: other processes' use of the CPUs during this launch
-                   "other_processes_cores": self.profiler.host()["other_processes_cores"],
+                   # whether its speed can be compared: its and other processes' use of the CPUs during this launch
+                   "cpu_use": self.profiler.host(),
                    "model_flops_per_frame": None if flops is None else flops["flops_per_frame"]}
         if self.pruner is not None:
             summary.update(self.pruner.sparsity_report())

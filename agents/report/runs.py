@@ -52,7 +52,7 @@ class Run:
     loop_split: dict | None = None  # summary.json's last_loop_split: where the last iteration's time went
     flops_per_frame: float | None = None  # summary.json's model_flops_per_frame (Trainer.model_flops)
     synthetic: bool = False  # made-up data of `agents.report --demo` (config.json says so)
-    other_processes_cores: float | None = None  # summary.json's: CPUs other processes kept busy (last launch)
+    cpu_use: dict | None = None  # summary.json's: its and other processes' use of the CPUs (its last launch)
     _metrics: list[dict] | None = field(default=None, repr=False)
 
     @property
@@ -316,8 +316,7 @@ def _load_run(path: Path, problems: list[str]) -> Run:
     numbers = isinstance(split, dict) and all(_is_number(split.get(k)) for k in LOOP_SPLIT_KEYS)
     flops = summary.get("model_flops_per_frame")
     flops = float(flops) if _is_number(flops) and 0 < flops < math.inf else None
-    _number_or_none = lambda x: float(x) if _is_number(x) and 0 <= x < math.inf else None  # noqa: E731
     return Run(path, cfg, game, int(cfg.get("seed", 0)), iterations, finished, problems, flags,
                device=device if isinstance(device, str) else "unknown", loop_split=split if numbers else None,
                flops_per_frame=flops, synthetic=meta.get("synthetic") is True,
-               other_processes_cores=_number_or_none(summary.get("other_processes_cores")))
+               cpu_use=summary.get("cpu_use") if isinstance(summary.get("cpu_use"), dict) else None)

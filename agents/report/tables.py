@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from agents import evaluation as ev
-from agents.profiler import SHARED_CORES_WARNING
+from agents.profiler import cpus_oversubscribed
 from agents.report.configs import LABEL_ORDER, varying_fields
 from agents.report.runs import LOOP_SPLIT_KEYS
 
@@ -46,9 +46,8 @@ def config_speeds(config) -> dict[str, dict]:
                            else None),
             # One configuration computes the same FLOPs per frame in every game (the median guards a stray one).
             "model_tflops": None if None in flops else fps * float(np.median(flops)) / 1e12,
-            # the most CPUs other processes kept busy while one of these runs trained (None: not recorded)
-            "other_processes_cores": max((r.other_processes_cores for r in runs
-                                          if r.other_processes_cores is not None), default=None),
+            # runs that trained while other processes competed for their CPUs (agents.profiler.cpus_oversubscribed)
+            "cpu_shared_runs": sum(cpus_oversubscribed(r.cpu_use) for r in runs),
         }
     return speeds
 
@@ -65,9 +64,8 @@ def speed_lines(configs) -> list[str]:
             waits = " / ".join("-" if k == "device_wait" and device == "cpu" else f"{100 * split[k]:.0f}%"
                                for k in LOOP_SPLIT_KEYS) if split else "-"  # (a CPU run waits on no GPU)
             tflops = "-" if sp["model_tflops"] is None else f"{sp['model_tflops']:.3g}"
-            shared = sp["other_processes_cores"]
-            fps = f"{sp['frames_per_second']:,.0f}" + (
-                f" (CPU shared: {shared:.2f} cores busy elsewhere)" if shared and shared > SHARED_CORES_WARNING else "")
+            shared = sp["cpu_shared_runs"]
+            fps = f"{sp['frames_per_second']:,.0f}" + (f" (CPU shared in {shared} of its runs)" if shared else "")
             rows.append(f"| {c.label} | {device} | {sp['runs']} | {fps} | {ratio} | {waits} | {tflops} |")
     if not rows:
         return []

@@ -56,7 +56,8 @@ def test_profile_json_accounts_for_the_loop(tmp_path):
     # What else the times depend on: the code, the versions, and the CPU's threads and competition.
     assert report["git_sha"] and report["date"] and report["torch"] == torch.__version__
     assert report["host"]["torch_threads"] == torch.get_num_threads() and report["host"]["cpus"] > 0
-    assert summary["other_processes_cores"] >= 0  # every run's summary: its speed's comparability
+    cpu_use = summary["cpu_use"]  # every run's summary: whether its speed compares
+    assert cpu_use["own_cores"] > 0 and cpu_use["other_processes_cores"] >= 0 and cpu_use["cpus"] > 0
 
 
 def test_profile_says_when_other_processes_shared_the_cpus():
@@ -66,7 +67,7 @@ def test_profile_says_when_other_processes_shared_the_cpus():
     import sys
     import time
 
-    from agents.profiler import compare_reports, shared_cores_note
+    from agents.profiler import compare_reports, cpus_oversubscribed, shared_cores_note
 
     prof = Profiler(True, "cpu")
     busy = subprocess.Popen([sys.executable, "-c", "import time\nt = time.time()\nwhile time.time() - t < 3: pass"])
@@ -76,15 +77,21 @@ def test_profile_says_when_other_processes_shared_the_cpus():
     finally:
         busy.kill()
         busy.wait()
-    assert report["host"]["other_processes_cores"] >= 0.5, report["host"]
-    assert "other processes kept" in shared_cores_note(report) and shared_cores_note(report) in format_table(report)
-    quiet = {**report, "host": {**report["host"], "other_processes_cores": 0.0}}
-    assert shared_cores_note(quiet) is None
-    table = compare_reports({"dense": quiet, "pruned": report})
-    assert f"pruned: {shared_cores_note(report)}" in table and "dense: warning" not in table
-    assert "| CPU threads / CPUs, other processes' cores |" in table
-    fewer = {**quiet, "host": {**quiet["host"], "torch_threads": quiet["host"]["torch_threads"] + 1}}
-    assert "different CPU threads" in compare_reports({"a": quiet, "b": fewer})
+    assert report["host"]["other_processes_cores"] >= 0.5 and report["host"]["own_cores"] < 0.5, report["host"]
+    # Competition: others' use above a quarter of a core, and with the run's own over 90% of the CPUs.
+    host = {"torch_threads": 2, "cpus": 2, "own_cores": 1.9, "other_processes_cores": 1.0}
+    assert cpus_oversubscribed(host)
+    assert not cpus_oversubscribed(host | {"other_processes_cores": 0.2})
+    assert not cpus_oversubscribed(host | {"cpus": 16})  # other work on idle cores of a large machine
+    assert not cpus_oversubscribed(host | {"other_processes_cores": None}) and not cpus_oversubscribed(None)
+    loaded, quiet = {**report, "host": host}, {**report, "host": host | {"other_processes_cores": 0.0}}
+    assert "other processes kept 1.00 of the 2 CPUs" in shared_cores_note(loaded)
+    assert shared_cores_note(loaded) in format_table(loaded) and shared_cores_note(quiet) is None
+    table = compare_reports({"dense": quiet, "pruned": loaded})
+    assert f"pruned: {shared_cores_note(loaded)}" in table and "dense: warning" not in table
+    assert "| CPU threads / CPUs, other processes' cores | 2 / 2, 0.00 | 2 / 2, 1.00 |" in table
+    more = {**quiet, "host": quiet["host"] | {"torch_threads": 3}}
+    assert "different CPU threads" in compare_reports({"a": quiet, "b": more})
     assert "different CPU threads" not in compare_reports({"a": quiet, "b": quiet})
 
 
