@@ -46,6 +46,7 @@ test-gpu: install  ## GPU-only tests (needs CUDA)
 	$(BIN)/python -m pytest -m gpu
 
 bench: install  ## the kernel bench suite (needs CUDA); JSON lands in bench/results/
+	@$(BIN)/python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'make bench needs a CUDA GPU (every benchmark would be skipped); on a CPU: PRUNERL_BENCH_SUBSET=rehearsal pytest bench/bench_kernels.py, or make gpu-proof-dry-run')"
 	$(BIN)/python -m pytest bench/ --benchmark-enable --benchmark-json=bench/results/$$(date +%Y%m%d-%H%M%S).json
 
 pong-check: install  ## the learning check: DQN-Impala x1 on Pong for 8 minutes (meant for a GPU)
