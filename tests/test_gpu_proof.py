@@ -53,8 +53,12 @@ def test_dry_run_exercises_every_step_the_layout_and_the_copy_to_out(tmp_path):
     for name in [n for n in env if n.startswith("PYTEST_XDIST_")]:  # under `pytest -n`, pytest-benchmark in the
         env.pop(name)  # children would see a worker's variables, disable itself and write no JSON
     # The default budget (340 s) only sets the steps' time limits (the dry run's sizes are fixed), with room for
-    # a loaded CI machine.
-    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_proof.py"), "--dry-run",
+    # a loaded CI machine. The proof's own process cannot import the project, as on the GPU machine, where the
+    # project is not installed (its steps' processes get it on PYTHONPATH): an import of agents there once
+    # failed the profile step on the GPU image only.
+    no_agents = ("import runpy, sys; sys.modules['agents'] = None; sys.argv = sys.argv[1:]; "
+                 "runpy.run_path(sys.argv[0], run_name='__main__')")
+    proc = subprocess.run([sys.executable, "-c", no_agents, str(ROOT / "bench" / "gpu_proof.py"), "--dry-run",
                            "--results-root", str(tmp_path / "results"), "--sha", "testsha0",
                            "--wheels", str(tmp_path / "no-wheels")],
                           env=env, capture_output=True, text=True, timeout=500, cwd=tmp_path)
