@@ -494,9 +494,11 @@ def plot_grad_covariance(configs: list[Config], games: list[str] | None, path: P
             ax.set_xticks([])
             ax.set_yticks([])
             steps = where.get("frames")
-            at = f", {steps / 1e6:.3g}M frames" if isinstance(steps, int | float) and steps >= 1e6 else ""
+            at = ""
+            if isinstance(steps, int | float) and steps > 0:  # (an offline run's snapshots count updates)
+                at = f", {steps / 1e6:.3g}M frames" if steps >= 1e6 else f", {steps:,.0f} frames"
             ax.set_title(textwrap.fill(f"{g}: {c.label}", 34) + f"\n(seed {r.seed}{at})", fontsize=8)
     fig.colorbar(image, ax=axes, shrink=0.8, label="cosine of per-sample gradients")
-    _title(fig, "Gradient covariance (per-sample TD-loss gradients on a fixed batch)", note)
+    _title(fig, "Gradient covariance (normalised: cosines of per-sample TD-loss gradients on a fixed batch)", note)
     _save(fig, plt, path)
     return True
