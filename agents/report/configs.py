@@ -271,7 +271,8 @@ def build_matrices(
         cells = [r for cell, r in sorted(c.cells.items()) if cell in expected]
         missing = [(g, s) for g in c_games for s in c.expected_seeds if (g, s) in expected and (g, s) not in present]
         unfinished = [r for r in cells if not r.finished]
-        no_score = [r for r in cells if not np.isfinite(r.scores).any()]
+        scoreless = {id(r) for r in cells if not np.isfinite(r.scores).any()}
+        no_score = [r for r in cells if id(r) in scoreless and r.finished]  # (an unfinished one says it below)
         flagged: dict[str, list[Run]] = {}  # the trainer's own verdicts (summary.json): flag -> runs
         for r in cells:
             for flag in r.flags:
@@ -286,7 +287,8 @@ def build_matrices(
         if unfinished:
             c.flags.append(
                 "unfinished: "
-                + ", ".join(f"{r.game} seed {r.seed} ({_fmt_frames(r.frames_reached)} frames)" for r in unfinished)
+                + ", ".join(f"{r.game} seed {r.seed} ({_fmt_frames(r.frames_reached)} frames"
+                            + (", no score yet)" if id(r) in scoreless else ")") for r in unfinished)
             )
         if no_score:
             c.flags.append("no score logged: " + ", ".join(f"{r.game} seed {r.seed}" for r in no_score))

@@ -113,3 +113,14 @@ def test_score_eval_names_runs_without_evaluation_scores(tmp_path, capsys):
     assert report.main([str(root), "--out", str(out), "--score", "eval", "--no-figures", "--reps", "50"]) == 0
     assert f"{plain}: no evaluation score" in capsys.readouterr().err
     assert "no score logged: Pong seed 3" in summary(out)["95% pruned"]["flags"]
+
+
+def test_a_run_still_going_without_a_score_is_named_once(tmp_path):
+    """A report made while a run was in its first iteration named it twice: unfinished, and no score logged."""
+    root = _runs(tmp_path / "runs", {})
+    write_run(tmp_path / "runs" / "going", "Pong", 3, 0.95, iters=1, finished=False, nan_last=True)
+    out = tmp_path / "r"
+    assert report.main([str(root), "--out", str(out), "--no-figures", "--reps", "50"]) == 0
+    flags = summary(out)["95% pruned"]["flags"]
+    assert "unfinished: Pong seed 3 (4k frames, no score yet)" in flags
+    assert not any(f.startswith("no score logged") for f in flags), flags
