@@ -49,7 +49,7 @@ def load(path: pathlib.Path) -> tuple[dict, dict]:
                              f"op, case and provider in extra_info; got ms={info['ms']!r}, sparsity={sparsity!r}")
         results[info["op"]][(info["case"], float(sparsity))][info["provider"]] = info
         facts = facts or info
-    if not results:  # e.g. bench_e2e.py's e2e.json: its tables would be empty
+    if benches and not results:  # e.g. bench_e2e.py's e2e.json: its tables would be empty (an empty list: no data)
         raise ValueError(f"{path} holds no kernel benchmark (bench_kernels.py's records, with op, case, provider and "
                          f"ms in extra_info): {len(benches)} other records")
     return results, facts
