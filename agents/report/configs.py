@@ -237,6 +237,10 @@ def join_parts(parts: list[tuple[str, str]]) -> str:
 # --- completeness and score matrices -----------------------------------------------------------------
 
 
+def _has_score(run: Run) -> bool:
+    return bool(np.isfinite(run.scores).any())
+
+
 def build_matrices(
     configs: list[Config],
     games: list[str],
@@ -271,8 +275,7 @@ def build_matrices(
         cells = [r for cell, r in sorted(c.cells.items()) if cell in expected]
         missing = [(g, s) for g in c_games for s in c.expected_seeds if (g, s) in expected and (g, s) not in present]
         unfinished = [r for r in cells if not r.finished]
-        scoreless = {id(r) for r in cells if not np.isfinite(r.scores).any()}
-        no_score = [r for r in cells if id(r) in scoreless and r.finished]  # (an unfinished one says it below)
+        no_score = [r for r in cells if r.finished and not _has_score(r)]  # (an unfinished one says it below)
         flagged: dict[str, list[Run]] = {}  # the trainer's own verdicts (summary.json): flag -> runs
         for r in cells:
             for flag in r.flags:
@@ -288,7 +291,7 @@ def build_matrices(
             c.flags.append(
                 "unfinished: "
                 + ", ".join(f"{r.game} seed {r.seed} ({_fmt_frames(r.frames_reached)} frames"
-                            + (", no score yet)" if id(r) in scoreless else ")") for r in unfinished)
+                            + (")" if _has_score(r) else ", no score yet)") for r in unfinished)
             )
         if no_score:
             c.flags.append("no score logged: " + ", ".join(f"{r.game} seed {r.seed}" for r in no_score))

@@ -89,20 +89,27 @@ class Run:
     def frames_reached(self) -> float:
         return float(self.iterations["frames"][-1]) if len(self.iterations["frames"]) else 0.0
 
+    def score_standing_at(self, row: int) -> int | None:
+        """The row of iterations.csv whose score stands for row `row`'s: `row` itself, or where no episode finished
+        in it, the last earlier row that has a score; None before any score. (The final score and every point of
+        the learning curve follow this one rule.)"""
+        finite = np.flatnonzero(np.isfinite(self.scores[: row + 1]))
+        return int(finite[-1]) if len(finite) else None
+
     def final_score(self, problems: list[str] | None = None) -> float:
         """Last iteration's score; if no episode finished in it, the last iteration that has one (warned
         when a problems list is given)."""
-        scores = self.scores
-        finite = np.flatnonzero(np.isfinite(scores))
-        if len(finite) == 0:
+        last = len(self.scores) - 1
+        used = self.score_standing_at(last)
+        if used is None:
             return math.nan
-        if finite[-1] != len(scores) - 1 and problems is not None:
+        if used != last and problems is not None:
             warn(
                 problems,
                 f"{self.path}: no episode finished in the last iteration; "
-                f"using iteration {int(self.iterations['iteration'][finite[-1]])}'s score",
+                f"using iteration {int(self.iterations['iteration'][used])}'s score",
             )
-        return float(scores[finite[-1]])
+        return float(self.scores[used])
 
     def metrics(self) -> list[dict]:
         """Rows of metrics.jsonl that carry sparsity or analysis keys (other rows are skipped unparsed); a line

@@ -38,7 +38,7 @@ def iqm_curve(
 ) -> list[dict]:
     """IQM with CI (None with one run per game) at every iteration that every run in the matrix has reached. An
     iteration in which no episode of a run finished takes that run's previous score, as its final score does
-    (`Run.final_score`), so the curve ends where the final table is."""
+    (`Run.score_standing_at`), so the curve ends where the final table is."""
     runs = [r for rs in c.used for r in rs]
     iters = sorted({int(i) for r in runs for i in r.iterations["iteration"] if np.isfinite(i)})
     points, gaps, carried = [], [], {}  # carried: run name -> iterations that took an earlier score
@@ -48,13 +48,13 @@ def iqm_curve(
             col = []
             for r in rs:
                 idx = np.flatnonzero(r.iterations["iteration"] == it)
-                scored = np.flatnonzero(np.isfinite(r.scores[: idx[0] + 1])) if len(idx) else []
-                if len(scored):
-                    col.append(ev.human_normalized(r.scores[scored[-1]], r.game, table))
+                used = r.score_standing_at(idx[0]) if len(idx) else None
+                if used is not None:
+                    col.append(ev.human_normalized(r.scores[used], r.game, table))
                     frames.append(r.iterations["frames"][idx[0]])
                     updates.append(r.iterations["agent_steps"][idx[0]])  # offline runs: gradient updates
                     overshoot = max(overshoot, r.iteration_overshoot)
-                    if scored[-1] != idx[0]:
+                    if used != idx[0]:
                         carried.setdefault(r.path.name, []).append(it)
             cols.append(col)
         if any(len(col) < len(rs) for col, rs in zip(cols, c.used, strict=True)):
