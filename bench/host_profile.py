@@ -81,17 +81,14 @@ def profile_case(case, warmup: int, measure: int, device: str, out: Path, top: i
 def provenance(device: str) -> str:
     """Where and when: the device, the git SHA, the date and the versions."""
     import datetime
-    import subprocess
 
     import torch
 
-    from agents.train import _version
+    from agents.train import _version, git_sha
 
     name = torch.cuda.get_device_name() if device == "cuda" else "cpu"
-    sha = subprocess.run(["git", "rev-parse", "--short=8", "HEAD"], capture_output=True, text=True,
-                         cwd=Path(__file__).resolve().parent).stdout.strip() or "unknown"
-    return (f"{name}, git {sha}, {datetime.date.today().isoformat()}, torch {torch.__version__}, "
-            f"triton {_version('triton')}")
+    return (f"{name}, git {(git_sha() or 'unknown')[:8]}, {datetime.date.today().isoformat()}, "
+            f"torch {torch.__version__}, triton {_version('triton')}")
 
 
 def profile_text(stats: pstats.Stats, header: str, top: int) -> str:
