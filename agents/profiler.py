@@ -83,10 +83,11 @@ class Profiler:
         since this profiler was made, i.e. over the launch (None where /proc/stat is not there; measured whether
         profiling is on or not). See `cpus_oversubscribed`."""
         wall, end = time.perf_counter() - self.start, _cpu_seconds()
-        own = (end[1] - self.cpu_start[1]) / wall if wall > 0 else None
+        own_seconds = end[1] - self.cpu_start[1]
+        own = own_seconds / wall if wall > 0 else None
         other = None
         if self.cpu_start[0] is not None and end[0] is not None and wall > 0:
-            other = max(0.0, (end[0] - self.cpu_start[0]) - (end[1] - self.cpu_start[1])) / wall
+            other = max(0.0, end[0] - self.cpu_start[0] - own_seconds) / wall
         return {"torch_threads": torch.get_num_threads(), "cpus": os.cpu_count(),
                 "own_cores": None if own is None else round(own, 2),
                 "other_processes_cores": None if other is None else round(other, 2)}
@@ -139,8 +140,9 @@ def format_table(report: dict) -> str:
                      f"{c['ms_per_call']:>10.3f}")
     lines.append(f"{report['frames']:,} frames in {report['wall_seconds']:.1f} s = "
                  f"{report['frames_per_second']:,.0f} frames/s")
-    if shared_cores_note(report):
-        lines.append(shared_cores_note(report))
+    note = shared_cores_note(report)
+    if note:
+        lines.append(note)
     flops = report.get("model_flops")
     if flops:
         lines.append(f"model FLOPs (matmul + conv): learner {flops['learner_flops'] / 1e9:.3g} GFLOP per update"
@@ -359,9 +361,8 @@ def compare_reports(reports: dict[str, dict]) -> str:
             "-" if not h else f"{h['torch_threads']} / {h['cpus']}, " + (
                 "?" if h["other_processes_cores"] is None else f"{h['other_processes_cores']:.2f}") for h in hosts)
             + " |")
-    for n in names:
-        if shared_cores_note(reports[n]):
-            lines.append(f"\n{n}: {shared_cores_note(reports[n])}")
+    notes = {n: shared_cores_note(reports[n]) for n in names}
+    lines += [f"\n{n}: {note}" for n, note in notes.items() if note]
     if len({(h.get("torch_threads"), h.get("cpus")) for h in hosts if h}) > 1:
         lines.append("\nwarning: these runs were profiled with different CPU threads or CPUs: their CPU times do "
                      "not compare")
