@@ -9,9 +9,12 @@ ends at the run's last gradient step instead if the min_replay warm-up leaves fe
 
 from __future__ import annotations
 
+import ast
 import copy
 import dataclasses
+import inspect
 import math
+import textwrap
 import types
 import typing
 from dataclasses import dataclass, field
@@ -431,6 +434,29 @@ def _check_field_types(cls, d: dict, prefix: str = "") -> None:
                 type(value) is bool and bool not in options):
             expected = " or ".join("null" if o is type(None) else o.__name__ for o in options)
             raise ValueError(f"{prefix}{name} is {value!r} ({type(value).__name__}); expected {expected}")
+
+
+
+def _help_from_docstrings(cls) -> None:
+    """Give every documented field of `cls` and of its nested configs its docstring, lines joined, as the `help`
+    of its field metadata (tyro's public route for help text, as for HuggingFace-style configs). Left to tyro
+    (1.0.17), a multi-line field docstring keeps each of its source line breaks: it joins single line breaks
+    before it dedents, so every indented continuation line starts a new line, mid-sentence, in --help."""
+    body = ast.parse(textwrap.dedent(inspect.getsource(cls))).body[0].body
+    docs = {node.target.id: inspect.cleandoc(doc.value.value) for node, doc in zip(body, body[1:])
+            if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
+            and isinstance(doc, ast.Expr) and isinstance(doc.value, ast.Constant) and isinstance(doc.value.value, str)}
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.name in docs and "help" not in f.metadata:
+            paragraphs = docs[f.name].split("\n\n")
+            help_text = "\n\n".join(" ".join(line.strip() for line in par.splitlines()) for par in paragraphs)
+            f.metadata = types.MappingProxyType({**f.metadata, "help": help_text})
+        if dataclasses.is_dataclass(hints[f.name]):
+            _help_from_docstrings(hints[f.name])
+
+
+_help_from_docstrings(TrainConfig)
 
 
 # ---------------------------------------------------------------------------------------------------------

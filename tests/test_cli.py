@@ -1,6 +1,7 @@
 """The real CLI on Atari (CPU): a smoke run through a compressed pruning schedule, kill-and-resume, bad input."""
 
 import csv
+import dataclasses
 import json
 import os
 import signal
@@ -383,3 +384,28 @@ def test_our_warnings_print_as_messages_on_the_command_line():
     assert ours == "warning: ckpt_2.pt is corrupt\n"
     assert "__init__.py:7: FutureWarning: deprecated" in library
     assert warnings.formatwarning is python_format
+
+
+def test_help_keeps_a_multi_line_field_docstring_in_one_paragraph(capsys, monkeypatch):
+    """tyro alone breaks a field's help at every source line of its docstring (mid-sentence); the config gives
+    each field its docstring with the lines joined."""
+    from agents.config import TrainConfig
+
+    def helps(config, prefix=""):  # every option's help; a nested config's group takes its class docstring
+        for f in dataclasses.fields(config):
+            value = getattr(config, f.name)
+            if dataclasses.is_dataclass(value):
+                yield from helps(value, f"{prefix}{f.name}.")
+            else:
+                yield prefix + f.name, f.metadata.get("help")
+
+    documented = dict(helps(TrainConfig()))
+    assert all(documented.values()), [name for name, text in documented.items() if not text]
+    assert not [name for name, text in documented.items() if "\n" in text or "  " in text]
+    monkeypatch.setenv("COLUMNS", "120")  # one column of options (tyro puts groups side by side from ~140)
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    lines = capsys.readouterr().out.splitlines()
+    first = next(i for i, line in enumerate(lines) if "Where the replay lives" in line)
+    # The docstring's first source line ends at "captured in": wrapped, the rendered line goes on past it.
+    assert "can be captured in the" in lines[first], lines[first:first + 2]
