@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from agents import evaluation
+from agents.config import flatten_config
 from agents.envs import resolve_game
 from agents.sweep import format_frames, main, plan_resources, summary_line
 from agents.sweep_exec import (
@@ -37,6 +38,7 @@ from agents.sweep_grid import (
     load_spec,
     parse_overrides,
     parse_seeds,
+    resolve_config,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -85,6 +87,27 @@ def test_fig1_spec_expands_to_the_papers_grid():
         "run_id": ids[0], "run_dir": ids[0], "preset": sweep.runs[0].preset, "game": sweep.runs[0].game,
         "seed": sweep.runs[0].seed, "overrides": []}
 
+
+
+@pytest.mark.parametrize("spec, field, values", [
+    ("fig5", "replay_ratio", {0.25, 0.5, 1.0, 2.0}),
+    ("fig15", "pruning.final_sparsity", {0.0, 0.5, 0.95, 0.98, 0.99}),
+])
+def test_the_example_sweeps_of_fig5_and_fig15_cover_their_axis(spec, field, values):
+    """The specs behind iqm_vs_replay_ratio.png and iqm_vs_sparsity.png: every value of the swept option for every
+    preset, game and seed."""
+    sweep = load_spec(ROOT / "examples" / "sweeps" / f"{spec}.toml")
+    value = {}  # (preset, overrides) -> the swept field's value in the config agents.train builds
+    for r in sweep.runs:
+        key = (r.preset, tuple(r.overrides))
+        if key not in value:
+            value[key] = flatten_config(resolve_config(*key).to_dict())[field]
+    seen = {}
+    for r in sweep.runs:
+        seen.setdefault((r.preset, r.game, r.seed), set()).add(value[(r.preset, tuple(r.overrides))])
+    assert all(v == values for v in seen.values()) and len(sweep.runs) == len(seen) * len(values)
+    assert len({r.run_id for r in sweep.runs}) == len(sweep.runs)
+    assert {g for _, g, _ in seen} == set(evaluation.PAPER_15_GAMES) and {s for *_, s in seen} == {1, 2, 3, 4, 5}
 
 def test_game_sets_are_valid_games():
     assert len(GAME_SETS["paper15"]) == 15 and len(GAME_SETS["atari57"]) == 57 and len(GAME_SETS["atari100k26"]) == 26

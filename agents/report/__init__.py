@@ -31,8 +31,8 @@ are reported with raw scores only. A run whose files cannot be read is skipped w
 line.
 
 Outputs in --out: report.md, summary.json, final_scores.csv, curves.csv and PNG figures
-(iqm_curves.png, iqm_vs_width.png, sparsity_schedule.png, analysis.png), all drawn with matplotlib's
-Agg backend.
+(iqm_curves.png, iqm_vs_width.png, iqm_vs_replay_ratio.png and iqm_vs_sparsity.png where the runs sweep them,
+sparsity_schedule.png, analysis.png, methods.png, grad_covariance.png), all drawn with matplotlib's Agg backend.
 
 Modules: runs (loading run directories), sweep (sweep.json), configs (grouping, labels, completeness),
 stats (aggregates on top of agents.evaluation), tables (report.md, CSV, JSON), figures, demo (synthetic

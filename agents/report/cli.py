@@ -12,12 +12,15 @@ from agents import evaluation as ev
 from agents.report.configs import build_matrices, group_runs
 from agents.report.demo import write_synthetic_runs
 from agents.report.figures import (
+    REPLAY_RATIO_AXIS,
+    SPARSITY_AXIS,
+    WIDTH_AXIS,
     plot_analysis,
     plot_curves,
+    plot_final,
     plot_grad_covariance,
     plot_methods,
     plot_sparsity,
-    plot_width,
 )
 from agents.report.runs import ReportError, find_run_dirs, load_run, warn
 from agents.report.stats import MIN_RUNS_FOR_CI, final_aggregates, has_ci, iqm_curve, probability_of_improvement_pairs
@@ -200,7 +203,9 @@ def report(args: argparse.Namespace) -> int:
     figures = []
     for name, draw in () if args.no_figures else (
         ("iqm_curves.png", lambda p: plot_curves(configs, curves, p, args.note, ci)),
-        ("iqm_vs_width.png", lambda p: plot_width(configs, finals, p, args.note, ci)),
+        ("iqm_vs_width.png", lambda p: plot_final(configs, finals, p, args.note, ci, WIDTH_AXIS)),
+        ("iqm_vs_replay_ratio.png", lambda p: plot_final(configs, finals, p, args.note, ci, REPLAY_RATIO_AXIS)),
+        ("iqm_vs_sparsity.png", lambda p: plot_final(configs, finals, p, args.note, ci, SPARSITY_AXIS)),
         ("sparsity_schedule.png", lambda p: plot_sparsity(configs, p, args.note)),
         (
             "analysis.png",

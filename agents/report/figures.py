@@ -1,11 +1,12 @@
 """The paper-style figures, drawn with matplotlib's Agg backend: IQM curves (Fig. 3), final IQM against width
-(Fig. 1), the sparsity schedule (Fig. 2), the analysis metrics (Fig. 11), the comparison of methods (Fig. 12)
-and the gradient covariance heat maps (Fig. 14)."""
+(Fig. 1), replay ratio (Fig. 5, 17) or sparsity (Fig. 15), the sparsity schedule (Fig. 2), the analysis metrics
+(Fig. 11), the comparison of methods (Fig. 12) and the gradient covariance heat maps (Fig. 14)."""
 
 from __future__ import annotations
 
 import json
 import textwrap
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -201,10 +202,10 @@ def _notes(c: Config, has_ci: bool) -> list[str]:
     return ["incomplete"] * (not c.complete) + ["no CI: 1 run per game"] * (not has_ci)
 
 
-def _final_iqm_line(ax, group: list[Config], finals: dict[str, dict], line: Line) -> None:
-    """Final IQM against width for `group` (one configuration per width), with CI bars where there are CIs;
+def _final_iqm_line(ax, group: list[Config], x: list[float], finals: dict[str, dict], line: Line) -> None:
+    """Final IQM of `group` at positions `x` (one configuration per position), with CI bars where there are CIs;
     configurations that are incomplete or have no CI are circled and say so, impossible to miss."""
-    w = np.array([c.width for c in group], dtype=float)
+    w = np.array(x, dtype=float)
     iqm = [finals[c.label]["iqm"] for c in group]
     y = np.array([f["value"] for f in iqm])
     ax.plot(w, y, color=line.color, ls=DASHES[line.variant % len(DASHES)], marker=MARKERS[line.variant % len(MARKERS)],
@@ -227,40 +228,91 @@ def _panel_title(c: Config, parts: list[tuple[str, str]] = ()) -> str:
     return join_parts(head + [p for p in parts if p[0] not in ("agent.name", "network.arch")])
 
 
-def plot_width(configs: list[Config], finals: dict[str, dict], path: Path, note: str, ci: int) -> bool:
-    """Fig. 1 style: final IQM against the width multiplier, one line per pruning setting, one panel for each
-    combination of the other options (e.g. one per agent)."""
-    cs = [c for c in configs if c.aggregated]
-    if not cs:
+def _is_pruning(k: str) -> bool:
+    return k.startswith("pruning.")
+
+
+@dataclass(frozen=True)
+class FinalAxis:
+    """A figure of final IQM against one experiment field: a line per value of the fields `lines_by` accepts, a
+    panel per combination of the other fields. Panels with fewer than `min_values` values of the field are left
+    out (a sweep of replay ratios, not one ratio), unless `fallback`: then, where no other axis has a figure,
+    every panel is drawn (dense against pruned at one width still gets its final IQM). Categorical: equally
+    spaced positions, labelled with the values (replay ratios double; sparsities crowd near 1)."""
+
+    field: str
+    xlabel: str
+    title: str
+    lines_by: Callable[[str], bool]
+    always: tuple[str, ...]  # what a line's label names when nothing else tells the lines apart
+    min_values: int = 2
+    categorical: bool = False
+    fallback: bool = False
+
+
+# Fig. 1; Fig. 5 and 17 (replay ratios, dense against pruned); Fig. 15 (sparsities, a line per width).
+WIDTH_AXIS = FinalAxis("network.width", "Width multiplier", "Final IQM vs width", _is_pruning,
+                       ("pruning.final_sparsity",), fallback=True)
+REPLAY_RATIO_AXIS = FinalAxis("replay_ratio", "Replay ratio (gradient updates per agent step)",
+                              "Final IQM vs replay ratio", _is_pruning, ("pruning.final_sparsity",), categorical=True)
+SPARSITY_AXIS = FinalAxis("pruning.final_sparsity", "Final sparsity", "Final IQM vs sparsity",
+                          lambda k: k == "network.width", ("network.width",), min_values=3, categorical=True)
+FINAL_AXES = (WIDTH_AXIS, REPLAY_RATIO_AXIS, SPARSITY_AXIS)
+
+
+def _final_panels(configs: list[Config], axis: FinalAxis, min_values: int) -> list[tuple[Config, tuple]]:
+    """(configuration, its panel) of every aggregated configuration in a panel with at least `min_values` values
+    of the axis's field."""
+    cs = [c for c in configs if c.aggregated and c.flat.get(axis.field) is not None]
+    panel_of = [tuple((k, v) for k, v in c.key if k != axis.field and not axis.lines_by(k)) for c in cs]
+    values = {p: {c.flat[axis.field] for c, q in zip(cs, panel_of, strict=True) if q == p} for p in panel_of}
+    return [(c, p) for c, p in zip(cs, panel_of, strict=True) if len(values[p]) >= min_values]
+
+
+def plot_final(configs: list[Config], finals: dict[str, dict], path: Path, note: str, ci: int,
+               axis: FinalAxis) -> bool:
+    """Final IQM against `axis.field` (Fig. 1 style for the width), one panel for each combination of the other
+    options (e.g. one per agent)."""
+    kept = _final_panels(configs, axis, axis.min_values)
+    if not kept and axis.fallback and not any(_final_panels(configs, a, a.min_values) for a in FINAL_AXES):
+        kept = _final_panels(configs, axis, 1)
+    if not kept:
         return False
-    not_x = lambda k: k != "network.width" and not k.startswith("pruning.")
-    panel_of = [tuple((k, v) for k, v in c.key if not_x(k)) for c in cs]
+    cs, panel_of = [c for c, _ in kept], [p for _, p in kept]
+    in_panel = lambda k: k != axis.field and not axis.lines_by(k)
+    values = {p: {c.flat[axis.field] for c, q in zip(cs, panel_of, strict=True) if q == p} for p in panel_of}
     panels = list(dict.fromkeys(panel_of))
     reps = [cs[panel_of.index(p)] for p in panels]
     # panel titles name what differs between panels (or agent and network when there is one panel)
-    rest_flats = [{k: v for k, v in c.flat.items() if not_x(k)} for c in reps]
+    rest_flats = [{k: v for k, v in c.flat.items() if in_panel(k)} for c in reps]
     titles = [_panel_title(c, p) for c, p in zip(reps, label_parts(rest_flats), strict=True)]
-    pruning = [{k: v for k, v in c.flat.items() if k.startswith("pruning.")} for c in cs]
-    line_of = [json.dumps(f, sort_keys=True) for f in pruning]  # one line per pruning setting in a panel
+    by_line = [{k: v for k, v in c.flat.items() if axis.lines_by(k)} for c in cs]
+    line_of = [json.dumps(f, sort_keys=True) for f in by_line]
     firsts = [line_of.index(x) for x in dict.fromkeys(line_of)]
-    labels = label_parts([pruning[i] for i in firsts], always=("pruning.final_sparsity",))
-    styles = line_styles([cs[i] for i in firsts])  # colour by sparsity as everywhere
+    labels = [join_parts(p) or "baseline" for p in label_parts([by_line[i] for i in firsts], always=axis.always)]
+    if axis.lines_by is _is_pruning:  # colour by sparsity, as everywhere
+        colors = [s.color for s in line_styles([cs[i] for i in firsts])]
+    else:  # the lines' first configurations may differ in sparsity, which these colours do not mean here
+        colors = [PALETTE[j % len(PALETTE)] for j in range(len(firsts))]
+    position = {v: i for i, v in enumerate(sorted({c.flat[axis.field] for c in cs}))}
+    x_of = (lambda v: position[v]) if axis.categorical else float
     plt = _plt()
     fig, axes = _figure(plt, len(panels), (4.2, 3.4))
     for ax, p, title in zip(axes, panels, titles, strict=True):
         for j, first in enumerate(firsts):
             group = sorted((c for c, q, x in zip(cs, panel_of, line_of, strict=True)
-                            if q == p and x == line_of[first]), key=lambda c: c.width)
-            if not group:
-                continue
-            _final_iqm_line(ax, group, finals, Line(join_parts(labels[j]) or "baseline", styles[j].color, j))
+                            if q == p and x == line_of[first]), key=lambda c: c.flat[axis.field])
+            if group:
+                xs = [x_of(c.flat[axis.field]) for c in group]
+                _final_iqm_line(ax, group, xs, finals, Line(labels[j], colors[j], j))
         ax.set_title(title, fontsize=10)
-        ax.set_xticks(sorted({c.width for c, q in zip(cs, panel_of, strict=True) if q == p}))
-        ax.set_xlabel("Width multiplier")
+        ticks = sorted(values[p])
+        ax.set_xticks([x_of(v) for v in ticks], [f"{v:g}" for v in ticks])
+        ax.set_xlabel(axis.xlabel)
         ax.set_ylabel("Final IQM human-normalized score")
         ax.margins(x=0.08, y=0.12)  # markers at the extremes drawn whole
     _legend(fig, axes)
-    _title(fig, f"Final IQM vs width ({ci}% CIs)", note)
+    _title(fig, f"{axis.title} ({ci}% CIs)", note)
     _save(fig, plt, path)
     return True
 
@@ -443,7 +495,7 @@ def plot_methods(configs: list[Config], curves: dict[str, list[dict]], finals: d
             group = sorted((c for c, f in mine if f == first), key=lambda c: c.width)
             if not group:
                 continue
-            _final_iqm_line(ax_w, group, finals, lines[j])
+            _final_iqm_line(ax_w, group, [c.width for c in group], finals, lines[j])
         ax_c.set_title(f"{title}: width ×{shown}", fontsize=10)
         _frames_axis(ax_c, quantity=quantity)
         ax_c.set_ylabel("IQM human-normalized score")

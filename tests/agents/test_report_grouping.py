@@ -177,3 +177,66 @@ def test_repeated_game_and_seed_is_an_error_that_names_the_runs(tmp_path, capsys
         assert "**error**: Pong seed 1 has 2 runs" in md
         pong_row = next(line for line in md.splitlines() if line.startswith("| Pong |"))
         assert "(n=2)" in pong_row  # the dense Pong cell counts seeds 0 and 2, not the repeated pair
+
+
+def _final_figures(tmp_path, monkeypatch, root):
+    """{figure name: (legend entries, {line label: (x tick labels under its points, y values)})} of the final-IQM
+    figures a report of `root` draws, and the report's summary."""
+    drawn = {}
+
+    def check(fig, plt, path):
+        if path.name.startswith("iqm_vs_"):
+            lines = {}
+            for ax in (a for a in fig.axes if a.get_visible()):
+                ticks = {t.get_position()[0]: t.get_text() for t in ax.get_xticklabels()}
+                for ln in ax.get_lines():
+                    if not ln.get_label().startswith("_"):  # (error bars and circles have no label)
+                        xs = [ticks[x] for x in ln.get_xdata()]
+                        lines.setdefault(ln.get_label(), []).append((xs, list(ln.get_ydata())))
+            drawn[path.name] = ([t.get_text() for t in fig.legends[0].get_texts()], lines)
+        plt.close(fig)
+
+    monkeypatch.setattr(figures, "_save", check)
+    out = tmp_path / "r"
+    assert report.main([str(root), "--out", str(out), "--reps", "20"]) == 0
+    return drawn, summary(out)
+
+
+def test_a_replay_ratio_sweep_draws_final_iqm_against_the_replay_ratio(tmp_path, monkeypatch):
+    """Fig. 5 / 17: dense and pruned at several replay ratios, one width: the final IQM against the replay ratio,
+    a line per sparsity, and no figure against a width that does not vary."""
+    root = tmp_path / "runs"
+    for rr, sparsity, game, seed in product((0.25, 1, 2), (0.0, 0.95), GAMES[:2], SEEDS[:2]):
+        edit_config(write_run(root, game, seed, sparsity, name=f"{game}_{seed}_{sparsity}_rr{rr}"), replay_ratio=rr)
+    drawn, configs = _final_figures(tmp_path, monkeypatch, root)
+    assert set(drawn) == {"iqm_vs_replay_ratio.png"}
+    legend, lines = drawn["iqm_vs_replay_ratio.png"]
+    assert legend == ["dense", "95% pruned"]
+    iqm = {c["label"]: c["final"]["iqm"]["value"] for c in configs.values()}
+    for label in ("dense", "95% pruned"):
+        ((xs, ys),) = lines[label]
+        assert xs == ["0.25", "1", "2"]  # evenly spaced: the ratios double
+        assert ys == pytest.approx([iqm[f"{label}, RR {rr}"] for rr in (0.25, 1, 2)])
+
+
+def test_a_sparsity_sweep_draws_final_iqm_against_the_sparsity_a_line_per_width(tmp_path, monkeypatch):
+    """Fig. 15: three or more sparsities at widths 1 and 3; with only dense and 95% there is no such figure, and
+    at a single width the figure against the width still shows dense against pruned."""
+    root = tmp_path / "runs"
+    for width, sparsity, game, seed in product((1, 3), (0.0, 0.5, 0.95), GAMES[:2], SEEDS[:2]):
+        write_run(root, game, seed, sparsity, width=width)
+    drawn, configs = _final_figures(tmp_path, monkeypatch, root)
+    assert set(drawn) == {"iqm_vs_sparsity.png", "iqm_vs_width.png"}
+    legend, lines = drawn["iqm_vs_sparsity.png"]
+    assert legend == ["×1", "×3"]
+    iqm = {c["label"]: c["final"]["iqm"]["value"] for c in configs.values()}
+    for width in (1, 3):
+        ((xs, ys),) = lines[f"×{width}"]
+        assert xs == ["0", "0.5", "0.95"]
+        assert ys == pytest.approx([iqm[f"×{width}, {s}"] for s in ("dense", "50% pruned", "95% pruned")])
+
+    one_width = tmp_path / "one_width"
+    for sparsity, game, seed in product((0.0, 0.95), GAMES[:2], SEEDS[:2]):
+        write_run(one_width, game, seed, sparsity)
+    drawn, _ = _final_figures(tmp_path / "again", monkeypatch, one_width)
+    assert set(drawn) == {"iqm_vs_width.png"} and drawn["iqm_vs_width.png"][0] == ["dense", "95% pruned"]

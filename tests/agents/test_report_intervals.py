@@ -45,7 +45,7 @@ def test_figures_draw_no_error_bar_or_band_without_an_interval():
     plt = figures._plt()  # Agg
     fig, ax = plt.subplots()
     line = figures.Line("dense", "tab:blue", 0)
-    figures._final_iqm_line(ax, [config], {"dense": {"iqm": {"value": 1.0, "low": None, "high": None}}}, line)
+    figures._final_iqm_line(ax, [config], [3], {"dense": {"iqm": {"value": 1.0, "low": None, "high": None}}}, line)
     assert not ax.collections  # an error bar is a LineCollection
     assert "no CI" in " ".join(t.get_text() for t in ax.texts)
     line.plot(ax, [1, 2], [0.5, 1.0], *figures._band([{"low": None, "high": None}] * 2))
