@@ -27,6 +27,7 @@ from agents.report.stats import MIN_RUNS_FOR_CI, final_aggregates, has_ci, iqm_c
 from agents.report.sweep import expect, is_sweep, read_sweep, sweep_status
 from agents.report.tables import write_markdown, write_tables
 
+SWEEP_AXIS_FIGURES = ("iqm_vs_replay_ratio.png", "iqm_vs_sparsity.png")  # drawn only where runs sweep the axis
 CURVE_REPS = 5000  # the learning curves' default cap on bootstrap replications per point (--curve-reps)
 
 
@@ -221,8 +222,9 @@ def report(args: argparse.Namespace) -> int:
         else:  # an older report's figure of the same name would read as this report's
             stale = (out / name).exists()
             (out / name).unlink(missing_ok=True)
-            print(f"note: {name} not drawn (no data for it)" + (": removed the older one in --out" if stale else ""),
-                  file=sys.stderr)
+            if stale or name not in SWEEP_AXIS_FIGURES:  # (most runs sweep neither: no news)
+                print(f"note: {name} not drawn (no data for it)" + (": removed the older one in --out" * stale),
+                      file=sys.stderr)
     write_tables(out, configs, finals, curves, pairs, problems, args, sweep_lines)
     text = write_markdown(
         out / "report.md", configs, finals, pairs, games, unreferenced, problems, figures, args, sweep_lines
