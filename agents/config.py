@@ -12,6 +12,7 @@ from __future__ import annotations
 import ast
 import copy
 import dataclasses
+import functools
 import inspect
 import math
 import textwrap
@@ -437,11 +438,13 @@ def _check_field_types(cls, d: dict, prefix: str = "") -> None:
 
 
 
-def _help_from_docstrings(cls) -> None:
+@functools.cache
+def help_from_docstrings(cls) -> None:
     """Give every documented field of `cls` and of its nested configs its docstring, lines joined, as the `help`
     of its field metadata (tyro's public route for help text, as for HuggingFace-style configs). Left to tyro
     (1.0.17), a multi-line field docstring keeps each of its source line breaks: it joins single line breaks
-    before it dedents, so every indented continuation line starts a new line, mid-sentence, in --help."""
+    before it dedents, so every indented continuation line starts a new line, mid-sentence, in --help. Called by
+    the command line (parsing the sources takes ~50 ms, which no other importer of this module needs to pay)."""
     body = ast.parse(textwrap.dedent(inspect.getsource(cls))).body[0].body
     docs = {node.target.id: inspect.cleandoc(doc.value.value) for node, doc in zip(body, body[1:])
             if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
@@ -453,10 +456,7 @@ def _help_from_docstrings(cls) -> None:
             help_text = "\n\n".join(" ".join(line.strip() for line in par.splitlines()) for par in paragraphs)
             f.metadata = types.MappingProxyType({**f.metadata, "help": help_text})
         if dataclasses.is_dataclass(hints[f.name]):
-            _help_from_docstrings(hints[f.name])
-
-
-_help_from_docstrings(TrainConfig)
+            help_from_docstrings(hints[f.name])
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -57,7 +57,15 @@ from agents.checkpoint import (
     load_latest_checkpoint,
     remove_temporary_files,
 )
-from agents.config import PRESETS, RUNTIME_FIELDS, TrainConfig, experiment_fields, get_preset, paper_agent
+from agents.config import (
+    PRESETS,
+    RUNTIME_FIELDS,
+    TrainConfig,
+    experiment_fields,
+    get_preset,
+    help_from_docstrings,
+    paper_agent,
+)
 from agents.cuda_graphs import PhaseGraphs
 from agents.envs import make_env, resolve_game
 from agents.eval_phase import EvalResult, run_eval_episodes, run_eval_phase
@@ -1094,6 +1102,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, Path | None]
         origin = f"from preset {saved.preset!r}" if saved.preset else "with no preset"
         raise UsageError(f"--resume continues the run as it was configured, {origin}; drop --preset {known.preset}")
     default = saved or (get_preset(known.preset) if known.preset else TrainConfig())
+    help_from_docstrings(TrainConfig)
     cfg = tyro.cli(_cli(default), args=rest, description=DESCRIPTION, prog="python -m agents.train")
     if saved is None:
         unread = cfg.unread_options()

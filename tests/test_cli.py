@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from agents.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint
+from agents.config import TrainConfig
 from agents.train import Trainer, UsageError, main, parse_args
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -387,9 +388,15 @@ def test_our_warnings_print_as_messages_on_the_command_line():
 
 
 def test_help_keeps_a_multi_line_field_docstring_in_one_paragraph(capsys, monkeypatch):
-    """tyro alone breaks a field's help at every source line of its docstring (mid-sentence); the config gives
-    each field its docstring with the lines joined."""
-    from agents.config import TrainConfig
+    """tyro alone breaks a field's help at every source line of its docstring (mid-sentence); the command line
+    gives each field its docstring with the lines joined."""
+    monkeypatch.setenv("COLUMNS", "120")  # one column of options (tyro puts groups side by side from ~140)
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    lines = capsys.readouterr().out.splitlines()
+    first = next(i for i, line in enumerate(lines) if "Where the replay lives" in line)
+    # The docstring's first source line ends at "captured in": wrapped, the rendered line goes on past it.
+    assert "can be captured in the" in lines[first], lines[first:first + 2]
 
     def helps(config, prefix=""):  # every option's help; a nested config's group takes its class docstring
         for f in dataclasses.fields(config):
@@ -399,13 +406,6 @@ def test_help_keeps_a_multi_line_field_docstring_in_one_paragraph(capsys, monkey
             else:
                 yield prefix + f.name, f.metadata.get("help")
 
-    documented = dict(helps(TrainConfig()))
+    documented = dict(helps(TrainConfig()))  # (as the command line left them)
     assert all(documented.values()), [name for name, text in documented.items() if not text]
     assert not [name for name, text in documented.items() if "\n" in text or "  " in text]
-    monkeypatch.setenv("COLUMNS", "120")  # one column of options (tyro puts groups side by side from ~140)
-    with pytest.raises(SystemExit):
-        main(["--help"])
-    lines = capsys.readouterr().out.splitlines()
-    first = next(i for i, line in enumerate(lines) if "Where the replay lives" in line)
-    # The docstring's first source line ends at "captured in": wrapped, the rendered line goes on past it.
-    assert "can be captured in the" in lines[first], lines[first:first + 2]
