@@ -12,7 +12,8 @@ Every file is written to a temporary sibling, fsynced and renamed into place, ch
 that names them, so a run killed mid-write never leaves a truncated file under a final name nor a
 checkpoint without its chunks. Loading checks the format tag and that the checkpoint belongs to a compatible
 configuration; anything else is a `CheckpointError` that names the problem. `load_latest_checkpoint`
-falls back to the newest checkpoint that loads with all its chunks.
+falls back to the newest checkpoint that loads with all its chunks (and, for the run's trainer, sets the
+unreadable newer ones aside).
 """
 
 from __future__ import annotations
@@ -217,9 +218,22 @@ def remove_unneeded_files(ckpt_dir: Path) -> None:
     remove_temporary_files(ckpt_dir)
 
 
-def load_latest_checkpoint(ckpt_dir: Path, config: dict | None = None) -> dict:
+# Errors of the storage, not of the file: it may read next time (a truncated file fails to mmap with EINVAL).
+_TRANSIENT_ERRNOS = {errno.EIO, errno.ESTALE, errno.ETIMEDOUT, errno.EAGAIN, errno.EINTR}
+
+
+def _may_read_later(e: UnreadableCheckpoint) -> bool:
+    return isinstance(e.__cause__, OSError) and e.__cause__.errno in _TRANSIENT_ERRNOS
+
+
+def load_latest_checkpoint(ckpt_dir: Path, config: dict | None = None, set_aside: bool = False) -> dict:
     """The newest checkpoint in ckpt_dir that loads with all its replay chunks. A newer unreadable one is skipped
-    with a warning that names the bad file; an incompatible config is an error (older ones would be too)."""
+    with a warning that names the bad file; an incompatible config is an error (older ones would be too).
+
+    set_aside (the run's own trainer, which will write new checkpoints): rename each skipped one to
+    `<name>.unreadable`, kept for a look but no longer a checkpoint. Left in place, it counted as one of the
+    `keep` newest, so the next checkpoint deleted the good one resumed from, and every resume tried it first.
+    A file that could not be read for an I/O error that may pass (EIO, a stale network handle) stays."""
     ckpt_dir = Path(ckpt_dir)
     ckpts = list_checkpoints(ckpt_dir)
     if not ckpts:
@@ -229,13 +243,17 @@ def load_latest_checkpoint(ckpt_dir: Path, config: dict | None = None) -> dict:
         try:
             state = load_checkpoint(path, config)
         except UnreadableCheckpoint as e:
-            problems.append(str(e))
+            problems.append((path, e))
             continue
-        for problem in problems:
-            warnings.warn(f"{problem}; resuming from the older {path.name} instead", stacklevel=2)
+        for bad, problem in problems:
+            aside = ""
+            if set_aside and not _may_read_later(problem):
+                bad.rename(bad.with_name(bad.name + ".unreadable"))
+                aside = f" (set aside as {bad.name}.unreadable)"
+            warnings.warn(f"{problem}; resuming from the older {path.name} instead{aside}", stacklevel=2)
         remove_unneeded_files(ckpt_dir)
         return state
-    raise CheckpointError("no readable checkpoint: " + "; ".join(problems))
+    raise CheckpointError("no readable checkpoint: " + "; ".join(str(e) for _, e in problems))
 
 
 def check_compatible(saved: dict, current: dict, path: Path | str = "checkpoint") -> None:

@@ -273,7 +273,7 @@ class Trainer:
         run_dir = Path(run_dir)
         cfg = cfg if cfg is not None else read_run_config(run_dir)
         try:
-            state = load_latest_checkpoint(run_dir / "checkpoints", config=cfg.to_dict())
+            state = load_latest_checkpoint(run_dir / "checkpoints", config=cfg.to_dict(), set_aside=True)
         except CheckpointError as e:
             raise CheckpointError(f"cannot resume {run_dir}: {e}") from e
         # Envs cannot be snapshotted: they restart, with a seed offset so the trajectories are new ones.

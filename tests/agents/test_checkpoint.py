@@ -6,13 +6,20 @@ import copy
 import errno
 import random
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 import agents.checkpoint as checkpoint_module
-from agents.checkpoint import CheckpointError, list_checkpoints, load_checkpoint, load_latest_checkpoint
+from agents.checkpoint import (
+    CheckpointError,
+    checkpoint_step,
+    list_checkpoints,
+    load_checkpoint,
+    load_latest_checkpoint,
+)
 from agents.train import Trainer
 from tests.agents.chain_env import ChainEnv
 from tests.agents.test_learning import chain_config, fast_dqn
@@ -216,9 +223,18 @@ def test_a_corrupt_newest_checkpoint_falls_back_to_the_previous_one(tmp_path, mo
         bad = ckpt_dir / sorted(load_checkpoint(newest)["replay"]["chunk_names"])[-1]
     bad.write_bytes(bad.read_bytes()[: bad.stat().st_size // 2])  # truncated
 
-    with pytest.warns(UserWarning, match=f"{bad.name}.*corrupt.*resuming from the older {older.name}"):
-        resumed = resume(cfg, tmp_path / "run")
+    with pytest.warns(UserWarning, match=f"{bad.name}.*corrupt.*resuming from the older {older.name} instead "
+                                         rf"\(set aside as {newest.name}.unreadable\)"):
+        resumed = Trainer.resume(tmp_path / "run", cfg, env=ChainEnv(num_envs=NUM_ENVS))  # as agents.train does
     assert_same(resumed.state_dict(with_replay=True), recorder.states[older.name])
+    # The unreadable checkpoint is no longer one: kept, it counted among the newest two, so the next checkpoint
+    # deleted the one resumed from and left a single readable checkpoint.
+    assert list_checkpoints(ckpt_dir) == [older] and (ckpt_dir / f"{newest.name}.unreadable").exists()
+    resumed.agent_steps += 1  # a checkpoint of its own, before it writes newest's name again
+    resumed.save()
+    assert [load_checkpoint(p)["agent_steps"] for p in list_checkpoints(ckpt_dir)] == [
+        checkpoint_step(older), checkpoint_step(older) + 1]
+    resumed.agent_steps -= 1
     resumed.run()  # and it carries on to the end, writing consistent checkpoints
     state = load_checkpoint(list_checkpoints(ckpt_dir)[-1])
     assert state["agent_steps"] >= cfg.total_steps and state["replay"]["t"] == resumed.replay.t
@@ -335,3 +351,23 @@ def test_restored_rngs_continue_the_same_streams(tmp_path):
     resumed = resume(cfg, tmp_path / "run")
     assert (random.random(), np.random.rand(), torch.rand(1).item(), resumed.action_rng.random()) == draws
     resumed.close()
+
+
+def test_a_checkpoint_unreadable_for_an_io_error_is_not_set_aside(tmp_path, monkeypatch):
+    """EIO from the storage says nothing about the file (it may read next time): skipped, but left in place."""
+    cfg = config()
+    Trainer(cfg, tmp_path / "run", env=ChainEnv(num_envs=NUM_ENVS)).run()
+    ckpt_dir = tmp_path / "run" / "checkpoints"
+    older, newest = list_checkpoints(ckpt_dir)
+    real_load = torch.load
+
+    def flaky(path, *args, **kwargs):
+        if Path(path) == newest:
+            raise OSError(errno.EIO, "Input/output error")
+        return real_load(path, *args, **kwargs)
+
+    monkeypatch.setattr(checkpoint_module.torch, "load", flaky)
+    with pytest.warns(UserWarning, match=rf"{newest.name}.*Input/output error.*resuming from the older {older.name} "
+                                         "instead$"):
+        Trainer.resume(tmp_path / "run", cfg, env=ChainEnv(num_envs=NUM_ENVS))
+    assert list_checkpoints(ckpt_dir) == [older, newest]
