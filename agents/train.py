@@ -32,8 +32,10 @@ import math
 import os
 import random
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -230,7 +232,8 @@ class Trainer:
         self._act_obs = torch.zeros((self.env.num_envs, *obs_shape), dtype=torch.uint8, device=self.device)
         self._model_flops: dict | None = None  # (model_flops)
         self.agent_steps = self.grad_steps = self.iteration = 0
-        self.stopped_early = False  # by --max-minutes
+        self.stopped_early = False  # by --max-minutes or a stop request
+        self.stop_requested: str | None = None  # set by a SIGTERM (see `_stop_on_sigterm`): stop at the next step
         self.resumes, self.resumed_without_replay = 0, False
         self.iteration_returns: list[float] = []  # returns of the episodes finished in the current iteration
         self.checkpoints = CheckpointStore(self.run_dir / "checkpoints", keep=cfg.keep_checkpoints)
@@ -660,16 +663,18 @@ class Trainer:
         return self._finish()
 
     def _out_of_time(self, deadline: float, unit: str) -> bool:
-        """--max-minutes: past `deadline` (perf_counter) with steps left, checkpoint and say how to go on; True
-        means stop. `unit` names what agent_steps counts (agent steps; updates for an offline run)."""
-        if time.perf_counter() < deadline or self.agent_steps >= self.cfg.total_steps:
+        """--max-minutes past `deadline` (perf_counter), or a stop request (SIGTERM), with steps left: checkpoint
+        and say how to go on; True means stop. `unit` names what agent_steps counts (agent steps; updates for an
+        offline run)."""
+        if (time.perf_counter() < deadline and not self.stop_requested) or self.agent_steps >= self.cfg.total_steps:
             return False
         self.stopped_early = True
         self._flush()  # the logs first (as at an iteration's end): a resume keeps the rows up to the checkpoint
         with self.profiler.section("checkpoint"):
             self.save()
-        print(f"stopping after --max-minutes {self.cfg.max_minutes:g} at {unit} {self.agent_steps:,}; "
-              f"continue with --resume {self.run_dir}")
+        why = self.stop_requested or f"--max-minutes {self.cfg.max_minutes:g}"
+        print(f"stopping after {why} at {unit} {self.agent_steps:,}, with a checkpoint; continue with --resume "
+              f"{self.run_dir}", file=sys.stderr if self.stop_requested else sys.stdout)
         return True
 
     def _write_profile(self) -> None:
@@ -1255,6 +1260,28 @@ def _check_writable(run_dir: Path, cfg: TrainConfig) -> None:
                          f"{e.strerror or e}") from e
 
 
+@contextlib.contextmanager
+def _stop_on_sigterm(trainer: Trainer):
+    """A SIGTERM (a sweep being stopped, a job scheduler's preemption or time limit, `kill`) asks the trainer to
+    stop at its next step with a checkpoint, as --max-minutes does, so a preempted run loses no progress; it used
+    to kill the run at once, with neither a checkpoint nor a word. A second SIGTERM stops it at once, like Ctrl-C.
+    Only in the main thread (where Python runs signal handlers)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_sigterm(signum, frame):
+        if trainer.stop_requested:
+            raise KeyboardInterrupt
+        trainer.stop_requested = "SIGTERM"
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def _how_to_continue(run_dir: Path, named: bool) -> str:
     """What continues a stopped run: the same command only if it names the run (the default name holds the
     time the run started, so the same command without --run-name starts a new run)."""
@@ -1307,7 +1334,8 @@ def _main(argv: list[str] | None) -> int:
     if trainer is None:
         return 0
     try:
-        summary = trainer.run()
+        with _stop_on_sigterm(trainer):
+            summary = trainer.run()
     except (CheckpointError, OSError) as e:  # e.g. a full disk: the message names the error, the file, what is kept
         with contextlib.suppress(OSError):
             trainer.close()
@@ -1320,7 +1348,9 @@ def _main(argv: list[str] | None) -> int:
         since = f"its last checkpoint, agent step {checkpoint_step(last):,}" if last else "the start"
         print(f"\ninterrupted at agent step {trainer.agent_steps:,}; {_how_to_continue(trainer.run_dir, named)} "
               f"from {since}", file=sys.stderr)
-        return 130
+        return 128 + (signal.SIGTERM if trainer.stop_requested else signal.SIGINT)  # (a second SIGTERM, or Ctrl-C)
+    if trainer.stop_requested and not summary["finished"]:
+        return 128 + signal.SIGTERM  # (as if killed by it: a sweep or job scheduler reads it as terminated)
     status = "done" if summary["finished"] else "stopped"
     offline = trainer.cfg.offline.enabled  # an offline run plays only in its evaluation phases
     scores = [] if offline else [f"last iteration's score {_fmt_score(summary['final_score'])}"]

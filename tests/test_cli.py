@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from agents.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint
+from agents.checkpoint import CheckpointError, checkpoint_step, latest_checkpoint, load_checkpoint
 from agents.config import TrainConfig
 from agents.train import Trainer, UsageError, main, parse_args
 
@@ -409,3 +409,36 @@ def test_help_keeps_a_multi_line_field_docstring_in_one_paragraph(capsys, monkey
     documented = dict(helps(TrainConfig()))  # (as the command line left them)
     assert all(documented.values()), [name for name, text in documented.items() if not text]
     assert not [name for name, text in documented.items() if "\n" in text or "  " in text]
+
+
+def test_sigterm_stops_the_run_with_a_checkpoint_and_a_second_one_at_once(tmp_path, capsys, monkeypatch):
+    """A job scheduler's preemption or a stopped sweep sends SIGTERM: the run stops at its next step with a
+    checkpoint there (it used to die at once, with neither), exits 143, and the same command continues it."""
+    args = [*TINY, "--runs-dir", str(tmp_path), "--run-name", "r"]
+    act, calls = Trainer.act, []
+
+    def act_then_signal(self, obs, epsilon, signals):
+        calls.append(self.agent_steps)
+        if len(calls) == 5:
+            for _ in range(signals):
+                os.kill(os.getpid(), signal.SIGTERM)
+        return act(self, obs, epsilon)
+
+    monkeypatch.setattr(Trainer, "act", lambda self, obs, eps: act_then_signal(self, obs, eps, 1))
+    assert main(args) == 143
+    err = capsys.readouterr().err
+    stopped_at = calls[-1] + 2  # the step it was asked in, then one more vector step of 2 envs
+    assert f"stopping after SIGTERM at agent step {stopped_at}, with a checkpoint" in err
+    assert checkpoint_step(latest_checkpoint(tmp_path / "r" / "checkpoints")) == stopped_at < 32  # mid-iteration
+    assert json.loads((tmp_path / "r" / "summary.json").read_text())["finished"] is False
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler does not outlive the run
+
+    calls.clear()  # resumed, then two SIGTERMs: the second stops it at once, as Ctrl-C does
+    monkeypatch.setattr(Trainer, "act", lambda self, obs, eps: act_then_signal(self, obs, eps, 2))
+    assert main(args) == 143
+    assert f"interrupted at agent step {calls[-1]}" in capsys.readouterr().err
+    assert checkpoint_step(latest_checkpoint(tmp_path / "r" / "checkpoints")) < calls[-1]
+
+    monkeypatch.setattr(Trainer, "act", act)
+    assert main(args) == 0
+    assert [int(r["iteration"]) for r in read_csv(tmp_path / "r" / "iterations.csv")] == [1, 2]

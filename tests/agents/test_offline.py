@@ -187,7 +187,8 @@ def test_offline_run_stops_at_max_minutes_with_a_checkpoint(tmp_path, chain_data
     trainer = OfflineTrainer(cfg, tmp_path / "run", env=ChainEnv(num_envs=2))
     summary = trainer.run()
     assert trainer.stopped_early and summary["finished"] is False and trainer.agent_steps == 1
-    assert "stopping after --max-minutes 1e-09 at update 1; continue with --resume" in capsys.readouterr().out
+    assert ("stopping after --max-minutes 1e-09 at update 1, with a checkpoint; continue with --resume"
+            in capsys.readouterr().out)
     cfg.max_minutes = None
     resumed = OfflineTrainer.resume(tmp_path / "run", cfg, env=ChainEnv(num_envs=2))
     assert resumed.agent_steps == 1
