@@ -294,19 +294,21 @@ def plot_final(configs: list[Config], finals: dict[str, dict], path: Path, note:
         colors = [s.color for s in line_styles([cs[i] for i in firsts])]
     else:  # the lines' first configurations may differ in sparsity, which these colours do not mean here
         colors = [PALETTE[j % len(PALETTE)] for j in range(len(firsts))]
-    position = {v: i for i, v in enumerate(sorted({c.flat[axis.field] for c in cs}))}
-    x_of = (lambda v: position[v]) if axis.categorical else float
     plt = _plt()
     fig, axes = _figure(plt, len(panels), (4.2, 3.4))
     for ax, p, title in zip(axes, panels, titles, strict=True):
+        ticks = sorted(values[p])
+        x_of = ticks.index if axis.categorical else float  # categorical: the panel's values, evenly spaced
         for j, first in enumerate(firsts):
             group = sorted((c for c, q, x in zip(cs, panel_of, line_of, strict=True)
                             if q == p and x == line_of[first]), key=lambda c: c.flat[axis.field])
-            if group:
-                xs = [x_of(c.flat[axis.field]) for c in group]
-                _final_iqm_line(ax, group, xs, finals, Line(labels[j], colors[j], j))
+            xs = [x_of(c.flat[axis.field]) for c in group]
+            # A categorical line stops where it has no value: drawn across the gap, it would read as one.
+            cuts = [0, *(i for i in range(1, len(xs)) if axis.categorical and xs[i] - xs[i - 1] > 1), len(xs)]
+            for a, b in zip(cuts, cuts[1:]):
+                if a < b:
+                    _final_iqm_line(ax, group[a:b], xs[a:b], finals, Line(labels[j], colors[j], j))
         ax.set_title(title, fontsize=10)
-        ticks = sorted(values[p])
         ax.set_xticks([x_of(v) for v in ticks], [f"{v:g}" for v in ticks])
         ax.set_xlabel(axis.xlabel)
         ax.set_ylabel("Final IQM human-normalized score")

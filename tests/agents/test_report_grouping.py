@@ -235,6 +235,15 @@ def test_a_sparsity_sweep_draws_final_iqm_against_the_sparsity_a_line_per_width(
         assert xs == ["0", "0.5", "0.95"]
         assert ys == pytest.approx([iqm[f"×{width}, {s}"] for s in ("dense", "50% pruned", "95% pruned")])
 
+    gap = tmp_path / "gap"  # ×1 has no run at 0.5: its line stops there instead of crossing the ×3-only value
+    for width, sparsity, game, seed in product((1, 3), (0.0, 0.5, 0.95), GAMES[:2], SEEDS[:2]):
+        if (width, sparsity) != (1, 0.5):
+            write_run(gap, game, seed, sparsity, width=width)
+    drawn, _ = _final_figures(tmp_path / "gap_report", monkeypatch, gap)
+    _, lines = drawn["iqm_vs_sparsity.png"]
+    assert [xs for xs, _ in lines["×1"]] == [["0"], ["0.95"]]
+    assert [xs for xs, _ in lines["×3"]] == [["0", "0.5", "0.95"]]
+
     one_width = tmp_path / "one_width"
     for sparsity, game, seed in product((0.0, 0.95), GAMES[:2], SEEDS[:2]):
         write_run(one_width, game, seed, sparsity)
