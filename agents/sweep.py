@@ -120,18 +120,25 @@ class Progress:
         with self._lock:
             self.started_at[run.run_id] = time.monotonic()
             self.status[run.run_id].state = "running"
-        if not self.tty:
-            print(f"[start] {run.run_id}", flush=True)
+            if not self.tty:
+                self._event(f"[start] {run.run_id}")
 
     def finished(self, run: Run, outcome: str) -> None:
         with self._lock:
             t0 = self.started_at.pop(run.run_id, None)
             self.status[run.run_id] = inspect_run(self.sweep_dir, run)
-        took = f" after {format_eta(time.monotonic() - t0)}" if t0 is not None else ""
-        if self.tty:
-            self.bar.write(f"[{outcome}] {run.run_id}{took}")
-        else:
-            print(f"[{outcome}] {run.run_id}{took}", flush=True)
+            took = f" after {format_eta(time.monotonic() - t0)}" if t0 is not None else ""
+            if self.tty:
+                self.bar.write(f"[{outcome}] {run.run_id}{took}")
+            else:
+                self._event(f"[{outcome}] {run.run_id}{took}")
+
+    @staticmethod
+    def _event(line: str) -> None:
+        """One line, written whole (print writes its text and its newline apart: two runs starting at once printed
+        '[start] a[start] b' and an empty line). Called under the lock."""
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
 
     def watch(self, runs: list[Run]) -> None:
         """Backends that do not report starts (Ray): find the running ones among `runs` from the lock files."""
@@ -171,7 +178,8 @@ class Progress:
                 bar.set_description_str(run_line(running[i]) if i < len(running) else "")
         elif time.monotonic() - self._last_summary >= self.interval:
             self._last_summary = time.monotonic()
-            print(line, flush=True)
+            with self._lock:
+                self._event(line)
 
     def close(self) -> None:
         self.status = {run.run_id: inspect_run(self.sweep_dir, run) for run in self.sweep.runs
