@@ -47,6 +47,7 @@ class Profiler:
         self.calls: dict[str, int] = defaultdict(int)
         self.start = time.perf_counter()
         self.cpu_start = _cpu_seconds()
+        self.sched_start = _thread_schedstats()
 
     def section(self, name: str, first_half: bool = False):
         """Time a block under `name`. `first_half`: the block is the first of two that together make one call
@@ -79,18 +80,26 @@ class Profiler:
                 "synchronized": self.sync, "components": components, "host": self.host()}
 
     def host(self) -> dict:
-        """torch's CPU threads, the CPUs, and the cores this process and other processes kept busy on average
-        since this profiler was made, i.e. over the launch (None where /proc/stat is not there; measured whether
-        profiling is on or not). See `cpus_oversubscribed`."""
+        """torch's CPU threads, the CPUs, the cores this process and other processes kept busy on average since
+        this profiler was made, i.e. over the launch, and `cpu_wait_share`: how long this process's threads waited
+        for a CPU while ready to run, per second they ran (from the scheduler's /proc/self/task/*/schedstat; the
+        threads alive at the end). None where the kernel does not say; measured whether profiling is on or not.
+        See `cpus_oversubscribed`."""
         wall, end = time.perf_counter() - self.start, _cpu_seconds()
         own_seconds = end[1] - self.cpu_start[1]
         own = own_seconds / wall if wall > 0 else None
         other = None
         if self.cpu_start[0] is not None and end[0] is not None and wall > 0:
             other = max(0.0, end[0] - self.cpu_start[0] - own_seconds) / wall
+        wait_share = None
+        sched_end = _thread_schedstats()
+        if self.sched_start is not None and sched_end is not None:
+            ran = sum(r - self.sched_start.get(tid, (0, 0))[0] for tid, (r, _) in sched_end.items())
+            waited = sum(w - self.sched_start.get(tid, (0, 0))[1] for tid, (_, w) in sched_end.items())
+            wait_share = round(max(0, waited) / ran, 3) if ran > 0 else None
         return {"torch_threads": torch.get_num_threads(), "cpus": os.cpu_count(),
                 "own_cores": None if own is None else round(own, 2),
-                "other_processes_cores": None if other is None else round(other, 2)}
+                "other_processes_cores": None if other is None else round(other, 2), "cpu_wait_share": wait_share}
 
 
 # Other processes' average use of the cores above this (in cores) may inflate a run's times, see below.
@@ -110,16 +119,44 @@ def _cpu_seconds() -> tuple[float | None, float]:
     return busy / os.sysconf("SC_CLK_TCK"), own
 
 
+def _thread_schedstats() -> dict[int, tuple[int, int]] | None:
+    """{thread id: (ns on a CPU, ns waiting for one while ready to run)} of this process's threads, or None where
+    the kernel has no /proc/self/task/*/schedstat."""
+    try:
+        tids = os.listdir("/proc/self/task")
+    except OSError:
+        return None
+    stats = {}
+    for tid in tids:
+        try:
+            with open(f"/proc/self/task/{tid}/schedstat") as f:
+                ran, waited = (int(x) for x in f.read().split()[:2])
+        except (OSError, ValueError):
+            continue  # a thread that ended meanwhile (or no schedstat)
+        stats[int(tid)] = (ran, waited)
+    return stats or None
+
+
+# A launch whose threads waited for a CPU more than this per second they ran had its times inflated by about as
+# much (scheduler latency on an idle machine is far below it).
+CPU_WAIT_WARNING = 0.1
+
+
 def cpus_oversubscribed(host: dict | None) -> bool:
     """Whether other processes competed for the CPUs of a launch (`Profiler.host`): they kept more than
-    SHARED_CORES_WARNING cores busy, and with the launch's own use the CPUs were over 90% busy. Its times are then
-    inflated, the more so for multi-threaded CPU kernels (an OpenMP loop waits for its slowest thread); other work
-    on idle cores of a large machine does not count."""
+    SHARED_CORES_WARNING cores busy, and this launch's threads waited for a CPU more than CPU_WAIT_WARNING of the
+    time they ran (where the kernel says; without it, the CPUs were over 90% busy with the launch's own use). Its
+    times are then inflated, the more so for multi-threaded CPU kernels (an OpenMP loop waits for its slowest
+    thread). Other work on other cores does not count: parallel runs on cores of their own (a sweep's) and other
+    work on idle cores of a large machine."""
     if not isinstance(host, dict):
         return False
     other, own, cpus = (host.get(k) for k in ("other_processes_cores", "own_cores", "cpus"))
     if not all(isinstance(x, (int, float)) for x in (other, cpus)) or other <= SHARED_CORES_WARNING:
         return False
+    wait_share = host.get("cpu_wait_share")
+    if isinstance(wait_share, (int, float)):
+        return wait_share > CPU_WAIT_WARNING
     return not isinstance(own, (int, float)) or own + other > 0.9 * cpus
 
 
@@ -128,9 +165,11 @@ def shared_cores_note(report: dict) -> str | None:
     host = report.get("host")
     if not cpus_oversubscribed(host):
         return None
+    waited = host.get("cpu_wait_share")
+    waited = f" (its threads waited {waited:.2f} s for a CPU per second they ran)" if waited is not None else ""
     return (f"warning: other processes kept {host['other_processes_cores']:.2f} of the {host['cpus']} CPUs busy on "
-            "average during this profile, beside its own use: its times are inflated (profile on an idle machine to "
-            "compare runs)")
+            f"average during this profile, beside its own use{waited}: its times are inflated (profile on an idle "
+            "machine to compare runs)")
 
 
 def format_table(report: dict) -> str:

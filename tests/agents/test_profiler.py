@@ -1,4 +1,5 @@
 import json
+import os
 
 import pytest
 import torch
@@ -84,6 +85,12 @@ def test_profile_says_when_other_processes_shared_the_cpus():
     assert not cpus_oversubscribed(host | {"other_processes_cores": 0.2})
     assert not cpus_oversubscribed(host | {"cpus": 16})  # other work on idle cores of a large machine
     assert not cpus_oversubscribed(host | {"other_processes_cores": None}) and not cpus_oversubscribed(None)
+    # Where the scheduler says how long the run's threads waited for a CPU, that decides: a sweep's two runs on two
+    # cores keep them all busy, but each on its own core (no false alarm); a run that waited was slowed.
+    sweep = {"torch_threads": 1, "cpus": 2, "own_cores": 0.95, "other_processes_cores": 1.05}
+    assert not cpus_oversubscribed(sweep | {"cpu_wait_share": 0.02}) and cpus_oversubscribed(sweep)
+    assert cpus_oversubscribed(sweep | {"cpu_wait_share": 0.4})
+    assert not cpus_oversubscribed(sweep | {"other_processes_cores": 0.1, "cpu_wait_share": 0.4})  # its own threads
     loaded, quiet = {**report, "host": host}, {**report, "host": host | {"other_processes_cores": 0.0}}
     assert "other processes kept 1.00 of the 2 CPUs" in shared_cores_note(loaded)
     assert shared_cores_note(loaded) in format_table(loaded) and shared_cores_note(quiet) is None
@@ -203,3 +210,34 @@ def test_summary_records_the_flops_per_frame_and_a_failed_count_loses_nothing(tm
     done = json.loads((tmp_path / "other" / "summary.json").read_text())
     assert done["finished"] and done["model_flops_per_frame"] is None
     assert "could not count the model's FLOPs (RuntimeError: no count)" in capsys.readouterr().err
+
+
+
+@pytest.mark.skipif(not (hasattr(os, "sched_setaffinity") and os.path.exists("/proc/self/task")),
+                    reason="needs Linux's CPU affinity and per-thread schedstat")
+def test_a_launch_that_shares_its_cpu_records_its_wait_for_it():
+    """One CPU for this process and a spinning child: each runs about half the time and waits the other half."""
+    import subprocess
+    import sys
+    import time
+
+    from agents.profiler import Profiler, cpus_oversubscribed
+
+    affinity = os.sched_getaffinity(0)
+    cpu = min(affinity)
+    spin = f"import os, time\nos.sched_setaffinity(0, {{{cpu}}})\nt = time.time()\nwhile time.time() - t < 4: pass"
+    busy = subprocess.Popen([sys.executable, "-c", spin])
+    try:
+        os.sched_setaffinity(0, {cpu})
+        time.sleep(0.5)  # the child is spinning on that CPU
+        prof = Profiler(False, "cpu")
+        t = time.time()
+        while time.time() - t < 1.5:  # spin too
+            pass
+        host = prof.host()
+    finally:
+        os.sched_setaffinity(0, affinity)
+        busy.kill()
+        busy.wait()
+    assert host["cpu_wait_share"] is not None and host["cpu_wait_share"] > 0.5, host
+    assert cpus_oversubscribed(host), host
