@@ -168,6 +168,12 @@ def report(args: argparse.Namespace) -> int:
                               "or it is empty: the runs were trained without the evaluation phase)")
         for r in without:
             warn(problems, f"{r.path}: no evaluation score (trained without the evaluation phase?)")
+    else:  # offline runs play no training episodes: without this hint they read "no score logged"
+        offline = [r for r in runs
+                   if (r.config.get("offline") or {}).get("enabled") and not np.isfinite(r.scores).any()]
+        if offline:
+            warn(problems, f"{len(offline)} offline run(s) have no training score (they learn from a dataset and play "
+                           "only in their evaluation phase): report them with --score eval")
     games = required or sorted({r.game for r in runs if ev.has_reference(r.game)})
     unreferenced = {r.game for r in runs if not ev.has_reference(r.game)}
     if unreferenced:

@@ -241,6 +241,26 @@ def test_offline_runs_are_plotted_against_gradient_updates(tmp_path, monkeypatch
     assert (out / "iqm_curves.png").exists() and (out / "sparsity_schedule.png").exists()
 
 
+
+def test_offline_runs_without_training_episodes_point_to_score_eval(tmp_path, capsys):
+    """An offline run plays only in its evaluation phase: reported by training score, it has none, and the report
+    says which option scores it instead of only "no score logged"."""
+    root = tmp_path / "runs"
+    for seed in SEEDS:
+        d = write_run(root, "Pong", seed, 0.95, offline=True, eval_columns=True, eval_bonus=0.1)
+        edit_config(d, **{"offline.enabled": True})
+        with open(d / "iterations.csv") as f:
+            rows = list(csv.DictReader(f))
+        with open(d / "iterations.csv", "w", newline="") as f:  # as agents.offline writes it: no training score
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows({**r, "score": "", "episodes": 0} for r in rows)
+    report.main([str(root), "--out", str(tmp_path / "train"), "--reps", "50", "--no-figures"])
+    assert "3 offline run(s) have no training score" in capsys.readouterr().err
+    assert report.main([str(root), "--out", str(tmp_path / "eval"), "--reps", "50", "--no-figures", "--score",
+                        "eval"]) == 0
+    assert "offline run(s)" not in capsys.readouterr().err
+
 def test_figure_titles_wrap_to_the_figure_width():
     """A one-panel figure is narrow: its title wraps rather than running off both sides (it once did)."""
     import matplotlib
