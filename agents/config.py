@@ -45,7 +45,7 @@ class AgentConfig:
     lr: float = 6.25e-5
     """Adam learning rate."""
     adam_eps: float = 1.5e-4
-    """Adam epsilon (1.5e-4 for DQN and Rainbow, 3.125e-4 for IQN and M-IQN: project decision 4)."""
+    """Adam epsilon (1.5e-4 for DQN and Rainbow, 3.125e-4 for IQN and M-IQN: the paper's Table 2)."""
     batch_size: int = 32
     """Transitions per gradient step."""
     gamma: float = 0.99
@@ -61,7 +61,7 @@ class AgentConfig:
     epsilon_decay_steps: int = 250_000
     """Agent steps over which epsilon decays linearly from 1 to epsilon_train after min_replay."""
     loss: Literal["mse", "huber"] = "mse"
-    """DQN TD loss: MSE as in Dopamine JAX (project decision 3) or Huber."""
+    """DQN TD loss: MSE as in Dopamine JAX, the paper's code, or Huber."""
     replay: Literal["uniform", "prioritized"] = "uniform"
     """Replay sampling: uniform, or proportional prioritized (Rainbow's default)."""
     num_atoms: int = 51
@@ -247,7 +247,7 @@ class TrainConfig:
     --no-save-replay a resumed run refills min_replay steps before it learns again, and summary.json says
     resumed_without_replay."""
     evaluate: bool = False
-    """After each iteration, run an evaluation phase (Dopamine's eval phase, spec decision 7): full episodes at
+    """After each iteration, run an evaluation phase (Dopamine's eval phase): full episodes at
     eval_epsilon in envs of its own, learning nothing, logged as eval_score / eval_episodes next to the training
     score. Off by default: the paper's score is the training episodes' (Dopamine's continuous_train)."""
     eval_steps: int = 125_000
