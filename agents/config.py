@@ -437,7 +437,6 @@ def _check_field_types(cls, d: dict, prefix: str = "") -> None:
             raise ValueError(f"{prefix}{name} is {value!r} ({type(value).__name__}); expected {expected}")
 
 
-
 @functools.cache
 def help_from_docstrings(cls) -> None:
     """Give every documented field of `cls` and of its nested configs its docstring, lines joined, as the `help`

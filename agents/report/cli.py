@@ -6,8 +6,6 @@ import argparse
 import sys
 from pathlib import Path
 
-import numpy as np
-
 from agents import evaluation as ev
 from agents.report.configs import build_matrices, group_runs
 from agents.report.demo import write_synthetic_runs
@@ -162,15 +160,14 @@ def report(args: argparse.Namespace) -> int:
     elif synthetic:
         args.note = args.note or "SYNTHETIC DATA: made-up runs from agents.report --demo, not results"
     if args.score == "eval":
-        without = [r for r in runs if not np.isfinite(r.scores).any()]
+        without = [r for r in runs if not r.has_score]
         if len(without) == len(runs):
             raise ReportError("--score eval: no run has an evaluation score (iterations.csv has no eval_score column, "
                               "or it is empty: the runs were trained without the evaluation phase)")
         for r in without:
             warn(problems, f"{r.path}: no evaluation score (trained without the evaluation phase?)")
     else:  # offline runs play no training episodes: without this hint they read "no score logged"
-        offline = [r for r in runs
-                   if (r.config.get("offline") or {}).get("enabled") and not np.isfinite(r.scores).any()]
+        offline = [r for r in runs if (r.config.get("offline") or {}).get("enabled") and not r.has_score]
         if offline:
             warn(problems, f"{len(offline)} offline run(s) have no training score (they learn from a dataset and play "
                            "only in their evaluation phase): report them with --score eval")

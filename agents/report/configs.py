@@ -237,10 +237,6 @@ def join_parts(parts: list[tuple[str, str]]) -> str:
 # --- completeness and score matrices -----------------------------------------------------------------
 
 
-def _has_score(run: Run) -> bool:
-    return bool(np.isfinite(run.scores).any())
-
-
 def build_matrices(
     configs: list[Config],
     games: list[str],
@@ -275,7 +271,7 @@ def build_matrices(
         cells = [r for cell, r in sorted(c.cells.items()) if cell in expected]
         missing = [(g, s) for g in c_games for s in c.expected_seeds if (g, s) in expected and (g, s) not in present]
         unfinished = [r for r in cells if not r.finished]
-        no_score = [r for r in cells if r.finished and not _has_score(r)]  # (an unfinished one says it below)
+        no_score = [r for r in cells if r.finished and not r.has_score]  # (an unfinished one says it below)
         flagged: dict[str, list[Run]] = {}  # the trainer's own verdicts (summary.json): flag -> runs
         for r in cells:
             for flag in r.flags:
@@ -291,7 +287,7 @@ def build_matrices(
             c.flags.append(
                 "unfinished: "
                 + ", ".join(f"{r.game} seed {r.seed} ({_fmt_frames(r.frames_reached)} frames"
-                            + (")" if _has_score(r) else ", no score yet)") for r in unfinished)
+                            + (")" if r.has_score else ", no score yet)") for r in unfinished)
             )
         if no_score:
             c.flags.append("no score logged: " + ", ".join(f"{r.game} seed {r.seed}" for r in no_score))
@@ -308,7 +304,7 @@ def build_matrices(
         if c.errors:
             continue
         if allow_incomplete:
-            per_game = {g: [r for r in rs if np.isfinite(r.scores).any()] for g, rs in per_game.items()}
+            per_game = {g: [r for r in rs if r.has_score] for g, rs in per_game.items()}
         elif not c.complete:
             continue
         per_game = {g: rs for g, rs in per_game.items() if rs}

@@ -61,6 +61,11 @@ class Run:
         return self.iterations.get(self.score_column, np.full(len(self.iterations["iteration"]), math.nan))
 
     @property
+    def has_score(self) -> bool:
+        """Whether any iteration has a score (an episode finished in it)."""
+        return bool(np.isfinite(self.scores).any())
+
+    @property
     def trusted(self) -> bool:
         """Finished and not flagged: what the aggregates and per-game tables count by default."""
         return self.finished and not self.flags
