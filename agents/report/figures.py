@@ -249,6 +249,10 @@ class FinalAxis:
     categorical: bool = False
     fallback: bool = False
 
+    def in_panel(self, k: str) -> bool:
+        """Whether field `k` sets the panel apart (it is neither the x axis nor what tells the lines apart)."""
+        return k != self.field and not self.lines_by(k)
+
 
 # Fig. 1; Fig. 5 and 17 (replay ratios, dense against pruned); Fig. 15 (sparsities, a line per width).
 WIDTH_AXIS = FinalAxis("network.width", "Width multiplier", "Final IQM vs width", _is_pruning,
@@ -260,13 +264,14 @@ SPARSITY_AXIS = FinalAxis("pruning.final_sparsity", "Final sparsity", "Final IQM
 FINAL_AXES = (WIDTH_AXIS, REPLAY_RATIO_AXIS, SPARSITY_AXIS)
 
 
-def _final_panels(configs: list[Config], axis: FinalAxis, min_values: int) -> list[tuple[Config, tuple]]:
-    """(configuration, its panel) of every aggregated configuration in a panel with at least `min_values` values
-    of the axis's field."""
-    cs = [c for c in configs if c.aggregated and c.flat.get(axis.field) is not None]
-    panel_of = [tuple((k, v) for k, v in c.key if k != axis.field and not axis.lines_by(k)) for c in cs]
-    values = {p: {c.flat[axis.field] for c, q in zip(cs, panel_of, strict=True) if q == p} for p in panel_of}
-    return [(c, p) for c, p in zip(cs, panel_of, strict=True) if len(values[p]) >= min_values]
+def _final_panels(configs: list[Config], axis: FinalAxis, min_values: int) -> dict[tuple, list[Config]]:
+    """{panel: its aggregated configurations} of the panels with at least `min_values` values of the axis's field,
+    in the configurations' order."""
+    panels: dict[tuple, list[Config]] = {}
+    for c in configs:
+        if c.aggregated and c.flat.get(axis.field) is not None:
+            panels.setdefault(tuple((k, v) for k, v in c.key if axis.in_panel(k)), []).append(c)
+    return {p: cs for p, cs in panels.items() if len({c.flat[axis.field] for c in cs}) >= min_values}
 
 
 def plot_final(configs: list[Config], finals: dict[str, dict], path: Path, note: str, ci: int,
@@ -278,13 +283,13 @@ def plot_final(configs: list[Config], finals: dict[str, dict], path: Path, note:
         kept = _final_panels(configs, axis, 1)
     if not kept:
         return False
-    cs, panel_of = [c for c, _ in kept], [p for _, p in kept]
-    in_panel = lambda k: k != axis.field and not axis.lines_by(k)
-    values = {p: {c.flat[axis.field] for c, q in zip(cs, panel_of, strict=True) if q == p} for p in panel_of}
+    panel_of_config = {id(c): p for p, group in kept.items() for c in group}
+    cs = [c for c in configs if id(c) in panel_of_config]  # (in the configurations' order: lines and legend)
+    panel_of = [panel_of_config[id(c)] for c in cs]
     panels = list(dict.fromkeys(panel_of))
-    reps = [cs[panel_of.index(p)] for p in panels]
+    reps = [kept[p][0] for p in panels]
     # panel titles name what differs between panels (or agent and network when there is one panel)
-    rest_flats = [{k: v for k, v in c.flat.items() if in_panel(k)} for c in reps]
+    rest_flats = [{k: v for k, v in c.flat.items() if axis.in_panel(k)} for c in reps]
     titles = [_panel_title(c, p) for c, p in zip(reps, label_parts(rest_flats), strict=True)]
     by_line = [{k: v for k, v in c.flat.items() if axis.lines_by(k)} for c in cs]
     line_of = [json.dumps(f, sort_keys=True) for f in by_line]
@@ -297,7 +302,7 @@ def plot_final(configs: list[Config], finals: dict[str, dict], path: Path, note:
     plt = _plt()
     fig, axes = _figure(plt, len(panels), (4.2, 3.4))
     for ax, p, title in zip(axes, panels, titles, strict=True):
-        ticks = sorted(values[p])
+        ticks = sorted({c.flat[axis.field] for c in kept[p]})
         x_of = ticks.index if axis.categorical else float  # categorical: the panel's values, evenly spaced
         for j, first in enumerate(firsts):
             group = sorted((c for c, q, x in zip(cs, panel_of, line_of, strict=True)
