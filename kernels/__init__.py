@@ -59,9 +59,8 @@ def topk_magnitude_masks(weights: Sequence[torch.Tensor], keep_counts, *, out=No
         return []
     try:
         if backend_for(weights[0].device) == "triton":
-            from kernels.topk_mask import topk_magnitude_masks_triton
-
-            return topk_magnitude_masks_triton(weights, keep_counts, zero_pruned=zero_pruned, **kwargs)
+            triton_op = _triton_module("topk_mask").topk_magnitude_masks_triton
+            return triton_op(weights, keep_counts, zero_pruned=zero_pruned, **kwargs)
         return topk_magnitude_masks_ref(weights, keep_counts, zero_pruned=zero_pruned, **kwargs)
     except (TypeError, AttributeError):
         _name_non_tensors(weights=weights, **kwargs)
@@ -90,11 +89,9 @@ def masked_adam_(params, grads, exp_avgs, exp_avg_sqs, masks, *, step, lr: float
     try:
         backend = backend_for(params[0].device)
         if backend == "triton":
-            from kernels.masked_adam import masked_adam_triton_
-
-            return masked_adam_triton_(params, grads, exp_avgs, exp_avg_sqs, masks, step=step, lr=lr, beta1=beta1,
-                                       beta2=beta2, eps=eps, weight_decay=weight_decay, moments=moments,
-                                       pruned_are_zero=pruned_are_zero)
+            triton_op = _triton_module("masked_adam").masked_adam_triton_
+            return triton_op(params, grads, exp_avgs, exp_avg_sqs, masks, step=step, lr=lr, beta1=beta1, beta2=beta2,
+                             eps=eps, weight_decay=weight_decay, moments=moments, pruned_are_zero=pruned_are_zero)
         adam = masked_adam_fused_ if backend == "fused" else masked_adam_ref_
         return adam(params, grads, exp_avgs, exp_avg_sqs, masks, step=step, lr=lr, beta1=beta1, beta2=beta2,
                     eps=eps, weight_decay=weight_decay, moments=moments)
@@ -102,6 +99,20 @@ def masked_adam_(params, grads, exp_avgs, exp_avg_sqs, masks, *, step, lr: float
         _name_non_tensors(params=params, grads=grads, exp_avgs=exp_avgs, exp_avg_sqs=exp_avg_sqs, masks=masks,
                           may_be_none=("masks",))
         raise
+
+
+_triton_modules: dict[str, object] = {}
+
+
+def _triton_module(name: str):
+    """`kernels.<name>`, imported on first use (only then is `TRITON_INTERPRET` read); an import statement
+    on every call cost ~2 us of a call's host time."""
+    module = _triton_modules.get(name)
+    if module is None:
+        import importlib
+
+        module = _triton_modules[name] = importlib.import_module(f"kernels.{name}")
+    return module
 
 
 # --- misuse with a clear message ---------------------------------------------------------------------------------

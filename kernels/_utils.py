@@ -218,7 +218,10 @@ def device_guard(device: torch.device):
     """A context that makes `device` current for the launches (Triton launches on the current device)."""
     if device.type == "cuda" and device.index is not None and device.index != torch.cuda.current_device():
         return torch.cuda.device(device)
-    return contextlib.nullcontext()
+    return _NO_GUARD
+
+
+_NO_GUARD = contextlib.nullcontext()  # reusable; one per call cost ~0.2 us
 
 
 def triton_dtype(dtype: torch.dtype):
