@@ -236,6 +236,10 @@ class Trainer:
         self.stop_requested: str | None = None  # set by a SIGTERM (see `_stop_on_sigterm`): stop at the next step
         self.resumes, self.resumed_without_replay = 0, False
         self.iteration_returns: list[float] = []  # returns of the episodes finished in the current iteration
+        # The newest frame of each env's observation after the last env step: a checkpoint keeps it, so that a
+        # resumed run can end the episodes its restarted envs cut off (see `_close_cut_episodes`).
+        self.last_frames: np.ndarray | None = None
+        self._cut_frames: np.ndarray | None = None  # set by a resume: the frames `_close_cut_episodes` stores
         self.checkpoints = CheckpointStore(self.run_dir / "checkpoints", keep=cfg.keep_checkpoints)
         self.analysis_obs: torch.Tensor | None = None
         self.analysis_batch: Batch | None = None  # transitions of the gradient covariance (Fig. 14)
@@ -550,6 +554,7 @@ class Trainer:
         cfg, env, prof = self.cfg, self.env, self.profiler
         obs = env.reset()
         pending_reset = np.zeros(env.num_envs, dtype=bool)
+        self._close_cut_episodes()
         overlap = cfg.overlap_env == "on" or (cfg.overlap_env == "auto" and self.device.type == "cuda")
         self._env_pool = ThreadPoolExecutor(max_workers=1) if overlap else None
         log_next = (self.agent_steps // cfg.log_every + 1) * cfg.log_every
@@ -609,6 +614,7 @@ class Trainer:
                 with prof.section("env"):
                     start = time.perf_counter()
                     obs, reward, terminated, truncated, episodes = stepping.result()
+                    self.last_frames = obs[:, -1]
                     self.loop_waits["env"] += time.perf_counter() - start
                 if not np.array_equal(executed, ~env.reset_mask):
                     raise RuntimeError("env auto-reset out of step with the trainer's bookkeeping")
@@ -661,6 +667,20 @@ class Trainer:
         if cfg.profile:
             self._write_profile()
         return self._finish()
+
+    def _close_cut_episodes(self) -> None:
+        """After a resume, store one auto-reset row (not executed) holding each env's observation after the
+        checkpoint's last step, as the envs' own auto-reset would have: the episodes in progress at the checkpoint
+        end there as truncated ones. Without it the last transition of each cut episode was followed in the replay
+        by the first observation of the restarted env's new episode, so its n-step return and bootstrap state ran
+        into another episode."""
+        frames, self._cut_frames = self._cut_frames, None
+        if frames is None or self.replay.t == 0:
+            return
+        n = self.env.num_envs
+        none = np.zeros(n, dtype=bool)
+        self.replay.add_observation(frames, np.zeros(n, dtype=np.int64), none, none)
+        self.replay.add_outcome(np.zeros(n, dtype=np.float32), none)
 
     def _out_of_time(self, deadline: float, unit: str) -> bool:
         """--max-minutes past `deadline` (perf_counter), or a stop request (SIGTERM), with steps left: checkpoint
@@ -885,6 +905,7 @@ class Trainer:
                          "replay": self.replay.generator.get_state(),
                          "augment": self.augment.generator.get_state() if self.augment is not None else None},
                  "analysis_obs": self.analysis_obs, "iteration_returns": list(self.iteration_returns),
+                 "last_frames": None if self.last_frames is None else torch.from_numpy(self.last_frames.copy()),
                  "resumes": self.resumes,
                  "resumed_without_replay": self.resumed_without_replay,
                  "analysis_batch": vars(self.analysis_batch) if self.analysis_batch is not None else None}
@@ -910,8 +931,11 @@ class Trainer:
             self.action_rng.bit_generator.state = rng["action"]
             if self.augment is not None:
                 self.augment.generator.set_state(rng["augment"])
+            if state.get("last_frames") is not None:  # (a checkpoint written before it was kept has none)
+                self.last_frames = state["last_frames"].numpy().copy()
             if state.get("replay") is not None:
                 self.replay.load_state_dict(state["replay"])
+                self._cut_frames = self.last_frames  # the replay's episodes in progress end at these frames
             else:  # an empty replay: min_replay steps are collected again before learning resumes
                 self.replay.generator.set_state(rng["replay"])
             if state.get("analysis_obs") is not None:

@@ -371,3 +371,36 @@ def test_a_checkpoint_unreadable_for_an_io_error_is_not_set_aside(tmp_path, monk
                                          "instead$"):
         Trainer.resume(tmp_path / "run", cfg, env=ChainEnv(num_envs=NUM_ENVS))
     assert list_checkpoints(ckpt_dir) == [older, newest]
+
+
+@pytest.mark.parametrize("replay", ["uniform", "prioritized"])
+def test_a_resume_ends_the_cut_episodes_instead_of_joining_them_to_the_new_ones(tmp_path, monkeypatch, replay):
+    """The envs restart on a resume, so the episodes in progress at the checkpoint are cut. Their last transitions
+    must not bootstrap from (nor sum the rewards of) the first steps of the restarted envs' new episodes: the
+    resumed run stores the envs' observations after the checkpoint's last step in an auto-reset row, as a
+    truncation."""
+    cfg = config(replay, capacity=2000, total_steps=400)
+    with monkeypatch.context() as m:
+        _interrupt_after(m, 1)
+        killed = Trainer(cfg, tmp_path / "run", env=ChainEnv(num_envs=NUM_ENVS))
+        with pytest.raises(KeyboardInterrupt):
+            killed.run()
+        killed.close()
+        after_step = killed.env.obs[:, -1].copy()  # what the envs showed after the checkpoint's last step
+    resumed = resume(cfg, tmp_path / "run")
+    cut = resumed.replay.t
+    resumed.run()
+    rp = resumed.replay
+    lo, hi = rp.sample_range()
+    assert lo <= cut - 1 and cut + 1 <= hi
+    # Anywhere in the replay, an episode's first observation follows an auto-reset row or a terminal step.
+    for t in range(lo, hi):
+        joined = rp.executed[t % rp.T] & ~rp.terminal[t % rp.T] & rp.first[(t + 1) % rp.T]
+        assert not joined.any(), f"vector step {t} (cut at {cut}) runs into a new episode in envs {joined.tolist()}"
+    # The cut episodes' last transitions bootstrap from the observation that followed them.
+    envs = torch.arange(NUM_ENVS)
+    _, _, next_t = rp._n_step(torch.full((NUM_ENVS,), cut - 1), envs)
+    assert next_t.tolist() == [cut] * NUM_ENVS
+    assert np.array_equal(rp._stacks(next_t, envs)[:, -1].numpy(), after_step)
+    if replay == "prioritized":  # the auto-reset row is never drawn
+        assert (rp.priorities().view(rp.T, NUM_ENVS)[cut % rp.T] == 0).all()
