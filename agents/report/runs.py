@@ -217,6 +217,7 @@ ITERATION_COLUMNS = ("iteration", "agent_steps", "frames", "score")
 LOOP_SPLIT_KEYS = ("env_wait", "device_wait", "host")  # summary.json's last_loop_split (Trainer._log_loop_split)
 EVAL_COLUMNS = ("eval_score", "eval_episodes")  # written by trainers with an evaluation phase (empty when off)
 OPTIONAL_COLUMNS = (*EVAL_COLUMNS, "fps")  # read where the header has them
+SCORE_COLUMNS = ("score", "eval_score")
 # May be empty or nan: no episode finished in the iteration (scores); no speed recorded (fps).
 _OPTIONAL_NUMBERS = ("score", *OPTIONAL_COLUMNS)
 
@@ -253,6 +254,9 @@ def read_iterations(path: Path) -> tuple[dict[str, np.ndarray], int | None]:
                 x = None
             if x is None or (not math.isfinite(x) and c not in _OPTIONAL_NUMBERS):
                 raise RunError(f"{path}, line {lineno}: {c} is {v!r}, not a number")
+            if math.isinf(x) and c in SCORE_COLUMNS:  # only nan or empty means "no episode ended": an infinite
+                # score was read as that, and the run's previous score stood in for it
+                raise RunError(f"{path}, line {lineno}: {c} is {v!r}, not a finite number")
             cols[c].append(x)
     return {c: np.asarray(v, dtype=np.float64) for c, v in cols.items()}, truncated
 

@@ -74,6 +74,24 @@ def test_garbage_line_skips_that_run_and_reports_the_others(runs, tmp_path, caps
     assert f"skipped run {bad.parent}" in (out / "report.md").read_text()
 
 
+@pytest.mark.parametrize("value", ["inf", "-inf", "Infinity"])
+def test_an_infinite_score_skips_the_run_never_stands_for_no_episode(runs, tmp_path, capsys, value):
+    # nan (or empty) means "no episode ended"; an infinite score used to be read as that too, so the run's
+    # previous score silently stood in for it (warned as "no episode finished in the last iteration")
+    bad = runs / "Breakout_s1_0.95_w3" / "iterations.csv"
+    lines = bad.read_text().splitlines(keepends=True)
+    header = lines[0].strip().split(",")
+    row = lines[-1].strip().split(",")
+    row[header.index("score")] = value
+    lines[-1] = ",".join(row) + "\n"
+    bad.write_text("".join(lines))
+    code, out = _report(runs, tmp_path)
+    assert code == 0
+    err = capsys.readouterr().err
+    assert f"skipped run {bad.parent}: {bad}, line {len(lines)}: score is {value!r}, not a finite number" in err
+    assert ("Breakout", 1) not in _final_rows(out)
+
+
 def test_truncated_last_row_is_unfinished_never_a_score(runs, tmp_path, capsys):
     d = runs / "Pong_s0_0.95_w3"
     text = (d / "iterations.csv").read_text()
