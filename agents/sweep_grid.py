@@ -137,6 +137,8 @@ def parse_seeds(value) -> list[int]:
             a, b = int(r.group(1)), int(r.group(2))
             if a > b:
                 raise SpecError(f"empty seed range {part!r}")
+            if a < 0 or b >= SEED_LIMIT:  # checked before expanding: '1..2000000000' filled memory, no message
+                _check_seeds([*range(a, min(b, -1) + 1)[:5], *range(max(a, SEED_LIMIT), b + 1)[:5]])
             seeds.extend(range(a, b + 1))
         elif re.fullmatch(r"-?\d+", part):
             seeds.append(int(part))

@@ -179,6 +179,9 @@ def test_bad_specs_are_clear_errors(tmp_path, capsys):
         # Every run of these failed at its start (agents.train's --seed).
         ({**good, "seeds": "-2..0"}, "seeds must be in [0, 2**30) (agents.train's --seed), got -2, -1"),
         ({**good, "seeds": [2**31]}, "seeds must be in [0, 2**30)"),
+        # A range past the bound was expanded before the check: a billion seeds filled memory, no message.
+        ({**good, "seeds": "1..2000000000"}, "seeds must be in [0, 2**30) (agents.train's --seed), got 1073741824"),
+        ({**good, "seeds": "-3000000000..0"}, "seeds must be in [0, 2**30) (agents.train's --seed), got -3000000000"),
     ]:
         with pytest.raises(SpecError) as e:
             build_sweep(spec, "spec.toml")
