@@ -344,7 +344,7 @@ def build_parser(status: bool) -> argparse.ArgumentParser:
                    "(stopped by --max-minutes, or failed with retries left)")
     p.add_argument("--backend", choices=("local", "ray"), default="local", help="local worker processes (default) "
                    "or tasks on a Ray cluster (pip install 'prunerl[ray]')")
-    p.add_argument("--address", default="auto", help="Ray cluster: 'auto' (the cluster this machine belongs to) or "
+    p.add_argument("--address", default=None, help="Ray cluster: 'auto' (the cluster this machine belongs to) or "
                    "HOST:PORT (default: auto)")
     p.add_argument("--parallel", type=int, metavar="N", help="runs at once (local; default: GPUs x --runs-per-gpu, "
                    "or on a machine without GPUs cores / --cpus-per-run)")
@@ -390,6 +390,14 @@ def parse(argv: list[str], status: bool) -> tuple[argparse.Namespace, Sweep, Pat
         p.error(f"--max-minutes must be > 0 and finite, got {args.max_minutes:g}")  # else every launch fails
     if not status and not 0 < args.log_interval < math.inf:
         p.error(f"--log-interval must be > 0 and finite, got {args.log_interval:g}")
+    if not status and args.backend != "ray":  # else ignored: the runs trained here, not on the cluster named
+        if args.address is not None:
+            p.error(f"--address {args.address} names a Ray cluster: add --backend ray (without it every run trains "
+                    "on this machine)")
+    elif not status:
+        for flag, value in (("--index", args.index), ("--parallel", args.parallel)):
+            if value is not None:  # else ignored: --index ran its run here, Ray decides how many run at once
+                p.error(f"{flag} is an option of the local backend, not of --backend ray")
     if args.spec is not None and Path(args.spec).is_dir():
         return args, sweep, Path(args.spec).resolve()
     return args, sweep, Path(args.sweeps_dir).resolve() / sweep.name

@@ -49,9 +49,10 @@ def run_ray(sweep, sweep_dir: Path, todo: list[Run], statuses, args) -> dict:
         print(f"nothing to do here -> {sweep_dir}\n{summary_line(sweep, statuses)}")
         return {}
     try:
-        ray.init(address=args.address, logging_level="WARNING", log_to_driver=False)
+        ray.init(address=args.address or "auto", logging_level="WARNING", log_to_driver=False)
     except ConnectionError as e:  # e.g. --address auto with no cluster started on this machine
-        raise SweepError(f"cannot reach a Ray cluster at --address {args.address!r}: {str(e).splitlines()[0]} "
+        address = args.address or "auto"
+        raise SweepError(f"cannot reach a Ray cluster at --address {address!r}: {str(e).splitlines()[0]} "
                          "(start one with `ray start --head`, or give its address)") from None
     try:
         gpus = ray.cluster_resources().get("GPU", 0)

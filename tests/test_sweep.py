@@ -654,6 +654,20 @@ def test_killed_sweep_restarts_and_completes_every_run(tmp_path):
     assert status.returncode == 0 and "4 done" in status.stdout, status.stdout + status.stderr
 
 
+@pytest.mark.parametrize("argv, message", [
+    (["--address", "10.0.0.1:6379"], "--address 10.0.0.1:6379 names a Ray cluster: add --backend ray"),
+    (["--backend", "ray", "--index", "0"], "--index is an option of the local backend, not of --backend ray"),
+    (["--backend", "ray", "--parallel", "4"], "--parallel is an option of the local backend, not of --backend ray"),
+])
+def test_options_of_the_other_backend_are_usage_errors(tmp_path, capsys, argv, message):
+    """They were ignored: --address without --backend ray trained every run on this machine, --index with it
+    trained its run here, not on the cluster."""
+    spec = tiny_spec(tmp_path / "s.toml", "mixed", seeds="1")
+    with pytest.raises(SystemExit) as e:
+        main([str(spec), "--sweeps-dir", str(tmp_path / "sweeps"), "--dry-run", *argv])
+    assert e.value.code == 2 and message in capsys.readouterr().err
+
+
 def test_ray_backend_without_a_cluster_is_a_usage_error(tmp_path, capsys, monkeypatch):
     """No Ray cluster at --address: one line and exit 2 (it was a traceback and exit 1, which reads as "a run
     failed"); with nothing left to run, Ray is not even contacted."""
