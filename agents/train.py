@@ -1134,6 +1134,11 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, Path | None]
     help_from_docstrings(TrainConfig)
     cfg = tyro.cli(_cli(default), args=rest, description=DESCRIPTION, prog="python -m agents.train")
     if saved is None:
+        name = cfg.run_name
+        if name is not None and (not name.strip() or name in (".", "..") or "/" in name or os.sep in name):
+            # "" fell back to a new timestamped name (a requeued job started a new run each time instead of
+            # resuming), "." made --runs-dir itself the run directory, a path put the run outside --runs-dir
+            raise UsageError(f"--run-name must name one directory inside --runs-dir, got {name!r}")
         unread = cfg.unread_options()
         if unread:  # the run would not do what its config says
             raise UsageError(f"{unread}: drop the option(s), or choose an agent or method that reads them (a run "

@@ -442,3 +442,13 @@ def test_sigterm_stops_the_run_with_a_checkpoint_and_a_second_one_at_once(tmp_pa
     monkeypatch.setattr(Trainer, "act", act)
     assert main(args) == 0
     assert [int(r["iteration"]) for r in read_csv(tmp_path / "r" / "iterations.csv")] == [1, 2]
+
+
+@pytest.mark.parametrize("name", ["", "  ", ".", "..", "a/b", "../escape"])
+def test_a_run_name_that_is_not_one_directory_is_a_usage_error(tmp_path, name):
+    """'' fell back to a new timestamped name (a requeued job with an unset $NAME started a new run each time
+    instead of resuming it), '.' made --runs-dir itself the run directory, a path left --runs-dir."""
+    with pytest.raises(UsageError, match="--run-name must name one directory inside --runs-dir"):
+        parse_args([*TINY, "--runs-dir", str(tmp_path), "--run-name", name])
+    cfg, _ = parse_args([*TINY, "--runs-dir", str(tmp_path), "--run-name", "r.1_x-y"])
+    assert cfg.run_name == "r.1_x-y"
