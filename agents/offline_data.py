@@ -228,6 +228,8 @@ def checkpoint_suffixes(data_dir: Path) -> list[int]:
 def resolve_data_dir(data: str | Path) -> Path:
     """The folder that holds the checkpoint files: `data` itself, or its replay_logs/ subfolder."""
     path = Path(data).expanduser()
+    if path.exists() and not path.is_dir():
+        raise DatasetError(f"offline data directory {path} is a file, not a directory")
     if not path.is_dir():
         raise DatasetError(f"offline data directory {path} does not exist")
     for candidate in (path, path / "replay_logs"):
@@ -372,6 +374,12 @@ def load_fixed_replay(data: str | Path, checkpoints: str, fraction: float, chunk
     info = {"data_dir": str(data_dir.resolve()), "checkpoints": suffixes, "fraction": fraction, "chunk": chunk,
             "seed": seed, "stack": stack, "n_step": n_step, "gamma": gamma, "reward_clip": reward_clip,
             "files": {s: [_fingerprint(file_path(data_dir, n, s)) for n in FILES] for s in suffixes}}
+    if cache_dir is not None:  # (a file there was an OSError naming neither the option nor what it is for)
+        try:
+            Path(cache_dir).mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise DatasetError(f"--offline.cache-dir {cache_dir} cannot be used as a directory: "
+                               f"{e.strerror or e}") from None
     # One process at a time builds a sample's cache: a second run of the same sample (a sweep's dense and pruned
     # twins) opening it to write while the first streamed into it zeroed the first's frames.
     lock = run_lock(Path(cache_dir) / f".{_cache_key(info)}.lock", wait=True) if cache_dir is not None \

@@ -283,6 +283,22 @@ def _gz_npy(path, array):
         np.save(f, array, allow_pickle=False)
 
 
+def test_a_file_for_the_data_or_cache_directory_is_named(tmp_path):
+    """A file as --offline.data read as "does not exist"; as --offline.cache-dir it was an OSError (exit 1) naming
+    neither the option nor its use."""
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    write_checkpoints(data_dir)
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    with pytest.raises(DatasetError, match="offline data directory .*a_file is a file, not a directory"):
+        load(a_file)
+    with pytest.raises(DatasetError, match="--offline.cache-dir .*a_file cannot be used as a directory: File exists"):
+        load(data_dir, cache_dir=a_file)
+    with pytest.raises(DatasetError, match="--offline.cache-dir .*a_file/sub cannot be used as a directory"):
+        load(data_dir, cache_dir=a_file / "sub")
+
+
 def test_missing_truncated_and_mismatched_files_are_named(tmp_path):
     write_checkpoints(tmp_path, suffixes=(0, 1))
     with pytest.raises(DatasetError, match="does not exist"):
