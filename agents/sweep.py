@@ -400,7 +400,13 @@ def parse(argv: list[str], status: bool) -> tuple[argparse.Namespace, Sweep, Pat
                 p.error(f"{flag} is an option of the local backend, not of --backend ray")
     if args.spec is not None and Path(args.spec).is_dir():
         return args, sweep, Path(args.spec).resolve()
-    return args, sweep, Path(args.sweeps_dir).resolve() / sweep.name
+    sweep_dir = Path(args.sweeps_dir).resolve() / sweep.name
+    for d in (sweep_dir, *sweep_dir.parents):  # (a file on the way was a NotADirectoryError traceback)
+        if d.exists():
+            if not d.is_dir():
+                p.error(f"--sweeps-dir {args.sweeps_dir}: {d} is a file, not a directory")
+            break
+    return args, sweep, sweep_dir
 
 
 def _quote(token: str) -> str:

@@ -668,6 +668,20 @@ def test_options_of_the_other_backend_are_usage_errors(tmp_path, capsys, argv, m
     assert e.value.code == 2 and message in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("status", [True, False])
+@pytest.mark.parametrize("where", ["sweeps", "sweeps/files"])
+def test_a_file_in_place_of_the_sweeps_dir_is_a_usage_error(tmp_path, capsys, status, where):
+    """The status (or a dry run) read the runs' state files under it: a NotADirectoryError traceback."""
+    spec = tiny_spec(tmp_path / "s.toml", "files", seeds="1")
+    (tmp_path / "sweeps").write_text("")
+    argv = [*(["status"] if status else []), str(spec), "--sweeps-dir", str(tmp_path / where),
+            *([] if status else ["--dry-run"])]
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and f"{tmp_path / 'sweeps'} is a file, not a directory" in err, err
+
+
 def test_ray_backend_without_a_cluster_is_a_usage_error(tmp_path, capsys, monkeypatch):
     """No Ray cluster at --address: one line and exit 2 (it was a traceback and exit 1, which reads as "a run
     failed"); with nothing left to run, Ray is not even contacted."""
