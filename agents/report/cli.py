@@ -130,6 +130,9 @@ def _games(names: str) -> list[str]:
 
 def report(args: argparse.Namespace) -> int:
     out = Path(args.out)
+    if (out / "config.json").is_file():  # its summary.json (finished, sparsity flags) was overwritten by ours
+        raise ReportError(f"--out {out} is a run directory (it holds config.json): the report's summary.json would "
+                          "replace the run's; write the report to another folder")
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:

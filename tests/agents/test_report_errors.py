@@ -44,6 +44,15 @@ def test_empty_or_missing_directory_is_a_usage_error(tmp_path, capsys):
     assert res.returncode == 2 and "Traceback" not in res.stderr and res.stderr.startswith("error: no run dir")
 
 
+def test_out_in_a_run_directory_is_a_usage_error_and_the_run_is_untouched(runs, tmp_path, capsys):
+    """--out RUN_DIR wrote the report's summary.json over the run's own (its finished flag and sparsity flags)."""
+    run = runs / "Breakout_s1_0.95_w3"
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    assert report.main([str(runs), "--out", str(run), "--reps", "50", "--no-figures"]) == 2
+    assert f"error: --out {run} is a run directory (it holds config.json)" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
+
+
 def test_a_negative_bootstrap_seed_is_a_usage_error(runs, tmp_path, capsys):
     with pytest.raises(SystemExit) as e:  # a ValueError traceback from inside numpy's SeedSequence before
         _report(runs, tmp_path, "--seed", "-1")
