@@ -14,6 +14,7 @@ code that ran).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import os
@@ -57,20 +58,23 @@ def main() -> int:
 
     import agents.train as train
     from agents.config import get_preset
+    from agents.envs import resolve_game
 
     try:
         cfg = get_preset(args.preset)
+        preset_total_steps = cfg.total_steps
+        # dataclasses.replace re-runs the configs' checks (fields set one by one skipped them: --max-minutes -1
+        # wrote a JSON of an 8-step run, a bad --game or --total-steps was a traceback from inside the trainer)
+        changes = dict(device="cpu", progress=False, tensorboard=False, max_minutes=args.max_minutes)
+        if args.game is not None:
+            changes["env"] = dataclasses.replace(cfg.env, game=resolve_game(args.game))
+        if args.channels_last:
+            changes["channels_last"] = True
+        if args.total_steps is not None:
+            changes["total_steps"] = changes["iteration_steps"] = args.total_steps
+        cfg = dataclasses.replace(cfg, **changes)
     except ValueError as e:
         parser.error(str(e).replace("--list-presets", "python -m agents.train --list-presets"))
-    cfg.device, cfg.progress, cfg.tensorboard = "cpu", False, False
-    preset_total_steps = cfg.total_steps
-    if args.game is not None:
-        cfg.env.game = args.game
-    if args.channels_last:
-        cfg.channels_last = True
-    cfg.max_minutes = args.max_minutes
-    if args.total_steps is not None:
-        cfg.total_steps = cfg.iteration_steps = args.total_steps
     load_before, sha = os.getloadavg(), train.git_sha() or "unknown"  # the code that runs (HEAD may move meanwhile)
     with tempfile.TemporaryDirectory() as tmp:
         trainer = train.Trainer(cfg, Path(tmp) / "run")
