@@ -15,6 +15,7 @@ written likely still in the page cache), and, for comparison, writing the whole 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import os
@@ -101,10 +102,24 @@ def main() -> int:
     from agents.checkpoint import CheckpointStore, load_latest_checkpoint
     from agents.config import get_preset
 
-    cfg = get_preset(args.preset)
-    cfg.device, cfg.replay_device, cfg.progress, cfg.tensorboard = "cpu", "cpu", False, False
-    cfg.replay_capacity = args.replay_capacity or cfg.replay_capacity
-    cfg.iteration_steps = args.iteration_steps or cfg.iteration_steps
+    if args.iterations < 1:
+        parser.error(f"--iterations must be >= 1, got {args.iterations}")
+    try:  # dataclasses.replace runs the config's checks (a bad preset or step count was a traceback)
+        cfg = get_preset(args.preset)
+        cfg = dataclasses.replace(cfg, device="cpu", replay_device="cpu", progress=False, tensorboard=False,
+                                  replay_capacity=cfg.replay_capacity if args.replay_capacity is None
+                                  else args.replay_capacity,
+                                  iteration_steps=cfg.iteration_steps if args.iteration_steps is None
+                                  else args.iteration_steps)
+    except ValueError as e:
+        parser.error(str(e).replace("--list-presets", "python -m agents.train --list-presets"))
+    if cfg.replay_capacity < 1:
+        parser.error(f"--replay-capacity must be >= 1, got {cfg.replay_capacity}")
+    per_iteration = cfg.iteration_steps // cfg.env.num_envs * cfg.env.num_envs
+    if args.iterations * per_iteration <= cfg.replay_capacity:  # else max() of no steady-state checkpoint
+        needed = cfg.replay_capacity // max(per_iteration, 1) + 1
+        parser.error(f"{args.iterations} iterations of {per_iteration} transitions never take the replay past its "
+                     f"{cfg.replay_capacity} (the steady state measured): give --iterations {needed} or more")
     base = Path(tempfile.mkdtemp(dir=args.dir))
     try:
         trainer = train.Trainer(cfg, base / "run", env=SyntheticEnv(cfg.env.num_envs))
