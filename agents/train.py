@@ -286,6 +286,7 @@ class Trainer:
         # Envs cannot be snapshotted: they restart, with a seed offset so the trajectories are new ones.
         if env is None:
             env = make_env(cfg.env, seed=cls.resumed_env_seed(cfg, int(state["iteration"])))
+        _check_same_env_backend(run_dir, env)
         return cls(cfg, run_dir, checkpoint=state, env=env)
 
     @staticmethod
@@ -1092,6 +1093,21 @@ def read_run_config(run_dir: Path) -> TrainConfig:
         _warned_unread.add(key)               # as it was configured (said once: a command reads config.json twice)
         warnings.warn(f"{run_dir}: {unread}; the run was started with it and continues so", stacklevel=2)
     return cfg
+
+
+def _check_same_env_backend(run_dir: Path, env) -> None:
+    """A resume must step the backend the run started on: `env.backend = auto` falls back from envpool to ale-py
+    where envpool is not importable, and the two start episodes differently (envpool plays a no-op frame at
+    reset), so a run resumed on a machine without envpool would silently train on another environment."""
+    try:
+        started_on = json.loads((Path(run_dir) / "config.json").read_text()).get("env_backend")
+    except (OSError, ValueError, AttributeError):
+        return  # (read_run_config has already read it; a run saved before the backend was recorded has none)
+    if started_on is not None and started_on != env.backend:
+        env.close()
+        raise CheckpointError(f"cannot resume {run_dir}: it started on the {started_on} env backend and would go on "
+                              f"with {env.backend} (resolved from --env.backend here); install {started_on} on this "
+                              "machine, or resume where the run started")
 
 
 _warned_unread: set[tuple[str, str]] = set()  # (run directory, unread options) already warned of in this process

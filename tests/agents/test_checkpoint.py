@@ -404,3 +404,22 @@ def test_a_resume_ends_the_cut_episodes_instead_of_joining_them_to_the_new_ones(
     assert np.array_equal(rp._stacks(next_t, envs)[:, -1].numpy(), after_step)
     if replay == "prioritized":  # the auto-reset row is never drawn
         assert (rp.priorities().view(rp.T, NUM_ENVS)[cut % rp.T] == 0).all()
+
+
+def test_a_resume_on_another_env_backend_is_refused(tmp_path, monkeypatch):
+    """`env.backend = auto` resolves to ale-py where envpool is not importable: a run started on envpool and
+    resumed on such a machine would go on in another environment, so the resume refuses and names both."""
+    cfg = config(total_steps=600)
+    with monkeypatch.context() as m:
+        _interrupt_after(m, 1)
+        killed = Trainer(cfg, tmp_path / "run", env=ChainEnv(num_envs=NUM_ENVS))
+        with pytest.raises(KeyboardInterrupt):
+            killed.run()
+        killed.close()
+
+    class OtherBackend(ChainEnv):
+        backend = "ale"
+
+    with pytest.raises(CheckpointError, match=r"started on the chain env backend and would go on with ale"):
+        Trainer.resume(tmp_path / "run", cfg, env=OtherBackend(num_envs=NUM_ENVS))
+    Trainer.resume(tmp_path / "run", cfg, env=ChainEnv(num_envs=NUM_ENVS)).close()  # the same backend resumes
