@@ -52,9 +52,10 @@ def topk_magnitude_masks(weights: Sequence[torch.Tensor], keep_counts, *, out=No
     starts from the previous threshold (pass the same list of tensors, not new views, at every call).
     """
     kwargs = dict(out=out, exp_avgs=exp_avgs, exp_avg_sqs=exp_avg_sqs)
-    if not (type(weights) in _PLAIN and type(out) in _PLAIN and type(exp_avgs) in _PLAIN
+    if not (type(weights) in _LISTS and type(out) in _PLAIN and type(exp_avgs) in _PLAIN
             and type(exp_avg_sqs) in _PLAIN):
         _refuse_bare_tensors(weights=weights, **kwargs)
+        _refuse_none(weights=weights)
     if len(weights) == 0:
         return []
     try:
@@ -81,9 +82,10 @@ def masked_adam_(params, grads, exp_avgs, exp_avg_sqs, masks, *, step, lr: float
     Triton path leaves the skipped pruned weights as they were (unmasked) where the CPU paths, which ignore the
     flag, zero them. The Triton path needs contiguous tensors, one gradient dtype per call.
     """
-    if not (type(params) in _PLAIN and type(grads) in _PLAIN and type(exp_avgs) in _PLAIN
-            and type(exp_avg_sqs) in _PLAIN and type(masks) in _PLAIN):
+    if not (type(params) in _LISTS and type(grads) in _LISTS and type(exp_avgs) in _LISTS
+            and type(exp_avg_sqs) in _LISTS and type(masks) in _LISTS):
         _refuse_bare_tensors(params=params, grads=grads, exp_avgs=exp_avgs, exp_avg_sqs=exp_avg_sqs, masks=masks)
+        _refuse_none(params=params, grads=grads, exp_avgs=exp_avgs, exp_avg_sqs=exp_avg_sqs, masks=masks)
     if len(params) == 0:
         return
     try:
@@ -119,7 +121,8 @@ def _triton_module(name: str):
 # The happy path pays a type lookup per list argument (~0.2 us a call; isinstance(x, torch.Tensor) costs ~130 ns
 # each): the entries are examined only once a call has failed with a TypeError or AttributeError (a None inside a
 # list fails deep in a backend, far from its cause).
-_PLAIN = (list, tuple, type(None))
+_LISTS = (list, tuple)
+_PLAIN = (*_LISTS, type(None))  # (optional lists)
 
 
 def _refuse_bare_tensors(**lists) -> None:
@@ -128,6 +131,14 @@ def _refuse_bare_tensors(**lists) -> None:
         if isinstance(seq, torch.Tensor):
             raise TypeError(f"{name} must be a list of tensors, got a tensor of shape {tuple(seq.shape)} (iterating "
                             "it would give its rows); for one tensor, pass a list of one")
+
+
+def _refuse_none(**lists) -> None:
+    """Lists that are required (a None list was "'NoneType' object is not iterable", deep in a backend)."""
+    for name, seq in lists.items():
+        if seq is None:
+            hint = " (for no masks, pass [None] * len(params): plain Adam)" if name == "masks" else ""
+            raise TypeError(f"{name} must be a list of tensors, got None{hint}")
 
 
 def _name_non_tensors(may_be_none: tuple[str, ...] = (), **lists) -> None:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import torch
 
@@ -40,7 +40,15 @@ def check_count_dtype(keep_counts: torch.Tensor) -> None:
 def _check_keep_counts(weights: Sequence[torch.Tensor], keep_counts) -> list[int]:
     if isinstance(keep_counts, torch.Tensor):
         check_count_dtype(keep_counts)
-    counts = keep_counts.tolist() if isinstance(keep_counts, torch.Tensor) else list(keep_counts)
+        if keep_counts.dim() != 1:  # a 0-d tensor's tolist() is a bare int
+            raise ValueError(f"keep_counts must be one count per weight tensor (1-D); got a tensor of shape "
+                             f"{tuple(keep_counts.shape)}")
+        counts = keep_counts.tolist()
+    elif isinstance(keep_counts, Iterable) and not isinstance(keep_counts, Mapping | str | bytes):
+        counts = list(keep_counts)
+    else:  # an int was "'int' object is not iterable", a dict a KeyError
+        raise TypeError(f"keep_counts must be a list or 1-D tensor of one count per weight tensor; got "
+                        f"{type(keep_counts).__name__}")
     if len(counts) != len(weights):
         raise ValueError(f"got {len(weights)} weight tensors but {len(counts)} keep counts")
     for i, (w, k) in enumerate(zip(weights, counts)):

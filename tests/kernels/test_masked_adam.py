@@ -414,6 +414,8 @@ def test_every_backend_names_an_entry_that_is_not_a_tensor(monkeypatch, backend)
         ((params, grads, m, [v[0], 0.0], masks), r"exp_avg_sqs\[1\] must be a tensor, got float"),
         ((params[0], grads[0], m[0], v[0], [masks[0]] * 8), r"params must be a list of tensors, got a tensor of "
                                                             r"shape \(8, 6\) \(iterating it would give its rows\)"),
+        ((params, grads, m, v, None), r"masks must be a list of tensors, got None \(for no masks, pass \[None\]"),
+        ((params, None, m, v, masks), r"grads must be a list of tensors, got None$"),
     ]:
         with pytest.raises(TypeError, match=message):
             kernels.masked_adam_(*lists, step=1, lr=1e-3)

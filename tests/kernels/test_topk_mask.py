@@ -445,6 +445,13 @@ def test_every_backend_refuses_what_the_kernels_refuse(monkeypatch, backend):
     bools = [torch.empty(t.shape, dtype=torch.bool, device=DEVICE) for t in w]
     with pytest.raises(TypeError, match=r"keep_counts\[0\] = 2.5 \(float\); keep counts must be integers"):
         kernels.topk_magnitude_masks(w, [2.5, 5])
+    for counts in (2, {0: 2, 1: 5}):  # were "'int' object is not iterable" and KeyError: 0
+        with pytest.raises(TypeError, match=r"keep_counts must be a list or 1-D tensor of one count per weight "
+                                            rf"tensor; got {type(counts).__name__}"):
+            kernels.topk_magnitude_masks(w, counts)
+    with pytest.raises(ValueError, match=r"keep_counts must be .*1-D.*shape \(\)"):  # (tolist() gave a bare int)
+        kernels.topk_magnitude_masks(w, torch.tensor(2, device=DEVICE))
+    assert [int(m.sum()) for m in kernels.topk_magnitude_masks(w, iter([2, 5]))] == [2, 5]  # any iterable
     with pytest.raises(TypeError, match="integer tensor"):
         kernels.topk_magnitude_masks(w, torch.tensor([2.0, 5.0]))
     with pytest.raises(TypeError, match=r"out\[0\] has dtype torch.float32"):
