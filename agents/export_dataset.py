@@ -14,7 +14,8 @@ cut by the step cap ends without a terminal (Dopamine's old format has no episod
 sampler, and so the loader, bootstraps its last steps from the next episode's padding and also accepts the
 padding steps themselves (action 0) as transitions; on Atari the cap (27,000 steps) is rarely hit. Rewards are
 the raw game rewards (the published data holds clipped ones; the learner clips either way).
-`prunerl_dataset.json` names the game, action count and source run, so an offline run on another game is refused.
+`prunerl_dataset.json` names the game, action count and each checkpoint's source run and agent step, so an
+offline run on another game is refused, and so is a second export of one run's checkpoint into the folder.
 """
 
 from __future__ import annotations
@@ -90,8 +91,9 @@ def export_replay(replay: ReplayBuffer, out_dir: Path, suffix: int = 0) -> int:
     return int(slot.size)
 
 
-def load_run_replay(run_dir: Path) -> tuple[ReplayBuffer, dict]:
-    """The replay saved in a run's newest checkpoint, on the CPU, and the run's config.json."""
+def load_run_replay(run_dir: Path) -> tuple[ReplayBuffer, dict, int]:
+    """The replay saved in a run's newest checkpoint, on the CPU, the run's config.json and the checkpoint's
+    agent step."""
     run_dir = Path(run_dir)
     cfg = read_run_config(run_dir)
     state = load_latest_checkpoint(run_dir / "checkpoints", config=cfg.to_dict())
@@ -101,7 +103,7 @@ def load_run_replay(run_dir: Path) -> tuple[ReplayBuffer, dict]:
     frame_shape = _frame_shape(state["replay"])
     replay = make_replay(cfg, torch.device("cpu"), int(state["replay"]["num_envs"]), (4, *frame_shape))
     replay.load_state_dict(state["replay"])
-    return replay, json.loads((run_dir / "config.json").read_text())
+    return replay, json.loads((run_dir / "config.json").read_text()), int(state["agent_steps"])
 
 
 def _frame_shape(replay_state: dict) -> tuple[int, int]:
@@ -109,20 +111,28 @@ def _frame_shape(replay_state: dict) -> tuple[int, int]:
     return tuple(frames.shape[2:])
 
 
-def _check_same_game(out: Path, game: str, num_actions: int | None) -> None:
-    """A folder already exported to (another --suffix) holds one game's data: an export of another game there would
-    relabel it all, and an offline run of that game would train on both games' checkpoints."""
+def _check_folder(out: Path, game: str, num_actions: int | None, source: dict, suffix: int) -> dict:
+    """The checkpoints already exported to `out` (suffix -> source), checked against this export. A folder holds
+    one game's data: an export of another game there would relabel it all, and an offline run of that game would
+    train on both games' checkpoints. And one checkpoint of a run is exported once: the same replay under a second
+    suffix would be sampled twice as often as the folder's other checkpoints."""
     path = out / DATASET_INFO
     if not path.is_file():
-        return
+        return {}
     try:
         info = json.loads(path.read_text())
         theirs = (info["game"], info["num_actions"])
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        sources = dict(info.get("sources", {}))
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
         raise ValueError(f"{path} cannot be read ({e}); export into another --out") from e
     if not _same_game(theirs[0], game) or theirs[1] != num_actions:
         raise ValueError(f"{out} holds {theirs[0]} data ({theirs[1]} actions; {path}), not {game}'s "
                          f"({num_actions} actions): export into another --out")
+    for other, theirs_source in sources.items():
+        if theirs_source == source and other != str(suffix):
+            raise ValueError(f"{out} holds this replay already, as checkpoint {other} ({source['run']} at agent step "
+                             f"{source['agent_steps']:,}): a second copy would double its weight in the dataset")
+    return sources
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -135,15 +145,17 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--suffix must be >= 0, got {args.suffix}")
     out = args.out or args.run_dir / "dataset"
     try:
-        replay, meta = load_run_replay(args.run_dir)
-        _check_same_game(out, meta["config"]["env"]["game"], meta.get("num_actions"))
+        replay, meta, agent_steps = load_run_replay(args.run_dir)
+        source = {"run": str(Path(args.run_dir).resolve()), "agent_steps": agent_steps}
+        sources = _check_folder(out, meta["config"]["env"]["game"], meta.get("num_actions"), source, args.suffix)
         steps = export_replay(replay, out, args.suffix)
     except (CheckpointError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    sources[str(args.suffix)] = source
     info = {"game": meta["config"]["env"]["game"], "num_actions": meta.get("num_actions"),
-            "source_run": str(Path(args.run_dir).resolve()), "git_sha": meta.get("git_sha"),
-            "rewards": "raw (unclipped)"}
+            "sources": dict(sorted(sources.items(), key=lambda kv: int(kv[0]))),  # checkpoint -> run, agent step
+            "git_sha": meta.get("git_sha"), "rewards": "raw (unclipped)"}
     atomic_write_bytes(out / DATASET_INFO, lambda f: f.write((json.dumps(info, indent=2) + "\n").encode()))
     print(f"wrote {steps:,} steps (checkpoint {args.suffix}) of {info['game']} to {out}")
     return 0

@@ -114,6 +114,19 @@ def test_exported_run_names_its_game(chain_dataset):
     assert info["game"] == "Pong" and info["num_actions"] == 2  # chain_config keeps the default game name
 
 
+def test_one_checkpoint_of_a_run_is_exported_once_into_a_folder(tmp_path, chain_dataset, capsys):
+    """The same replay under a second --suffix was written again: the folder's dataset then held it twice, sampled
+    twice as often as any other checkpoint there. A re-export under the same suffix overwrites, as before."""
+    run, out = chain_dataset.parent, tmp_path / "data"
+    assert export_main([str(run), "--out", str(out)]) == 0
+    assert export_main([str(run), "--out", str(out)]) == 0
+    assert export_main([str(run), "--out", str(out), "--suffix", "1"]) == 2
+    assert "holds this replay already, as checkpoint 0" in capsys.readouterr().err
+    assert not list(out.glob("*ckpt.1.gz"))
+    sources = json.loads((out / DATASET_INFO).read_text())["sources"]
+    assert list(sources) == ["0"] and sources["0"]["run"] == str(run.resolve()) and sources["0"]["agent_steps"] > 0
+
+
 def test_a_negative_suffix_is_a_usage_error(tmp_path, chain_dataset, capsys):
     # It wrote $store$_observation_ckpt.-1.gz and the rest, files no dataset reader lists (checkpoints are N >= 0).
     with pytest.raises(SystemExit) as e:
