@@ -141,18 +141,24 @@ def _interrupt_after(monkeypatch, iterations):
     monkeypatch.setattr(Trainer, "_end_iteration", end_then_die)
 
 
+def killed_after(monkeypatch, cfg, run_dir, iterations) -> Trainer:
+    """A run killed right after its checkpoint at the end of `iterations` (closed)."""
+    with monkeypatch.context() as m:
+        _interrupt_after(m, iterations)
+        killed = Trainer(cfg, run_dir, env=ChainEnv(num_envs=NUM_ENVS))
+        with pytest.raises(KeyboardInterrupt):
+            killed.run()
+        killed.close()
+    return killed
+
+
 @pytest.mark.parametrize("save_replay", [True, False])
 def test_a_resumed_run_keeps_its_schedule(tmp_path, monkeypatch, save_replay):
     cfg = config(save_replay=save_replay)
     whole = Trainer(cfg, tmp_path / "whole", env=ChainEnv(num_envs=NUM_ENVS))
     whole_summary = whole.run()
 
-    with monkeypatch.context() as m:
-        _interrupt_after(m, 2)
-        killed = Trainer(cfg, tmp_path / "killed", env=ChainEnv(num_envs=NUM_ENVS))
-        with pytest.raises(KeyboardInterrupt):
-            killed.run()
-        killed.close()
+    killed_after(monkeypatch, cfg, tmp_path / "killed", 2)
     resumed = resume(cfg, tmp_path / "killed")
     summary = resumed.run()
     assert summary["resumed"] == 1 and summary["resumed_without_replay"] is (not save_replay)
@@ -380,13 +386,8 @@ def test_a_resume_ends_the_cut_episodes_instead_of_joining_them_to_the_new_ones(
     resumed run stores the envs' observations after the checkpoint's last step in an auto-reset row, as a
     truncation."""
     cfg = config(replay, capacity=2000, total_steps=400)
-    with monkeypatch.context() as m:
-        _interrupt_after(m, 1)
-        killed = Trainer(cfg, tmp_path / "run", env=ChainEnv(num_envs=NUM_ENVS))
-        with pytest.raises(KeyboardInterrupt):
-            killed.run()
-        killed.close()
-        after_step = killed.env.obs[:, -1].copy()  # what the envs showed after the checkpoint's last step
+    killed = killed_after(monkeypatch, cfg, tmp_path / "run", 1)
+    after_step = killed.env.obs[:, -1].copy()  # what the envs showed after the checkpoint's last step
     resumed = resume(cfg, tmp_path / "run")
     cut = resumed.replay.t
     resumed.run()
@@ -410,12 +411,7 @@ def test_a_resume_on_another_env_backend_is_refused(tmp_path, monkeypatch):
     """`env.backend = auto` resolves to ale-py where envpool is not importable: a run started on envpool and
     resumed on such a machine would go on in another environment, so the resume refuses and names both."""
     cfg = config(total_steps=600)
-    with monkeypatch.context() as m:
-        _interrupt_after(m, 1)
-        killed = Trainer(cfg, tmp_path / "run", env=ChainEnv(num_envs=NUM_ENVS))
-        with pytest.raises(KeyboardInterrupt):
-            killed.run()
-        killed.close()
+    killed_after(monkeypatch, cfg, tmp_path / "run", 1)
 
     class OtherBackend(ChainEnv):
         backend = "ale"
