@@ -14,7 +14,9 @@ Protocol (paper section 4.1, Agarwal et al. 2021):
 Runs are grouped by the options that change the experiment (agents.config.experiment_fields: everything
 but RUNTIME_FIELDS) except game, seed and --analysis-every (which changes no training), so runs that differ
 in anything that can change results (lr, batch size, budget, ...) are never averaged together, and runs
-that differ only in how they ran (--max-minutes, --device, speed flags, paths, logging) always are. Labels
+that differ only in how they ran (--max-minutes, --device, speed flags, paths, logging) always are.
+`env.backend = auto` counts as the backend that ran (config.json's env_backend: envpool, or ale-py where envpool
+could not be imported), since the two start episodes differently. Labels
 name what differs between configurations; report.md lists every differing field.
 
 Nothing is silently averaged. A configuration is complete when it has exactly one finished run, not flagged by its

@@ -306,6 +306,11 @@ def _load_run(path: Path, problems: list[str]) -> Run:
         if not isinstance(cfg.get(section), dict) or key not in cfg[section]:
             raise RunError(f"{path / 'config.json'} has no {section}.{key}; is this a prunerl run directory?")
     _check_types(cfg, path / "config.json")
+    resolved = meta.get("env_backend")
+    if cfg["env"].get("backend", "auto") == "auto" and resolved in ("envpool", "ale"):
+        # What ran: `auto` is envpool where it can be imported and ale-py elsewhere, and the two start episodes
+        # differently, so runs of one config on machines with and without envpool are two experiments.
+        cfg = {**cfg, "env": {**cfg["env"], "backend": resolved}}
     game = cfg["env"]["game"]
     game = ev.canonical_game(game) if ev.has_reference(game) else game
     iterations, truncated = read_iterations(path / "iterations.csv")

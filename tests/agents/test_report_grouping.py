@@ -36,6 +36,23 @@ def test_runtime_options_do_not_split_a_configuration(tmp_path):
     assert "None." in (out / "report.md").read_text().split("## Problems")[1]  # no run skipped
 
 
+def test_runs_of_env_backend_auto_are_grouped_by_the_backend_that_ran(tmp_path, capsys):
+    """`env.backend = auto` is envpool where it can be imported and ale-py elsewhere (config.json's env_backend
+    says which ran): the runs of one config on machines with and without envpool were one experiment."""
+    root = tmp_path / "runs"
+    for game, seed in product(GAMES, SEEDS):
+        d = write_run(root, game, seed, 0.95)  # seed 0: envpool given explicitly, the same experiment as auto's
+        if seed:
+            meta = json.loads((d / "config.json").read_text())
+            meta["config"]["env"]["backend"] = "auto"
+            meta["env_backend"] = "ale" if seed == 2 else "envpool"
+            (d / "config.json").write_text(json.dumps(meta))
+    out = tmp_path / "r"
+    assert report.main([str(root), "--out", str(out), "--reps", "50", "--no-figures"]) == 0
+    shapes = {c["label"]: np.array(c["scores"]).shape for c in summary(out).values()}
+    assert shapes == {"backend=envpool": (2, len(GAMES)), "backend=ale": (1, len(GAMES))}, shapes
+
+
 def test_experiment_options_do_split_a_configuration():
     base = TrainConfig().to_dict()
     changes = (("agent.lr", 1e-4), ("tf32", True), ("pruning.distribution", "uniform"), ("env.sticky_prob", 0))
