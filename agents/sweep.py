@@ -390,6 +390,10 @@ def parse(argv: list[str], status: bool) -> tuple[argparse.Namespace, Sweep, Pat
         p.error(f"--max-minutes must be > 0 and finite, got {args.max_minutes:g}")  # else every launch fails
     if not status and not 0 < args.log_interval < math.inf:
         p.error(f"--log-interval must be > 0 and finite, got {args.log_interval:g}")
+    if not status and args.count:
+        for flag, given in (("--index", args.index is not None), ("--dry-run", args.dry_run)):
+            if given:  # else ignored: --count prints the sweep's size and exits
+                p.error(f"--count prints the number of runs and exits; {flag} does nothing with it")
     if not status and args.backend != "ray":  # else ignored: the runs trained here, not on the cluster named
         if args.address is not None:
             p.error(f"--address {args.address} names a Ray cluster: add --backend ray (without it every run trains "

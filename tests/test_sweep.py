@@ -218,6 +218,10 @@ def test_command_line_axes_and_dry_run(tmp_path, capsys):
     assert not (tmp_path / "q").exists(), "a dry run wrote something"
     assert main(["--name", "q", "--presets", "demo", "--games", "Pong", "--seeds", "1", "--count"]) == 0
     assert capsys.readouterr().out.strip() == "1"
+    for flag in (["--index", "0"], ["--dry-run"]):  # were ignored: --count printed the size either way
+        with pytest.raises(SystemExit) as e:
+            main(["--name", "q", "--presets", "demo", "--games", "Pong", "--seeds", "1", "--count", *flag])
+        assert e.value.code == 2 and f"{flag[0]} does nothing with it" in capsys.readouterr().err
     with pytest.raises(SystemExit) as e:
         main([str(ROOT / "examples" / "sweeps" / "fig1.toml"), "--presets", "demo"])
     assert e.value.code == 2
