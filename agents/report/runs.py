@@ -203,14 +203,19 @@ def _field_types() -> dict[str, type]:
 
 def _check_types(cfg: dict, path: Path) -> None:
     """Every known field has its type (an int where a float is expected is fine), so that a hand-edited
-    `"seed": "abc"` is named here rather than grouped, sorted or formatted wrongly later."""
-    for k, v in flatten_config(cfg).items():
+    `"seed": "abc"` is named here rather than grouped, sorted or formatted wrongly later; and the sparsity, which
+    labels and axes show as a percentage, is a fraction in [0, 1) (a hand-edited 1.5 read "150% pruned")."""
+    flat = flatten_config(cfg)
+    for k, v in flat.items():
         want = _field_types().get(k)
         if want is None:
             continue  # a field this version does not know (older or newer trainer): nothing to check against
         ok = isinstance(v, want) if want is not float else isinstance(v, int | float)
         if not ok or (want is not bool and isinstance(v, bool)):
             raise RunError(f"{path}: {k} is {json.dumps(v)} ({type(v).__name__}), expected {want.__name__}")
+    sparsity = flat.get("pruning.final_sparsity", 0.0)
+    if not 0 <= sparsity < 1:  # (NaN fails too)
+        raise RunError(f"{path}: pruning.final_sparsity is {json.dumps(sparsity)}, not a fraction in [0, 1)")
 
 
 ITERATION_COLUMNS = ("iteration", "agent_steps", "frames", "score")

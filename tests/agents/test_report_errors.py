@@ -125,6 +125,8 @@ def test_truncated_last_row_is_unfinished_never_a_score(runs, tmp_path, capsys):
     ("network.width", 2.5, "network.width is 2.5 (float), expected int"),
     ("pruning.final_sparsity", "0.95", 'pruning.final_sparsity is "0.95" (str), expected float'),
     ("replay_ratio", True, "replay_ratio is true (bool), expected float"),
+    ("pruning.final_sparsity", 1.5, "pruning.final_sparsity is 1.5, not a fraction in [0, 1)"),  # "150% pruned"
+    ("pruning.final_sparsity", -0.1, "pruning.final_sparsity is -0.1, not a fraction in [0, 1)"),
 ])
 def test_config_with_a_wrong_type_is_named(runs, tmp_path, capsys, field, value, message):
     d = runs / "Enduro_s2_0.95_w3"
