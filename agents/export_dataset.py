@@ -95,8 +95,11 @@ def load_run_replay(run_dir: Path) -> tuple[ReplayBuffer, dict, int]:
     """The replay saved in a run's newest checkpoint, on the CPU, the run's config.json and the checkpoint's
     agent step."""
     run_dir = Path(run_dir)
-    cfg = read_run_config(run_dir)
-    state = load_latest_checkpoint(run_dir / "checkpoints", config=cfg.to_dict())
+    cfg = read_run_config(run_dir, purpose="export")
+    try:
+        state = load_latest_checkpoint(run_dir / "checkpoints", config=cfg.to_dict())
+    except CheckpointError as e:
+        raise CheckpointError(f"cannot export {run_dir}: {e}") from e
     if state.get("replay") is None:
         raise CheckpointError(f"the checkpoint of {run_dir} holds no replay: the run was trained with "
                               "--no-save-replay")

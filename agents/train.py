@@ -1076,13 +1076,15 @@ def experiment_differences(saved: TrainConfig, cfg: TrainConfig) -> list[str]:
             if a.get(k) != b.get(k)]
 
 
-def read_run_config(run_dir: Path) -> TrainConfig:
-    """The config a run directory was started with (its config.json)."""
+def read_run_config(run_dir: Path, purpose: str = "resume") -> TrainConfig:
+    """The config a run directory was started with (its config.json); errors say what could not be done
+    (`purpose`: "resume", "export", ...)."""
     path = Path(run_dir) / "config.json"
     if not Path(run_dir).is_dir():
-        raise CheckpointError(f"cannot resume {run_dir}: no such directory")
+        what = "not a directory" if Path(run_dir).exists() else "no such directory"
+        raise CheckpointError(f"cannot {purpose} {run_dir}: {what}")
     if not path.is_file():
-        raise CheckpointError(f"cannot resume {run_dir}: it has no config.json (is it a run directory?)")
+        raise CheckpointError(f"cannot {purpose} {run_dir}: it has no config.json (is it a run directory?)")
     try:
         cfg = TrainConfig.from_dict(json.loads(path.read_text())["config"])
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:

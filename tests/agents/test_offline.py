@@ -127,6 +127,14 @@ def test_one_checkpoint_of_a_run_is_exported_once_into_a_folder(tmp_path, chain_
     assert list(sources) == ["0"] and sources["0"]["run"] == str(run.resolve()) and sources["0"]["agent_steps"] > 0
 
 
+def test_export_errors_say_what_could_not_be_exported(tmp_path, capsys):
+    """They read "cannot resume ..." (the trainer's words), and a file given as the run read "no such directory"."""
+    (tmp_path / "file").write_text("")
+    for run, what in ((tmp_path / "missing", "no such directory"), (tmp_path / "file", "not a directory")):
+        assert export_main([str(run)]) == 2
+        assert f"error: cannot export {run}: {what}" in capsys.readouterr().err
+
+
 def test_a_negative_suffix_is_a_usage_error(tmp_path, chain_dataset, capsys):
     # It wrote $store$_observation_ckpt.-1.gz and the rest, files no dataset reader lists (checkpoints are N >= 0).
     with pytest.raises(SystemExit) as e:
