@@ -354,7 +354,11 @@ class Trainer:
                     raise ValueError(f"--pruning.fixed-mask: its initial weights do not fit this network: {e}") from e
             return FixedMask(self.online, cfg.pruning, masks).to(self.device)
         if cfg.pruning.method == "rigl":
-            return RigL(self.online, cfg.pruning, cfg.rigl, round(cfg.rigl.end_fraction * cfg.nominal_grad_steps))
+            # .to(device) as the other pruners: its keep and grow counts are buffers that its mask phase reads on
+            # the device. Left on the host, a CUDA-graph capture of that phase froze the counts of the update it
+            # was captured at (the 4th) into the graph, so the drop fraction stopped following its cosine decay.
+            return RigL(self.online, cfg.pruning, cfg.rigl,
+                        round(cfg.rigl.end_fraction * cfg.nominal_grad_steps)).to(self.device)
         return Pruner(self.online, cfg.pruning, start, end).to(self.device)
 
     def _make_plasticity(self, obs_shape):

@@ -8,6 +8,7 @@ on the CPU as far as a CPU can.
 import pytest
 import torch
 
+from agents.rigl import RigLConfig
 from agents.train import Trainer
 from tests.agents.chain_env import ChainEnv
 from tests.agents.test_graph_safe import trainer_ready_to_learn
@@ -81,3 +82,29 @@ def test_loaded_optimizer_state_keeps_the_step_on_the_gpu():
     fresh.load_state_dict(state)
     assert fresh.state[w]["step"].device == w.device and fresh.state[w]["step"].dtype == torch.float32
     fresh.step()
+
+
+def test_graphed_rigl_matches_eager(tmp_path, deterministic):
+    """RigL's drop counts change at every mask update (cosine decay): the graphed mask phase, captured at its 4th
+    call, must read them from the device buffers the trainer writes, not replay the captured update's counts."""
+
+    def train(name, cuda_graphs):
+        cfg = chain_config(fast_agent("dqn"), sparsity=0.9, total_steps=1500)
+        cfg.agent.min_replay = 200
+        cfg.device, cfg.replay_device, cfg.cuda_graphs, cfg.torch_deterministic = "cuda", "auto", cuda_graphs, True
+        cfg.pruning.method = "rigl"
+        cfg.pruning.start_step = cfg.pruning.end_step = None
+        cfg.pruning.update_freq = 1000
+        cfg.rigl = RigLConfig(update_freq=20)
+        torch.manual_seed(0)
+        trainer = Trainer(cfg, tmp_path / name, env=ChainEnv(num_envs=3, max_steps=12))
+        trainer.run()
+        return trainer
+
+    eager, graphed = train("eager", "off"), train("graphed", "on")
+    assert "mask" in graphed.graphs.captured
+    assert len({tuple(eager.pruner.drop_counts(s)) for s in range(0, eager.pruner.end + 1, 20)}) > 5
+    for name, m, n in zip(eager.pruner.layer_names, eager.pruner.masks, graphed.pruner.masks, strict=True):
+        assert torch.equal(m, n), f"{name}: {(m != n).sum().item()} of {m.numel()} mask entries differ"
+    for (name, p), q in zip(eager.online.named_parameters(), graphed.online.parameters()):
+        torch.testing.assert_close(q, p, msg=name)

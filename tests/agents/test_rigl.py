@@ -150,3 +150,26 @@ def test_rigl_in_the_loop_keeps_its_sparsity_and_survives_a_resume(tmp_path):
     summary = json.loads((tmp_path / "resumed" / "summary.json").read_text())
     assert summary["below_target_sparsity"] is False and summary["scheduled_sparsity"] == pytest.approx(0.9, abs=0.01)
     assert 0 < at < resumed.grad_steps
+
+
+def test_trainer_puts_every_pruners_counts_on_its_device(tmp_path, monkeypatch):
+    """The counts RigL's mask phase reads must be buffers on the training device, as GMP's are: left on the host
+    (RigL was never moved with .to(device)), a CUDA-graph capture of that phase baked the counts of the update it
+    was captured at into the graph, so every later drop-and-grow used them and the drop fraction stopped decaying
+    (tests/agents/test_cuda_graphs.py::test_graphed_rigl_matches_eager checks the outcome on a GPU)."""
+    moved = []
+    real_to = nn.Module.to
+
+    def spy(self, *args, **kwargs):
+        if isinstance(self, RigL):
+            moved.append(torch.device(args[0]) if args else kwargs.get("device"))
+        return real_to(self, *args, **kwargs)
+
+    monkeypatch.setattr(nn.Module, "to", spy)
+    cfg = chain_config(fast_dqn(min_replay=100), sparsity=0.9, total_steps=600)
+    cfg.pruning.method = "rigl"
+    cfg.rigl = RigLConfig(update_freq=10)
+    trainer = Trainer(cfg, tmp_path / "run", env=ChainEnv())
+    assert moved == [trainer.device]
+    buffers = [trainer.pruner.keep_counts, trainer.pruner.grow_counts, *trainer.pruner.masks]
+    assert {b.device for b in buffers} == {trainer.pruner.weights[0].device}
