@@ -75,6 +75,16 @@ class Sweep:
 
 
 # --- axes ---------------------------------------------------------------------------------------------------
+# Runs a sweep may hold, and values a range may give, checked before anything is expanded: the paper's largest
+# grid (Fig. 15) is 1,500 runs, and '0..100000000' took minutes and gigabytes to expand before failing or hanging.
+MAX_RUNS = 100_000
+
+
+def _check_range_size(a: int, b: int, what: str) -> None:
+    if abs(b - a) + 1 > MAX_RUNS:
+        raise SpecError(f"{what} gives {abs(b - a) + 1:,} values; a sweep holds at most {MAX_RUNS:,} runs")
+
+
 def expand_braces(pattern: str) -> list[str]:
     """'w{1..3}_{a,b}' -> ['w1_a', 'w1_b', 'w2_a', ...] (bash order); no braces -> [pattern]."""
     m = re.search(r"\{([^{}]*)\}", pattern)
@@ -85,6 +95,7 @@ def expand_braces(pattern: str) -> list[str]:
     body = m.group(1)
     if (r := re.fullmatch(r"\s*(-?\d+)\s*\.\.\s*(-?\d+)\s*", body)) is not None:
         a, b = int(r.group(1)), int(r.group(2))
+        _check_range_size(a, b, f"{{{body}}} in {pattern!r}")
         choices = [str(i) for i in (range(a, b + 1) if a <= b else range(a, b - 1, -1))]
     elif "," in body:
         choices = [c.strip() for c in body.split(",")]
@@ -139,6 +150,7 @@ def parse_seeds(value) -> list[int]:
                 raise SpecError(f"empty seed range {part!r}")
             if a < 0 or b >= SEED_LIMIT:  # checked before expanding: '1..2000000000' filled memory, no message
                 _check_seeds([*range(a, min(b, -1) + 1)[:5], *range(max(a, SEED_LIMIT), b + 1)[:5]])
+            _check_range_size(a, b, f"seed range {part!r}")
             seeds.extend(range(a, b + 1))
         elif re.fullmatch(r"-?\d+", part):
             seeds.append(int(part))
@@ -225,6 +237,9 @@ def make_runs(presets: list[str], games: list[str], seeds: list[int], variants: 
         backend = "envpool" if cfg.env.backend == "envpool" else "ale"
         if backend not in game_lists:
             game_lists[backend] = expand_games(games, backend)
+        if len(runs) + len(game_lists[backend]) * len(seeds) > MAX_RUNS:
+            raise SpecError(f"the product of presets, variants, games and seeds is over {MAX_RUNS:,} runs, the most a "
+                            "sweep holds")
         for game in game_lists[backend]:
             for seed in seeds:
                 run_id = f"{game}/{preset}/s{seed}" + (f"-{suffix}" if suffix else "")

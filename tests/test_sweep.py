@@ -182,6 +182,11 @@ def test_bad_specs_are_clear_errors(tmp_path, capsys):
         # A range past the bound was expanded before the check: a billion seeds filled memory, no message.
         ({**good, "seeds": "1..2000000000"}, "seeds must be in [0, 2**30) (agents.train's --seed), got 1073741824"),
         ({**good, "seeds": "-3000000000..0"}, "seeds must be in [0, 2**30) (agents.train's --seed), got -3000000000"),
+        # Ranges in bounds were expanded whole before anything failed: minutes and gigabytes, or a hang.
+        ({**good, "seeds": "0..100000000"}, "seed range '0..100000000' gives 100,000,001 values; a sweep holds at "
+                                            "most 100,000 runs"),
+        ({**good, "presets": "x{1..100000000}"}, "{1..100000000} in 'x{1..100000000}' gives 100,000,000 values"),
+        ({**good, "games": "atari57", "seeds": "0..1999"}, "is over 100,000 runs, the most a sweep holds"),
     ]:
         with pytest.raises(SpecError) as e:
             build_sweep(spec, "spec.toml")
