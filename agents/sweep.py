@@ -394,11 +394,10 @@ def parse(argv: list[str], status: bool) -> tuple[argparse.Namespace, Sweep, Pat
         for flag, given in (("--index", args.index is not None), ("--dry-run", args.dry_run)):
             if given:  # else ignored: --count prints the sweep's size and exits
                 p.error(f"--count prints the number of runs and exits; {flag} does nothing with it")
-    if not status and args.backend != "ray":  # else ignored: the runs trained here, not on the cluster named
-        if args.address is not None:
-            p.error(f"--address {args.address} names a Ray cluster: add --backend ray (without it every run trains "
-                    "on this machine)")
-    elif not status:
+    if not status and args.backend != "ray" and args.address is not None:  # else ignored: the runs trained here
+        p.error(f"--address {args.address} names a Ray cluster: add --backend ray (without it every run trains "
+                "on this machine)")
+    if not status and args.backend == "ray":
         for flag, value in (("--index", args.index), ("--parallel", args.parallel)):
             if value is not None:  # else ignored: --index ran its run here, Ray decides how many run at once
                 p.error(f"{flag} is an option of the local backend, not of --backend ray")
